@@ -1,0 +1,307 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from edgefleet.v1 import types_pb2 as _types_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEVICE_STATUS_UNSPECIFIED: _ClassVar[DeviceStatus]
+    ONLINE: _ClassVar[DeviceStatus]
+    STALE: _ClassVar[DeviceStatus]
+    OFFLINE: _ClassVar[DeviceStatus]
+
+class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_STATE_UNSPECIFIED: _ClassVar[RolloutState]
+    PENDING: _ClassVar[RolloutState]
+    RUNNING: _ClassVar[RolloutState]
+    PAUSED: _ClassVar[RolloutState]
+    SUCCEEDED: _ClassVar[RolloutState]
+    FAILED: _ClassVar[RolloutState]
+    ABORTED: _ClassVar[RolloutState]
+DEVICE_STATUS_UNSPECIFIED: DeviceStatus
+ONLINE: DeviceStatus
+STALE: DeviceStatus
+OFFLINE: DeviceStatus
+ROLLOUT_STATE_UNSPECIFIED: RolloutState
+PENDING: RolloutState
+RUNNING: RolloutState
+PAUSED: RolloutState
+SUCCEEDED: RolloutState
+FAILED: RolloutState
+ABORTED: RolloutState
+
+class Device(_message.Message):
+    __slots__ = ("device_id", "hostname", "status", "enrolled", "last_seen", "agent_version", "profile", "plan", "health", "acked_sequence", "detections_stored", "streams", "labels", "plan_override", "connected")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    ACKED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_STORED_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    hostname: str
+    status: DeviceStatus
+    enrolled: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    agent_version: str
+    profile: _types_pb2.HardwareProfile
+    plan: _types_pb2.RuntimePlan
+    health: _types_pb2.HealthSample
+    acked_sequence: int
+    detections_stored: int
+    streams: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    plan_override: _types_pb2.SetPlan
+    connected: bool
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., enrolled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ..., health: _Optional[_Union[_types_pb2.HealthSample, _Mapping]] = ..., acked_sequence: _Optional[int] = ..., detections_stored: _Optional[int] = ..., streams: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., plan_override: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., connected: _Optional[bool] = ...) -> None: ...
+
+class ListDevicesRequest(_message.Message):
+    __slots__ = ("status", "selector")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    status: DeviceStatus
+    selector: _containers.ScalarMap[str, str]
+    def __init__(self, status: _Optional[_Union[DeviceStatus, str]] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ListDevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class GetDeviceRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class WatchFleetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FleetEvent(_message.Message):
+    __slots__ = ("time", "device", "removed_device_id", "rollout", "message", "dropped")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    time: _timestamp_pb2.Timestamp
+    device: Device
+    removed_device_id: str
+    rollout: Rollout
+    message: str
+    dropped: int
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., removed_device_id: _Optional[str] = ..., rollout: _Optional[_Union[Rollout, _Mapping]] = ..., message: _Optional[str] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class SetPlanOverrideRequest(_message.Message):
+    __slots__ = ("device_id", "plan")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    plan: _types_pb2.SetPlan
+    def __init__(self, device_id: _Optional[str] = ..., plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ...) -> None: ...
+
+class SendCommandRequest(_message.Message):
+    __slots__ = ("device_id", "restart_reason", "rollback_reason", "ping")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    restart_reason: str
+    rollback_reason: str
+    ping: bool
+    def __init__(self, device_id: _Optional[str] = ..., restart_reason: _Optional[str] = ..., rollback_reason: _Optional[str] = ..., ping: _Optional[bool] = ...) -> None: ...
+
+class SendCommandResponse(_message.Message):
+    __slots__ = ("command_id",)
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    def __init__(self, command_id: _Optional[str] = ...) -> None: ...
+
+class ListDetectionsRequest(_message.Message):
+    __slots__ = ("device_id", "stream_id", "after_sequence", "limit")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    stream_id: str
+    after_sequence: int
+    limit: int
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListDetectionsResponse(_message.Message):
+    __slots__ = ("frames", "total")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[_types_pb2.FrameDetections]
+    total: int
+    def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class WatchDetectionsRequest(_message.Message):
+    __slots__ = ("device_id", "stream_id", "labels", "min_score")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    stream_id: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    min_score: float
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ...) -> None: ...
+
+class WatchDetectionsResponse(_message.Message):
+    __slots__ = ("frame", "dropped")
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    frame: _types_pb2.FrameDetections
+    dropped: int
+    def __init__(self, frame: _Optional[_Union[_types_pb2.FrameDetections, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class UploadArtifactRequest(_message.Message):
+    __slots__ = ("manifest", "chunk")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    manifest: _types_pb2.ArtifactManifest
+    chunk: bytes
+    def __init__(self, manifest: _Optional[_Union[_types_pb2.ArtifactManifest, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ListArtifactsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListArtifactsResponse(_message.Message):
+    __slots__ = ("artifacts",)
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    artifacts: _containers.RepeatedCompositeFieldContainer[_types_pb2.Artifact]
+    def __init__(self, artifacts: _Optional[_Iterable[_Union[_types_pb2.Artifact, _Mapping]]] = ...) -> None: ...
+
+class CreateRolloutRequest(_message.Message):
+    __slots__ = ("artifact_sha256", "selector", "canary", "waves_percent", "gate_fps_ratio", "max_failures", "expect_different_detections")
+    class SelectorEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    WAVES_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GATE_FPS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_DIFFERENT_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    artifact_sha256: str
+    selector: _containers.ScalarMap[str, str]
+    canary: int
+    waves_percent: _containers.RepeatedScalarFieldContainer[int]
+    gate_fps_ratio: float
+    max_failures: int
+    expect_different_detections: bool
+    def __init__(self, artifact_sha256: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., canary: _Optional[int] = ..., waves_percent: _Optional[_Iterable[int]] = ..., gate_fps_ratio: _Optional[float] = ..., max_failures: _Optional[int] = ..., expect_different_detections: _Optional[bool] = ...) -> None: ...
+
+class RolloutDevice(_message.Message):
+    __slots__ = ("device_id", "wave", "state", "reason")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    wave: int
+    state: _types_pb2.DeploymentStatus.State
+    reason: str
+    def __init__(self, device_id: _Optional[str] = ..., wave: _Optional[int] = ..., state: _Optional[_Union[_types_pb2.DeploymentStatus.State, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Wave(_message.Message):
+    __slots__ = ("index", "target", "succeeded", "failed", "state")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    target: int
+    succeeded: int
+    failed: int
+    state: RolloutState
+    def __init__(self, index: _Optional[int] = ..., target: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., state: _Optional[_Union[RolloutState, str]] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("rollout_id", "artifact_sha256", "state", "waves", "devices", "created", "reason", "spec")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    artifact_sha256: str
+    state: RolloutState
+    waves: _containers.RepeatedCompositeFieldContainer[Wave]
+    devices: _containers.RepeatedCompositeFieldContainer[RolloutDevice]
+    created: _timestamp_pb2.Timestamp
+    reason: str
+    spec: CreateRolloutRequest
+    def __init__(self, rollout_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., state: _Optional[_Union[RolloutState, str]] = ..., waves: _Optional[_Iterable[_Union[Wave, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[RolloutDevice, _Mapping]]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., spec: _Optional[_Union[CreateRolloutRequest, _Mapping]] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    def __init__(self, rollout_id: _Optional[str] = ...) -> None: ...
+
+class ListRolloutsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListRolloutsResponse(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class RolloutRef(_message.Message):
+    __slots__ = ("rollout_id", "reason")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    reason: str
+    def __init__(self, rollout_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
