@@ -1,0 +1,298 @@
+"""The controller's fleet state in one SQLite file (sqlite-utils, WAL).
+
+Every method is synchronous and must be called from one thread: the controller runs
+them on a single-worker executor (`fleet.server.StoreExecutor`), which serialises
+writes without holding the event loop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from . import auth
+from .errors import InvalidArgument, NotFound, Unauthenticated
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ObjectRecord:
+    track_id: int
+    class_id: int
+    label: str
+    score: float
+    xyxy: tuple[float, float, float, float]
+    predicted: bool = False
+
+
+@dataclass
+class FrameRecord:
+    stream_id: str
+    sequence: int
+    frame_index: int
+    capture_time: float  # unix seconds
+    objects: list[ObjectRecord] = field(default_factory=list)
+    device_id: str = ""
+
+
+@dataclass
+class DeviceRecord:
+    device_id: str
+    hostname: str
+    hardware_id: str
+    enrolled: float
+    agent_version: str = ""
+    last_seen: float | None = None
+    profile: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+    health: dict = field(default_factory=dict)
+    streams: list[str] = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
+    acked_sequence: int = 0
+    detections_stored: int = 0
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    acked_sequence: int
+    stored: int
+    duplicates: int
+
+
+class FleetStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # ---- schema ----
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this controller's {SCHEMA_VERSION}"
+            )
+        if version < 1:
+            with self.db.conn:
+                self.db["enroll_keys"].create(
+                    {"key_hash": str, "name": str, "created": float, "revoked": int}, pk="key_hash"
+                )
+                self.db["devices"].create(
+                    {
+                        "device_id": str, "hostname": str, "hardware_id": str, "enrolled": float,
+                        "token_hash": str, "agent_version": str, "last_seen": float,
+                        "profile": str, "plan": str, "health": str, "streams": str, "labels": str,
+                        "acked_sequence": int, "detections_stored": int,
+                    },
+                    pk="device_id",
+                    not_null={"hostname", "hardware_id", "enrolled", "token_hash"},
+                    defaults={"acked_sequence": 0, "detections_stored": 0},
+                )
+                self.db["devices"].create_index(["hardware_id"], unique=True)
+                self.db["devices"].create_index(["token_hash"], unique=True)
+                self.db["detections"].create(
+                    {
+                        "device_id": str, "sequence": int, "stream_id": str, "frame_index": int,
+                        "capture_time": float, "received": float, "n_objects": int, "objects": str,
+                    },
+                    pk=("device_id", "sequence"),
+                )
+                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            logger.info("created fleet schema v%d in %s", SCHEMA_VERSION, self.path)
+
+    # ---- enrollment ----
+
+    def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
+        key = key or auth.new_secret(auth.ENROLL_KEY_PREFIX)
+        self.db["enroll_keys"].upsert(
+            {"key_hash": auth.hash_secret(key), "name": name, "created": time.time(), "revoked": 0},
+            pk="key_hash",
+        )
+        return key
+
+    def enroll(
+        self,
+        enroll_key: str,
+        hardware_id: str,
+        hostname: str,
+        agent_version: str,
+        profile: dict,
+        labels: dict,
+    ) -> tuple[DeviceRecord, str]:
+        """Exchange an enrollment key for (device, token). Re-enrolling a box keeps its device id."""
+        if not hardware_id:
+            raise InvalidArgument("hardware_id is empty")
+        rows = list(self.db["enroll_keys"].rows_where("key_hash = ? and revoked = 0", [auth.hash_secret(enroll_key)]))
+        if not rows:
+            raise Unauthenticated("unknown or revoked enrollment key")
+        token = auth.new_secret(auth.DEVICE_TOKEN_PREFIX)
+        existing = list(self.db["devices"].rows_where("hardware_id = ?", [hardware_id]))
+        with self.db.conn:
+            if existing:
+                device_id = existing[0]["device_id"]
+                self.db["devices"].update(
+                    device_id,
+                    {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
+                     "profile": json.dumps(profile), "labels": json.dumps(labels)},
+                )
+            else:
+                device_id = self._new_device_id(hostname)
+                self.db["devices"].insert(
+                    {
+                        "device_id": device_id, "hostname": hostname, "hardware_id": hardware_id,
+                        "enrolled": time.time(), "token_hash": auth.hash_secret(token),
+                        "agent_version": agent_version, "profile": json.dumps(profile),
+                        "labels": json.dumps(labels), "plan": "{}", "health": "{}", "streams": "[]",
+                    }
+                )
+        logger.info("enrolled %s (%s) with key %r", device_id, hostname, rows[0]["name"])
+        return self.get_device(device_id), token
+
+    def _new_device_id(self, hostname: str) -> str:
+        base = "".join(c if c.isalnum() or c == "-" else "-" for c in hostname.lower()).strip("-")[:24] or "device"
+        return f"{base}-{uuid.uuid4().hex[:6]}"
+
+    def device_for_token(self, token: str) -> str | None:
+        row = self.db.execute(
+            "select device_id from devices where token_hash = ?", [auth.hash_secret(token)]
+        ).fetchone()
+        return row[0] if row else None
+
+    # ---- sessions ----
+
+    def record_hello(self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str]) -> None:
+        self._require(device_id)
+        self.db["devices"].update(
+            device_id,
+            {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
+             "streams": json.dumps(streams), "last_seen": time.time()},
+        )
+
+    def record_heartbeat(self, device_id: str, health: dict, plan: dict | None) -> None:
+        values = {"health": json.dumps(health), "last_seen": time.time()}
+        if plan:
+            values["plan"] = json.dumps(plan)
+        self.db["devices"].update(device_id, values)
+
+    # ---- detections ----
+
+    def store_frames(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
+        """Commit a batch; idempotent on (device id, sequence). Acks the highest committed sequence.
+
+        The agent sends in ascending order on one stream, so once this batch is committed every
+        sequence up to its highest is either in the store or was never produced.
+        """
+        device = self._require(device_id)
+        now = time.time()
+        rows = []
+        for frame in frames:
+            if frame.sequence <= 0:
+                raise InvalidArgument(f"frames[].sequence must be >= 1, got {frame.sequence}")
+            rows.append((
+                device_id, frame.sequence, frame.stream_id, frame.frame_index, frame.capture_time, now,
+                len(frame.objects), json.dumps([_object_to_json(o) for o in frame.objects]),
+            ))
+        if not rows:
+            return StoreResult(device.acked_sequence, 0, 0)
+        highest = max(r[1] for r in rows)
+        lowest = min(r[1] for r in rows)
+        if lowest > device.acked_sequence + 1 and device.acked_sequence:
+            logger.warning(
+                "device %s skipped sequences %d..%d", device_id, device.acked_sequence + 1, lowest - 1
+            )
+        conn = self.db.conn
+        with conn:
+            before = conn.total_changes
+            conn.executemany(
+                "insert or ignore into detections (device_id, sequence, stream_id, frame_index, capture_time,"
+                " received, n_objects, objects) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            stored = conn.total_changes - before
+            acked = max(device.acked_sequence, highest)
+            conn.execute(
+                "update devices set acked_sequence = ?, detections_stored = detections_stored + ?,"
+                " last_seen = ? where device_id = ?",
+                [acked, stored, now, device_id],
+            )
+        return StoreResult(acked_sequence=acked, stored=stored, duplicates=len(rows) - stored)
+
+    def list_detections(
+        self, device_id: str, stream_id: str = "", after_sequence: int = 0, limit: int = 100
+    ) -> tuple[list[FrameRecord], int]:
+        device = self._require(device_id)
+        where, params = "device_id = ?", [device_id]
+        if stream_id:
+            where += " and stream_id = ?"
+            params.append(stream_id)
+        if after_sequence:
+            sql = f"select * from detections where {where} and sequence > ? order by sequence limit ?"
+            params += [after_sequence, limit]
+        else:  # the newest `limit`, returned oldest first
+            sql = (f"select * from (select * from detections where {where} order by sequence desc limit ?)"
+                   " order by sequence")
+            params.append(limit)
+        cursor = self.db.execute(sql, params)
+        columns = [c[0] for c in cursor.description]
+        frames = [_frame_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
+        return frames, device.detections_stored
+
+    # ---- reads ----
+
+    def list_devices(self) -> list[DeviceRecord]:
+        return [_device_from_row(row) for row in self.db["devices"].rows_where(order_by="device_id")]
+
+    def get_device(self, device_id: str) -> DeviceRecord:
+        return self._require(device_id)
+
+    def _require(self, device_id: str) -> DeviceRecord:
+        try:
+            return _device_from_row(self.db["devices"].get(device_id))
+        except sqlite_utils.db.NotFoundError as err:
+            raise NotFound(f"device {device_id!r} is not enrolled") from err
+
+
+def _object_to_json(obj: ObjectRecord) -> list:
+    return [obj.track_id, obj.class_id, obj.label, round(obj.score, 5),
+            [round(v, 2) for v in obj.xyxy], int(obj.predicted)]
+
+
+def _frame_from_row(row: dict) -> FrameRecord:
+    objects = [
+        ObjectRecord(track_id=t, class_id=c, label=lbl, score=s, xyxy=tuple(box), predicted=bool(p))
+        for t, c, lbl, s, box, p in json.loads(row["objects"])
+    ]
+    return FrameRecord(
+        stream_id=row["stream_id"], sequence=row["sequence"], frame_index=row["frame_index"],
+        capture_time=row["capture_time"], objects=objects, device_id=row["device_id"],
+    )
+
+
+def _device_from_row(row: dict) -> DeviceRecord:
+    return DeviceRecord(
+        device_id=row["device_id"], hostname=row["hostname"], hardware_id=row["hardware_id"],
+        enrolled=row["enrolled"], agent_version=row["agent_version"] or "", last_seen=row["last_seen"],
+        profile=json.loads(row["profile"] or "{}"), plan=json.loads(row["plan"] or "{}"),
+        health=json.loads(row["health"] or "{}"), streams=json.loads(row["streams"] or "[]"),
+        labels=json.loads(row["labels"] or "{}"), acked_sequence=row["acked_sequence"] or 0,
+        detections_stored=row["detections_stored"] or 0,
+    )

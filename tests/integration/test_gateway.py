@@ -1,0 +1,105 @@
+"""A real controller on 127.0.0.1:0, called over a real channel."""
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+
+
+def enroll(channel, key: str = "efk_test", hardware_id: str = "hw-1") -> agent_pb2.EnrollResponse:
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    return stub.Enroll(agent_pb2.EnrollRequest(enroll_key=key, hardware_id=hardware_id, hostname="cam-a"), timeout=5)
+
+
+def batch(*sequences: int, label: str = "person") -> agent_pb2.DetectionBatch:
+    return agent_pb2.DetectionBatch(frames=[
+        types_pb2.FrameDetections(
+            stream_id="cam0", sequence=s, frame_index=s - 1,
+            detections=[types_pb2.Detection(track_id=1, class_id=0, label=label, score=0.9,
+                                             box=types_pb2.Box(x1=1, y1=2, x2=30, y2=40))],
+        )
+        for s in sequences
+    ])
+
+
+def auth(token: str):
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_health_is_serving_and_reflection_lists_both_services(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "edgefleet.v1.AgentGateway", "edgefleet.v1.FleetControl"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    (reply,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"edgefleet.v1.AgentGateway", "edgefleet.v1.FleetControl", "grpc.health.v1.Health"} <= names
+
+
+def test_invalid_enroll_key_is_unauthenticated(channel):
+    with pytest.raises(grpc.RpcError) as err:
+        enroll(channel, key="efk_wrong")
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_publish_without_or_with_a_bad_token_is_unauthenticated(channel):
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    for metadata in ((), auth("efd_forged")):
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.PublishDetections(iter([batch(1)]), metadata=metadata, timeout=5))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_publish_acks_and_replays_are_idempotent(channel):
+    device = enroll(channel)
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    acks = list(stub.PublishDetections(iter([batch(1, 2, 3), batch(4, 5)]), metadata=auth(device.device_token),
+                                       timeout=5))
+    assert [(a.acked_sequence, a.duplicates) for a in acks] == [(3, 0), (5, 0)]
+    # the agent lost the acks and resends: stored once, counted as duplicates, acked again
+    acks = list(stub.PublishDetections(iter([batch(4, 5, 6)]), metadata=auth(device.device_token), timeout=5))
+    assert [(a.acked_sequence, a.duplicates) for a in acks] == [(6, 2)]
+    control = fleet_pb2_grpc.FleetControlStub(channel)
+    stored = control.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device.device_id, limit=100), timeout=5)
+    assert [f.sequence for f in stored.frames] == [1, 2, 3, 4, 5, 6]
+    assert stored.total == 6
+    assert {d.label for f in stored.frames for d in f.detections} == {"person"}
+
+
+def test_session_hello_then_heartbeat_updates_the_device(channel):
+    device = enroll(channel)
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    messages = [
+        agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="9.9", streams=["cam0"],
+                                                     profile=types_pb2.HardwareProfile(platform="rpi5"))),
+        agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=1, health=types_pb2.HealthSample(fps=12.5))),
+    ]
+    replies = list(stub.Session(iter(messages), metadata=auth(device.device_token), timeout=5))
+    assert replies[0].accepted.device_id == device.device_id
+    got = fleet_pb2_grpc.FleetControlStub(channel).GetDevice(
+        fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
+    assert (got.agent_version, got.profile.platform, got.health.fps, list(got.streams)) == ("9.9", "rpi5", 12.5, ["cam0"])
+    assert got.status == fleet_pb2.ONLINE
+
+
+def test_session_must_start_with_hello(channel):
+    device = enroll(channel)
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Session(iter([agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=1))]),
+                          metadata=auth(device.device_token), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(channel):
+    control = fleet_pb2_grpc.FleetControlStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        control.GetDevice(fleet_pb2.GetDeviceRequest(device_id="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
