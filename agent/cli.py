@@ -1,0 +1,119 @@
+"""`edge-agent`: the device daemon."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .errors import AgentError, ConfigError
+
+logger = logging.getLogger("edge_agent")
+
+
+def _controller(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--controller must be HOST:PORT, got {value!r}")
+    return value
+
+
+def cmd_probe(args) -> int:
+    from adaptive.probe import probe
+
+    profile = probe(args.root)
+    if args.json:
+        print(json.dumps(profile.to_dict(), indent=2))
+    else:
+        for key, value in profile.to_dict().items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from adaptive.probe import probe
+    from models import load_default_detector
+    from models.errors import ModelError
+
+    from .runner import Agent, RunOptions
+    from .sources import open_source
+
+    if args.max_frames < 0:
+        raise ConfigError(f"--max-frames must be >= 0, got {args.max_frames}")
+    open_source(args.source)  # fail on a bad source before loading the model
+    try:
+        detector = load_default_detector(cache_dir=args.models_dir)
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
+    w, h = detector.input_size
+    plan = {"model": "yolov3-tiny-coco", "backend": "onnxruntime", "precision": "fp32",
+            "input_width": w, "input_height": h, "batch": 1, "detect_interval": 1,
+            "reason": "default model; adaptive planning not enabled"}
+    options = RunOptions(
+        controller=args.controller, source=args.source, state_dir=args.state_dir,
+        enroll_key=args.enroll_key, name=args.name or "", stream_id=args.stream_id,
+        max_frames=args.max_frames, loop=args.loop, drain_timeout_s=args.drain_timeout,
+    )
+    agent = Agent(options, detector, open_source, probe().to_dict(), plan)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
+    result = agent.run()
+    summary = {
+        "device_id": agent.link.identity.device_id if agent.link.identity else None,
+        "frames": result.frames, "detections": result.detections,
+        "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
+        "inference_ms_p50": round(result.inference_ms_p50, 2),
+        "acked_sequence": agent.link.acked_sequence, "outbox_left": result.outbox_left,
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="edgefleet device agent")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="detect and track on a source, report to the controller")
+    p.add_argument("--controller", required=True, type=_controller, metavar="HOST:PORT")
+    p.add_argument("--source", required=True, help="video file, camera index (0) or rtsp:// / http:// URL")
+    p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
+                   help="identity and the durable outbox live here (default var/agent)")
+    p.add_argument("--enroll-key", help="enrollment key; needed on the first run only")
+    p.add_argument("--name", help="name to enroll under (default: hostname)")
+    p.add_argument("--stream-id", default="cam0", help="id of this source in reports (default cam0)")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: source end)")
+    p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="at the end, wait up to S seconds for the controller to acknowledge everything")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("probe", help="print what the agent knows about this machine")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_probe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except AgentError as err:
+        print(f"edge-agent: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

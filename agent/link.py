@@ -1,0 +1,326 @@
+"""The agent's connection to the controller: enroll, Session, PublishDetections.
+
+Runs an asyncio loop on its own thread so detection never waits on the network. The
+pipeline only writes the outbox; this side reads it, sends in sequence order, and deletes
+rows when the controller acknowledges them. When the controller is away it retries with
+exponential backoff and jitter while the outbox keeps everything.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+from .errors import EnrollmentError
+from .outbox import Outbox, OutboxRecord
+
+logger = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+
+@dataclass
+class Identity:
+    device_id: str
+    token: str
+    controller: str
+
+
+class Backoff:
+    """Exponential backoff with full jitter."""
+
+    def __init__(self, initial: float = 0.5, maximum: float = 10.0):
+        self.initial, self.maximum = initial, maximum
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2 ** self.attempt))
+        self.attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _message(data: dict, message):
+    return json_format.ParseDict(data or {}, message, ignore_unknown_fields=True)
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def record_to_pb(record: OutboxRecord) -> types_pb2.FrameDetections:
+    return types_pb2.FrameDetections(
+        stream_id=record.stream_id, sequence=record.sequence, frame_index=record.frame_index,
+        capture_time=_timestamp(record.capture_time),
+        detections=[
+            types_pb2.Detection(
+                track_id=o.track_id, class_id=o.class_id, label=o.label, score=o.score,
+                box=types_pb2.Box(x1=o.xyxy[0], y1=o.xyxy[1], x2=o.xyxy[2], y2=o.xyxy[3]),
+                predicted=o.predicted,
+            )
+            for o in record.objects
+        ],
+    )
+
+
+class Link:
+    """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`."""
+
+    def __init__(
+        self,
+        controller: str,
+        state_dir: Path,
+        outbox_path: Path,
+        enroll_key: str | None,
+        name: str,
+        hello: Callable[[], dict],
+        health: Callable[[], dict],
+        batch_size: int = 64,
+        max_in_flight: int = 512,
+        backoff_max_s: float = 10.0,
+    ):
+        self.controller = controller
+        self.state_dir = state_dir
+        self.outbox_path = outbox_path
+        self.enroll_key = enroll_key
+        self.name = name
+        self._hello = hello
+        self._health = health
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.backoff_max_s = backoff_max_s
+        self.heartbeat_interval_s = 5.0
+        self.identity: Identity | None = None
+        self.fatal: Exception | None = None
+        self.connected = threading.Event()
+        self.acked_sequence = 0
+        self.last_error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._identity_path = state_dir / "identity.json"
+
+    # ---- thread ----
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._thread_main, name="link", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except EnrollmentError as err:
+            self.fatal = err
+        except Exception as err:  # noqa: BLE001 - reported to the main thread, which exits
+            logger.exception("link failed")
+            self.fatal = err
+
+    async def _wait_stop(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True when stop was requested."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self._stop.is_set()
+
+    async def _main(self) -> None:
+        outbox = Outbox(self.outbox_path)
+        try:
+            async with grpc.aio.insecure_channel(self.controller) as channel:
+                stub = agent_pb2_grpc.AgentGatewayStub(channel)
+                identity = await self._ensure_identity(stub)
+                if identity is None:
+                    return
+                tasks = [
+                    asyncio.create_task(self._session_forever(stub), name="session"),
+                    asyncio.create_task(self._publish_forever(stub, outbox), name="publish"),
+                ]
+                while not self._stop.is_set() and not any(t.done() for t in tasks):
+                    await asyncio.sleep(0.05)
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, EnrollmentError):
+                        raise result
+        finally:
+            outbox.close()
+
+    # ---- enrollment ----
+
+    def _load_identity(self) -> Identity | None:
+        try:
+            data = json.loads(self._identity_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("controller") != self.controller:
+            return None
+        return Identity(data["device_id"], data["token"], data["controller"])
+
+    def _save_identity(self, identity: Identity) -> None:
+        tmp = self._identity_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(identity.__dict__))
+        tmp.chmod(0o600)
+        tmp.replace(self._identity_path)
+
+    def hardware_id(self) -> str:
+        try:
+            machine_id = Path("/etc/machine-id").read_text().strip()
+        except OSError:
+            machine_id = socket.gethostname()
+        # Several agents on one box (demo, multi-camera servers) are told apart by state dir.
+        return f"{machine_id}:{self.state_dir.resolve()}"
+
+    async def _ensure_identity(self, stub) -> Identity | None:
+        self.identity = self._load_identity()
+        if self.identity is not None:
+            return self.identity
+        if not self.enroll_key:
+            raise EnrollmentError(
+                f"not enrolled with {self.controller} and no --enroll-key given"
+            )
+        hello = self._hello()
+        request = agent_pb2.EnrollRequest(
+            enroll_key=self.enroll_key, hardware_id=self.hardware_id(), hostname=self.name,
+            agent_version=AGENT_VERSION, profile=_message(hello.get("profile", {}), types_pb2.HardwareProfile()),
+        )
+        backoff = Backoff(maximum=self.backoff_max_s)
+        while not self._stop.is_set():
+            try:
+                response = await stub.Enroll(request, timeout=10)
+            except grpc.aio.AioRpcError as err:
+                if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                    raise EnrollmentError(f"enrollment refused by {self.controller}: {err.details()}") from err
+                self._note_unreachable(err)
+                if await self._wait_stop(backoff.next_delay()):
+                    return None
+                continue
+            self.identity = Identity(response.device_id, response.device_token, self.controller)
+            self.heartbeat_interval_s = float(response.heartbeat_interval_s or self.heartbeat_interval_s)
+            self._save_identity(self.identity)
+            logger.info("enrolled as %s", response.device_id)
+            return self.identity
+        return None
+
+    def _metadata(self) -> tuple:
+        return (("authorization", f"Bearer {self.identity.token}"),)
+
+    def _note_unreachable(self, err: grpc.aio.AioRpcError) -> None:
+        message = f"{err.code().name}: {err.details()}"
+        if message != self.last_error:
+            logger.warning("controller %s: %s; retrying with backoff", self.controller, message)
+        self.last_error = message
+        self.connected.clear()
+
+    def _check_auth(self, err: grpc.aio.AioRpcError) -> None:
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            self._identity_path.unlink(missing_ok=True)
+            raise EnrollmentError(f"device token refused by {self.controller}: {err.details()}") from err
+
+    # ---- session ----
+
+    async def _session_messages(self):
+        hello = self._hello()
+        yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+            agent_version=AGENT_VERSION,
+            profile=_message(hello.get("profile", {}), types_pb2.HardwareProfile()),
+            plan=_message(hello.get("plan", {}), types_pb2.RuntimePlan()),
+            streams=hello.get("streams", []), started=_timestamp(hello.get("started", time.time())),
+        ))
+        seq = 0
+        while True:
+            seq += 1
+            health = _message(self._health(), types_pb2.HealthSample())
+            health.time.CopyFrom(_timestamp(time.time()))
+            yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=seq, health=health))
+            if await self._wait_stop(self.heartbeat_interval_s):
+                return
+
+    async def _session_forever(self, stub) -> None:
+        backoff = Backoff(maximum=self.backoff_max_s)
+        while not self._stop.is_set():
+            try:
+                call = stub.Session(self._session_messages(), metadata=self._metadata())
+                async for message in call:
+                    kind = message.WhichOneof("body")
+                    if kind == "accepted":
+                        self.heartbeat_interval_s = float(message.accepted.heartbeat_interval_s or 5)
+                        self.connected.set()
+                        backoff.reset()
+                        logger.info("session open as %s", message.accepted.device_id)
+                    elif kind == "command":
+                        logger.info("command %s not supported yet", message.command.WhichOneof("action"))
+            except grpc.aio.AioRpcError as err:
+                self._check_auth(err)
+                self._note_unreachable(err)
+            if await self._wait_stop(backoff.next_delay()):
+                return
+
+    # ---- detections ----
+
+    async def _publish_forever(self, stub, outbox: Outbox) -> None:
+        backoff = Backoff(maximum=self.backoff_max_s)
+        while not self._stop.is_set():
+            try:
+                await self._publish_once(stub, outbox, backoff)
+            except grpc.aio.AioRpcError as err:
+                self._check_auth(err)
+                self._note_unreachable(err)
+            except (asyncio.InvalidStateError, grpc.aio.UsageError, asyncio.TimeoutError) as err:
+                logger.warning("detection stream ended: %r; reopening", err)
+            if await self._wait_stop(backoff.next_delay()):
+                return
+
+    async def _publish_once(self, stub, outbox: Outbox, backoff: Backoff) -> None:
+        """One PublishDetections stream: resend everything unacknowledged, then follow the outbox."""
+        call = stub.PublishDetections(metadata=self._metadata())
+        sent = 0  # everything still in the outbox is unacknowledged: start from its oldest row
+
+        async def receive_acks() -> None:
+            async for ack in call:
+                if ack.acked_sequence > self.acked_sequence:
+                    self.acked_sequence = ack.acked_sequence
+                outbox.ack(ack.acked_sequence)
+                backoff.reset()
+
+        receiver = asyncio.create_task(receive_acks())
+        try:
+            while not self._stop.is_set():
+                if receiver.done():
+                    receiver.result()  # raises the stream's error
+                    return
+                if sent - self.acked_sequence >= self.max_in_flight:
+                    await asyncio.sleep(0.01)
+                    continue
+                records = outbox.pending(after_sequence=max(sent, self.acked_sequence), limit=self.batch_size)
+                if not records:
+                    await asyncio.sleep(0.05)
+                    continue
+                await call.write(agent_pb2.DetectionBatch(frames=[record_to_pb(r) for r in records]))
+                sent = records[-1].sequence
+                self.connected.set()
+            await call.done_writing()
+            await asyncio.wait_for(receiver, timeout=5.0)
+        finally:
+            receiver.cancel()
