@@ -1,0 +1,18 @@
+"""Detector backends, YOLO pre/post-processing, model formats and the bundled default model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Detector
+from .detections import Detections
+from .errors import ModelError
+
+__all__ = ["Detections", "Detector", "ModelError", "load_default_detector"]
+
+
+def load_default_detector(cache_dir: Path | None = None, **options) -> Detector:
+    """The bundled COCO detector on ONNX Runtime (converted and cached on first use)."""
+    from .backends import create_detector
+    from .bundled import default_model
+
+    return create_detector({"type": "onnxruntime", "model": default_model(cache_dir), **options})
