@@ -41,8 +41,8 @@ def scale_boxes_to_source(xyxy: np.ndarray, info: LetterboxInfo) -> np.ndarray:
     out[:, [0, 2]] = (out[:, [0, 2]] - info.pad_x) / info.scale
     out[:, [1, 3]] = (out[:, [1, 3]] - info.pad_y) / info.scale
     h, w = info.source_shape
-    np.clip(out[:, [0, 2]], 0, w, out=out[:, [0, 2]])
-    np.clip(out[:, [1, 3]], 0, h, out=out[:, [1, 3]])
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
     return out
 
 
