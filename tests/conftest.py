@@ -29,10 +29,11 @@ def vtest() -> Path:
 class ControllerThread:
     """A real Controller serving on 127.0.0.1:0 from its own event loop thread."""
 
-    def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",)):
+    def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
+                 listen: str = "127.0.0.1:0"):
         from fleet.server import Controller
 
-        self.controller = Controller(db_path, "127.0.0.1:0", heartbeat_interval_s=heartbeat_interval_s)
+        self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s)
         for key in enroll_keys:
             self.controller.store.create_enroll_key("test", key)
         self.loop = asyncio.new_event_loop()

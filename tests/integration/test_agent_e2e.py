@@ -1,0 +1,99 @@
+"""A real controller and a real agent process on the sample video."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
+
+from ..conftest import ControllerThread, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def agent_run(address: str, source, state_dir, *extra: str, timeout: float = 240):
+    return run_cli(
+        "agent.cli", "run", "--controller", address, "--source", str(source), "--state-dir", str(state_dir),
+        *extra, timeout=timeout,
+    )
+
+
+def summary_of(proc) -> dict:
+    assert proc.returncode == 0, f"agent failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stored_frames(address: str, device_id: str) -> list:
+    with grpc.insecure_channel(address) as channel:
+        stub = fleet_pb2_grpc.FleetControlStub(channel)
+        return list(stub.ListDetections(
+            fleet_pb2.ListDetectionsRequest(device_id=device_id, limit=10_000), timeout=10).frames)
+
+
+def test_agent_streams_vtest_detections_to_the_controller(controller, vtest, tmp_path):
+    proc = agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",
+                     "--name", "e2e-cam", "--max-frames", "120")
+    summary = summary_of(proc)
+    assert summary["frames"] == 120
+    assert summary["outbox_left"] == 0
+
+    with grpc.insecure_channel(controller.address) as channel:
+        stub = fleet_pb2_grpc.FleetControlStub(channel)
+        devices = stub.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
+    assert [d.hostname for d in devices] == ["e2e-cam"]
+    device = devices[0]
+    assert device.device_id == summary["device_id"]
+    assert device.acked_sequence == 120
+    assert device.health.frames_total > 0  # at least the first heartbeat arrived with a health sample
+
+    frames = stored_frames(controller.address, device.device_id)
+    assert [f.sequence for f in frames] == list(range(1, 121)), "sequences must be contiguous from 1"
+    assert [f.frame_index for f in frames] == list(range(120))
+    labels = {d.label for f in frames for d in f.detections}
+    assert "person" in labels
+    boxes = [d.box for f in frames for d in f.detections]
+    assert all(0 <= b.x1 < b.x2 <= 768 and 0 <= b.y1 < b.y2 <= 576 for b in boxes), "boxes in source pixels"
+    tracked = [d.track_id for f in frames for d in f.detections]
+    assert min(tracked) >= 1 and len(set(tracked)) < len(tracked), "objects keep their track ids across frames"
+
+
+def test_unknown_source_is_a_clear_error(controller, tmp_path):
+    proc = agent_run(controller.address, tmp_path / "missing.avi", tmp_path / "agent", "--enroll-key", "efk_test")
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_enroll_key_is_refused_without_a_traceback(controller, vtest, tmp_path):
+    proc = agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_wrong", "--max-frames", "5")
+    assert proc.returncode == 3
+    assert "enrollment refused" in proc.stderr and "unknown or revoked enrollment key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tmp_path):
+    # Reserve a port, then leave nothing listening on it.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    state = tmp_path / "agent"
+    proc = agent_run(address, vtest, state, "--enroll-key", "efk_test", "--max-frames", "15",
+                     "--drain-timeout", "2")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "did not acknowledge 15 record(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    # The controller comes up on that port; the next run delivers the kept records first.
+    ctl = ControllerThread(tmp_path / "fleet.db", listen=address)
+    try:
+        summary = summary_of(agent_run(address, vtest, state, "--enroll-key", "efk_test", "--max-frames", "5"))
+        frames = stored_frames(address, summary["device_id"])
+        assert [f.sequence for f in frames] == list(range(1, 21))
+        assert [f.frame_index for f in frames] == list(range(15)) + list(range(5))
+    finally:
+        ctl.stop()
