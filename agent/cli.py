@@ -42,9 +42,11 @@ def cmd_run(args) -> int:
 
     if args.max_frames < 0:
         raise ConfigError(f"--max-frames must be >= 0, got {args.max_frames}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     open_source(args.source)  # fail on a bad source before loading the model
     try:
-        detector = load_default_detector(cache_dir=args.models_dir)
+        detector = load_default_detector(cache_dir=args.models_dir, intra_op_threads=args.threads)
     except ModelError as err:
         raise ConfigError(f"model: {err}") from err
     w, h = detector.input_size
@@ -88,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="at the end, wait up to S seconds for the controller to acknowledge everything")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads (default: ONNX Runtime's choice, one per core)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
     p.set_defaults(func=cmd_run)

@@ -5,6 +5,7 @@ Everything is a real process talking real gRPC on loopback; state lives under --
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import signal
 import subprocess
@@ -54,12 +55,12 @@ def _start_controller(workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split("listening on", 1)[1].split()[0]
 
 
-def _start_agent(i: int, source: Path, address: str, workdir: Path) -> DemoAgent:
+def _start_agent(i: int, source: Path, address: str, workdir: Path, threads: int) -> DemoAgent:
     name = f"demo-cam{i + 1}"
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
-         "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10"],
+         "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10", "--threads", str(threads)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     return DemoAgent(name, source, proc, log)
@@ -110,7 +111,8 @@ def run_demo(args) -> int:
     workdir.mkdir(parents=True)
     controller, address = _start_controller(workdir)
     print(f"controller: {address} (db {workdir / 'fleet.db'}, log {workdir / 'controller.log'})")
-    agents = [_start_agent(i, samples[i % len(samples)], address, workdir) for i in range(args.agents)]
+    threads = max(1, (os.cpu_count() or 1) // args.agents)  # agents share the cores, not oversubscribe them
+    agents = [_start_agent(i, samples[i % len(samples)], address, workdir, threads) for i in range(args.agents)]
     for agent in agents:
         print(f"agent {agent.name}: {agent.source.name} (log {agent.log})")
     channel = grpc.insecure_channel(address)

