@@ -15,7 +15,7 @@ from .store import FrameRecord
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: watchers live in a set
 class Watcher:
     accepts: Callable[[FrameRecord], FrameRecord | None]
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(maxsize=256))

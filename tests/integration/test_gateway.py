@@ -103,3 +103,40 @@ def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(channel):
     with pytest.raises(grpc.RpcError) as err:
         control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_watch_detections_streams_live_frames_with_filters(channel):
+    import threading
+
+    device = enroll(channel)
+    control = fleet_pb2_grpc.FleetControlStub(channel)
+    watch = control.WatchDetections(fleet_pb2.WatchDetectionsRequest(labels=["car"], min_score=0.5), timeout=10)
+    received = []
+    reader = threading.Thread(target=lambda: received.extend(r for _, r in zip(range(2), watch)))
+    reader.start()
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    # wait until the watcher is registered, then publish people (filtered out) and cars (kept)
+    import time
+
+    deadline = time.monotonic() + 5
+    seq = 0
+    while len(received) < 2 and time.monotonic() < deadline:
+        seq += 2
+        list(stub.PublishDetections(iter([batch(seq - 1, label="person"), batch(seq, label="car")]),
+                                    metadata=auth(device.device_token), timeout=5))
+        time.sleep(0.1)
+    reader.join(5)
+    watch.cancel()
+    assert len(received) == 2
+    assert all(r.frame.device_id == device.device_id for r in received)
+    assert {d.label for r in received for d in r.frame.detections} == {"car"}
+    assert all(r.frame.sequence % 2 == 0 for r in received)
+    assert received[0].dropped == 0
+
+
+def test_watch_detections_rejects_a_bad_min_score(channel):
+    control = fleet_pb2_grpc.FleetControlStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(control.WatchDetections(fleet_pb2.WatchDetectionsRequest(min_score=2.0), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "min_score" in err.value.details()
