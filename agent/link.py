@@ -158,7 +158,9 @@ class Link:
                 ]
                 while not self._stop.is_set() and not any(t.done() for t in tasks):
                     await asyncio.sleep(0.05)
-                for task in tasks:
+                # Let both streams close in order (a last heartbeat, pending acks) before cancelling.
+                _, pending = await asyncio.wait(tasks, timeout=3.0)
+                for task in pending:
                     task.cancel()
                 results = await asyncio.gather(*tasks, return_exceptions=True)
                 for result in results:
@@ -211,7 +213,9 @@ class Link:
                 response = await stub.Enroll(request, timeout=10)
             except grpc.aio.AioRpcError as err:
                 if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
-                    raise EnrollmentError(f"enrollment refused by {self.controller}: {err.details()}") from err
+                    raise EnrollmentError(
+                        f"enrollment refused by {self.controller} ({err.code().name}): {err.details()}"
+                    ) from err
                 self._note_unreachable(err)
                 if await self._wait_stop(backoff.next_delay()):
                     return None
@@ -236,7 +240,10 @@ class Link:
     def _check_auth(self, err: grpc.aio.AioRpcError) -> None:
         if err.code() == grpc.StatusCode.UNAUTHENTICATED:
             self._identity_path.unlink(missing_ok=True)
-            raise EnrollmentError(f"device token refused by {self.controller}: {err.details()}") from err
+            raise EnrollmentError(
+                f"device token refused by {self.controller} ({err.code().name}): {err.details()}; "
+                "enroll again with --enroll-key"
+            ) from err
 
     # ---- session ----
 
@@ -249,13 +256,13 @@ class Link:
             streams=hello.get("streams", []), started=_timestamp(hello.get("started", time.time())),
         ))
         seq = 0
-        while True:
-            seq += 1
+        stopping = False
+        while not stopping:
+            stopping = await self._wait_stop(self.heartbeat_interval_s) if seq else False
+            seq += 1  # the first heartbeat goes right after hello; the last one on stop
             health = _message(self._health(), types_pb2.HealthSample())
             health.time.CopyFrom(_timestamp(time.time()))
             yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=seq, health=health))
-            if await self._wait_stop(self.heartbeat_interval_s):
-                return
 
     async def _session_forever(self, stub) -> None:
         backoff = Backoff(maximum=self.backoff_max_s)
