@@ -12,20 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.detections import Detections
-
-
-def iou_matrix(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
-    """Pairwise IoU, shape (len(a), len(b))."""
-    if len(a_xyxy) == 0 or len(b_xyxy) == 0:
-        return np.zeros((len(a_xyxy), len(b_xyxy)), dtype=np.float32)
-    a = a_xyxy[:, None, :]
-    b = b_xyxy[None, :, :]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return (inter / np.maximum(area_a + area_b - inter, 1e-9)).astype(np.float32)
+from models.yolo import box_iou
 
 
 @dataclass
@@ -47,7 +34,7 @@ class IoUTracker:
         track_of_row = np.zeros(n, dtype=np.int64)
         matched_tracks = np.zeros(len(self._ids), dtype=bool)
         if n and len(self._ids):
-            iou = iou_matrix(detections.xyxy, self._xyxy)
+            iou = box_iou(detections.xyxy, self._xyxy)
             iou[detections.class_id[:, None] != self._class[None, :]] = 0.0
             rows, cols = np.nonzero(iou >= self.minimum_iou)
             order = np.argsort(-iou[rows, cols], kind="stable")

@@ -7,28 +7,42 @@ import numpy as np
 
 from .detections import Detections
 
+DEFAULT_CONFIDENCE_THRESHOLD = 0.25
+DEFAULT_IOU_THRESHOLD = 0.45
+
 
 class Detector(ABC):
-    """Frames in (BGR, any size), `Detections` out with boxes in source pixels.
+    """Frames in (BGR uint8, any size), `Detections` out with boxes in source-frame pixels.
 
-    Backends warm up in their constructor so the first real frame is not the slow one.
+    Backends warm up in their constructor, so the first real frame is not the slow one.
     """
 
     names: list[str]
-    input_size: tuple[int, int]  # (width, height) of the network input
-    confidence_threshold: float
-    """Minimum score kept. Higher: fewer false positives, more missed objects."""
-    iou_threshold: float
-    """Overlap above which NMS drops the weaker box of a class. Higher: more duplicates survive."""
+    """Class names, indexed by `Detections.class_id`."""
+    input_size: tuple[int, int]
+    """(width, height) of the network input; frames are letterboxed to it."""
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
+    """Minimum score (objectness x class probability) kept. Higher: fewer false positives,
+    more missed objects, slightly faster post-processing."""
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    """Overlap above which NMS drops the weaker of two boxes of one class. Higher: more
+    duplicate boxes survive; lower: people standing close together merge into one box."""
     last_inference_ms: float = 0.0
-    """Time of the last raw inference call (the backend's run, without pre/post-processing)."""
+    """Duration of the last raw inference call (the runtime's run only, no pre/post-processing)."""
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
+        """One frame; boxes in the frame's own pixels."""
         return self.detect_batch([frame_bgr])[0]
 
     @abstractmethod
     def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
-        """One inference call for all frames (e.g. one per stream)."""
+        """Several frames (of any sizes) in one inference call; one `Detections` per frame."""
 
     def close(self) -> None:
-        """Release the backend's resources."""
+        """Release the backend's resources; the detector is unusable afterwards."""
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,13 +1,13 @@
-"""Exceptions of the model pipeline."""
+"""Exceptions of the model pipeline: one base class, so callers can catch `ModelError` once."""
 from __future__ import annotations
 
 
 class ModelError(Exception):
-    """Base class: anything wrong with a model file, its conversion or its backend."""
+    """Base class: anything wrong with a model file, its conversion, its config or its backend."""
 
 
 class ModelNotFound(ModelError):
-    """A model file or the package that ships it is missing."""
+    """A model file, or the package that ships it, is missing."""
 
 
 class ChecksumMismatch(ModelError):
@@ -18,5 +18,13 @@ class UnsupportedModel(ModelError):
     """A layer, option or layout this converter or backend does not handle."""
 
 
+class WeightsMismatch(ModelError):
+    """A weights file whose size does not fit its cfg (truncated, or bytes left over)."""
+
+
+class InvalidConfig(ModelError):
+    """A detector config that fails validation (unknown backend, bad field or value)."""
+
+
 class BackendUnavailable(ModelError):
-    """A configured backend whose SDK or hardware is not on this machine."""
+    """A configured backend whose SDK, execution provider or hardware is not on this machine."""

@@ -1,4 +1,10 @@
-"""YOLO pre- and post-processing in vectorized numpy: letterbox, Darknet head decode, NMS."""
+"""YOLO pre- and post-processing in vectorized numpy: letterbox, Darknet head decode, IoU, NMS.
+
+Conventions (the same as Darknet's and Ultralytics' letterbox): keep the aspect ratio, centre
+the resized frame on gray 114, feed RGB in 0..1 as NCHW float32. Boxes are `xyxy` pixels:
+network-input pixels out of `decode_darknet`, source pixels after `scale_boxes_to_source`.
+No OpenCV DNN calls: the behaviour must not depend on the OpenCV version (cv2 only resizes).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,47 +13,77 @@ import cv2
 import numpy as np
 
 PAD_VALUE = 114
+_INV_255 = np.float32(1.0 / 255.0)
+DEFAULT_INPUT_SIZE = (416, 416)
 
 
 @dataclass(frozen=True)
 class LetterboxInfo:
-    """How a source frame was placed into the network input: input = source * scale + pad."""
+    """Where a source frame went in the network input: input_xy = source_xy * scale + (pad_x, pad_y)."""
 
     scale: float
     pad_x: float
     pad_y: float
-    source_shape: tuple[int, int]  # (height, width)
 
 
-def letterbox(frame_bgr: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, LetterboxInfo]:
-    """Resize keeping the aspect ratio, centre on gray; returns (1,3,H,W) float32 RGB in 0..1."""
-    in_w, in_h = size
+def _place(frame_bgr: np.ndarray, chw: np.ndarray) -> LetterboxInfo:
+    """Resize `frame_bgr` into the middle of `chw` (3, H, W float32), gray around it.
+
+    The BGR->RGB swap, the HWC->CHW layout and the /255 happen in one pass per channel,
+    straight into the network's tensor (no uint8 canvas, no transposed copy).
+    """
+    in_h, in_w = chw.shape[1:]
     h, w = frame_bgr.shape[:2]
     scale = min(in_w / w, in_h / h)
     new_w, new_h = int(round(w * scale)), int(round(h * scale))
-    pad_x, pad_y = (in_w - new_w) / 2, (in_h - new_h) / 2
-    left, top = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
-    canvas = np.full((in_h, in_w, 3), PAD_VALUE, dtype=np.uint8)
-    resized = frame_bgr if (new_w, new_h) == (w, h) else cv2.resize(frame_bgr, (new_w, new_h),
-                                                                      interpolation=cv2.INTER_LINEAR)
-    canvas[top:top + new_h, left:left + new_w] = resized
-    tensor = canvas[:, :, ::-1].transpose(2, 0, 1)[None].astype(np.float32) * (1.0 / 255.0)
-    return np.ascontiguousarray(tensor), LetterboxInfo(scale, float(left), float(top), (h, w))
+    # Ultralytics' rounding: an odd padding puts the extra pixel on the right/bottom.
+    left, top = int(round((in_w - new_w) / 2 - 0.1)), int(round((in_h - new_h) / 2 - 0.1))
+    resized = frame_bgr if (new_w, new_h) == (w, h) else cv2.resize(
+        frame_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if (new_w, new_h) != (in_w, in_h):
+        chw.fill(PAD_VALUE / 255.0)
+    for channel in range(3):
+        np.multiply(resized[:, :, 2 - channel], _INV_255, out=chw[channel, top:top + new_h, left:left + new_w],
+                    casting="unsafe")
+    return LetterboxInfo(scale, float(left), float(top))
 
 
-def scale_boxes_to_source(xyxy: np.ndarray, info: LetterboxInfo) -> np.ndarray:
-    """Map boxes from network-input pixels back to source pixels, clipped to the frame."""
-    out = xyxy.astype(np.float32, copy=True)
-    out[:, [0, 2]] = (out[:, [0, 2]] - info.pad_x) / info.scale
-    out[:, [1, 3]] = (out[:, [1, 3]] - info.pad_y) / info.scale
-    h, w = info.source_shape
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, w)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, h)
+def letterbox_batch(frames_bgr: list[np.ndarray], size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+                    ) -> tuple[np.ndarray, list[LetterboxInfo]]:
+    """Letterbox frames of any sizes into one (N, 3, H, W) float32 RGB tensor in 0..1."""
+    in_w, in_h = size
+    tensor = np.empty((len(frames_bgr), 3, in_h, in_w), dtype=np.float32)
+    infos = []
+    for i, frame in enumerate(frames_bgr):  # one resize per frame, not per box
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame {i}: expected an (H, W, 3) BGR image, got shape {frame.shape}")
+        infos.append(_place(frame, tensor[i]))
+    return tensor, infos
+
+
+def letterbox(frame_bgr: np.ndarray, size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+              ) -> tuple[np.ndarray, LetterboxInfo]:
+    """One frame as a (1, 3, H, W) float32 RGB tensor in 0..1; `size` is (width, height)."""
+    tensor, (info,) = letterbox_batch([frame_bgr], size)
+    return tensor, info
+
+
+def scale_boxes_to_source(xyxy: np.ndarray, info: LetterboxInfo, source_shape: tuple[int, ...]) -> np.ndarray:
+    """Map (n, 4) boxes from network-input pixels back to the source frame, clipped to it.
+
+    `source_shape` is the frame's shape, (height, width) or (height, width, channels).
+    """
+    h, w = source_shape[:2]
+    out = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4).copy()
+    out -= np.array([info.pad_x, info.pad_y, info.pad_x, info.pad_y], dtype=np.float32)
+    out /= np.float32(info.scale)
+    np.clip(out, 0, np.array([w, h, w, h], dtype=np.float32), out=out)
     return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0: sigmoid is then exactly 0
+        return 1.0 / (1.0 + np.exp(-x))
 
 
 def decode_darknet(
@@ -55,63 +91,88 @@ def decode_darknet(
     anchors: np.ndarray,
     masks: list[list[int]],
     input_size: tuple[int, int],
-    num_classes: int,
-    confidence_threshold: float,
+    confidence_threshold: float = 0.25,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Decode Darknet [yolo] head outputs, one (N, A*(5+nc), H, W) tensor per head.
+    """Decode raw Darknet [yolo] heads into per-image candidates before NMS.
 
-    Box centre = (cell + sigmoid(t_xy)) * stride, size = exp(t_wh) * anchor (input pixels);
-    score = sigmoid(objectness) * sigmoid(class). Returns, per image, the candidates whose
-    best class score passes the threshold: (xyxy in input pixels, score, class_id).
+    outputs: one (N, A*(5+nc), H, W) tensor per head; anchors: (K, 2) in input pixels;
+    masks: the anchor indices of each head; input_size: (width, height) the network ran at.
+    Box centre = (cell + sigmoid(t_xy)) * stride, size = exp(t_wh) * anchor;
+    score = sigmoid(objectness) * sigmoid(class logit); the best class per box is kept when
+    its score is above `confidence_threshold` (a higher threshold: fewer, surer candidates).
+    Returns, per image, (xyxy float32 (k, 4) in input pixels, score float32 (k,), class_id int32 (k,)).
     """
     in_w, in_h = input_size
+    anchors = np.asarray(anchors, dtype=np.float32).reshape(-1, 2)
     batch = outputs[0].shape[0]
-    per_head = []
-    for out, mask in zip(outputs, masks):
-        n, _, gh, gw = out.shape
+    image, xyxy, score, class_id = [], [], [], []
+    for out, mask in zip(outputs, masks, strict=True):  # one pass per head (2-3), vectorized inside
+        n, channels, gh, gw = out.shape
         a = len(mask)
-        pred = out.reshape(n, a, 5 + num_classes, gh, gw).transpose(0, 1, 3, 4, 2)  # n,a,gh,gw,5+nc
-        pred = pred.reshape(n, -1, 5 + num_classes)
-        gy, gx = np.meshgrid(np.arange(gh, dtype=np.float32), np.arange(gw, dtype=np.float32), indexing="ij")
-        grid = np.stack([gx, gy], axis=-1).reshape(1, 1, gh * gw, 2)
-        grid = np.broadcast_to(grid, (1, a, gh * gw, 2)).reshape(1, -1, 2)
-        anchor_wh = np.repeat(anchors[mask].astype(np.float32), gh * gw, axis=0)[None]
+        if channels % a or channels // a < 6:
+            raise ValueError(
+                f"head with {channels} channels does not fit {a} anchors of (5 + classes) values")
+        pred = out.reshape(n, a, channels // a, gh * gw)
+        objectness = _sigmoid(pred[:, :, 4, :])
+        # score = objectness * class probability <= objectness: only these cells can pass.
+        b, k, cell = np.nonzero(objectness > confidence_threshold)
+        class_scores = objectness[b, k, cell][:, None] * _sigmoid(pred[b, k, 5:, cell])
+        best = class_scores.argmax(axis=1)
+        best_score = class_scores[np.arange(len(best)), best]
+        passed = best_score > confidence_threshold
+        b, k, cell, best, best_score = b[passed], k[passed], cell[passed], best[passed], best_score[passed]
+        t = pred[b, k, :4, cell]
         stride = np.array([in_w / gw, in_h / gh], dtype=np.float32)
-        centre = (grid + _sigmoid(pred[..., 0:2])) * stride
-        wh = np.exp(pred[..., 2:4]) * anchor_wh
-        scores = _sigmoid(pred[..., 4:5]) * _sigmoid(pred[..., 5:])
-        per_head.append((np.concatenate([centre - wh / 2, centre + wh / 2], axis=-1), scores))
-    boxes = np.concatenate([b for b, _ in per_head], axis=1)
-    scores = np.concatenate([s for _, s in per_head], axis=1)
+        grid = np.stack([cell % gw, cell // gw], axis=1).astype(np.float32)
+        centre = (grid + _sigmoid(t[:, :2])) * stride
+        with np.errstate(over="ignore"):
+            wh = np.exp(t[:, 2:4]) * anchors[np.asarray(mask)[k]]
+        image.append(b)
+        xyxy.append(np.concatenate([centre - wh / 2, centre + wh / 2], axis=1))
+        score.append(best_score)
+        class_id.append(best)
+    image = np.concatenate(image)
+    xyxy = np.concatenate(xyxy).astype(np.float32, copy=False)
+    score = np.concatenate(score).astype(np.float32, copy=False)
+    class_id = np.concatenate(class_id).astype(np.int32, copy=False)
     results = []
-    for i in range(batch):
-        class_id = scores[i].argmax(axis=1)
-        best = scores[i][np.arange(len(class_id)), class_id]
-        keep = best > confidence_threshold
-        results.append((boxes[i][keep], best[keep].astype(np.float32), class_id[keep].astype(np.int32)))
+    for i in range(batch):  # split per image
+        rows = image == i
+        results.append((xyxy[rows], score[rows], class_id[rows]))
     return results
 
 
-def nms(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Class-aware non-maximum suppression; returns kept indices, best score first.
+def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union, shape (len(a), len(b)); zero-area unions give 0."""
+    a = np.asarray(a_xyxy, dtype=np.float32).reshape(-1, 1, 4)
+    b = np.asarray(b_xyxy, dtype=np.float32).reshape(1, -1, 4)
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
 
-    Boxes of different classes never suppress each other: each class is shifted into its own
-    region of the plane (the torchvision batched_nms trick), then one greedy pass runs.
+
+def nms(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray,
+        iou_threshold: float = 0.45) -> np.ndarray:
+    """Greedy class-aware non-maximum suppression; returns the kept indices, best score first.
+
+    A box is dropped when it overlaps a better-scoring kept box of the same class by IoU above
+    `iou_threshold` (higher: more duplicates survive; lower: neighbours merge). Boxes of
+    different classes never suppress each other. One vectorized step per kept box, as in
+    OpenCV's NMSBoxes, so the result is the same as the classic greedy algorithm.
     """
     if len(xyxy) == 0:
         return np.zeros(0, dtype=np.int64)
-    offset = class_id.astype(np.float32)[:, None] * (float(xyxy.max()) + 1.0)
-    boxes = xyxy + offset
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    order = np.argsort(-scores, kind="stable")
+    xyxy = np.asarray(xyxy, dtype=np.float32)
+    class_id = np.asarray(class_id)
+    order = np.argsort(-np.asarray(scores), kind="stable")
     keep = []
     while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        iw = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        overlap = box_iou(xyxy[best], xyxy[rest])[0]
+        order = rest[(overlap <= iou_threshold) | (class_id[rest] != class_id[best])]
     return np.asarray(keep, dtype=np.int64)

@@ -1,39 +1,51 @@
 """Detector backends, registered by key (Frigate's plugin pattern).
 
-Each plugin module defines `BACKEND_KEY`, a pydantic `Config` with `type: Literal[KEY]`,
-and `DetectorClass`. Optional SDKs (tensorrt, pycuda, ultralytics) are imported inside the
-plugin's constructor only, so a backend that was configured but cannot import fails at
-start with a clear message and the others keep working.
+Each plugin module defines `BACKEND_KEY`, a pydantic `Config` with `type: Literal[BACKEND_KEY]`
+and `extra="forbid"`, and `DetectorClass`. Optional SDKs (onnxruntime, tensorrt, pycuda,
+ultralytics) are imported inside the plugin's constructor only, so every plugin registers
+here, and a backend that is configured but cannot import fails at start with a clear message.
+
+    detector = create_detector({"type": "onnxruntime", "model": "model.onnx"})
 """
 from __future__ import annotations
 
 import importlib
-from typing import Annotated, Union
+from types import ModuleType
+from typing import Annotated, Any, Union
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ..base import Detector
-from ..errors import UnsupportedModel
+from ..errors import InvalidConfig
 
-PLUGIN_MODULES = ("onnxrt",)
+PLUGIN_MODULES = ("onnxruntime",)
 
-PLUGINS = {}
+BACKENDS: dict[str, ModuleType] = {}
 for _name in PLUGIN_MODULES:
     _module = importlib.import_module(f"{__name__}.{_name}")
-    PLUGINS[_module.BACKEND_KEY] = _module
+    BACKENDS[_module.BACKEND_KEY] = _module
 
-DetectorConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]
+_configs = tuple(m.Config for m in BACKENDS.values())
+DetectorConfig = Annotated[Union[_configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
 _ADAPTER = TypeAdapter(DetectorConfig)
 
 
-def parse_config(data: dict):
-    """Validate a detector config dict (from YAML, flags or the wire) into its plugin's model."""
-    if data.get("type") not in PLUGINS:
-        raise UnsupportedModel(f"detector type {data.get('type')!r} is unknown; known: {sorted(PLUGINS)}")
-    return _ADAPTER.validate_python(data)
+def parse_config(data: dict[str, Any]) -> BaseModel:
+    """Validate a detector config (from YAML, flags or the wire) into its backend's model."""
+    if not isinstance(data, dict):
+        raise InvalidConfig(f"detector config must be a mapping, got {type(data).__name__}")
+    if data.get("type") not in BACKENDS:
+        raise InvalidConfig(f"detector type {data.get('type')!r} is unknown; known: {sorted(BACKENDS)}")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']} (got {e.get('input')!r})"
+                             for e in err.errors())
+        raise InvalidConfig(f"detector config for {data['type']!r}: {problems}") from err
 
 
-def create_detector(config) -> Detector:
+def create_detector(config: dict[str, Any] | BaseModel) -> Detector:
+    """Build (and warm up) the backend a config names."""
     if isinstance(config, dict):
         config = parse_config(config)
-    return PLUGINS[config.type].DetectorClass(config)
+    return BACKENDS[config.type].DetectorClass(config)

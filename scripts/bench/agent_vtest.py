@@ -3,8 +3,8 @@
 
     python scripts/bench/agent_vtest.py [--frames 795] [--threads N] [--out bench.json]
 
-1. Raw ONNX Runtime inference (session.run only, batch 1 and 4) and the full detect()
-   (letterbox + inference + decode + NMS) on the first frames of vtest.avi.
+1. Raw ONNX Runtime inference (session.run only) and the full detect() call
+   (letterbox + inference + decode + NMS) at 416, batch 1 (see detector.py).
 2. A real controller on 127.0.0.1:0 and a real `edge-agent run` process over the video:
    end-to-end fps (decode, detect, track, durable outbox write, publish, ack), and the
    agent's own p50 of raw inference while it ran.
@@ -22,44 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-
-def percentiles(values: list[float]) -> dict:
-    arr = np.asarray(values)
-    return {"p50": round(float(np.percentile(arr, 50)), 2), "p95": round(float(np.percentile(arr, 95)), 2),
-            "n": len(values)}
-
-
-def bench_detector(video: Path, n: int, threads: int | None) -> dict:
-    from models import load_default_detector
-    from models.yolo import letterbox
-
-    detector = load_default_detector(intra_op_threads=threads)
-    cap = cv2.VideoCapture(str(video))
-    frames = [cap.read()[1] for _ in range(n)]
-    raw, full, batch4 = [], [], []
-    for frame in frames:
-        tensor, _ = letterbox(frame, detector.input_size)
-        detector.infer(tensor)
-        raw.append(detector.last_inference_ms)
-        start = time.perf_counter()
-        detector.detect(frame)
-        full.append((time.perf_counter() - start) * 1000)
-    for i in range(0, n - 3, 4):
-        batch = np.concatenate([letterbox(f, detector.input_size)[0] for f in frames[i:i + 4]])
-        detector.infer(batch)
-        batch4.append(detector.last_inference_ms / 4)
-    return {"provider": detector.providers[0], "input_size": list(detector.input_size),
-            "raw_inference_ms_batch1": percentiles(raw), "raw_inference_ms_per_frame_batch4": percentiles(batch4),
-            "detect_ms": percentiles(full)}
+from detector import bench, read_frames  # noqa: E402  (scripts/bench/detector.py)
 
 
 def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
-    sys.path.insert(0, str(ROOT))
     from tests.conftest import ControllerThread
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +62,7 @@ def main() -> int:
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "video": args.video.name,
-        "detector": bench_detector(args.video, args.detector_frames, args.threads),
+        "detector": bench(416, 1, read_frames(args.video, args.detector_frames), args.threads),
         "agent": bench_agent(args.video, args.frames, args.threads),
     }
     text = json.dumps(result, indent=2)

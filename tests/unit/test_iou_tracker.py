@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from agent.tracker import IoUTracker, iou_matrix
+from agent.tracker import IoUTracker
 from models.detections import Detections
 
 
@@ -14,20 +13,6 @@ def dets(*rows) -> Detections:
     arr = np.array(rows, dtype=np.float32)
     return Detections(xyxy=arr[:, :4], confidence=np.full(len(rows), 0.9, np.float32),
                       class_id=arr[:, 4].astype(np.int32))
-
-
-@pytest.mark.parametrize(
-    "a, b, expected",
-    [
-        ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),
-        ((0, 0, 10, 10), (5, 0, 15, 10), 50 / 150),
-        ((0, 0, 10, 10), (20, 20, 30, 30), 0.0),
-    ],
-)
-def test_iou_matrix(a, b, expected):
-    got = iou_matrix(np.array([a], np.float32), np.array([b], np.float32))
-    assert got.shape == (1, 1)
-    assert got[0, 0] == pytest.approx(expected, abs=1e-6)
 
 
 def test_ids_follow_moving_boxes_and_rows_stay_in_input_order():
