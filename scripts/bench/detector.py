@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Detector speed on vtest.avi: raw inference (session.run only) and the full detect() call.
 
-    python scripts/bench/detector.py [--frames 100] [--batch-sizes 1,4] [--size 416]
+    python scripts/bench/detector.py [--frames 100] [--batch-sizes 1,4] [--sizes 320,416,640]
                                      [--threads N] [--cache-dir DIR] [--out FILE]
 
 For each batch size: `raw_inference_ms` times ONNX Runtime's session.run on tensors letterboxed
@@ -83,7 +83,7 @@ def bench(size: int, batch: int, frames: list[np.ndarray], threads: int | None =
     prepared = [letterbox_batch(group, detector.input_size)[0] for group in groups]
     for tensor in prepared[:warmup]:
         detector.infer(tensor)
-    raw, pre, post, full = [], [], [], []
+    raw, pre, post, full, inner = [], [], [], [], []
     for tensor in prepared:
         outputs = detector.infer(tensor)
         raw.append(detector.last_inference_ms)
@@ -103,6 +103,7 @@ def bench(size: int, batch: int, frames: list[np.ndarray], threads: int | None =
         start = time.perf_counter()
         results = detector.detect_batch(group)
         full.append((time.perf_counter() - start) * 1000)
+        inner.append(detector.last_inference_ms)  # the inference inside this very call
         detections += sum(len(r) for r in results)
     detect = percentiles(full)
     result = {
@@ -116,6 +117,8 @@ def bench(size: int, batch: int, frames: list[np.ndarray], threads: int | None =
         "detect_ms_per_frame_p50": round(detect["p50"] / batch, 2),
         "detect_fps": round(1000.0 * batch / detect["p50"], 1),
         "detections_per_frame": round(detections / (len(groups) * batch), 2),
+        # (call - its own inference) / inference, paired call by call, so machine drift cancels out
+        "overhead_ratio": round(float((np.sum(full) - np.sum(inner)) / np.sum(inner)), 4),
     }
     detector.close()
     return result
@@ -126,7 +129,7 @@ def main() -> int:
     parser.add_argument("--video", type=Path, default=default_video())
     parser.add_argument("--frames", type=int, default=100, help="frames read from the start of the video")
     parser.add_argument("--batch-sizes", default="1,4")
-    parser.add_argument("--size", type=int, default=416, help="square network input, a multiple of 32")
+    parser.add_argument("--sizes", default="416", help="square network inputs, multiples of 32 (e.g. 320,416,640)")
     parser.add_argument("--threads", type=int, default=None,
                         help="onnxruntime intra-op threads (default: its own choice)")
     parser.add_argument("--cache-dir", type=Path, default=None,
@@ -135,7 +138,8 @@ def main() -> int:
     args = parser.parse_args()
     frames = read_frames(args.video, args.frames)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    runs = [bench(args.size, batch, frames, args.threads, args.cache_dir) for batch in batch_sizes]
+    runs = [bench(int(size), batch, frames, args.threads, args.cache_dir)
+            for size in args.sizes.split(",") for batch in batch_sizes]
     report = {"benchmark": "models detector", "video": args.video.name, "frames": len(frames),
               "host": host_info(), "results": runs}
     report["host"]["providers"] = sorted({r["provider"] for r in runs})
