@@ -10,6 +10,7 @@ here, and a backend that is configured but cannot import fails at start with a c
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from types import ModuleType
 from typing import Annotated, Any, Union
 
@@ -18,12 +19,12 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from ..base import Detector
 from ..errors import InvalidConfig
 
-PLUGIN_MODULES = ("onnxruntime",)
-
+# Every module in this package that defines BACKEND_KEY is a plugin (as Frigate's plugins/ folder).
 BACKENDS: dict[str, ModuleType] = {}
-for _name in PLUGIN_MODULES:
-    _module = importlib.import_module(f"{__name__}.{_name}")
-    BACKENDS[_module.BACKEND_KEY] = _module
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _module = importlib.import_module(f"{__name__}.{_info.name}")
+    if hasattr(_module, "BACKEND_KEY"):
+        BACKENDS[_module.BACKEND_KEY] = _module
 
 _configs = tuple(m.Config for m in BACKENDS.values())
 DetectorConfig = Annotated[Union[_configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
