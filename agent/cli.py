@@ -40,30 +40,32 @@ def cmd_run(args) -> int:
     from .runner import Agent, RunOptions
     from .sources import open_source
 
-    if args.max_frames < 0:
-        raise ConfigError(f"--max-frames must be >= 0, got {args.max_frames}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    open_source(args.source)  # fail on a bad source before loading the model
+    options = RunOptions(
+        controller=args.controller, sources=args.source, state_dir=args.state_dir,
+        enroll_key=args.enroll_key, name=args.name or "", stream_ids=args.stream_id or [],
+        max_frames=args.max_frames, loop=args.loop, detect_interval=args.detect_interval,
+        drain_timeout_s=args.drain_timeout,
+    )
+    for spec in options.sources:
+        open_source(spec)  # fail on a bad source before loading the model
     try:
         detector = load_default_detector(cache_dir=args.models_dir, intra_op_threads=args.threads)
     except ModelError as err:
         raise ConfigError(f"model: {err}") from err
     w, h = detector.input_size
     plan = {"model": "yolov3-tiny-coco", "backend": "onnxruntime", "precision": "fp32",
-            "input_width": w, "input_height": h, "batch": 1, "detect_interval": 1,
+            "input_width": w, "input_height": h, "batch": len(options.sources),
+            "detect_interval": options.detect_interval,
             "reason": "default model; adaptive planning not enabled"}
-    options = RunOptions(
-        controller=args.controller, source=args.source, state_dir=args.state_dir,
-        enroll_key=args.enroll_key, name=args.name or "", stream_id=args.stream_id,
-        max_frames=args.max_frames, loop=args.loop, drain_timeout_s=args.drain_timeout,
-    )
     agent = Agent(options, detector, open_source, probe().to_dict(), plan)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     result = agent.run()
     summary = {
         "device_id": agent.link.identity.device_id if agent.link.identity else None,
+        "streams": {s.stream_id: s.frames for s in agent.streams},
         "frames": result.frames, "detections": result.detections,
         "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
         "inference_ms_p50": round(result.inference_ms_p50, 2),
@@ -80,13 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="detect and track on a source, report to the controller")
     p.add_argument("--controller", required=True, type=_controller, metavar="HOST:PORT")
-    p.add_argument("--source", required=True, help="video file, camera index (0) or rtsp:// / http:// URL")
+    p.add_argument("--source", required=True, action="append",
+                   help="video file, image folder, camera index (0), rtsp:// or http:// URL, or "
+                        "synthetic://640x480?objects=5; repeat for several streams (batched into one detector call)")
     p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
                    help="identity and the durable outbox live here (default var/agent)")
     p.add_argument("--enroll-key", help="enrollment key; needed on the first run only")
     p.add_argument("--name", help="name to enroll under (default: hostname)")
-    p.add_argument("--stream-id", default="cam0", help="id of this source in reports (default cam0)")
-    p.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: source end)")
+    p.add_argument("--stream-id", action="append",
+                   help="id of each --source in reports, in the same order (default cam0, cam1, ...)")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N",
+                   help="stop each stream after N frames (0: at the source's end)")
+    p.add_argument("--detect-interval", type=int, default=1, metavar="N",
+                   help="detect on every Nth frame of a stream; the tracker predicts in between (default 1)")
     p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="at the end, wait up to S seconds for the controller to acknowledge everything")

@@ -48,6 +48,20 @@ class Outbox:
         self._conn.close()
 
     def append(self, record: OutboxRecord) -> int:
+        return self.append_many([record])[0]
+
+    def append_many(self, records: list[OutboxRecord]) -> list[int]:
+        """Commit several records in one transaction (one fsync); returns their sequences."""
+        self._conn.execute("begin")
+        try:
+            sequences = [self._insert(record) for record in records]
+            self._conn.execute("commit")
+        except BaseException:
+            self._conn.execute("rollback")
+            raise
+        return sequences
+
+    def _insert(self, record: OutboxRecord) -> int:
         objects = json.dumps([
             [o.track_id, o.class_id, o.label, round(float(o.score), 5),
              [round(float(v), 2) for v in o.xyxy], int(o.predicted)]

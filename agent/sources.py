@@ -1,17 +1,24 @@
 """Frame sources: a reader thread per source, so decoding overlaps detection.
 
-Files give every frame (the reader waits for the consumer); live sources (camera index,
-RTSP/HTTP URL) keep only the newest frame and count the ones the consumer never saw.
+Files, image folders and synthetic scenes give every frame (the reader waits for the
+consumer, a few frames ahead). Live sources (camera index, RTSP/HTTP URL) keep only the
+newest frame, count the ones the consumer never saw, and reconnect with backoff when the
+stream fails; frame indices keep counting across reconnects.
+
+Specs accepted by `open_source`: "0" (camera index), "rtsp://…", "http(s)://…", a video
+file, a folder of images (or one image), "synthetic://640x480?objects=5&frames=300".
 """
 from __future__ import annotations
 
 import logging
 import queue
+import random
 import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import cv2
 import numpy as np
@@ -21,6 +28,7 @@ from .errors import SourceError
 logger = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -30,31 +38,115 @@ class Frame:
     capture_time: float  # unix seconds
 
 
-class Source:
-    """`start()` opens and spawns the reader; `read()` returns the next Frame or None at the end."""
+# ---- readers: blocking, single-threaded, None at the end ----
 
-    live = False
-
+class VideoReader:
     def __init__(self, spec: str, capture_arg):
-        self.spec = spec
-        self._capture_arg = capture_arg
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.spec, self._arg = spec, capture_arg
         self._cap: cv2.VideoCapture | None = None
-        self.frames_read = 0
-        self.frames_dropped = 0
-        self.error: str | None = None
-        self.width = self.height = 0
-        self.fps = 0.0
 
-    def start(self) -> None:
-        cap = cv2.VideoCapture(self._capture_arg)
+    def open(self) -> None:
+        cap = cv2.VideoCapture(self._arg)
         if not cap.isOpened():
+            cap.release()
             raise SourceError(f"source {self.spec!r}: cannot be opened (not a readable video or stream)")
         self._cap = cap
-        self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+
+    def read(self) -> np.ndarray | None:
+        ok, image = self._cap.read()
+        return image if ok else None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class FolderReader:
+    """Images in name order; unreadable files are skipped with a warning."""
+
+    def __init__(self, spec: str, files: list[Path]):
+        self.spec, self._files, self._next = spec, files, 0
+
+    def open(self) -> None:
+        self._next = 0
+
+    def read(self) -> np.ndarray | None:
+        while self._next < len(self._files):
+            path = self._files[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return image
+            logger.warning("source %s: skipping unreadable image %s", self.spec, path.name)
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class SyntheticReader:
+    """Coloured boxes moving in straight lines and bouncing off the edges; seeded, so repeatable."""
+
+    def __init__(self, spec: str, width: int, height: int, objects: int, frames: int, seed: int):
+        self.spec, self.width, self.height = spec, width, height
+        self.objects, self.frames, self.seed = objects, frames, seed
+        self._count = 0
+
+    def open(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        self._size = rng.uniform(0.05, 0.2, (self.objects, 2)) * (self.width, self.height)
+        self._pos = rng.uniform(0, 1, (self.objects, 2)) * ((self.width, self.height) - self._size)
+        self._vel = rng.uniform(-6, 6, (self.objects, 2))
+        self._colour = rng.integers(40, 255, (self.objects, 3))
+        self._count = 0
+
+    def read(self) -> np.ndarray | None:
+        if self.frames and self._count >= self.frames:
+            return None
+        self._count += 1
+        image = np.full((self.height, self.width, 3), 90, np.uint8)
+        limit = np.array([self.width, self.height]) - self._size
+        self._pos += self._vel
+        bounce = (self._pos < 0) | (self._pos > limit)
+        self._vel[bounce] *= -1
+        self._pos = np.clip(self._pos, 0, limit)
+        for (x, y), (w, h), colour in zip(self._pos.astype(int), self._size.astype(int), self._colour.tolist()):
+            cv2.rectangle(image, (x, y), (x + w, y + h), colour, thickness=-1)
+        return image
+
+    def close(self) -> None:
+        pass
+
+
+# ---- the threaded source ----
+
+class Source:
+    """`start()` opens and spawns the reader thread; `read()` returns the next Frame, or None at the end."""
+
+    def __init__(self, spec: str, reader, live: bool, prefetch: int = 4,
+                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0):
+        self.spec = spec
+        self.live = live
+        self._reader = reader
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self._cond = threading.Condition()
+        self._latest: Frame | None = None
+        self._ended = False
+        self._reconnect = (reconnect_initial_s, reconnect_max_s)
+        self._delay = reconnect_initial_s
+        self._frames_at_reconnect = -1
+        self.state = "new"
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.reconnects = 0
+        self.error: str | None = None
+
+    def start(self) -> None:
+        self._reader.open()  # raises SourceError with the reason
+        self.state = "running"
         self._thread = threading.Thread(target=self._run, name=f"source:{self.spec}", daemon=True)
         self._thread.start()
 
@@ -62,42 +154,69 @@ class Source:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._reader.close()
 
     def _run(self) -> None:
         index = 0
         try:
             while not self._stop.is_set():
-                ok, image = self._cap.read()
-                if not ok:
+                try:
+                    image = self._reader.read()
+                except cv2.error as err:  # a corrupt frame must not kill the process
+                    self.error = str(err)
+                    logger.warning("source %s: decode error: %s", self.spec, err)
+                    image = None
+                if image is None:
+                    if self.live and self._reopen():
+                        continue
                     break
                 self.frames_read += 1
                 self._deliver(Frame(index, image, time.time()))
                 index += 1
-        except cv2.error as err:  # corrupt input must not kill the process
-            self.error = str(err)
-            logger.warning("source %s: decode error: %s", self.spec, err)
         finally:
+            if self.state != "failed":
+                self.state = "ended"
             self._deliver(None)
 
+    def _reopen(self) -> bool:
+        """A live stream failed: reconnect with exponential backoff until it works or we stop.
+
+        The delay keeps growing across reconnects that deliver no frame (a camera that opens
+        but sends nothing), and starts over once a frame arrives.
+        """
+        self.state = "reconnecting"
+        initial, maximum = self._reconnect
+        delay = initial if self.frames_read > self._frames_at_reconnect else min(maximum, self._delay * 2)
+        self._frames_at_reconnect = self.frames_read
+        while not self._stop.is_set():
+            logger.warning("source %s: stream lost; reconnecting in %.1fs", self.spec, delay)
+            if self._stop.wait(random.uniform(delay / 2, delay)):
+                return False
+            self._reader.close()
+            try:
+                self._reader.open()
+            except SourceError as err:
+                self.error = str(err)
+                delay = min(maximum, delay * 2)
+                continue
+            self._delay = delay
+            self.reconnects += 1
+            self.state = "running"
+            logger.info("source %s: reconnected", self.spec)
+            return True
+        return False
+
     def _deliver(self, frame: Frame | None) -> None:
-        raise NotImplementedError
-
-    def read(self, timeout: float = 1.0) -> Frame | None:
-        raise NotImplementedError
-
-
-class FileSource(Source):
-    """Every frame, in order; the reader stays a few frames ahead."""
-
-    def __init__(self, spec: str, path: Path, prefetch: int = 4):
-        super().__init__(spec, str(path))
-        self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._ended = False
-
-    def _deliver(self, frame: Frame | None) -> None:
+        if self.live:
+            with self._cond:
+                if frame is None:
+                    self._ended = True
+                else:
+                    if self._latest is not None:
+                        self.frames_dropped += 1
+                    self._latest = frame
+                self._cond.notify_all()
+            return
         while not self._stop.is_set():
             try:
                 self._queue.put(frame, timeout=0.2)
@@ -106,7 +225,13 @@ class FileSource(Source):
                 continue
 
     def read(self, timeout: float = 1.0) -> Frame | None:
-        """The next frame, or None at the end of the file. Raises TimeoutError when none is ready."""
+        """The next frame, or None at the end. Raises TimeoutError when none is ready in time."""
+        if self.live:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._latest is not None or self._ended, timeout):
+                    raise TimeoutError(f"source {self.spec!r}: no frame within {timeout}s")
+                frame, self._latest = self._latest, None
+                return frame
         if self._ended:
             return None
         try:
@@ -118,47 +243,39 @@ class FileSource(Source):
         return frame
 
 
-class LiveSource(Source):
-    """Only the newest frame is kept; frames overwritten before they were read count as dropped."""
-
-    live = True
-
-    def __init__(self, spec: str, capture_arg):
-        super().__init__(spec, capture_arg)
-        self._cond = threading.Condition()
-        self._latest: Frame | None = None
-        self._ended = False
-
-    def _deliver(self, frame: Frame | None) -> None:
-        with self._cond:
-            if frame is None:
-                self._ended = True
-            else:
-                if self._latest is not None:
-                    self.frames_dropped += 1
-                self._latest = frame
-            self._cond.notify_all()
-
-    def read(self, timeout: float = 1.0) -> Frame | None:
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._latest is not None or self._ended, timeout):
-                raise TimeoutError(f"source {self.spec!r}: no frame within {timeout}s")
-            frame, self._latest = self._latest, None
-            return frame
+def _synthetic(spec: str) -> SyntheticReader:
+    parsed = urlparse(spec)
+    try:
+        width, height = (int(v) for v in (parsed.netloc or "640x480").lower().split("x"))
+        query = {k: int(v[-1]) for k, v in parse_qs(parsed.query).items()}
+    except ValueError as err:
+        raise SourceError(f"source {spec!r}: expected synthetic://WIDTHxHEIGHT?objects=N&frames=N&seed=N") from err
+    unknown = set(query) - {"objects", "frames", "seed"}
+    if unknown:
+        raise SourceError(f"source {spec!r}: unknown option(s) {sorted(unknown)}")
+    if width < 32 or height < 32:
+        raise SourceError(f"source {spec!r}: size must be at least 32x32")
+    return SyntheticReader(spec, width, height, query.get("objects", 5), query.get("frames", 300), query.get("seed", 0))
 
 
 def open_source(spec: str) -> Source:
-    """A camera index ("0"), a URL (rtsp://, http://, ...) or a video file path."""
+    """A Source for a camera index, URL, video file, image folder/file or synthetic scene."""
     spec = spec.strip()
     if not spec:
         raise SourceError("source is empty")
     if spec.isdigit():
-        return LiveSource(spec, int(spec))
+        return Source(spec, VideoReader(spec, int(spec)), live=True)
+    if spec.lower().startswith("synthetic://"):
+        return Source(spec, _synthetic(spec), live=False)
     if _URL.match(spec):
-        return LiveSource(spec, spec)
+        return Source(spec, VideoReader(spec, spec), live=True)
     path = Path(spec).expanduser()
     if not path.exists():
         raise SourceError(f"source {spec!r}: no such file")
-    if path.is_dir():
-        raise SourceError(f"source {spec!r}: is a directory; give a video file, camera index or URL")
-    return FileSource(spec, path)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        files = [path] if path.is_file() else sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise SourceError(f"source {spec!r}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return Source(spec, FolderReader(spec, files), live=False)
+    return Source(spec, VideoReader(spec, str(path)), live=False)

@@ -29,6 +29,11 @@ class IoUTracker:
         self._missed = np.zeros(0, dtype=np.int32)
         self._next_id = 1
 
+    def predict_only(self) -> Detections:
+        """The live tracks' last boxes, for frames without detection (this tracker has no motion model)."""
+        live = self._missed == 0
+        return Detections(self._xyxy[live], np.ones(int(live.sum()), np.float32), self._class[live], self._ids[live])
+
     def update(self, detections: Detections) -> Detections:
         n = len(detections)
         track_of_row = np.zeros(n, dtype=np.int64)

@@ -99,3 +99,25 @@ def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tm
         assert [f.frame_index for f in frames] == list(range(15)) + list(range(5))
     finally:
         ctl.stop()
+
+
+def test_two_streams_share_one_detector_and_track_between_detections(controller, vtest, tmp_path):
+    bikes = vtest.parent / "bikes.mp4"
+    proc = agent_run(controller.address, vtest, tmp_path / "agent", "--source", str(bikes),
+                     "--stream-id", "door", "--stream-id", "street", "--enroll-key", "efk_test",
+                     "--max-frames", "30", "--detect-interval", "3")
+    summary = summary_of(proc)
+    assert summary["streams"] == {"door": 30, "street": 30}
+    frames = stored_frames(controller.address, summary["device_id"])
+    assert [f.sequence for f in frames] == list(range(1, 61)), "one device-wide sequence over both streams"
+    for stream in ("door", "street"):
+        own = [f for f in frames if f.stream_id == stream]
+        assert [f.frame_index for f in own] == list(range(30))
+        for f in own:
+            predicted = {d.predicted for d in f.detections}
+            assert predicted <= {f.frame_index % 3 != 0}, f"frame {f.frame_index}: detected on every 3rd frame only"
+    door = [f for f in frames if f.stream_id == "door"]
+    assert any(d.label == "person" for f in door for d in f.detections)
+    predicted_ids = {d.track_id for f in door if f.frame_index % 3 for d in f.detections}
+    detected_ids = {d.track_id for f in door if f.frame_index % 3 == 0 for d in f.detections}
+    assert predicted_ids and predicted_ids <= detected_ids, "predicted boxes carry existing track ids"
