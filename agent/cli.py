@@ -46,6 +46,7 @@ def cmd_run(args) -> int:
         controller=args.controller, sources=args.source, state_dir=args.state_dir,
         enroll_key=args.enroll_key, name=args.name or "", stream_ids=args.stream_id or [],
         max_frames=args.max_frames, loop=args.loop, detect_interval=args.detect_interval,
+        motion_threshold=args.motion_gate,
         drain_timeout_s=args.drain_timeout,
     )
     for spec in options.sources:
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop each stream after N frames (0: at the source's end)")
     p.add_argument("--detect-interval", type=int, default=1, metavar="N",
                    help="detect on every Nth frame of a stream; the tracker predicts in between (default 1)")
+    p.add_argument("--motion-gate", type=float, default=0.0, metavar="T",
+                   help="skip detection while the scene is static (mean pixel change below T of 255; "
+                        "e.g. 2); 0 turns it off (default)")
     p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="at the end, wait up to S seconds for the controller to acknowledge everything")

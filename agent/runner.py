@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive.schedule import FrameScheduler, MotionGate
 from models.base import Detector
 from models.detections import Detections
 
@@ -41,6 +42,7 @@ class RunOptions:
     max_frames: int = 0          # per stream; 0: until the source ends
     loop: bool = False           # restart a finite source at its end (demo)
     detect_interval: int = 1     # detect every Nth frame of a stream, track in between
+    motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
     drain_timeout_s: float = 30.0
     backoff_max_s: float = 10.0
 
@@ -55,6 +57,8 @@ class RunOptions:
             raise ConfigError(f"--stream-id values must be unique, got {self.stream_ids}")
         if self.detect_interval < 1:
             raise ConfigError(f"--detect-interval must be >= 1, got {self.detect_interval}")
+        if self.motion_threshold < 0:
+            raise ConfigError(f"--motion-gate must be >= 0, got {self.motion_threshold}")
         if self.max_frames < 0:
             raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
 
@@ -75,9 +79,11 @@ class RunResult:
 class Stream:
     """One source with its own tracker and frame count."""
 
-    def __init__(self, stream_id: str, spec: str, factory: Callable[[str], Source], tracker):
+    def __init__(self, stream_id: str, spec: str, factory: Callable[[str], Source], tracker,
+                 scheduler: FrameScheduler):
         self.stream_id, self.spec, self._factory = stream_id, spec, factory
         self.tracker = tracker
+        self.scheduler = scheduler
         self.source = factory(spec)
         self.frames = 0
         self.done = False
@@ -97,7 +103,7 @@ class Agent:
         self.plan = plan
         self.health = HealthMonitor()
         self.stop_event = threading.Event()
-        self.streams = [Stream(sid, spec, source_factory, tracker_factory())
+        self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self._scheduler())
                         for sid, spec in zip(options.stream_ids, options.sources)]
         options.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(options.state_dir / "outbox.db")
@@ -109,6 +115,11 @@ class Agent:
             name=options.name or socket.gethostname(), hello=self._hello, health=self._health,
             backoff_max_s=options.backoff_max_s,
         )
+
+    def _scheduler(self) -> FrameScheduler:
+        gate = MotionGate(self.options.motion_threshold) if self.options.motion_threshold else None
+        interval = self.options.detect_interval
+        return FrameScheduler(interval, gate, max_interval=max(30, interval))
 
     def _hello(self) -> dict:
         return {"profile": self.profile, "plan": self.plan, "streams": [s.stream_id for s in self.streams],
@@ -182,8 +193,13 @@ class Agent:
         return ready
 
     def _process(self, ready: list[tuple[Stream, Frame]]) -> list[OutboxRecord]:
-        interval = self.options.detect_interval
-        due = [(s, f) for s, f in ready if (s.frames - 1) % interval == 0]
+        due = []
+        for stream, frame in ready:
+            if stream.scheduler.should_detect(frame.image):
+                stream.scheduler.detected(frame.image)
+                due.append((stream, frame))
+            else:
+                stream.scheduler.skipped()
         results: dict[int, tuple[Detections, bool]] = {}
         if due:
             batch = self.detector.detect_batch([f.image for _, f in due])
