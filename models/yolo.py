@@ -1,4 +1,10 @@
-"""YOLO pre- and post-processing in vectorized numpy: letterbox, Darknet head decode, IoU, NMS.
+"""YOLO pre- and post-processing in vectorized numpy: letterbox, head decoders, IoU, NMS.
+
+Three head layouts: Darknet [yolo] heads (`decode_darknet`, anchors and grid in numpy),
+Ultralytics' anchor-free heads (`decode_ultralytics`: YOLOv5u/v8/11 exports, boxes already in
+input pixels) and end-to-end outputs whose graph already ran NMS or is NMS-free
+(`decode_end2end`: Ultralytics `nms=True` exports, YOLOv10/YOLO26 heads). The first two need
+`nms` afterwards; the last does not.
 
 Conventions (the same as Darknet's and Ultralytics' letterbox): keep the aspect ratio, centre
 the resized frame on gray 114, feed RGB in 0..1 as NCHW float32. Boxes are `xyxy` pixels:
@@ -176,3 +182,59 @@ def nms(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray,
         overlap = box_iou(xyxy[best], xyxy[rest])[0]
         order = rest[(overlap <= iou_threshold) | (class_id[rest] != class_id[best])]
     return np.asarray(keep, dtype=np.int64)
+
+
+def _split_by_image(batch: int, image: np.ndarray, xyxy: np.ndarray, score: np.ndarray, class_id: np.ndarray,
+                    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows grouped per image; `image` must be sorted (np.nonzero's row-major order is)."""
+    bounds = np.searchsorted(image, np.arange(batch + 1))
+    return [(xyxy[a:b], score[a:b], class_id[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def decode_ultralytics(
+    output: np.ndarray,
+    input_size: tuple[int, int],
+    confidence_threshold: float = 0.25,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Decode an Ultralytics anchor-free detect head (YOLOv5u, v8, 11 exports) into candidates before NMS.
+
+    output: (N, 4 + nc, A) float32, per anchor (cx, cy, w, h) in input pixels and nc class
+    scores already through their sigmoid (there is no objectness). input_size: (width, height)
+    the network ran at, the pixels the boxes come back in; unlike Darknet's heads this one has
+    already applied its grid and strides, so the size only serves the uniform decoder signature.
+    The best class per anchor is kept when its score is above `confidence_threshold` (higher:
+    fewer, surer candidates and a cheaper NMS); only those survivors are converted to xyxy.
+    Returns, per image, (xyxy float32 (k, 4) in input pixels, score float32 (k,), class_id int32 (k,)).
+    """
+    output = np.asarray(output, dtype=np.float32)
+    if output.ndim != 3 or output.shape[1] < 5:
+        raise ValueError(f"expected an (N, 4 + classes, anchors) head output, got shape {output.shape}"
+                         f" at input {input_size[0]}x{input_size[1]}")
+    class_scores = output[:, 4:, :]
+    best_score = class_scores.max(axis=1)  # (N, A): one pass over the scores, nothing else touched
+    image, anchor = np.nonzero(best_score > confidence_threshold)
+    class_id = class_scores[image, :, anchor].argmax(axis=1).astype(np.int32)
+    score = best_score[image, anchor]
+    cxcywh = output[image, :4, anchor]
+    half = cxcywh[:, 2:4] * np.float32(0.5)
+    xyxy = np.concatenate([cxcywh[:, :2] - half, cxcywh[:, :2] + half], axis=1)
+    return _split_by_image(output.shape[0], image, xyxy, score, class_id)
+
+
+def decode_end2end(output: np.ndarray, confidence_threshold: float = 0.25,
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Rows of an end-to-end output, (N, K, 6) = (x1, y1, x2, y2, score, class) in input pixels.
+
+    For graphs that select their own boxes: Ultralytics exports with `nms=True` (zero rows pad
+    each image to K) and NMS-free YOLOv10/YOLO26 heads (the top K anchors, low scores included).
+    Rows scoring above `confidence_threshold` are kept, in the graph's order; no NMS follows.
+    Returns, per image, (xyxy float32 (k, 4), score float32 (k,), class_id int32 (k,)).
+    """
+    output = np.asarray(output, dtype=np.float32)
+    if output.ndim != 3 or output.shape[2] != 6:
+        raise ValueError(f"expected an (N, K, 6) end-to-end output (x1, y1, x2, y2, score, class), "
+                         f"got shape {output.shape}")
+    image, row = np.nonzero(output[:, :, 4] > confidence_threshold)
+    kept = output[image, row]
+    return _split_by_image(output.shape[0], image, kept[:, :4], kept[:, 4],
+                           np.rint(kept[:, 5]).astype(np.int32))

@@ -1,13 +1,25 @@
 """ONNX Runtime backend: runs anywhere; picks the best execution provider this machine has.
 
-Loads models made by `models.darknet` (metadata format "darknet-yolo"): class names, anchors,
-masks and the default input size come from the file's metadata.
+Reads the model's layout from the file (`read_layout`) and decodes accordingly:
+
+- "darknet": models made by `models.darknet` (metadata format "darknet-yolo"): one raw tensor
+  per [yolo] head; class names, anchors, masks and the default input size from the metadata.
+- "ultralytics": Ultralytics ONNX exports of anchor-free detect heads (YOLOv5u/v8/11),
+  one output (N, 4 + nc, A); decoded by `decode_ultralytics`, then our NMS.
+- "end2end": Ultralytics exports whose graph selects the boxes itself, one output (N, K, 6):
+  `nms=True` exports and NMS-free YOLOv10/YOLO26 heads; `decode_end2end`, no NMS after it.
+
+Ultralytics exports are recognised by their metadata_props (`names` a Python dict literal,
+`imgsz`, `stride`, `task`, `end2end`, `args`) and told apart by output shape. Anything else
+fails at start with `UnsupportedModel` naming the output shapes.
 """
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
 from ..darknet import FORMAT
 from ..detections import Detections
-from ..errors import BackendUnavailable, ModelError, ModelNotFound, UnsupportedModel
-from ..yolo import decode_darknet, letterbox_batch, nms, scale_boxes_to_source
+from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from ..yolo import (decode_darknet, decode_end2end, decode_ultralytics, letterbox_batch, nms,
+                    scale_boxes_to_source)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +45,8 @@ class OnnxRuntimeConfig(BaseModel):
     type: Literal["onnxruntime"] = BACKEND_KEY
     model: Path
     input_size: tuple[int, int] | None = None
-    """(width, height), multiples of 32; None: the size stored in the model (416x416).
+    """(width, height), multiples of 32; None: the size stored in the model (416x416 for the
+    bundled one). A model exported with a fixed input shape accepts only that size.
     Larger finds smaller objects and costs time roughly in proportion to the pixels."""
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0.0, le=1.0)
@@ -61,6 +75,103 @@ def choose_providers(requested: list[str] | None, available: list[str]) -> list[
     return [p for p in PREFERRED_PROVIDERS if p in available] or list(available)
 
 
+Head = Literal["darknet", "ultralytics", "end2end"]
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What a model file's outputs mean and which inputs it takes, read once at load."""
+
+    head: Head
+    names: list[str]
+    input_size: tuple[int, int]
+    """(width, height) stored in the model: the default, or the only size when `fixed_size`."""
+    fixed_size: bool = False
+    """The graph was exported with a fixed height and width."""
+    max_batch: int | None = None
+    """Frames per session run; None: any number. Set by a fixed batch dimension, or by an
+    Ultralytics `nms=True` export, whose NMS loop was unrolled for its export batch size."""
+    pad_batch: bool = False
+    """The batch dimension is fixed: a shorter run is padded up to `max_batch`."""
+    anchors: np.ndarray | None = None
+    masks: list[list[int]] | None = None
+
+
+def _literal(meta: dict[str, str], key: str, source: str):
+    """A metadata value written with Python's str() (Ultralytics' way), read without eval."""
+    try:
+        return ast.literal_eval(meta[key])
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as err:
+        raise UnsupportedModel(f"{source}: metadata {key}={meta[key][:80]!r} is not a Python literal") from err
+
+
+def ultralytics_metadata(meta: dict[str, str], source: str = "model") -> dict | None:
+    """The metadata_props of an Ultralytics export, parsed; None when the file is not one.
+
+    Returns names (list, by class index), imgsz ((height, width)), stride, task, end2end,
+    batch and args (the export arguments: nms, dynamic, ...).
+    """
+    if not {"names", "task"} <= meta.keys() or not {"imgsz", "stride"} & meta.keys():
+        return None
+    names = _literal(meta, "names", source)
+    if not isinstance(names, dict) or sorted(names) != list(range(len(names))) or not names:
+        raise UnsupportedModel(f"{source}: metadata names must map class indices 0..n-1 to names, "
+                               f"got {meta['names'][:80]!r}")
+    imgsz = _literal(meta, "imgsz", source) if "imgsz" in meta else 640
+    args = _literal(meta, "args", source) if "args" in meta else {}
+    try:
+        imgsz = (int(imgsz), int(imgsz)) if isinstance(imgsz, int) else (int(imgsz[0]), int(imgsz[-1]))
+        numbers = {key: int(meta.get(key, default)) for key, default in (("stride", 32), ("batch", 1))}
+    except (TypeError, ValueError, IndexError) as err:
+        raise UnsupportedModel(f"{source}: metadata imgsz={meta.get('imgsz')!r}, stride={meta.get('stride')!r}, "
+                               f"batch={meta.get('batch')!r} are not sizes") from err
+    return {"names": [str(names[i]) for i in range(len(names))], "imgsz": imgsz, **numbers,
+            "task": meta["task"], "end2end": meta.get("end2end") == "True",
+            "args": args if isinstance(args, dict) else {}}
+
+
+def read_layout(meta: dict[str, str], input_shape: list, output_shapes: list[list],
+                source: str = "model") -> ModelLayout:
+    """Decide how to decode a model from its metadata and its input/output shapes (ints or names)."""
+    batch_dim, _, height_dim, width_dim = (list(input_shape) + [None] * 4)[:4]
+    fixed_size = isinstance(height_dim, int) and isinstance(width_dim, int)
+    pad_batch = isinstance(batch_dim, int)
+    shapes = ", ".join(str(list(s)) for s in output_shapes)
+    if meta.get("format") == FORMAT:
+        return ModelLayout("darknet", json.loads(meta["names"]),
+                           (int(meta["input_width"]), int(meta["input_height"])), fixed_size,
+                           batch_dim if pad_batch else None, pad_batch,
+                           np.asarray(json.loads(meta["anchors"]), dtype=np.float32), json.loads(meta["masks"]))
+    info = ultralytics_metadata(meta, source)
+    if info is None:
+        raise UnsupportedModel(
+            f"{source}: model format {meta.get('format')!r} is not supported (expected {FORMAT!r} from "
+            f"models.darknet, or an Ultralytics export's metadata); its outputs are {shapes}")
+    if info["task"] != "detect":
+        raise UnsupportedModel(f"{source}: Ultralytics task {info['task']!r} is not supported, only 'detect'")
+    nc = len(info["names"])
+    dims = list(output_shapes[0]) if len(output_shapes) == 1 else []
+    free = [not isinstance(d, int) for d in dims]  # named (dynamic) dimensions fit any size
+    claims_end2end = info["end2end"] or bool(info["args"].get("nms"))
+    if len(dims) != 3:
+        head = None
+    elif claims_end2end:  # the metadata decides; the shape must not contradict it
+        head = "end2end" if free[2] or dims[2] == 6 else None
+    elif free[1] or dims[1] == 4 + nc:
+        head = "ultralytics"
+    else:  # an end-to-end head from an exporter that did not say so
+        head = "end2end" if dims[2] == 6 else None
+    if head is None:
+        raise UnsupportedModel(
+            f"{source}: Ultralytics output {shapes} (end2end={info['end2end']}, nms={info['args'].get('nms')}) "
+            f"is neither [N, 4 + {nc} classes, anchors] nor [N, K, 6] (x1, y1, x2, y2, score, class)")
+    max_batch = batch_dim if pad_batch else None
+    if info["args"].get("nms") and not pad_batch:  # the NMS loop ran `batch` times at export
+        max_batch = info["batch"]
+    height, width = (height_dim, width_dim) if fixed_size else info["imgsz"]  # a fixed graph knows best
+    return ModelLayout(head, info["names"], (width, height), fixed_size, max_batch, pad_batch)
+
+
 class OnnxRuntimeDetector(Detector):
     def __init__(self, config: OnnxRuntimeConfig):
         try:
@@ -78,23 +189,26 @@ class OnnxRuntimeDetector(Detector):
         except Exception as err:  # onnxruntime raises its own untyped errors for bad files
             raise UnsupportedModel(f"onnxruntime cannot load {config.model}: {err}") from err
         meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("format") != FORMAT:
-            raise UnsupportedModel(f"{config.model}: model format {meta.get('format')!r} is not supported "
-                                   f"(expected {FORMAT!r}, from models.darknet)")
-        self.names = json.loads(meta["names"])
-        self.anchors = np.asarray(json.loads(meta["anchors"]), dtype=np.float32)
-        self.masks = json.loads(meta["masks"])
-        default_size = (int(meta["input_width"]), int(meta["input_height"]))
-        self.input_size = tuple(config.input_size or default_size)
+        self.layout = read_layout(meta, self.session.get_inputs()[0].shape,
+                                  [o.shape for o in self.session.get_outputs()], str(config.model))
+        self.names = self.layout.names
+        self.anchors, self.masks = self.layout.anchors, self.layout.masks
+        self.input_size = tuple(config.input_size or self.layout.input_size)
+        if self.layout.fixed_size and self.input_size != self.layout.input_size:
+            raise InvalidConfig(f"input_size {self.input_size} does not fit {config.model}: it was exported "
+                                f"for {self.layout.input_size} only (width, height)")
         self.confidence_threshold = config.confidence_threshold
         self.iou_threshold = config.iou_threshold
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         self.model_path = config.model
         self.last_inference_ms = 0.0
-        self._warmup()
-        logger.info("onnxruntime: %s at %dx%d on %s (warm-up %.1f ms)", config.model.name, *self.input_size,
-                    self.providers[0], self.last_inference_ms)
+        try:
+            self._warmup()
+        except ValueError as err:  # a decoder refusing the real output shape (named dimensions pass read_layout)
+            raise UnsupportedModel(f"{config.model}: {err}") from err
+        logger.info("onnxruntime: %s (%s head) at %dx%d on %s (warm-up %.1f ms)", config.model.name,
+                    self.layout.head, *self.input_size, self.providers[0], self.last_inference_ms)
 
     def _warmup(self, runs: int = 2) -> None:
         frame = np.full((self.input_size[1], self.input_size[0], 3), 114, dtype=np.uint8)
@@ -102,27 +216,52 @@ class OnnxRuntimeDetector(Detector):
             self.detect(frame)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Raw session run on a prepared (N, 3, H, W) tensor; sets `last_inference_ms`."""
+        """Raw session run(s) on a prepared (N, 3, H, W) tensor; sets `last_inference_ms`.
+
+        One run, unless the model takes at most `layout.max_batch` frames a run: then one run
+        per chunk (the last padded when the batch dimension is fixed), outputs concatenated.
+        """
         if self.session is None:
             raise ModelError("this detector is closed")
+        limit = self.layout.max_batch
         start = time.perf_counter()
-        outputs = self.session.run(None, {self.input_name: batch})
+        if limit is None or (len(batch) == limit):
+            outputs = self.session.run(None, {self.input_name: batch})
+        else:
+            parts = []
+            for first in range(0, len(batch), limit):
+                chunk = batch[first:first + limit]
+                n = len(chunk)
+                if self.layout.pad_batch and n < limit:
+                    chunk = np.concatenate([chunk, np.zeros((limit - n, *chunk.shape[1:]), chunk.dtype)])
+                parts.append([out[:n] for out in self.session.run(None, {self.input_name: chunk})])
+            outputs = [np.concatenate(heads) for heads in zip(*parts)]
         self.last_inference_ms = (time.perf_counter() - start) * 1000.0
         return outputs
+
+    def decode(self, outputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Raw outputs -> per image (xyxy in input pixels, score, class_id), NMS included where needed."""
+        head = self.layout.head
+        if head == "end2end":  # the graph already chose its boxes
+            return decode_end2end(outputs[0], self.confidence_threshold)
+        if head == "ultralytics":
+            candidates = decode_ultralytics(outputs[0], self.input_size, self.confidence_threshold)
+        else:
+            candidates = decode_darknet(outputs, self.anchors, self.masks, self.input_size,
+                                        self.confidence_threshold)
+        results = []
+        for xyxy, score, class_id in candidates:
+            keep = nms(xyxy, score, class_id, self.iou_threshold)
+            results.append((xyxy[keep], score[keep], class_id[keep]))
+        return results
 
     def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
         if not frames:
             return []
         batch, infos = letterbox_batch(frames, self.input_size)
-        outputs = self.infer(batch)
-        candidates = decode_darknet(outputs, self.anchors, self.masks, self.input_size,
-                                    self.confidence_threshold)
-        results = []
-        for frame, info, (xyxy, score, class_id) in zip(frames, infos, candidates):
-            keep = nms(xyxy, score, class_id, self.iou_threshold)
-            results.append(Detections(scale_boxes_to_source(xyxy[keep], info, frame.shape),
-                                      score[keep], class_id[keep]))
-        return results
+        decoded = self.decode(self.infer(batch))
+        return [Detections(scale_boxes_to_source(xyxy, info, frame.shape), score, class_id)
+                for frame, info, (xyxy, score, class_id) in zip(frames, infos, decoded, strict=True)]
 
     def close(self) -> None:
         self.session = None
