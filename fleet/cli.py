@@ -166,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stream", metavar="ID")
             p.add_argument("--limit", type=int, default=20)
 
+    p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
+    from models.pipeline import add_subcommands
+
+    add_subcommands(p.add_subparsers(dest="model_command", required=True))
+
     p = sub.add_parser("demo", help="controller + local agents on the sample videos, live status")
     p.add_argument("--agents", type=int, default=3, help="number of local agents (default 3)")
     p.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds (0: until Ctrl-C)")

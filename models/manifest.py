@@ -1,0 +1,416 @@
+"""Artifact manifests: what a model file is, what it was made from, and what it needs to run.
+
+A manifest is JSON beside its artifact, `<file>.manifest.json`:
+
+    yolov3-tiny.onnx                  the artifact
+    yolov3-tiny.onnx.manifest.json    format, layout, precision, input size, classes, sha256, ...
+
+TensorRT engines are not portable across GPU architectures or TensorRT versions, so an engine's
+manifest also names the TensorRT version and GPU compute capability it was built with, and
+`verify_artifact` refuses it on a device that differs (`IncompatibleArtifact`). Reading is strict:
+an unknown key, a missing key or a wrong type is a `ManifestError` naming the field and the value.
+
+    manifest = manifest_for_onnx(Path("model.onnx"))      # from the ONNX file's own metadata
+    write_manifest(manifest, Path("model.onnx"))
+    verify_artifact(Path("model.onnx"), device=probe_device())
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+from google.protobuf.message import DecodeError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from .bundled import sha256_file
+from .darknet import FORMAT as DARKNET_FORMAT
+from .errors import ChecksumMismatch, ModelError, ModelNotFound, UnsupportedModel
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+
+ArtifactFormat = Literal["onnx", "tensorrt-engine", "ultralytics-pt"]
+Layout = Literal["darknet-yolo", "ultralytics", "end2end"]
+Precision = Literal["fp32", "fp16", "int8"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_VERSION = re.compile(r"\d+\.\d+(\.\d+)*")
+_COMPUTE_CAPABILITY = re.compile(r"\d+\.\d+")
+
+
+class ManifestError(ModelError):
+    """A manifest that is missing, unreadable, or fails validation (names the field and the value)."""
+
+
+class ArtifactMismatch(ChecksumMismatch):
+    """An artifact whose size or sha256 differs from its manifest (truncated, tampered, replaced)."""
+
+
+class IncompatibleArtifact(ModelError):
+    """An artifact this device cannot run (another TensorRT version or GPU, no runtime for it)."""
+
+
+@dataclass(frozen=True)
+class ArtifactManifest:
+    """What one model file is. Sizes are pixels; ranges are inclusive; None in a range's max: unbounded.
+
+    batch_range: (min, max) images per inference call; (1, 1) is a fixed batch of one.
+    resolution_range: ((min_w, min_h), (max_w, max_h)) the input accepts; None: fixed at
+    input_width x input_height (the size the model was made for, or an engine's optimum).
+    source_sha256: of what this was made from (Darknet weights for a converted ONNX, the ONNX
+    file for an engine); None when unknown. decode_params: what the layout's decoder needs
+    (anchors, masks and strides for "darknet-yolo").
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
+
+    format: ArtifactFormat
+    layout: Layout
+    precision: Precision
+    input_width: int
+    input_height: int
+    class_names: tuple[str, ...]
+    file_sha256: str
+    file_size: int
+    created_at: str
+    producer: str
+    batch_range: tuple[int, int | None] = (1, 1)
+    resolution_range: tuple[tuple[int, int], tuple[int, int] | None] | None = None
+    source_sha256: str | None = None
+    tensorrt_version: str | None = None
+    gpu_compute_capability: str | None = None
+    opset: int | None = None
+    decode_params: dict[str, Any] = field(default_factory=dict)
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    manifest_version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ManifestError:
+            return ManifestError(f"manifest field {name}={getattr(self, name)!r}: {why}")
+
+        if self.manifest_version != MANIFEST_VERSION:
+            raise bad("manifest_version", f"this edgefleet reads version {MANIFEST_VERSION} only")
+        for name in ("input_width", "input_height"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be a positive number of pixels")
+        if self.file_size < 0:
+            raise bad("file_size", "must be >= 0 bytes")
+        for name in ("file_sha256", "source_sha256"):
+            value = getattr(self, name)
+            if value is not None and not _SHA256.fullmatch(value):
+                raise bad(name, "must be 64 lowercase hex digits")
+        low, high = self.batch_range
+        if low < 1 or (high is not None and high < low):
+            raise bad("batch_range", "must be (min >= 1, max >= min or null)")
+        if self.resolution_range is not None:
+            (min_w, min_h), top = self.resolution_range
+            if min_w <= 0 or min_h <= 0 or (top is not None and (top[0] < min_w or top[1] < min_h)):
+                raise bad("resolution_range", "must be ((min_w, min_h) > 0, (max_w, max_h) >= min or null)")
+        try:
+            datetime.fromisoformat(self.created_at)
+        except ValueError as err:
+            raise bad("created_at", "must be an ISO 8601 time") from err
+        if self.format == "tensorrt-engine":
+            if self.tensorrt_version is None or not _VERSION.fullmatch(self.tensorrt_version):
+                raise bad("tensorrt_version", "an engine must name the TensorRT version it was built with, "
+                                              "like '10.3.0'")
+            if self.gpu_compute_capability is None or not _COMPUTE_CAPABILITY.fullmatch(
+                    self.gpu_compute_capability):
+                raise bad("gpu_compute_capability", "an engine must name the GPU compute capability it was "
+                                                    "built for, like '8.7'")
+        if self.layout == "darknet-yolo" and not {"anchors", "masks"} <= set(self.decode_params):
+            raise bad("decode_params", "layout 'darknet-yolo' needs 'anchors' and 'masks'")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.input_width, self.input_height
+
+
+_ADAPTER = TypeAdapter(ArtifactManifest)
+_FIELDS = tuple(f.name for f in dataclasses.fields(ArtifactManifest))
+
+
+def manifest_path(artifact: Path) -> Path:
+    """`<artifact>.manifest.json`, beside the artifact."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def to_json(manifest: ArtifactManifest) -> str:
+    return json.dumps(dataclasses.asdict(manifest), indent=2) + "\n"
+
+
+def parse_manifest(text: str | bytes, source: str = "manifest") -> ArtifactManifest:
+    """Validate manifest JSON strictly: every field present, no others, exact JSON types."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ManifestError(f"{source}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source}: must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ManifestError(f"{source}: unknown field {unknown[0]}={data[unknown[0]]!r} "
+                            f"(known: {', '.join(_FIELDS)})")
+    missing = [name for name in _FIELDS if name not in data]
+    if missing:
+        raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
+    try:
+        return _ADAPTER.validate_json(text, strict=True)
+    except ValidationError as err:
+        problems = "; ".join(f"field {'.'.join(str(p) for p in e['loc'])}={e.get('input')!r}: {e['msg']}"
+                             for e in err.errors())
+        raise ManifestError(f"{source}: {problems}") from err
+    except ManifestError as err:
+        raise ManifestError(f"{source}: {err}") from err
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the complete new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_manifest(manifest: ArtifactManifest, artifact: Path) -> Path:
+    """Write the manifest beside `artifact` (atomically); returns the manifest's path."""
+    target = manifest_path(artifact)
+    atomic_write_bytes(target, to_json(manifest).encode())
+    return target
+
+
+def read_manifest(artifact: Path) -> ArtifactManifest:
+    """The manifest beside `artifact`, strictly validated."""
+    path = manifest_path(artifact)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as err:
+        raise ManifestError(f"{artifact} has no manifest ({path.name} is missing); for an ONNX file "
+                            f"create one with `edgefleet model manifest {artifact}`") from err
+    except OSError as err:
+        raise ManifestError(f"cannot read {path}: {err}") from err
+    return parse_manifest(text, source=str(path))
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def edgefleet_version() -> str:
+    try:
+        return importlib.metadata.version("edgefleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# ---- ONNX files -> manifest ----
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
+    """Static dims as ints, symbolic or unknown dims as None."""
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in value_info.type.tensor_type.shape.dim]
+
+
+def manifest_for_onnx(path: Path) -> ArtifactManifest:
+    """Describe an ONNX detector from its own metadata: ours (models.darknet) or Ultralytics' export.
+
+    Ultralytics writes each metadata value as `str(python_value)`: `names` is a dict literal
+    ("{0: 'person', ...}", read with `ast.literal_eval`), `imgsz` is [height, width].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFound(f"{path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise UnsupportedModel(f"{path} is not a readable ONNX file: {err}") from err
+    meta = {p.key: p.value for p in model.metadata_props}
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1 or len(_dims(inputs[0])) != 4:
+        raise UnsupportedModel(f"{path}: expected one NCHW image input, got {[i.name for i in inputs]}")
+    batch, _, height, width = _dims(inputs[0])
+    elem_type = inputs[0].type.tensor_type.elem_type
+    precision = "fp16" if elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    tools = {"onnx": onnx.__version__, "edgefleet": edgefleet_version()}
+    if meta.get("format") == DARKNET_FORMAT:
+        fields = _darknet_fields(path, meta)
+        fields["producer"] = f"{model.producer_name} {model.producer_version}".strip()
+        tools["edgefleet.models.darknet"] = meta.get("converter_version", "unknown")
+    elif meta.get("author") == "Ultralytics" or ("names" in meta and "imgsz" in meta):
+        fields = _ultralytics_fields(path, meta)
+        tools["ultralytics"] = meta.get("version", "unknown")
+    else:
+        raise UnsupportedModel(f"{path}: no detector metadata (neither models.darknet's format="
+                               f"{DARKNET_FORMAT!r} nor an Ultralytics export); keys: {sorted(meta)}")
+    stride, meta_w, meta_h = fields.pop("stride"), fields.pop("width"), fields.pop("height")
+    in_w, in_h = width or meta_w, height or meta_h
+    return ArtifactManifest(
+        format="onnx", precision=precision, input_width=in_w, input_height=in_h,
+        file_sha256=sha256_file(path), file_size=path.stat().st_size, created_at=now_iso(),
+        batch_range=(1, None) if batch is None else (batch, batch),
+        resolution_range=None if (height and width) else ((stride, stride), None),
+        opset=opset, tool_versions=tools, **fields)
+
+
+def _darknet_fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    try:
+        strides = json.loads(meta["strides"])
+        return {
+            "layout": "darknet-yolo",
+            "class_names": tuple(json.loads(meta["names"])),
+            "width": int(meta["input_width"]), "height": int(meta["input_height"]),
+            "source_sha256": meta.get("weights_sha256"),
+            "decode_params": {"anchors": json.loads(meta["anchors"]), "masks": json.loads(meta["masks"]),
+                              "strides": strides},
+            "stride": max(strides),
+        }
+    except (KeyError, ValueError, TypeError) as err:
+        raise UnsupportedModel(f"{path}: broken models.darknet metadata ({err!r})") from err
+
+
+def _ultralytics_fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    def literal(key: str, default: Any = None) -> Any:
+        if key not in meta:
+            if default is None:
+                raise UnsupportedModel(f"{path}: Ultralytics metadata has no {key!r}")
+            return default
+        try:
+            return ast.literal_eval(meta[key])
+        except (ValueError, SyntaxError) as err:
+            raise UnsupportedModel(f"{path}: Ultralytics metadata {key}={meta[key]!r} is not a literal") from err
+
+    task = meta.get("task", "detect")
+    if task != "detect":
+        raise UnsupportedModel(f"{path}: Ultralytics task {task!r} is not supported (detect only)")
+    names = literal("names")
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise UnsupportedModel(f"{path}: Ultralytics names keys {sorted(names)} are not 0..{len(names) - 1}")
+        names = [names[i] for i in range(len(names))]
+    imgsz = literal("imgsz")
+    imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
+    args = literal("args", {})
+    end2end = literal("end2end", False) is True or bool(args.get("nms"))
+    return {
+        "layout": "end2end" if end2end else "ultralytics",
+        "class_names": tuple(str(n) for n in names),
+        "width": int(imgsz[1]), "height": int(imgsz[0]),
+        "producer": f"ultralytics {meta.get('version', 'unknown')}",
+        "stride": int(literal("stride", 32)),
+    }
+
+
+# ---- artifacts vs manifests vs devices ----
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What a device can run: its TensorRT version and GPU (None when absent), onnxruntime providers."""
+
+    tensorrt_version: str | None = None
+    gpu_compute_capability: str | None = None
+    onnxruntime_providers: tuple[str, ...] = ()
+
+
+def probe_device(device_index: int = 0) -> DeviceCaps:
+    """This machine's capabilities; an SDK that does not import simply counts as absent."""
+    try:
+        import onnxruntime
+        providers = tuple(onnxruntime.get_available_providers())
+    except ImportError:
+        providers = ()
+    trt_version = capability = None
+    try:
+        import tensorrt
+        trt_version = tensorrt.__version__
+    except ImportError:
+        pass
+    try:
+        import pycuda.driver as cuda
+        cuda.init()
+        capability = compute_capability(cuda.Device(device_index).compute_capability())
+    except Exception as err:  # noqa: BLE001 - no pycuda, no driver or no GPU all mean "no GPU here"
+        logger.debug("no CUDA GPU %d here: %r", device_index, err)
+    return DeviceCaps(trt_version, capability, providers)
+
+
+def compute_capability(major_minor: tuple[int, int]) -> str:
+    """(8, 7) -> "8.7", as manifests write it."""
+    major, minor = major_minor
+    return f"{int(major)}.{int(minor)}"
+
+
+def _major_minor(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2])
+
+
+def check_compatible(manifest: ArtifactManifest, device: DeviceCaps, name: str = "artifact") -> None:
+    """Raise `IncompatibleArtifact` (what the file needs, what the device has) unless `device` can run it.
+
+    Engines: TensorRT major.minor and the GPU compute capability must match the build's exactly.
+    ONNX: the device needs onnxruntime (any execution provider).
+    """
+    if manifest.format == "tensorrt-engine":
+        needs = f"TensorRT {manifest.tensorrt_version} on a GPU of compute capability " \
+                f"{manifest.gpu_compute_capability}"
+        if device.tensorrt_version is None:
+            raise IncompatibleArtifact(f"{name} is a TensorRT engine and needs {needs}; this device has no "
+                                       "TensorRT")
+        if _major_minor(device.tensorrt_version) != _major_minor(manifest.tensorrt_version):
+            raise IncompatibleArtifact(
+                f"{name} was built with TensorRT {manifest.tensorrt_version} and needs TensorRT "
+                f"{'.'.join(map(str, _major_minor(manifest.tensorrt_version)))}.x; this device has TensorRT "
+                f"{device.tensorrt_version}: rebuild the engine on this device from its ONNX")
+        if device.gpu_compute_capability != manifest.gpu_compute_capability:
+            raise IncompatibleArtifact(
+                f"{name} was built for GPU compute capability {manifest.gpu_compute_capability}; this device's "
+                f"GPU is {device.gpu_compute_capability or 'absent'}: rebuild the engine on this device")
+    elif manifest.format == "onnx" and not device.onnxruntime_providers:
+        raise IncompatibleArtifact(f"{name} is an ONNX model and needs onnxruntime; this device has none")
+
+
+def verify_artifact(path: Path, manifest: ArtifactManifest | None = None,
+                    device: DeviceCaps | None = None) -> ArtifactManifest:
+    """Check `path` against its manifest (read from beside it if not given), and `device` if given.
+
+    Size first (cheap), then sha256 (streamed). Raises `ArtifactMismatch`, `IncompatibleArtifact`,
+    `ManifestError` or `ModelNotFound`; returns the manifest when everything matches.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFound(f"{path} does not exist")
+    manifest = read_manifest(path) if manifest is None else manifest
+    size = path.stat().st_size
+    if size != manifest.file_size:
+        raise ArtifactMismatch(f"{path} is {size} bytes; its manifest says {manifest.file_size} "
+                               "(truncated or replaced)")
+    digest = sha256_file(path)
+    if digest != manifest.file_sha256:
+        raise ArtifactMismatch(f"{path}: sha256 {digest} does not match its manifest's {manifest.file_sha256}")
+    if device is not None:
+        check_compatible(manifest, device, name=str(path))
+    return manifest

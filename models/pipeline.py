@@ -1,0 +1,250 @@
+"""The model pipeline behind `edgefleet model …`: Darknet -> ONNX -> manifest -> verify -> TensorRT engine.
+
+Each `cmd_*` function takes plain values, returns data and raises `ModelError`s; it prints
+nothing. `add_subcommands(subparsers)` registers the argparse subcommands (`darknet`,
+`manifest`, `verify`, `engine`) whose `func(args)` prints a summary and returns the exit code:
+0 ok, 1 the artifact does not match its manifest or this device, 2 any other error.
+
+    edgefleet model darknet yolov3-tiny.cfg yolov3-tiny.weights coco.names --out yolov3-tiny.onnx
+    edgefleet model verify yolov3-tiny.onnx
+    edgefleet model engine yolov8n.onnx --precision int8 --calib-dir frames/ --out yolov8n-int8.engine
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .darknet import convert_files
+from .errors import BackendUnavailable, ModelError, UnsupportedModel
+from .manifest import (
+    ArtifactManifest,
+    ArtifactMismatch,
+    DeviceCaps,
+    IncompatibleArtifact,
+    atomic_write_bytes,
+    manifest_for_onnx,
+    manifest_path,
+    probe_device,
+    read_manifest,
+    verify_artifact,
+    write_manifest,
+)
+from .tensorrt_build import Size, build_engine
+
+logger = logging.getLogger(__name__)
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass(frozen=True)
+class Written:
+    """An artifact and the manifest written beside it."""
+
+    artifact: Path
+    manifest_file: Path
+    manifest: ArtifactManifest
+
+
+def cmd_darknet(cfg: Path, weights: Path, names: Path, out: Path, *, fix_known_bugs: bool = True) -> Written:
+    """Convert a Darknet cfg + weights (+ names file) to ONNX at `out`, with its manifest."""
+    model = convert_files(Path(cfg), Path(weights), Path(names), fix_known_bugs=fix_known_bugs)
+    out = Path(out)
+    atomic_write_bytes(out, model.SerializeToString())
+    return cmd_manifest(out)
+
+
+def cmd_manifest(path: Path) -> Written:
+    """Write (or refresh) the manifest of an existing ONNX file from its metadata and bytes."""
+    path = Path(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        raise UnsupportedModel(f"{path}: an engine's manifest is written when it is built "
+                               "(`edgefleet model engine`); it cannot be recreated from the engine")
+    manifest = manifest_for_onnx(path)
+    if manifest_path(path).is_file():
+        try:
+            old = read_manifest(path)
+            changed = [f.name for f in dataclasses.fields(old)
+                       if f.name != "created_at" and getattr(old, f.name) != getattr(manifest, f.name)]
+            logger.info("refreshing %s; changed: %s", manifest_path(path), ", ".join(changed) or "nothing")
+        except ModelError as err:
+            logger.info("replacing the unreadable manifest %s (%s)", manifest_path(path), err)
+    return Written(path, write_manifest(manifest, path), manifest)
+
+
+def cmd_verify(path: Path, device: DeviceCaps | None = None) -> ArtifactManifest:
+    """Check a file against its manifest (size, sha256) and, if given, a device's capabilities.
+
+    Raises ArtifactMismatch / IncompatibleArtifact (exit code 1) or another ModelError (2).
+    """
+    return verify_artifact(Path(path), device=device)
+
+
+def engine_command(onnx_path: Path, out: Path, precision: str, calib_dir: Path | None = None,
+                   calib_cache: Path | None = None, batch: tuple[int, int, int] = (1, 1, 1),
+                   sizes: tuple[Size, Size, Size] | None = None) -> str:
+    """The `edgefleet model engine …` line that builds this engine (to run on the device itself)."""
+    words = ["edgefleet", "model", "engine", str(onnx_path), "--precision", precision]
+    if calib_dir is not None:
+        words += ["--calib-dir", f"{str(calib_dir).rstrip('/')}/"]
+    if calib_cache is not None:
+        words += ["--calib-cache", str(calib_cache)]
+    if batch != (1, 1, 1):
+        words += ["--batch", ",".join(map(str, batch))]
+    if sizes is not None:
+        words += ["--size", ",".join(f"{w}x{h}" for w, h in sizes)]
+    words += ["--out", str(out)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def cmd_engine(onnx_path: Path, out: Path | None = None, precision: str = "fp16", calib_dir: Path | None = None,
+               *, calib_cache: Path | None = None, batch: tuple[int, int, int] = (1, 1, 1),
+               sizes: tuple[Size, Size, Size] | None = None, timing_cache: Path | None = None,
+               workspace_mb: int = 1024, device: int = 0) -> Written:
+    """Build a TensorRT engine (+ manifest) from an ONNX on this machine; see `build_engine`.
+
+    Without TensorRT here, fails with the command to run on the device: engines only run on the
+    GPU and TensorRT version they were built with, so they are built where they run.
+    """
+    onnx_path = Path(onnx_path)
+    out = Path(out) if out else onnx_path.with_name(f"{onnx_path.stem}-{precision}.engine")
+    try:
+        manifest = build_engine(onnx_path, out, precision, calibration_images=calib_dir,
+                                calibration_cache=calib_cache, batch=batch, sizes=sizes,
+                                timing_cache=timing_cache, workspace_mb=workspace_mb, device=device)
+    except BackendUnavailable as err:
+        command = engine_command(onnx_path, out, precision, calib_dir, calib_cache, batch, sizes)
+        raise BackendUnavailable(
+            f"cannot build a TensorRT engine here: {err}. Build it on the device that will run it: copy "
+            f"{onnx_path} (and {manifest_path(onnx_path).name}{', the calibration frames' if calib_dir else ''}) "
+            f"there and run: {command}") from err
+    return Written(out, manifest_path(out), manifest)
+
+
+# ---- argparse ----
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """"4" -> (1, 4, 4) (up to 4, tuned for 4); "1,2,8" -> (1, 2, 8)."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"batch must be N or MIN,OPT,MAX integers, got {text!r}") from err
+    if len(parts) == 1:
+        return (1, parts[0], parts[0])
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"batch must be N or MIN,OPT,MAX, got {text!r}")
+    return tuple(parts)
+
+
+def parse_sizes(text: str) -> tuple[Size, Size, Size]:
+    """"640x480" -> that size only; "320x320,640x640,1280x1280" -> min, opt, max (width x height)."""
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)x(\d+)", part.strip())
+        if not match:
+            raise argparse.ArgumentTypeError(f"size must be WxH or MIN,OPT,MAX of WxH, got {text!r}")
+        sizes.append((int(match[1]), int(match[2])))
+    if len(sizes) == 1:
+        return (sizes[0],) * 3
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"size must be WxH or MIN,OPT,MAX of WxH, got {text!r}")
+    return tuple(sizes)
+
+
+def _fail(command: str, err: ModelError) -> int:
+    print(f"edgefleet model {command}: error: {err}", file=sys.stderr)
+    return 1 if isinstance(err, (ArtifactMismatch, IncompatibleArtifact)) else 2
+
+
+def _describe(written: Written) -> str:
+    m = written.manifest
+    return (f"wrote {written.artifact} ({m.format}, {m.layout}, {m.precision}, {m.input_width}x{m.input_height}, "
+            f"{len(m.class_names)} classes, sha256 {m.file_sha256[:12]}) and {written.manifest_file}")
+
+
+def _run_darknet(args) -> int:
+    try:
+        print(_describe(cmd_darknet(args.cfg, args.weights, args.names, args.out,
+                                    fix_known_bugs=not args.keep_cfg_bugs)))
+    except ModelError as err:
+        return _fail("darknet", err)
+    return 0
+
+
+def _run_manifest(args) -> int:
+    try:
+        print(_describe(cmd_manifest(args.path)))
+    except ModelError as err:
+        return _fail("manifest", err)
+    return 0
+
+
+def _run_verify(args) -> int:
+    try:
+        m = cmd_verify(args.path, probe_device(args.device) if args.device_check else None)
+    except ModelError as err:
+        return _fail("verify", err)
+    print(f"ok: {args.path} matches its manifest ({m.file_size} bytes, sha256 {m.file_sha256})"
+          + (" and runs on this device" if args.device_check else ""))
+    return 0
+
+
+def _run_engine(args) -> int:
+    try:
+        written = cmd_engine(args.onnx, args.out, args.precision, args.calib_dir, calib_cache=args.calib_cache,
+                             batch=args.batch, sizes=args.size, timing_cache=args.timing_cache,
+                             workspace_mb=args.workspace_mb, device=args.device)
+    except ModelError as err:
+        return _fail("engine", err)
+    print(_describe(written))
+    return 0
+
+
+def add_subcommands(subparsers) -> None:
+    """Register `darknet`, `manifest`, `verify` and `engine` on an argparse subparsers object."""
+    p = subparsers.add_parser("darknet", help="convert a Darknet cfg + weights to ONNX, with its manifest")
+    p.add_argument("cfg", type=Path, help="Darknet .cfg")
+    p.add_argument("weights", type=Path, help="Darknet .weights")
+    p.add_argument("names", type=Path, help="class names, one per line")
+    p.add_argument("--out", type=Path, required=True, help="the ONNX file to write")
+    p.add_argument("--keep-cfg-bugs", action="store_true",
+                   help="do not fix the known yolov3-tiny anchor-mask bug in the cfg")
+    p.set_defaults(func=_run_darknet)
+
+    p = subparsers.add_parser("manifest", help="write or refresh the manifest of an existing ONNX file")
+    p.add_argument("path", type=Path, help="the ONNX file (the manifest goes beside it)")
+    p.set_defaults(func=_run_manifest)
+
+    p = subparsers.add_parser("verify", help="check a model file against its manifest (exit 1 on a mismatch)")
+    p.add_argument("path", type=Path, help="the artifact (ONNX or engine) with its manifest beside it")
+    p.add_argument("--device-check", action="store_true",
+                   help="also check that this machine can run it (TensorRT version, GPU, onnxruntime)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index for --device-check")
+    p.set_defaults(func=_run_verify)
+
+    p = subparsers.add_parser("engine", help="build a TensorRT engine from an ONNX, on the device that runs it")
+    p.add_argument("onnx", type=Path, help="the ONNX model (its manifest is used when present)")
+    p.add_argument("--out", type=Path, default=None, help="engine file (default: <onnx stem>-<precision>.engine)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                   help="fp16 (default) is the usual choice; int8 is faster still and needs calibration")
+    p.add_argument("--calib-dir", type=Path, default=None,
+                   help="int8: folder of frames from the deployment's cameras (a few hundred)")
+    p.add_argument("--calib-cache", type=Path, default=None,
+                   help="int8: calibration cache to reuse when present, written after calibrating")
+    p.add_argument("--batch", type=parse_batch, default=(1, 1, 1), metavar="N|MIN,OPT,MAX",
+                   help="images per inference call (default 1)")
+    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH|MIN,OPT,MAX",
+                   help="input size(s), multiples of 32 (default: the model's own size)")
+    p.add_argument("--timing-cache", type=Path, default=None, help="TensorRT timing cache to load and update")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.set_defaults(func=_run_engine)
+
+
+__all__ = ["Written", "add_subcommands", "cmd_darknet", "cmd_engine", "cmd_manifest", "cmd_verify",
+           "engine_command", "parse_batch", "parse_sizes"]
