@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Tracker quality and speed on synthetic scenes with exact ground truth (scripts/bench/scenes.py).
+
+    python scripts/bench/tracking.py [--objects 10,50,200] [--frames 300] [--seeds 0,1,2] [--crowd-seeds 0]
+                                     [--repeats 3] [--intervals 1,2,3,4,5,6] [--peers trackers,ultralytics]
+                                     [--out FILE]
+
+Every tracker gets the same detections, frame by frame:
+- `edgefleet`: agent.bytetrack.ByteTrack with its defaults (the paper's thresholds and code);
+- `edgefleet+refind`: the same with `refind_lost_with_low_confidence` (not a default; shown beside);
+- `trackers`: Roboflow trackers' ByteTrackTracker, with the thresholds that share a meaning set to
+  ours (high 0.5, activation 0.6, buffer 30 at 30 fps, 2 frames to confirm); it has no low
+  threshold and no score-fused cost, so its IoU gate stays its own default (0.1);
+- `ultralytics`: ultralytics.trackers.byte_tracker.BYTETracker with bytetrack.yaml's keys set to the
+  paper's values (identical to ours), fed a minimal Boxes-like adapter.
+Each tracker's output is scored on the input boxes of the rows it tracked (all three report the
+input row: ours and trackers return the rows, Ultralytics its `idx` column), so the metrics
+compare association, not box smoothing. Metrics come from `trackers.eval` (TrackEval's CLEAR,
+Identity and HOTA): MOTA, ID switches, IDF1, HOTA at IoU 0.5.
+
+Time per update is the tracker's `update()` call alone (inputs are built beforehand), the minimum
+over `--repeats` runs of each frame (the trackers run interleaved, so background load hits all
+alike), averaged over frames. The detect-interval curve runs our tracker with detections on
+every k-th frame only and `predict_only()` between; the predicted boxes are what is scored there.
+Writes JSON to --out (or stdout) and a markdown table to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from scenes import Scene, SceneSpec, describe, make_scene  # noqa: E402  (scripts/bench/scenes.py)
+
+from agent.bytetrack import ByteTrack, ByteTrackConfig  # noqa: E402
+from models.detections import Detections  # noqa: E402
+
+OURS = ByteTrackConfig()
+Output = list[tuple[np.ndarray, np.ndarray]]  # per frame: (track ids, xyxy)
+
+
+class Tracker:
+    """A tracker under test: `prepare` turns Detections into its input (untimed), `update` is timed,
+    `result` turns its output into (ids, xyxy of the input rows)."""
+
+    name = ""
+
+    def prepare(self, dets: Detections):
+        return dets
+
+    def update(self, prepared):
+        raise NotImplementedError
+
+    def result(self, dets: Detections, out) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class Ours(Tracker):
+    name = "edgefleet"
+    CONFIG = OURS
+
+    def __init__(self) -> None:
+        self.tracker = ByteTrack(self.CONFIG)
+
+    def update(self, prepared):
+        return self.tracker.update(prepared)
+
+    def result(self, dets, out):
+        return out.tracker_id, out.xyxy
+
+    @classmethod
+    def config(cls) -> dict:
+        return {k: getattr(cls.CONFIG, k) for k in cls.CONFIG.__dataclass_fields__}
+
+
+class OursRefinding(Ours):
+    """Ours with `refind_lost_with_low_confidence` on (not the default; reported beside it)."""
+
+    name = "edgefleet+refind"
+    CONFIG = dataclasses.replace(OURS, refind_lost_with_low_confidence=True)
+
+
+class RoboflowTrackers(Tracker):
+    name = "trackers"
+    KWARGS = dict(high_conf_det_threshold=OURS.high_confidence_threshold,
+                  track_activation_threshold=OURS.track_activation_threshold,
+                  lost_track_buffer=OURS.lost_track_buffer, frame_rate=OURS.frame_rate,
+                  minimum_consecutive_frames=OURS.minimum_consecutive_frames)
+
+    def __init__(self) -> None:
+        from trackers import ByteTrackTracker
+        self.tracker = ByteTrackTracker(**self.KWARGS)
+
+    def prepare(self, dets):
+        import supervision as sv
+        return sv.Detections(xyxy=dets.xyxy.astype(np.float64), confidence=dets.confidence,
+                             class_id=dets.class_id.astype(int))
+
+    def update(self, prepared):
+        return self.tracker.update(prepared)
+
+    def result(self, dets, out):
+        keep = out.tracker_id != -1  # its unconfirmed rows
+        return out.tracker_id[keep].astype(np.int64), out.xyxy[keep].astype(np.float32)
+
+    @classmethod
+    def config(cls) -> dict:
+        return {**cls.KWARGS, "minimum_iou_threshold": "default (0.1)"}
+
+
+class _Boxes:
+    """What BYTETracker reads from Ultralytics' Boxes: conf, cls, xywh (centre), boolean indexing."""
+
+    def __init__(self, xyxy: np.ndarray, conf: np.ndarray, cls: np.ndarray) -> None:
+        self.xyxy, self.conf, self.cls = xyxy, conf, cls
+        self.xywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.conf)
+
+    def __getitem__(self, index) -> _Boxes:
+        return _Boxes(self.xyxy[index], self.conf[index], self.cls[index])
+
+
+class UltralyticsByteTrack(Tracker):
+    name = "ultralytics"
+    ARGS = dict(tracker_type="bytetrack", track_high_thresh=OURS.high_confidence_threshold,
+                track_low_thresh=OURS.low_confidence_threshold, new_track_thresh=OURS.track_activation_threshold,
+                track_buffer=OURS.lost_track_buffer, match_thresh=OURS.minimum_matching_threshold,
+                fuse_score=OURS.fuse_score)
+
+    def __init__(self) -> None:
+        from ultralytics.trackers.byte_tracker import BYTETracker
+        self.tracker = BYTETracker(SimpleNamespace(**self.ARGS))
+
+    def prepare(self, dets):
+        return _Boxes(dets.xyxy, dets.confidence, dets.class_id.astype(np.float32))
+
+    def update(self, prepared):
+        return self.tracker.update(prepared)
+
+    def result(self, dets, out):
+        if not len(out):
+            return np.zeros(0, np.int64), np.zeros((0, 4), np.float32)
+        return out[:, 4].astype(np.int64), dets.xyxy[out[:, 7].astype(np.intp)]
+
+    @classmethod
+    def config(cls) -> dict:
+        return dict(cls.ARGS)
+
+
+PEERS = {"trackers": RoboflowTrackers, "ultralytics": UltralyticsByteTrack}
+
+
+def run_interleaved(makers: dict, scene: Scene, repeats: int) -> dict[str, tuple[Output, np.ndarray]]:
+    """Per tracker: the outputs of its first run and each frame's minimum update time (s)."""
+    results = {}
+    inputs = {}
+    for name, make in makers.items():
+        probe = make()
+        inputs[name] = [probe.prepare(d) for d in scene.detections]
+    best = {name: np.full(len(scene), np.inf) for name in makers}
+    for r in range(repeats):
+        for name, make in makers.items():
+            tracker, outputs, clock = make(), [], time.perf_counter
+            for t, prepared in enumerate(inputs[name]):
+                start = clock()
+                out = tracker.update(prepared)
+                best[name][t] = min(best[name][t], clock() - start)
+                if r == 0:
+                    outputs.append(tracker.result(scene.detections[t], out))
+            if r == 0:
+                results[name] = outputs
+    return {name: (results[name], best[name]) for name in makers}
+
+
+def run_interval(scene: Scene, interval: int, config: ByteTrackConfig = OURS) -> Output:
+    """Our tracker with detections on every `interval`-th frame, predictions in between."""
+    tracker, outputs = ByteTrack(config), []
+    for t, dets in enumerate(scene.detections):
+        out, _ = tracker.step(dets if t % interval == 0 else None)
+        outputs.append((out.tracker_id, out.xyxy))
+    return outputs
+
+
+def evaluate(scene: Scene, outputs: Output, metrics: tuple[str, ...] = ("CLEAR", "Identity", "HOTA")) -> dict:
+    from trackers.eval import (box_iou, compute_clear_metrics, compute_hota_metrics,
+                               compute_identity_metrics)
+    gt_ids = _contiguous(scene.gt_ids)
+    tr_ids = _contiguous([ids for ids, _ in outputs])
+    sims = [box_iou(g.astype(np.float64), b.astype(np.float64)) for g, (_, b) in zip(scene.gt_xyxy, outputs)]
+    result = {}
+    if "CLEAR" in metrics:
+        clear = compute_clear_metrics(gt_ids, tr_ids, sims, threshold=0.5)
+        result.update(MOTA=clear["MOTA"], IDSW=int(clear["IDSW"]), FP=int(clear["CLR_FP"]),
+                      FN=int(clear["CLR_FN"]), recall=clear["CLR_Re"], precision=clear["CLR_Pr"])
+    if "Identity" in metrics:
+        result["IDF1"] = compute_identity_metrics(gt_ids, tr_ids, sims, threshold=0.5)["IDF1"]
+    if "HOTA" in metrics:
+        hota = compute_hota_metrics(gt_ids, tr_ids, sims)
+        result.update(HOTA=hota["HOTA"], DetA=hota["DetA"], AssA=hota["AssA"])
+    result["tracks"] = int(len(np.unique(np.concatenate([ids for ids, _ in outputs])))) if outputs else 0
+    return {k: round(float(v), 4) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def _contiguous(per_frame: list[np.ndarray]) -> list[np.ndarray]:
+    """Ids renumbered 0..k-1 over the sequence, as the metric functions require."""
+    everything = np.concatenate(per_frame) if per_frame else np.zeros(0, np.int64)
+    unique = np.unique(everything)
+    return [np.searchsorted(unique, ids).astype(np.intp) for ids in per_frame]
+
+
+CROWD = 100
+"""Scenes with this many objects or more run `--crowd-seeds` (one 200-object scene holds seven
+times the boxes of three 10-object scenes, and costs the peers seconds per run)."""
+METRICS = ("IDF1", "MOTA", "HOTA", "IDSW", "ms_per_update")
+
+
+def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[int], repeats: int,
+          intervals: list[int], peers: list[str]) -> dict:
+    makers = {Ours.name: Ours, OursRefinding.name: OursRefinding}
+    for name in peers:
+        try:
+            PEERS[name]()
+            makers[name] = PEERS[name]
+        except ImportError as err:
+            print(f"peer {name} skipped: {err}", file=sys.stderr)
+    report = {"host": {"python": platform.python_version(), "machine": platform.machine(),
+                       "numpy": np.__version__},
+              "configs": {name: make.config() for name, make in makers.items()}, "scenes": [], "summary": []}
+    for n in objects:
+        entries = []
+        for seed in crowd_seeds if n >= CROWD else seeds:
+            scene = make_scene(SceneSpec(objects=n, frames=frames, seed=seed))
+            entry = {"scene": describe(scene), "trackers": {}, "detect_interval": {}}
+            for name, (outputs, seconds) in run_interleaved(makers, scene, repeats).items():
+                entry["trackers"][name] = {**evaluate(scene, outputs),
+                                           "ms_per_update": round(float(seconds.mean()) * 1e3, 4),
+                                           "ms_per_update_p50": round(float(np.median(seconds)) * 1e3, 4)}
+            for k in intervals:
+                entry["detect_interval"][k] = evaluate(scene, run_interval(scene, k), ("CLEAR", "Identity"))
+            entries.append(entry)
+            print(f"scene objects={n} seed={seed} done", file=sys.stderr)
+        report["scenes"] += entries
+        report["summary"].append(summarize(n, entries, list(makers)))
+    return report
+
+
+def summarize(objects: int, entries: list[dict], names: list[str]) -> dict:
+    """Means over the seeds of one density; our time and IDF1 against each peer."""
+    mean = {name: {m: round(float(np.mean([e["trackers"][name][m] for e in entries])), 4) for m in METRICS}
+            for name in names}
+    curve = {k: round(float(np.mean([e["detect_interval"][k]["IDF1"] for e in entries])), 4)
+             for k in entries[0]["detect_interval"]}
+    versus = {}
+    for peer in (p for p in names if p in PEERS):
+        versus[peer] = {
+            "time_ratio": round(mean[Ours.name]["ms_per_update"] / mean[peer]["ms_per_update"], 3),
+            "idf1_delta": round(mean[Ours.name]["IDF1"] - mean[peer]["IDF1"], 4),
+            "idf1_delta_refind": round(mean[OursRefinding.name]["IDF1"] - mean[peer]["IDF1"], 4),
+        }
+        versus[peer]["target_met"] = versus[peer]["idf1_delta"] >= 0 and versus[peer]["time_ratio"] <= 0.5
+    return {"objects": objects, "seeds": [e["scene"]["spec"]["seed"] for e in entries], "mean": mean,
+            "versus": versus, "detect_interval_idf1": curve}
+
+
+def markdown(report: dict) -> str:
+    lines = ["Means over seeds. ratio = our ms/update over the peer's.", "",
+             "| objects | seeds | tracker | IDF1 | MOTA | HOTA | IDSW | ms/update | ours/peer time |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for summary in report["summary"]:
+        for name, m in summary["mean"].items():
+            ratio = summary["versus"].get(name, {}).get("time_ratio", "")
+            lines.append(f"| {summary['objects']} | {len(summary['seeds'])} | {name} | {m['IDF1']:.3f} | "
+                         f"{m['MOTA']:.3f} | {m['HOTA']:.3f} | {m['IDSW']:.1f} | {m['ms_per_update']:.3f} | {ratio} |")
+    intervals = list(report["summary"][0]["detect_interval_idf1"]) if report["summary"] else []
+    lines += ["", "IDF1 of edgefleet (defaults) by detect interval k (predicted boxes on skipped frames):", "",
+              "| objects | " + " | ".join(f"k={k}" for k in intervals) + " |",
+              "| ---: | " + " | ".join("---:" for _ in intervals) + " |"]
+    for summary in report["summary"]:
+        cells = [f"{summary['detect_interval_idf1'][k]:.3f}" for k in intervals]
+        lines.append(f"| {summary['objects']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", default="10,50,200")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--seeds", default="0,1,2", help=f"seeds of scenes under {CROWD} objects")
+    parser.add_argument("--crowd-seeds", default="0", help=f"seeds of scenes with {CROWD} objects or more")
+    parser.add_argument("--repeats", type=int, default=3, help="timing runs per tracker (the minimum counts)")
+    parser.add_argument("--intervals", default="1,2,3,4,5,6")
+    parser.add_argument("--peers", default="trackers,ultralytics")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    started = time.perf_counter()
+    report = bench(ints(args.objects), args.frames, ints(args.seeds), ints(args.crowd_seeds), args.repeats,
+                   ints(args.intervals), [p for p in args.peers.split(",") if p])
+    report["wall_s"] = round(time.perf_counter() - started, 1)
+    print(markdown(report), file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
