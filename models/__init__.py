@@ -20,7 +20,7 @@ def load_default_detector(cache_dir: Path | None = None, **options) -> Detector:
     """The bundled COCO detector on ONNX Runtime (converted and cached on first use).
 
     `options` are the onnxruntime backend's config fields: input_size, confidence_threshold,
-    iou_threshold, intra_op_threads, providers.
+    iou_threshold, intra_op_threads, spin_wait, providers.
     """
     from .backends import create_detector
     from .bundled import default_model

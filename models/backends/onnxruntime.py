@@ -53,6 +53,10 @@ class OnnxRuntimeConfig(BaseModel):
     intra_op_threads: int | None = Field(None, ge=1)
     """Threads for one inference; None: onnxruntime's default (one per physical core).
     Set it when several detectors share a machine so they do not oversubscribe it."""
+    spin_wait: bool = True
+    """Let idle intra-op threads spin between inferences (onnxruntime's default): lowest latency
+    when the detector owns the cores. Off: they sleep, leaving the cores to video decoding and
+    the rest of the loop when those share a small CPU (a Raspberry Pi, a 2-core box)."""
     providers: list[str] | None = None
     """Execution providers in order of preference; None: TensorRT, CUDA, CPU, of those present."""
 
@@ -183,6 +187,8 @@ class OnnxRuntimeDetector(Detector):
         options = ort.SessionOptions()
         if config.intra_op_threads:
             options.intra_op_num_threads = config.intra_op_threads
+        if not config.spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = choose_providers(config.providers, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(config.model), options, providers=providers)
