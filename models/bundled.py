@@ -8,7 +8,6 @@ That package is never imported: we only locate its files and check their sha256 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import logging
 import os
@@ -21,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from .darknet import CONVERTER_VERSION, FORMAT, convert_files
 from .errors import ChecksumMismatch, ModelError, ModelNotFound
+from .manifest import manifest_for_onnx, manifest_path, sha256_file, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ def default_cache_dir() -> Path:
 def cached_model_path(cache_dir: Path | None = None) -> Path:
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     return cache_dir / f"{MODEL_NAME}-{FILES[WEIGHTS][:12]}.onnx"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_folder() -> Path:

@@ -28,3 +28,15 @@ class InvalidConfig(ModelError):
 
 class BackendUnavailable(ModelError):
     """A configured backend whose SDK, execution provider or hardware is not on this machine."""
+
+
+class ManifestError(ModelError):
+    """A manifest that is missing, unreadable, or fails validation (names the field and the value)."""
+
+
+class ArtifactMismatch(ChecksumMismatch):
+    """An artifact whose size or sha256 differs from its manifest (truncated, tampered, replaced)."""
+
+
+class IncompatibleArtifact(ModelError):
+    """An artifact this device cannot run (another TensorRT version or GPU, no runtime for it)."""

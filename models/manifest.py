@@ -16,8 +16,8 @@ an unknown key, a missing key or a wrong type is a `ManifestError` naming the fi
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -33,9 +33,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from .bundled import sha256_file
 from .darknet import FORMAT as DARKNET_FORMAT
-from .errors import ChecksumMismatch, ModelError, ModelNotFound, UnsupportedModel
+from .errors import ArtifactMismatch, IncompatibleArtifact, ManifestError, ModelNotFound, UnsupportedModel
+from .metadata import ultralytics_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +49,6 @@ Precision = Literal["fp32", "fp16", "int8"]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _VERSION = re.compile(r"\d+\.\d+(\.\d+)*")
 _COMPUTE_CAPABILITY = re.compile(r"\d+\.\d+")
-
-
-class ManifestError(ModelError):
-    """A manifest that is missing, unreadable, or fails validation (names the field and the value)."""
-
-
-class ArtifactMismatch(ChecksumMismatch):
-    """An artifact whose size or sha256 differs from its manifest (truncated, tampered, replaced)."""
-
-
-class IncompatibleArtifact(ModelError):
-    """An artifact this device cannot run (another TensorRT version or GPU, no runtime for it)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +130,15 @@ class ArtifactManifest:
 
 _ADAPTER = TypeAdapter(ArtifactManifest)
 _FIELDS = tuple(f.name for f in dataclasses.fields(ArtifactManifest))
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (engines and models can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def manifest_path(artifact: Path) -> Path:
@@ -235,11 +232,7 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
 
 
 def manifest_for_onnx(path: Path) -> ArtifactManifest:
-    """Describe an ONNX detector from its own metadata: ours (models.darknet) or Ultralytics' export.
-
-    Ultralytics writes each metadata value as `str(python_value)`: `names` is a dict literal
-    ("{0: 'person', ...}", read with `ast.literal_eval`), `imgsz` is [height, width].
-    """
+    """Describe an ONNX detector from its own metadata: ours (models.darknet) or Ultralytics' export."""
     path = Path(path)
     if not path.is_file():
         raise ModelNotFound(f"{path} does not exist")
@@ -261,8 +254,8 @@ def manifest_for_onnx(path: Path) -> ArtifactManifest:
         fields = _darknet_fields(path, meta)
         fields["producer"] = f"{model.producer_name} {model.producer_version}".strip()
         tools["edgefleet.models.darknet"] = meta.get("converter_version", "unknown")
-    elif meta.get("author") == "Ultralytics" or ("names" in meta and "imgsz" in meta):
-        fields = _ultralytics_fields(path, meta)
+    elif (info := ultralytics_metadata(meta, str(path))) is not None:
+        fields = _ultralytics_fields(path, meta, info)
         tools["ultralytics"] = meta.get("version", "unknown")
     else:
         raise UnsupportedModel(f"{path}: no detector metadata (neither models.darknet's format="
@@ -293,35 +286,16 @@ def _darknet_fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         raise UnsupportedModel(f"{path}: broken models.darknet metadata ({err!r})") from err
 
 
-def _ultralytics_fields(path: Path, meta: dict[str, str]) -> dict[str, Any]:
-    def literal(key: str, default: Any = None) -> Any:
-        if key not in meta:
-            if default is None:
-                raise UnsupportedModel(f"{path}: Ultralytics metadata has no {key!r}")
-            return default
-        try:
-            return ast.literal_eval(meta[key])
-        except (ValueError, SyntaxError) as err:
-            raise UnsupportedModel(f"{path}: Ultralytics metadata {key}={meta[key]!r} is not a literal") from err
-
-    task = meta.get("task", "detect")
-    if task != "detect":
-        raise UnsupportedModel(f"{path}: Ultralytics task {task!r} is not supported (detect only)")
-    names = literal("names")
-    if isinstance(names, dict):
-        if sorted(names) != list(range(len(names))):
-            raise UnsupportedModel(f"{path}: Ultralytics names keys {sorted(names)} are not 0..{len(names) - 1}")
-        names = [names[i] for i in range(len(names))]
-    imgsz = literal("imgsz")
-    imgsz = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
-    args = literal("args", {})
-    end2end = literal("end2end", False) is True or bool(args.get("nms"))
+def _ultralytics_fields(path: Path, meta: dict[str, str], info: dict[str, Any]) -> dict[str, Any]:
+    if info["task"] != "detect":
+        raise UnsupportedModel(f"{path}: Ultralytics task {info['task']!r} is not supported (detect only)")
+    height, width = info["imgsz"]
     return {
-        "layout": "end2end" if end2end else "ultralytics",
-        "class_names": tuple(str(n) for n in names),
-        "width": int(imgsz[1]), "height": int(imgsz[0]),
+        "layout": "end2end" if info["end2end"] or info["args"].get("nms") else "ultralytics",
+        "class_names": tuple(info["names"]),
+        "width": width, "height": height,
         "producer": f"ultralytics {meta.get('version', 'unknown')}",
-        "stride": int(literal("stride", 32)),
+        "stride": info["stride"],
     }
 
 

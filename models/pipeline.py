@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .darknet import convert_files
-from .errors import BackendUnavailable, ModelError, UnsupportedModel
+from .errors import ArtifactMismatch, BackendUnavailable, IncompatibleArtifact, ModelError, UnsupportedModel
 from .manifest import (
     ArtifactManifest,
-    ArtifactMismatch,
     DeviceCaps,
-    IncompatibleArtifact,
     atomic_write_bytes,
     manifest_for_onnx,
     manifest_path,

@@ -30,7 +30,6 @@ import numpy as np
 import onnx
 
 from .backends.tensorrt import import_tensorrt, trt_logger
-from .bundled import sha256_file
 from .errors import InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from .manifest import (
     ArtifactManifest,
@@ -41,6 +40,7 @@ from .manifest import (
     manifest_path,
     now_iso,
     read_manifest,
+    sha256_file,
     verify_artifact,
     write_manifest,
 )

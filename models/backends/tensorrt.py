@@ -27,11 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import yolo
 from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
 from ..detections import Detections
-from ..errors import BackendUnavailable, ModelError, ModelNotFound, UnsupportedModel
+from ..errors import BackendUnavailable, IncompatibleArtifact, ModelError, ModelNotFound, UnsupportedModel
 from ..manifest import (
     ArtifactManifest,
     DeviceCaps,
-    IncompatibleArtifact,
     compute_capability,
     read_manifest,
     verify_artifact,

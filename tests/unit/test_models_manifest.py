@@ -11,13 +11,18 @@ import pytest
 from onnx import TensorProto, helper
 
 from models.bundled import FILES, WEIGHTS, default_model
-from models.errors import ChecksumMismatch, ModelError, ModelNotFound, UnsupportedModel
-from models.manifest import (
-    ArtifactManifest,
+from models.errors import (
     ArtifactMismatch,
-    DeviceCaps,
+    ChecksumMismatch,
     IncompatibleArtifact,
     ManifestError,
+    ModelError,
+    ModelNotFound,
+    UnsupportedModel,
+)
+from models.manifest import (
+    ArtifactManifest,
+    DeviceCaps,
     check_compatible,
     compute_capability,
     manifest_for_onnx,
@@ -262,8 +267,8 @@ def test_manifest_for_an_ultralytics_export(tmp_path, changes, shape, elem, expe
 @pytest.mark.parametrize("metadata, message", [
     ({}, r"no detector metadata .*keys: \[\]"),
     ({**ULTRA, "task": "segment"}, r"task 'segment' is not supported"),
-    ({**ULTRA, "names": "{0: person}"}, r"names='\{0: person\}' is not a literal"),
-    ({**ULTRA, "names": {1: "a", 2: "b"}}, r"names keys \[1, 2\] are not 0\.\.1"),
+    ({**ULTRA, "names": "{0: person}"}, r"metadata names='\{0: person\}' is not a Python literal"),
+    ({**ULTRA, "names": {1: "a", 2: "b"}}, r"names must map class indices 0..n-1 to names, got .\{1: .a."),
 ])
 def test_onnx_files_we_cannot_describe(tmp_path, metadata, message):
     with pytest.raises(UnsupportedModel, match=message):

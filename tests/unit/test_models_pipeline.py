@@ -10,8 +10,16 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from models.errors import BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel, WeightsMismatch
-from models.manifest import ArtifactMismatch, ManifestError, manifest_path, read_manifest
+from models.errors import (
+    ArtifactMismatch,
+    BackendUnavailable,
+    InvalidConfig,
+    ManifestError,
+    ModelNotFound,
+    UnsupportedModel,
+    WeightsMismatch,
+)
+from models.manifest import manifest_path, read_manifest
 from models.pipeline import (
     add_subcommands,
     cmd_darknet,

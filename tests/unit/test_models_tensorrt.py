@@ -28,9 +28,8 @@ from models.backends.tensorrt import (
     volume,
 )
 from models.darknet import convert
-from models.errors import BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel
+from models.errors import ArtifactMismatch, BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel
 from models.manifest import (
-    ArtifactMismatch,
     manifest_for_onnx,
     read_manifest,
     verify_artifact,
