@@ -19,8 +19,8 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .darknet import CONVERTER_VERSION, FORMAT, convert_files
-from .errors import ChecksumMismatch, ModelError, ModelNotFound
-from .manifest import manifest_for_onnx, manifest_path, sha256_file, write_manifest
+from .errors import ArtifactMismatch, ChecksumMismatch, ManifestError, ModelError, ModelNotFound
+from .manifest import manifest_for_onnx, sha256_file, verify_artifact, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,20 @@ def _is_current(path: Path) -> bool:
 
 
 def default_model(cache_dir: Path | None = None) -> Path:
-    """Path to the cached ONNX model; converts it first if needed (checked, then atomic write)."""
+    """Path to the cached ONNX model; converts it first if needed (checked, then atomic write).
+
+    The cache carries its manifest; a cached file that no longer matches it is converted again.
+    """
     target = cached_model_path(cache_dir)
     if target.is_file() and _is_current(target):
-        return target
+        try:
+            verify_artifact(target)
+            return target
+        except ManifestError:  # no manifest (a cache from before manifests) or an unreadable one
+            write_manifest(manifest_for_onnx(target), target)
+            return target
+        except ArtifactMismatch as err:
+            logger.warning("%s; converting again", err)
     files = source_files()  # sha256 checked before anything is converted
     logger.info("converting %s to ONNX (once; cached at %s)", files[WEIGHTS], target)
     model = convert_files(files[CFG], files[WEIGHTS], files[NAMES], expected_weights_sha256=FILES[WEIGHTS])
@@ -101,6 +111,7 @@ def default_model(cache_dir: Path | None = None) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    write_manifest(manifest_for_onnx(target), target)
     return target
 
 

@@ -29,6 +29,7 @@ from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
 from ..darknet import FORMAT
 from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from ..manifest import DeviceCaps, manifest_path, verify_artifact
 from ..metadata import ultralytics_metadata
 from ..yolo import (decode_darknet, decode_end2end, decode_ultralytics, letterbox_batch, nms,
                     scale_boxes_to_source)
@@ -143,6 +144,19 @@ def read_layout(meta: dict[str, str], input_shape: list, output_shapes: list[lis
     return ModelLayout(head, info["names"], (width, height), fixed_size, max_batch, pad_batch)
 
 
+def check_manifest(model: Path, device: DeviceCaps) -> None:
+    """Verify `model` against the manifest beside it, when there is one (every artifact the
+    pipeline writes has one): a file that was truncated, replaced or made for another runtime
+    fails here, before onnxruntime reads it. A file without a manifest loads unchecked."""
+    if not manifest_path(model).is_file():
+        logger.info("%s has no manifest beside it; loading it unchecked", model)
+        return
+    manifest = verify_artifact(model, device=device)
+    if manifest.format != "onnx":
+        raise UnsupportedModel(f"{model}: its manifest says format {manifest.format!r}; "
+                               "the onnxruntime backend runs 'onnx' artifacts")
+
+
 class OnnxRuntimeDetector(Detector):
     def __init__(self, config: OnnxRuntimeConfig):
         try:
@@ -151,12 +165,14 @@ class OnnxRuntimeDetector(Detector):
             raise BackendUnavailable("backend 'onnxruntime' needs the onnxruntime package installed") from err
         if not config.model.is_file():
             raise ModelNotFound(f"model {config.model} does not exist")
+        available = ort.get_available_providers()
+        check_manifest(config.model, DeviceCaps(onnxruntime_providers=tuple(available)))
         options = ort.SessionOptions()
         if config.intra_op_threads:
             options.intra_op_num_threads = config.intra_op_threads
         if not config.spin_wait:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = choose_providers(config.providers, ort.get_available_providers())
+        providers = choose_providers(config.providers, available)
         try:
             self.session = ort.InferenceSession(str(config.model), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own untyped errors for bad files

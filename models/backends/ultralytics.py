@@ -7,23 +7,19 @@ the other backends do, so the same model gives the same boxes here and on ONNX R
 The package is imported in the constructor only, offline, with its requirement auto-update
 forced off (`import_ultralytics`): a missing requirement is an error, never a `pip install`.
 
-torchvision fallback. Ultralytics' predict imports torchvision and calls `torchvision.ops.nms`.
-When torchvision's C++ ops cannot load (a torchvision wheel built for another torch, e.g. a
-CUDA torchvision beside a CPU-only torch: `_C.so` fails to link), `import torchvision` itself
-fails on its fake registration of `torchvision::nms`, and predict with it.
-`install_torchvision_nms_fallback` then, and only then, defines the `torchvision::nms` operator
-with `torch.library` (implemented by `torch_nms` below, greedy NMS in plain torch) and routes
-`torchvision.ops.nms` to that operator (torchvision's wrapper refuses to call any op while its
-`_C` is missing). It says so in a WARNING. Every other torchvision C++ op stays unavailable.
-With a working torchvision nothing is touched. The same operator lets an `nms=True` ONNX export
-trace (torchvision's ONNX symbolic for `torchvision::nms` turns it into NonMaxSuppression).
+torchvision. Ultralytics' predict imports torchvision and calls `torchvision.ops.nms` (its
+exporter traces `torchvision::nms` for `nms=True` graphs). `import_ultralytics` checks that this
+works (`check_torchvision_nms`) and otherwise fails with `BackendUnavailable`: a torchvision
+wheel built for another torch (a CUDA torchvision beside a CPU-only torch) cannot load its C++
+ops, and the fix is the torchvision built for the installed torch. Nothing is patched here; the
+test suite and benchmarks bring their own stand-in for such an environment (tests/torchvision_nms.py).
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Literal
 
@@ -65,104 +61,60 @@ class UltralyticsConfig(BaseModel):
         return value
 
 
-# ---- torchvision NMS fallback ----
+# ---- torchvision ----
 
-def torch_nms(boxes, scores, iou_threshold: float):
-    """Greedy NMS in plain torch with `torchvision.ops.nms` semantics.
+def _torchvision_fix(torch_version: str) -> str:
+    """The pip command that installs the torchvision built for `torch_version`, from PyTorch's index.
 
-    boxes (n, 4) xyxy, scores (n,): returns int64 indices of the kept boxes, best score first.
-    A box is dropped when its IoU with a better-scoring kept box is above `iou_threshold`
-    (0/0 IoU of empty boxes counts as no overlap, as in torchvision). One vectorized step per
-    kept box, like `models.yolo.nms`; class-aware callers offset boxes per class, as Ultralytics does.
+    The index is the torch build's tag (+cpu, +cu128). The installed torchvision's release is
+    kept when it requires this very torch release (then only its build is wrong).
     """
-    import torch
-
-    if boxes.numel() == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    x1, y1, x2, y2 = boxes.unbind(1)
-    areas = (x2 - x1) * (y2 - y1)
-    order = torch.argsort(scores, descending=True, stable=True)
-    keep = []
-    while order.numel():
-        best, rest = order[0], order[1:]
-        keep.append(best)
-        inter = ((torch.minimum(x2[best], x2[rest]) - torch.maximum(x1[best], x1[rest])).clamp(min=0)
-                 * (torch.minimum(y2[best], y2[rest]) - torch.maximum(y1[best], y1[rest])).clamp(min=0))
-        iou = inter / (areas[best] + areas[rest] - inter)
-        order = rest[~(iou > iou_threshold)]
-    return torch.stack(keep)
+    release, _, build = torch_version.partition("+")
+    if not build:
+        return "reinstall torchvision from the same index as torch"
+    try:
+        pins_torch = f"torch (=={release})" in (importlib.metadata.requires("torchvision") or [])
+        wanted = f"torchvision=={importlib.metadata.version('torchvision')}" if pins_torch else "torchvision"
+    except importlib.metadata.PackageNotFoundError:
+        wanted = "torchvision"
+    no_deps = " --no-deps" if wanted != "torchvision" else ""
+    return f"pip install --force-reinstall{no_deps} {wanted} --index-url https://download.pytorch.org/whl/{build}"
 
 
-_FALLBACK_LOCK = threading.Lock()
-_fallback_library = None  # the torch.library.Library holding our definitions; alive for the process
+def check_torchvision_nms() -> None:
+    """Raise `BackendUnavailable` unless torchvision imports and `torchvision.ops.nms` runs.
 
-
-def _op_exists(name: str) -> bool:
-    import torch
+    Runs one NMS on a single box: true for torchvision's own op, and for any `torchvision::nms`
+    operator that something registered and routed `torchvision.ops.nms` to beforehand.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        raise BackendUnavailable(f"backend 'ultralytics' needs torchvision installed; run: {INSTALL_HINT}")
+    import torch  # torchvision needs torch imported first
 
     try:
-        getattr(torch.ops.torchvision, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+        import torchvision
 
-
-def _define_fallback_ops() -> None:
-    """Define torchvision::nms (our `torch_nms`) and torchvision::qnms (schema only), once."""
-    global _fallback_library
-    import torch
-
-    if _fallback_library is not None or _op_exists("nms"):
-        return
-    library = torch.library.Library("torchvision", "FRAGMENT")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.impl("nms", torch_nms, "CompositeExplicitAutograd")
-    if not _op_exists("qnms"):  # torchvision registers a fake kernel for it at import; no fallback kernel
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _fallback_library = library
-
-
-def _nms_through_registered_op(boxes, scores, iou_threshold: float):
-    """`torchvision.ops.nms` without its `_assert_has_ops` gate: calls the torchvision::nms operator."""
-    import torch
-
-    return torch.ops.torchvision.nms(boxes, scores, float(iou_threshold))
-
-
-def install_torchvision_nms_fallback() -> str:
-    """Make `torchvision.ops.nms` work; returns "torchvision" (its own op, untouched) or "fallback".
-
-    Idempotent and thread-safe. Raises `BackendUnavailable` when torchvision is not installed
-    or fails to import for another reason than its missing C++ ops.
-    """
-    with _FALLBACK_LOCK:
-        if importlib.util.find_spec("torchvision") is None:
-            raise BackendUnavailable(f"backend 'ultralytics' needs torchvision installed; run: {INSTALL_HINT}")
-        import torch  # noqa: F401 - torchvision needs torch imported first
-
+        torchvision.ops.nms(torch.zeros((1, 4)), torch.ones(1), 0.5)
+    except (RuntimeError, ImportError, OSError) as err:
         try:
-            import torchvision
-        except RuntimeError as err:
-            if "torchvision::nms" not in str(err):
-                raise BackendUnavailable(f"torchvision cannot be imported: {err}") from err
-            _define_fallback_ops()  # its import registers fake kernels for these two operators
-            import torchvision
-        if torchvision.extension._has_ops():
-            return "torchvision"
-        _define_fallback_ops()
-        if torchvision.ops.nms is not _nms_through_registered_op:
-            torchvision.ops.nms = torchvision.ops.boxes.nms = _nms_through_registered_op
-            logger.warning("torchvision %s has no C++ ops here (its build does not match torch %s); "
-                           "torchvision.ops.nms now runs models.backends.ultralytics.torch_nms",
-                           torchvision.__version__, torch.__version__)
-        return "fallback"
+            version = importlib.metadata.version("torchvision")
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise BackendUnavailable(
+            f"backend 'ultralytics' needs torchvision.ops.nms, but torchvision {version}'s C++ ops do not load "
+            f"with torch {torch.__version__} ({reason}): this torchvision was built for another torch. "
+            f"Install the torchvision built for this torch, from the same index as torch: "
+            f"{_torchvision_fix(torch.__version__)}") from err
 
 
 def import_ultralytics():
-    """Import Ultralytics for inference or export: offline, auto-install off, NMS usable; returns `YOLO`.
+    """Import Ultralytics for inference or export: offline, auto-install off, NMS checked; returns `YOLO`.
 
     YOLO_OFFLINE=1 (no DNS probes, no usage events) and YOLO_AUTOINSTALL=false are set unless
     the environment already says otherwise; auto-install is then forced off in any case.
+    Raises `BackendUnavailable` when ultralytics is missing or torchvision's NMS does not run
+    (`check_torchvision_nms`).
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -172,7 +124,7 @@ def import_ultralytics():
     except ImportError as err:
         raise BackendUnavailable(f"backend 'ultralytics' needs the ultralytics package; run: {INSTALL_HINT}") from err
     checks.AUTOINSTALL = False  # read once at its import; a process may have imported it before us
-    install_torchvision_nms_fallback()
+    check_torchvision_nms()
     return YOLO
 
 

@@ -1,14 +1,27 @@
 """Backend registry, config validation and the ONNX Runtime backend on a tiny converted model."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
+
 import numpy as np
 import onnx
 import pytest
 
 from models.backends import BACKENDS, create_detector, parse_config
 from models.backends.onnxruntime import OnnxRuntimeConfig, choose_providers
+from models.bundled import default_model
 from models.darknet import convert
-from models.errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from models.errors import (
+    ArtifactMismatch,
+    BackendUnavailable,
+    IncompatibleArtifact,
+    InvalidConfig,
+    ModelError,
+    ModelNotFound,
+    UnsupportedModel,
+)
+from models.manifest import manifest_for_onnx, manifest_path, read_manifest, verify_artifact, write_manifest
 
 from .test_models_darknet import HEAD, NC, TINY_CFG, tiny_weights
 
@@ -170,3 +183,46 @@ def test_a_closed_detector_refuses_work(detector):
     detector.close()
     with pytest.raises(ModelError, match="closed"):
         detector.detect(frame(32, 32))
+
+
+# ---- manifests at load ----
+
+@pytest.fixture
+def model_with_manifest(tiny_model, tmp_path):
+    path = tmp_path / "tiny.onnx"
+    shutil.copy(tiny_model, path)
+    write_manifest(manifest_for_onnx(path), path)
+    return path
+
+
+def test_a_model_matching_its_manifest_loads(model_with_manifest):
+    with create_detector({"type": "onnxruntime", "model": model_with_manifest}) as det:
+        assert det.names == ["cat", "dog"]
+
+
+def test_a_model_that_differs_from_its_manifest_is_refused(model_with_manifest):
+    model = onnx.load(str(model_with_manifest))
+    model.producer_version = "replaced"  # a valid model, just not the file the manifest describes
+    onnx.save(model, model_with_manifest)
+    with pytest.raises(ArtifactMismatch, match=r"tiny\.onnx.*(bytes; its manifest says|does not match its manifest)"):
+        create_detector({"type": "onnxruntime", "model": model_with_manifest})
+
+
+def test_a_manifest_for_another_runtime_is_refused(model_with_manifest):
+    manifest = dataclasses.replace(read_manifest(model_with_manifest), format="tensorrt-engine",
+                                   tensorrt_version="10.3.0", gpu_compute_capability="8.7")
+    write_manifest(manifest, model_with_manifest)
+    with pytest.raises(IncompatibleArtifact, match=r"TensorRT engine and needs TensorRT 10\.3\.0 .* 8\.7; "
+                                                   r"this device has no TensorRT"):
+        create_detector({"type": "onnxruntime", "model": model_with_manifest})
+
+
+def test_the_bundled_cache_carries_a_manifest_and_heals_a_bad_file(tmp_path):
+    path = default_model(cache_dir=tmp_path)
+    assert verify_artifact(path).layout == "darknet-yolo"
+    manifest_path(path).unlink()  # a cache from before manifests gets one
+    assert default_model(cache_dir=tmp_path) == path and verify_artifact(path)
+    manifest = read_manifest(path)
+    write_manifest(dataclasses.replace(manifest, file_sha256="0" * 64), path)  # the file no longer matches
+    assert default_model(cache_dir=tmp_path) == path
+    assert read_manifest(path).file_sha256 == manifest.file_sha256  # converted again, same bytes
