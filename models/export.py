@@ -2,17 +2,19 @@
 
     path = export_ultralytics("yolov8n.pt", "var/models", imgsz=640)   # checked before it is returned
 
-`export_ultralytics` runs Ultralytics' own exporter (no onnxslim: `simplify=False`, so nothing
-is installed), then `check_export` runs the ONNX file on ONNX Runtime and the source model on
-torch, on the same real frames letterboxed once by `models.yolo.letterbox_batch`, and compares:
-raw head outputs for plain exports, matched detections for graphs with NMS inside. A difference
-past the tolerance raises `ExportMismatch` with the largest difference found.
+`export_ultralytics` runs Ultralytics' own exporter (simplified with onnxslim, from the train
+extra, unless `simplify=False`), then `check_export` runs the ONNX file on ONNX Runtime and the
+source model on torch, on the same real frames letterboxed once by `models.yolo.letterbox_batch`,
+and compares: raw head outputs for plain exports, matched detections for graphs with NMS inside.
+A difference past the tolerance raises `ExportMismatch` with the largest difference found. The
+ONNX file is published with its manifest (`models.manifest`), the checkpoint's sha256 as its source.
 
 `build_untrained` makes a checkpoint from a model yaml when no trained weights exist (tests,
 benchmarks): see its docstring for what it changes and why.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -25,6 +27,7 @@ import numpy as np
 
 from .base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD
 from .errors import ModelError, ModelNotFound
+from .manifest import manifest_for_onnx, sha256_file, write_manifest
 from .yolo import box_iou, decode_end2end, decode_ultralytics, letterbox_batch, nms
 
 logger = logging.getLogger(__name__)
@@ -146,7 +149,7 @@ def build_untrained(cfg: str | Path, out_pt: str | Path, *, seed: int = 0, names
 
 
 def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int | tuple[int, int] = 640,
-                       dynamic: bool = True, opset: int = 13, nms: bool = False, *,
+                       dynamic: bool = True, opset: int = 13, nms: bool = False, simplify: bool = True, *,
                        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
                        iou_threshold: float = DEFAULT_IOU_THRESHOLD, max_det: int = 300, seed: int = 0,
                        check: bool = True, check_frames: list[np.ndarray] | None = None) -> Path:
@@ -157,7 +160,9 @@ def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int |
     with `confidence_threshold` and `iou_threshold` baked in; Ultralytics unrolls that NMS for
     its export batch of 1, so such a graph handles one frame per run (our backend knows).
     The file is named `<stem>[-nms][-<width>x<height>].onnx` (the size only when fixed) and replaced
-    atomically. With `check` (default), `check_export` must pass before the file is published.
+    atomically, with its manifest beside it. simplify: fold constants and fuse ops with onnxslim
+    (smaller graph, same outputs; the check runs on the simplified file). With `check` (default),
+    `check_export` must pass before the file is published.
     """
     source = Path(pt_or_yaml)
     out_dir = Path(out_dir)
@@ -176,11 +181,11 @@ def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int |
             raise ModelNotFound(f"{source} does not exist")
         else:
             shutil.copy2(source, pt)
-        logger.info("exporting %s to ONNX (imgsz %dx%d, dynamic %s, opset %d, nms %s)", source, width, height,
-                    dynamic, opset, nms)
+        logger.info("exporting %s to ONNX (imgsz %dx%d, dynamic %s, opset %d, nms %s, simplify %s)", source,
+                    width, height, dynamic, opset, nms, simplify)
         try:
             written = yolo(str(pt), task="detect").export(
-                format="onnx", imgsz=(height, width), dynamic=dynamic, opset=opset, nms=nms, simplify=False,
+                format="onnx", imgsz=(height, width), dynamic=dynamic, opset=opset, nms=nms, simplify=simplify,
                 batch=1, conf=confidence_threshold, iou=iou_threshold, max_det=max_det, device="cpu",
                 verbose=False)
         except Exception as err:  # the exporter re-raises whatever failed inside it
@@ -192,7 +197,9 @@ def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int |
             logger.info("export check passed on %d frames: max |diff| %.3g px in boxes, %.3g in scores%s",
                         result.frames, result.max_box_diff_px, result.max_score_diff,
                         f", {result.detections} boxes matched (IoU >= {result.min_iou:.4f})" if nms else "")
+        manifest = dataclasses.replace(manifest_for_onnx(Path(written)), source_sha256=sha256_file(pt))
         os.replace(written, target)
+        write_manifest(manifest, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("exported %s", target)

@@ -1,11 +1,12 @@
-"""The model pipeline behind `edgefleet model …`: Darknet -> ONNX -> manifest -> verify -> TensorRT engine.
+"""The model pipeline behind `edgefleet model …`: Darknet or .pt -> ONNX -> manifest -> verify -> TensorRT engine.
 
 Each `cmd_*` function takes plain values, returns data and raises `ModelError`s; it prints
-nothing. `add_subcommands(subparsers)` registers the argparse subcommands (`darknet`,
+nothing. `add_subcommands(subparsers)` registers the argparse subcommands (`darknet`, `export`,
 `manifest`, `verify`, `engine`) whose `func(args)` prints a summary and returns the exit code:
 0 ok, 1 the artifact does not match its manifest or this device, 2 any other error.
 
     edgefleet model darknet yolov3-tiny.cfg yolov3-tiny.weights coco.names --out yolov3-tiny.onnx
+    edgefleet model export yolov8n.pt --out-dir models/            # needs the train extra
     edgefleet model verify yolov3-tiny.onnx
     edgefleet model engine yolov8n.onnx --precision int8 --calib-dir frames/ --out yolov8n-int8.engine
 """
@@ -55,6 +56,20 @@ def cmd_darknet(cfg: Path, weights: Path, names: Path, out: Path, *, fix_known_b
     out = Path(out)
     atomic_write_bytes(out, model.SerializeToString())
     return cmd_manifest(out)
+
+
+def cmd_export(source: Path, out_dir: Path, imgsz: int = 640, *, dynamic: bool = True, nms: bool = False,
+               simplify: bool = True, opset: int = 13) -> Written:
+    """Export an Ultralytics checkpoint to ONNX with Ultralytics' exporter, checked against torch.
+
+    See `models.export.export_ultralytics`: the export consistency check runs before the file
+    and its manifest are published. Needs the train extra (ultralytics, torch).
+    """
+    from .export import export_ultralytics
+
+    out = export_ultralytics(Path(source), Path(out_dir), imgsz, dynamic=dynamic, opset=opset, nms=nms,
+                             simplify=simplify)
+    return Written(out, manifest_path(out), read_manifest(out))
 
 
 def cmd_manifest(path: Path) -> Written:
@@ -174,6 +189,15 @@ def _run_darknet(args) -> int:
     return 0
 
 
+def _run_export(args) -> int:
+    try:
+        print(_describe(cmd_export(args.source, args.out_dir, args.imgsz, dynamic=not args.static, nms=args.nms,
+                                   simplify=not args.no_simplify, opset=args.opset)))
+    except ModelError as err:
+        return _fail("export", err)
+    return 0
+
+
 def _run_manifest(args) -> int:
     try:
         print(_describe(cmd_manifest(args.path)))
@@ -204,7 +228,7 @@ def _run_engine(args) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    """Register `darknet`, `manifest`, `verify` and `engine` on an argparse subparsers object."""
+    """Register `darknet`, `export`, `manifest`, `verify` and `engine` on an argparse subparsers object."""
     p = subparsers.add_parser("darknet", help="convert a Darknet cfg + weights to ONNX, with its manifest")
     p.add_argument("cfg", type=Path, help="Darknet .cfg")
     p.add_argument("weights", type=Path, help="Darknet .weights")
@@ -213,6 +237,18 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--keep-cfg-bugs", action="store_true",
                    help="do not fix the known yolov3-tiny anchor-mask bug in the cfg")
     p.set_defaults(func=_run_darknet)
+
+    p = subparsers.add_parser("export", help="export an Ultralytics .pt (or model yaml) to ONNX, checked, "
+                                             "with its manifest (needs the train extra)")
+    p.add_argument("source", type=Path, help="an Ultralytics checkpoint, e.g. yolov8n.pt")
+    p.add_argument("--out-dir", type=Path, default=Path("."), help="where the .onnx and its manifest go")
+    p.add_argument("--imgsz", type=int, default=640, help="input size the export is made (and checked) at")
+    p.add_argument("--static", action="store_true",
+                   help="fix batch 1 and --imgsz in the graph (default: dynamic batch and size)")
+    p.add_argument("--nms", action="store_true", help="NMS inside the graph: output (N, 300, 6), one image a run")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxslim's graph simplification")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
+    p.set_defaults(func=_run_export)
 
     p = subparsers.add_parser("manifest", help="write or refresh the manifest of an existing ONNX file")
     p.add_argument("path", type=Path, help="the ONNX file (the manifest goes beside it)")
@@ -244,5 +280,5 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(func=_run_engine)
 
 
-__all__ = ["Written", "add_subcommands", "cmd_darknet", "cmd_engine", "cmd_manifest", "cmd_verify",
+__all__ = ["Written", "add_subcommands", "cmd_darknet", "cmd_engine", "cmd_export", "cmd_manifest", "cmd_verify",
            "engine_command", "parse_batch", "parse_sizes"]

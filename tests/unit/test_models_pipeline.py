@@ -31,6 +31,7 @@ from models.pipeline import (
     parse_sizes,
 )
 
+from ..ultralytics_env import ultralytics_env, ultralytics_models  # noqa: F401 - pytest fixtures
 from .test_models_darknet import TINY_CFG, tiny_weights
 
 HAS_SDK = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))
@@ -150,7 +151,7 @@ def test_every_subcommand_has_help():
     _, parser = cli("manifest", "x.onnx")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
-    assert set(helps) == {"darknet", "manifest", "verify", "engine"} and all(helps.values())
+    assert set(helps) == {"darknet", "export", "manifest", "verify", "engine"} and all(helps.values())
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -219,3 +220,29 @@ def test_engine_argument_mistakes_show_on_any_machine(converted):
 def test_the_manifest_is_plain_json(converted):
     data = json.loads(converted.manifest_file.read_text())
     assert data["format"] == "onnx" and data["class_names"] == ["cat", "dog"] and data["manifest_version"] == 1
+
+
+def test_cli_export_arguments_parse():
+    args, _ = cli("export", "yolov8n.pt", "--out-dir", "out", "--imgsz", "416", "--static", "--nms", "--no-simplify")
+    assert (args.source, args.out_dir, args.imgsz) == (Path("yolov8n.pt"), Path("out"), 416)
+    assert (args.static, args.nms, args.no_simplify, args.opset) == (True, True, True, 13)
+
+
+@pytest.mark.slow
+def test_the_ultralytics_export_carries_a_manifest_naming_its_checkpoint(ultralytics_models):
+    for path in (ultralytics_models.onnx, ultralytics_models.onnx_nms):
+        manifest = cmd_verify(path)
+        assert manifest.source_sha256 == hashlib.sha256(ultralytics_models.pt.read_bytes()).hexdigest()
+        assert manifest.class_names[0] == "person" and manifest.opset == 13
+    assert read_manifest(ultralytics_models.onnx).layout == "ultralytics"
+    assert read_manifest(ultralytics_models.onnx_nms).layout == "end2end"
+
+
+@pytest.mark.slow
+def test_cli_export_of_a_fixed_size_graph(ultralytics_models, tmp_path, capsys):
+    assert run("export", str(ultralytics_models.pt), "--out-dir", str(tmp_path), "--imgsz", "320", "--static") == 0
+    path = tmp_path / f"{ultralytics_models.pt.stem}-320x320.onnx"
+    assert f"wrote {path} (onnx, ultralytics, fp32, 320x320, 80 classes" in capsys.readouterr().out
+    manifest = cmd_verify(path)
+    assert (manifest.batch_range, manifest.resolution_range) == ((1, 1), None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, manifest_path(path).name])  # no leftovers
