@@ -22,6 +22,7 @@ from models.errors import (
     UnsupportedModel,
 )
 from models.manifest import manifest_for_onnx, manifest_path, read_manifest, verify_artifact, write_manifest
+from models.yolo import letterbox_batch
 
 from .test_models_darknet import HEAD, NC, TINY_CFG, tiny_weights
 
@@ -226,3 +227,16 @@ def test_the_bundled_cache_carries_a_manifest_and_heals_a_bad_file(tmp_path):
     write_manifest(dataclasses.replace(manifest, file_sha256="0" * 64), path)  # the file no longer matches
     assert default_model(cache_dir=tmp_path) == path
     assert read_manifest(path).file_sha256 == manifest.file_sha256  # converted again, same bytes
+
+
+def test_io_binding_gives_the_same_outputs_as_run(tiny_model):
+    """The path GPU providers take by default, exercised here on the CPU provider."""
+    frames = [frame(120, 160), frame(90, 200)]
+    with create_detector({"type": "onnxruntime", "model": tiny_model}) as plain, \
+            create_detector({"type": "onnxruntime", "model": tiny_model, "io_binding": True}) as bound:
+        assert (plain.io_binding, bound.io_binding) == (False, True)  # CPU: off unless asked
+        batch, _ = letterbox_batch(frames, plain.input_size)
+        for a, b in zip(plain.infer(batch), bound.infer(batch), strict=True):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(plain.detect_batch(frames), bound.detect_batch(frames), strict=True):
+            np.testing.assert_array_equal(a.xyxy, b.xyxy)
