@@ -49,7 +49,7 @@ class TensorRTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["tensorrt"] = BACKEND_KEY
-    engine: Path
+    model: Path
     """A serialized engine with its manifest beside it (`edgefleet model engine` writes both)."""
     input_size: tuple[int, int] | None = None
     """(width, height); None: the manifest's size. Must lie inside the engine's optimisation profile."""
@@ -231,11 +231,11 @@ class TensorRTDetector(Detector):
     def __init__(self, config: TensorRTConfig):
         trt, cuda = import_tensorrt()
         self._cuda = cuda
-        if not config.engine.is_file():
-            raise ModelNotFound(f"engine {config.engine} does not exist")
-        manifest = read_manifest(config.engine)
+        if not config.model.is_file():
+            raise ModelNotFound(f"engine {config.model} does not exist")
+        manifest = read_manifest(config.model)
         if manifest.format != "tensorrt-engine":
-            raise UnsupportedModel(f"{config.engine}: manifest format {manifest.format!r}, expected "
+            raise UnsupportedModel(f"{config.model}: manifest format {manifest.format!r}, expected "
                                    "'tensorrt-engine'")
         cuda.init()
         gpu = cuda.Device(config.device)
@@ -243,7 +243,7 @@ class TensorRTDetector(Detector):
         self._ctx.push()
         try:
             caps = DeviceCaps(trt.__version__, compute_capability(gpu.compute_capability()))
-            verify_artifact(config.engine, manifest, caps)
+            verify_artifact(config.model, manifest, caps)
             self._load(trt, cuda, config, manifest, caps)
         except BaseException:
             self._ctx.pop()
@@ -252,15 +252,15 @@ class TensorRTDetector(Detector):
         self._ctx.pop()
         self.last_inference_ms = 0.0
         self._warmup()
-        logger.info("tensorrt: %s (%s) at %dx%d, batch <= %d on GPU %d (warm-up %.1f ms)", config.engine.name,
+        logger.info("tensorrt: %s (%s) at %dx%d, batch <= %d on GPU %d (warm-up %.1f ms)", config.model.name,
                     manifest.precision, *self.input_size, self.max_batch, config.device, self.last_inference_ms)
 
     def _load(self, trt, cuda, config: TensorRTConfig, manifest: ArtifactManifest, caps: DeviceCaps) -> None:
         runtime = trt.Runtime(trt_logger(trt))
-        self.engine = runtime.deserialize_cuda_engine(config.engine.read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(config.model.read_bytes())
         if self.engine is None:
             raise IncompatibleArtifact(
-                f"TensorRT {caps.tensorrt_version} could not deserialize {config.engine}: it was built for "
+                f"TensorRT {caps.tensorrt_version} could not deserialize {config.model}: it was built for "
                 f"another TensorRT version or GPU (manifest: TensorRT {manifest.tensorrt_version}, compute "
                 f"capability {manifest.gpu_compute_capability}); rebuild it on this device")
         self.context = self.engine.create_execution_context()

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
+from models import load_detector
 from models.backends import BACKENDS, create_detector, parse_config
 from models.backends.onnxruntime import OnnxRuntimeConfig, choose_providers
 from models.bundled import default_model
@@ -240,3 +241,12 @@ def test_io_binding_gives_the_same_outputs_as_run(tiny_model):
             np.testing.assert_array_equal(a, b)
         for a, b in zip(plain.detect_batch(frames), bound.detect_batch(frames), strict=True):
             np.testing.assert_array_equal(a.xyxy, b.xyxy)
+
+
+def test_load_detector_picks_the_backend_by_file_type(tiny_model, tmp_path):
+    with load_detector(tiny_model, intra_op_threads=1) as det:
+        assert det.names == ["cat", "dog"] and det.layout.head == "darknet"
+    with pytest.raises(UnsupportedModel, match=r"no backend runs \.tflite files \(known: \.onnx, \.engine"):
+        load_detector(tmp_path / "m.tflite")
+    with pytest.raises(InvalidConfig, match="intra_op_threads"):
+        load_detector(tmp_path / "m.engine", intra_op_threads=1)  # options belong to the chosen backend

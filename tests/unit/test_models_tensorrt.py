@@ -84,17 +84,17 @@ def frames_dir(vtest, tmp_path_factory):
 
 def test_the_plugin_registers_by_key():
     assert BACKENDS["tensorrt"].BACKEND_KEY == "tensorrt"
-    config = parse_config({"type": "tensorrt", "engine": "m.engine"})
+    config = parse_config({"type": "tensorrt", "model": "m.engine"})
     assert isinstance(config, TensorRTConfig)
     assert (config.input_size, config.device, config.confidence_threshold) == (None, 0, 0.25)
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"type": "tensorrt"}, "engine: Field required"),
-    ({"type": "tensorrt", "engine": "m", "model": "m"}, "model: Extra inputs are not permitted"),
-    ({"type": "tensorrt", "engine": "m", "device": -1}, r"device: .*got -1"),
-    ({"type": "tensorrt", "engine": "m", "input_size": [640, 500]}, "input_size: .*multiples of 32"),
-    ({"type": "tensorrt", "engine": "m", "iou_threshold": 2}, "iou_threshold: .*got 2"),
+    ({"type": "tensorrt"}, "model: Field required"),
+    ({"type": "tensorrt", "model": "m", "engine": "m"}, "engine: Extra inputs are not permitted"),
+    ({"type": "tensorrt", "model": "m", "device": -1}, r"device: .*got -1"),
+    ({"type": "tensorrt", "model": "m", "input_size": [640, 500]}, "input_size: .*multiples of 32"),
+    ({"type": "tensorrt", "model": "m", "iou_threshold": 2}, "iou_threshold: .*got 2"),
 ])
 def test_bad_configs_name_the_field_and_value(data, message):
     with pytest.raises(InvalidConfig, match=message):
@@ -106,7 +106,7 @@ def test_without_the_sdk_the_backend_fails_at_start_saying_how_to_get_it(tmp_pat
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"engine")
     with pytest.raises(BackendUnavailable, match="tensorrt/pycuda are not installed") as info:
-        create_detector({"type": "tensorrt", "engine": engine})
+        create_detector({"type": "tensorrt", "model": engine})
     assert SDK_MISSING in str(info.value)
     assert "python3-libnvinfer" in str(info.value) and "--system-site-packages" in str(info.value)
     assert "No module named" in str(info.value)  # the real import error is kept
@@ -368,7 +368,7 @@ def test_gpu_engine_detects_what_onnxruntime_detects(tiny_onnx, tmp_path, precis
                      timing_cache=tmp_path / "timing.cache")
     assert verify_artifact(engine) == m and (tmp_path / "timing.cache").stat().st_size > 0
     frames = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(5)]
-    with create_detector({"type": "tensorrt", "engine": engine, "input_size": (64, 64)}) as trt_det, \
+    with create_detector({"type": "tensorrt", "model": engine, "input_size": (64, 64)}) as trt_det, \
             create_detector({"type": "onnxruntime", "model": tiny_onnx, "input_size": (64, 64)}) as ort_det:
         assert trt_det.names == ["cat", "dog"] and trt_det.last_inference_ms > 0
         for got, want in zip(trt_det.detect_batch(frames), ort_det.detect_batch(frames)):  # 5 > max batch 4
@@ -385,7 +385,7 @@ def test_gpu_int8_engine_calibrates_once_then_reuses_the_cache(tiny_onnx, frames
     assert cache.stat().st_size > 0
     m = build_engine(tiny_onnx, tmp_path / "b.engine", "int8", calibration_cache=cache, sizes=((32, 32),) * 3)
     assert m.precision == "int8"
-    with create_detector({"type": "tensorrt", "engine": tmp_path / "b.engine"}) as det:
+    with create_detector({"type": "tensorrt", "model": tmp_path / "b.engine"}) as det:
         frame = cv2.imread(str(list_images(frames_dir)[0]))
         dets = det.detect(frame)
         assert det.input_size == (32, 32) and det.last_inference_ms > 0
