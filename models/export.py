@@ -98,7 +98,7 @@ def build_untrained(cfg: str | Path, out_pt: str | Path, *, seed: int = 0, names
 
     from .backends.ultralytics import import_ultralytics
 
-    yolo = import_ultralytics()
+    yolo = import_ultralytics(needs_nms=False)
     torch.manual_seed(seed)
     model = yolo(str(cfg), task="detect")
     net = model.model
@@ -170,7 +170,7 @@ def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int |
     width, height = _size(imgsz)
     stem = source.stem + ("-nms" if nms else "") + ("" if dynamic else f"-{width}x{height}")
     target = out_dir / f"{stem}.onnx"
-    yolo = _import()
+    yolo = _import(needs_nms=nms)
     work = Path(tempfile.mkdtemp(prefix=f".{stem}-", dir=out_dir))  # Ultralytics writes beside its source
     try:
         pt = work / f"{source.stem}.pt"
@@ -206,10 +206,10 @@ def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int |
     return target
 
 
-def _import():
+def _import(needs_nms: bool = False):
     from .backends.ultralytics import import_ultralytics
 
-    return import_ultralytics()
+    return import_ultralytics(needs_nms)
 
 
 def check_export(onnx_path: str | Path, source: str | Path, frames: list[np.ndarray] | None = None,

@@ -7,7 +7,9 @@ Use the fixtures by importing them into a test module:
 Before Ultralytics is first imported, `ultralytics_env` sets YOLO_OFFLINE=1 (no DNS probes, no
 usage events), YOLO_AUTOINSTALL=false (a missing requirement fails instead of running pip),
 YOLO_CONFIG_DIR=<a session temp folder> (settings.json is not written to the home folder) and
-YOLO_VERBOSE=false, and restores them at the end of the session. The model is yolov8n.yaml built
+YOLO_VERBOSE=false, and restores them at the end of the session. It then installs the
+torchvision NMS shim (tests/torchvision_nms.py; nothing changes where torchvision works) before
+`import_ultralytics` checks that `torchvision.ops.nms` runs. The model is yolov8n.yaml built
 by `models.export.build_untrained` (seed 0, COCO names; there are no pretrained weights here),
 exported twice by `models.export.export_ultralytics` (each export checked against torch).
 """
@@ -48,6 +50,9 @@ def ultralytics_env(tmp_path_factory):
             patch.setenv("YOLO_VERBOSE", "false")
         from models.backends.ultralytics import import_ultralytics
 
+        from .torchvision_nms import install_torchvision_nms_fallback
+
+        install_torchvision_nms_fallback()
         import_ultralytics()
         yield
 

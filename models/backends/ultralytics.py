@@ -72,13 +72,16 @@ def _torchvision_fix(torch_version: str) -> str:
     release, _, build = torch_version.partition("+")
     if not build:
         return "reinstall torchvision from the same index as torch"
+    index = f"https://download.pytorch.org/whl/{build}"
     try:
-        pins_torch = f"torch (=={release})" in (importlib.metadata.requires("torchvision") or [])
-        wanted = f"torchvision=={importlib.metadata.version('torchvision')}" if pins_torch else "torchvision"
+        requires = [r.replace(" ", "").replace("(", "").replace(")", "")  # "torch (==2.13.0)" or "torch==2.13.0"
+                    for r in importlib.metadata.requires("torchvision") or []]
+        if f"torch=={release}" in requires:  # the right release, the wrong build
+            return (f"pip install --force-reinstall --no-deps torchvision=={importlib.metadata.version('torchvision')}"
+                    f" --index-url {index}")
     except importlib.metadata.PackageNotFoundError:
-        wanted = "torchvision"
-    no_deps = " --no-deps" if wanted != "torchvision" else ""
-    return f"pip install --force-reinstall{no_deps} {wanted} --index-url https://download.pytorch.org/whl/{build}"
+        pass
+    return f"pip install the torchvision release made for torch {release} with --index-url {index}"
 
 
 def check_torchvision_nms() -> None:
@@ -108,13 +111,14 @@ def check_torchvision_nms() -> None:
             f"{_torchvision_fix(torch.__version__)}") from err
 
 
-def import_ultralytics():
+def import_ultralytics(needs_nms: bool = True):
     """Import Ultralytics for inference or export: offline, auto-install off, NMS checked; returns `YOLO`.
 
     YOLO_OFFLINE=1 (no DNS probes, no usage events) and YOLO_AUTOINSTALL=false are set unless
     the environment already says otherwise; auto-install is then forced off in any case.
-    Raises `BackendUnavailable` when ultralytics is missing or torchvision's NMS does not run
-    (`check_torchvision_nms`).
+    Raises `BackendUnavailable` when ultralytics is missing or, with `needs_nms` (predict, and
+    exports with NMS in the graph), when torchvision's NMS does not run (`check_torchvision_nms`).
+    A plain export traces the model alone and needs no torchvision op.
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
@@ -124,7 +128,8 @@ def import_ultralytics():
     except ImportError as err:
         raise BackendUnavailable(f"backend 'ultralytics' needs the ultralytics package; run: {INSTALL_HINT}") from err
     checks.AUTOINSTALL = False  # read once at its import; a process may have imported it before us
-    check_torchvision_nms()
+    if needs_nms:
+        check_torchvision_nms()
     return YOLO
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from detector import bench, read_frames  # noqa: E402  (scripts/bench/detector.py)
+from detector import bench_bundled, read_frames  # noqa: E402  (scripts/bench/detector.py)
 
 
 def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
@@ -62,7 +62,7 @@ def main() -> int:
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "video": args.video.name,
-        "detector": bench(416, 1, read_frames(args.video, args.detector_frames), args.threads),
+        "detector": bench_bundled(416, 1, read_frames(args.video, args.detector_frames), args.threads),
         "agent": bench_agent(args.video, args.frames, args.threads),
     }
     text = json.dumps(result, indent=2)

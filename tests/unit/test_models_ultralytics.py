@@ -1,8 +1,14 @@
 """Anchor-free and end-to-end decoders, Ultralytics layout dispatch on ONNX Runtime, the ultralytics
-backend's config and its torch NMS fallback. Models are tiny graphs built here with known outputs."""
+backend's config and torchvision check, and the tests' torchvision NMS shim. Models are tiny graphs
+built here with known outputs."""
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -295,7 +301,39 @@ def test_a_missing_ultralytics_package_names_the_extra(tmp_path, monkeypatch):
         create_detector({"type": "ultralytics", "model": model})
 
 
-# ---- torch NMS fallback ----
+# ---- torchvision: the product's check, the tests' shim ----
+
+CHECK_WITHOUT_SHIM = """
+import json
+from models.backends import create_detector
+from models.errors import BackendUnavailable
+try:
+    create_detector({"type": "ultralytics", "model": %r})
+except BackendUnavailable as err:
+    print(json.dumps(str(err)))
+else:
+    print(json.dumps(None))
+"""
+
+
+def test_a_torchvision_without_its_ops_fails_the_backend_at_start(tmp_path):
+    """In a fresh process: this test session may have installed the shim already."""
+    if importlib.util.find_spec("ultralytics") is None or importlib.util.find_spec("torchvision") is None:
+        pytest.skip("needs the train extra: pip install 'edgefleet[train]'")
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"not read: the check comes first")
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path), "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false",
+           "YOLO_VERBOSE": "false"}
+    proc = subprocess.run([sys.executable, "-c", CHECK_WITHOUT_SHIM % str(model)], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    message = json.loads(proc.stdout.strip().splitlines()[-1])
+    if message is None:
+        pytest.skip("torchvision's own C++ ops load here: nothing to refuse")
+    assert "needs torchvision.ops.nms, but torchvision" in message
+    assert "C++ ops do not load with torch" in message
+    assert "Install the torchvision built for this torch, from the same index as torch: pip install" in message
+
 
 def random_boxes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -308,7 +346,7 @@ def random_boxes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
                                                      (50, 3, 0.0)])
 def test_torch_nms_matches_the_numpy_greedy_nms(n, seed, iou_threshold):
     torch = pytest.importorskip("torch")
-    from models.backends.ultralytics import torch_nms
+    from ..torchvision_nms import torch_nms
 
     boxes, scores = random_boxes(n, seed)
     keep = torch_nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou_threshold)
@@ -318,19 +356,22 @@ def test_torch_nms_matches_the_numpy_greedy_nms(n, seed, iou_threshold):
 
 def test_torch_nms_keeps_empty_boxes_as_torchvision_does():
     torch = pytest.importorskip("torch")
-    from models.backends.ultralytics import torch_nms
+    from ..torchvision_nms import torch_nms
 
     boxes = torch.tensor([[5.0, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10]])  # 0/0 IoU: no overlap
     assert torch_nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist() == [0, 1, 2]
 
 
-def test_torchvision_nms_works_after_the_fallback_check():
+def test_torchvision_nms_works_after_the_shim_and_passes_the_check():
     torch = pytest.importorskip("torch")
-    pytest.importorskip("ultralytics")  # the fallback belongs to the train extra
-    from models.backends.ultralytics import install_torchvision_nms_fallback
+    pytest.importorskip("ultralytics")  # torchvision comes with the train extra
+    from models.backends.ultralytics import check_torchvision_nms
 
-    assert install_torchvision_nms_fallback() in ("torchvision", "fallback")
-    assert install_torchvision_nms_fallback() in ("torchvision", "fallback")  # idempotent
+    from ..torchvision_nms import install_torchvision_nms_fallback
+
+    assert install_torchvision_nms_fallback() in ("torchvision", "test-shim")
+    assert install_torchvision_nms_fallback() in ("torchvision", "test-shim")  # idempotent
+    check_torchvision_nms()  # what the backend asks before it loads a model
     import torchvision
 
     boxes, scores = random_boxes(200, 4)
