@@ -161,26 +161,51 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
 
 
+NMS_MATRIX_LIMIT = 2048
+"""Up to this many candidates NMS computes their IoU matrix once (n² floats: 16 MB at the limit);
+above it, one IoU row per kept box, so memory stays linear on pathological frames."""
+
+
 def nms(xyxy: np.ndarray, scores: np.ndarray, class_id: np.ndarray,
         iou_threshold: float = 0.45) -> np.ndarray:
     """Greedy class-aware non-maximum suppression; returns the kept indices, best score first.
 
     A box is dropped when it overlaps a better-scoring kept box of the same class by IoU above
     `iou_threshold` (higher: more duplicates survive; lower: neighbours merge). Boxes of
-    different classes never suppress each other. One vectorized step per kept box, as in
-    OpenCV's NMSBoxes, so the result is the same as the classic greedy algorithm.
+    different classes never suppress each other. The result is the classic greedy algorithm's
+    (OpenCV's NMSBoxes, torchvision's nms): the same-class IoU matrix is computed once, then
+    each kept box knocks out its row, one vectorized step per kept box.
     """
     if len(xyxy) == 0:
         return np.zeros(0, dtype=np.int64)
-    xyxy = np.asarray(xyxy, dtype=np.float32)
-    class_id = np.asarray(class_id)
     order = np.argsort(-np.asarray(scores), kind="stable")
+    boxes = np.asarray(xyxy, dtype=np.float32)[order]
+    classes = np.asarray(class_id)[order]
+    if len(order) > NMS_MATRIX_LIMIT:
+        return order[_nms_by_rows(boxes, classes, iou_threshold)]
+    over = (box_iou(boxes, boxes) > iou_threshold) & (classes[:, None] == classes[None, :])
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    best = 0
+    while True:
+        keep.append(best)
+        suppressed |= over[best]
+        left = np.flatnonzero(~suppressed[best + 1:])
+        if not left.size:
+            break
+        best += 1 + int(left[0])
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def _nms_by_rows(boxes: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """`nms` on boxes already sorted best first, one IoU row per kept box (linear memory)."""
+    order = np.arange(len(boxes))
     keep = []
     while order.size:
         best, rest = order[0], order[1:]
         keep.append(best)
-        overlap = box_iou(xyxy[best], xyxy[rest])[0]
-        order = rest[(overlap <= iou_threshold) | (class_id[rest] != class_id[best])]
+        overlap = box_iou(boxes[best], boxes[rest])[0]
+        order = rest[(overlap <= iou_threshold) | (classes[rest] != classes[best])]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from models import yolo
 from models.yolo import (LetterboxInfo, box_iou, decode_darknet, letterbox, letterbox_batch, nms,
                          scale_boxes_to_source)
 
@@ -184,7 +185,9 @@ def test_nms_empty():
     assert keep.tolist() == [] and keep.dtype == np.int64
 
 
-def test_nms_matches_a_plain_greedy_reference_on_random_boxes():
+@pytest.mark.parametrize("matrix_limit", [2048, 10], ids=["iou-matrix", "row-by-row"])
+def test_nms_matches_a_plain_greedy_reference_on_random_boxes(monkeypatch, matrix_limit):
+    monkeypatch.setattr(yolo, "NMS_MATRIX_LIMIT", matrix_limit)
     rng = np.random.default_rng(3)
     xy = rng.uniform(0, 100, (300, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (300, 2))], axis=1).astype(np.float32)
