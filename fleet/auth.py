@@ -1,12 +1,32 @@
-"""Enrollment keys and device tokens: random secrets, stored only as hashes."""
+"""Secrets and who holds them: enrollment keys, device tokens, operator tokens.
+
+Every secret is random and stored only as its sha256. A bearer token belongs to exactly
+one principal: a device (its token came from `Enroll`) or an operator (its token came
+from `edgefleet operator-token create`). The role decides which service it may call.
+"""
 from __future__ import annotations
 
+import enum
 import hashlib
-import hmac
 import secrets
+from dataclasses import dataclass
 
 ENROLL_KEY_PREFIX = "efk_"
 DEVICE_TOKEN_PREFIX = "efd_"
+OPERATOR_TOKEN_PREFIX = "efo_"
+
+
+class Role(enum.Enum):
+    DEVICE = "device"
+    OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The holder of a valid token: a device (subject = device id) or an operator (subject = token id)."""
+
+    role: Role
+    subject: str
 
 
 def new_secret(prefix: str) -> str:
@@ -18,8 +38,9 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def same_hash(a: str, b: str) -> bool:
-    return hmac.compare_digest(a, b)
+def secret_id(secret_hash: str) -> str:
+    """A short public name for a stored secret, for listing and revoking it without the secret."""
+    return secret_hash[:12]
 
 
 def bearer_token(metadata) -> str | None:

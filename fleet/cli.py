@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -14,7 +15,10 @@ import grpc
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
+from .channel import open_channel
 from .convert import to_dict
+from .errors import FleetError
+from .tls import ClientTLS, ServerTLS
 
 logger = logging.getLogger("edgefleet")
 
@@ -38,7 +42,15 @@ def _setup_logging(level: str) -> None:
 async def _serve(args) -> int:
     from .server import Controller
 
-    controller = Controller(args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval)
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_client_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise CliError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mutual TLS)")
+        tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+    controller = Controller(
+        args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval,
+        stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
+    )
     for key in args.enroll_key or ():
         controller.store.create_enroll_key("cli", key)
     port = await controller.start()
@@ -56,34 +68,86 @@ async def _serve(args) -> int:
 def cmd_serve(args) -> int:
     try:
         return asyncio.run(_serve(args))
-    except OSError as err:
+    except (OSError, FleetError) as err:
         raise CliError(str(err)) from err
 
 
-def cmd_enroll_key_create(args) -> int:
+# ---- secrets, straight in the controller's database (run on the controller host) ----
+
+def _with_store(args, action):
     from .store import FleetStore
 
     store = FleetStore(args.db)
     try:
-        print(store.create_enroll_key(args.name))
+        return action(store)
+    except FleetError as err:
+        raise CliError(str(err)) from err
     finally:
         store.close()
+
+
+def _print_secrets(records, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([r.__dict__ for r in records], indent=2))
+        return
+    print(f"{'ID':<12}  {'NAME':<16}  {'CREATED':<19}  STATE")
+    for r in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        print(f"{r.id:<12}  {r.name:<16}  {created:<19}  {'revoked' if r.revoked else 'active'}")
+
+
+def cmd_enroll_key_create(args) -> int:
+    print(_with_store(args, lambda store: store.create_enroll_key(args.name)))
+    return 0
+
+
+def cmd_enroll_key_revoke(args) -> int:
+    record = _with_store(args, lambda store: store.revoke_enroll_key(args.key))
+    print(f"revoked enrollment key {record.id} ({record.name})")
+    return 0
+
+
+def cmd_enroll_key_list(args) -> int:
+    _print_secrets(_with_store(args, lambda store: store.list_enroll_keys()), args.json)
+    return 0
+
+
+def cmd_operator_token_create(args) -> int:
+    token = _with_store(args, lambda store: store.create_operator_token(args.name))
+    print(token)
+    print("store it now: only its hash is kept; use it as --token or EDGEFLEET_TOKEN", file=sys.stderr)
+    return 0
+
+
+def cmd_operator_token_revoke(args) -> int:
+    record = _with_store(args, lambda store: store.revoke_operator_token(args.token))
+    print(f"revoked operator token {record.id} ({record.name})")
+    return 0
+
+
+def cmd_operator_token_list(args) -> int:
+    _print_secrets(_with_store(args, lambda store: store.list_operator_tokens()), args.json)
     return 0
 
 
 # ---- operator reads over FleetControl ----
 
 def _call(args, method: str, request):
-    channel = grpc.insecure_channel(args.controller)
+    if not args.token:
+        raise CliError("no operator token: pass --token or set EDGEFLEET_TOKEN "
+                       "(made by `edgefleet operator-token create`)")
     try:
-        stub = fleet_pb2_grpc.FleetControlStub(channel)
-        return getattr(stub, method)(request, timeout=args.timeout)
+        tls = None
+        if args.tls_ca or args.tls_cert or args.tls_key:
+            tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key)
+        with open_channel(args.controller, token=args.token, tls=tls) as channel:
+            return getattr(fleet_pb2_grpc.FleetControlStub(channel), method)(request, timeout=args.timeout)
+    except FleetError as err:
+        raise CliError(str(err)) from err
     except grpc.RpcError as err:
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CliError(f"cannot reach the controller at {args.controller}: {err.details()}") from err
         raise CliError(f"{method}: {err.code().name}: {err.details()}") from err
-    finally:
-        channel.close()
 
 
 def _age(ts) -> str:
@@ -140,17 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind (port 0 picks a free one)")
     p.add_argument("--db", type=Path, default=Path("var/fleet.db"), help="SQLite file for fleet state")
     p.add_argument("--heartbeat-interval", type=int, default=5, metavar="S",
-                   help="seconds between agent heartbeats (status turns STALE after 3 missed)")
+                   help="seconds between agent heartbeats")
+    p.add_argument("--stale-after", type=float, metavar="S",
+                   help="a device whose last message is older is STALE (default 3 heartbeat intervals)")
+    p.add_argument("--offline-after", type=float, metavar="S",
+                   help="a device whose last message is older is OFFLINE (default 10 heartbeat intervals)")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (chain)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                   help="mutual TLS: clients must present a certificate signed by this CA")
     p.add_argument("--enroll-key", action="append", metavar="KEY",
                    help="accept this enrollment key (repeatable); or create keys with `enroll-key create`")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("enroll-key", help="manage enrollment keys")
-    ek = p.add_subparsers(dest="enroll_command", required=True)
-    c = ek.add_parser("create", help="create a key and print it")
-    c.add_argument("--db", type=Path, default=Path("var/fleet.db"))
-    c.add_argument("--name", default="default", help="a label for the key (shown in the controller log)")
-    c.set_defaults(func=cmd_enroll_key_create)
+    for name, noun, arg, create, revoke, list_ in (
+        ("enroll-key", "enrollment key", "key",
+         cmd_enroll_key_create, cmd_enroll_key_revoke, cmd_enroll_key_list),
+        ("operator-token", "operator token", "token",
+         cmd_operator_token_create, cmd_operator_token_revoke, cmd_operator_token_list),
+    ):
+        p = sub.add_parser(name, help=f"manage {noun}s (in the controller's database)")
+        commands = p.add_subparsers(dest=name.replace("-", "_") + "_command", required=True)
+        c = commands.add_parser("create", help="create one and print it (only its hash is stored)")
+        c.add_argument("--name", default="default" if arg == "key" else "operator",
+                       help="a label for it (shown by `list` and in the controller log)")
+        c.set_defaults(func=create)
+        c = commands.add_parser("revoke", help=f"refuse this {noun} from now on")
+        c.add_argument(arg, metavar="ID", help=f"the id `list` shows, or the {noun} itself")
+        c.set_defaults(func=revoke)
+        c = commands.add_parser("list", help=f"list {noun}s (ids and names, never the secrets)")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.set_defaults(func=list_)
+        for c in commands.choices.values():
+            c.add_argument("--db", type=Path, default=Path("var/fleet.db"),
+                           help="the controller's SQLite file")
 
     for name, func, help_ in (
         ("devices", cmd_devices, "list enrolled devices"),
@@ -158,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--controller", default=DEFAULT_CONTROLLER, metavar="HOST:PORT")
+        p.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"),
+                       help="operator token (default $EDGEFLEET_TOKEN)")
+        p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial with TLS, trusting this CA")
+        p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+        p.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key, for mutual TLS")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the controller")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)

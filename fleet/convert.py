@@ -1,20 +1,15 @@
 """Protobuf <-> domain conversions. Protobuf types stop here: the store never sees them."""
 from __future__ import annotations
 
-import time
-
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edgefleet.v1 import fleet_pb2, types_pb2
+from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 
+from .hub import Command, FleetChange
+from .presence import Presence, Status
 from .store import DeviceRecord, FrameRecord, ObjectRecord
-
-# A device is ONLINE while its last heartbeat is younger than this many intervals, STALE up to
-# OFFLINE_AFTER intervals, OFFLINE after.
-STALE_AFTER = 3
-OFFLINE_AFTER = 10
 
 
 def to_dict(message: Message) -> dict:
@@ -60,21 +55,9 @@ def frame_to_pb(rec: FrameRecord) -> types_pb2.FrameDetections:
     )
 
 
-def device_status(last_seen: float | None, heartbeat_interval_s: float, now: float | None = None) -> int:
-    if last_seen is None:
-        return fleet_pb2.OFFLINE
-    age = (now or time.time()) - last_seen
-    if age <= STALE_AFTER * heartbeat_interval_s:
-        return fleet_pb2.ONLINE
-    if age <= OFFLINE_AFTER * heartbeat_interval_s:
-        return fleet_pb2.STALE
-    return fleet_pb2.OFFLINE
-
-
-def device_to_pb(rec: DeviceRecord, heartbeat_interval_s: float, connected: bool) -> fleet_pb2.Device:
+def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb2.Device:
     device = fleet_pb2.Device(
-        device_id=rec.device_id, hostname=rec.hostname,
-        status=device_status(rec.last_seen, heartbeat_interval_s),
+        device_id=rec.device_id, hostname=rec.hostname, status=status_to_pb(status),
         enrolled=timestamp(rec.enrolled), agent_version=rec.agent_version,
         profile=from_dict(rec.profile, types_pb2.HardwareProfile()),
         plan=from_dict(rec.plan, types_pb2.RuntimePlan()),
@@ -84,4 +67,27 @@ def device_to_pb(rec: DeviceRecord, heartbeat_interval_s: float, connected: bool
     )
     if rec.last_seen is not None:
         device.last_seen.CopyFrom(timestamp(rec.last_seen))
+    if rec.plan_override:
+        device.plan_override.CopyFrom(from_dict(rec.plan_override, types_pb2.SetPlan()))
     return device
+
+
+def status_to_pb(status: Status) -> int:
+    return fleet_pb2.DeviceStatus.Value(status.name)
+
+
+def fleet_change_to_pb(change: FleetChange, presence: Presence) -> list[fleet_pb2.FleetEvent]:
+    """The device as it was at the change, then the change in words when it has some."""
+    when = timestamp(change.time)
+    status = presence.status(change.device.last_seen, now=change.time)
+    events = [fleet_pb2.FleetEvent(time=when, device=device_to_pb(change.device, status, change.connected))]
+    if change.message:
+        events.append(fleet_pb2.FleetEvent(time=when, message=change.message))
+    return events
+
+
+def command_to_pb(command: Command) -> agent_pb2.ControllerMessage:
+    """Strict on purpose: an action or payload field that `Command` lacks is a bug, not input."""
+    return agent_pb2.ControllerMessage(command=json_format.ParseDict(
+        {"command_id": command.command_id, command.action: command.payload}, agent_pb2.Command()
+    ))

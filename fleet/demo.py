@@ -14,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
+
+from .channel import open_channel
+from .store import FleetStore
 
 DEMO_KEY = "efk_demo"
 SAMPLE_ORDER = ("vtest.avi", "bikes.mp4")
@@ -39,6 +40,15 @@ class DeviceView:
     inference_ms: float = 0.0
     det_per_s: float = 0.0
     last_labels: list[str] = field(default_factory=list)
+
+
+def _operator_token(db: Path) -> str:
+    """The demo's own operator token, created in the database before the controller opens it."""
+    store = FleetStore(db)
+    try:
+        return store.create_operator_token("demo")
+    finally:
+        store.close()
 
 
 def _start_controller(workdir: Path) -> tuple[subprocess.Popen, str]:
@@ -109,13 +119,14 @@ def run_demo(args) -> int:
     workdir = args.workdir
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    token = _operator_token(workdir / "fleet.db")
     controller, address = _start_controller(workdir)
     print(f"controller: {address} (db {workdir / 'fleet.db'}, log {workdir / 'controller.log'})")
     threads = max(1, (os.cpu_count() or 1) // args.agents)  # agents share the cores, not oversubscribe them
     agents = [_start_agent(i, samples[i % len(samples)], address, workdir, threads) for i in range(args.agents)]
     for agent in agents:
         print(f"agent {agent.name}: {agent.source.name} (log {agent.log})")
-    channel = grpc.insecure_channel(address)
+    channel = open_channel(address, token=token)
     stub = fleet_pb2_grpc.FleetControlStub(channel)
     interactive = sys.stdout.isatty()
     stopping = {"flag": False}

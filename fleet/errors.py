@@ -24,3 +24,7 @@ class PermissionDenied(FleetError):
 
 class FailedPrecondition(FleetError):
     """The request is valid but the state does not allow it now."""
+
+
+class ConfigError(FleetError):
+    """A setting that cannot work (a missing certificate, thresholds out of order); names the setting."""

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
-from .convert import frame_from_pb, to_dict
-from .errors import InvalidArgument
-from .hub import Hub
+from .convert import command_to_pb, frame_from_pb, to_dict
+from .errors import InvalidArgument, PermissionDenied
+from .hub import Command, Hub
 from .interceptors import current_device
 
 logger = logging.getLogger(__name__)
@@ -27,11 +28,17 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             request.enroll_key, request.hardware_id, request.hostname or "device",
             request.agent_version, to_dict(request.profile), dict(request.labels),
         )
+        self.hub.device_changed(device, f"{device.hostname} enrolled as {device.device_id}")
         return agent_pb2.EnrollResponse(
             device_id=device.device_id, device_token=token, heartbeat_interval_s=self.heartbeat_interval_s
         )
 
     async def Session(self, request_iterator, context):
+        """Hello first; then heartbeats up and commands down until the device closes its side.
+
+        A stored plan override goes down right after `accepted`, so a device that was away
+        when the operator set it gets it on reconnect.
+        """
         device_id = current_device.get()
         first = await anext(aiter(request_iterator), None)
         if first is None:
@@ -39,12 +46,27 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         if first.WhichOneof("body") != "hello":
             raise InvalidArgument(f"the first Session message must be hello, got {first.WhichOneof('body')}")
         hello = first.hello
-        await self.db.record_hello(
+        device = await self.db.record_hello(
             device_id, hello.agent_version, to_dict(hello.profile), to_dict(hello.plan), list(hello.streams)
         )
-        device = await self.db.get_device(device_id)
-        self.hub.session_opened(device_id)
+        commands = self.hub.open_session(device_id)
+        self.hub.device_changed(device, f"{device.hostname} ({device_id}) connected")
         logger.info("session opened: %s (%s)", device_id, hello.agent_version)
+
+        async def read_heartbeats() -> None:
+            nonlocal device  # the disconnect event reports the last state the device sent
+            async for up in request_iterator:
+                kind = up.WhichOneof("body")
+                if kind != "heartbeat":
+                    logger.debug("session %s: ignoring %s", device_id, kind)
+                    continue
+                hb = up.heartbeat
+                plan = to_dict(hb.plan) if hb.HasField("plan") else None
+                device = await self.db.record_heartbeat(device_id, to_dict(hb.health), plan)
+                note = f"{device.hostname} ({device_id}) changed its plan" if plan else ""
+                self.hub.device_changed(device, note)
+
+        reader = asyncio.create_task(read_heartbeats(), name=f"session-{device_id}")
         try:
             yield agent_pb2.ControllerMessage(
                 accepted=agent_pb2.SessionAccepted(
@@ -52,29 +74,40 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     acked_sequence=device.acked_sequence,
                 )
             )
-            reader = asyncio.create_task(self._read_session(device_id, request_iterator))
-            # Commands for the device will be queued here; until then just follow the reader.
-            await reader
+            if device.plan_override:
+                yield command_to_pb(Command("set_plan", device.plan_override))
+            async for command in _until_done(commands, reader):
+                yield command_to_pb(command)
         finally:
-            self.hub.session_closed(device_id)
+            reader.cancel()
+            self.hub.close_session(device_id, commands)
+            self.hub.device_changed(device, f"{device.hostname} ({device_id}) disconnected")
             logger.info("session closed: %s", device_id)
-
-    async def _read_session(self, device_id: str, request_iterator) -> None:
-        async for message in request_iterator:
-            kind = message.WhichOneof("body")
-            if kind == "heartbeat":
-                hb = message.heartbeat
-                plan = to_dict(hb.plan) if hb.HasField("plan") else None
-                await self.db.record_heartbeat(device_id, to_dict(hb.health), plan)
-            else:
-                logger.debug("session %s: ignoring %s", device_id, kind)
 
     async def PublishDetections(self, request_iterator, context):
         device_id = current_device.get()
         async for batch in request_iterator:
             frames = [frame_from_pb(f) for f in batch.frames]
             for frame in frames:
+                if frame.device_id and frame.device_id != device_id:
+                    raise PermissionDenied(f"device {device_id!r} cannot publish as {frame.device_id!r}")
                 frame.device_id = device_id
             result = await self.db.store_frames(device_id, frames)
-            self.hub.publish(frames)
+            self.hub.detections.publish(frames)
             yield agent_pb2.PublishAck(acked_sequence=result.acked_sequence, duplicates=result.duplicates)
+
+
+async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:
+    """Commands from the queue until `reader` ends; then its error, if it had one, is raised."""
+    while True:
+        getter = asyncio.ensure_future(commands.get())
+        try:
+            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            yield getter.result()
+            continue
+        reader.result()
+        return

@@ -1,7 +1,12 @@
-"""One server interceptor for every servicer: device authentication and error mapping.
+"""One server interceptor for every servicer: who may call what, and error mapping.
 
-- Calls to AgentGateway (except Enroll) must carry a device token; the device id it
-  belongs to is put in `current_device` for the servicer.
+- `policy` maps each service to the role whose bearer token may call it (None: anyone,
+  e.g. health checking). A service missing from it is refused: new services are closed
+  until someone decides who may call them. Methods in `public_methods` (Enroll) need no token.
+- The decision is made before the handler runs, so it holds for unimplemented methods too.
+  No token, an unknown one or a revoked one is UNAUTHENTICATED; a valid token of the
+  other role is PERMISSION_DENIED.
+- A device's id is put in `current_device` for the gateway: a device only ever acts as itself.
 - A `FleetError` raised by a servicer becomes its status code here, once, so servicers
   raise domain errors and never build statuses themselves.
 """
@@ -10,11 +15,12 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 
 from . import auth
+from .auth import Principal, Role
 from .errors import (
     FailedPrecondition,
     FleetError,
@@ -36,9 +42,6 @@ STATUS = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
-DEVICE_SERVICE = "/edgefleet.v1.AgentGateway/"
-PUBLIC_METHODS = {DEVICE_SERVICE + "Enroll"}
-
 
 def status_for(err: FleetError) -> grpc.StatusCode:
     for cls in type(err).__mro__:
@@ -48,35 +51,57 @@ def status_for(err: FleetError) -> grpc.StatusCode:
 
 
 class FleetInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, device_for_token: Callable[[str], Awaitable[str | None]]):
-        self._device_for_token = device_for_token
+    def __init__(
+        self,
+        principal_for_token: Callable[[str], Awaitable[Principal | None]],
+        policy: Mapping[str, Role | None],
+        public_methods: frozenset[str] = frozenset(),
+    ):
+        self._principal_for_token = principal_for_token
+        self._policy = policy
+        self._public_methods = public_methods
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        needs_device = method.startswith(DEVICE_SERVICE) and method not in PUBLIC_METHODS
-        authenticate = self._authenticate if needs_device else None
+        try:
+            principal = await self._authorize(method, handler_call_details.invocation_metadata)
+        except FleetError as err:
+            return self._wrap(handler, method, None, refusal=err)
         behavior = handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
         if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
-            return handler  # the generated base class: UNIMPLEMENTED, nothing to guard
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._wrap_unary(handler.unary_unary, authenticate))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._wrap_unary(handler.stream_unary, authenticate))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._wrap_stream(handler.unary_stream, authenticate))
-        return handler._replace(stream_stream=self._wrap_stream(handler.stream_stream, authenticate))
+            return handler  # the generated base class: UNIMPLEMENTED, and the caller may know that
+        return self._wrap(handler, method, principal)
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> None:
-        token = auth.bearer_token(context.invocation_metadata())
+    async def _authorize(self, method: str, metadata) -> Principal | None:
+        service = method.split("/")[1]
+        if service not in self._policy:
+            raise PermissionDenied(f"{service} has no access policy")
+        role = self._policy[service]
+        if role is None or method in self._public_methods:
+            return None
+        token = auth.bearer_token(metadata)
         if token is None:
-            raise Unauthenticated("missing 'authorization: Bearer <device token>' metadata")
-        device_id = await self._device_for_token(token)
-        if device_id is None:
-            raise Unauthenticated("unknown device token; enroll again")
-        current_device.set(device_id)
+            raise Unauthenticated(f"missing 'authorization: Bearer <{role.value} token>' metadata")
+        principal = await self._principal_for_token(token)
+        if principal is None:
+            raise Unauthenticated("unknown or revoked token")
+        if principal.role != role:
+            raise PermissionDenied(f"a {principal.role.value} token cannot call {service}")
+        return principal
+
+    def _wrap(self, handler, method: str, principal: Principal | None, refusal: FleetError | None = None):
+        device_id = principal.subject if principal and principal.role == Role.DEVICE else ""
+        args = (method, device_id, refusal)
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._unary(handler.unary_unary, *args))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._unary(handler.stream_unary, *args))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._stream(handler.unary_stream, *args))
+        return handler._replace(stream_stream=self._stream(handler.stream_stream, *args))
 
     @staticmethod
     async def _abort(context, err: FleetError, method: str):
@@ -84,25 +109,27 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
         logger.info("%s -> %s: %s", method, code.name, err)
         await context.abort(code, str(err))
 
-    def _wrap_unary(self, behavior, authenticate):
+    def _unary(self, behavior, method: str, device_id: str, refusal: FleetError | None):
         async def wrapped(request, context):
             try:
-                if authenticate:
-                    await authenticate(context)
+                if refusal is not None:
+                    raise refusal
+                current_device.set(device_id)
                 return await behavior(request, context)
             except FleetError as err:
-                await self._abort(context, err, behavior.__name__)
+                await self._abort(context, err, method)
 
         return wrapped
 
-    def _wrap_stream(self, behavior, authenticate):
+    def _stream(self, behavior, method: str, device_id: str, refusal: FleetError | None):
         async def wrapped(request, context):
             try:
-                if authenticate:
-                    await authenticate(context)
+                if refusal is not None:
+                    raise refusal
+                current_device.set(device_id)
                 async for response in behavior(request, context):
                     yield response
             except FleetError as err:
-                await self._abort(context, err, behavior.__name__)
+                await self._abort(context, err, method)
 
         return wrapped

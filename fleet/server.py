@@ -13,18 +13,21 @@ from grpc_reflection.v1alpha import reflection
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
+from .auth import Role
 from .control import FleetControlServicer
 from .gateway import AgentGatewayServicer
 from .hub import Hub
 from .interceptors import FleetInterceptor
+from .presence import Presence, PresenceMonitor
 from .store import FleetStore
+from .tls import ServerTLS
 
 logger = logging.getLogger(__name__)
 
-SERVICES = (
-    agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
-    fleet_pb2.DESCRIPTOR.services_by_name["FleetControl"].full_name,
-)
+AGENT_GATEWAY = agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name
+FLEET_CONTROL = fleet_pb2.DESCRIPTOR.services_by_name["FleetControl"].full_name
+HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVICES = (AGENT_GATEWAY, FLEET_CONTROL)
 
 
 class AsyncStore:
@@ -49,39 +52,66 @@ class AsyncStore:
 
 
 class Controller:
-    """`start()` binds and serves; `stop()` goes NOT_SERVING, drains with grace, closes the db."""
+    """`start()` binds and serves; `stop()` goes NOT_SERVING, drains with grace, closes the db.
 
-    def __init__(self, db_path: Path | str, listen: str = "127.0.0.1:50051", heartbeat_interval_s: int = 5):
+    Plaintext unless `tls` is given. Either way every call but Enroll, health and reflection
+    needs a bearer token of the right role (see `fleet.interceptors`).
+    """
+
+    def __init__(
+        self,
+        db_path: Path | str,
+        listen: str = "127.0.0.1:50051",
+        heartbeat_interval_s: int = 5,
+        *,
+        stale_after_s: float | None = None,
+        offline_after_s: float | None = None,
+        tls: ServerTLS | None = None,
+    ):
         self.db_path = db_path
         self.listen = listen
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.presence = Presence.for_heartbeat(heartbeat_interval_s, stale_after_s, offline_after_s)
+        self.tls = tls
         self.store = FleetStore(db_path)
         self.db = AsyncStore(self.store)
         self.hub = Hub()
         self.health = health.aio.HealthServicer()
+        self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
-        self.server = grpc.aio.server(interceptors=[FleetInterceptor(self.db.device_for_token)])
+        policy = {
+            AGENT_GATEWAY: Role.DEVICE,
+            FLEET_CONTROL: Role.OPERATOR,
+            HEALTH: None,
+            reflection.SERVICE_NAME: None,
+        }
+        public = frozenset({f"/{AGENT_GATEWAY}/Enroll"})  # the enrollment key in the request is the credential
+        interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
+        self.server = grpc.aio.server(interceptors=[interceptor])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s), self.server
         )
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
-            FleetControlServicer(self.db, self.hub, self.heartbeat_interval_s), self.server
+            FleetControlServicer(self.db, self.hub, self.presence), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
-        self.port = self.server.add_insecure_port(self.listen)
+        reflection.enable_server_reflection((*SERVICES, HEALTH, reflection.SERVICE_NAME), self.server)
+        if self.tls:
+            self.port = self.server.add_secure_port(self.listen, self.tls.credentials())
+        else:
+            self.port = self.server.add_insecure_port(self.listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
         await self.server.start()
+        self.monitor.start()
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("controller listening on %s (port %d), db %s", self.listen, self.port, self.db_path)
+        transport = "plaintext" if not self.tls else "mutual TLS" if self.tls.client_ca else "TLS"
+        logger.info("controller listening on %s (port %d, %s), db %s",
+                    self.listen, self.port, transport, self.db_path)
         return self.port
 
     async def wait(self) -> None:
@@ -93,5 +123,6 @@ class Controller:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.server = None
+        await self.monitor.stop()
         self.db.close()
         logger.info("controller stopped")

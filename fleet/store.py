@@ -1,7 +1,7 @@
 """The controller's fleet state in one SQLite file (sqlite-utils, WAL).
 
 Every method is synchronous and must be called from one thread: the controller runs
-them on a single-worker executor (`fleet.server.StoreExecutor`), which serialises
+them on a single-worker executor (`fleet.server.AsyncStore`), which serialises
 writes without holding the event loop.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .errors import InvalidArgument, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -59,6 +59,17 @@ class DeviceRecord:
     labels: dict = field(default_factory=dict)
     acked_sequence: int = 0
     detections_stored: int = 0
+    plan_override: dict = field(default_factory=dict)  # SetPlan as a dict; empty: none
+
+
+@dataclass(frozen=True)
+class SecretRecord:
+    """An enrollment key or operator token as listed: its id, never the secret."""
+
+    id: str
+    name: str
+    created: float
+    revoked: bool
 
 
 @dataclass(frozen=True)
@@ -116,18 +127,76 @@ class FleetStore:
                     },
                     pk=("device_id", "sequence"),
                 )
-                self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            logger.info("created fleet schema v%d in %s", SCHEMA_VERSION, self.path)
+                self.db.execute("PRAGMA user_version=1")
+            logger.info("created fleet schema v1 in %s", self.path)
+        if version < 2:
+            with self.db.conn:
+                self.db["operator_tokens"].create(
+                    {"key_hash": str, "name": str, "created": float, "revoked": int}, pk="key_hash"
+                )
+                self.db["devices"].add_column("plan_override", str)
+                self.db.execute("PRAGMA user_version=2")
+            logger.info("migrated fleet schema to v2 (operator tokens, plan overrides) in %s", self.path)
 
-    # ---- enrollment ----
+    # ---- secrets: enrollment keys and operator tokens ----
 
     def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
-        key = key or auth.new_secret(auth.ENROLL_KEY_PREFIX)
-        self.db["enroll_keys"].upsert(
-            {"key_hash": auth.hash_secret(key), "name": name, "created": time.time(), "revoked": 0},
+        return self._create_secret("enroll_keys", auth.ENROLL_KEY_PREFIX, name, key)
+
+    def revoke_enroll_key(self, key_or_id: str) -> SecretRecord:
+        """Refuse the key from now on; devices already enrolled with it keep their tokens."""
+        return self._revoke_secret("enroll_keys", "enrollment key", key_or_id)
+
+    def list_enroll_keys(self) -> list[SecretRecord]:
+        return self._list_secrets("enroll_keys")
+
+    def create_operator_token(self, name: str = "operator") -> str:
+        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name)
+
+    def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
+        return self._revoke_secret("operator_tokens", "operator token", token_or_id)
+
+    def list_operator_tokens(self) -> list[SecretRecord]:
+        return self._list_secrets("operator_tokens")
+
+    def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None) -> str:
+        secret = secret or auth.new_secret(prefix)
+        self.db[table].upsert(
+            {"key_hash": auth.hash_secret(secret), "name": name, "created": time.time(), "revoked": 0},
             pk="key_hash",
         )
-        return key
+        return secret
+
+    def _revoke_secret(self, table: str, what: str, secret_or_id: str) -> SecretRecord:
+        """Revoke by the id `list` shows, or by the secret itself."""
+        where = "substr(key_hash, 1, 12) = ? or key_hash = ?"
+        params = [secret_or_id, auth.hash_secret(secret_or_id)]
+        with self.db.conn:
+            if not self.db.execute(f"update {table} set revoked = 1 where {where}", params).rowcount:
+                raise NotFound(f"no {what} with id {secret_or_id!r}")
+        (row,) = self.db[table].rows_where(where, params)
+        return _secret_from_row(row)
+
+    def _list_secrets(self, table: str) -> list[SecretRecord]:
+        return [_secret_from_row(row) for row in self.db[table].rows_where(order_by="created")]
+
+    def principal_for_token(self, token: str) -> auth.Principal | None:
+        """The device or operator a bearer token belongs to; None when unknown or revoked.
+
+        A device's token is revoked by re-enrolling the device (which rotates it).
+        """
+        token_hash = auth.hash_secret(token)
+        row = self.db.execute("select device_id from devices where token_hash = ?", [token_hash]).fetchone()
+        if row:
+            return auth.Principal(auth.Role.DEVICE, row[0])
+        row = self.db.execute(
+            "select key_hash from operator_tokens where key_hash = ? and revoked = 0", [token_hash]
+        ).fetchone()
+        if row:
+            return auth.Principal(auth.Role.OPERATOR, auth.secret_id(row[0]))
+        return None
+
+    # ---- enrollment ----
 
     def enroll(
         self,
@@ -171,27 +240,31 @@ class FleetStore:
         base = "".join(c if c.isalnum() or c == "-" else "-" for c in hostname.lower()).strip("-")[:24] or "device"
         return f"{base}-{uuid.uuid4().hex[:6]}"
 
-    def device_for_token(self, token: str) -> str | None:
-        row = self.db.execute(
-            "select device_id from devices where token_hash = ?", [auth.hash_secret(token)]
-        ).fetchone()
-        return row[0] if row else None
-
     # ---- sessions ----
 
-    def record_hello(self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str]) -> None:
+    def record_hello(
+        self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str]
+    ) -> DeviceRecord:
         self._require(device_id)
         self.db["devices"].update(
             device_id,
             {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
              "streams": json.dumps(streams), "last_seen": time.time()},
         )
+        return self._require(device_id)
 
-    def record_heartbeat(self, device_id: str, health: dict, plan: dict | None) -> None:
+    def record_heartbeat(self, device_id: str, health: dict, plan: dict | None) -> DeviceRecord:
         values = {"health": json.dumps(health), "last_seen": time.time()}
         if plan:
             values["plan"] = json.dumps(plan)
         self.db["devices"].update(device_id, values)
+        return self._require(device_id)
+
+    def set_plan_override(self, device_id: str, override: dict) -> DeviceRecord:
+        """Store the operator's SetPlan for the device (as a dict); an empty dict removes it."""
+        self._require(device_id)
+        self.db["devices"].update(device_id, {"plan_override": json.dumps(override)})
+        return self._require(device_id)
 
     # ---- detections ----
 
@@ -264,6 +337,10 @@ class FleetStore:
     def get_device(self, device_id: str) -> DeviceRecord:
         return self._require(device_id)
 
+    def last_seen_by_device(self) -> dict[str, float | None]:
+        """Every device's last-seen time; what the presence sweep reads each second."""
+        return dict(self.db.execute("select device_id, last_seen from devices").fetchall())
+
     def _require(self, device_id: str) -> DeviceRecord:
         try:
             return _device_from_row(self.db["devices"].get(device_id))
@@ -295,4 +372,9 @@ def _device_from_row(row: dict) -> DeviceRecord:
         health=json.loads(row["health"] or "{}"), streams=json.loads(row["streams"] or "[]"),
         labels=json.loads(row["labels"] or "{}"), acked_sequence=row["acked_sequence"] or 0,
         detections_stored=row["detections_stored"] or 0,
+        plan_override=json.loads(row["plan_override"] or "{}"),
     )
+
+
+def _secret_from_row(row: dict) -> SecretRecord:
+    return SecretRecord(auth.secret_id(row["key_hash"]), row["name"], row["created"], bool(row["revoked"]))

@@ -27,15 +27,20 @@ def vtest() -> Path:
 
 
 class ControllerThread:
-    """A real Controller serving on 127.0.0.1:0 from its own event loop thread."""
+    """A real Controller serving on 127.0.0.1:0 from its own event loop thread.
+
+    `options` go to `Controller` (tls, stale_after_s, offline_after_s). `operator_token` is a
+    valid operator token for FleetControl calls.
+    """
 
     def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
-                 listen: str = "127.0.0.1:0"):
+                 listen: str = "127.0.0.1:0", **options):
         from fleet.server import Controller
 
-        self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s)
+        self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s, **options)
         for key in enroll_keys:
             self.controller.store.create_enroll_key("test", key)
+        self.operator_token = self.controller.store.create_operator_token("test")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -62,6 +67,16 @@ def controller(tmp_path):
 def channel(controller):
     with grpc.insecure_channel(controller.address) as ch:
         yield ch
+
+
+@pytest.fixture
+def control(controller):
+    """FleetControl as the test's operator."""
+    from edgefleet.v1 import fleet_pb2_grpc
+    from fleet.channel import open_channel
+
+    with open_channel(controller.address, token=controller.operator_token) as ch:
+        yield fleet_pb2_grpc.FleetControlStub(ch)
 
 
 def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import pytest
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
+from fleet.channel import open_channel
 
 from ..conftest import ControllerThread, run_cli
 
@@ -25,23 +25,21 @@ def summary_of(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def stored_frames(address: str, device_id: str) -> list:
-    with grpc.insecure_channel(address) as channel:
+def stored_frames(address: str, device_id: str, token: str) -> list:
+    with open_channel(address, token=token) as channel:
         stub = fleet_pb2_grpc.FleetControlStub(channel)
         return list(stub.ListDetections(
             fleet_pb2.ListDetectionsRequest(device_id=device_id, limit=10_000), timeout=10).frames)
 
 
-def test_agent_streams_vtest_detections_to_the_controller(controller, vtest, tmp_path):
+def test_agent_streams_vtest_detections_to_the_controller(controller, control, vtest, tmp_path):
     proc = agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",
                      "--name", "e2e-cam", "--max-frames", "120")
     summary = summary_of(proc)
     assert summary["frames"] == 120
     assert summary["outbox_left"] == 0
 
-    with grpc.insecure_channel(controller.address) as channel:
-        stub = fleet_pb2_grpc.FleetControlStub(channel)
-        devices = stub.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
+    devices = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
     assert [d.hostname for d in devices] == ["e2e-cam"]
     device = devices[0]
     assert device.device_id == summary["device_id"]
@@ -49,15 +47,29 @@ def test_agent_streams_vtest_detections_to_the_controller(controller, vtest, tmp
     assert device.health.frames_total == 120  # the last heartbeat, sent on stop, has the final counts
     assert device.health.fps > 0 and device.health.inference_ms_p50 > 0
 
-    frames = stored_frames(controller.address, device.device_id)
+    frames = stored_frames(controller, device.device_id)
     assert [f.sequence for f in frames] == list(range(1, 121)), "sequences must be contiguous from 1"
     assert [f.frame_index for f in frames] == list(range(120))
     labels = {d.label for f in frames for d in f.detections}
     assert "person" in labels
     boxes = [d.box for f in frames for d in f.detections]
     assert all(0 <= b.x1 < b.x2 <= 768 and 0 <= b.y1 < b.y2 <= 576 for b in boxes), "boxes in source pixels"
-    tracked = [d.track_id for f in frames for d in f.detections]
-    assert min(tracked) >= 1 and len(set(tracked)) < len(tracked), "objects keep their track ids across frames"
+    assert not any(d.predicted for f in frames for d in f.detections), "interval 1: every box is detected"
+
+    # ByteTrack keeps one id on each person: unique per frame, counted from 1, long-lived, never
+    # jumping to another object between consecutive frames
+    for f in frames:
+        ids = [d.track_id for d in f.detections]
+        assert len(ids) == len(set(ids)), f"frame {f.frame_index}: an id twice"
+    tracks = tracks_of(frames)
+    assert sorted(tracks) == list(range(1, len(tracks) + 1)), "ids count from 1 in this stream, none skipped"
+    spans = sorted((len(points) for points in tracks.values()), reverse=True)
+    assert spans[2] >= 60, f"the people in view for the whole clip keep one id each: {spans}"
+    assert sum(spans) >= 15 * len(tracks), f"ids are long-lived, not re-issued: {spans}"
+    for track_id, points in tracks.items():
+        for (t0, box0, _), (t1, box1, _) in zip(points, points[1:]):
+            if t1 == t0 + 1:
+                assert iou(box0, box1) > 0.2, f"track {track_id} jumped between frames {t0} and {t1}"
 
 
 def test_unknown_source_is_a_clear_error(controller, tmp_path):
@@ -94,7 +106,7 @@ def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tm
     ctl = ControllerThread(tmp_path / "fleet.db", listen=address)
     try:
         summary = summary_of(agent_run(address, vtest, state, "--enroll-key", "efk_test", "--max-frames", "5"))
-        frames = stored_frames(address, summary["device_id"])
+        frames = stored_frames(address, summary["device_id"], ctl.operator_token)
         assert [f.sequence for f in frames] == list(range(1, 21))
         assert [f.frame_index for f in frames] == list(range(15)) + list(range(5))
     finally:
@@ -108,7 +120,7 @@ def test_two_streams_share_one_detector_and_track_between_detections(controller,
                      "--max-frames", "30", "--detect-interval", "3")
     summary = summary_of(proc)
     assert summary["streams"] == {"door": 30, "street": 30}
-    frames = stored_frames(controller.address, summary["device_id"])
+    frames = stored_frames(controller, summary["device_id"])
     assert [f.sequence for f in frames] == list(range(1, 61)), "one device-wide sequence over both streams"
     for stream in ("door", "street"):
         own = [f for f in frames if f.stream_id == stream]
@@ -116,8 +128,14 @@ def test_two_streams_share_one_detector_and_track_between_detections(controller,
         for f in own:
             predicted = {d.predicted for d in f.detections}
             assert predicted <= {f.frame_index % 3 != 0}, f"frame {f.frame_index}: detected on every 3rd frame only"
+        assert min(d.track_id for f in own for d in f.detections) == 1, "one tracker per stream: ids from 1"
     door = [f for f in frames if f.stream_id == "door"]
     assert any(d.label == "person" for f in door for d in f.detections)
-    predicted_ids = {d.track_id for f in door if f.frame_index % 3 for d in f.detections}
-    detected_ids = {d.track_id for f in door if f.frame_index % 3 == 0 for d in f.detections}
-    assert predicted_ids and predicted_ids <= detected_ids, "predicted boxes carry existing track ids"
+    tracks = tracks_of(door)
+    predicted = [(i, t) for i, points in tracks.items() for t, _, p in points if p]
+    assert predicted, "skipped frames carry the tracked objects' predicted boxes"
+    for track_id, points in tracks.items():
+        assert not points[0][2], f"track {track_id} was detected before it was predicted"
+        for (t0, box0, _), (t1, box1, p1) in zip(points, points[1:]):
+            if p1:
+                assert iou(box0, box1) > 0.3, f"track {track_id}: the prediction on frame {t1} left the object"

@@ -23,28 +23,31 @@ def test_devices_and_detections_read_over_fleet_control(controller, channel):
     stub = agent_pb2_grpc.AgentGatewayStub(channel)
     list(stub.PublishDetections(iter([batch(1, 2, 3)]), metadata=auth(device.device_token), timeout=5))
 
-    proc = run_cli("fleet.cli", "devices", "--controller", controller.address, "--json")
+    token = ("--token", controller.operator_token)
+    proc = run_cli("fleet.cli", "devices", "--controller", controller.address, *token, "--json")
     assert proc.returncode == 0, proc.stderr
     (listed,) = json.loads(proc.stdout)
     assert listed["device_id"] == device.device_id
     assert listed["detections_stored"] == "3"  # uint64 is a string in proto JSON
 
-    proc = run_cli("fleet.cli", "devices", "--controller", controller.address)
+    proc = run_cli("fleet.cli", "devices", "--controller", controller.address,
+                   env={"EDGEFLEET_TOKEN": controller.operator_token})
     assert device.device_id in proc.stdout and "DEVICE" in proc.stdout
 
-    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, "--device", device.device_id,
-                   "--limit", "2")
+    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, *token,
+                   "--device", device.device_id, "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     assert "seq      2" in proc.stdout and "seq      3" in proc.stdout and "person#1" in proc.stdout
     assert "(2 of 3 stored records)" in proc.stdout
 
 
 def test_unknown_device_and_unreachable_controller_are_clear_errors(controller):
-    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, "--device", "nope")
+    token = ("--token", controller.operator_token)
+    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, *token, "--device", "nope")
     assert proc.returncode == 2
     assert "NOT_FOUND" in proc.stderr and "nope" in proc.stderr and "Traceback" not in proc.stderr
 
-    proc = run_cli("fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", "--timeout", "1")
+    proc = run_cli("fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", *token, "--timeout", "1")
     assert proc.returncode == 2
     assert "cannot reach the controller" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -60,7 +63,7 @@ def test_enroll_key_create_then_serve_accepts_it(tmp_path):
     store = FleetStore(db)
     try:
         device, token = store.enroll(key, "hw", "cam", "v", {}, {})
-        assert store.device_for_token(token) == device.device_id
+        assert store.principal_for_token(token).subject == device.device_id
     finally:
         store.close()
 

@@ -34,7 +34,8 @@ def metadata(path: Path) -> dict[str, str]:
 def test_converted_once_into_the_cache_under_its_weights_hash(cache_dir):
     path = default_model(cache_dir)
     assert path == cache_dir / "yolov3-tiny-coco-dccea06f59b7.onnx"
-    assert sorted(p.name for p in cache_dir.iterdir()) == [path.name]  # no temp files left behind
+    # the model and its manifest, no temp files left behind
+    assert sorted(p.name for p in cache_dir.iterdir()) == [path.name, path.name + ".manifest.json"]
     model = onnx.load(str(path))
     assert model.ir_version == 8 and model.opset_import[0].version == 13
     meta = {p.key: p.value for p in model.metadata_props}

@@ -6,7 +6,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, types_pb2
 
 
 def enroll(channel, key: str = "efk_test", hardware_id: str = "hw-1") -> agent_pb2.EnrollResponse:
@@ -54,7 +54,7 @@ def test_publish_without_or_with_a_bad_token_is_unauthenticated(channel):
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_publish_acks_and_replays_are_idempotent(channel):
+def test_publish_acks_and_replays_are_idempotent(channel, control):
     device = enroll(channel)
     stub = agent_pb2_grpc.AgentGatewayStub(channel)
     acks = list(stub.PublishDetections(iter([batch(1, 2, 3), batch(4, 5)]), metadata=auth(device.device_token),
@@ -63,14 +63,13 @@ def test_publish_acks_and_replays_are_idempotent(channel):
     # the agent lost the acks and resends: stored once, counted as duplicates, acked again
     acks = list(stub.PublishDetections(iter([batch(4, 5, 6)]), metadata=auth(device.device_token), timeout=5))
     assert [(a.acked_sequence, a.duplicates) for a in acks] == [(6, 2)]
-    control = fleet_pb2_grpc.FleetControlStub(channel)
     stored = control.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device.device_id, limit=100), timeout=5)
     assert [f.sequence for f in stored.frames] == [1, 2, 3, 4, 5, 6]
     assert stored.total == 6
     assert {d.label for f in stored.frames for d in f.detections} == {"person"}
 
 
-def test_session_hello_then_heartbeat_updates_the_device(channel):
+def test_session_hello_then_heartbeat_updates_the_device(channel, control):
     device = enroll(channel)
     stub = agent_pb2_grpc.AgentGatewayStub(channel)
     messages = [
@@ -80,8 +79,7 @@ def test_session_hello_then_heartbeat_updates_the_device(channel):
     ]
     replies = list(stub.Session(iter(messages), metadata=auth(device.device_token), timeout=5))
     assert replies[0].accepted.device_id == device.device_id
-    got = fleet_pb2_grpc.FleetControlStub(channel).GetDevice(
-        fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
+    got = control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
     assert (got.agent_version, got.profile.platform, got.health.fps, list(got.streams)) == ("9.9", "rpi5", 12.5, ["cam0"])
     assert got.status == fleet_pb2.ONLINE
 
@@ -95,8 +93,7 @@ def test_session_must_start_with_hello(channel):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(channel):
-    control = fleet_pb2_grpc.FleetControlStub(channel)
+def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(control):
     with pytest.raises(grpc.RpcError) as err:
         control.GetDevice(fleet_pb2.GetDeviceRequest(device_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -105,11 +102,10 @@ def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(channel):
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_watch_detections_streams_live_frames_with_filters(channel):
+def test_watch_detections_streams_live_frames_with_filters(channel, control):
     import threading
 
     device = enroll(channel)
-    control = fleet_pb2_grpc.FleetControlStub(channel)
     watch = control.WatchDetections(fleet_pb2.WatchDetectionsRequest(labels=["car"], min_score=0.5), timeout=10)
     received = []
     reader = threading.Thread(target=lambda: received.extend(r for _, r in zip(range(2), watch)))
@@ -134,8 +130,7 @@ def test_watch_detections_streams_live_frames_with_filters(channel):
     assert received[0].dropped == 0
 
 
-def test_watch_detections_rejects_a_bad_min_score(channel):
-    control = fleet_pb2_grpc.FleetControlStub(channel)
+def test_watch_detections_rejects_a_bad_min_score(control):
     with pytest.raises(grpc.RpcError) as err:
         list(control.WatchDetections(fleet_pb2.WatchDetectionsRequest(min_score=2.0), timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from fleet.auth import Principal, Role
 from fleet.errors import NotFound, Unauthenticated
-from fleet.store import FleetStore, FrameRecord, ObjectRecord
+from fleet.store import SCHEMA_VERSION, FleetStore, FrameRecord, ObjectRecord
 
 
 @pytest.fixture
@@ -28,16 +29,66 @@ def frames(*sequences: int) -> list[FrameRecord]:
 def test_enroll_issues_a_token_that_maps_back_to_the_device(store):
     device, token = enroll(store)
     assert device.device_id.startswith("cam-host-")
-    assert store.device_for_token(token) == device.device_id
-    assert store.device_for_token("efd_wrong") is None
+    assert store.principal_for_token(token) == Principal(Role.DEVICE, device.device_id)
+    assert store.principal_for_token("efd_wrong") is None
 
 
 def test_reenrolling_the_same_box_keeps_its_id_and_rotates_the_token(store):
     first, old = enroll(store)
     again, new = enroll(store)
     assert again.device_id == first.device_id
-    assert store.device_for_token(old) is None
-    assert store.device_for_token(new) == first.device_id
+    assert store.principal_for_token(old) is None
+    assert store.principal_for_token(new).subject == first.device_id
+
+
+@pytest.mark.parametrize("by", ["id", "secret"])
+def test_a_revoked_enroll_key_is_refused_but_its_devices_keep_their_tokens(store, by):
+    key = store.create_enroll_key("lab")
+    device, token = store.enroll(key, "hw-1", "cam", "v", {}, {})
+    (listed,) = store.list_enroll_keys()
+    assert (listed.name, listed.revoked) == ("lab", False)
+    revoked = store.revoke_enroll_key(listed.id if by == "id" else key)
+    assert (revoked.id, revoked.revoked) == (listed.id, True)
+    with pytest.raises(Unauthenticated):
+        store.enroll(key, "hw-2", "cam", "v", {}, {})
+    assert store.principal_for_token(token).subject == device.device_id
+    with pytest.raises(NotFound):
+        store.revoke_enroll_key("no-such-id")
+
+
+def test_operator_tokens_are_stored_hashed_and_revocable(store):
+    token = store.create_operator_token("alice")
+    (listed,) = store.list_operator_tokens()
+    assert token.startswith("efo_") and token not in repr(listed)
+    assert store.principal_for_token(token) == Principal(Role.OPERATOR, listed.id)
+    store.revoke_operator_token(listed.id)
+    assert store.principal_for_token(token) is None
+    assert store.list_operator_tokens()[0].revoked
+
+
+def test_plan_override_is_stored_and_cleared(store):
+    device, _ = enroll(store)
+    assert store.set_plan_override(device.device_id, {"max_input_size": 320}).plan_override == {"max_input_size": 320}
+    assert store.get_device(device.device_id).plan_override == {"max_input_size": 320}
+    assert store.set_plan_override(device.device_id, {}).plan_override == {}
+
+
+def test_a_v1_database_is_migrated_and_keeps_its_devices(tmp_path):
+    store = FleetStore(tmp_path / "fleet.db")
+    device, token = enroll(store)
+    # Turn it back into the v1 layout: no operator tokens, no plan overrides.
+    store.db.execute("drop table operator_tokens")
+    store.db.execute("alter table devices drop column plan_override")
+    store.db.execute("PRAGMA user_version=1")
+    store.close()
+    store = FleetStore(tmp_path / "fleet.db")
+    try:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.principal_for_token(token).subject == device.device_id
+        assert store.get_device(device.device_id).plan_override == {}
+        assert store.principal_for_token(store.create_operator_token()).role == Role.OPERATOR
+    finally:
+        store.close()
 
 
 def test_unknown_enroll_key_is_refused(store):
