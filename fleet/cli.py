@@ -263,11 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subcommands(p.add_subparsers(dest="model_command", required=True))
 
-    p = sub.add_parser("demo", help="controller + local agents on the sample videos, live status")
+    from tui.cli import add_subcommand as add_tui  # the operator CLI starts the TUI; fleet's servers never import tui
+
+    add_tui(sub)
+
+    p = sub.add_parser("demo", help="controller + local agents on the sample videos, in the fleet TUI")
     p.add_argument("--agents", type=int, default=3, help="number of local agents (default 3)")
     p.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds (0: until Ctrl-C)")
     p.add_argument("--samples", type=Path, default=Path("var/samples"), help="folder with vtest.avi / bikes.mp4")
     p.add_argument("--workdir", type=Path, default=Path("var/demo"), help="controller db and agent state")
+    p.add_argument("--text", action="store_true",
+                   help="plain status lines instead of the TUI (the default when stdout is not a terminal)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -105,6 +105,32 @@ def _label_counts(stub, device_id: str) -> collections.Counter:
     return collections.Counter(d.label for f in frames.frames for d in f.detections)
 
 
+def _live_text(stub, agents: list, duration: float, stopping: dict) -> None:
+    """One status line per device, redrawn in place on a terminal, appended otherwise."""
+    interactive = sys.stdout.isatty()
+    print("live (Ctrl-C to stop):" if not duration else f"live for {duration:.0f}s:")
+    start = last = time.monotonic()
+    totals: dict[str, int] = {}
+    lines_drawn = 0
+    while not stopping["flag"] and (not duration or time.monotonic() - start < duration):
+        time.sleep(1.0 if interactive else 5.0)
+        if any(a.process.poll() is not None for a in agents):
+            dead = [a.name for a in agents if a.process.poll() is not None]
+            print(f"agent(s) exited early: {dead}; see their logs", file=sys.stderr)
+            return
+        now = time.monotonic()
+        views = _snapshot(stub, totals, now - last)
+        last = now
+        lines = [_line(v) for v in views] or ["  waiting for agents..."]
+        if interactive and lines_drawn:
+            sys.stdout.write(f"\x1b[{lines_drawn}F")
+        sys.stdout.write("".join(f"\x1b[2K{line}\n" if interactive else f"{line}\n" for line in lines))
+        if not interactive:
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+        lines_drawn = len(lines)
+
+
 def run_demo(args) -> int:
     samples = [args.samples / name for name in SAMPLE_ORDER if (args.samples / name).exists()]
     if not samples:
@@ -128,32 +154,16 @@ def run_demo(args) -> int:
         print(f"agent {agent.name}: {agent.source.name} (log {agent.log})")
     channel = open_channel(address, token=token)
     stub = fleet_pb2_grpc.FleetControlStub(channel)
-    interactive = sys.stdout.isatty()
     stopping = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: stopping.update(flag=True))
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
-    print("live (Ctrl-C to stop):" if not args.duration else f"live for {args.duration:.0f}s:")
-    start = last = time.monotonic()
-    totals: dict[str, int] = {}
-    lines_drawn = 0
     try:
-        while not stopping["flag"] and (not args.duration or time.monotonic() - start < args.duration):
-            time.sleep(1.0 if interactive else 5.0)
-            if any(a.process.poll() is not None for a in agents):
-                dead = [a.name for a in agents if a.process.poll() is not None]
-                print(f"agent(s) exited early: {dead}; see their logs", file=sys.stderr)
-                break
-            now = time.monotonic()
-            views = _snapshot(stub, totals, now - last)
-            last = now
-            lines = [_line(v) for v in views] or ["  waiting for agents..."]
-            if interactive and lines_drawn:
-                sys.stdout.write(f"\x1b[{lines_drawn}F")
-            sys.stdout.write("".join(f"\x1b[2K{line}\n" if interactive else f"{line}\n" for line in lines))
-            if not interactive:
-                sys.stdout.write("\n")
-            sys.stdout.flush()
-            lines_drawn = len(lines)
+        if sys.stdout.isatty() and not args.text:
+            from tui.cli import run_app  # the fleet TUI in the foreground; `q` quits
+
+            run_app(address, token, log_file=workdir / "tui.log", duration_s=args.duration)
+        else:
+            _live_text(stub, agents, args.duration, stopping)
     finally:
         for agent in agents:
             if agent.process.poll() is None:

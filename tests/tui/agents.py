@@ -1,0 +1,91 @@
+"""Simulated agents for TUI tests and the TUI bench: real gRPC device clients, no agent process.
+
+A `SimAgent` enrolls like `edge-agent` does, holds a Session open (hello, then the heartbeats
+the test sends), publishes detection batches, and queues the commands that come down.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+
+PLAN = types_pb2.RuntimePlan(
+    model="yolov3-tiny-coco", backend="onnxruntime", precision="fp32", input_width=416, input_height=416,
+    detect_interval=2, latency_budget_ms=100, reason="cpu default",
+)
+
+
+def auth(token: str):
+    return (("authorization", f"Bearer {token}"),)
+
+
+class SimAgent:
+    def __init__(self, address: str, hostname: str, platform: str = "rpi5", plan: types_pb2.RuntimePlan = PLAN,
+                 key: str = "efk_test", hardware_id: str | None = None, streams: tuple[str, ...] = ("cam0",)):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = agent_pb2_grpc.AgentGatewayStub(self.channel)
+        self.profile = types_pb2.HardwareProfile(platform=platform, machine="aarch64")
+        reply = self.stub.Enroll(agent_pb2.EnrollRequest(
+            enroll_key=key, hardware_id=hardware_id or f"hw-{hostname}", hostname=hostname,
+            agent_version="sim", profile=self.profile), timeout=10)
+        self.device_id = reply.device_id
+        self.token = reply.device_token
+        self.plan = plan
+        self.streams = streams
+        self.commands: queue.Queue = queue.Queue()
+        self.sequence = 0
+        self.beats = 0
+        self._up: queue.Queue | None = None
+        self._reader: threading.Thread | None = None
+
+    def connect(self) -> SimAgent:
+        """Open the Session: hello with profile, plan and streams; commands go to `self.commands`."""
+        self._up = queue.Queue()
+        self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
+            agent_version="sim", profile=self.profile, plan=self.plan, streams=list(self.streams))))
+        call = self.stub.Session(iter(self._up.get, None), metadata=auth(self.token))
+
+        def read() -> None:
+            try:
+                for message in call:
+                    if message.WhichOneof("body") == "command":
+                        self.commands.put(message.command)
+            except grpc.RpcError:
+                pass  # the controller went away or the test closed the session
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+        return self
+
+    def heartbeat(self, fps: float = 10.0, latency_ms: float = 50.0, temperature_c: float = 0.0,
+                  detections_total: int = 0, outbox_depth: int = 0) -> None:
+        self.beats += 1
+        self._up.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=self.beats, health=types_pb2.HealthSample(
+            fps=fps, latency_ms_p95=latency_ms, temperature_c=temperature_c, detections_total=detections_total,
+            frames_total=self.beats * 10, outbox_depth=outbox_depth))))
+
+    def publish(self, *objects: tuple[int, str, float], stream: str = "cam0") -> int:
+        """One frame with these (track id, label, score) objects; returns its sequence."""
+        self.sequence += 1
+        frame = types_pb2.FrameDetections(
+            stream_id=stream, sequence=self.sequence, frame_index=self.sequence * 2,
+            detections=[types_pb2.Detection(track_id=t, label=label, score=score,
+                                            box=types_pb2.Box(x1=1, y1=2, x2=30, y2=40))
+                        for t, label, score in objects])
+        list(self.stub.PublishDetections(iter([agent_pb2.DetectionBatch(frames=[frame])]),
+                                         metadata=auth(self.token), timeout=10))
+        return self.sequence
+
+    def disconnect(self) -> None:
+        if self._up is not None:
+            self._up.put(None)
+        if self._reader is not None:
+            self._reader.join(5)
+        self._up = self._reader = None
+
+    def close(self) -> None:
+        self.disconnect()
+        self.channel.close()

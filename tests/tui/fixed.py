@@ -1,0 +1,139 @@
+"""A fixed fleet for snapshot tests only: the same devices, events and frames on every run.
+
+Behaviour tests use a real controller and simulated agents (`tests.tui.agents`); snapshots
+need pixels that do not move, so they render from this instead: fixed ids, fixed times, a
+clock that stands still. It answers the calls `tui.client.FleetClient` answers.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+from tui.errors import Unimplemented
+from tui.views import (
+    DeviceView,
+    EventEntry,
+    FrameView,
+    Health,
+    ObjectView,
+    Plan,
+    PlanOverride,
+    RolloutView,
+    WaveView,
+)
+
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+TINY = Plan(model="yolov3-tiny-coco", artifact_sha256="", backend="onnxruntime", precision="fp32",
+            input_width=416, input_height=416, detect_interval=2, latency_budget_ms=100, reason="cpu default")
+ORIN = Plan(model="yolov8n-coco", artifact_sha256="9f2c4e1ab07d5c33", backend="tensorrt", precision="fp16",
+            input_width=640, input_height=640, detect_interval=1, latency_budget_ms=33, reason="orin fp16 engine")
+
+
+def _device(device_id: str, platform: str, status: str, age_s: float | None, plan: Plan | None,
+            fps: float | None = None, p95: float = 0.0, temp: float | None = None, outbox: int = 0,
+            detections: int = 0, **extra) -> DeviceView:
+    last_seen = None if age_s is None else NOW - age_s
+    health = None if fps is None else Health(
+        time=last_seen, fps=fps, latency_ms_p95=p95, temperature_c=temp, outbox_depth=outbox,
+        detections_total=detections, frames_total=detections * 3)
+    return DeviceView(device_id=device_id, hostname=device_id.rsplit("-", 1)[0], status=status, last_seen=last_seen,
+                      enrolled=NOW - 86400, agent_version="0.1.0", platform=platform, plan=plan, health=health,
+                      streams=("cam0",), connected=status == "online", **extra)
+
+
+DEVICES = [
+    _device("dock-cam1-3fa2c1", "jetson-orin-nano", "online", 1, ORIN, 29.7, 31.2, 54, 0, 8120),
+    _device("dock-cam2-77b0e4", "jetson-orin-nano", "online", 2, ORIN, 30.1, 28.9, 57, 3, 9035),
+    _device("gate-1-a0c9d2", "rpi5", "online", 1, TINY, 7.8, 212.4, 63, 12, 1204,
+            override=PlanOverride(pinned=TINY)),
+    _device("gate-2-5e61b8", "rpi5", "stale", 9, TINY, 6.9, 240.0, 71, 140, 1100),
+    _device("lab-x86-c4d3e2", "x86_64-cpu", "online", 0, TINY, 18.2, 96.5, None, 0, 4410),
+    _device("yard-pi4-0b1c2d", "rpi4", "offline", 3 * 3600, TINY, 2.1, 610.0, 78, 2048, 300),
+    _device("new-box-9d8e7f", "", "offline", None, None),
+]
+
+# dock-cam1's last few heartbeats, oldest first: what its sparklines draw.
+HISTORY = [
+    replace(DEVICES[0], health=replace(DEVICES[0].health, time=NOW - 10 + i, fps=fps, latency_ms_p95=p95,
+                                       temperature_c=temp, detections_total=8000 + 12 * i))
+    for i, (fps, p95, temp) in enumerate([(27.0, 35.0, 50), (28.5, 33.0, 51), (30.2, 30.1, 52), (29.9, 29.5, 53),
+                                           (25.1, 41.0, 55), (28.8, 32.2, 54), (29.4, 31.0, 54), (30.0, 30.5, 55),
+                                           (29.6, 30.9, 54), (29.7, 31.2, 54)])
+]
+
+EVENTS = [
+    EventEntry(NOW - 3600, "fleet", "yard-pi4 (yard-pi4-0b1c2d) is OFFLINE", "yard-pi4-0b1c2d"),
+    EventEntry(NOW - 600, "fleet", "new-box enrolled as new-box-9d8e7f"),
+    EventEntry(NOW - 300, "fleet", "dock-cam1 (dock-cam1-3fa2c1) connected", "dock-cam1-3fa2c1"),
+    EventEntry(NOW - 290, "fleet", "dock-cam1 (dock-cam1-3fa2c1) changed its plan", "dock-cam1-3fa2c1"),
+    EventEntry(NOW - 120, "fleet", "plan override for gate-1 (gate-1-a0c9d2) set (1 open session(s) notified)",
+               "gate-1-a0c9d2"),
+    EventEntry(NOW - 9, "fleet", "gate-2 (gate-2-5e61b8) is STALE", "gate-2-5e61b8"),
+]
+
+FRAMES = [
+    FrameView("dock-cam1-3fa2c1", "cam0", 4100 + i, 8200 + 2 * i, NOW - 5 + i, objects)
+    for i, objects in enumerate([
+        (ObjectView(17, "person", 0.91), ObjectView(18, "forklift", 0.77)),
+        (ObjectView(17, "person", 0.9), ObjectView(18, "forklift", 0.8), ObjectView(21, "person", 0.55)),
+        (ObjectView(17, "person", 0.88, predicted=True), ObjectView(21, "person", 0.61)),
+        (ObjectView(17, "person", 0.93), ObjectView(22, "truck", 0.7)),
+    ])
+]
+
+ROLLOUTS = [
+    RolloutView("ro-0003", "9f2c4e1ab07d5c33aa", "running",
+                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 3, 1, 0, "running"), WaveView(2, 6, 0, 0, "pending")),
+                10, NOW - 900),
+    RolloutView("ro-0002", "51be07aa90c1d2e3ff", "paused",
+                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 5, 2, 1, "paused")), 6, NOW - 7200,
+                "paused by operator: watch fps on gate-2"),
+    RolloutView("ro-0001", "0c1d2e3f4a5b6c7d", "succeeded", (WaveView(0, 2, 2, 0, "succeeded"),), 2, NOW - 86400),
+]
+
+
+class FixedStream:
+    """Yields its items, then waits until cancelled, like a quiet server stream."""
+
+    def __init__(self, items):
+        self._items = list(items)
+        self._cancelled = threading.Event()
+
+    def __iter__(self):
+        yield from self._items
+        self._cancelled.wait()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+class FixedClient:
+    address = "ctl.example:50051"
+
+    def __init__(self, rollouts: list[RolloutView] | None = None):
+        """`rollouts` None: the rollout calls answer UNIMPLEMENTED, as today's controller does."""
+        self.rollouts = rollouts
+
+    def close(self) -> None:
+        pass
+
+    def list_devices(self) -> list[DeviceView]:
+        return list(DEVICES)
+
+    def watch_fleet(self) -> FixedStream:
+        return FixedStream([*HISTORY, *EVENTS])
+
+    def watch_detections(self, device_id: str) -> FixedStream:
+        return FixedStream(f for f in FRAMES if f.device_id == device_id)
+
+    def list_rollouts(self) -> list[RolloutView]:
+        if self.rollouts is None:
+            raise Unimplemented("ListRollouts", "UNIMPLEMENTED", "Method not implemented!")
+        return list(self.rollouts)
+
+    def _unimplemented(self, *args, **kwargs):
+        raise Unimplemented("SendCommand", "UNIMPLEMENTED", "Method not implemented!")
+
+    pin_plan = clear_plan = restart = rollback = get_device = _unimplemented
+    pause_rollout = resume_rollout = abort_rollout = _unimplemented

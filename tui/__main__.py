@@ -1,0 +1,6 @@
+"""`python -m tui`: the fleet TUI without going through the `edgefleet` CLI."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""FleetControl for the TUI: blocking calls that return `tui.views` and raise `tui.errors`.
+
+Every method may be called from any thread (a gRPC channel is thread-safe); the app calls
+them from worker threads, never from the event loop. Streams are iterators with `cancel()`.
+
+    client = FleetClient("127.0.0.1:50051", token)
+    for item in client.watch_fleet():   # DeviceView | EventEntry | RolloutView | Removed | Dropped
+        ...
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+import grpc
+
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleet.tls import ClientTLS
+
+from .convert import device_from_pb, fleet_event_from_pb, frame_from_pb, plan_to_pb, rollout_from_pb
+from .errors import ControllerError, Refused, Unavailable, Unimplemented
+from .views import DeviceView, FleetItem, FrameView, Plan, RolloutView
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+# The channel's own reconnect backoff is capped low: the feed has its own backoff, and an
+# action right after the controller came back must not wait out a two-minute channel backoff.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 4000),
+)
+
+
+class Stream(Protocol[T_co]):
+    """A server stream: iterate for items (raises `ControllerError` when it fails); `cancel()` ends it."""
+
+    def __iter__(self) -> Iterator[T_co]: ...
+
+    def cancel(self) -> None: ...
+
+
+def controller_error(method: str, err: grpc.RpcError) -> ControllerError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else "") or ""
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        cls = Unavailable
+    elif code == grpc.StatusCode.UNIMPLEMENTED:
+        cls = Unimplemented
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        cls = Refused
+    else:
+        cls = ControllerError
+    return cls(method, code.name, details)
+
+
+class GrpcStream(Generic[T]):
+    """A server-streaming call whose messages become zero or more items each."""
+
+    def __init__(self, method: str, call, convert: Callable[[object], Iterable[T]]):
+        self._method = method
+        self._call = call
+        self._convert = convert
+        self._cancelled = False
+
+    def __iter__(self) -> Iterator[T]:
+        try:
+            for message in self._call:
+                yield from self._convert(message)
+        except grpc.RpcError as err:
+            if self._cancelled:
+                return
+            raise controller_error(self._method, err) from err
+        if not self._cancelled:  # the controller ended the stream: it is going away
+            raise Unavailable(self._method, "UNAVAILABLE", "the controller ended the stream")
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._call.cancel()
+
+
+class FleetClient:
+    """One channel to the controller, plaintext or TLS, with the operator token on every call."""
+
+    def __init__(self, address: str, token: str, tls: ClientTLS | None = None, timeout: float = 10.0):
+        self.address = address
+        self.timeout = timeout
+        if tls:
+            self._channel = grpc.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._stub = fleet_pb2_grpc.FleetControlStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _unary(self, method: str, request):
+        try:
+            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise controller_error(method, err) from err
+
+    # ---- devices ----
+
+    def list_devices(self) -> list[DeviceView]:
+        reply = self._unary("ListDevices", fleet_pb2.ListDevicesRequest())
+        return [device_from_pb(d) for d in reply.devices]
+
+    def get_device(self, device_id: str) -> DeviceView:
+        return device_from_pb(self._unary("GetDevice", fleet_pb2.GetDeviceRequest(device_id=device_id)))
+
+    def watch_fleet(self) -> Stream[FleetItem]:
+        call = self._stub.WatchFleet(fleet_pb2.WatchFleetRequest(), metadata=self._metadata)
+        return GrpcStream("WatchFleet", call, fleet_event_from_pb)
+
+    def pin_plan(self, device_id: str, plan: Plan) -> DeviceView:
+        request = fleet_pb2.SetPlanOverrideRequest(device_id=device_id, plan=types_pb2.SetPlan(pinned=plan_to_pb(plan)))
+        return device_from_pb(self._unary("SetPlanOverride", request))
+
+    def clear_plan(self, device_id: str) -> DeviceView:
+        request = fleet_pb2.SetPlanOverrideRequest(device_id=device_id, plan=types_pb2.SetPlan(clear=True))
+        return device_from_pb(self._unary("SetPlanOverride", request))
+
+    def restart(self, device_id: str, reason: str) -> str:
+        request = fleet_pb2.SendCommandRequest(device_id=device_id, restart_reason=reason)
+        return self._unary("SendCommand", request).command_id
+
+    def rollback(self, device_id: str, reason: str) -> str:
+        request = fleet_pb2.SendCommandRequest(device_id=device_id, rollback_reason=reason)
+        return self._unary("SendCommand", request).command_id
+
+    # ---- detections ----
+
+    def watch_detections(self, device_id: str) -> Stream[FrameView]:
+        call = self._stub.WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device_id),
+                                          metadata=self._metadata)
+        return GrpcStream("WatchDetections", call, lambda reply: [frame_from_pb(reply.frame, reply.dropped)])
+
+    # ---- rollouts ----
+
+    def list_rollouts(self) -> list[RolloutView]:
+        return [rollout_from_pb(r) for r in self._unary("ListRollouts", fleet_pb2.ListRolloutsRequest()).rollouts]
+
+    def pause_rollout(self, rollout_id: str, reason: str = "") -> RolloutView:
+        return self._rollout_action("PauseRollout", rollout_id, reason)
+
+    def resume_rollout(self, rollout_id: str, reason: str = "") -> RolloutView:
+        return self._rollout_action("ResumeRollout", rollout_id, reason)
+
+    def abort_rollout(self, rollout_id: str, reason: str = "") -> RolloutView:
+        return self._rollout_action("AbortRollout", rollout_id, reason)
+
+    def _rollout_action(self, method: str, rollout_id: str, reason: str) -> RolloutView:
+        return rollout_from_pb(self._unary(method, fleet_pb2.RolloutRef(rollout_id=rollout_id, reason=reason)))

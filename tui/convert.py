@@ -1,0 +1,146 @@
+"""FleetControl messages -> `tui.views`. The only TUI module (with `tui.client`) that knows protobuf."""
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.v1 import fleet_pb2, types_pb2
+
+from .views import (
+    DeviceView,
+    Dropped,
+    EventEntry,
+    FleetItem,
+    FrameView,
+    Health,
+    ObjectView,
+    Plan,
+    PlanOverride,
+    Removed,
+    RolloutView,
+    WaveView,
+)
+
+_STATUS = {fleet_pb2.ONLINE: "online", fleet_pb2.STALE: "stale", fleet_pb2.OFFLINE: "offline"}
+
+
+def seconds(ts: Timestamp) -> float | None:
+    """Unix seconds, or None for an unset timestamp."""
+    if not ts.seconds and not ts.nanos:
+        return None
+    return ts.ToNanoseconds() / 1e9
+
+
+def plan_from_pb(pb: types_pb2.RuntimePlan) -> Plan | None:
+    if pb.ByteSize() == 0:
+        return None
+    return Plan(
+        model=pb.model, artifact_sha256=pb.artifact_sha256, backend=pb.backend, precision=pb.precision,
+        input_width=pb.input_width, input_height=pb.input_height, detect_interval=pb.detect_interval,
+        latency_budget_ms=round(pb.latency_budget_ms, 3), reason=pb.reason,
+    )
+
+
+def plan_to_pb(plan: Plan) -> types_pb2.RuntimePlan:
+    """The plan to pin: what the device runs, without the agent's reason for it."""
+    return types_pb2.RuntimePlan(
+        model=plan.model, artifact_sha256=plan.artifact_sha256, backend=plan.backend, precision=plan.precision,
+        input_width=plan.input_width, input_height=plan.input_height, detect_interval=plan.detect_interval,
+        latency_budget_ms=plan.latency_budget_ms,
+    )
+
+
+def override_from_pb(pb: types_pb2.SetPlan) -> PlanOverride | None:
+    if pb.ByteSize() == 0:
+        return None
+    return PlanOverride(
+        pinned=plan_from_pb(pb.pinned), max_input_size=pb.max_input_size,
+        min_detect_interval=pb.min_detect_interval, max_detect_interval=pb.max_detect_interval,
+    )
+
+
+def health_from_pb(pb: types_pb2.HealthSample, received: float | None) -> Health | None:
+    if pb.ByteSize() == 0:
+        return None
+    return Health(
+        time=seconds(pb.time) or received,
+        fps=round(pb.fps, 3), detect_fps=round(pb.detect_fps, 3),
+        inference_ms_p50=round(pb.inference_ms_p50, 3), inference_ms_p95=round(pb.inference_ms_p95, 3),
+        latency_ms_p95=round(pb.latency_ms_p95, 3),
+        temperature_c=round(pb.temperature_c, 2) if pb.temperature_c else None,
+        outbox_depth=pb.outbox_depth, frames_total=pb.frames_total, frames_dropped=pb.frames_dropped,
+        detections_total=pb.detections_total, cpu_percent=round(pb.cpu_percent, 2),
+    )
+
+
+def device_from_pb(pb: fleet_pb2.Device) -> DeviceView:
+    last_seen = seconds(pb.last_seen)
+    return DeviceView(
+        device_id=pb.device_id, hostname=pb.hostname, status=_STATUS.get(pb.status, "offline"),
+        last_seen=last_seen, enrolled=seconds(pb.enrolled), agent_version=pb.agent_version,
+        platform=pb.profile.platform, machine=pb.profile.machine, accelerators=tuple(pb.profile.accelerators),
+        gpu_name=pb.profile.gpu_name, plan=plan_from_pb(pb.plan),
+        override=override_from_pb(pb.plan_override) if pb.HasField("plan_override") else None,
+        health=health_from_pb(pb.health, last_seen), streams=tuple(pb.streams),
+        labels=tuple(sorted(pb.labels.items())), connected=pb.connected,
+        detections_stored=pb.detections_stored, acked_sequence=pb.acked_sequence,
+    )
+
+
+def _state(value: int) -> str:
+    """A rollout state's name; a state newer than these stubs reads as "unknown", not an error."""
+    try:
+        return fleet_pb2.RolloutState.Name(value).lower()
+    except ValueError:
+        return "unknown"
+
+
+def rollout_from_pb(pb: fleet_pb2.Rollout) -> RolloutView:
+    return RolloutView(
+        rollout_id=pb.rollout_id, artifact_sha256=pb.artifact_sha256,
+        state=_state(pb.state),
+        waves=tuple(
+            WaveView(w.index, w.target, w.succeeded, w.failed, _state(w.state))
+            for w in pb.waves
+        ),
+        devices=len(pb.devices), created=seconds(pb.created), reason=pb.reason,
+    )
+
+
+def fleet_event_from_pb(pb: fleet_pb2.FleetEvent) -> list[FleetItem]:
+    """What one FleetEvent says, in order; a non-zero `dropped` total comes last."""
+    items: list[FleetItem] = []
+    when = seconds(pb.time)
+    body = pb.WhichOneof("body")
+    if body == "device":
+        items.append(device_from_pb(pb.device))
+    elif body == "removed_device_id":
+        items.append(Removed(pb.removed_device_id))
+    elif body == "rollout":
+        rollout = rollout_from_pb(pb.rollout)
+        items.append(rollout)
+        items.append(EventEntry(when or 0.0, "rollout", f"rollout {rollout.rollout_id} is {rollout.state}"
+                                + (f": {rollout.reason}" if rollout.reason else "")))
+    elif body == "message":
+        items.append(EventEntry(when or 0.0, "fleet", pb.message, _device_in(pb.message)))
+    if pb.dropped:
+        items.append(Dropped(pb.dropped))
+    return items
+
+
+def _device_in(message: str) -> str:
+    """The device id in a controller message: "cam-a (cam-a-1f2e3d) connected", "cam-a enrolled as cam-a-1f2e3d"."""
+    _, enrolled, rest = message.partition(" enrolled as ")
+    if enrolled:
+        return rest.split()[0] if rest.split() else ""
+    start = message.find("(")
+    end = message.find(")", start + 1)
+    return message[start + 1:end] if 0 <= start < end else ""
+
+
+def frame_from_pb(pb: types_pb2.FrameDetections, dropped: int = 0) -> FrameView:
+    return FrameView(
+        device_id=pb.device_id, stream_id=pb.stream_id, sequence=pb.sequence, frame_index=pb.frame_index,
+        capture_time=seconds(pb.capture_time),
+        objects=tuple(ObjectView(d.track_id, d.label, round(d.score, 3), d.predicted) for d in pb.detections),
+        dropped=dropped,
+    )

@@ -1,0 +1,1 @@
+"""The fleet TUI's screens: fleet, device, rollouts, events, and the modal dialogs."""

@@ -1,0 +1,184 @@
+"""The fleet as the TUI knows it: devices, their recent health, the event log, rollouts.
+
+Lives on the UI thread and changes only in `apply(batch)`, which returns what changed so
+each screen redraws just that.
+"""
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .coalesce import Batch
+from .views import STATUSES, Connection, DeviceView, EventEntry, Health, RolloutView
+
+HISTORY_SAMPLES = 120
+"""Health samples kept per device for the sparklines (about 2 min at one heartbeat a second)."""
+
+EVENT_LOG_SIZE = 5000
+"""Event-log lines kept; the oldest fall off."""
+
+
+@dataclass
+class DeviceHistory:
+    """Recent health of one device, oldest first, and its current detections rate."""
+
+    fps: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_SAMPLES))
+    latency_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_SAMPLES))
+    temperature_c: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_SAMPLES))
+    detections_per_s: float | None = None
+    last: Health | None = None
+
+    def add(self, health: Health) -> bool:
+        """Record a sample unless it is the one recorded last; True when it was new."""
+        if health == self.last:
+            return False
+        previous, self.last = self.last, health
+        self.fps.append(health.fps)
+        self.latency_ms.append(health.latency_ms_p95)
+        if health.temperature_c is not None:
+            self.temperature_c.append(health.temperature_c)
+        if previous is not None and previous.time is not None and health.time is not None:
+            elapsed = health.time - previous.time
+            counted = health.detections_total - previous.detections_total
+            if elapsed > 0 and counted >= 0:
+                self.detections_per_s = counted / elapsed
+            elif counted < 0:  # the agent restarted: its totals start over
+                self.detections_per_s = None
+        return True
+
+
+@dataclass
+class Changes:
+    """What one `apply` changed. `full`: redraw everything (a new snapshot)."""
+
+    devices: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    full: bool = False
+    events: int = 0
+    rollouts: bool = False
+    connection: bool = False
+
+    def touches(self, device_id: str) -> bool:
+        return self.full or device_id in self.devices or device_id in self.removed
+
+
+class FleetState:
+    def __init__(self, address: str = ""):
+        self.devices: dict[str, DeviceView] = {}
+        self.history: dict[str, DeviceHistory] = {}
+        self.events: collections.deque[EventEntry] = collections.deque(maxlen=EVENT_LOG_SIZE)
+        self.events_total = 0  # ever appended; a screen compares it with what it has shown
+        self.rollouts: dict[str, RolloutView] = {}
+        self.connection = Connection("connecting", address)
+        self.server_dropped = 0
+        self.applied_items = 0
+
+    # ---- updating ----
+
+    def apply(self, batch: Batch) -> Changes:
+        changes = Changes()
+        self.applied_items += batch.items
+        if batch.snapshot is not None:
+            changes.full = True
+            fresh = {d.device_id: d for d in batch.snapshot}
+            for device_id in set(self.devices) - set(fresh):
+                self._remove(device_id)
+            for device in batch.snapshot:
+                self._update(device)
+        for device_id, updates in batch.devices.items():
+            for device in updates:
+                self._update(device)
+            changes.devices.add(device_id)
+        for device_id in batch.removed:
+            if device_id in self.devices:
+                self._remove(device_id)
+                changes.removed.add(device_id)
+        for entry in batch.events:
+            self.events.append(entry)
+        self.events_total += len(batch.events) + batch.events_lost
+        changes.events = len(batch.events) + batch.events_lost
+        if batch.rollouts:
+            self.rollouts.update(batch.rollouts)
+            changes.rollouts = True
+        if batch.connection is not None and batch.connection != self.connection:
+            self.connection = batch.connection
+            changes.connection = True
+        if batch.server_dropped is not None:
+            self.server_dropped = max(self.server_dropped, batch.server_dropped)
+        return changes
+
+    def _update(self, device: DeviceView) -> None:
+        self.devices[device.device_id] = device
+        if device.health is not None:
+            history = self.history.get(device.device_id)
+            if history is None:
+                history = self.history[device.device_id] = DeviceHistory()
+            history.add(device.health)
+
+    def _remove(self, device_id: str) -> None:
+        self.devices.pop(device_id, None)
+        self.history.pop(device_id, None)
+
+    def replace_rollouts(self, rollouts: list[RolloutView]) -> None:
+        self.rollouts = {r.rollout_id: r for r in rollouts}
+
+    # ---- reading ----
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for device in self.devices.values():
+            counts[device.status] = counts.get(device.status, 0) + 1
+        return counts
+
+    def detections_per_s(self, device_id: str) -> float | None:
+        history = self.history.get(device_id)
+        return history.detections_per_s if history else None
+
+    def new_events(self, shown_total: int) -> list[EventEntry] | None:
+        """Events appended since a screen had seen `shown_total`; None when some fell off the log."""
+        missing = self.events_total - shown_total
+        if missing > len(self.events):
+            return None
+        return list(self.events)[len(self.events) - missing:] if missing else []
+
+
+# ---- filter and sort, shared by the fleet table and its tests ----
+
+def matches(device: DeviceView, needle: str) -> bool:
+    """Case-insensitive substring over device id, hostname, platform and status."""
+    if not needle:
+        return True
+    needle = needle.lower()
+    return any(needle in value.lower() for value in (device.device_id, device.hostname, device.platform, device.status))
+
+
+_STATUS_RANK = {"offline": 0, "stale": 1, "online": 2}
+
+
+def _health(attr: str) -> Callable[[DeviceView, FleetState], float]:
+    def value(device: DeviceView, state: FleetState) -> float:
+        health = device.health
+        got = getattr(health, attr) if health is not None else None
+        return float("-inf") if got is None else float(got)
+    return value
+
+
+SORT_KEYS: dict[str, Callable[[DeviceView, FleetState], object]] = {
+    "device": lambda d, s: d.device_id,
+    "status": lambda d, s: _STATUS_RANK.get(d.status, -1),
+    "platform": lambda d, s: d.platform,
+    "fps": _health("fps"),
+    "p95": _health("latency_ms_p95"),
+    "dps": lambda d, s: -1.0 if s.detections_per_s(d.device_id) is None else s.detections_per_s(d.device_id),
+    "temp": _health("temperature_c"),
+    "outbox": _health("outbox_depth"),
+    "plan": lambda d, s: (d.plan.model, d.plan.input_width) if d.plan else ("", 0),
+    "engine": lambda d, s: d.plan.backend if d.plan else "",
+}
+"""Sort value of each fleet-table column. Ties break on the device id."""
+
+
+def sort_key(column: str, state: FleetState) -> Callable[[DeviceView], tuple]:
+    value = SORT_KEYS[column]
+    return lambda device: (value(device, state), device.device_id)
