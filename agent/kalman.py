@@ -19,10 +19,7 @@ updates all tracks at once.
 """
 from __future__ import annotations
 
-import logging
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 POS, POS_VEL, VEL = 0, 1, 2
 """Rows of `covariance`: Var(position), Cov(position, velocity), Var(velocity)."""
@@ -92,9 +89,6 @@ class KalmanFilterXYAH:
     def predict(self, mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One frame ahead: position += velocity; P = F P F^T + Q."""
         return mean @ _MOTION_T, _PROPAGATE @ covariance + _variance(mean[:, 3], self._motion)
-
-    multi_predict = predict
-    """The same call: `predict` is already vectorized (kept for readers coming from Ultralytics)."""
 
     def project(self, mean: np.ndarray, covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The state as a measurement: (x, y, a, h) (n, 4) and its variances (n, 4), H P H^T + R

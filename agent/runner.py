@@ -1,9 +1,10 @@
 """`edge-agent run`: sources -> one batched detector call -> per-stream trackers -> outbox.
 
-Each tick takes the frames that are ready (one per stream at most), runs the detector once
-on the frames due for detection (every `detect_interval`-th frame of a stream), lets the
-other streams' trackers predict, and commits every frame's record to the outbox in one
-transaction. The link thread publishes the outbox beside this loop.
+Each tick takes the frames that are ready (one per stream at most; decoding runs on each
+source's reader thread, beside inference), runs the detector once on the frames due for
+detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
+each stream's tracker its detections, or nothing so that it predicts. Records are committed
+to the outbox in groups (`COMMIT_EVERY_S`); the link thread publishes what is committed.
 """
 from __future__ import annotations
 
@@ -15,20 +16,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from adaptive.schedule import FrameScheduler, MotionGate
 from models.base import Detector
-from models.detections import Detections
 
+from .bytetrack import ByteTrack
 from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor
 from .link import Link
 from .outbox import Outbox, OutboxObject, OutboxRecord
 from .sources import Frame, Source
-from .tracker import IoUTracker
 
 logger = logging.getLogger(__name__)
+
+COMMIT_EVERY_S = 0.1
+"""Records are committed (one transaction, one fsync) about this long after their frame was
+processed, not one fsync per frame: an fsync costs a millisecond or more (far more on SD cards),
+taken from the detector's time. A frame counts as produced, and can be sent, only once it is
+committed, so a crash loses at most the uncommitted group, which nobody has seen yet."""
 
 
 @dataclass
@@ -77,9 +81,9 @@ class RunResult:
 
 
 class Stream:
-    """One source with its own tracker and frame count."""
+    """One source with its own tracker, schedule and frame count."""
 
-    def __init__(self, stream_id: str, spec: str, factory: Callable[[str], Source], tracker,
+    def __init__(self, stream_id: str, spec: str, factory: Callable[[str], Source], tracker: ByteTrack,
                  scheduler: FrameScheduler):
         self.stream_id, self.spec, self._factory = stream_id, spec, factory
         self.tracker = tracker
@@ -96,7 +100,9 @@ class Stream:
 
 class Agent:
     def __init__(self, options: RunOptions, detector: Detector, source_factory: Callable[[str], Source],
-                 profile: dict, plan: dict, tracker_factory=IoUTracker):
+                 profile: dict, plan: dict, tracker_factory: Callable[[], ByteTrack] = ByteTrack):
+        """`tracker_factory()` makes each stream's own tracker (track ids count per stream);
+        e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`."""
         self.options = options
         self.detector = detector
         self.profile = profile
@@ -108,6 +114,9 @@ class Agent:
         options.state_dir.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(options.state_dir / "outbox.db")
         self._outbox_depth = 0
+        self._uncommitted: list[OutboxRecord] = []
+        self._last_commit = time.monotonic()
+        self.frames = self.detections = 0
         self.started = time.time()
         self.link = Link(
             controller=options.controller, state_dir=options.state_dir,
@@ -142,21 +151,16 @@ class Agent:
             stream.source.start()  # raises SourceError before anything else starts
         self.link.start()
         t0 = time.monotonic()
-        frames = detections = 0
         try:
             while not self.stop_event.is_set() and not all(s.done for s in self.streams):
                 if self.link.fatal is not None:
                     raise self.link.fatal
                 ready = self._gather()
-                if not ready:
-                    continue
-                records = self._process(ready)
-                self.outbox.append_many(records)  # durable before it counts as produced
-                self._outbox_depth += len(records)
-                frames += len(records)
-                detections += sum(len(r.objects) for r in records)
-                if frames % 50 < len(records):
-                    self._outbox_depth = self.outbox.depth()
+                if ready:
+                    self._uncommitted += self._process(ready)
+                if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+                    self._commit()
+            self._commit()
             seconds = time.monotonic() - t0
             left = self._drain()
         finally:
@@ -166,31 +170,53 @@ class Agent:
             self.outbox.close()
         if self.link.fatal is not None:
             raise self.link.fatal
-        return RunResult(frames, detections, seconds, left, self.health.sample()["inference_ms_p50"])
+        return RunResult(self.frames, self.detections, seconds, left, self.health.sample()["inference_ms_p50"])
+
+    def _commit(self) -> None:
+        """Make the pending records durable; only now do they count as produced."""
+        self._last_commit = time.monotonic()
+        if not self._uncommitted:
+            return
+        records, self._uncommitted = self._uncommitted, []
+        self.outbox.append_many(records)
+        self.frames += len(records)
+        self.detections += sum(len(r.objects) for r in records)
+        self._outbox_depth += len(records)
+        if self.frames % 50 < len(records):
+            self._outbox_depth = self.outbox.depth()
 
     def _gather(self) -> list[tuple[Stream, Frame]]:
-        """At most one frame per active stream; waits a little only when nothing is ready."""
+        """At most one frame per active stream. When none is ready, waits (up to 10 ms) on the
+        first active stream, so a frame is picked up the moment its reader has decoded it."""
         ready = []
         for stream in self.streams:
-            if stream.done:
-                continue
-            try:
-                frame = stream.source.read(timeout=0)
-            except TimeoutError:
-                continue
-            if frame is None:
-                if self.options.loop and not stream.source.live:
-                    stream.restart()
-                else:
-                    stream.done = True
-                continue
-            ready.append((stream, frame))
-            stream.frames += 1
-            if self.options.max_frames and stream.frames >= self.options.max_frames:
-                stream.done = True
+            frame = self._next_frame(stream, timeout=0)
+            if frame is not None:
+                ready.append((stream, frame))
         if not ready:
-            time.sleep(0.002)
+            waiting = next((s for s in self.streams if not s.done), None)
+            frame = self._next_frame(waiting, timeout=0.01) if waiting else None
+            if frame is not None:
+                ready.append((waiting, frame))
         return ready
+
+    def _next_frame(self, stream: Stream, timeout: float) -> Frame | None:
+        if stream.done:
+            return None
+        try:
+            frame = stream.source.read(timeout=timeout)
+        except TimeoutError:
+            return None
+        if frame is None:  # the source ended
+            if self.options.loop and not stream.source.live:
+                stream.restart()
+            else:
+                stream.done = True
+            return None
+        stream.frames += 1
+        if self.options.max_frames and stream.frames >= self.options.max_frames:
+            stream.done = True
+        return frame
 
     def _process(self, ready: list[tuple[Stream, Frame]]) -> list[OutboxRecord]:
         due = []
@@ -200,31 +226,28 @@ class Agent:
                 due.append((stream, frame))
             else:
                 stream.scheduler.skipped()
-        results: dict[int, tuple[Detections, bool]] = {}
+        detections = {}
         if due:
-            batch = self.detector.detect_batch([f.image for _, f in due])
+            batch = self.detector.detect_batch([frame.image for _, frame in due])
             self.health.record_inference(float(getattr(self.detector, "last_inference_ms", 0.0)))
-            for (stream, _), dets in zip(due, batch):
-                results[id(stream)] = (stream.tracker.update(dets), False)
-        for stream, _ in ready:
-            if id(stream) not in results:
-                results[id(stream)] = (stream.tracker.predict_only(), True)
+            detections = {id(stream): dets for (stream, _), dets in zip(due, batch)}
         records = []
         names = self.detector.names
         now = time.time()
         for stream, frame in ready:
-            dets, predicted = results[id(stream)]
+            # detections, or None: the tracker predicts this frame's boxes (rows marked predicted)
+            dets, predicted = stream.tracker.step(detections.get(id(stream)))
             labels = dets.labels(names)
-            ids = dets.tracker_id if dets.tracker_id is not None else np.zeros(len(dets), np.int64)
             records.append(OutboxRecord(
                 stream_id=stream.stream_id, frame_index=frame.index, capture_time=frame.capture_time,
                 objects=[
-                    OutboxObject(int(t), int(c), label, float(s), tuple(box), predicted)
-                    for t, c, label, s, box in zip(ids.tolist(), dets.class_id.tolist(), labels,
-                                                   dets.confidence.tolist(), dets.xyxy.tolist())
+                    OutboxObject(t, c, label, s, tuple(box), p)
+                    for t, c, label, s, box, p in zip(dets.tracker_id.tolist(), dets.class_id.tolist(), labels,
+                                                      dets.confidence.tolist(), dets.xyxy.tolist(),
+                                                      predicted.tolist())
                 ],
             ))
-            self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=not predicted)
+            self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
 
     def _drain(self) -> int:

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from itertools import pairwise
 
+import numpy as np
 import pytest
-
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
+
 from fleet.channel import open_channel
+from models.yolo import box_iou
 
 from ..conftest import ControllerThread, run_cli
 
@@ -32,6 +36,19 @@ def stored_frames(address: str, device_id: str, token: str) -> list:
             fleet_pb2.ListDetectionsRequest(device_id=device_id, limit=10_000), timeout=10).frames)
 
 
+def tracks_of(frames: list) -> dict[int, list[tuple[int, np.ndarray, bool]]]:
+    """track id -> [(frame index, xyxy, predicted)] in frame order."""
+    tracks = defaultdict(list)
+    for f in frames:
+        for d in f.detections:
+            tracks[d.track_id].append((f.frame_index, np.array([d.box.x1, d.box.y1, d.box.x2, d.box.y2]), d.predicted))
+    return tracks
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(box_iou(a[None].astype(np.float32), b[None].astype(np.float32))[0, 0])
+
+
 def test_agent_streams_vtest_detections_to_the_controller(controller, control, vtest, tmp_path):
     proc = agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",
                      "--name", "e2e-cam", "--max-frames", "120")
@@ -47,7 +64,7 @@ def test_agent_streams_vtest_detections_to_the_controller(controller, control, v
     assert device.health.frames_total == 120  # the last heartbeat, sent on stop, has the final counts
     assert device.health.fps > 0 and device.health.inference_ms_p50 > 0
 
-    frames = stored_frames(controller, device.device_id)
+    frames = stored_frames(controller.address, device.device_id, controller.operator_token)
     assert [f.sequence for f in frames] == list(range(1, 121)), "sequences must be contiguous from 1"
     assert [f.frame_index for f in frames] == list(range(120))
     labels = {d.label for f in frames for d in f.detections}
@@ -67,7 +84,7 @@ def test_agent_streams_vtest_detections_to_the_controller(controller, control, v
     assert spans[2] >= 60, f"the people in view for the whole clip keep one id each: {spans}"
     assert sum(spans) >= 15 * len(tracks), f"ids are long-lived, not re-issued: {spans}"
     for track_id, points in tracks.items():
-        for (t0, box0, _), (t1, box1, _) in zip(points, points[1:]):
+        for (t0, box0, _), (t1, box1, _) in pairwise(points):
             if t1 == t0 + 1:
                 assert iou(box0, box1) > 0.2, f"track {track_id} jumped between frames {t0} and {t1}"
 
@@ -113,29 +130,35 @@ def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tm
         ctl.stop()
 
 
-def test_two_streams_share_one_detector_and_track_between_detections(controller, vtest, tmp_path):
+def test_streams_share_one_detector_and_each_has_its_own_tracker(controller, vtest, tmp_path):
     bikes = vtest.parent / "bikes.mp4"
-    proc = agent_run(controller.address, vtest, tmp_path / "agent", "--source", str(bikes),
-                     "--stream-id", "door", "--stream-id", "street", "--enroll-key", "efk_test",
-                     "--max-frames", "30", "--detect-interval", "3")
+    proc = agent_run(controller.address, vtest, tmp_path / "agent", "--source", str(bikes), "--source", str(vtest),
+                     "--stream-id", "door", "--stream-id", "street", "--stream-id", "door-again",
+                     "--enroll-key", "efk_test", "--max-frames", "30", "--detect-interval", "3")
     summary = summary_of(proc)
-    assert summary["streams"] == {"door": 30, "street": 30}
-    frames = stored_frames(controller, summary["device_id"])
-    assert [f.sequence for f in frames] == list(range(1, 61)), "one device-wide sequence over both streams"
-    for stream in ("door", "street"):
-        own = [f for f in frames if f.stream_id == stream]
+    assert summary["streams"] == {"door": 30, "street": 30, "door-again": 30}
+    frames = stored_frames(controller.address, summary["device_id"], controller.operator_token)
+    assert [f.sequence for f in frames] == list(range(1, 91)), "one device-wide sequence over all streams"
+    by_stream = {stream: [f for f in frames if f.stream_id == stream] for stream in ("door", "street", "door-again")}
+    for stream, own in by_stream.items():
         assert [f.frame_index for f in own] == list(range(30))
         for f in own:
             predicted = {d.predicted for d in f.detections}
-            assert predicted <= {f.frame_index % 3 != 0}, f"frame {f.frame_index}: detected on every 3rd frame only"
-        assert min(d.track_id for f in own for d in f.detections) == 1, "one tracker per stream: ids from 1"
-    door = [f for f in frames if f.stream_id == "door"]
+            assert predicted <= {f.frame_index % 3 != 0}, f"{stream} {f.frame_index}: detected on every 3rd frame only"
+
+    def track_rows(stream):
+        return [(f.frame_index, d.track_id, d.predicted, round(d.box.x1), round(d.box.y1)) for f in by_stream[stream]
+                for d in f.detections]
+
+    # One tracker per stream: the same video in two streams gets the same ids, counted from 1
+    assert track_rows("door") == track_rows("door-again")
+    door = by_stream["door"]
     assert any(d.label == "person" for f in door for d in f.detections)
     tracks = tracks_of(door)
-    predicted = [(i, t) for i, points in tracks.items() for t, _, p in points if p]
-    assert predicted, "skipped frames carry the tracked objects' predicted boxes"
+    assert sorted(tracks) == list(range(1, len(tracks) + 1))
+    assert any(p for points in tracks.values() for _, _, p in points), "skipped frames carry predicted boxes"
     for track_id, points in tracks.items():
         assert not points[0][2], f"track {track_id} was detected before it was predicted"
-        for (t0, box0, _), (t1, box1, p1) in zip(points, points[1:]):
+        for (t0, box0, _), (t1, box1, p1) in pairwise(points):
             if p1:
                 assert iou(box0, box1) > 0.3, f"track {track_id}: the prediction on frame {t1} left the object"

@@ -99,7 +99,7 @@ def test_a_batch_is_its_rows_one_by_one():
     rng = np.random.default_rng(3)
     boxes = np.c_[rng.uniform(0, 500, (4, 2)), rng.uniform(0.3, 0.7, 4), rng.uniform(20, 200, 4)]
     measured = boxes + rng.normal(0, 3, boxes.shape)
-    mean, covariance = KF.update(*KF.multi_predict(*KF.initiate(boxes)), measured)
+    mean, covariance = KF.update(*KF.predict(*KF.initiate(boxes)), measured)
     for i in range(4):
         one_mean, one_cov = KF.update(*KF.predict(*KF.initiate(boxes[i:i + 1])), measured[i:i + 1])
         np.testing.assert_allclose(mean[i], one_mean[0])
