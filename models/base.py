@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator
 
 from .detections import Detections
 
 DEFAULT_CONFIDENCE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.45
+
+
+def _multiple_of_32(value: tuple[int, int]) -> tuple[int, int]:
+    if any(v <= 0 or v % 32 for v in value):
+        raise ValueError(f"input_size must be positive multiples of 32, got {value}")
+    return value
+
+
+InputSize = Annotated[tuple[int, int], AfterValidator(_multiple_of_32)]
+"""A network input (width, height) in backend configs: YOLO strides need multiples of 32."""
 
 
 class Detector(ABC):

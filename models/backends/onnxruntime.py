@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
 from ..darknet import FORMAT
 from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
@@ -46,7 +46,7 @@ class OnnxRuntimeConfig(BaseModel):
 
     type: Literal["onnxruntime"] = BACKEND_KEY
     model: Path
-    input_size: tuple[int, int] | None = None
+    input_size: InputSize | None = None
     """(width, height), multiples of 32; None: the size stored in the model (416x416 for the
     bundled one). A model exported with a fixed input shape accepts only that size.
     Larger finds smaller objects and costs time roughly in proportion to the pixels."""
@@ -66,13 +66,6 @@ class OnnxRuntimeConfig(BaseModel):
     outputs stay in GPU memory until one copy back, instead of per-output allocations and
     copies inside run(). None: on when a GPU provider (TensorRT, CUDA) runs the model, where it
     helps; on the CPU it only adds bookkeeping."""
-
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_32(cls, value):
-        if value is not None and any(v <= 0 or v % 32 for v in value):
-            raise ValueError(f"input_size must be positive multiples of 32, got {value}")
-        return value
 
 
 def choose_providers(requested: list[str] | None, available: list[str]) -> list[str]:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import yolo
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
 from ..detections import Detections
 from ..errors import BackendUnavailable, IncompatibleArtifact, ModelError, ModelNotFound, UnsupportedModel
 from ..manifest import (
@@ -51,19 +51,12 @@ class TensorRTConfig(BaseModel):
     type: Literal["tensorrt"] = BACKEND_KEY
     model: Path
     """A serialized engine with its manifest beside it (`edgefleet model engine` writes both)."""
-    input_size: tuple[int, int] | None = None
+    input_size: InputSize | None = None
     """(width, height); None: the manifest's size. Must lie inside the engine's optimisation profile."""
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0.0, le=1.0)
     device: int = Field(0, ge=0)
     """CUDA device index (0 on a Jetson)."""
-
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_32(cls, value):
-        if value is not None and any(v <= 0 or v % 32 for v in value):
-            raise ValueError(f"input_size must be positive multiples of 32, got {value}")
-        return value
 
 
 # ---- plain logic (no SDK) ----

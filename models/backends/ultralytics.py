@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
 from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 
@@ -43,7 +43,7 @@ class UltralyticsConfig(BaseModel):
     type: Literal["ultralytics"] = BACKEND_KEY
     model: Path
     """A `.pt` checkpoint, or an exported file Ultralytics can run (.onnx, .torchscript, ...)."""
-    input_size: tuple[int, int] | None = None
+    input_size: InputSize | None = None
     """(width, height), multiples of 32; None: the model's own (its export size, its training
     size, else 640x640). Larger finds smaller objects and costs time roughly with the pixels."""
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
@@ -52,13 +52,6 @@ class UltralyticsConfig(BaseModel):
     """Boxes kept per frame after NMS, best first. Lower caps the work downstream on crowded frames."""
     device: str | None = None
     """torch device ("cpu", "cuda:0", "0"); None: Ultralytics' choice (the first GPU, else the CPU)."""
-
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_32(cls, value):
-        if value is not None and any(v <= 0 or v % 32 for v in value):
-            raise ValueError(f"input_size must be positive multiples of 32, got {value}")
-        return value
 
 
 # ---- torchvision ----
