@@ -5,9 +5,25 @@
 """
 from __future__ import annotations
 
+import argparse
+import os
+from pathlib import Path
+
 import grpc
 
 from .tls import ClientTLS
+
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--controller, --token and the TLS flags that every FleetControl client command takes."""
+    parser.add_argument("--controller", default=DEFAULT_CONTROLLER, metavar="HOST:PORT")
+    parser.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"),
+                        help="operator token (default $EDGEFLEET_TOKEN)")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial with TLS, trusting this CA")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key, for mutual TLS")
 
 
 class _BearerToken(

@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -15,14 +14,13 @@ import grpc
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from .channel import open_channel
+from .channel import add_connection_arguments, open_channel
 from .convert import to_dict
 from .errors import FleetError
 from .tls import ClientTLS, ServerTLS
 
 logger = logging.getLogger("edgefleet")
 
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
 
 
 class CliError(Exception):
@@ -244,12 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("detections", cmd_detections, "show a device's stored detections"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--controller", default=DEFAULT_CONTROLLER, metavar="HOST:PORT")
-        p.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"),
-                       help="operator token (default $EDGEFLEET_TOKEN)")
-        p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial with TLS, trusting this CA")
-        p.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
-        p.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key, for mutual TLS")
+        add_connection_arguments(p)
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the controller")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)

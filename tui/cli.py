@@ -11,20 +11,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--controller", default=DEFAULT_CONTROLLER, metavar="HOST:PORT")
-    parser.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"),
-                        help="operator token (default $EDGEFLEET_TOKEN)")
-    parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial with TLS, trusting this CA")
-    parser.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate, for mutual TLS")
-    parser.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key, for mutual TLS")
+    from fleet.channel import add_connection_arguments
+
+    add_connection_arguments(parser)
     parser.add_argument("--log-file", type=Path, metavar="FILE",
                         help="write the TUI's log here (the terminal belongs to the UI while it runs)")
 
