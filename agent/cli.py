@@ -32,9 +32,106 @@ def cmd_probe(args) -> int:
     return 0
 
 
+DEFAULT_PLAN_SOURCE = Path("var/samples/vtest.avi")
+SYNTHETIC_PLAN_SOURCE = "synthetic://640x480?objects=5"
+
+
+def _detector_options(args) -> dict:
+    """Backend options from the flags. The detector keeps boxes down to ByteTrack's low threshold,
+    so the tracker's second association sees them (RunOptions.publish_threshold keeps them out
+    of the outbox)."""
+    from .bytetrack import ByteTrackConfig
+
+    options = {"confidence_threshold": ByteTrackConfig().low_confidence_threshold}
+    if args.threads is not None:
+        options["intra_op_threads"] = args.threads
+    return options
+
+
+def _load_detector(path, args, input_size: tuple[int, int] | None = None):
+    from models import load_detector
+    from models.errors import ModelError
+
+    options = _detector_options(args)
+    if input_size is not None:
+        options["input_size"] = input_size
+    try:
+        return load_detector(path, **options)
+    except ModelError as err:
+        raise ConfigError(f"model {path}: {err}") from err
+
+
+def _sample_frames(spec: str, count: int) -> list:
+    """Up to `count` frames from the start of a source, to calibrate on."""
+    from .sources import open_source
+
+    source = open_source(spec)
+    source.start()
+    frames = []
+    try:
+        while len(frames) < count:
+            frame = source.read(timeout=10)
+            if frame is None:
+                break
+            frames.append(frame.image)
+    except TimeoutError:
+        logger.warning("source %s gave %d of %d calibration frames", spec, len(frames), count)
+    finally:
+        source.stop()
+    return frames
+
+
+def _make_plan(profile, *, models: list[Path], source: str | None, calibrate: bool, frames: int,
+               target_fps: float, streams: int, state_dir: Path):
+    """probe -> artifacts -> frames -> adaptive.plan.plan; a PlanError becomes a ConfigError."""
+    from adaptive.artifacts import discover_artifacts
+    from adaptive.errors import PlanError
+    from adaptive.plan import PlanOptions, plan
+
+    try:
+        options = PlanOptions(target_fps=target_fps, streams=streams, calibrate=calibrate)
+        artifacts, rejected = discover_artifacts(models, profile)
+        images = []
+        if calibrate and frames > 0:
+            if source is None:
+                source = str(DEFAULT_PLAN_SOURCE) if DEFAULT_PLAN_SOURCE.is_file() else SYNTHETIC_PLAN_SOURCE
+            images = _sample_frames(source, frames)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return plan(profile, artifacts, images, options, rejected=rejected,
+                    cache_path=state_dir / "calibration.json")
+    except PlanError as err:
+        raise ConfigError(f"plan: {err}") from err
+
+
+def _model_candidates(models_dir: Path | None, model: Path | None) -> list[Path]:
+    """--model alone when given; else every artifact in the models dir and the bundled model."""
+    from models.bundled import default_cache_dir, default_model
+    from models.errors import ModelError
+
+    if model is not None:
+        return [model]
+    folder = models_dir or default_cache_dir()
+    try:
+        bundled = default_model(models_dir)
+    except ModelError as err:
+        raise ConfigError(f"bundled model: {err}") from err
+    return ([folder] if folder.is_dir() else []) + [bundled]
+
+
+def cmd_plan(args) -> int:
+    from adaptive.plan import format_plan_report
+    from adaptive.probe import probe
+
+    report = _make_plan(probe(), models=_model_candidates(args.models_dir, None), source=args.source,
+                        calibrate=args.calibrate, frames=args.frames, target_fps=args.target_fps,
+                        streams=args.streams, state_dir=args.state_dir)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_plan_report(report))
+    return 0
+
+
 def cmd_run(args) -> int:
     from adaptive.probe import probe
-    from models import load_default_detector
+    from models.bundled import default_model
     from models.errors import ModelError
 
     from .runner import Agent, RunOptions
@@ -42,6 +139,8 @@ def cmd_run(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.model is not None and not args.model.is_file():
+        raise ConfigError(f"--model {args.model}: no such file")
     options = RunOptions(
         controller=args.controller, sources=args.source, state_dir=args.state_dir,
         enroll_key=args.enroll_key, name=args.name or "", stream_ids=args.stream_id or [],
@@ -51,16 +150,22 @@ def cmd_run(args) -> int:
     )
     for spec in options.sources:
         open_source(spec)  # fail on a bad source before loading the model
-    try:
-        detector = load_default_detector(cache_dir=args.models_dir, intra_op_threads=args.threads)
-    except ModelError as err:
-        raise ConfigError(f"model: {err}") from err
-    w, h = detector.input_size
-    plan = {"model": "yolov3-tiny-coco", "backend": "onnxruntime", "precision": "fp32",
-            "input_width": w, "input_height": h, "batch": len(options.sources),
-            "detect_interval": options.detect_interval,
-            "reason": "default model; adaptive planning not enabled"}
-    agent = Agent(options, detector, open_source, probe().to_dict(), plan)
+    profile = probe()
+    adaptation = None
+    if args.auto_plan:
+        adaptation, detector, plan = _auto_plan(args, profile, options)
+    else:
+        try:
+            model = args.model or default_model(args.models_dir)
+        except ModelError as err:
+            raise ConfigError(f"model: {err}") from err
+        detector = _load_detector(model, args)
+        w, h = detector.input_size
+        plan = {"model": Path(model).stem, "backend": type(detector).__module__.rsplit(".", 1)[-1],
+                "input_width": w, "input_height": h, "batch": len(options.sources),
+                "detect_interval": options.detect_interval,
+                "reason": ("--model" if args.model else "default model") + "; adaptive planning not enabled"}
+    agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     result = agent.run()
@@ -72,8 +177,37 @@ def cmd_run(args) -> int:
         "inference_ms_p50": round(result.inference_ms_p50, 2),
         "acked_sequence": agent.link.acked_sequence, "outbox_left": result.outbox_left,
     }
+    if adaptation is not None:
+        summary["rung"] = adaptation.controller.rung.label()
+        summary["controller_events"] = [{"direction": e.direction, "cause": e.cause, "to": e.rung.label(),
+                                         "changes": list(e.changes), "reason": e.reason} for e in agent.events]
+        summary["rungs"] = [{"rung": r["rung"], "frames": r["frames"], "seconds": r["seconds"],
+                             "fps": round(r["frames"] / r["seconds"], 2) if r["seconds"] else 0.0}
+                            for r in agent.rung_history]
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def _auto_plan(args, profile, options):
+    """Plan for this device, load the plan's detector, and the runtime controller over its ladder."""
+    from adaptive.plan import make_controller
+    from adaptive.probe import hottest_c, read_thermal_zones
+
+    from .runner import Adaptation
+
+    report = _make_plan(profile, models=_model_candidates(args.models_dir, args.model),
+                        source=options.sources[0], calibrate=args.calibrate, frames=5,
+                        target_fps=args.target_fps, streams=len(options.sources), state_dir=args.state_dir)
+    chosen = report.plan
+    logger.info("plan: %s (%s %s) %dx%d, detect every %d: %s", chosen.model, chosen.backend, chosen.precision,
+                chosen.input_width, chosen.input_height, chosen.detect_interval, chosen.reason)
+    controller = make_controller(report)
+    detector = _load_detector(chosen.model_path, args, (chosen.input_width, chosen.input_height))
+    adaptation = Adaptation(
+        controller, lambda rung: _load_detector(rung.model_path, args, rung.input_size),
+        temperature=lambda: hottest_c(read_thermal_zones()),
+    )
+    return adaptation, detector, chosen.to_wire()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +240,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference threads (default: ONNX Runtime's choice, one per core)")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    p.add_argument("--model", type=Path, default=None, metavar="FILE",
+                   help="model file to detect with (.onnx, .engine, .pt; default: the bundled model); "
+                        "with --auto-plan, the only candidate")
+    p.add_argument("--auto-plan", action="store_true",
+                   help="plan model, input size and detect interval for this device (as `edge-agent plan`), "
+                        "then adapt them at run time to measured latency, drops and temperature")
+    p.add_argument("--target-fps", type=float, default=15.0, metavar="F",
+                   help="with --auto-plan: frames per second per stream to sustain (default 15)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="with --auto-plan: plan from the static table, without timing the models")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="choose model, input size and detect interval for this device")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="model artifacts (with their manifests) to consider besides the bundled model "
+                        "(default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    p.add_argument("--source", default=None,
+                   help=f"source to calibrate on (default {DEFAULT_PLAN_SOURCE} if present, else synthetic frames)")
+    p.add_argument("--frames", type=int, default=5, metavar="N", help="frames to calibrate on (default 5)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="plan from the static table, without timing the models")
+    p.add_argument("--target-fps", type=float, default=15.0, metavar="F",
+                   help="frames per second per stream to sustain (default 15)")
+    p.add_argument("--streams", type=int, default=1, metavar="N", help="streams batched per detector call (default 1)")
+    p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
+                   help="the calibration cache (calibration.json) lives here (default var/agent)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("probe", help="print what the agent knows about this machine")
     p.add_argument("--json", action="store_true")

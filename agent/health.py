@@ -24,6 +24,11 @@ class HealthMonitor:
         with self._lock:
             self._inference.append((time.monotonic(), ms))
 
+    def reset_inference(self) -> None:
+        """Forget the inference latencies in the window (after the detector was replaced)."""
+        with self._lock:
+            self._inference.clear()
+
     def record_frame(self, latency_ms: float, labels: list[str], detected: bool = True) -> None:
         now = time.monotonic()
         with self._lock:

@@ -5,6 +5,11 @@ source's reader thread, beside inference), runs the detector once on the frames 
 detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
 each stream's tracker its detections, or nothing so that it predicts. Records are committed
 to the outbox in groups (`COMMIT_EVERY_S`); the link thread publishes what is committed.
+
+With an `Adaptation` (`edge-agent run --auto-plan`), the loop thread also runs the runtime
+controller once a second (`CONTROL_EVERY_S`): a new detect interval applies to every stream's
+scheduler at once; a new input size or model is loaded on a worker thread and swapped in
+between ticks, so the loop never waits for a model to load.
 """
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
 from adaptive.schedule import FrameScheduler, MotionGate
-from models.base import Detector
+from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
 from .bytetrack import ByteTrack
 from .errors import ConfigError, ControllerUnreachable
@@ -34,6 +41,9 @@ processed, not one fsync per frame: an fsync costs a millisecond or more (far mo
 taken from the detector's time. A frame counts as produced, and can be sent, only once it is
 committed, so a crash loses at most the uncommitted group, which nobody has seen yet."""
 
+CONTROL_EVERY_S = 1.0
+"""How often the runtime controller gets a health reading (its timers assume about once a second)."""
+
 
 @dataclass
 class RunOptions:
@@ -49,6 +59,12 @@ class RunOptions:
     motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
     drain_timeout_s: float = 30.0
     backoff_max_s: float = 10.0
+    publish_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
+    """Tracked rows scoring below this are kept out of the outbox. The detector runs with
+    ByteTrack's low threshold so that faint boxes can keep a confirmed track alive through an
+    occlusion (the second association); those rows are evidence for the tracker, not detections
+    to store: a stored detection keeps meaning "scored at least 0.25", as before. 0 publishes
+    every tracked row."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -65,6 +81,21 @@ class RunOptions:
             raise ConfigError(f"--motion-gate must be >= 0, got {self.motion_threshold}")
         if self.max_frames < 0:
             raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
+        if not 0 <= self.publish_threshold <= 1:
+            raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
+
+
+@dataclass
+class Adaptation:
+    """What `--auto-plan` adds to the loop: the runtime controller and how to load a rung's detector.
+
+    `load_detector(rung)` runs on a worker thread and returns a warmed-up detector for the rung's
+    model and input size; `temperature()` gives the hottest thermal zone in C (None: unknown).
+    """
+    controller: RuntimeController
+    load_detector: Callable[[Rung], Detector]
+    temperature: Callable[[], float | None] = lambda: None
+    every_s: float = CONTROL_EVERY_S
 
 
 @dataclass
@@ -100,11 +131,27 @@ class Stream:
 
 class Agent:
     def __init__(self, options: RunOptions, detector: Detector, source_factory: Callable[[str], Source],
-                 profile: dict, plan: dict, tracker_factory: Callable[[], ByteTrack] = ByteTrack):
+                 profile: dict, plan: dict, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
+                 adaptation: Adaptation | None = None):
         """`tracker_factory()` makes each stream's own tracker (track ids count per stream);
-        e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`."""
+        e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`.
+        With `adaptation`, `detector` must be the one for the controller's current rung, whose
+        detect interval replaces `options.detect_interval`."""
         self.options = options
         self.detector = detector
+        self.adaptation = adaptation
+        self.events: list[ControllerEvent] = []
+        self.rung_history: list[dict] = []
+        """One entry per rung the loop ran at: its label, and the frames and seconds spent there."""
+        self._loaded: tuple[str, tuple[int, int]] | None = None  # model path and input size of self.detector
+        self._building: tuple[Rung, Future] | None = None
+        self._failed: set[tuple[str, tuple[int, int]]] = set()
+        self._builder: ThreadPoolExecutor | None = None
+        self._last_control = 0.0
+        if adaptation is not None:
+            rung = adaptation.controller.rung
+            self._loaded = (rung.model_path, rung.input_size)
+            options.detect_interval = rung.detect_interval
         self.profile = profile
         self.plan = plan
         self.health = HealthMonitor()
@@ -137,6 +184,10 @@ class Agent:
     def _health(self) -> dict:
         dropped = sum(s.source.frames_dropped for s in self.streams)
         sample = self.health.sample(frames_dropped=dropped, outbox_depth=self._outbox_depth)
+        if self.adaptation is not None:
+            # not on the wire (edgefleet.v1.HealthSample has no field for it): logs and the summary
+            controller = self.adaptation.controller
+            sample["rung"] = {"index": controller.state.rung, **controller.rung.to_dict()}
         sample["streams"] = [
             {"stream_id": s.stream_id, "source": s.spec, "state": "ended" if s.done else s.source.state,
              "frames": s.frames, "dropped": s.source.frames_dropped, "error": s.source.error or ""}
@@ -150,7 +201,8 @@ class Agent:
         for stream in self.streams:
             stream.source.start()  # raises SourceError before anything else starts
         self.link.start()
-        t0 = time.monotonic()
+        t0 = self._last_control = time.monotonic()
+        self._enter_rung(t0)
         try:
             while not self.stop_event.is_set() and not all(s.done for s in self.streams):
                 if self.link.fatal is not None:
@@ -160,10 +212,14 @@ class Agent:
                     self._uncommitted += self._process(ready)
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     self._commit()
+                if self.adaptation is not None:
+                    self.control(time.monotonic())
             self._commit()
             seconds = time.monotonic() - t0
+            self._close_rung(t0 + seconds)
             left = self._drain()
         finally:
+            self._stop_builder()
             for stream in self.streams:
                 stream.source.stop()
             self.link.stop()
@@ -237,6 +293,9 @@ class Agent:
         for stream, frame in ready:
             # detections, or None: the tracker predicts this frame's boxes (rows marked predicted)
             dets, predicted = stream.tracker.step(detections.get(id(stream)))
+            if self.options.publish_threshold > 0:
+                shown = dets.confidence >= self.options.publish_threshold
+                dets, predicted = dets[shown], predicted[shown]
             labels = dets.labels(names)
             records.append(OutboxRecord(
                 stream_id=stream.stream_id, frame_index=frame.index, capture_time=frame.capture_time,
@@ -249,6 +308,94 @@ class Agent:
             ))
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
+
+    # ---- the runtime controller (--auto-plan) ----
+
+    def control(self, now: float) -> ControllerEvent | None:
+        """Between ticks, on the loop thread: swap in a detector that finished loading; once every
+        `every_s`, give the controller a health reading and apply the change it asks for."""
+        adaptation = self.adaptation
+        if adaptation is None:
+            return None
+        self._swap_if_built()
+        if now - self._last_control < adaptation.every_s:
+            return None
+        self._last_control = now
+        sample = self._health()
+        reading = HealthReading.from_sample(sample, adaptation.temperature())
+        event = adaptation.controller.update(reading, now)
+        if event is None:
+            return None
+        self.events.append(event)
+        self._close_rung(now)
+        logger.info("controller: step %s (%s) to rung %d, %s: %s; fps %.1f, detector p95 %.1f ms",
+                    event.direction, event.cause, event.to_rung, event.rung.label(), event.reason,
+                    reading.fps, reading.inference_ms_p95)
+        if "detect_interval" in event.changes:
+            for stream in self.streams:
+                scheduler = stream.scheduler
+                scheduler.detect_interval = event.rung.detect_interval
+                scheduler.max_interval = max(scheduler.max_interval, event.rung.detect_interval)
+        self._enter_rung(now)
+        self._request_detector()
+        return event
+
+    def _enter_rung(self, now: float) -> None:
+        label = (self.adaptation.controller.rung.label() if self.adaptation is not None
+                 else f"every {self.options.detect_interval}")
+        self.rung_history.append({"rung": label, "since": now, "frames0": self._counted(), "frames": 0,
+                                  "seconds": 0.0})
+
+    def _close_rung(self, now: float) -> None:
+        if self.rung_history:
+            entry = self.rung_history[-1]
+            entry["frames"] = self._counted() - entry["frames0"]
+            entry["seconds"] = round(now - entry["since"], 2)
+
+    def _counted(self) -> int:
+        return self.frames + len(self._uncommitted)
+
+    def _request_detector(self) -> None:
+        """Start loading the controller's current rung's detector unless it runs, is loading, or failed."""
+        rung = self.adaptation.controller.rung
+        key = (rung.model_path, rung.input_size)
+        if self._building is not None or key == self._loaded or key in self._failed:
+            return
+        if self._builder is None:
+            self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-load")
+        logger.info("loading %s at %dx%d in the background", rung.model, *rung.input_size)
+        self._building = (rung, self._builder.submit(self.adaptation.load_detector, rung))
+
+    def _swap_if_built(self) -> None:
+        if self._building is None or not self._building[1].done():
+            return
+        rung, future = self._building
+        self._building = None
+        key = (rung.model_path, rung.input_size)
+        try:
+            detector = future.result()
+        except Exception as err:  # noqa: BLE001 - a rung that cannot load keeps the running detector
+            self._failed.add(key)
+            logger.error("loading %s at %dx%d failed, keeping the running detector: %s", rung.model,
+                         *rung.input_size, err)
+        else:
+            current = self.adaptation.controller.rung
+            if key == (current.model_path, current.input_size):
+                old, self.detector, self._loaded = self.detector, detector, key
+                old.close()
+                self.health.reset_inference()  # the latencies in the window were the old detector's
+                logger.info("now detecting with %s at %dx%d", rung.model, *rung.input_size)
+            else:
+                detector.close()  # the controller moved on while it loaded
+        self._request_detector()
+
+    def _stop_builder(self) -> None:
+        if self._builder is None:
+            return
+        self._builder.shutdown(wait=True)
+        if self._building is not None and self._building[1].exception() is None:
+            self._building[1].result().close()
+        self._building = None
 
     def _drain(self) -> int:
         """Wait for the controller to acknowledge everything, up to the drain timeout."""

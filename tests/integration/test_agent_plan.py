@@ -1,0 +1,73 @@
+"""`edge-agent plan` and `edge-agent run --auto-plan`, as a user runs them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ..conftest import run_cli
+
+
+def plan_cli(*args: str, timeout: float = 120):
+    return run_cli("agent.cli", "plan", *args, timeout=timeout)
+
+
+def test_plan_without_calibration_uses_the_static_table(tmp_path):
+    proc = plan_cli("--no-calibrate", "--state-dir", str(tmp_path), "--models-dir", str(tmp_path / "none"))
+    assert proc.returncode == 0, proc.stderr
+    assert "plan       yolov3-tiny-coco" in proc.stdout
+    assert "static rule" in proc.stdout and "calibration disabled" in proc.stdout
+    assert "ladder     " in proc.stdout
+
+    proc = plan_cli("--no-calibrate", "--json", "--target-fps", "30", "--streams", "2",
+                    "--state-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["plan"]["source"] == "static" and report["plan"]["batch"] == 2
+    assert report["options"]["target_fps"] == 30
+    assert report["ladder"][0]["model_path"] == report["plan"]["model_path"]
+
+
+def test_a_plan_that_cannot_be_made_is_a_clear_error(tmp_path):
+    proc = plan_cli("--no-calibrate", "--target-fps", "0", "--state-dir", str(tmp_path))
+    assert proc.returncode == 2
+    assert "plan: target_fps must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_plan_calibrates_on_frames_of_the_source_and_caches_the_timings(tmp_path, vtest):
+    args = ("--json", "--source", str(vtest), "--frames", "3", "--target-fps", "10", "--state-dir", str(tmp_path))
+    proc = plan_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["plan"]["source"] == "calibration"
+    measured = [c for c in report["candidates"] if c["status"] == "measured"]
+    assert measured and all(c["p95_ms"] > 0 for c in measured)
+    assert (tmp_path / "calibration.json").is_file()
+
+    again = json.loads(plan_cli(*args).stdout)
+    assert {c["status"] for c in again["candidates"]} <= {"cached", "skipped"}
+    assert again["plan"]["input_width"] == report["plan"]["input_width"]
+
+
+@pytest.mark.slow
+def test_auto_plan_steps_down_when_the_target_is_out_of_reach(controller, control, vtest, tmp_path):
+    """At 200 fps nothing fits on a CPU: the plan takes the cheapest candidate and the controller
+    steps down its ladder (smaller input) within the run."""
+    proc = run_cli("agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+                   "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--max-frames", "500",
+                   "--auto-plan", "--target-fps", "200", timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 500 and summary["outbox_left"] == 0
+    assert "controller: step down" in proc.stderr
+    downs = [e for e in summary["controller_events"] if e["direction"] == "down"]
+    assert downs and all(set(e["changes"]) & {"detect_interval", "input_size", "model"} for e in downs)
+    assert summary["rungs"][0]["rung"] != summary["rung"], "the run ended on another rung than it started"
+    assert "now detecting with" in proc.stderr or all(e["changes"] == ["detect_interval"] for e in downs)
+
+    from edgefleet.v1 import fleet_pb2
+
+    (device,) = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
+    assert device.plan.detect_interval >= 1 and device.plan.input_width > 0
+    assert "nothing fits" in device.plan.reason
