@@ -81,7 +81,10 @@ def record_to_pb(record: OutboxRecord) -> types_pb2.FrameDetections:
 
 
 class Link:
-    """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`."""
+    """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`.
+
+    Commands the controller sends over the Session go to `on_command`, called on the network
+    thread: it must only hand them over (e.g. to a queue), never act on them there."""
 
     def __init__(
         self,
@@ -92,6 +95,7 @@ class Link:
         name: str,
         hello: Callable[[], dict],
         health: Callable[[], dict],
+        on_command: Callable[[agent_pb2.Command], None] = lambda command: None,
         batch_size: int = 64,
         max_in_flight: int = 512,
         backoff_max_s: float = 10.0,
@@ -103,6 +107,7 @@ class Link:
         self.name = name
         self._hello = hello
         self._health = health
+        self._on_command = on_command
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.backoff_max_s = backoff_max_s
@@ -277,7 +282,7 @@ class Link:
                         backoff.reset()
                         logger.info("session open as %s", message.accepted.device_id)
                     elif kind == "command":
-                        logger.info("command %s not supported yet", message.command.WhichOneof("action"))
+                        self._on_command(message.command)  # the loop thread applies it between ticks
             except grpc.aio.AioRpcError as err:
                 self._check_auth(err)
                 self._note_unreachable(err)

@@ -14,15 +14,18 @@ between ticks, so the loop never waits for a model to load.
 from __future__ import annotations
 
 import logging
+import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
+from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController, bounded_ladder
+from adaptive.errors import LadderError
+from edgefleet.v1 import agent_pb2, types_pb2
 from adaptive.schedule import FrameScheduler, MotionGate
 from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
@@ -152,6 +155,10 @@ class Agent:
             rung = adaptation.controller.rung
             self._loaded = (rung.model_path, rung.input_size)
             options.detect_interval = rung.detect_interval
+        self._planned = (list(adaptation.controller.ladder) if adaptation else None, options.detect_interval)
+        """The ladder and detect interval before any operator override: what `clear` returns to."""
+        self.commands: queue.SimpleQueue[agent_pb2.Command] = queue.SimpleQueue()
+        """Commands from the controller, queued by the link thread, applied by the loop between ticks."""
         self.profile = profile
         self.plan = plan
         self.health = HealthMonitor()
@@ -169,7 +176,7 @@ class Agent:
             controller=options.controller, state_dir=options.state_dir,
             outbox_path=options.state_dir / "outbox.db", enroll_key=options.enroll_key,
             name=options.name or socket.gethostname(), hello=self._hello, health=self._health,
-            backoff_max_s=options.backoff_max_s,
+            on_command=self.commands.put, backoff_max_s=options.backoff_max_s,
         )
 
     def _scheduler(self) -> FrameScheduler:
@@ -212,6 +219,8 @@ class Agent:
                     self._uncommitted += self._process(ready)
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     self._commit()
+                if not self.commands.empty():
+                    self.apply_commands(time.monotonic())
                 if self.adaptation is not None:
                     self.control(time.monotonic())
             self._commit()
@@ -331,14 +340,63 @@ class Agent:
         logger.info("controller: step %s (%s) to rung %d, %s: %s; fps %.1f, detector p95 %.1f ms",
                     event.direction, event.cause, event.to_rung, event.rung.label(), event.reason,
                     reading.fps, reading.inference_ms_p95)
-        if "detect_interval" in event.changes:
-            for stream in self.streams:
-                scheduler = stream.scheduler
-                scheduler.detect_interval = event.rung.detect_interval
-                scheduler.max_interval = max(scheduler.max_interval, event.rung.detect_interval)
         self._enter_rung(now)
-        self._request_detector()
+        self._apply_rung()
         return event
+
+    def _apply_rung(self) -> None:
+        """Make the loop run the controller's current rung: detect interval now, detector when loaded."""
+        self._set_detect_interval(self.adaptation.controller.rung.detect_interval)
+        self._request_detector()
+
+    def _set_detect_interval(self, interval: int) -> None:
+        self.options.detect_interval = interval
+        for stream in self.streams:
+            stream.scheduler.detect_interval = interval
+            stream.scheduler.max_interval = max(stream.scheduler.max_interval, interval)
+
+    # ---- commands from the fleet ----
+
+    def apply_commands(self, now: float) -> None:
+        """Apply what the controller sent since the last tick (on the loop thread)."""
+        while not self.commands.empty():
+            command = self.commands.get_nowait()
+            action = command.WhichOneof("action")
+            if action != "set_plan":
+                logger.info("command %s (%s) is not supported by this agent yet", command.command_id, action)
+                continue
+            try:
+                self.apply_plan_override(command.set_plan, now)
+            except LadderError as err:
+                logger.error("plan override %s refused: %s", command.command_id, err)
+
+    def apply_plan_override(self, override: types_pb2.SetPlan, now: float) -> None:
+        """An operator's pin or bounds (edgefleet.v1.SetPlan); `clear` returns to the device's own plan.
+
+        With the runtime controller, the override becomes its ladder: a pin is a ladder of one rung
+        (the controller then cannot move), bounds keep the rungs inside them. Without it only the
+        detect interval can follow; a pinned input size or model needs `--auto-plan`.
+        """
+        ladder, interval = self._planned
+        if self.adaptation is None:
+            if override.HasField("pinned") and override.pinned.detect_interval:
+                interval = override.pinned.detect_interval
+            elif not override.clear:
+                interval = max(interval, override.min_detect_interval or 1)
+                interval = min(interval, override.max_detect_interval or interval)
+            self._set_detect_interval(interval)
+            logger.info("plan override: detecting every %d frame(s)", interval)
+            return
+        controller = self.adaptation.controller
+        if not override.clear:
+            ladder = override_ladder(ladder, controller.rung, override)
+        start = ladder.index(controller.rung) if controller.rung in ladder else 0
+        self._close_rung(now)
+        self.adaptation.controller = RuntimeController(ladder, controller.config, start)
+        self._enter_rung(now)
+        self._apply_rung()
+        logger.info("plan override: %s; %d rung(s) left to the controller, now %s",
+                    "cleared" if override.clear else "applied", len(ladder), self.adaptation.controller.rung.label())
 
     def _enter_rung(self, now: float) -> None:
         label = (self.adaptation.controller.rung.label() if self.adaptation is not None
@@ -412,3 +470,24 @@ class Agent:
                 f"{self.options.state_dir / 'outbox.db'} and are sent on the next run"
             )
         return left
+
+
+def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPlan) -> list[Rung]:
+    """The rungs an operator's override leaves: the pinned one alone, or those within the bounds.
+
+    A pin keeps what it leaves unset (0 or "") from the current rung; a pinned model must be one
+    of the ladder's. Raises LadderError when nothing fits."""
+    if not override.HasField("pinned"):
+        return bounded_ladder(ladder, override.max_input_size, override.min_detect_interval,
+                              override.max_detect_interval)
+    pinned = override.pinned
+    rung = current
+    if pinned.model and pinned.model != current.model:
+        same = [r for r in ladder if r.model == pinned.model]
+        if not same:
+            raise LadderError(f"pinned model {pinned.model!r} is not on this device "
+                              f"(it has {sorted({r.model for r in ladder})})")
+        rung = same[0]
+    return [replace(rung, input_width=pinned.input_width or rung.input_width,
+                    input_height=pinned.input_height or rung.input_height,
+                    detect_interval=pinned.detect_interval or rung.detect_interval, expected_ms=None)]

@@ -9,6 +9,7 @@ import pytest
 from adaptive.controller import ControllerConfig, Rung, RuntimeController
 from agent.runner import Adaptation, Agent, RunOptions
 from agent.sources import open_source
+from edgefleet.v1 import agent_pb2, types_pb2
 from models.base import Detector
 from models.detections import Detections
 
@@ -187,3 +188,65 @@ def test_a_low_score_box_keeps_its_track_but_is_published_only_above_the_thresho
     assert stream.tracker.associate(Detections(np.array([[10, 10, 30, 50]], np.float32),
                                                np.array([0.9], np.float32), np.zeros(1, np.int32)))[0] == \
         records[3].objects[0].track_id, "the track lived through the low-score frame"
+
+
+# ---- operator overrides (edgefleet.v1.SetPlan over the Session) ----
+
+def set_plan(**fields) -> agent_pb2.Command:
+    pinned = fields.pop("pinned", None)
+    override = types_pb2.SetPlan(**fields)
+    if pinned is not None:
+        override.pinned.CopyFrom(types_pb2.RuntimePlan(**pinned))
+    return agent_pb2.Command(command_id="c1", set_plan=override)
+
+
+def test_bounds_leave_the_controller_only_the_rungs_inside_them(tmp_path):
+    loader = Loader()
+    loader.release.set()
+    agent = make_agent(tmp_path, loader)
+    agent.commands.put(set_plan(max_input_size=256, min_detect_interval=2))
+    agent.apply_commands(1.0)
+    ladder = agent.adaptation.controller.ladder
+    assert [(r.model, r.input_size, r.detect_interval) for r in ladder] == [
+        ("net", (256, 256), 3), ("small", (256, 256), 3)]
+    assert [s.scheduler.detect_interval for s in agent.streams] == [3, 3]
+    wait_for_swap(agent, 1.1)
+    assert agent.detector.input_size == (256, 256)
+
+
+def test_a_pin_is_a_ladder_of_one_and_clear_returns_to_the_device_s_own(tmp_path):
+    loader = Loader()
+    loader.release.set()
+    agent = make_agent(tmp_path, loader)
+    agent.commands.put(set_plan(pinned={"model": "small", "input_width": 256, "input_height": 256,
+                                        "detect_interval": 2}))
+    agent.apply_commands(1.0)
+    assert [(r.model_path, r.input_size, r.detect_interval) for r in agent.adaptation.controller.ladder] == [
+        ("small.onnx", (256, 256), 2)]
+    over_budget(agent)
+    assert agent.control(2.0) is None, "pinned: the controller has nowhere to go"
+    agent.commands.put(set_plan(clear=True))
+    agent.apply_commands(3.0)
+    assert agent.adaptation.controller.ladder == LADDER
+
+
+def test_an_override_that_cannot_apply_is_refused_and_changes_nothing(tmp_path, caplog):
+    agent = make_agent(tmp_path, Loader())
+    agent.commands.put(set_plan(pinned={"model": "yolo-huge"}))
+    agent.commands.put(set_plan(max_input_size=128))
+    agent.apply_commands(1.0)
+    assert agent.adaptation.controller.ladder == LADDER
+    assert "pinned model 'yolo-huge' is not on this device" in caplog.text
+    assert "no rung fits max_input_size=128" in caplog.text
+
+
+def test_without_the_controller_only_the_detect_interval_follows(tmp_path):
+    options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://64x64?frames=5"],
+                         state_dir=tmp_path / "agent", detect_interval=2)
+    agent = Agent(options, FakeDetector(LADDER[0]), open_source, {}, {})
+    agent.commands.put(set_plan(min_detect_interval=4))
+    agent.apply_commands(1.0)
+    assert agent.streams[0].scheduler.detect_interval == 4
+    agent.commands.put(set_plan(clear=True))
+    agent.apply_commands(2.0)
+    assert agent.streams[0].scheduler.detect_interval == 2

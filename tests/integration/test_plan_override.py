@@ -1,0 +1,46 @@
+"""An operator's plan override travels controller -> Session -> a running agent, which applies it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleet.channel import open_channel
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_an_override_reaches_the_running_agent(controller, vtest, tmp_path):
+    log = tmp_path / "agent.log"
+    with log.open("w") as err:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+             "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "pinned-cam",
+             "--loop", "--threads", "1"],
+            stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        with open_channel(controller.address, token=controller.operator_token) as channel:
+            control = fleet_pb2_grpc.FleetControlStub(channel)
+            devices = wait_for(lambda: control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices,
+                               what="the agent to enroll")
+            wait_for(lambda: "session open" in log.read_text(), what="the agent's session")
+            control.SetPlanOverride(fleet_pb2.SetPlanOverrideRequest(
+                device_id=devices[0].device_id, plan=types_pb2.SetPlan(min_detect_interval=4)), timeout=5)
+            wait_for(lambda: "plan override: detecting every 4 frame(s)" in log.read_text(),
+                     what="the agent to apply the override")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
