@@ -215,6 +215,7 @@ STATIC_ARTIFACTS = [
     ("jetson-nano", None, ("yolo-n-fp16", 416, 1)),      # Maxwell: FP16 engine, not INT8
     ("jetson-nano", 18.0, ("yolo-n-fp16", 416, 3)),      # below 20 fps: every 3rd frame
     ("jetson-nano", 12.0, ("yolo-n-fp16", 320, 3)),      # below 15 fps: and 320
+    ("jetson-xavier-nx", None, ("yolo-n-int8", 512, 1)),
     ("jetson-orin-nano", None, ("yolo-n-int8", 640, 1)),
     ("rpi4", None, ("yolo-n", 320, 3)),
     ("rpi5", None, ("yolo-n", 320, 2)),
