@@ -84,7 +84,9 @@ class Link:
     """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`.
 
     Commands the controller sends over the Session go to `on_command`, called on the network
-    thread: it must only hand them over (e.g. to a queue), never act on them there."""
+    thread: it must only hand them over (e.g. to a queue), never act on them there. `plan()`
+    returns (version, plan dict): a heartbeat carries the plan when its version moved on since
+    the hello or the last heartbeat that carried it, so the controller sees every change and its reason."""
 
     def __init__(
         self,
@@ -96,6 +98,7 @@ class Link:
         hello: Callable[[], dict],
         health: Callable[[], dict],
         on_command: Callable[[agent_pb2.Command], None] = lambda command: None,
+        plan: Callable[[], tuple[int, dict]] = lambda: (0, {}),
         batch_size: int = 64,
         max_in_flight: int = 512,
         backoff_max_s: float = 10.0,
@@ -108,6 +111,7 @@ class Link:
         self._hello = hello
         self._health = health
         self._on_command = on_command
+        self._plan = plan
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.backoff_max_s = backoff_max_s
@@ -253,6 +257,7 @@ class Link:
     # ---- session ----
 
     async def _session_messages(self):
+        plan_sent, _ = self._plan()  # read before the hello: a change in between goes out again
         hello = self._hello()
         yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(
             agent_version=AGENT_VERSION,
@@ -267,7 +272,12 @@ class Link:
             seq += 1  # the first heartbeat goes right after hello; the last one on stop
             health = _message(self._health(), types_pb2.HealthSample())
             health.time.CopyFrom(_timestamp(time.time()))
-            yield agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=seq, health=health))
+            heartbeat = agent_pb2.Heartbeat(seq=seq, health=health)
+            version, plan = self._plan()
+            if version != plan_sent:
+                heartbeat.plan.CopyFrom(_message(plan, types_pb2.RuntimePlan()))
+                plan_sent = version
+            yield agent_pb2.AgentMessage(heartbeat=heartbeat)
 
     async def _session_forever(self, stub) -> None:
         backoff = Backoff(maximum=self.backoff_max_s)

@@ -161,6 +161,8 @@ class Agent:
         """Commands from the controller, queued by the link thread, applied by the loop between ticks."""
         self.profile = profile
         self.plan = plan
+        """The plan as edgefleet.v1.RuntimePlan fields; replaced (never mutated) on every change."""
+        self._plan_version = 0
         self.health = HealthMonitor()
         self.stop_event = threading.Event()
         self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self._scheduler())
@@ -176,7 +178,8 @@ class Agent:
             controller=options.controller, state_dir=options.state_dir,
             outbox_path=options.state_dir / "outbox.db", enroll_key=options.enroll_key,
             name=options.name or socket.gethostname(), hello=self._hello, health=self._health,
-            on_command=self.commands.put, backoff_max_s=options.backoff_max_s,
+            on_command=self.commands.put, plan=lambda: (self._plan_version, self.plan),
+            backoff_max_s=options.backoff_max_s,
         )
 
     def _scheduler(self) -> FrameScheduler:
@@ -192,9 +195,10 @@ class Agent:
         dropped = sum(s.source.frames_dropped for s in self.streams)
         sample = self.health.sample(frames_dropped=dropped, outbox_depth=self._outbox_depth)
         if self.adaptation is not None:
-            # not on the wire (edgefleet.v1.HealthSample has no field for it): logs and the summary
+            # the rung's plan goes up with the heartbeats (Link's `plan`); this copy is for logs and the summary
             controller = self.adaptation.controller
             sample["rung"] = {"index": controller.state.rung, **controller.rung.to_dict()}
+            sample["temperature_c"] = self.adaptation.temperature() or 0.0
         sample["streams"] = [
             {"stream_id": s.stream_id, "source": s.spec, "state": "ended" if s.done else s.source.state,
              "frames": s.frames, "dropped": s.source.frames_dropped, "error": s.source.error or ""}
@@ -342,7 +346,17 @@ class Agent:
                     reading.fps, reading.inference_ms_p95)
         self._enter_rung(now)
         self._apply_rung()
+        self._replan(f"runtime controller, step {event.direction} ({event.cause}): {event.reason}")
         return event
+
+    def _replan(self, reason: str) -> None:
+        """Record the plan the loop runs now, with why; the link reports it with the next heartbeat."""
+        plan = {**self.plan, "detect_interval": self.options.detect_interval, "reason": reason}
+        if self.adaptation is not None:
+            rung = self.adaptation.controller.rung
+            plan.update(model=rung.model, input_width=rung.input_width, input_height=rung.input_height)
+        self.plan = plan
+        self._plan_version += 1
 
     def _apply_rung(self) -> None:
         """Make the loop run the controller's current rung: detect interval now, detector when loaded."""
@@ -385,6 +399,7 @@ class Agent:
                 interval = max(interval, override.min_detect_interval or 1)
                 interval = min(interval, override.max_detect_interval or interval)
             self._set_detect_interval(interval)
+            self._replan(f"operator override: {describe_override(override)}")
             logger.info("plan override: detecting every %d frame(s)", interval)
             return
         controller = self.adaptation.controller
@@ -395,6 +410,7 @@ class Agent:
         self.adaptation.controller = RuntimeController(ladder, controller.config, start)
         self._enter_rung(now)
         self._apply_rung()
+        self._replan(f"operator override: {describe_override(override)}")
         logger.info("plan override: %s; %d rung(s) left to the controller, now %s",
                     "cleared" if override.clear else "applied", len(ladder), self.adaptation.controller.rung.label())
 
@@ -491,3 +507,18 @@ def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPl
     return [replace(rung, input_width=pinned.input_width or rung.input_width,
                     input_height=pinned.input_height or rung.input_height,
                     detect_interval=pinned.detect_interval or rung.detect_interval, expected_ms=None)]
+
+
+def describe_override(override: types_pb2.SetPlan) -> str:
+    """One line for logs and the plan's reason: "cleared", "pinned ...", or the bounds."""
+    if override.clear:
+        return "cleared"
+    if override.HasField("pinned"):
+        p = override.pinned
+        fields = [p.model, f"{p.input_width}x{p.input_height}" if p.input_width else "",
+                  f"every {p.detect_interval}" if p.detect_interval else ""]
+        return "pinned " + " ".join(f for f in fields if f)
+    bounds = [f"max input {override.max_input_size}" if override.max_input_size else "",
+              f"detect every >= {override.min_detect_interval}" if override.min_detect_interval else "",
+              f"every <= {override.max_detect_interval}" if override.max_detect_interval else ""]
+    return "bounded to " + ", ".join(b for b in bounds if b)

@@ -1,4 +1,5 @@
-"""An operator's plan override travels controller -> Session -> a running agent, which applies it."""
+"""An operator's plan override travels controller -> Session -> a running agent, which applies it
+and reports the plan it now runs, with the reason, in its next heartbeat."""
 from __future__ import annotations
 
 import subprocess
@@ -41,6 +42,14 @@ def test_an_override_reaches_the_running_agent(controller, vtest, tmp_path):
                 device_id=devices[0].device_id, plan=types_pb2.SetPlan(min_detect_interval=4)), timeout=5)
             wait_for(lambda: "plan override: detecting every 4 frame(s)" in log.read_text(),
                      what="the agent to apply the override")
+            device_id = devices[0].device_id
+
+            def reported_plan():
+                plan = control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device_id), timeout=5).plan
+                return plan if plan.detect_interval == 4 else None
+
+            plan = wait_for(reported_plan, what="the next heartbeat to carry the new plan")
+            assert plan.reason == "operator override: bounded to detect every >= 4"
     finally:
         agent.terminate()
         agent.wait(timeout=60)
