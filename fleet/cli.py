@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import grpc
@@ -256,9 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subcommands(p.add_subparsers(dest="model_command", required=True))
 
-    from tui.cli import add_subcommand as add_tui  # the operator CLI starts the TUI; fleet's servers never import tui
-
-    add_tui(sub)
+    for command in entry_points(group="edgefleet.commands"):  # e.g. `tui`, which lives outside fleet/
+        command.load()(sub)
 
     p = sub.add_parser("demo", help="controller + local agents on the sample videos, in the fleet TUI")
     p.add_argument("--agents", type=int, default=3, help="number of local agents (default 3)")

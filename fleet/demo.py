@@ -158,10 +158,10 @@ def run_demo(args) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.update(flag=True))
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
     try:
-        if sys.stdout.isatty() and not args.text:
-            from tui.cli import run_app  # the fleet TUI in the foreground; `q` quits
-
-            run_app(address, token, log_file=workdir / "tui.log", duration_s=args.duration)
+        if sys.stdout.isatty() and not args.text:  # the fleet TUI in the foreground; `q` quits
+            subprocess.run([sys.executable, "-m", "tui", "--controller", address, "--log-file",
+                            str(workdir / "tui.log"), "--duration", str(args.duration)],
+                           env={**os.environ, "EDGEFLEET_TOKEN": token}, check=False)
         else:
             _live_text(stub, agents, args.duration, stopping)
     finally:

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_connection_arguments(parser)
     parser.add_argument("--log-file", type=Path, metavar="FILE",
                         help="write the TUI's log here (the terminal belongs to the UI while it runs)")
+    parser.add_argument("--duration", type=float, default=0, metavar="S",
+                        help="quit after S seconds (default 0: when you press q)")
 
 
 def add_subcommand(subparsers) -> argparse.ArgumentParser:
@@ -58,7 +60,7 @@ def log_off_the_terminal(log_file: Path | None):
 def run_app(address: str, token: str, tls=None, log_file: Path | None = None, duration_s: float = 0) -> int:
     """Run the TUI in the foreground until the operator quits (or `duration_s` passes, when > 0).
 
-    `edgefleet demo` calls this too, after it started the controller and the agents.
+    `edgefleet demo` runs it too (as `python -m tui`), after it started the controller and the agents.
     """
     from .app import FleetApp
 
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as err:
         print(f"edgefleet tui: error: {err}", file=sys.stderr)
         return 2
-    return run_app(args.controller, args.token, tls, getattr(args, "log_file", None))
+    return run_app(args.controller, args.token, tls, args.log_file, args.duration)
 
 
 def main(argv: list[str] | None = None) -> int:
