@@ -134,6 +134,7 @@ def cmd_run(args) -> int:
     from models.bundled import default_model
     from models.errors import ModelError
 
+    from .link import channel_credentials
     from .runner import Agent, RunOptions
     from .sources import open_source
 
@@ -147,6 +148,8 @@ def cmd_run(args) -> int:
         max_frames=args.max_frames, loop=args.loop, detect_interval=args.detect_interval,
         motion_threshold=args.motion_gate,
         drain_timeout_s=args.drain_timeout,
+        credentials=(channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+                     if args.tls_ca or args.tls_cert or args.tls_key else None),
     )
     for spec in options.sources:
         open_source(spec)  # fail on a bad source before loading the model
@@ -217,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="detect and track on a source, report to the controller")
     p.add_argument("--controller", required=True, type=_controller, metavar="HOST:PORT")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial the controller with TLS, trusting this CA")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="this device's certificate, for mutual TLS")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="this device's private key, for mutual TLS")
     p.add_argument("--source", required=True, action="append",
                    help="video file, image folder, camera index (0), rtsp:// or http:// URL, or "
                         "synthetic://640x480?objects=5; repeat for several streams (batched into one detector call)")

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
-from .errors import EnrollmentError
+from .errors import ConfigError, EnrollmentError
 from .outbox import Outbox, OutboxRecord
 
 logger = logging.getLogger(__name__)
@@ -80,6 +80,20 @@ def record_to_pb(record: OutboxRecord) -> types_pb2.FrameDetections:
     )
 
 
+def channel_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:
+    """TLS to the controller: trust `ca` (None: the system's roots); `cert` + `key` for mutual TLS."""
+    if (cert is None) != (key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+
+    def read(path: Path | None, flag: str) -> bytes | None:
+        try:
+            return path.read_bytes() if path else None
+        except OSError as err:
+            raise ConfigError(f"{flag} {path}: {err.strerror}") from err
+
+    return grpc.ssl_channel_credentials(read(ca, "--tls-ca"), read(key, "--tls-key"), read(cert, "--tls-cert"))
+
+
 class Link:
     """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`.
 
@@ -99,6 +113,7 @@ class Link:
         health: Callable[[], dict],
         on_command: Callable[[agent_pb2.Command], None] = lambda command: None,
         plan: Callable[[], tuple[int, dict]] = lambda: (0, {}),
+        credentials: grpc.ChannelCredentials | None = None,
         batch_size: int = 64,
         max_in_flight: int = 512,
         backoff_max_s: float = 10.0,
@@ -112,6 +127,7 @@ class Link:
         self._health = health
         self._on_command = on_command
         self._plan = plan
+        self._credentials = credentials
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.backoff_max_s = backoff_max_s
@@ -156,7 +172,9 @@ class Link:
     async def _main(self) -> None:
         outbox = Outbox(self.outbox_path)
         try:
-            async with grpc.aio.insecure_channel(self.controller) as channel:
+            channel = (grpc.aio.secure_channel(self.controller, self._credentials) if self._credentials
+                       else grpc.aio.insecure_channel(self.controller))
+            async with channel:
                 stub = agent_pb2_grpc.AgentGatewayStub(channel)
                 identity = await self._ensure_identity(stub)
                 if identity is None:

@@ -23,6 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import grpc
+
 from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController, bounded_ladder
 from adaptive.errors import LadderError
 from edgefleet.v1 import agent_pb2, types_pb2
@@ -62,6 +64,7 @@ class RunOptions:
     motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
     drain_timeout_s: float = 30.0
     backoff_max_s: float = 10.0
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the controller (link.channel_credentials)
     publish_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     """Tracked rows scoring below this are kept out of the outbox. The detector runs with
     ByteTrack's low threshold so that faint boxes can keep a confirmed track alive through an
@@ -179,7 +182,7 @@ class Agent:
             outbox_path=options.state_dir / "outbox.db", enroll_key=options.enroll_key,
             name=options.name or socket.gethostname(), hello=self._hello, health=self._health,
             on_command=self.commands.put, plan=lambda: (self._plan_version, self.plan),
-            backoff_max_s=options.backoff_max_s,
+            credentials=options.credentials, backoff_max_s=options.backoff_max_s,
         )
 
     def _scheduler(self) -> FrameScheduler:

@@ -173,3 +173,27 @@ def test_serve_names_a_missing_certificate_file(tmp_path, pki):
                    "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(pki.key("server")), timeout=30)
     assert proc.returncode == 2
     assert "--tls-cert" in proc.stderr and "missing.pem" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_agent_streams_over_mutual_tls_and_is_refused_without_its_certificate(mtls_controller, pki, vtest,
+                                                                                 tmp_path):
+    def agent(state: str, *tls: str) -> subprocess.CompletedProcess:
+        return run_cli("agent.cli", "run", "--controller", mtls_controller.address, "--source", str(vtest),
+                       "--state-dir", str(tmp_path / state), "--enroll-key", "efk_test", "--max-frames", "10",
+                       "--drain-timeout", "3", "--threads", "1", *tls)
+
+    ok = agent("with-cert", "--tls-ca", str(pki.cert("ca")), "--tls-cert", str(pki.cert("client")),
+               "--tls-key", str(pki.key("client")))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    with open_channel(mtls_controller.address, token=mtls_controller.operator_token, tls=pki.client("ca", "client")) \
+            as channel:
+        devices = fleet_pb2_grpc.FleetControlStub(channel).ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5)
+    assert [d.health.frames_total for d in devices.devices] == [10]
+
+    refused = agent("no-cert", "--tls-ca", str(pki.cert("ca")))  # the handshake fails: unreachable, nothing lost
+    assert refused.returncode == 4 and "stay in" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+
+    half = agent("half", "--tls-ca", str(pki.cert("ca")), "--tls-cert", str(pki.cert("client")))
+    assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
