@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from detector import bench_bundled, read_frames  # noqa: E402  (scripts/bench/detector.py)
 
 
@@ -65,10 +66,7 @@ def main() -> int:
         "detector": bench_bundled(416, 1, read_frames(args.video, args.detector_frames), args.threads),
         "agent": bench_agent(args.video, args.frames, args.threads),
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(result, args.out)
     return 0
 
 

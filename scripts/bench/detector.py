@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -66,6 +65,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from models import load_default_detector  # noqa: E402
 from models.backends import create_detector  # noqa: E402
 from models.yolo import decode_darknet, letterbox_batch, nms  # noqa: E402
@@ -380,12 +380,7 @@ def main() -> int:
         report["yolov8n_vs_ultralytics"] = {"model": model.name, "torchvision_nms": torchvision_nms,
                                             "rounds": args.rounds, "block": args.block, "results": versus}
     report["summary"] = summary(bundled, versus)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_report(report, args.out)
     return 0
 
 

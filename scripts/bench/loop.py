@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from detector import read_frames  # noqa: E402  (scripts/bench/detector.py)
 
 
@@ -93,11 +94,7 @@ def main() -> int:
         "agent": agent,
         "efficiency_at_interval_1": round(first["fps"] / max(raw), 3) if first else None,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(result, args.out)
     return 0
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -52,6 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from scenes import Scene, SceneSpec, describe, make_scene  # noqa: E402  (scripts/bench/scenes.py)
 
 from agent.bytetrack import ByteTrack, ByteTrackConfig  # noqa: E402
@@ -379,12 +379,7 @@ def main() -> None:
                                    "intervals": skip_fidelity(detections, _ints(args.intervals))}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     print(markdown(report), file=sys.stderr)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

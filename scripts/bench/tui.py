@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from textual.screen import Screen
 
 from tui.app import FleetApp
@@ -373,11 +374,7 @@ def main() -> int:
         "fed": fed,
         "phases": phases,
     }
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(result, args.out)
     return 0
 
 
