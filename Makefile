@@ -10,13 +10,18 @@ SAMPLES := var/samples
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup samples model proto clean
+.PHONY: demo test setup test-broker samples model proto clean
 
 demo: setup
 	$(BIN)/edgefleet demo --samples $(SAMPLES) $(DEMO_ARGS)
 
-test: setup
+test: setup test-broker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The MQTT tests start their own mosquitto; installed here when missing (Debian, root or sudo),
+# on a fresh machine and an existing venv alike. Without it those tests skip, saying why.
+test-broker:
+	@scripts/setup-host.sh --test-broker
 
 setup: $(STAMP) $(SAMPLES)/.verified model
 

@@ -20,6 +20,22 @@ def _controller(value: str) -> str:
     return value
 
 
+def _mqtt_address(value: str) -> tuple[str, int]:
+    from .mqtt import parse_host_port
+
+    try:
+        return parse_host_port(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _mqtt_prefix(value: str) -> str:
+    prefix = value.strip("/")
+    if not prefix or any(c in prefix for c in "+#"):
+        raise argparse.ArgumentTypeError(f"must be a non-empty topic without + or #, got {value!r}")
+    return prefix
+
+
 def cmd_probe(args) -> int:
     from adaptive.probe import probe
 
@@ -168,7 +184,12 @@ def cmd_run(args) -> int:
                 "input_width": w, "input_height": h, "batch": len(options.sources),
                 "detect_interval": options.detect_interval,
                 "reason": ("--model" if args.model else "default model") + "; adaptive planning not enabled"}
-    agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation)
+    mqtt = None
+    if args.mqtt:
+        from .mqtt import MqttPublisher
+
+        mqtt = MqttPublisher(*args.mqtt, topic_prefix=args.mqtt_prefix)
+    agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation, mqtt=mqtt)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     result = agent.run()
@@ -180,6 +201,8 @@ def cmd_run(args) -> int:
         "inference_ms_p50": round(result.inference_ms_p50, 2),
         "acked_sequence": agent.link.acked_sequence, "outbox_left": result.outbox_left,
     }
+    if mqtt is not None:
+        summary["mqtt"] = {"published": mqtt.counters.published, "dropped": mqtt.counters.dropped}
     if adaptation is not None:
         summary["rung"] = adaptation.controller.rung.label()
         summary["controller_events"] = [{"direction": e.direction, "cause": e.cause, "to": e.rung.label(),
@@ -256,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --auto-plan: frames per second per stream to sustain (default 15)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="with --auto-plan: plan from the static table, without timing the models")
+    p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
+                   help="also publish Frigate-style topics (availability, track events, label counts, stats) "
+                        "to this MQTT broker")
+    p.add_argument("--mqtt-prefix", type=_mqtt_prefix, default="edgefleet", metavar="TOPIC",
+                   help="topic prefix for --mqtt (default edgefleet)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plan", help="choose model, input size and detect interval for this device")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -37,6 +38,9 @@ from .health import HealthMonitor
 from .link import Link
 from .outbox import Outbox, OutboxObject, OutboxRecord
 from .sources import Frame, Source
+
+if TYPE_CHECKING:
+    from .mqtt import MqttPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +142,14 @@ class Stream:
 class Agent:
     def __init__(self, options: RunOptions, detector: Detector, source_factory: Callable[[str], Source],
                  profile: dict, plan: dict, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
-                 adaptation: Adaptation | None = None):
+                 adaptation: Adaptation | None = None, mqtt: MqttPublisher | None = None):
         """`tracker_factory()` makes each stream's own tracker (track ids count per stream);
         e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`.
         With `adaptation`, `detector` must be the one for the controller's current rung, whose
-        detect interval replaces `options.detect_interval`."""
+        detect interval replaces `options.detect_interval`. With `mqtt`, committed frames and
+        health samples also go to the broker (under the enrolled device id, once known)."""
         self.options = options
+        self.mqtt = mqtt
         self.detector = detector
         self.adaptation = adaptation
         self.events: list[ControllerEvent] = []
@@ -215,6 +221,8 @@ class Agent:
         for stream in self.streams:
             stream.source.start()  # raises SourceError before anything else starts
         self.link.start()
+        if self.mqtt is not None:
+            self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
         t0 = self._last_control = time.monotonic()
         self._enter_rung(t0)
         try:
@@ -236,6 +244,8 @@ class Agent:
             left = self._drain()
         finally:
             self._stop_builder()
+            if self.mqtt is not None:
+                self.mqtt.stop()
             for stream in self.streams:
                 stream.source.stop()
             self.link.stop()
@@ -251,6 +261,8 @@ class Agent:
             return
         records, self._uncommitted = self._uncommitted, []
         self.outbox.append_many(records)
+        if self.mqtt is not None:
+            self.mqtt.on_frames(records)
         self.frames += len(records)
         self.detections += sum(len(r.objects) for r in records)
         self._outbox_depth += len(records)

@@ -38,6 +38,13 @@ def _setup_logging(level: str) -> None:
 
 # ---- serve ----
 
+def _mqtt_address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"--mqtt must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
 async def _serve(args) -> int:
     from .server import Controller
 
@@ -49,6 +56,7 @@ async def _serve(args) -> int:
     controller = Controller(
         args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval,
         stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
+        mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix,
     )
     for key in args.enroll_key or ():
         controller.store.create_enroll_key("cli", key)
@@ -214,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mutual TLS: clients must present a certificate signed by this CA")
     p.add_argument("--enroll-key", action="append", metavar="KEY",
                    help="accept this enrollment key (repeatable); or create keys with `enroll-key create`")
+    p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
+                   help="also bridge devices that speak MQTT only (edgefleet/+/available, stats, events)")
+    p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
     p.set_defaults(func=cmd_serve)
 
     for name, noun, arg, create, revoke, list_ in (

@@ -46,6 +46,10 @@ class AsyncStore:
 
         return call
 
+    def submit(self, name: str, *args, **kwargs):
+        """Run a store method on the store's thread from any thread (the MQTT bridge); a Future."""
+        return self._pool.submit(getattr(self.store, name), *args, **kwargs)
+
     def close(self) -> None:
         self._pool.submit(self.store.close).result()
         self._pool.shutdown(wait=True)
@@ -67,6 +71,8 @@ class Controller:
         stale_after_s: float | None = None,
         offline_after_s: float | None = None,
         tls: ServerTLS | None = None,
+        mqtt: tuple[str, int] | None = None,
+        mqtt_prefix: str = "edgefleet",
     ):
         self.db_path = db_path
         self.listen = listen
@@ -80,6 +86,11 @@ class Controller:
         self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.bridge = None
+        if mqtt is not None:
+            from .mqtt_bridge import MqttBridge
+
+            self.bridge = MqttBridge(functools.partial(self.db.submit, "upsert_mqtt_device"), *mqtt, mqtt_prefix)
 
     async def start(self) -> int:
         policy = {
@@ -107,6 +118,8 @@ class Controller:
             raise OSError(f"cannot listen on {self.listen}")
         await self.server.start()
         self.monitor.start()
+        if self.bridge is not None:
+            self.bridge.start()
         for service in ("", *SERVICES):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         transport = "plaintext" if not self.tls else "mutual TLS" if self.tls.client_ca else "TLS"
@@ -121,6 +134,8 @@ class Controller:
         if self.server is None:
             return
         await self.health.enter_graceful_shutdown()
+        if self.bridge is not None:
+            self.bridge.stop()
         await self.server.stop(grace)
         self.server = None
         await self.monitor.stop()

@@ -22,6 +22,8 @@ from .errors import InvalidArgument, NotFound, Unauthenticated
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+MQTT_HARDWARE_PREFIX = "mqtt:"
+"""Hardware id (and token hash) prefix of devices the MQTT bridge created: no token hashes to it."""
 
 
 @dataclass
@@ -264,6 +266,37 @@ class FleetStore:
         """Store the operator's SetPlan for the device (as a dict); an empty dict removes it."""
         self._require(device_id)
         self.db["devices"].update(device_id, {"plan_override": json.dumps(override)})
+        return self._require(device_id)
+
+    def upsert_mqtt_device(self, device_id: str, *, available: str | None = None, health: dict | None = None,
+                           stream_id: str | None = None) -> DeviceRecord | None:
+        """A device that speaks MQTT only, as `fleet.mqtt_bridge` hears it: created on first sight
+        (hardware id `mqtt:<id>`, no token: it can never open a gRPC session), then kept current.
+        `available` goes to its labels; anything but `offline` counts as seen. A device enrolled
+        over gRPC is left alone (its session is the truth): returns None."""
+        row = self.db.execute("select hardware_id from devices where device_id = ?", [device_id]).fetchone()
+        if row is not None and not row[0].startswith(MQTT_HARDWARE_PREFIX):
+            return None
+        now = time.time()
+        with self.db.conn:
+            if row is None:
+                self.db["devices"].insert({
+                    "device_id": device_id, "hostname": device_id, "hardware_id": MQTT_HARDWARE_PREFIX + device_id,
+                    "enrolled": now, "token_hash": MQTT_HARDWARE_PREFIX + device_id, "agent_version": "",
+                    "profile": "{}", "plan": "{}", "health": "{}", "streams": "[]",
+                    "labels": json.dumps({"transport": "mqtt"}),
+                })
+                logger.info("MQTT-only device %s joined the fleet", device_id)
+            device = self._require(device_id)
+            values: dict = {} if available == "offline" else {"last_seen": now}
+            if available is not None:
+                values["labels"] = json.dumps({**device.labels, "available": available})
+            if health is not None:
+                values["health"] = json.dumps(health)
+            if stream_id and stream_id not in device.streams:
+                values["streams"] = json.dumps([*device.streams, stream_id])
+            if values:
+                self.db["devices"].update(device_id, values)
         return self._require(device_id)
 
     # ---- detections ----

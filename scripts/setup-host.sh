@@ -1,7 +1,26 @@
 #!/usr/bin/env bash
 # Make sure the host can build the project venv. On Debian/Ubuntu as root, installs
 # what is missing with apt-get; elsewhere says what to install and fails.
+#   scripts/setup-host.sh --test-broker   the mosquitto broker the MQTT tests start (never fails:
+#                                         without it, those tests are skipped and this says so)
 set -euo pipefail
+
+if [ "${1:-}" = "--test-broker" ]; then
+    if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then
+        exit 0
+    fi
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    if command -v apt-get >/dev/null && { [ ${#sudo[@]} -eq 0 ] || sudo -n true 2>/dev/null; }; then
+        echo "setup-host: installing mosquitto (the MQTT tests start their own broker)"
+        if "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq mosquitto; then
+            exit 0
+        fi
+    fi
+    echo "setup-host: note: mosquitto is not installed, the MQTT tests will be skipped" \
+         "(Debian/Ubuntu: sudo apt-get install mosquitto)" >&2
+    exit 0
+fi
 
 PYTHON=${PYTHON:-python3}
 missing=()

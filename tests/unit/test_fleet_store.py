@@ -120,3 +120,24 @@ def test_list_detections_newest_first_window_and_after_sequence(store):
 def test_unknown_device_is_not_found(store):
     with pytest.raises(NotFound):
         store.store_frames("nope", frames(1))
+
+
+def test_an_mqtt_only_device_joins_and_stays_current(store):
+    device = store.upsert_mqtt_device("garage-cam", available="online")
+    assert (device.device_id, device.hardware_id, device.labels) == (
+        "garage-cam", "mqtt:garage-cam", {"transport": "mqtt", "available": "online"})
+    seen = device.last_seen
+    assert seen is not None
+    device = store.upsert_mqtt_device("garage-cam", health={"fps": 9.5, "streams": []}, stream_id="cam0")
+    assert device.health == {"fps": 9.5, "streams": []} and device.streams == ["cam0"]
+    device = store.upsert_mqtt_device("garage-cam", available="offline", stream_id="cam0")
+    assert device.labels["available"] == "offline" and device.streams == ["cam0"]
+    assert device.last_seen >= seen
+    assert [d.device_id for d in store.list_devices()] == ["garage-cam"]
+    assert store.principal_for_token("mqtt:garage-cam") is None, "an MQTT-only device has no token"
+
+
+def test_mqtt_leaves_a_grpc_enrolled_device_alone(store):
+    device, _ = enroll(store)
+    assert store.upsert_mqtt_device(device.device_id, available="offline", health={"fps": 1.0}) is None
+    assert store.get_device(device.device_id).health == {}

@@ -1,0 +1,210 @@
+"""MQTT for real: mosquitto started here on a free loopback port, a real agent process, a real bridge."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+
+import paho.mqtt.client as mqtt
+import pytest
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
+
+from fleet.channel import open_channel
+
+from ..conftest import ROOT, ControllerThread
+
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+
+pytestmark = pytest.mark.skipif(
+    MOSQUITTO is None, reason="the mosquitto broker is not installed (`make test` installs it on Debian; "
+                              "or: apt-get install mosquitto)")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A mosquitto of our own on 127.0.0.1:<free port>, anonymous, nothing persisted. Yields the port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    log = (tmp_path / "mosquitto.log").open("w")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+
+    def listening():
+        if proc.poll() is not None:
+            raise AssertionError(f"mosquitto exited: {(tmp_path / 'mosquitto.log').read_text()}")
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_for(listening, 10, "mosquitto to listen")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+class Recorder:
+    """A paho subscriber keeping every message per topic (decoded)."""
+
+    def __init__(self, port: int, topic: str = "edgefleet/#"):
+        self.messages: dict[str, list[str]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-recorder")
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert self._subscribed.wait(10), "the recorder did not subscribe"
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.messages[message.topic].append(message.payload.decode())
+
+    def get(self, topic: str) -> list[str]:
+        with self._lock:
+            return list(self.messages[topic])
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.slow
+def test_agent_publishes_frigate_topics_and_its_last_will(broker, controller, vtest, tmp_path):
+    recorder = Recorder(broker)
+    log = tmp_path / "agent.log"
+    with log.open("w") as err:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+             "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "mqtt-cam",
+             "--loop", "--threads", "1", "--mqtt", f"127.0.0.1:{broker}"],
+            stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    try:
+        def device_id():
+            if agent.poll() is not None:
+                raise AssertionError(f"the agent exited ({agent.returncode}):\n{log.read_text()[-3000:]}")
+            return next((t.split("/")[1] for t in recorder.topics() if t.endswith("/available")), None)
+
+        device = wait_for(device_id, 120, "the agent's availability")
+        available = f"edgefleet/{device}/available"
+        assert recorder.get(available)[0] == "online"
+        assert controller.controller.store.get_device(device).hostname == "mqtt-cam", "topics use the enrolled id"
+
+        events_topic = f"edgefleet/{device}/cam0/events"
+
+        def event_types():
+            return {json.loads(p)["type"] for p in recorder.get(events_topic)}
+
+        wait_for(lambda: device_id() and event_types() >= {"new", "update", "end"}, 150,
+                 f"new, update and end events (so far {event_types()})")
+        events = [json.loads(p) for p in recorder.get(events_topic)]
+        first = events[0]
+        assert first["type"] == "new" and first["before"] == first["after"]
+        after = first["after"]
+        assert after["stream"] == "cam0" and after["device"] == device and after["label"]
+        assert len(after["box"]) == 4 and 0 < after["score"] <= 1
+        by_id = defaultdict(list)
+        for event in events:
+            by_id[event["after"]["id"]].append(event["type"])
+        for event_id, types in by_id.items():
+            assert types[0] == "new" and types.count("new") == 1, f"{event_id}: {types}"
+            assert "end" not in types[:-1], f"{event_id}: nothing after its end: {types}"
+
+        stats = wait_for(lambda: recorder.get(f"edgefleet/{device}/stats"), 30, "a stats message")
+        sample = json.loads(stats[-1])
+        assert sample["frames_total"] > 0 and sample["streams"][0]["stream_id"] == "cam0"
+        person = recorder.get(f"edgefleet/{device}/cam0/person")
+        assert person and all(v.isdigit() for v in person), "the per-label count is a number"
+
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        wait_for(lambda: recorder.get(available)[-1] == "offline", 15, "the last will (offline)")
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(10)
+        recorder.close()
+
+    # availability is retained: a client arriving now learns the agent is offline
+    late = Recorder(broker, f"edgefleet/{device}/available")
+    try:
+        assert wait_for(lambda: late.get(f"edgefleet/{device}/available"), 10, "the retained availability") == [
+            "offline"]
+    finally:
+        late.close()
+
+
+def test_the_bridge_brings_mqtt_only_devices_into_the_fleet(broker, tmp_path):
+    ctl = ControllerThread(tmp_path / "fleet.db", mqtt=("127.0.0.1", broker))
+    bridge = ctl.controller.bridge
+    try:
+        assert bridge.connected.wait(10), "the bridge did not connect"
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-device")
+        pub.connect("127.0.0.1", broker)
+        pub.loop_start()
+        messages = [
+            ("edgefleet/porch-cam/available", b"online"),
+            ("edgefleet/porch-cam/stats", json.dumps({"fps": 7.5, "frames_total": 30,
+                                                     "streams": [{"stream_id": "cam0", "frames": 30}]}).encode()),
+            ("edgefleet/porch-cam/cam0/events", json.dumps(
+                {"type": "new", "before": {}, "after": {"label": "person", "score": 0.9}}).encode()),
+            # malformed: counted, logged, and the bridge carries on
+            ("edgefleet/porch-cam/stats", b"{not json"),
+            ("edgefleet/porch-cam/stats", b'{"fps": "fast"}'),
+            ("edgefleet/porch-cam/available", b"sideways"),
+            ("edgefleet/porch-cam/cam0/events", b'{"type": "exploded"}'),
+            ("edgefleet/porch-cam/cam0/events", b"\xff\xfe\x00"),
+            ("edgefleet/shed-cam/available", b"online"),  # after the malformed ones: still bridged
+        ]
+        for topic, payload in messages:
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+
+        with open_channel(ctl.address, token=ctl.operator_token) as channel:
+            control = fleet_pb2_grpc.FleetControlStub(channel)
+
+            def devices():
+                found = {d.device_id: d for d in control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices}
+                return found if {"porch-cam", "shed-cam"} <= set(found) else None
+
+            found = wait_for(devices, 15, "the MQTT-only devices in the fleet")
+            porch = found["porch-cam"]
+            assert porch.health.fps == pytest.approx(7.5) and porch.health.frames_total == 30
+            assert list(porch.streams) == ["cam0"]
+            assert porch.status == fleet_pb2.ONLINE
+        assert wait_for(lambda: bridge.malformed == 5 or None, 10, "the malformed count")
+        assert bridge.connected.is_set(), "the bridge is still connected"
+
+        pub.publish("edgefleet/porch-cam/available", b"offline", qos=1).wait_for_publish(5)
+        wait_for(lambda: ctl.controller.store.get_device("porch-cam").labels.get("available") == "offline", 10,
+                 "offline to reach the store")
+        pub.disconnect()
+        pub.loop_stop()
+    finally:
+        ctl.stop()
