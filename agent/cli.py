@@ -29,6 +29,16 @@ def _mqtt_address(value: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(err)) from err
 
 
+def _metrics_address(value: str) -> str:
+    from fleet.metrics import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return value
+
+
 def _mqtt_prefix(value: str) -> str:
     prefix = value.strip("/")
     if not prefix or any(c in prefix for c in "+#"):
@@ -192,7 +202,19 @@ def cmd_run(args) -> int:
     agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation, mqtt=mqtt)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
-    result = agent.run()
+    metrics = None
+    if args.metrics_listen:
+        from .metrics import serve_agent_metrics
+
+        try:
+            metrics = serve_agent_metrics(agent, args.metrics_listen)
+        except OSError as err:
+            raise ConfigError(f"--metrics-listen {args.metrics_listen}: {err}") from err
+    try:
+        result = agent.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
     summary = {
         "device_id": agent.link.identity.device_id if agent.link.identity else None,
         "streams": {s.stream_id: s.frames for s in agent.streams},
@@ -279,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --auto-plan: frames per second per stream to sustain (default 15)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="with --auto-plan: plan from the static table, without timing the models")
+    p.add_argument("--metrics-listen", type=_metrics_address, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics while running (off by default)")
     p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
                    help="also publish Frigate-style topics (availability, track events, label counts, stats) "
                         "to this MQTT broker")

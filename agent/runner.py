@@ -200,6 +200,10 @@ class Agent:
         return {"profile": self.profile, "plan": self.plan, "streams": [s.stream_id for s in self.streams],
                 "started": self.started}
 
+    def health_sample(self) -> dict:
+        """The current health sample; safe from any thread (the link and MQTT threads call it too)."""
+        return self._health()
+
     def _health(self) -> dict:
         dropped = sum(s.source.frames_dropped for s in self.streams)
         sample = self.health.sample(frames_dropped=dropped, outbox_depth=self._outbox_depth)

@@ -45,6 +45,16 @@ def _mqtt_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _metrics_address(value: str) -> str:
+    from .metrics import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return value
+
+
 async def _serve(args) -> int:
     from .server import Controller
 
@@ -56,13 +66,16 @@ async def _serve(args) -> int:
     controller = Controller(
         args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval,
         stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
-        mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix,
+        mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix, metrics_listen=args.metrics_listen,
     )
     for key in args.enroll_key or ():
         controller.store.create_enroll_key("cli", key)
     port = await controller.start()
     host = args.listen.rsplit(":", 1)[0]
     print(f"edgefleet controller listening on {host}:{port} (db {args.db})", flush=True)
+    if controller.metrics_port is not None:
+        metrics_host = args.metrics_listen.rsplit(":", 1)[0]
+        print(f"edgefleet metrics on http://{metrics_host}:{controller.metrics_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -225,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
                    help="also bridge devices that speak MQTT only (edgefleet/+/available, stats, events)")
     p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
+    p.add_argument("--metrics-listen", type=_metrics_address, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
     p.set_defaults(func=cmd_serve)
 
     for name, noun, arg, create, revoke, list_ in (

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
@@ -11,15 +12,17 @@ from .convert import command_to_pb, frame_from_pb, to_dict
 from .errors import InvalidArgument, PermissionDenied
 from .hub import Command, Hub
 from .interceptors import current_device
+from .metrics import ControllerMetrics
 
 logger = logging.getLogger(__name__)
 
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
-    def __init__(self, db, hub: Hub, heartbeat_interval_s: int):
+    def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None):
         self.db = db
         self.hub = hub
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.metrics = metrics or ControllerMetrics()  # counted either way; served only when configured
 
     async def Enroll(self, request: agent_pb2.EnrollRequest, context) -> agent_pb2.EnrollResponse:
         if not request.enroll_key:
@@ -87,6 +90,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     async def PublishDetections(self, request_iterator, context):
         device_id = current_device.get()
         async for batch in request_iterator:
+            arrived = time.perf_counter()
             frames = [frame_from_pb(f) for f in batch.frames]
             for frame in frames:
                 if frame.device_id and frame.device_id != device_id:
@@ -94,6 +98,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 frame.device_id = device_id
             result = await self.db.store_frames(device_id, frames)
             self.hub.detections.publish(frames)
+            self.metrics.frames_ingested.inc(len(frames))
+            self.metrics.detections_ingested.inc(sum(len(f.objects) for f in frames))
+            self.metrics.duplicate_frames.inc(result.duplicates)
+            self.metrics.ack_latency.observe(time.perf_counter() - arrived)
             yield agent_pb2.PublishAck(acked_sequence=result.acked_sequence, duplicates=result.duplicates)
 
 

@@ -6,14 +6,18 @@ watcher only and counted, so a slow watcher never stalls ingest or other watcher
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .store import DeviceRecord, FrameRecord
+
+if TYPE_CHECKING:
+    from .metrics import ControllerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +34,14 @@ class Watcher(Generic[T]):
 
 
 class Topic(Generic[T]):
-    """Publishes items to every watcher whose `accepts` returns something for them."""
+    """Publishes items to every watcher whose `accepts` returns something for them.
 
-    def __init__(self) -> None:
+    `on_drop`, when given, is called once per item dropped for a full watcher (a metrics counter).
+    """
+
+    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
         self._watchers: set[Watcher[T]] = set()
+        self._on_drop = on_drop
 
     def watch(self, accepts: Callable[[T], T | None] = lambda item: item, maxsize: int = 256) -> Watcher[T]:
         watcher = Watcher(accepts, asyncio.Queue(maxsize=maxsize))
@@ -54,6 +62,8 @@ class Topic(Generic[T]):
                     watcher.queue.put_nowait(selected)
                 except asyncio.QueueFull:
                     watcher.dropped += 1
+                    if self._on_drop is not None:
+                        self._on_drop()
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,12 @@ class Command:
 
 
 class Hub:
-    def __init__(self) -> None:
-        self.detections: Topic[FrameRecord] = Topic()
-        self.fleet: Topic[FleetChange] = Topic()
+    def __init__(self, metrics: ControllerMetrics | None = None) -> None:
+        def counter(stream: str) -> Callable[[], None] | None:
+            return None if metrics is None else functools.partial(metrics.watcher_dropped.inc, stream=stream)
+
+        self.detections: Topic[FrameRecord] = Topic(counter("detections"))
+        self.fleet: Topic[FleetChange] = Topic(counter("fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
 
     # ---- sessions ----

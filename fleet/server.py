@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,9 +17,11 @@ from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 from .auth import Role
 from .control import FleetControlServicer
+from .errors import ConfigError
 from .gateway import AgentGatewayServicer
 from .hub import Hub
 from .interceptors import FleetInterceptor
+from .metrics import ControllerMetrics, MetricsServer
 from .presence import Presence, PresenceMonitor
 from .store import FleetStore
 from .tls import ServerTLS
@@ -59,7 +63,8 @@ class Controller:
     """`start()` binds and serves; `stop()` goes NOT_SERVING, drains with grace, closes the db.
 
     Plaintext unless `tls` is given. Either way every call but Enroll, health and reflection
-    needs a bearer token of the right role (see `fleet.interceptors`).
+    needs a bearer token of the right role (see `fleet.interceptors`). With `metrics_listen`
+    (HOST:PORT, port 0 picks one: `metrics_port`), Prometheus scrapes `GET /metrics` there.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Controller:
         tls: ServerTLS | None = None,
         mqtt: tuple[str, int] | None = None,
         mqtt_prefix: str = "edgefleet",
+        metrics_listen: str | None = None,
     ):
         self.db_path = db_path
         self.listen = listen
@@ -81,7 +87,13 @@ class Controller:
         self.tls = tls
         self.store = FleetStore(db_path)
         self.db = AsyncStore(self.store)
-        self.hub = Hub()
+        self.metrics = ControllerMetrics(self._device_statuses)
+        try:
+            self.metrics_server = MetricsServer(self.metrics.registry, metrics_listen) if metrics_listen else None
+        except ValueError as err:
+            raise ConfigError(f"metrics_listen: {err}") from err
+        self.metrics_port: int | None = None
+        self.hub = Hub(self.metrics)
         self.health = health.aio.HealthServicer()
         self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
         self.server: grpc.aio.Server | None = None
@@ -103,7 +115,7 @@ class Controller:
         interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
         self.server = grpc.aio.server(interceptors=[interceptor])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s), self.server
+            AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics), self.server
         )
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
             FleetControlServicer(self.db, self.hub, self.presence), self.server
@@ -116,6 +128,8 @@ class Controller:
             self.port = self.server.add_insecure_port(self.listen)
         if not self.port:
             raise OSError(f"cannot listen on {self.listen}")
+        if self.metrics_server is not None:
+            self.metrics_port = self.metrics_server.start()  # first: a taken port fails before serving
         await self.server.start()
         self.monitor.start()
         if self.bridge is not None:
@@ -127,6 +141,12 @@ class Controller:
                     self.listen, self.port, transport, self.db_path)
         return self.port
 
+    def _device_statuses(self) -> dict[str, int]:
+        """Devices per status name; runs on the scraping thread, reads on the store's thread."""
+        last_seen = self.db.submit("last_seen_by_device").result(timeout=5)
+        now = time.time()
+        return dict(collections.Counter(self.presence.status(seen, now).value for seen in last_seen.values()))
+
     async def wait(self) -> None:
         await self.server.wait_for_termination()
 
@@ -134,6 +154,8 @@ class Controller:
         if self.server is None:
             return
         await self.health.enter_graceful_shutdown()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.bridge is not None:
             self.bridge.stop()
         await self.server.stop(grace)
