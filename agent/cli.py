@@ -8,35 +8,11 @@ import signal
 import sys
 from pathlib import Path
 
+from fleet.addresses import host_port_arg
+
 from .errors import AgentError, ConfigError
 
 logger = logging.getLogger("edge_agent")
-
-
-def _controller(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"--controller must be HOST:PORT, got {value!r}")
-    return value
-
-
-def _mqtt_address(value: str) -> tuple[str, int]:
-    from .mqtt import parse_host_port
-
-    try:
-        return parse_host_port(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def _metrics_address(value: str) -> str:
-    from fleet.metrics import parse_listen
-
-    try:
-        parse_listen(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return value
 
 
 def _mqtt_prefix(value: str) -> str:
@@ -264,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="detect and track on a source, report to the controller")
-    p.add_argument("--controller", required=True, type=_controller, metavar="HOST:PORT")
+    p.add_argument("--controller", required=True, type=host_port_arg("--controller", as_text=True), metavar="HOST:PORT")
     p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial the controller with TLS, trusting this CA")
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="this device's certificate, for mutual TLS")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="this device's private key, for mutual TLS")
@@ -301,9 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --auto-plan: frames per second per stream to sustain (default 15)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="with --auto-plan: plan from the static table, without timing the models")
-    p.add_argument("--metrics-listen", type=_metrics_address, metavar="HOST:PORT",
+    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics while running (off by default)")
-    p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
+    p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
                    help="also publish Frigate-style topics (availability, track events, label counts, stats) "
                         "to this MQTT broker")
     p.add_argument("--mqtt-prefix", type=_mqtt_prefix, default="edgefleet", metavar="TOPIC",

@@ -134,14 +134,6 @@ class TrackEvents:
         }
 
 
-def parse_host_port(value: str) -> tuple[str, int]:
-    """`HOST:PORT` -> (host, port); ValueError naming the value otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host, int(port)
-
-
 @dataclass
 class PublisherCounters:
     published: int = 0

@@ -15,6 +15,7 @@ import grpc
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
+from .addresses import host_port_arg
 from .channel import add_connection_arguments, open_channel
 from .convert import to_dict
 from .errors import FleetError
@@ -37,23 +38,6 @@ def _setup_logging(level: str) -> None:
 
 
 # ---- serve ----
-
-def _mqtt_address(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"--mqtt must be HOST:PORT, got {value!r}")
-    return host, int(port)
-
-
-def _metrics_address(value: str) -> str:
-    from .metrics import parse_listen
-
-    try:
-        parse_listen(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return value
-
 
 async def _serve(args) -> int:
     from .server import Controller
@@ -235,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mutual TLS: clients must present a certificate signed by this CA")
     p.add_argument("--enroll-key", action="append", metavar="KEY",
                    help="accept this enrollment key (repeatable); or create keys with `enroll-key create`")
-    p.add_argument("--mqtt", type=_mqtt_address, metavar="HOST:PORT",
+    p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
                    help="also bridge devices that speak MQTT only (edgefleet/+/available, stats, events)")
     p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
-    p.add_argument("--metrics-listen", type=_metrics_address, metavar="HOST:PORT",
+    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
     p.set_defaults(func=cmd_serve)
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from .addresses import parse_host_port
+
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -231,11 +233,9 @@ class Registry:
 # ---- the endpoint ----
 
 def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` (port 0: a free one) as a (host, port) pair; ValueError names the value."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"metrics address must be HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    """`HOST:PORT` (port 0: a free one) as a (host, port) pair, an IPv6 host without its brackets."""
+    host, port = parse_host_port(value, allow_port_zero=True)
+    return host.strip("[]"), port
 
 
 class MetricsServer:

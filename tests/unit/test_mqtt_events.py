@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from agent.mqtt import TrackEvents, TrackEventsConfig, parse_host_port
+from agent.mqtt import TrackEvents, TrackEventsConfig
+from fleet.addresses import parse_host_port
 from agent.outbox import OutboxObject
 from fleet.mqtt_bridge import MalformedMessage, MqttBridge, parse_event, parse_health
 
