@@ -12,7 +12,7 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from fleet.channel import open_channel
 from models.yolo import box_iou
 
-from ..conftest import ControllerThread, run_cli
+from ..conftest import ControllerThread, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -105,13 +105,7 @@ def test_invalid_enroll_key_is_refused_without_a_traceback(controller, vtest, tm
 
 
 def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tmp_path):
-    # Reserve a port, then leave nothing listening on it.
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there yet
     state = tmp_path / "agent"
     proc = agent_run(address, vtest, state, "--enroll-key", "efk_test", "--max-frames", "15",
                      "--drain-timeout", "2")

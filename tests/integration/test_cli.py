@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-from ..conftest import run_cli, samples_dir
+from ..conftest import free_port, run_cli, samples_dir
 from .test_gateway import auth, batch, enroll
 
 from edgefleet.v1 import agent_pb2_grpc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_devices_and_detections_read_over_fleet_control(controller, channel):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,12 @@ import grpc
 import pytest
 from edgefleet.v1 import agent_pb2_grpc
 
-from ..conftest import ControllerThread
+from ..conftest import ControllerThread, free_port
 from .test_gateway import auth, batch, enroll
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[str, float]:

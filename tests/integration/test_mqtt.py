@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import defaultdict
 
 import paho.mqtt.client as mqtt
@@ -18,7 +17,7 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from fleet.channel import open_channel
 
-from ..conftest import ROOT, ControllerThread
+from ..conftest import ROOT, ControllerThread, free_port, wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
@@ -28,22 +27,12 @@ pytestmark = pytest.mark.skipif(
                               "or: apt-get install mosquitto)")
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture
 def broker(tmp_path):
     """A mosquitto of our own on 127.0.0.1:<free port>, anonymous, nothing persisted. Yields the port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     log = (tmp_path / "mosquitto.log").open("w")

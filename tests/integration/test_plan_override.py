@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from fleet.channel import open_channel
 
+from ..conftest import wait_for
+
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_override_reaches_the_running_agent(controller, vtest, tmp_path):
