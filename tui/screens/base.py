@@ -1,9 +1,11 @@
-"""What every live screen shares: the connection banner and redrawing from the app's state."""
+"""What the live screens share: the connection banner, redrawing from the app's state, the `/` filter."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Input
 
 from ..state import Changes
 from ..widgets.bars import ConnectionBanner
@@ -39,3 +41,40 @@ class LiveScreen(Screen):
         if changes is None or changes.connection or tick:
             for banner in self.query(ConnectionBanner):
                 banner.show(self.fleet.state.connection, now)
+
+
+class FilterBox:
+    """The `/` filter of a screen with a table: an `Input#filter` shown while open (class `-open`).
+
+    Screens mix it in before `LiveScreen` and say what the text filters (`apply_filter`) and
+    which widget gets the focus back (`filter_target`).
+    """
+
+    def apply_filter(self, text: str) -> None:
+        raise NotImplementedError
+
+    def filter_target(self) -> Widget:
+        raise NotImplementedError
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-open")
+        box.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("-open") or box.value:
+            box.value = ""
+            box.remove_class("-open")
+            self.apply_filter("")
+        self.filter_target().focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.apply_filter(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            if not event.value:
+                event.input.remove_class("-open")
+            self.filter_target().focus()

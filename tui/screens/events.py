@@ -12,7 +12,7 @@ from ..format import clock_time
 from ..state import Changes
 from ..views import EventEntry
 from ..widgets.bars import ConnectionBanner
-from .base import LiveScreen
+from .base import FilterBox, LiveScreen
 
 MAX_ROWS = 1000
 """Rows the table holds; older matching events stay in the app's log but off the table."""
@@ -38,7 +38,7 @@ def _style(entry: EventEntry) -> str:
     return KIND_STYLE.get(entry.kind, "")
 
 
-class EventsScreen(LiveScreen):
+class EventsScreen(FilterBox, LiveScreen):
     HELP_TITLE = "events"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -111,33 +111,14 @@ class EventsScreen(LiveScreen):
 
     # ---- filter ----
 
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("-open")
-        box.focus()
-
-    def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.value = ""
-        box.remove_class("-open")
-        self._set_filter("")
-        self.query_one("#events", DataTable).focus()
+    def filter_target(self):
+        return self.query_one("#events", DataTable)
 
     def action_follow(self) -> None:
         table = self.query_one("#events", DataTable)
         table.move_cursor(row=table.row_count - 1)
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "filter":
-            self._set_filter(event.value)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            if not event.value:
-                event.input.remove_class("-open")
-            self.query_one("#events", DataTable).focus()
-
-    def _set_filter(self, text: str) -> None:
+    def apply_filter(self, text: str) -> None:
         self.filter = text.strip()
         self._rebuild()
         self._title()

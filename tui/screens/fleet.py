@@ -10,10 +10,10 @@ from textual.widgets import Footer, Input
 from ..state import Changes
 from ..widgets.bars import ConnectionBanner, FleetCounts
 from ..widgets.fleet_table import COLUMN_KEYS, FleetTable
-from .base import LiveScreen
+from .base import FilterBox, LiveScreen
 
 
-class FleetScreen(LiveScreen):
+class FleetScreen(FilterBox, LiveScreen):
     HELP_TITLE = "fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_device", "Device"),
@@ -89,30 +89,10 @@ class FleetScreen(LiveScreen):
 
     # ---- filter ----
 
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("-open")
-        box.focus()
+    def filter_target(self):
+        return self.table
 
-    def action_clear_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        if box.has_class("-open") or box.value:
-            box.value = ""
-            box.remove_class("-open")
-            self._apply_filter("")
-        self.table.focus()
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "filter":
-            self._apply_filter(event.value)
-
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "filter":
-            if not event.value:
-                event.input.remove_class("-open")
-            self.table.focus()
-
-    def _apply_filter(self, text: str) -> None:
+    def apply_filter(self, text: str) -> None:
         self.table.filter = text.strip()
         self.table.sync(self.fleet.state, None, self.fleet.clock())
         self._show_counts()
