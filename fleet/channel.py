@@ -48,7 +48,10 @@ class _BearerToken(
     intercept_stream_unary = intercept_stream_stream = _call
 
 
-def open_channel(address: str, token: str | None = None, tls: ClientTLS | None = None) -> grpc.Channel:
-    """A channel to the controller: TLS when `tls` is given, and `token` on every call when given."""
-    channel = grpc.secure_channel(address, tls.credentials()) if tls else grpc.insecure_channel(address)
+def open_channel(address: str, token: str | None = None, tls: ClientTLS | None = None,
+                 options: tuple = ()) -> grpc.Channel:
+    """A channel to the controller: TLS when `tls` is given, and `token` on every call when given.
+    `options` are gRPC channel arguments (reconnect backoff, keepalive, ...)."""
+    channel = (grpc.secure_channel(address, tls.credentials(), options=options) if tls
+               else grpc.insecure_channel(address, options=options))
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel

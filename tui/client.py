@@ -16,6 +16,7 @@ from typing import Generic, Protocol, TypeVar
 import grpc
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleet.channel import open_channel
 from fleet.tls import ClientTLS
 
 from .convert import device_from_pb, fleet_event_from_pb, frame_from_pb, plan_to_pb, rollout_from_pb
@@ -89,11 +90,7 @@ class FleetClient:
     def __init__(self, address: str, token: str, tls: ClientTLS | None = None, timeout: float = 10.0):
         self.address = address
         self.timeout = timeout
-        if tls:
-            self._channel = grpc.secure_channel(address, tls.credentials(), options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._channel = open_channel(address, token=token, tls=tls, options=CHANNEL_OPTIONS)
         self._stub = fleet_pb2_grpc.FleetControlStub(self._channel)
 
     def close(self) -> None:
@@ -101,7 +98,7 @@ class FleetClient:
 
     def _unary(self, method: str, request):
         try:
-            return getattr(self._stub, method)(request, timeout=self.timeout, metadata=self._metadata)
+            return getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as err:
             raise controller_error(method, err) from err
 
@@ -115,7 +112,7 @@ class FleetClient:
         return device_from_pb(self._unary("GetDevice", fleet_pb2.GetDeviceRequest(device_id=device_id)))
 
     def watch_fleet(self) -> Stream[FleetItem]:
-        call = self._stub.WatchFleet(fleet_pb2.WatchFleetRequest(), metadata=self._metadata)
+        call = self._stub.WatchFleet(fleet_pb2.WatchFleetRequest())
         return GrpcStream("WatchFleet", call, fleet_event_from_pb)
 
     def pin_plan(self, device_id: str, plan: Plan) -> DeviceView:
@@ -137,8 +134,7 @@ class FleetClient:
     # ---- detections ----
 
     def watch_detections(self, device_id: str) -> Stream[FrameView]:
-        call = self._stub.WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device_id),
-                                          metadata=self._metadata)
+        call = self._stub.WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device_id))
         return GrpcStream("WatchDetections", call, lambda reply: [frame_from_pb(reply.frame, reply.dropped)])
 
     # ---- rollouts ----
