@@ -353,8 +353,8 @@ class Agent:
         if now - self._last_control < adaptation.every_s:
             return None
         self._last_control = now
-        sample = self._health()
-        reading = HealthReading.from_sample(sample, adaptation.temperature())
+        sample = self._health()  # with the hottest thermal zone, read once (0.0: unknown)
+        reading = HealthReading.from_sample(sample, sample["temperature_c"] or None)
         event = adaptation.controller.update(reading, now)
         if event is None:
             return None
