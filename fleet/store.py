@@ -21,7 +21,7 @@ from .errors import InvalidArgument, NotFound, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MQTT_HARDWARE_PREFIX = "mqtt:"
 """Hardware id (and token hash) prefix of devices the MQTT bridge created: no token hashes to it."""
 
@@ -139,6 +139,41 @@ class FleetStore:
                 self.db["devices"].add_column("plan_override", str)
                 self.db.execute("PRAGMA user_version=2")
             logger.info("migrated fleet schema to v2 (operator tokens, plan overrides) in %s", self.path)
+        if version < 3:
+            with self.db.conn:
+                self.db["health_samples"].create(
+                    {
+                        "device_id": str, "time": float, "resolution_s": int, "fps": float, "detect_fps": float,
+                        "inference_ms_p95": float, "latency_ms_p95": float, "cpu_percent": float,
+                        "temperature_c": float, "frames_dropped": int, "outbox_depth": int,
+                    },
+                    not_null={"device_id", "time", "resolution_s"},
+                )
+                self.db["health_samples"].create_index(["device_id", "resolution_s", "time"])
+                self.db["detections"].create_index(["received"])
+                self.db["artifacts"].create(
+                    {"sha256": str, "name": str, "format": str, "size_bytes": int, "manifest": bytes,
+                     "signature": bytes, "created": float},
+                    pk="sha256", not_null={"manifest", "signature", "size_bytes", "created"},
+                )
+                self.db["rollouts"].create(
+                    {"rollout_id": str, "artifact_sha256": str, "state": int, "spec": bytes, "wave": int,
+                     "created": float, "updated": float, "reason": str},
+                    pk="rollout_id", not_null={"artifact_sha256", "state", "spec", "created"},
+                    foreign_keys=[("artifact_sha256", "artifacts", "sha256")],
+                )
+                self.db["rollout_devices"].create(
+                    {"rollout_id": str, "device_id": str, "wave": int, "state": int, "reason": str,
+                     "gate_metrics": str, "updated": float},
+                    pk=("rollout_id", "device_id"), foreign_keys=[("rollout_id", "rollouts", "rollout_id")],
+                )
+                self.db["events"].create(
+                    {"id": int, "time": float, "kind": str, "device_id": str, "rollout_id": str, "message": str},
+                    pk="id", not_null={"time", "kind", "message"},
+                )
+                self.db["events"].create_index(["time"])
+                self.db.execute("PRAGMA user_version=3")
+            logger.info("migrated fleet schema to v3 (health history, artifacts, rollouts, events) in %s", self.path)
 
     # ---- secrets: enrollment keys and operator tokens ----
 

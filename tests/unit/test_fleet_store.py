@@ -76,8 +76,10 @@ def test_plan_override_is_stored_and_cleared(store):
 def test_a_v1_database_is_migrated_and_keeps_its_devices(tmp_path):
     store = FleetStore(tmp_path / "fleet.db")
     device, token = enroll(store)
-    # Turn it back into the v1 layout: no operator tokens, no plan overrides.
-    store.db.execute("drop table operator_tokens")
+    # Turn it back into the v1 layout: no operator tokens, no plan overrides, nothing of v3.
+    for table in ("events", "rollout_devices", "rollouts", "artifacts", "health_samples", "operator_tokens"):
+        store.db.execute(f"drop table {table}")
+    store.db.execute("drop index idx_detections_received")
     store.db.execute("alter table devices drop column plan_override")
     store.db.execute("PRAGMA user_version=1")
     store.close()
