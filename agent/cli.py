@@ -149,33 +149,39 @@ def cmd_run(args) -> int:
         enroll_key=args.enroll_key, name=args.name or "", stream_ids=args.stream_id or [],
         max_frames=args.max_frames, loop=args.loop, detect_interval=args.detect_interval,
         motion_threshold=args.motion_gate,
-        drain_timeout_s=args.drain_timeout,
+        drain_timeout_s=args.drain_timeout, gate_sample_every=args.gate_sample_every,
+        engine_confirm_s=args.engine_confirm_s, fallback_model=args.model, download_mbps=args.download_mbps,
         credentials=(channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
                      if args.tls_ca or args.tls_cert or args.tls_key else None),
     )
     for spec in options.sources:
         open_source(spec)  # fail on a bad source before loading the model
     profile = probe()
+    active, engine = _active_engine(args, options)
     adaptation = None
     if args.auto_plan:
-        adaptation, detector, plan = _auto_plan(args, profile, options)
+        adaptation, detector, plan = _auto_plan(args, profile, options, engine)
     else:
         try:
-            model = args.model or default_model(args.models_dir)
+            model = engine.path if engine else args.model or default_model(args.models_dir)
         except ModelError as err:
             raise ConfigError(f"model: {err}") from err
         detector = _load_detector(model, args)
         w, h = detector.input_size
-        plan = {"model": Path(model).stem, "backend": type(detector).__module__.rsplit(".", 1)[-1],
+        why = f"rollout {engine.rollout_id}" if engine else "--model" if args.model else "default model"
+        plan = {"model": engine.name if engine else Path(model).stem,
+                "backend": type(detector).__module__.rsplit(".", 1)[-1],
                 "input_width": w, "input_height": h, "batch": len(options.sources),
                 "detect_interval": options.detect_interval,
-                "reason": ("--model" if args.model else "default model") + "; adaptive planning not enabled"}
+                "reason": why + "; adaptive planning not enabled"}
+    plan["artifact_sha256"] = engine.sha256 if engine else ""
     mqtt = None
     if args.mqtt:
         from .mqtt import MqttPublisher
 
         mqtt = MqttPublisher(*args.mqtt, topic_prefix=args.mqtt_prefix)
-    agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation, mqtt=mqtt)
+    agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation, mqtt=mqtt,
+                  load_model=lambda path: _load_detector(path, args), active=active)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     metrics = None
@@ -212,8 +218,37 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _auto_plan(args, profile, options):
-    """Plan for this device, load the plan's detector, and the runtime controller over its ladder."""
+def _active_engine(args, options):
+    """The engines' state (active.json) after counting this start: the deployed engine to start with
+    (None: --model or the bundled one). An engine whose file is gone or altered is rolled back at once;
+    one that fails to load exits the agent, and the crash-loop rule rolls it back on the third start."""
+    from models.errors import ModelError
+    from models.manifest import manifest_path, verify_artifact
+
+    from .engines import ActiveEngines, DeploymentStatus
+
+    active = ActiveEngines(options.state_dir / "engines" / "active.json", args.engine_confirm_s)
+    active.on_start()  # the crash-loop rule: may go back to the previous engine
+    while active.current is not None:
+        engine = active.current
+        try:
+            if not Path(engine.path).is_file():
+                raise ModelError(f"{engine.path} is missing")
+            if manifest_path(Path(engine.path)).is_file():
+                verify_artifact(Path(engine.path))  # size and sha256; a load failure counts as a crash
+            return active, engine
+        except ModelError as err:
+            reason = f"engine {engine.name} no longer loads at start: {err}"
+            active.fall_back(reason)
+            active.startup_status = DeploymentStatus(engine.rollout_id, engine.sha256, "ROLLED_BACK", 1.0, reason)
+    return active, None
+
+
+def _auto_plan(args, profile, options, engine=None):
+    """Plan for this device, load the plan's detector, and the runtime controller over its ladder.
+    With a deployed engine (`engine`, from active.json), it is the only model the ladder uses."""
+    if engine is not None:
+        args.model = Path(engine.path)
     from adaptive.plan import make_controller
     from adaptive.probe import hottest_c, read_thermal_zones
 
@@ -277,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --auto-plan: frames per second per stream to sustain (default 15)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="with --auto-plan: plan from the static table, without timing the models")
+    p.add_argument("--gate-sample-every", type=int, default=5, metavar="N",
+                   help="while a deployment is shadow-tested, every Nth detected frame also runs on the candidate "
+                        "engine (default 5)")
+    p.add_argument("--download-mbps", type=float, default=0.0, metavar="MB",
+                   help="cap artifact downloads at MB megabytes per second, for metered or shared links "
+                        "(default 0: no cap); an interrupted download resumes where it stopped")
+    p.add_argument("--engine-confirm-s", type=float, default=60.0, metavar="S",
+                   help="a deployed engine counts as healthy after S seconds of running; 3 starts in a row "
+                        "without that roll it back (default 60)")
     p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics while running (off by default)")
     p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",

@@ -8,13 +8,15 @@ exponential backoff and jitter while the outbox keeps everything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+from .engines import ArtifactInfo, DeployRequest, FetchError, GateParams, SignedArtifact
 from .errors import ConfigError, EnrollmentError
 from .outbox import Outbox, OutboxRecord
 
@@ -37,6 +40,13 @@ class Identity:
     device_id: str
     token: str
     controller: str
+    controller_public_key: bytes = b""
+    """Raw 32-byte Ed25519 key that verifies artifact manifests (EnrollResponse.controller_public_key);
+    b"" in identities saved by older agents, which therefore refuse deployments until re-enrolled."""
+
+    def to_json(self) -> dict:
+        return {"device_id": self.device_id, "token": self.token, "controller": self.controller,
+                "controller_public_key": base64.b64encode(self.controller_public_key).decode()}
 
 
 class Backoff:
@@ -80,6 +90,25 @@ def record_to_pb(record: OutboxRecord) -> types_pb2.FrameDetections:
     )
 
 
+def artifact_from_pb(artifact: types_pb2.Artifact) -> SignedArtifact:
+    """The wire's Artifact as plain data, with the exact bytes its signature covers."""
+    m = artifact.manifest
+    info = ArtifactInfo(
+        sha256=m.sha256, size_bytes=m.size_bytes, name=m.name, format=m.format, precision=m.precision,
+        input_width=m.input_width, input_height=m.input_height, class_names=tuple(m.class_names),
+        tensorrt_version=m.tensorrt_version, gpu_compute_capability=m.gpu_compute_capability,
+        labels=dict(m.labels))
+    return SignedArtifact(info, m.SerializeToString(deterministic=True), bytes(artifact.signature))
+
+
+def deploy_from_pb(command: agent_pb2.Command) -> DeployRequest:
+    """A Command carrying DeployArtifact, as plain data."""
+    d = command.deploy
+    return DeployRequest(command.command_id, d.rollout_id, artifact_from_pb(d.artifact),
+                         GateParams(d.gate_fps_ratio, d.gate_min_agreement, float(d.gate_window_s),
+                                    d.expect_different_detections))
+
+
 def channel_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:
     """TLS to the controller: trust `ca` (None: the system's roots); `cert` + `key` for mutual TLS."""
     if (cert is None) != (key is None):
@@ -100,7 +129,13 @@ class Link:
     Commands the controller sends over the Session go to `on_command`, called on the network
     thread: it must only hand them over (e.g. to a queue), never act on them there. `plan()`
     returns (version, plan dict): a heartbeat carries the plan when its version moved on since
-    the hello or the last heartbeat that carried it, so the controller sees every change and its reason."""
+    the hello or the last heartbeat that carried it, so the controller sees every change and its reason.
+
+    `send_deployment` and `send_result` queue messages from any thread; they go up the Session
+    between heartbeats (at most 256 wait while it is down, the oldest dropped first). After each
+    (re)connect, right after the hello, the link re-sends `deployment()` (the latest deployment
+    status, or None), so a restarted controller learns where the device is. `fetch_artifact` is a
+    blocking FetchArtifact call for worker threads, on its own channel."""
 
     def __init__(
         self,
@@ -113,6 +148,7 @@ class Link:
         health: Callable[[], dict],
         on_command: Callable[[agent_pb2.Command], None] = lambda command: None,
         plan: Callable[[], tuple[int, dict]] = lambda: (0, {}),
+        deployment: Callable[[], dict | None] = lambda: None,
         credentials: grpc.ChannelCredentials | None = None,
         batch_size: int = 64,
         max_in_flight: int = 512,
@@ -127,6 +163,8 @@ class Link:
         self._health = health
         self._on_command = on_command
         self._plan = plan
+        self._deployment = deployment
+        self._outgoing: deque[agent_pb2.AgentMessage] = deque(maxlen=256)
         self._credentials = credentials
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
@@ -205,11 +243,17 @@ class Link:
             return None
         if data.get("controller") != self.controller:
             return None
-        return Identity(data["device_id"], data["token"], data["controller"])
+        try:
+            key = base64.b64decode(data.get("controller_public_key") or "", validate=True)
+        except ValueError:
+            logger.error("%s: controller_public_key is not base64; deployments need a re-enrollment",
+                         self._identity_path)
+            key = b""
+        return Identity(data["device_id"], data["token"], data["controller"], key)
 
     def _save_identity(self, identity: Identity) -> None:
         tmp = self._identity_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(identity.__dict__))
+        tmp.write_text(json.dumps(identity.to_json()))
         tmp.chmod(0o600)
         tmp.replace(self._identity_path)
 
@@ -247,7 +291,8 @@ class Link:
                 if await self._wait_stop(backoff.next_delay()):
                     return None
                 continue
-            self.identity = Identity(response.device_id, response.device_token, self.controller)
+            self.identity = Identity(response.device_id, response.device_token, self.controller,
+                                     bytes(response.controller_public_key))
             self.heartbeat_interval_s = float(response.heartbeat_interval_s or self.heartbeat_interval_s)
             self._save_identity(self.identity)
             logger.info("enrolled as %s", response.device_id)
@@ -283,10 +328,20 @@ class Link:
             plan=_message(hello.get("plan", {}), types_pb2.RuntimePlan()),
             streams=hello.get("streams", []), started=_timestamp(hello.get("started", time.time())),
         ))
+        latest = self._deployment()
+        if latest:  # where this device's deployment stands, for a controller that (re)started meanwhile
+            yield agent_pb2.AgentMessage(deployment=_message(latest, types_pb2.DeploymentStatus()))
         seq = 0
         stopping = False
         while not stopping:
-            stopping = await self._wait_stop(self.heartbeat_interval_s) if seq else False
+            deadline = time.monotonic() + (self.heartbeat_interval_s if seq else 0.0)
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                while self._outgoing:
+                    yield self._outgoing.popleft()
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+            while self._outgoing:
+                yield self._outgoing.popleft()
+            stopping = self._stop.is_set()
             seq += 1  # the first heartbeat goes right after hello; the last one on stop
             health = _message(self._health(), types_pb2.HealthSample())
             health.time.CopyFrom(_timestamp(time.time()))
@@ -316,6 +371,39 @@ class Link:
                 self._note_unreachable(err)
             if await self._wait_stop(backoff.next_delay()):
                 return
+
+    # ---- messages from other threads, artifacts ----
+
+    def send_deployment(self, status: dict) -> None:
+        """Queue an edgefleet.v1.DeploymentStatus (fields as a dict, `state` by name); any thread."""
+        self._outgoing.append(agent_pb2.AgentMessage(deployment=_message(status, types_pb2.DeploymentStatus())))
+
+    def send_result(self, command_id: str, ok: bool, error: str = "") -> None:
+        """Queue a CommandResult; any thread."""
+        self._outgoing.append(agent_pb2.AgentMessage(
+            result=agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error)))
+
+    def fetch_artifact(self, sha256: str, offset: int, chunk_size: int = 0,
+                       timeout_s: float = 600.0) -> Iterator[agent_pb2.ArtifactChunk]:
+        """FetchArtifact from `offset` on a blocking channel of its own (for a worker thread).
+
+        Answers a retry cannot change (NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED,
+        INVALID_ARGUMENT) raise FetchError(retryable=False); any other error is retryable.
+        """
+        if self.identity is None:
+            raise FetchError("not enrolled yet: no device token to fetch artifacts with")
+        channel = (grpc.secure_channel(self.controller, self._credentials) if self._credentials
+                   else grpc.insecure_channel(self.controller))
+        final = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                 grpc.StatusCode.INVALID_ARGUMENT)
+        with channel:
+            stub = agent_pb2_grpc.AgentGatewayStub(channel)
+            request = agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_size=chunk_size)
+            try:
+                yield from stub.FetchArtifact(request, metadata=self._metadata(), timeout=timeout_s)
+            except grpc.RpcError as err:
+                raise FetchError(f"FetchArtifact {err.code().name}: {err.details()}",
+                                 retryable=err.code() not in final) from err
 
     # ---- detections ----
 

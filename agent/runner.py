@@ -32,10 +32,11 @@ from edgefleet.v1 import agent_pb2, types_pb2
 from adaptive.schedule import FrameScheduler, MotionGate
 from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
-from .bytetrack import ByteTrack
+from .bytetrack import ByteTrack, ByteTrackConfig
+from .engines import ActiveEngines, EngineManager, Swap
 from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor
-from .link import Link
+from .link import Link, deploy_from_pb
 from .outbox import Outbox, OutboxObject, OutboxRecord
 from .sources import Frame, Source
 
@@ -69,6 +70,13 @@ class RunOptions:
     drain_timeout_s: float = 30.0
     backoff_max_s: float = 10.0
     credentials: grpc.ChannelCredentials | None = None  # TLS to the controller (link.channel_credentials)
+    gate_sample_every: int = 5
+    """During a deployment's shadow test, every Nth detected frame also goes to the candidate engine."""
+    engine_confirm_s: float = 60.0
+    download_mbps: float = 0.0   # cap on artifact downloads, megabytes per second; 0: none
+    """A swapped-in engine counts as healthy after this long running (agent.engines.ActiveEngines)."""
+    fallback_model: Path | None = None
+    """The --model file: what a rollback to "the engine before any rollout" loads (None: the bundled one)."""
     publish_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
     """Tracked rows scoring below this are kept out of the outbox. The detector runs with
     ByteTrack's low threshold so that faint boxes can keep a confirmed track alive through an
@@ -91,6 +99,12 @@ class RunOptions:
             raise ConfigError(f"--motion-gate must be >= 0, got {self.motion_threshold}")
         if self.max_frames < 0:
             raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
+        if self.gate_sample_every < 1:
+            raise ConfigError(f"--gate-sample-every must be >= 1, got {self.gate_sample_every}")
+        if self.download_mbps < 0:
+            raise ConfigError(f"--download-mbps must be >= 0, got {self.download_mbps}")
+        if self.engine_confirm_s <= 0:
+            raise ConfigError(f"--engine-confirm-s must be > 0, got {self.engine_confirm_s}")
         if not 0 <= self.publish_threshold <= 1:
             raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
 
@@ -142,12 +156,16 @@ class Stream:
 class Agent:
     def __init__(self, options: RunOptions, detector: Detector, source_factory: Callable[[str], Source],
                  profile: dict, plan: dict, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
-                 adaptation: Adaptation | None = None, mqtt: MqttPublisher | None = None):
+                 adaptation: Adaptation | None = None, mqtt: MqttPublisher | None = None,
+                 load_model: Callable[[Path], Detector] | None = None, active: ActiveEngines | None = None):
         """`tracker_factory()` makes each stream's own tracker (track ids count per stream);
         e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`.
         With `adaptation`, `detector` must be the one for the controller's current rung, whose
         detect interval replaces `options.detect_interval`. With `mqtt`, committed frames and
-        health samples also go to the broker (under the enrolled device id, once known)."""
+        health samples also go to the broker (under the enrolled device id, once known).
+        `load_model(path)` loads a deployed artifact's detector on the engine worker thread (default:
+        models.load_detector with the tracker's low threshold); `active` is the engines' state
+        (`<state_dir>/engines/active.json`, after `on_start()`), read here when not given."""
         self.options = options
         self.mqtt = mqtt
         self.detector = detector
@@ -188,8 +206,21 @@ class Agent:
             outbox_path=options.state_dir / "outbox.db", enroll_key=options.enroll_key,
             name=options.name or socket.gethostname(), hello=self._hello, health=self._health,
             on_command=self.commands.put, plan=lambda: (self._plan_version, self.plan),
+            deployment=self._latest_deployment,
             credentials=options.credentials, backoff_max_s=options.backoff_max_s,
         )
+        self.engines = EngineManager(
+            options.state_dir, fetch=self.link.fetch_artifact, load=load_model or _default_load,
+            report=lambda status: self.link.send_deployment(status.to_dict()), result=self.link.send_result,
+            public_key=lambda: self.link.identity.controller_public_key if self.link.identity else b"",
+            active=active or ActiveEngines(options.state_dir / "engines" / "active.json", options.engine_confirm_s),
+            fallback_model=options.fallback_model, confirm_after_s=options.engine_confirm_s,
+            latency_budget_ms=lambda: float(self.plan.get("latency_budget_ms") or 0.0),
+            sample_every=options.gate_sample_every, publish_threshold=options.publish_threshold,
+            download_max_bytes_per_s=options.download_mbps * 1e6,
+        )
+        """Deployments and rollbacks (agent.engines): a worker thread loads and shadow-tests a
+        candidate; the loop feeds it sampled frames and swaps it in between ticks."""
 
     def _scheduler(self) -> FrameScheduler:
         gate = MotionGate(self.options.motion_threshold) if self.options.motion_threshold else None
@@ -229,6 +260,7 @@ class Agent:
             self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
         t0 = self._last_control = time.monotonic()
         self._enter_rung(t0)
+        clean = False  # a clean exit confirms a freshly swapped engine (agent.engines.ActiveEngines)
         try:
             while not self.stop_event.is_set() and not all(s.done for s in self.streams):
                 if self.link.fatal is not None:
@@ -240,13 +272,16 @@ class Agent:
                     self._commit()
                 if not self.commands.empty():
                     self.apply_commands(time.monotonic())
+                self.engine_tick(time.monotonic())
                 if self.adaptation is not None:
                     self.control(time.monotonic())
+            clean = True
             self._commit()
             seconds = time.monotonic() - t0
             self._close_rung(t0 + seconds)
             left = self._drain()
         finally:
+            self.engines.close(clean=clean)
             self._stop_builder()
             if self.mqtt is not None:
                 self.mqtt.stop()
@@ -318,6 +353,7 @@ class Agent:
         if due:
             batch = self.detector.detect_batch([frame.image for _, frame in due])
             self.health.record_inference(float(getattr(self.detector, "last_inference_ms", 0.0)))
+            self.engines.observe([frame.image for _, frame in due], batch, self.detector.last_inference_ms)
             detections = {id(stream): dets for (stream, _), dets in zip(due, batch)}
         records = []
         names = self.detector.names
@@ -395,6 +431,15 @@ class Agent:
         while not self.commands.empty():
             command = self.commands.get_nowait()
             action = command.WhichOneof("action")
+            if action == "deploy":
+                self.engines.deploy(deploy_from_pb(command))
+                continue
+            if action == "rollback":
+                self.engines.rollback(command.command_id, command.rollback.reason)
+                continue
+            if action == "ping":
+                self.link.send_result(command.command_id, True)
+                continue
             if action != "set_plan":
                 logger.info("command %s (%s) is not supported by this agent yet", command.command_id, action)
                 continue
@@ -402,6 +447,48 @@ class Agent:
                 self.apply_plan_override(command.set_plan, now)
             except LadderError as err:
                 logger.error("plan override %s refused: %s", command.command_id, err)
+
+    # ---- deployments (agent.engines) ----
+
+    def _latest_deployment(self) -> dict | None:
+        """The last deployment status, re-sent by the link after each (re)connect (any thread)."""
+        engines = getattr(self, "engines", None)
+        status = engines.latest_status() if engines is not None else None
+        return status.to_dict() if status is not None else None
+
+    def engine_tick(self, now: float) -> None:
+        """Between ticks, on the loop thread: swap in an engine that passed its shadow test (or a
+        rollback's), and let the engine manager confirm a swapped engine that has run long enough."""
+        swap = self.engines.take_swap()
+        if swap is not None:
+            self._swap_engine(swap, now)
+        self.engines.tick(now)
+
+    def _swap_engine(self, swap: Swap, now: float) -> None:
+        """The old detector served every frame up to here; from the next tick on the new one does."""
+        old, self.detector = self.detector, swap.detector
+        old.close()
+        self.health.reset_inference()  # the latencies in the window were the old detector's
+        path = str(getattr(swap.detector, "model_path", "") or (swap.ref.path if swap.ref else ""))
+        name = swap.name or Path(path).stem
+        width, height = swap.detector.input_size
+        if self.adaptation is not None:
+            # keep it simple: every rung keeps its size and interval, with the new model file
+            controller = self.adaptation.controller
+            ladder = [replace(r, model=name, model_path=path, expected_ms=None) for r in controller.ladder]
+            self.adaptation.controller = RuntimeController(ladder, controller.config, controller.state.rung)
+            self._planned = ([replace(r, model=name, model_path=path, expected_ms=None) for r in self._planned[0]],
+                             self._planned[1])
+            self._loaded = (path, (width, height))
+            self._failed.clear()
+        self.plan = {**self.plan, "model": name, "artifact_sha256": swap.artifact_sha256,
+                     "backend": type(swap.detector).__module__.rsplit(".", 1)[-1],
+                     "input_width": width, "input_height": height}
+        self.engines.swapped(swap, now)
+        self._replan(swap.plan_reason)
+        logger.info("now detecting with %s (%s): %s", name, swap.artifact_sha256[:12] or "--model", swap.plan_reason)
+        if self.adaptation is not None:
+            self._apply_rung()  # the rung's own input size, when it differs from the file's default
 
     def apply_plan_override(self, override: types_pb2.SetPlan, now: float) -> None:
         """An operator's pin or bounds (edgefleet.v1.SetPlan); `clear` returns to the device's own plan.
@@ -505,6 +592,12 @@ class Agent:
                 f"{self.options.state_dir / 'outbox.db'} and are sent on the next run"
             )
         return left
+
+
+def _default_load(path: Path) -> Detector:
+    from models import load_detector
+
+    return load_detector(path, confidence_threshold=ByteTrackConfig().low_confidence_threshold)
 
 
 def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPlan) -> list[Rung]:

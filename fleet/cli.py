@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -40,6 +41,7 @@ def _setup_logging(level: str) -> None:
 # ---- serve ----
 
 async def _serve(args) -> int:
+    from .cli_rollouts import rollout_options
     from .server import Controller
 
     tls = None
@@ -47,10 +49,14 @@ async def _serve(args) -> int:
         if not (args.tls_cert and args.tls_key):
             raise CliError("TLS needs both --tls-cert and --tls-key (and --tls-client-ca for mutual TLS)")
         tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_client_ca)
+    from .retention import RetentionPolicy
+
     controller = Controller(
         args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval,
         stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
         mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix, metrics_listen=args.metrics_listen,
+        rollout_options=rollout_options(args),
+        retention=RetentionPolicy(detections_days=args.retention_days, health_days=args.health_retention_days),
     )
     for key in args.enroll_key or ():
         controller.store.create_enroll_key("cli", key)
@@ -136,7 +142,9 @@ def cmd_operator_token_list(args) -> int:
 
 # ---- operator reads over FleetControl ----
 
-def _call(args, method: str, request):
+@contextlib.contextmanager
+def control_stub(args, what: str):
+    """A FleetControl stub for the command's --controller/--token/TLS flags; RPC errors become CliErrors."""
     if not args.token:
         raise CliError("no operator token: pass --token or set EDGEFLEET_TOKEN "
                        "(made by `edgefleet operator-token create`)")
@@ -145,13 +153,18 @@ def _call(args, method: str, request):
         if args.tls_ca or args.tls_cert or args.tls_key:
             tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key)
         with open_channel(args.controller, token=args.token, tls=tls) as channel:
-            return getattr(fleet_pb2_grpc.FleetControlStub(channel), method)(request, timeout=args.timeout)
+            yield fleet_pb2_grpc.FleetControlStub(channel)
     except FleetError as err:
         raise CliError(str(err)) from err
     except grpc.RpcError as err:
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise CliError(f"cannot reach the controller at {args.controller}: {err.details()}") from err
-        raise CliError(f"{method}: {err.code().name}: {err.details()}") from err
+        raise CliError(f"{what}: {err.code().name}: {err.details()}") from err
+
+
+def _call(args, method: str, request):
+    with control_stub(args, method) as stub:
+        return getattr(stub, method)(request, timeout=args.timeout)
 
 
 def _age(ts) -> str:
@@ -204,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .cli_rollouts import add_serve_arguments
+
     p = sub.add_parser("serve", help="run the fleet controller")
     p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind (port 0 picks a free one)")
     p.add_argument("--db", type=Path, default=Path("var/fleet.db"), help="SQLite file for fleet state")
@@ -224,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
     p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+    from .retention import RetentionPolicy, days_arg
+
+    p.add_argument("--retention-days", type=days_arg("--retention-days"), default=RetentionPolicy.detections_days,
+                   metavar="DAYS", help="delete detections and events received more than DAYS ago, checked hourly "
+                   f"(default {RetentionPolicy.detections_days}; 0 keeps them forever)")
+    p.add_argument("--health-retention-days", type=days_arg("--health-retention-days"),
+                   default=RetentionPolicy.health_days, metavar="DAYS",
+                   help="keep device health history this long: every heartbeat for a day, minute averages for a "
+                   f"week, hourly averages after that (default {RetentionPolicy.health_days}; 0 keeps it forever)")
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     for name, noun, arg, create, revoke, list_ in (
@@ -261,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", required=True, metavar="ID")
             p.add_argument("--stream", metavar="ID")
             p.add_argument("--limit", type=int, default=20)
+
+    from .cli_rollouts import add_rollout_commands
+
+    add_rollout_commands(sub)
 
     p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
     from models.pipeline import add_subcommands

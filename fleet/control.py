@@ -1,28 +1,59 @@
 """FleetControl: the service operators, the TUI and integrations call."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from .convert import device_to_pb, fleet_change_to_pb, frame_to_pb, timestamp, to_dict
-from .errors import InvalidArgument
+from .artifacts import SHA256, ArtifactFiles
+from .convert import (
+    artifact_to_pb,
+    device_to_pb,
+    fleet_change_to_pb,
+    frame_to_pb,
+    requirements,
+    rollout_spec,
+    rollout_to_pb,
+    timestamp,
+    to_dict,
+)
+from .errors import FailedPrecondition, InvalidArgument
 from .hub import Command, Hub
 from .presence import Presence
+from .rollout_store import ArtifactRecord
+from .rollouts import Rollouts
+from .signing import SigningKey
 from .store import DeviceRecord, FrameRecord
 
 logger = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
 WATCH_QUEUE_SIZE = 256
+ARTIFACT_FORMATS = ("onnx", "tensorrt-engine", "ultralytics-pt")
+
+
+@dataclass(frozen=True)
+class Deployments:
+    """What the artifact and rollout RPCs need: where bytes go, the signing key, the state machine,
+    and the gate settings a CreateRolloutRequest cannot carry (the controller's defaults)."""
+
+    files: ArtifactFiles
+    key: SigningKey
+    rollouts: Rollouts
+    max_artifact_bytes: int = 2 << 30
+    gate_min_agreement: float = 0.8
+    gate_window_s: int = 20
 
 
 class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
-    def __init__(self, db, hub: Hub, presence: Presence):
+    def __init__(self, db, hub: Hub, presence: Presence, deployments: Deployments | None = None):
         self.db = db
         self.hub = hub
         self.presence = presence
+        self.deployments = deployments
 
     def _device_pb(self, record: DeviceRecord) -> fleet_pb2.Device:
         status = self.presence.status(record.last_seen)
@@ -80,6 +111,27 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         self.hub.device_changed(device, f"plan override for {device.hostname} ({device.device_id}) {what}")
         return self._device_pb(device)
 
+    async def SendCommand(self, request, context) -> fleet_pb2.SendCommandResponse:
+        """Restart, roll back, or ping a device now, over its open Session(s)."""
+        if not request.device_id:
+            raise InvalidArgument("device_id is empty")
+        action = request.WhichOneof("action")
+        if action == "restart_reason":
+            command = Command("restart", {"reason": request.restart_reason})
+        elif action == "rollback_reason":
+            command = Command("rollback", {"reason": request.rollback_reason})
+        elif action == "ping":
+            command = Command("ping", {"sent": timestamp(time.time()).ToJsonString()})
+        else:
+            raise InvalidArgument("set one action: restart_reason, rollback_reason or ping")
+        device = await self.db.get_device(request.device_id)
+        if not self.hub.send(device.device_id, command):
+            raise FailedPrecondition(f"device {device.device_id} has no open Session; commands need one")
+        what = command.action + (f" ({command.payload['reason']})" if command.payload.get("reason") else "")
+        await self.db.add_event("command", f"{what} sent to {device.device_id}", device.device_id)
+        self.hub.device_changed(device, f"{what} sent to {device.hostname} ({device.device_id})")
+        return fleet_pb2.SendCommandResponse(command_id=command.command_id)
+
     # ---- detections ----
 
     async def ListDetections(self, request, context) -> fleet_pb2.ListDetectionsResponse:
@@ -119,6 +171,92 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
                 yield fleet_pb2.WatchDetectionsResponse(frame=frame_to_pb(frame), dropped=watcher.dropped)
         finally:
             self.hub.detections.unwatch(watcher)
+
+    # ---- artifacts ----
+
+    def _deployments(self) -> Deployments:
+        if self.deployments is None:
+            raise FailedPrecondition("this controller runs without an artifact store")
+        return self.deployments
+
+    async def UploadArtifact(self, request_iterator, context) -> types_pb2.Artifact:
+        """The manifest, then the bytes; stored under their sha256 and the manifest signed."""
+        deployments = self._deployments()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("body") != "manifest":
+            raise InvalidArgument("the first UploadArtifact message must carry the manifest")
+        manifest = types_pb2.ArtifactManifest()
+        manifest.CopyFrom(first.manifest)
+        _check_manifest(manifest)
+        upload = deployments.files.upload(deployments.max_artifact_bytes)
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("body") != "chunk":
+                    raise InvalidArgument("after the manifest, UploadArtifact messages carry chunks only")
+                upload.write(message.chunk)
+        except BaseException:
+            upload.discard()
+            raise
+        sha256, size = await asyncio.to_thread(upload.finish, manifest.sha256, manifest.size_bytes)
+        manifest.sha256, manifest.size_bytes = sha256, size
+        if not manifest.HasField("created"):
+            manifest.created.CopyFrom(timestamp(time.time()))
+        record = await self.db.add_artifact(ArtifactRecord(
+            sha256, manifest.name, manifest.format, size, manifest.SerializeToString(deterministic=True),
+            deployments.key.sign(manifest), time.time()))
+        await self.db.add_event("artifact", f"artifact {manifest.name} ({sha256[:12]}, {size} bytes) stored")
+        logger.info("artifact %s %s stored (%d bytes)", manifest.name, sha256[:12], size)
+        return artifact_to_pb(record)
+
+    async def ListArtifacts(self, request, context) -> fleet_pb2.ListArtifactsResponse:
+        return fleet_pb2.ListArtifactsResponse(artifacts=[artifact_to_pb(a) for a in await self.db.list_artifacts()])
+
+    # ---- rollouts ----
+
+    async def CreateRollout(self, request, context) -> fleet_pb2.Rollout:
+        deployments = self._deployments()
+        if not SHA256.fullmatch(request.artifact_sha256):
+            raise InvalidArgument(f"artifact_sha256 must be 64 lowercase hex digits, got {request.artifact_sha256!r}")
+        artifact = await self.db.get_artifact(request.artifact_sha256)
+        spec = rollout_spec(request, deployments.gate_min_agreement, deployments.gate_window_s)
+        rollout = await deployments.rollouts.create(artifact.sha256, spec, requirements(artifact))
+        return rollout_to_pb(rollout)
+
+    async def GetRollout(self, request, context) -> fleet_pb2.Rollout:
+        if not request.rollout_id:
+            raise InvalidArgument("rollout_id is empty")
+        return rollout_to_pb(await self.db.get_rollout(request.rollout_id))
+
+    async def ListRollouts(self, request, context) -> fleet_pb2.ListRolloutsResponse:
+        return fleet_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in await self.db.list_rollouts()])
+
+    async def PauseRollout(self, request, context) -> fleet_pb2.Rollout:
+        return await self._rollout_action("pause", request)
+
+    async def ResumeRollout(self, request, context) -> fleet_pb2.Rollout:
+        return await self._rollout_action("resume", request)
+
+    async def AbortRollout(self, request, context) -> fleet_pb2.Rollout:
+        return await self._rollout_action("abort", request)
+
+    async def _rollout_action(self, verb: str, request: fleet_pb2.RolloutRef) -> fleet_pb2.Rollout:
+        rollouts = self._deployments().rollouts
+        if not request.rollout_id:
+            raise InvalidArgument("rollout_id is empty")
+        return rollout_to_pb(await getattr(rollouts, verb)(request.rollout_id, request.reason))
+
+
+def _check_manifest(manifest: types_pb2.ArtifactManifest) -> None:
+    if not manifest.name.strip():
+        raise InvalidArgument("manifest.name is empty")
+    if manifest.format not in ARTIFACT_FORMATS:
+        raise InvalidArgument(f"manifest.format must be one of {', '.join(ARTIFACT_FORMATS)}, got {manifest.format!r}")
+    if manifest.sha256 and not SHA256.fullmatch(manifest.sha256):
+        raise InvalidArgument(f"manifest.sha256 must be 64 lowercase hex digits (or empty), got {manifest.sha256!r}")
+    if manifest.format == "tensorrt-engine" and not (manifest.tensorrt_version and manifest.gpu_compute_capability):
+        raise InvalidArgument("a tensorrt-engine manifest names its tensorrt_version and gpu_compute_capability")
+    if manifest.input_width < 0 or manifest.input_height < 0:
+        raise InvalidArgument(f"manifest input size must be >= 0, got {manifest.input_width}x{manifest.input_height}")
 
 
 def _plan_override(request: fleet_pb2.SetPlanOverrideRequest) -> dict:

@@ -7,13 +7,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 
-from .hub import Command, FleetChange
+from .errors import InvalidArgument
+from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
+from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec
+from .rollouts import Requirements, StatusReport
 from .store import DeviceRecord, FrameRecord, ObjectRecord
 
 
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+"""The range a google.protobuf.Timestamp may hold (years 1 to 9999)."""
+
+
 def to_dict(message: Message) -> dict:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    try:
+        return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    except json_format.SerializeToJsonError as err:  # an invalid Timestamp inside, for one
+        raise InvalidArgument(f"{message.DESCRIPTOR.name}: {err}") from err
 
 
 def from_dict(data: dict, message: Message) -> Message:
@@ -27,17 +37,19 @@ def timestamp(seconds: float) -> Timestamp:
 
 
 def frame_from_pb(pb: types_pb2.FrameDetections) -> FrameRecord:
-    objects = [
-        ObjectRecord(
-            track_id=d.track_id, class_id=d.class_id, label=d.label, score=d.score,
-            xyxy=(d.box.x1, d.box.y1, d.box.x2, d.box.y2), predicted=d.predicted,
-        )
-        for d in pb.detections
-    ]
-    return FrameRecord(
-        stream_id=pb.stream_id, sequence=pb.sequence, frame_index=pb.frame_index,
-        capture_time=pb.capture_time.ToNanoseconds() / 1e9, objects=objects, device_id=pb.device_id,
-    )
+    """On the ingest hot path (every published frame): positional fields, each submessage read once."""
+    objects = []
+    for d in pb.detections:
+        box = d.box
+        # ObjectRecord(track_id, class_id, label, score, xyxy, predicted)
+        objects.append(ObjectRecord(d.track_id, d.class_id, d.label, d.score, (box.x1, box.y1, box.x2, box.y2),
+                                    d.predicted))
+    ct = pb.capture_time  # Timestamp.ToNanoseconds() / 1e9, without the method call
+    if not (MIN_SECONDS <= ct.seconds <= MAX_SECONDS and 0 <= ct.nanos <= 999_999_999):
+        raise InvalidArgument(f"frames[].capture_time is not a valid timestamp ({ct.seconds} s, {ct.nanos} ns)")
+    # FrameRecord(stream_id, sequence, frame_index, capture_time, objects, device_id)
+    return FrameRecord(pb.stream_id, pb.sequence, pb.frame_index, (ct.seconds * 1_000_000_000 + ct.nanos) / 1e9,
+                       objects, pb.device_id)
 
 
 def frame_to_pb(rec: FrameRecord) -> types_pb2.FrameDetections:
@@ -76,11 +88,14 @@ def status_to_pb(status: Status) -> int:
     return fleet_pb2.DeviceStatus.Value(status.name)
 
 
-def fleet_change_to_pb(change: FleetChange, presence: Presence) -> list[fleet_pb2.FleetEvent]:
-    """The device as it was at the change, then the change in words when it has some."""
+def fleet_change_to_pb(change: FleetChange | RolloutChange, presence: Presence) -> list[fleet_pb2.FleetEvent]:
+    """The device or rollout as it was at the change, then the change in words when it has some."""
     when = timestamp(change.time)
-    status = presence.status(change.device.last_seen, now=change.time)
-    events = [fleet_pb2.FleetEvent(time=when, device=device_to_pb(change.device, status, change.connected))]
+    if isinstance(change, RolloutChange):
+        events = [fleet_pb2.FleetEvent(time=when, rollout=rollout_to_pb(change.rollout))]
+    else:
+        status = presence.status(change.device.last_seen, now=change.time)
+        events = [fleet_pb2.FleetEvent(time=when, device=device_to_pb(change.device, status, change.connected))]
     if change.message:
         events.append(fleet_pb2.FleetEvent(time=when, message=change.message))
     return events
@@ -91,3 +106,74 @@ def command_to_pb(command: Command) -> agent_pb2.ControllerMessage:
     return agent_pb2.ControllerMessage(command=json_format.ParseDict(
         {"command_id": command.command_id, command.action: command.payload}, agent_pb2.Command()
     ))
+
+
+# ---- artifacts and rollouts ----
+
+def artifact_to_pb(record: ArtifactRecord) -> types_pb2.Artifact:
+    return types_pb2.Artifact(manifest=types_pb2.ArtifactManifest.FromString(record.manifest),
+                              signature=record.signature)
+
+
+def requirements(record: ArtifactRecord) -> Requirements:
+    manifest = types_pb2.ArtifactManifest.FromString(record.manifest)
+    return Requirements(manifest.format, manifest.tensorrt_version, manifest.gpu_compute_capability)
+
+
+def rollout_spec(request: fleet_pb2.CreateRolloutRequest, gate_min_agreement: float,
+                 gate_window_s: int) -> RolloutSpec:
+    """The request's spec with the controller's defaults where it leaves a field at zero."""
+    defaults = RolloutSpec(selector={})
+    return RolloutSpec(
+        selector=dict(request.selector), canary=request.canary or defaults.canary,
+        waves_percent=tuple(request.waves_percent) or defaults.waves_percent,
+        gate_fps_ratio=request.gate_fps_ratio or defaults.gate_fps_ratio,
+        gate_min_agreement=gate_min_agreement, gate_window_s=gate_window_s,
+        max_failures=request.max_failures, expect_different_detections=request.expect_different_detections,
+    )
+
+
+def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
+    spec = record.spec
+    rollout = fleet_pb2.Rollout(
+        rollout_id=record.rollout_id, artifact_sha256=record.artifact_sha256, state=int(record.state),
+        created=timestamp(record.created), reason=record.reason,
+        spec=fleet_pb2.CreateRolloutRequest(
+            artifact_sha256=record.artifact_sha256, selector=spec.selector, canary=spec.canary,
+            waves_percent=spec.waves_percent, gate_fps_ratio=spec.gate_fps_ratio, max_failures=spec.max_failures,
+            expect_different_detections=spec.expect_different_detections,
+        ),
+        devices=[fleet_pb2.RolloutDevice(device_id=d.device_id, wave=max(d.wave, 0), state=int(d.state),
+                                         reason=d.reason) for d in record.devices],
+    )
+    for index in range(record.waves):
+        devices = record.in_wave(index)
+        succeeded = sum(1 for d in devices if d.state == DeployState.ACTIVE)
+        failed = sum(1 for d in devices if d.state in (DeployState.FAILED, DeployState.ROLLED_BACK))
+        if index > record.wave:
+            state = fleet_pb2.PENDING
+        elif index < record.wave or succeeded + failed == len(devices):
+            state = fleet_pb2.SUCCEEDED if not failed or record.state != fleet_pb2.FAILED else fleet_pb2.FAILED
+        else:
+            state = int(record.state)
+        rollout.waves.append(fleet_pb2.Wave(index=index, target=len(devices), succeeded=succeeded, failed=failed,
+                                            state=state))
+    return rollout
+
+
+def deploy_command(rollout: RolloutRecord, artifact: ArtifactRecord) -> Command:
+    spec = rollout.spec
+    return Command("deploy", to_dict(agent_pb2.DeployArtifact(
+        rollout_id=rollout.rollout_id, artifact=artifact_to_pb(artifact), gate_fps_ratio=spec.gate_fps_ratio,
+        gate_min_agreement=spec.gate_min_agreement, gate_window_s=spec.gate_window_s,
+        expect_different_detections=spec.expect_different_detections,
+    )))
+
+
+def status_report(pb: types_pb2.DeploymentStatus) -> StatusReport:
+    if pb.state not in DeployState._value2member_map_ or pb.state == DeployState.WAITING:
+        raise InvalidArgument(f"deployment.state {pb.state} is not a DeploymentStatus.State a device reports")
+    if not pb.rollout_id:
+        raise InvalidArgument("deployment.rollout_id is empty")
+    return StatusReport(pb.rollout_id, pb.artifact_sha256, DeployState(pb.state), pb.progress, pb.reason,
+                        dict(pb.gate_metrics))

@@ -26,5 +26,9 @@ class FailedPrecondition(FleetError):
     """The request is valid but the state does not allow it now."""
 
 
+class OutOfRange(FleetError):
+    """A position past the end (an artifact offset beyond its size)."""
+
+
 class ConfigError(FleetError):
     """A setting that cannot work (a missing certificate, thresholds out of order); names the setting."""

@@ -8,21 +8,28 @@ from collections.abc import AsyncIterator
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
-from .convert import command_to_pb, frame_from_pb, to_dict
-from .errors import InvalidArgument, PermissionDenied
+from .artifacts import ArtifactFiles, chunk_size
+from .convert import command_to_pb, frame_from_pb, status_report, to_dict
+from .errors import InvalidArgument, NotFound, PermissionDenied
 from .hub import Command, Hub
+from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
 from .metrics import ControllerMetrics
+from .rollouts import Rollouts
 
 logger = logging.getLogger(__name__)
 
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
-    def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None):
+    def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None, *,
+                 rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b""):
         self.db = db
         self.hub = hub
         self.heartbeat_interval_s = heartbeat_interval_s
         self.metrics = metrics or ControllerMetrics()  # counted either way; served only when configured
+        self.rollouts = rollouts
+        self.files = files
+        self.public_key = public_key
 
     async def Enroll(self, request: agent_pb2.EnrollRequest, context) -> agent_pb2.EnrollResponse:
         if not request.enroll_key:
@@ -33,14 +40,16 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         )
         self.hub.device_changed(device, f"{device.hostname} enrolled as {device.device_id}")
         return agent_pb2.EnrollResponse(
-            device_id=device.device_id, device_token=token, heartbeat_interval_s=self.heartbeat_interval_s
+            device_id=device.device_id, device_token=token, heartbeat_interval_s=self.heartbeat_interval_s,
+            controller_public_key=self.public_key,
         )
 
     async def Session(self, request_iterator, context):
         """Hello first; then heartbeats up and commands down until the device closes its side.
 
         A stored plan override goes down right after `accepted`, so a device that was away
-        when the operator set it gets it on reconnect.
+        when the operator set it gets it on reconnect; so do the deployments of running rollouts
+        it has not finished. Deployment statuses it sends go to the rollouts.
         """
         device_id = current_device.get()
         first = await anext(aiter(request_iterator), None)
@@ -60,6 +69,14 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             nonlocal device  # the disconnect event reports the last state the device sent
             async for up in request_iterator:
                 kind = up.WhichOneof("body")
+                if kind == "deployment" and self.rollouts is not None:
+                    await self.rollouts.on_status(device_id, status_report(up.deployment))
+                    continue
+                if kind == "result":
+                    result = up.result
+                    logger.info("%s: command %s %s", device_id, result.command_id,
+                                "done" if result.ok else f"failed: {result.error}")
+                    continue
                 if kind != "heartbeat":
                     logger.debug("session %s: ignoring %s", device_id, kind)
                     continue
@@ -79,6 +96,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             )
             if device.plan_override:
                 yield command_to_pb(Command("set_plan", device.plan_override))
+            for command in await self.rollouts.commands_for(device_id) if self.rollouts is not None else ():
+                yield command_to_pb(command)
             async for command in _until_done(commands, reader):
                 yield command_to_pb(command)
         finally:
@@ -88,21 +107,77 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             logger.info("session closed: %s", device_id)
 
     async def PublishDetections(self, request_iterator, context):
+        """Each batch joins the next group commit (`fleet.ingest`); its ack goes down once that commits.
+
+        Up to `PUBLISH_PIPELINE` batches of a stream wait for commits at once: the next one is read
+        and queued while the one before commits, so under load a device is not held to one batch
+        per commit. Batches are queued in stream order and the writer commits in queue order, so
+        the acks go down in order, each for a committed batch; an error ends the stream after the
+        acks of the batches before it.
+        """
         device_id = current_device.get()
-        async for batch in request_iterator:
-            arrived = time.perf_counter()
-            frames = [frame_from_pb(f) for f in batch.frames]
-            for frame in frames:
-                if frame.device_id and frame.device_id != device_id:
-                    raise PermissionDenied(f"device {device_id!r} cannot publish as {frame.device_id!r}")
-                frame.device_id = device_id
-            result = await self.db.store_frames(device_id, frames)
-            self.hub.detections.publish(frames)
-            self.metrics.frames_ingested.inc(len(frames))
-            self.metrics.detections_ingested.inc(sum(len(f.objects) for f in frames))
-            self.metrics.duplicate_frames.inc(result.duplicates)
-            self.metrics.ack_latency.observe(time.perf_counter() - arrived)
-            yield agent_pb2.PublishAck(acked_sequence=result.acked_sequence, duplicates=result.duplicates)
+        queued: asyncio.Queue = asyncio.Queue()  # (arrival time, frames, commit future); None: no more
+        slots = asyncio.Semaphore(PUBLISH_PIPELINE)
+
+        async def read() -> None:
+            try:
+                batches = aiter(request_iterator)
+                while True:
+                    await slots.acquire()
+                    batch = await anext(batches, None)
+                    if batch is None:
+                        return
+                    arrived = time.perf_counter()
+                    frames = [frame_from_pb(f) for f in batch.frames]
+                    for frame in frames:
+                        if frame.device_id and frame.device_id != device_id:
+                            claimed = frame.device_id if len(frame.device_id) <= 64 else frame.device_id[:64] + "..."
+                            raise PermissionDenied(f"device {device_id!r} cannot publish as {claimed!r}")
+                        frame.device_id = device_id
+                    queued.put_nowait((arrived, frames, self.db.ingest.enqueue(device_id, frames)))
+            finally:
+                queued.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name=f"publish-{device_id}")
+        try:
+            while (item := await queued.get()) is not None:
+                arrived, frames, committed = item
+                result = await committed
+                slots.release()
+                self.hub.detections.publish(frames)
+                self.metrics.frames_ingested.inc(len(frames))
+                self.metrics.detections_ingested.inc(sum(len(f.objects) for f in frames))
+                self.metrics.duplicate_frames.inc(result.duplicates)
+                self.metrics.ack_latency.observe(time.perf_counter() - arrived)
+                yield agent_pb2.PublishAck(acked_sequence=result.acked_sequence, duplicates=result.duplicates)
+            await reader  # its error, if it ended with one
+        finally:
+            reader.cancel()
+            while not queued.empty():  # the stream went away: its queued batches may still commit
+                item = queued.get_nowait()
+                if item is not None and not item[2].cancel() and not item[2].cancelled():
+                    item[2].exception()  # retrieved: asyncio logs no "never retrieved" for it
+
+    async def FetchArtifact(self, request, context):
+        """Chunks from the requested offset to the end; a device fetches only what a rollout sent it."""
+        device_id = current_device.get()
+        if self.files is None:
+            raise NotFound("this controller stores no artifacts")
+        self.files.path(request.sha256)  # InvalidArgument for a malformed sha256
+        if not await self.db.device_may_fetch(device_id, request.sha256):
+            raise PermissionDenied(f"device {device_id!r} is in no rollout of artifact {request.sha256[:12]}")
+        total = self.files.size(request.sha256)
+        offset, size = request.offset, chunk_size(request.chunk_size)
+        while True:
+            data = await asyncio.to_thread(self.files.read, request.sha256, offset, size)
+            if not data and offset < total:
+                raise NotFound(f"artifact {request.sha256[:12]} shrank while it was read")
+            if data or offset == total:
+                yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_size=total)
+                self.metrics.artifact_bytes_served.inc(len(data))
+            offset += len(data)
+            if offset >= total:
+                return
 
 
 async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .rollout_store import RolloutRecord
 from .store import DeviceRecord, FrameRecord
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ class FleetChange:
 
 
 @dataclass(frozen=True)
+class RolloutChange:
+    """A rollout as it is after a change, and what happened in words."""
+
+    rollout: RolloutRecord
+    time: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Command:
     """A command for a device's Session: `action` names a `Command` oneof field, `payload` is its value."""
 
@@ -91,7 +101,7 @@ class Hub:
             return None if metrics is None else functools.partial(metrics.watcher_dropped.inc, stream=stream)
 
         self.detections: Topic[FrameRecord] = Topic(counter("detections"))
-        self.fleet: Topic[FleetChange] = Topic(counter("fleet"))
+        self.fleet: Topic[FleetChange | RolloutChange] = Topic(counter("fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
 
     # ---- sessions ----
@@ -127,3 +137,6 @@ class Hub:
 
     def device_changed(self, device: DeviceRecord, message: str = "") -> None:
         self.fleet.publish([FleetChange(device, self.connected(device.device_id), time.time(), message)])
+
+    def rollout_changed(self, rollout: RolloutRecord, message: str = "") -> None:
+        self.fleet.publish([RolloutChange(rollout, time.time(), message)])

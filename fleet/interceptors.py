@@ -16,8 +16,10 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from . import auth
 from .auth import Principal, Role
@@ -26,6 +28,7 @@ from .errors import (
     FleetError,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     Unauthenticated,
 )
@@ -40,6 +43,7 @@ STATUS = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 
@@ -94,7 +98,8 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler, method: str, principal: Principal | None, refusal: FleetError | None = None):
         device_id = principal.subject if principal and principal.role == Role.DEVICE else ""
-        args = (method, device_id, refusal)
+        args = (method, device_id, refusal, handler.request_streaming)
+        handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.unary_unary:
             return handler._replace(unary_unary=self._unary(handler.unary_unary, *args))
         if handler.stream_unary:
@@ -106,30 +111,79 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _abort(context, err: FleetError, method: str):
         code = status_for(err)
-        logger.info("%s -> %s: %s", method, code.name, err)
-        await context.abort(code, str(err))
+        logger.info("%s -> %s: %.300s", method, code.name, err)
+        await context.abort(code, _capped(str(err)))
 
-    def _unary(self, behavior, method: str, device_id: str, refusal: FleetError | None):
+    def _unary(self, behavior, method: str, device_id: str, refusal: FleetError | None, streaming: bool):
         async def wrapped(request, context):
             try:
                 if refusal is not None:
                     raise refusal
                 current_device.set(device_id)
-                return await behavior(request, context)
+                return await behavior(_decoded(request, streaming), context)
             except FleetError as err:
                 await self._abort(context, err, method)
 
         return wrapped
 
-    def _stream(self, behavior, method: str, device_id: str, refusal: FleetError | None):
+    def _stream(self, behavior, method: str, device_id: str, refusal: FleetError | None, streaming: bool):
         async def wrapped(request, context):
             try:
                 if refusal is not None:
                     raise refusal
                 current_device.set(device_id)
-                async for response in behavior(request, context):
+                async for response in behavior(_decoded(request, streaming), context):
                     yield response
             except FleetError as err:
                 await self._abort(context, err, method)
 
         return wrapped
+
+
+MAX_DETAILS_BYTES = 1024
+"""Error details echo the caller's input; gRPC refuses trailers above 8-16 KiB and would turn the
+real status into RESOURCE_EXHAUSTED, so they are cut here."""
+
+
+def _capped(details: str) -> str:
+    raw = details.encode()
+    if len(raw) <= MAX_DETAILS_BYTES:
+        return details
+    return raw[:MAX_DETAILS_BYTES].decode(errors="ignore") + "… (truncated)"
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """What a request that is not a valid protobuf message deserializes to (instead of raising)."""
+    error: DecodeError
+
+
+def _tolerant(deserializer):
+    """gRPC answers UNKNOWN for a request its deserializer cannot read; this one hands a marker to
+    the servicer wrapper, which answers INVALID_ARGUMENT instead."""
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except DecodeError as err:
+            return _Undecodable(err)
+
+    return deserialize
+
+
+def _refuse(marker: _Undecodable):
+    raise InvalidArgument(f"the request does not decode: {marker.error}")
+
+
+def _decoded(request, streaming: bool):
+    """The request, or for a client stream an iterator over it, raising InvalidArgument at an undecodable one."""
+    if not streaming:
+        return _refuse(request) if isinstance(request, _Undecodable) else request
+
+    async def messages():
+        async for message in request:
+            yield _refuse(message) if isinstance(message, _Undecodable) else message
+
+    return messages()

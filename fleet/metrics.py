@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .addresses import parse_host_port
+from .rollout_store import RolloutState
 
 logger = logging.getLogger(__name__)
 
@@ -317,16 +318,22 @@ class ControllerMetrics:
             "edgefleet_ack_latency_seconds",
             "Seconds from a detection batch arriving to its ack being sent (store commit included).",
             ACK_LATENCY_BUCKETS_S)
+        self.artifact_bytes_served = r.counter(
+            "edgefleet_artifact_bytes_served_total", "Artifact bytes sent to devices by FetchArtifact.")
         self.watcher_dropped = r.counter(
             "edgefleet_watcher_dropped_total",
             "Items dropped for a slow watcher (its queue was full), by stream.",
             ["stream"], initial=[{"stream": s} for s in STREAMS])
         self.rollouts = r.gauge(
             "edgefleet_rollouts",
-            "Model rollouts by state. Always 0: this controller does not run rollouts yet.", ["state"])
-        self.rollouts.replace([({"state": "active"}, 0)])
+            "Model rollouts by state.", ["state"])
+        self.set_rollouts({})
         self._device_statuses = device_statuses
         r.on_scrape(self._collect_devices)
+
+    def set_rollouts(self, counts: dict) -> None:
+        """Rollouts per state (a `RolloutState` -> count mapping); every state is exported, 0 when none."""
+        self.rollouts.replace([({"state": s.name.lower()}, counts.get(s, 0)) for s in RolloutState])
 
     def _collect_devices(self) -> None:
         if self._device_statuses is None:

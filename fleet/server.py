@@ -16,13 +16,19 @@ from grpc_reflection.v1alpha import reflection
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 from .auth import Role
-from .control import FleetControlServicer
+from .artifacts import ArtifactFiles
+from .control import Deployments, FleetControlServicer
+from .convert import deploy_command
 from .errors import ConfigError
 from .gateway import AgentGatewayServicer
 from .hub import Hub
+from .ingest import IngestWriter
 from .interceptors import FleetInterceptor
 from .metrics import ControllerMetrics, MetricsServer
 from .presence import Presence, PresenceMonitor
+from .retention import RetentionPolicy, RetentionSweeper
+from .rollouts import RolloutOptions, Rollouts
+from .signing import SigningKey
 from .store import FleetStore
 from .tls import ServerTLS
 
@@ -35,24 +41,43 @@ SERVICES = (AGENT_GATEWAY, FLEET_CONTROL)
 
 
 class AsyncStore:
-    """Runs FleetStore methods on one dedicated thread: serialised SQLite, free event loop."""
+    """Runs FleetStore methods on one dedicated thread: serialised SQLite, free event loop.
+
+    `ingest` group-commits detection batches on that same thread (`fleet.ingest`): many
+    devices' batches per transaction. Start it in the event loop; stop it before `close()`.
+    """
+
+    slow_call_s = 0.25
+    """A store call that holds the store's thread longer is logged (with how long it waited for
+    the thread): every other call, ingest's group commits included, waited behind it."""
 
     def __init__(self, store: FleetStore):
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-db")
+        self.ingest = IngestWriter(self)
 
     def __getattr__(self, name: str):
         method = getattr(self.store, name)
 
         async def call(*args, **kwargs):
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, functools.partial(method, *args, **kwargs))
+            return await loop.run_in_executor(self._pool, self._timed, name, method, time.perf_counter(), args, kwargs)
 
         return call
 
     def submit(self, name: str, *args, **kwargs):
         """Run a store method on the store's thread from any thread (the MQTT bridge); a Future."""
-        return self._pool.submit(getattr(self.store, name), *args, **kwargs)
+        return self._pool.submit(self._timed, name, getattr(self.store, name), time.perf_counter(), args, kwargs)
+
+    def _timed(self, name: str, method, queued: float, args: tuple, kwargs: dict):
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            took = time.perf_counter() - started
+            if took > self.slow_call_s:
+                logger.warning("store call %s held the store's thread %.0f ms (after waiting %.0f ms for it)",
+                               name, 1000 * took, 1000 * (started - queued))
 
     def close(self) -> None:
         self._pool.submit(self.store.close).result()
@@ -78,7 +103,10 @@ class Controller:
         tls: ServerTLS | None = None,
         mqtt: tuple[str, int] | None = None,
         mqtt_prefix: str = "edgefleet",
+        rollout_options: RolloutOptions | None = None,
         metrics_listen: str | None = None,
+        retention: RetentionPolicy | None = None,
+        retention_every_s: float = 3600.0,
     ):
         self.db_path = db_path
         self.listen = listen
@@ -96,6 +124,8 @@ class Controller:
         self.hub = Hub(self.metrics)
         self.health = health.aio.HealthServicer()
         self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
+        self._setup_deployments(rollout_options or RolloutOptions())
+        self.retention = RetentionSweeper(self.db, retention or RetentionPolicy(), retention_every_s)
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.bridge = None
@@ -103,6 +133,17 @@ class Controller:
             from .mqtt_bridge import MqttBridge
 
             self.bridge = MqttBridge(functools.partial(self.db.submit, "upsert_mqtt_device"), *mqtt, mqtt_prefix)
+
+    def _setup_deployments(self, options: RolloutOptions) -> None:
+        home = Path(self.db_path).resolve().parent
+        self.signing_key = SigningKey.load_or_create(options.signing_key or home / "signing-key.pem")
+        self.rollouts = Rollouts(self.db, self.hub, deploy_command, device_timeout_s=options.device_timeout_s,
+                                 on_change=self.metrics.set_rollouts)
+        self.deployments = Deployments(
+            ArtifactFiles(options.artifacts_dir or home / "artifacts"), self.signing_key, self.rollouts,
+            max_artifact_bytes=options.max_artifact_mb << 20, gate_min_agreement=options.gate_min_agreement,
+            gate_window_s=options.gate_window_s,
+        )
 
     async def start(self) -> int:
         policy = {
@@ -115,10 +156,12 @@ class Controller:
         interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
         self.server = grpc.aio.server(interceptors=[interceptor])
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics), self.server
+            AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics, rollouts=self.rollouts,
+                                 files=self.deployments.files, public_key=self.signing_key.public_bytes),
+            self.server,
         )
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
-            FleetControlServicer(self.db, self.hub, self.presence), self.server
+            FleetControlServicer(self.db, self.hub, self.presence, self.deployments), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, HEALTH, reflection.SERVICE_NAME), self.server)
@@ -130,8 +173,11 @@ class Controller:
             raise OSError(f"cannot listen on {self.listen}")
         if self.metrics_server is not None:
             self.metrics_port = self.metrics_server.start()  # first: a taken port fails before serving
+        self.db.ingest.start()  # before serving: the first PublishDetections needs it
         await self.server.start()
         self.monitor.start()
+        await self.rollouts.start()
+        self.retention.start()
         if self.bridge is not None:
             self.bridge.start()
         for service in ("", *SERVICES):
@@ -160,6 +206,9 @@ class Controller:
             self.bridge.stop()
         await self.server.stop(grace)
         self.server = None
+        await self.db.ingest.stop()  # commits what the drained streams queued
+        await self.retention.stop()
         await self.monitor.stop()
+        await self.rollouts.stop()
         self.db.close()
         logger.info("controller stopped")

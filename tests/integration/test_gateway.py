@@ -93,13 +93,14 @@ def test_session_must_start_with_hello(channel):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_unknown_device_is_not_found_and_unimplemented_rpcs_say_so(control):
+def test_unknown_device_and_rollout_are_not_found(control):
     with pytest.raises(grpc.RpcError) as err:
         control.GetDevice(fleet_pb2.GetDeviceRequest(device_id="nope"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     with pytest.raises(grpc.RpcError) as err:
-        control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id="nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert list(control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5).rollouts) == []
 
 
 def test_watch_detections_streams_live_frames_with_filters(channel, control):

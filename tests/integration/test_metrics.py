@@ -75,7 +75,7 @@ def test_controller_counts_ingest_duplicates_and_acks(metered):
     assert after['edgefleet_devices{status="stale"}'] == 0
     assert after['edgefleet_devices{status="offline"}'] == 0
     assert after['edgefleet_watcher_dropped_total{stream="detections"}'] == 0
-    assert after['edgefleet_rollouts{state="active"}'] == 0
+    assert after['edgefleet_rollouts{state="running"}'] == 0
 
 
 def test_controller_metrics_404_elsewhere_and_off_by_default(metered, controller):

@@ -143,7 +143,7 @@ def test_pin_plan_round_trips_through_the_controller(controller, agents, control
     asyncio.run(scenario())
 
 
-def test_restart_and_rollback_say_what_the_controller_lacks(controller, agents):
+def test_restart_and_rollback_reach_the_device(controller, agents):
     cam = agents("cam-a")
     said: list[str] = []
 
@@ -151,24 +151,55 @@ def test_restart_and_rollback_say_what_the_controller_lacks(controller, agents):
         app = FleetApp(controller.address, controller.operator_token)
         async with app.run_test(message_hook=notifications(said)) as pilot:
             await open_device(pilot, cam.device_id)
-            rollback = app.screen.query_one("#rollback", Button)
-            await until(pilot, lambda: rollback.disabled, "the rollback button disabled")
-            assert "needs rollouts" in str(rollback.label)
-
-            await pilot.press("r")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the restart confirmation")
-            await pilot.press("y")
-            await until(pilot, lambda: any("SendCommand" in m and "UNIMPLEMENTED" in m for m in said),
-                        "the UNIMPLEMENTED notice")
-            assert isinstance(app.screen, DeviceScreen)  # still running, still on the device
-
-            await pilot.press("o")  # the rollouts screen says so instead of a table
-            await until(pilot, lambda: "UNIMPLEMENTED" in text(app, "#rollouts-notice"), "the rollouts notice")
-            assert not app.screen.query_one("#rollouts", DataTable).display
-            await pilot.press("a")
-            await until(pilot, lambda: any("not implemented" in m for m in said[1:]), "abort refused politely")
+            for key, action in (("r", "restart"), ("b", "rollback")):
+                await pilot.press(key)
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), f"the {action} confirmation")
+                await pilot.press("y")
+                command = await asyncio.to_thread(cam.commands.get, timeout=10)
+                assert command.WhichOneof("action") == action  # down the device's own Session
+                assert "from the TUI" in command.restart.reason + command.rollback.reason
+                assert isinstance(app.screen, DeviceScreen)
 
     asyncio.run(scenario())
+
+
+def test_rollouts_screen_pauses_and_resumes_a_real_rollout(controller, control):
+    cams = []
+    for name in ("cam-a", "cam-b"):
+        cam = SimAgent(controller.address, name)
+        cam.profile.onnxruntime_providers.append("CPUExecutionProvider")
+        cams.append(cam.connect())
+
+    def upload():
+        yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(name="m", format="onnx"))
+        yield fleet_pb2.UploadArtifactRequest(chunk=b"model bytes")
+
+    sha = control.UploadArtifact(upload(), timeout=5).manifest.sha256
+    rollout_id = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5).rollout_id
+
+    def state() -> int:
+        return control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rollout_id), timeout=5).state
+
+    async def scenario():
+        app = FleetApp(controller.address, controller.operator_token)
+        async with app.run_test() as pilot:
+            await pilot.press("o")
+            table = await until(pilot, lambda: (t := app.screen.query_one("#rollouts", DataTable)).row_count and t,
+                                "the rollout in the table")
+            assert rollout_id in str(table.get_row_at(0)[0])
+            for key, expected in (("p", fleet_pb2.PAUSED), ("u", fleet_pb2.RUNNING)):
+                await pilot.press(key)
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+                await pilot.press("y")
+                await until(pilot, lambda: state() == expected, fleet_pb2.RolloutState.Name(expected))
+                shown = fleet_pb2.RolloutState.Name(expected).lower()
+                await until(pilot, lambda: shown in str(table.get_row_at(0)[1]), f"{shown} on screen")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for cam in cams:
+            cam.close()
 
 
 def test_events_screen_logs_the_fleet_and_filters(controller, agents):

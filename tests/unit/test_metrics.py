@@ -135,7 +135,7 @@ def test_controller_metrics_before_anything_happened():
         "edgefleet_detections_ingested_total 0", "edgefleet_duplicate_frames_total 0",
         'edgefleet_watcher_dropped_total{stream="detections"} 0', 'edgefleet_watcher_dropped_total{stream="fleet"} 0',
         'edgefleet_ack_latency_seconds_bucket{le="+Inf"} 0', "edgefleet_ack_latency_seconds_count 0",
-        'edgefleet_rollouts{state="active"} 0',
+        'edgefleet_rollouts{state="running"} 0',
         "# TYPE edgefleet_ack_latency_seconds histogram",
     ):
         assert line in text.splitlines(), line

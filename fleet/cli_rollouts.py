@@ -1,0 +1,348 @@
+"""`edgefleet artifact …`, `edgefleet rollout …` and `edgefleet device …`: ship engines to the fleet.
+
+    edgefleet artifact push yolov8n.onnx                   # progress bar; prints the sha256
+    edgefleet rollout create --artifact 3f2a… --select site=lab --canary 1 --waves 10,50,100 --wait
+    edgefleet rollout status ro-1a2b3c4d --watch            # per-wave progress until it finishes
+    edgefleet device rollback cam-07-9f1e2d --reason "misses bikes"
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgefleet.v1 import fleet_pb2, types_pb2
+
+from .channel import add_connection_arguments
+from .cli import CliError, _call, control_stub
+from .convert import timestamp, to_dict
+from .rollouts import RolloutOptions
+
+UPLOAD_CHUNK = 1 << 20
+FINISHED = {fleet_pb2.SUCCEEDED, fleet_pb2.FAILED, fleet_pb2.ABORTED}
+
+
+# ---- controller settings (edgefleet serve) ----
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    defaults = RolloutOptions()
+    p.add_argument("--artifacts-dir", type=Path, metavar="DIR",
+                   help="where pushed artifacts are kept (default: artifacts/ beside --db)")
+    p.add_argument("--signing-key", type=Path, metavar="PEM",
+                   help="the Ed25519 key that signs artifact manifests; created when missing "
+                        "(default: signing-key.pem beside --db; back it up with the database)")
+    p.add_argument("--rollout-device-timeout", type=float, default=defaults.device_timeout_s, metavar="S",
+                   help="a device of a running wave that reports nothing for S seconds counts as failed "
+                        f"(default {defaults.device_timeout_s:.0f})")
+    p.add_argument("--gate-min-agreement", type=float, default=defaults.gate_min_agreement, metavar="F",
+                   help="share of the running engine's detections a candidate must reproduce in its shadow test "
+                        f"(default {defaults.gate_min_agreement})")
+    p.add_argument("--gate-window", type=int, default=defaults.gate_window_s, metavar="S",
+                   help=f"seconds a candidate runs in shadow before its verdict (default {defaults.gate_window_s})")
+    p.add_argument("--max-artifact-mb", type=int, default=defaults.max_artifact_mb, metavar="MB",
+                   help=f"refuse larger uploads (default {defaults.max_artifact_mb})")
+
+
+def rollout_options(args) -> RolloutOptions:
+    if args.rollout_device_timeout <= 0:
+        raise CliError(f"--rollout-device-timeout must be > 0, got {args.rollout_device_timeout}")
+    if not 0 <= args.gate_min_agreement <= 1:
+        raise CliError(f"--gate-min-agreement must be within 0..1, got {args.gate_min_agreement}")
+    if args.gate_window < 1 or args.max_artifact_mb < 1:
+        raise CliError("--gate-window and --max-artifact-mb must be >= 1")
+    return RolloutOptions(args.artifacts_dir, args.signing_key, args.rollout_device_timeout,
+                          args.gate_min_agreement, args.gate_window, args.max_artifact_mb)
+
+
+# ---- artifacts ----
+
+def manifest_for_push(path: Path, manifest_path: Path | None, name: str | None,
+                      labels: dict[str, str]) -> types_pb2.ArtifactManifest:
+    """The wire manifest from the file's models manifest (given, beside it, or read from an ONNX file).
+
+    The models manifest travels whole in the label `models.manifest`, so it is signed with the
+    rest and a device installs exactly what was pushed."""
+    from models.errors import ModelError
+    from models.manifest import manifest_for_onnx, manifest_path as sidecar, parse_manifest, to_json
+
+    try:
+        if manifest_path is not None:
+            manifest = parse_manifest(manifest_path.read_text(), str(manifest_path))
+        elif sidecar(path).is_file():
+            manifest = parse_manifest(sidecar(path).read_text(), str(sidecar(path)))
+        elif path.suffix.lower() == ".onnx":
+            manifest = manifest_for_onnx(path)
+        else:
+            raise CliError(f"{path} has no manifest beside it; give one with --manifest "
+                           "(`edgefleet model manifest` writes it for ONNX files)")
+    except (OSError, ModelError) as err:
+        raise CliError(str(err)) from err
+    return types_pb2.ArtifactManifest(
+        name=name or path.stem, format=manifest.format, precision=manifest.precision,
+        input_width=manifest.input_width, input_height=manifest.input_height, class_names=manifest.class_names,
+        tensorrt_version=manifest.tensorrt_version or "", gpu_compute_capability=manifest.gpu_compute_capability or "",
+        labels={**labels, "models.manifest": to_json(manifest)},
+    )
+
+
+class Progress:
+    """`pushing NAME  12.0/35.0 MB  34%  8.1 MB/s` on one line of stderr (a line per quarter when piped)."""
+
+    def __init__(self, what: str, total: int):
+        self.what, self.total = what, total
+        self.done = 0
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self._shown = -1.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        fraction = self.done / self.total if self.total else 1.0
+        step = 0.01 if self.tty else 0.25
+        if fraction - self._shown < step and self.done < self.total:
+            return
+        self._shown = fraction
+        rate = self.done / max(time.monotonic() - self.started, 1e-6) / 1e6
+        line = (f"{self.what}  {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB  {fraction:4.0%}  "
+                f"{rate:.1f} MB/s")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _upload_messages(path: Path, manifest: types_pb2.ArtifactManifest,
+                     progress: Progress) -> Iterator[fleet_pb2.UploadArtifactRequest]:
+    yield fleet_pb2.UploadArtifactRequest(manifest=manifest)
+    with path.open("rb") as f:
+        while chunk := f.read(UPLOAD_CHUNK):
+            progress.add(len(chunk))
+            yield fleet_pb2.UploadArtifactRequest(chunk=chunk)
+
+
+def cmd_artifact_push(args) -> int:
+    path: Path = args.file
+    if not path.is_file():
+        raise CliError(f"{path} does not exist")
+    labels = dict(_key_values(args.label or (), "--label"))
+    manifest = manifest_for_push(path, args.manifest, args.name, labels)
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(UPLOAD_CHUNK):
+            digest.update(chunk)
+    manifest.sha256, manifest.size_bytes = digest.hexdigest(), path.stat().st_size  # the controller re-checks both
+    manifest.created.CopyFrom(timestamp(time.time()))
+    progress = Progress(f"pushing {path.name}", manifest.size_bytes)
+    with control_stub(args, "UploadArtifact") as stub:
+        try:
+            artifact = stub.UploadArtifact(_upload_messages(path, manifest, progress), timeout=args.timeout)
+        finally:
+            progress.close()
+    if args.json:
+        print(json.dumps(to_dict(artifact), indent=2))
+    else:
+        m = artifact.manifest
+        print(f"{m.sha256}  {m.name}  {m.format} {m.precision or ''} {m.input_width}x{m.input_height}  "
+              f"{m.size_bytes} bytes, signed")
+    return 0
+
+
+def cmd_artifact_list(args) -> int:
+    artifacts = _call(args, "ListArtifacts", fleet_pb2.ListArtifactsRequest()).artifacts
+    if args.json:
+        print(json.dumps([to_dict(a) for a in artifacts], indent=2))
+        return 0
+    _table([("SHA256", "NAME", "FORMAT", "INPUT", "SIZE")] + [
+        (a.manifest.sha256[:16], a.manifest.name, f"{a.manifest.format} {a.manifest.precision}".strip(),
+         f"{a.manifest.input_width}x{a.manifest.input_height}", f"{a.manifest.size_bytes / 1e6:.1f} MB")
+        for a in artifacts
+    ])
+    return 0
+
+
+def _resolve_artifact(args, prefix: str) -> str:
+    """A full sha256 from a unique prefix of one (as `artifact list` shows)."""
+    if len(prefix) == 64:
+        return prefix
+    matches = [a.manifest.sha256 for a in _call(args, "ListArtifacts", fleet_pb2.ListArtifactsRequest()).artifacts
+               if a.manifest.sha256.startswith(prefix.lower())]
+    if len(matches) != 1:
+        raise CliError(f"--artifact {prefix!r} matches {len(matches)} artifacts; give more of the sha256")
+    return matches[0]
+
+
+# ---- rollouts ----
+
+def cmd_rollout_create(args) -> int:
+    try:
+        waves = [int(w) for w in args.waves.split(",")]
+    except ValueError as err:
+        raise CliError(f"--waves takes percentages like 10,50,100, got {args.waves!r}") from err
+    request = fleet_pb2.CreateRolloutRequest(
+        artifact_sha256=_resolve_artifact(args, args.artifact), selector=dict(_key_values(args.select or (), "--select")),
+        canary=args.canary, waves_percent=waves, gate_fps_ratio=args.gate_fps_ratio, max_failures=args.max_failures,
+        expect_different_detections=args.expect_different,
+    )
+    rollout = _call(args, "CreateRollout", request)
+    print(f"rollout {rollout.rollout_id} created")
+    _print_rollout(rollout)
+    return _follow(args, rollout.rollout_id) if args.wait else 0
+
+
+def cmd_rollout_status(args) -> int:
+    rollout = _call(args, "GetRollout", fleet_pb2.GetRolloutRequest(rollout_id=args.rollout))
+    if args.json:
+        print(json.dumps(to_dict(rollout), indent=2))
+        return 0
+    _print_rollout(rollout, devices=True)
+    return _follow(args, rollout.rollout_id) if args.watch else 0
+
+
+def cmd_rollout_list(args) -> int:
+    rollouts = _call(args, "ListRollouts", fleet_pb2.ListRolloutsRequest()).rollouts
+    if args.json:
+        print(json.dumps([to_dict(r) for r in rollouts], indent=2))
+        return 0
+    _table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [
+        (r.rollout_id, fleet_pb2.RolloutState.Name(r.state), r.artifact_sha256[:12], _wave_text(r),
+         f"{sum(w.succeeded for w in r.waves)}/{sum(w.target for w in r.waves)}", str(sum(w.failed for w in r.waves)))
+        for r in rollouts
+    ])
+    return 0
+
+
+def _rollout_action(method: str):
+    def command(args) -> int:
+        rollout = _call(args, method, fleet_pb2.RolloutRef(rollout_id=args.rollout, reason=args.reason or ""))
+        _print_rollout(rollout)
+        return 0
+    return command
+
+
+def _follow(args, rollout_id: str) -> int:
+    """Print a line whenever the rollout moves, until it finishes; exit 0 only if it succeeded."""
+    last = None
+    with control_stub(args, "WatchFleet") as stub:
+        for event in stub.WatchFleet(fleet_pb2.WatchFleetRequest()):
+            if event.WhichOneof("body") == "message" and rollout_id in event.message:
+                print(f"  {event.message}")
+            if event.WhichOneof("body") != "rollout" or event.rollout.rollout_id != rollout_id:
+                continue
+            line = _summary(event.rollout)
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if event.rollout.state in FINISHED:
+                return 0 if event.rollout.state == fleet_pb2.SUCCEEDED else 1
+    return 1
+
+
+def _wave_text(rollout: fleet_pb2.Rollout) -> str:
+    if not rollout.waves:
+        return "-"
+    current = next((w for w in rollout.waves if w.state != fleet_pb2.SUCCEEDED), rollout.waves[-1])
+    return f"{current.index + 1}/{len(rollout.waves)}"
+
+
+def _summary(rollout: fleet_pb2.Rollout) -> str:
+    waves = "  ".join(f"wave {w.index + 1}: {w.succeeded}/{w.target} ok" + (f" {w.failed} failed" if w.failed else "")
+                      + f" ({fleet_pb2.RolloutState.Name(w.state).lower()})" for w in rollout.waves)
+    reason = f" — {rollout.reason}" if rollout.reason else ""
+    return f"{rollout.rollout_id} {fleet_pb2.RolloutState.Name(rollout.state)}  {waves}{reason}"
+
+
+def _print_rollout(rollout: fleet_pb2.Rollout, devices: bool = False) -> None:
+    print(_summary(rollout))
+    if not devices:
+        return
+    for d in rollout.devices:
+        state = "skipped" if d.reason.startswith("skipped:") else types_pb2.DeploymentStatus.State.Name(d.state)
+        wave = "-" if state == "skipped" else str(d.wave + 1)
+        print(f"  {d.device_id:<28} wave {wave:<3} {state:<16} {d.reason}")
+
+
+# ---- device commands ----
+
+def _device_command(field: str):
+    def command(args) -> int:
+        value = True if field == "ping" else (args.reason or "requested by an operator")
+        request = fleet_pb2.SendCommandRequest(device_id=args.device, **{field: value})
+        response = _call(args, "SendCommand", request)
+        print(f"sent {field.removesuffix('_reason')} to {args.device} (command {response.command_id})")
+        return 0
+    return command
+
+
+def _key_values(items, flag: str) -> Iterator[tuple[str, str]]:
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{flag} takes KEY=VALUE, got {item!r}")
+        yield key, value
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def add_rollout_commands(sub) -> None:
+    def client(parser: argparse.ArgumentParser, func, timeout: float | None = 10.0) -> argparse.ArgumentParser:
+        add_connection_arguments(parser)
+        parser.add_argument("--timeout", type=float, default=timeout, help="seconds to wait for the controller")
+        parser.set_defaults(func=func)
+        return parser
+
+    p = sub.add_parser("artifact", help="push and list model artifacts (signed by the controller)")
+    commands = p.add_subparsers(dest="artifact_command", required=True)
+    c = client(commands.add_parser("push", help="upload a model file; prints its sha256"), cmd_artifact_push, None)
+    c.add_argument("file", type=Path)
+    c.add_argument("--manifest", type=Path, metavar="JSON",
+                   help="its models manifest (default: FILE.manifest.json, or read from an ONNX file)")
+    c.add_argument("--name", help="name shown in lists (default: the file's stem)")
+    c.add_argument("--label", action="append", metavar="KEY=VALUE", help="free-form label (repeatable)")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = client(commands.add_parser("list", help="artifacts on the controller"), cmd_artifact_list)
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("rollout", help="roll an artifact out in waves gated on the devices' health")
+    commands = p.add_subparsers(dest="rollout_command", required=True)
+    c = client(commands.add_parser("create", help="start a rollout"), cmd_rollout_create, None)
+    c.add_argument("--artifact", required=True, metavar="SHA", help="sha256 (or a unique prefix) of a pushed artifact")
+    c.add_argument("--select", action="append", metavar="KEY=VALUE", help="only devices with this label (repeatable)")
+    c.add_argument("--canary", type=int, default=1, metavar="N", help="devices in the first wave (default 1)")
+    c.add_argument("--waves", default="100", metavar="P,P,…",
+                   help="cumulative percentages of the targets after the canary, ending at 100 (default 100)")
+    c.add_argument("--gate-fps-ratio", type=float, default=0.9, metavar="R",
+                   help="the candidate must run at >= R x the current engine's fps in its shadow test (default 0.9)")
+    c.add_argument("--max-failures", type=int, default=0, metavar="K",
+                   help="devices that may fail after the canary before the rollout halts (default 0)")
+    c.add_argument("--expect-different", action="store_true",
+                   help="the new model is meant to detect differently: skip the agreement check")
+    c.add_argument("--wait", action="store_true", help="follow it until it finishes (exit 1 unless it succeeds)")
+    c = client(commands.add_parser("status", help="one rollout, per wave and per device"), cmd_rollout_status, None)
+    c.add_argument("rollout", metavar="ID")
+    c.add_argument("--watch", action="store_true", help="follow it until it finishes")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = client(commands.add_parser("list", help="all rollouts"), cmd_rollout_list)
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    for verb, method in (("pause", "PauseRollout"), ("resume", "ResumeRollout"), ("abort", "AbortRollout")):
+        c = client(commands.add_parser(verb, help=f"{verb} a rollout"), _rollout_action(method))
+        c.add_argument("rollout", metavar="ID")
+        c.add_argument("--reason", help="recorded with the event")
+
+    p = sub.add_parser("device", help="send a command to a device over its Session")
+    commands = p.add_subparsers(dest="device_command", required=True)
+    for verb, field, help_ in (("rollback", "rollback_reason", "return to the previous engine"),
+                               ("restart", "restart_reason", "restart the agent"),
+                               ("ping", "ping", "check the Session answers")):
+        c = client(commands.add_parser(verb, help=help_), _device_command(field))
+        c.add_argument("device", metavar="ID")
+        if field != "ping":
+            c.add_argument("--reason", help="recorded with the event")

@@ -1,0 +1,278 @@
+"""Rollouts end to end: a real controller process, real agent processes detecting on vtest.avi.
+
+One fleet for the whole module (two agents on the sample video, one scripted device that cannot
+run ONNX), rollouts one after the other: a good artifact first, then one per fault. Every faulty
+rollout must halt at its canary with the reason recorded, and leave both agents detecting with
+the engine they had.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+from fleet.channel import open_channel
+from models.bundled import default_model
+
+from ..conftest import ROOT, free_port, wait_for
+from ..onnx_variants import slow_onnx, variant_onnx, warmup_failing_onnx
+from .test_rollouts_controller import ScriptedDevice
+
+pytestmark = pytest.mark.slow
+
+KEY = "efk_e2e"
+GATE = ["--gate-window", "2"]
+
+
+class Fleet:
+    """The controller (a process we can SIGKILL and restart on the same port) and two agents."""
+
+    def __init__(self, workdir: Path, vtest: Path):
+        self.workdir = workdir
+        self.vtest = vtest
+        self.db = workdir / "fleet.db"
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.token = subprocess.run(
+            [sys.executable, "-m", "fleet.cli", "operator-token", "create", "--db", str(self.db)],
+            cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+        self.controller: subprocess.Popen | None = None
+        self.metrics_port = 0
+        self.start_controller()
+        self.agents: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start_controller(self) -> None:
+        self.metrics_port = free_port()
+        log = (self.workdir / "controller.log").open("a")
+        self.controller = subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli", "serve", "--db", str(self.db), "--listen", self.address,
+             "--enroll-key", KEY, "--heartbeat-interval", "1", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+             *GATE], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._serving, 30, "the controller to serve")
+
+    def _serving(self) -> bool:
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    def kill_controller(self) -> None:
+        self.controller.send_signal(signal.SIGKILL)
+        self.controller.wait(10)
+
+    def start_agent(self, name: str, *extra: str) -> None:
+        self.logs[name] = self.workdir / f"{name}.log"
+        self.agents[name] = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--controller", self.address, "--source", str(self.vtest),
+             "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY, "--name", name,
+             "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))
+
+    def kill_agent(self, name: str) -> None:
+        self.agents[name].send_signal(signal.SIGKILL)
+        self.agents[name].wait(10)
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text()
+
+    def control(self):
+        return open_channel(self.address, token=self.token)
+
+    def stop(self) -> None:
+        for proc in self.agents.values():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        if self.controller.poll() is None:
+            self.controller.terminate()
+            self.controller.wait(10)
+
+    # ---- operator calls ----
+
+    def call(self, method: str, request, timeout: float = 30):
+        with self.control() as channel:
+            return getattr(fleet_pb2_grpc.FleetControlStub(channel), method)(request, timeout=timeout)
+
+    def push(self, path: Path) -> str:
+        data = path.read_bytes()
+
+        def messages():
+            yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(name=path.stem, format="onnx"))
+            for i in range(0, len(data), 1 << 20):
+                yield fleet_pb2.UploadArtifactRequest(chunk=data[i:i + (1 << 20)])
+
+        return self.call("UploadArtifact", messages()).manifest.sha256
+
+    def rollout(self, sha: str, **spec) -> str:
+        request = fleet_pb2.CreateRolloutRequest(artifact_sha256=sha, canary=1, waves_percent=[100],
+                                                 gate_fps_ratio=0.5, **spec)
+        return self.call("CreateRollout", request).rollout_id
+
+    def get(self, rollout_id: str) -> fleet_pb2.Rollout:
+        return self.call("GetRollout", fleet_pb2.GetRolloutRequest(rollout_id=rollout_id))
+
+    def finished(self, rollout_id: str, timeout: float = 120) -> fleet_pb2.Rollout:
+        done = (fleet_pb2.SUCCEEDED, fleet_pb2.FAILED, fleet_pb2.ABORTED)
+        return wait_for(lambda: (r := self._try_get(rollout_id)) is not None and r.state in done and r,
+                        timeout, f"rollout {rollout_id} to finish")
+
+    def _try_get(self, rollout_id: str) -> fleet_pb2.Rollout | None:
+        try:
+            return self.get(rollout_id)
+        except grpc.RpcError:
+            return None  # the controller is restarting
+
+    def devices(self) -> dict[str, fleet_pb2.Device]:
+        return {d.hostname: d for d in self.call("ListDevices", fleet_pb2.ListDevicesRequest()).devices}
+
+    def served_bytes(self) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        return float(re.search(r"^edgefleet_artifact_bytes_served_total (\S+)$", text, re.M).group(1))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, vtest):
+    workdir = tmp_path_factory.mktemp("rollout-e2e")
+    fleet = Fleet(workdir, vtest)
+    try:
+        for name in ("cam-a", "cam-b"):
+            fleet.start_agent(name)
+        wait_for(lambda: len(fleet.devices()) == 2 and all(d.connected and d.health.frames_total > 0
+                                                           for d in fleet.devices().values()),
+                 120, "both agents detecting")
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The bundled detector in variants: new bytes of the same model, slower, and broken ones."""
+    folder = tmp_path_factory.mktemp("models")
+    bundled = default_model()
+    made = {f"same-{i}": variant_onnx(bundled, folder / f"same-{i}.onnx", f"variant {i}") for i in range(6)}
+    made["slow"] = slow_onnx(bundled, folder / "slow.onnx", size=1024, matmuls=12)
+    made["warmup-fails"] = warmup_failing_onnx(bundled, folder / "warmup-fails.onnx")
+    garbage = folder / "garbage.onnx"
+    garbage.write_bytes(os.urandom(1 << 20))
+    made["garbage"] = garbage
+    return made
+
+
+def engines_of(fleet: Fleet) -> dict[str, str]:
+    return {name: d.plan.artifact_sha256 for name, d in fleet.devices().items() if name in fleet.agents}
+
+
+def still_detecting(fleet: Fleet) -> None:
+    before = {n: d.health.frames_total for n, d in fleet.devices().items() if n in fleet.agents}
+    wait_for(lambda: all(fleet.devices()[n].health.frames_total > before[n] for n in before), 30,
+             "both agents to keep detecting")
+
+
+def test_01_a_good_artifact_reaches_every_compatible_device(fleet, models):
+    no_onnx = ScriptedDevice(grpc.insecure_channel(fleet.address), "jetson-no-ort",
+                             types_pb2.HardwareProfile(platform="jetson"), key=KEY)  # cannot run ONNX
+    sha = fleet.push(models["same-0"])
+    rollout = fleet.finished(fleet.rollout(sha))
+    assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
+    assert [(w.target, w.succeeded) for w in rollout.waves] == [(1, 1), (1, 1)]
+    skipped = [d for d in rollout.devices if d.reason.startswith("skipped")]
+    assert [d.device_id for d in skipped] == [no_onnx.id] and "onnxruntime" in skipped[0].reason
+    assert not no_onnx.deploys()
+    wait_for(lambda: set(engines_of(fleet).values()) == {sha}, 30, "both plans naming the new engine")
+    still_detecting(fleet)
+    no_onnx.disconnect()
+
+
+def assert_halted_at_canary(fleet: Fleet, rollout_id: str, reason: str) -> None:
+    before = engines_of(fleet)
+    rollout = fleet.finished(rollout_id)
+    assert rollout.state == fleet_pb2.FAILED
+    assert "canary failed" in rollout.reason and re.search(reason, rollout.reason), rollout.reason
+    canary, rest = rollout.devices[0], rollout.devices[1]
+    assert canary.state == types_pb2.DeploymentStatus.FAILED and re.search(reason, canary.reason)
+    assert rest.state == types_pb2.DeploymentStatus.STATE_UNSPECIFIED  # never asked
+    assert engines_of(fleet) == before  # every device still on the engine it had
+    still_detecting(fleet)
+
+
+def tamper_file(fleet: Fleet, sha: str, how) -> None:
+    path = fleet.db.parent / "artifacts" / sha[:2] / sha
+    data = bytearray(path.read_bytes())
+    path.write_bytes(how(data))
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("corrupt", "sha256"),
+    ("truncated", "serves \\d+ bytes|bytes"),
+    ("signature", "signature"),
+])
+def test_02_tampered_artifacts_halt_at_the_canary(fleet, models, fault, reason):
+    sha = fleet.push(models[{"corrupt": "same-1", "truncated": "same-2", "signature": "same-3"}[fault]])
+    if fault == "corrupt":
+        tamper_file(fleet, sha, lambda d: d[:1000] + bytes([d[1000] ^ 0xFF]) + d[1001:])
+    elif fault == "truncated":
+        tamper_file(fleet, sha, lambda d: d[: len(d) // 2])
+    else:
+        with sqlite3.connect(fleet.db) as db:
+            (signature,) = db.execute("select signature from artifacts where sha256 = ?", [sha]).fetchone()
+            db.execute("update artifacts set signature = ? where sha256 = ?",
+                       [bytes([signature[0] ^ 1]) + signature[1:], sha])
+    assert_halted_at_canary(fleet, fleet.rollout(sha), reason)
+
+
+@pytest.mark.parametrize("model, reason", [
+    ("garbage", "load|ONNX|protobuf|parse"),
+    ("warmup-fails", "warm|Reshape|load"),
+    ("slow", "throughput"),
+])
+def test_03_engines_that_fail_on_the_device_halt_at_the_canary(fleet, models, model, reason):
+    assert_halted_at_canary(fleet, fleet.rollout(fleet.push(models[model])), reason)
+
+
+def test_04_an_agent_killed_mid_download_resumes_from_its_offset(fleet, models):
+    fleet.kill_agent("cam-a")
+    fleet.start_agent("cam-a", "--download-mbps", "4")
+    wait_for(lambda: fleet.devices()["cam-a"].connected, 60, "cam-a back")
+    sha = fleet.push(models["same-4"])
+    size = models["same-4"].stat().st_size
+    served_before = fleet.served_bytes()
+    rollout_id = fleet.rollout(sha, selector={})
+    canary = fleet.get(rollout_id).devices[0].device_id
+    name = next(n for n, d in fleet.devices().items() if d.device_id == canary)
+    part = fleet.workdir / name / "engines" / "staging" / f"{sha}.part"
+    assert name == "cam-a"  # connected devices make the canary in id order: the rate-capped one
+    wait_for(lambda: part.exists() and 4 << 20 < part.stat().st_size < size // 2, 60, "the download under way")
+    fleet.kill_agent("cam-a")
+    left = part.stat().st_size
+    fleet.start_agent("cam-a")
+    rollout = fleet.finished(rollout_id)
+    assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
+    assert re.search(rf"resuming the download of .+ at byte {left} of {size}", fleet.log("cam-a"))
+    # starting over would cost the canary `left` bytes more; resumed, it fetched the rest only
+    # (plus what was in flight when it died), and the second device the whole file
+    assert fleet.served_bytes() - served_before < 2 * size + left
+
+
+def test_05_a_controller_killed_mid_rollout_continues(fleet, models):
+    sha = fleet.push(models["same-5"])
+    rollout_id = fleet.rollout(sha)
+    wait_for(lambda: any(d.state >= types_pb2.DeploymentStatus.DOWNLOADING for d in fleet.get(rollout_id).devices),
+             60, "the canary under way")
+    fleet.kill_controller()
+    fleet.start_controller()
+    rollout = fleet.finished(rollout_id, timeout=180)
+    assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
+    wait_for(lambda: all(sha == s for s in engines_of(fleet).values()), 60, "both agents on the new engine")

@@ -1,0 +1,257 @@
+"""The controller's half of rollouts over real gRPC: artifacts in, signed; waves out, gated on the
+devices' reports. The devices here are scripted Sessions (plumbing); tests/integration/
+test_rollout_e2e.py runs the same against real agent processes."""
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, types_pb2
+from fleet.rollouts import plan_waves
+from fleet.signing import signed_bytes
+from tests.conftest import ControllerThread, wait_for
+
+CPU = types_pb2.HardwareProfile(platform="x86_64-cpu", onnxruntime_providers=["CPUExecutionProvider"])
+JETSON = types_pb2.HardwareProfile(platform="jetson-orin-nano", tensorrt_version="10.3.0",
+                                   gpu_compute_capability="8.7", onnxruntime_providers=["CPUExecutionProvider"])
+State = types_pb2.DeploymentStatus
+
+
+class ScriptedDevice:
+    """An enrolled device with an open Session: collects the commands it gets, sends what the test says."""
+
+    def __init__(self, channel, name: str, profile=CPU, labels: dict | None = None, key: str = "efk_test"):
+        stub = agent_pb2_grpc.AgentGatewayStub(channel)
+        self.enrolled = stub.Enroll(agent_pb2.EnrollRequest(
+            enroll_key=key, hardware_id=f"hw-{name}", hostname=name, profile=profile, labels=labels or {}),
+            timeout=5)
+        self.id = self.enrolled.device_id
+        self.metadata = (("authorization", f"Bearer {self.enrolled.device_token}"),)
+        self.stub = stub
+        self.profile = profile
+        self.commands: list[agent_pb2.Command] = []
+        self._up: queue.Queue = queue.Queue()
+        self.call = None
+        self.connect()
+
+    def connect(self) -> None:
+        self._up = queue.Queue()
+        self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="t", profile=self.profile)))
+        self.call = self.stub.Session(iter(self._up.get, None), metadata=self.metadata)
+        threading.Thread(target=self._read, args=(self.call,), daemon=True).start()
+        wait_for(lambda: self.accepted, 10, f"{self.id} accepted")
+
+    accepted = False
+
+    def _read(self, call) -> None:
+        try:
+            for message in call:
+                if message.WhichOneof("body") == "accepted":
+                    self.accepted = True
+                else:
+                    self.commands.append(message.command)
+        except grpc.RpcError:
+            pass
+
+    def disconnect(self) -> None:
+        self._up.put(None)
+        self.accepted = False
+
+    def deploys(self) -> list[agent_pb2.DeployArtifact]:
+        return [c.deploy for c in self.commands if c.WhichOneof("action") == "deploy"]
+
+    def report(self, rollout_id: str, sha: str, state: int, reason: str = "") -> None:
+        self._up.put(agent_pb2.AgentMessage(deployment=types_pb2.DeploymentStatus(
+            rollout_id=rollout_id, artifact_sha256=sha, state=state, reason=reason)))
+
+
+@pytest.fixture
+def model_bytes(tmp_path):
+    return bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: several chunks
+
+
+def push(control, data: bytes, fmt: str = "onnx", **manifest) -> types_pb2.Artifact:
+    def messages():
+        yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(name="m", format=fmt, **manifest))
+        for i in range(0, len(data), 300_000):
+            yield fleet_pb2.UploadArtifactRequest(chunk=data[i:i + 300_000])
+    return control.UploadArtifact(messages(), timeout=10)
+
+
+def fetch_all(device: ScriptedDevice, sha: str, offset: int = 0, chunk_size: int = 0) -> tuple[bytes, list[int]]:
+    data, offsets = b"", []
+    for chunk in device.stub.FetchArtifact(agent_pb2.FetchArtifactRequest(sha256=sha, offset=offset,
+                                                                          chunk_size=chunk_size),
+                                           metadata=device.metadata, timeout=10):
+        offsets.append(chunk.offset)
+        data += chunk.data
+    return data, offsets
+
+
+def test_waves_split_the_targets_cumulatively():
+    ids = [f"d{i}" for i in range(10)]
+    assert [len(w) for w in plan_waves(ids, 1, (10, 50, 100))] == [1, 4, 5]
+    assert [len(w) for w in plan_waves(ids[:3], 1, (100,))] == [1, 2]
+    assert [len(w) for w in plan_waves(ids[:1], 2, (50, 100))] == [1]
+    assert sum(plan_waves(ids, 3, (30, 60, 100)), []) == ids
+
+
+def test_upload_stores_signs_and_serves_chunks_from_any_offset(controller, channel, control, model_bytes):
+    artifact = push(control, model_bytes)
+    sha = hashlib.sha256(model_bytes).hexdigest()
+    assert (artifact.manifest.sha256, artifact.manifest.size_bytes) == (sha, len(model_bytes))
+    device = ScriptedDevice(channel, "cam-a")
+    Ed25519PublicKey.from_public_bytes(device.enrolled.controller_public_key).verify(
+        artifact.signature, signed_bytes(artifact.manifest))  # raises if the signature is wrong
+    assert [a.manifest.sha256 for a in control.ListArtifacts(fleet_pb2.ListArtifactsRequest()).artifacts] == [sha]
+    # a device may fetch only what a rollout sent it
+    with pytest.raises(grpc.RpcError) as err:
+        fetch_all(device, sha)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5)
+    data, offsets = fetch_all(device, sha, chunk_size=256 << 10)
+    assert data == model_bytes and offsets[:3] == [0, 256 << 10, 512 << 10]
+    tail, offsets = fetch_all(device, sha, offset=1_000_000)  # resume
+    assert tail == model_bytes[1_000_000:] and offsets[0] == 1_000_000
+    with pytest.raises(grpc.RpcError) as err:
+        fetch_all(device, sha, offset=len(model_bytes) + 1)
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize("manifest, why", [
+    (dict(sha256="0" * 64), "sha256"),
+    (dict(size_bytes=5), "size_bytes"),
+])
+def test_an_upload_that_differs_from_its_manifest_is_refused(control, model_bytes, manifest, why):
+    with pytest.raises(grpc.RpcError) as err:
+        push(control, model_bytes, **manifest)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.details()
+    assert not control.ListArtifacts(fleet_pb2.ListArtifactsRequest()).artifacts
+
+
+def test_a_good_rollout_goes_through_canary_and_waves_and_skips_incompatible_devices(
+        channel, control, model_bytes):
+    sha = push(control, model_bytes, fmt="tensorrt-engine", tensorrt_version="10.3.1",
+               gpu_compute_capability="8.7").manifest.sha256
+    jetsons = [ScriptedDevice(channel, f"jetson-{i}", JETSON, {"site": "lab"}) for i in range(4)]
+    cpu = ScriptedDevice(channel, "cpu-box", CPU, {"site": "lab"})
+    elsewhere = ScriptedDevice(channel, "jetson-far", JETSON, {"site": "far"})
+    rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(
+        artifact_sha256=sha, selector={"site": "lab"}, canary=1, waves_percent=[50, 100]), timeout=5)
+    assert [(w.target, w.state) for w in rollout.waves] == [(1, fleet_pb2.RUNNING), (1, fleet_pb2.PENDING),
+                                                            (2, fleet_pb2.PENDING)]
+    skipped = {d.device_id: d.reason for d in rollout.devices if d.reason.startswith("skipped")}
+    assert list(skipped) == [cpu.id] and "TensorRT" in skipped[cpu.id]
+    assert elsewhere.id not in {d.device_id for d in rollout.devices}
+    rid = rollout.rollout_id
+
+    def wave_of(device):
+        return next(d.wave for d in control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid)).devices
+                    if d.device_id == device.id)
+
+    for wave in range(3):
+        members = [d for d in jetsons if wave_of(d) == wave]
+        for device in members:
+            deploy = wait_for(device.deploys, 10, f"deploy to {device.id}")[0]
+            assert deploy.rollout_id == rid and deploy.artifact.manifest.sha256 == sha
+            assert deploy.gate_min_agreement == pytest.approx(0.8)
+        waiting = [d for d in jetsons if wave_of(d) > wave]
+        assert not any(d.deploys() for d in waiting)  # the next wave waits for this one's verdicts
+        for device in members:
+            device.report(rid, sha, State.DOWNLOADING)
+            device.report(rid, sha, State.ACTIVE)
+    done = wait_for(lambda: (r := control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid))).state
+                    == fleet_pb2.SUCCEEDED and r, 10, "the rollout to succeed")
+    assert [w.succeeded for w in done.waves] == [1, 1, 2]
+    assert not cpu.deploys()
+
+
+def test_a_failed_canary_halts_the_rollout_with_its_reason(channel, control, model_bytes):
+    sha = push(control, model_bytes).manifest.sha256
+    devices = [ScriptedDevice(channel, f"cam-{i}") for i in range(3)]
+    rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha, canary=1), timeout=5)
+    canary = next(d for d in devices if d.id == rollout.devices[0].device_id)
+    wait_for(canary.deploys, 10, "the canary's deploy")
+    canary.report(rollout.rollout_id, sha, State.FAILED, "gate: fps ratio 0.41 < 0.90")
+    failed = wait_for(lambda: (r := control.GetRollout(fleet_pb2.GetRolloutRequest(
+        rollout_id=rollout.rollout_id))).state == fleet_pb2.FAILED and r, 10, "the rollout to fail")
+    assert "canary failed" in failed.reason and "fps ratio 0.41" in failed.reason
+    assert [d for d in devices if d is not canary and d.deploys()] == []
+
+
+def test_pause_holds_the_next_wave_and_resume_starts_it(channel, control, model_bytes):
+    sha = push(control, model_bytes).manifest.sha256
+    devices = [ScriptedDevice(channel, f"cam-{i}") for i in range(2)]
+    rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5)
+    rid = rollout.rollout_id
+    canary_id, rest_id = rollout.devices[0].device_id, rollout.devices[1].device_id
+    canary, rest = (next(d for d in devices if d.id == i) for i in (canary_id, rest_id))
+    paused = control.PauseRollout(fleet_pb2.RolloutRef(rollout_id=rid, reason="night shift"), timeout=5)
+    assert paused.state == fleet_pb2.PAUSED
+    with pytest.raises(grpc.RpcError) as err:
+        control.PauseRollout(fleet_pb2.RolloutRef(rollout_id=rid), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    wait_for(canary.deploys, 10, "the canary's deploy")
+    canary.report(rid, sha, State.ACTIVE)
+    wait_for(lambda: control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid)).waves[0].succeeded == 1, 10,
+             "the canary's verdict")
+    assert not rest.deploys()
+    assert control.ResumeRollout(fleet_pb2.RolloutRef(rollout_id=rid), timeout=5).state == fleet_pb2.RUNNING
+    wait_for(rest.deploys, 10, "the second wave's deploy after resume")
+    aborted = control.AbortRollout(fleet_pb2.RolloutRef(rollout_id=rid, reason="changed my mind"), timeout=5)
+    assert aborted.state == fleet_pb2.ABORTED and "changed my mind" in aborted.reason
+
+
+def test_a_restarted_controller_continues_and_resends_to_devices_that_reconnect(tmp_path, model_bytes):
+    ctl = ControllerThread(tmp_path / "fleet.db")
+    from fleet.channel import open_channel
+    from edgefleet.v1 import fleet_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(ctl.address) as channel, \
+                open_channel(ctl.address, token=ctl.operator_token) as ops:
+            control = fleet_pb2_grpc.FleetControlStub(ops)
+            sha = push(control, model_bytes).manifest.sha256
+            devices = [ScriptedDevice(channel, f"cam-{i}") for i in range(2)]
+            rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5)
+            rid = rollout.rollout_id
+            canary = next(d for d in devices if d.id == rollout.devices[0].device_id)
+            wait_for(canary.deploys, 10, "the canary's deploy")
+            canary.report(rid, sha, State.DOWNLOADING)
+            wait_for(lambda: control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid)).devices[0].state
+                     == State.DOWNLOADING, 10, "the canary downloading")
+    finally:
+        ctl.stop()
+    ctl = ControllerThread(tmp_path / "fleet.db", enroll_keys=())
+    try:
+        with grpc.insecure_channel(ctl.address) as channel, \
+                open_channel(ctl.address, token=ctl.operator_token) as ops:
+            control = fleet_pb2_grpc.FleetControlStub(ops)
+            assert control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid)).state == fleet_pb2.RUNNING
+            canary.stub = agent_pb2_grpc.AgentGatewayStub(channel)
+            canary.commands.clear()
+            canary.connect()
+            assert wait_for(canary.deploys, 10, "the deploy re-sent on reconnect")[0].rollout_id == rid
+            canary.report(rid, sha, State.ACTIVE)
+            wait_for(lambda: control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid)).waves[0].succeeded,
+                     10, "the canary's verdict after the restart")
+    finally:
+        ctl.stop()
+
+
+def test_send_command_needs_an_open_session(channel, control):
+    device = ScriptedDevice(channel, "cam-a")
+    sent = control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.id, rollback_reason="bad"), timeout=5)
+    command = wait_for(lambda: [c for c in device.commands if c.command_id == sent.command_id], 10, "rollback")[0]
+    assert command.rollback.reason == "bad"
+    device.disconnect()
+    wait_for(lambda: not control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.id)).connected, 10,
+             "the session to close")
+    with pytest.raises(grpc.RpcError) as err:
+        control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.id, ping=True), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
