@@ -738,10 +738,12 @@ class FleetStore(RolloutTables):
         return dict(self.db.execute("select device_id, last_seen from devices").fetchall())
 
     def _require(self, device_id: str) -> DeviceRecord:
-        try:
-            return _device_from_row(self.db["devices"].get(device_id))
-        except sqlite_utils.db.NotFoundError as err:
-            raise NotFound(f"device {device_id!r} is not enrolled") from err
+        # plain SQL: this runs after every heartbeat, and sqlite-utils' Table.get reads the schema each time
+        cursor = self.db.conn.execute("select * from devices where device_id = ?", [device_id])
+        row = cursor.fetchone()
+        if row is None:
+            raise NotFound(f"device {device_id!r} is not enrolled")
+        return _device_from_row(dict(zip((c[0] for c in cursor.description), row)))
 
 
 def _object_to_json(obj: ObjectRecord) -> list:
