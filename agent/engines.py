@@ -7,10 +7,8 @@ A deployment runs on one worker thread, never on the detect loop:
       -> SHADOW_TESTING (the candidate runs on sampled frames beside the current engine)
       -> ACTIVE (swapped in between two ticks of the loop) | FAILED (the current engine stays)
 
-Files under `<state_dir>/engines/`:
+Files under `<state_dir>/engines/` (artifacts and downloads: agent.artifacts):
 
-    staging/<sha256>.part        a download in progress; a later attempt (or process) resumes it
-    <sha256>/<name>.<ext>        a verified artifact (+ its models manifest sidecar, a built engine)
     active.json                  which engine runs now, the one before it, and the crash-loop counter
     deployments.json             the final status of each rollout this device saw (idempotent replays)
 
@@ -25,17 +23,15 @@ machine sees it immediately instead of a device that silently queues work.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import queue
-import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,99 +39,25 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .errors import AgentError
+from .artifacts import (
+    SHA256,
+    ArtifactInfo,
+    Downloader,
+    Fetch,
+    SignedArtifact,
+    build_engine_cached,
+    check_device,
+    install_sidecar,
+    needs_build,
+    verify_artifact_signature,
+)
+from .errors import EngineError, GateFailed
+from .shadow import GateParams, ShadowGate
 
 logger = logging.getLogger(__name__)
 
 FINAL_STATES = ("ACTIVE", "FAILED", "ROLLED_BACK")
 STATES = ("DOWNLOADING", "VERIFYING", "BUILDING", "WARMING_UP", "SHADOW_TESTING") + FINAL_STATES
-EXTENSIONS = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt"}
-MODELS_MANIFEST_LABEL = "models.manifest"
-"""ArtifactManifest.labels key that carries a TensorRT engine's models manifest (JSON, models.manifest),
-which the tensorrt backend needs beside the engine (layout, decode parameters, profile)."""
-NO_KEY_REASON = ("this device's identity has no controller public key (it was enrolled by an older agent): "
-                 "re-enroll to learn the controller's key")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class EngineError(AgentError):
-    """A deployment step that failed; the message is the reason the device reports."""
-
-
-class SignatureError(EngineError):
-    """An artifact manifest whose signature the controller's key does not verify (or no key)."""
-
-
-class DownloadError(EngineError):
-    """A download that cannot complete: refused, retries exhausted, or bytes that do not match."""
-
-
-class FetchError(EngineError):
-    """Raised by a fetch function; `retryable=False` for answers a retry cannot change (NOT_FOUND)."""
-
-    def __init__(self, message: str, retryable: bool = True):
-        super().__init__(message)
-        self.retryable = retryable
-
-
-# ---- what the wire says, as plain data (agent.link converts the protobuf) ----
-
-@dataclass(frozen=True)
-class ArtifactInfo:
-    """The signed description of an artifact (edgefleet.v1.ArtifactManifest)."""
-
-    sha256: str
-    size_bytes: int
-    name: str
-    format: str
-    precision: str = ""
-    input_width: int = 0
-    input_height: int = 0
-    class_names: tuple[str, ...] = ()
-    tensorrt_version: str = ""
-    gpu_compute_capability: str = ""
-    labels: dict[str, str] = field(default_factory=dict, compare=False)
-
-    def check(self) -> None:
-        """Refuse values that would be unsafe as paths or cannot be downloaded (names field and value)."""
-        if not _SHA256.fullmatch(self.sha256):
-            raise EngineError(f"artifact sha256={self.sha256!r}: must be 64 lowercase hex digits")
-        if self.size_bytes <= 0:
-            raise EngineError(f"artifact size_bytes={self.size_bytes}: must be > 0")
-        if self.format not in EXTENSIONS:
-            raise EngineError(f"artifact format={self.format!r}: this agent runs {', '.join(EXTENSIONS)}")
-
-    @property
-    def file_name(self) -> str:
-        """`<name>.<ext>`: the name reduced to [A-Za-z0-9._-], the extension from the format."""
-        ext = EXTENSIONS[self.format]
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(self.name).name).strip("._") or self.sha256[:12]
-        return stem if stem.lower().endswith(ext) else stem + ext
-
-    @property
-    def short(self) -> str:
-        return f"{self.name or 'artifact'} ({self.sha256[:12]})"
-
-
-@dataclass(frozen=True)
-class SignedArtifact:
-    """An artifact description and the controller's Ed25519 signature over `signed_bytes`, the
-    manifest exactly as serialized on the wire (`manifest.SerializeToString(deterministic=True)`)."""
-
-    info: ArtifactInfo
-    signed_bytes: bytes
-    signature: bytes
-
-
-@dataclass(frozen=True)
-class GateParams:
-    """DeployArtifact's gate. 0 leaves a bound off: fps_ratio 0 accepts any speed, min_agreement 0
-    any detections, window_s 0 ends the window as soon as it has its minimum number of samples."""
-
-    fps_ratio: float = 0.0
-    min_agreement: float = 0.0
-    window_s: float = 0.0
-    expect_different_detections: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,447 +85,6 @@ class DeploymentStatus:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def verify_artifact_signature(public_key: bytes, artifact: Any) -> None:
-    """Raise SignatureError unless `artifact`'s signature verifies with the controller's Ed25519 key.
-
-    `artifact` is a SignedArtifact, or anything shaped like edgefleet.v1.Artifact (`manifest`,
-    `signature`), whose manifest is then serialized deterministically, as the controller signs it.
-    """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    if not public_key:
-        raise SignatureError(NO_KEY_REASON)
-    if isinstance(artifact, SignedArtifact):
-        data, signature, what = artifact.signed_bytes, artifact.signature, artifact.info.short
-    else:
-        data = artifact.manifest.SerializeToString(deterministic=True)
-        signature, what = artifact.signature, f"{artifact.manifest.name} ({artifact.manifest.sha256[:12]})"
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes(public_key))
-    except ValueError as err:
-        raise SignatureError(f"the controller public key is {len(public_key)} bytes, not a raw 32-byte "
-                             "Ed25519 key: re-enroll to learn the controller's key") from err
-    try:
-        key.verify(bytes(signature), data)
-    except InvalidSignature as err:
-        raise SignatureError(f"artifact {what}: the manifest's signature does not verify with the "
-                             "controller's key (tampered, or signed by another controller); refused") from err
-
-
-# ---- download ----
-
-Fetch = Callable[[str, int], Iterable[Any]]
-"""fetch(sha256, offset) -> chunks with `.offset`, `.data`, `.total_size` (edgefleet.v1.ArtifactChunk)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256_prefix(path: Path) -> tuple[Any, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-            size += len(block)
-    return digest, size
-
-
-class Downloader:
-    """Resumable download into `<root>/staging/<sha>.part`, then an atomic move to `<root>/<sha>/<file>`.
-
-    Each attempt asks for the bytes from the .part file's size on, so an interrupted stream, or a
-    process killed mid-download, costs only what was in flight. Stream errors are retried with
-    exponential backoff (`attempts` in a row without progress); a FetchError(retryable=False) ends
-    it at once. The sha256 is computed while the bytes arrive (the existing prefix is hashed once
-    on resume); a size or sha256 mismatch at the end deletes the .part, so a retry starts fresh.
-    """
-
-    def __init__(self, root: Path, fetch: Fetch, *, attempts: int = 6, backoff_s: float = 0.5,
-                 backoff_max_s: float = 10.0, stop: threading.Event | None = None, max_bytes_per_s: float = 0.0):
-        self.root, self.fetch = Path(root), fetch
-        self.attempts, self.backoff_s, self.backoff_max_s = attempts, backoff_s, backoff_max_s
-        self.stop = stop or threading.Event()
-        self.max_bytes_per_s = max_bytes_per_s
-        """0: as fast as the link goes; else the average rate each fetch keeps under (metered links)."""
-        self.requests: list[int] = []
-        """The offset of every fetch call, in order (what a resumed download asked for)."""
-
-    def staging_path(self, sha256: str) -> Path:
-        return self.root / "staging" / f"{sha256}.part"
-
-    def final_path(self, info: ArtifactInfo) -> Path:
-        return self.root / info.sha256 / info.file_name
-
-    def download(self, info: ArtifactInfo, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
-        info.check()
-        final, total = self.final_path(info), info.size_bytes
-        if final.is_file() and final.stat().st_size == total and _sha256_prefix(final)[0].hexdigest() == info.sha256:
-            progress(total, total)
-            return final  # downloaded before (a replayed deploy, a rollback target)
-        part = self.staging_path(info.sha256)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        digest, hashed = None, -1
-        failures = 0
-        if part.exists() and part.stat().st_size:
-            logger.info("resuming the download of %s at byte %d of %d (left by an earlier run)",
-                        info.short, part.stat().st_size, total)
-        while True:
-            if self.stop.is_set():
-                raise DownloadError(f"download of {info.short} cancelled")
-            offset = part.stat().st_size if part.exists() else 0
-            if offset > total:
-                logger.warning("%s holds %d bytes, more than the artifact's %d; starting over", part, offset, total)
-                part.unlink()
-                offset = 0
-            if hashed != offset:
-                digest, hashed = _sha256_prefix(part) if offset else (hashlib.sha256(), 0)
-            if offset == total:
-                break
-            try:
-                hashed = self._attempt(info, part, offset, digest, progress)
-            except FetchError as err:
-                if not err.retryable:
-                    raise DownloadError(f"download of {info.short} refused at byte {offset}: {err}") from err
-                error: Exception = err
-            except DownloadError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any stream error (grpc.RpcError, OSError) is retried
-                error = err
-            else:
-                if hashed == total:
-                    break
-                error = FetchError(f"stream ended at byte {hashed} of {total}")
-            now = part.stat().st_size if part.exists() else 0
-            if hashed != now:
-                hashed = -1  # a write was cut short: hash the prefix again before the next attempt
-            failures = 0 if now > offset else failures + 1
-            if failures >= self.attempts:
-                raise DownloadError(f"download of {info.short} failed {failures} times in a row at byte {now} "
-                                    f"of {total}: {error}") from error
-            delay = min(self.backoff_max_s, self.backoff_s * (2 ** max(0, failures - 1)))
-            logger.warning("download of %s interrupted at byte %d of %d (%s); resuming in %.1f s",
-                           info.short, now, total, error, delay)
-            if self.stop.wait(delay):
-                raise DownloadError(f"download of {info.short} cancelled")
-        return self._finish(info, part, digest, final)
-
-    def _attempt(self, info: ArtifactInfo, part: Path, offset: int, digest, progress) -> int:
-        """One fetch call from `offset`, appending to `part`; returns the bytes now written (and hashed)."""
-        total = info.size_bytes
-        self.requests.append(offset)
-        started = time.monotonic()
-        with part.open("ab") as fh:
-            position = offset
-            for chunk in self.fetch(info.sha256, offset):
-                if self.stop.is_set():
-                    raise DownloadError(f"download of {info.short} cancelled")
-                if chunk.total_size and chunk.total_size != total:
-                    part.unlink(missing_ok=True)
-                    raise DownloadError(f"the controller serves {chunk.total_size} bytes for {info.short}; "
-                                        f"its signed manifest says {total}")
-                if chunk.offset != position:
-                    raise FetchError(f"chunk at offset {chunk.offset}, expected {position}")
-                data = bytes(chunk.data)
-                if position + len(data) > total:
-                    fh.close()
-                    part.unlink(missing_ok=True)
-                    raise DownloadError(f"the controller sent more than the {total} bytes of {info.short} "
-                                        "(corrupt stream); deleted the partial file")
-                fh.write(data)
-                digest.update(data)
-                position += len(data)
-                progress(position, total)
-                if self.max_bytes_per_s:
-                    ahead = (position - offset) / self.max_bytes_per_s - (time.monotonic() - started)
-                    if ahead > 0 and self.stop.wait(ahead):
-                        raise DownloadError(f"download of {info.short} cancelled")
-            fh.flush()
-            os.fsync(fh.fileno())
-        return position
-
-    def _finish(self, info: ArtifactInfo, part: Path, digest, final: Path) -> Path:
-        got = digest.hexdigest()
-        if got != info.sha256:
-            part.unlink(missing_ok=True)
-            raise DownloadError(f"downloaded {info.short} has sha256 {got}, not the signed {info.sha256} "
-                                "(corrupt or tampered bytes); deleted the partial file, a retry starts over")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(part, final)
-        _fsync_dir(final.parent)
-        logger.info("downloaded %s to %s", info.short, final)
-        return final
-
-
-# ---- models sidecar, device fit, engine build ----
-
-def check_device(info: ArtifactInfo, caps) -> None:
-    """Raise EngineError unless this device (models.manifest.DeviceCaps) can run the artifact."""
-    from models.errors import IncompatibleArtifact
-    from models.manifest import check_compatible
-
-    if info.format == "tensorrt-engine" and not (info.tensorrt_version and info.gpu_compute_capability):
-        raise EngineError(f"engine {info.short} does not say which TensorRT version and GPU compute "
-                          "capability it was built for; refused")
-    wanted = replace(info, tensorrt_version=info.tensorrt_version or None,
-                     gpu_compute_capability=info.gpu_compute_capability or None)
-    try:
-        check_compatible(wanted, caps, name=info.short)  # reads format, tensorrt_version, gpu_compute_capability
-    except IncompatibleArtifact as err:
-        raise EngineError(str(err)) from err
-
-
-def install_sidecar(path: Path, info: ArtifactInfo) -> None:
-    """Write the models manifest (`<file>.manifest.json`) that lets `models.load_detector` check and load it.
-
-    ONNX: made from the file's own metadata (`manifest_for_onnx`), and its classes must be the signed
-    ones. Engine: taken from the label `models.manifest` (the engine's manifest as `edgefleet model
-    engine` wrote it), whose sha256 must be the artifact's. Ultralytics .pt files need none.
-    """
-    from models.errors import ModelError
-    from models.manifest import manifest_for_onnx, parse_manifest, write_manifest
-
-    try:
-        if info.format == "onnx":
-            manifest = manifest_for_onnx(path)
-            if info.class_names and tuple(info.class_names) != manifest.class_names:
-                raise EngineError(f"{info.short}: the signed manifest lists {len(info.class_names)} classes "
-                                  f"({', '.join(info.class_names[:3])}, ...); the model has "
-                                  f"{len(manifest.class_names)} ({', '.join(manifest.class_names[:3])}, ...)")
-        elif info.format == "tensorrt-engine":
-            text = info.labels.get(MODELS_MANIFEST_LABEL)
-            if not text:
-                raise EngineError(f"engine {info.short} comes without its models manifest (label "
-                                  f"{MODELS_MANIFEST_LABEL!r}); roll out its ONNX and let the device build")
-            manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
-        else:
-            return
-    except ModelError as err:
-        raise EngineError(f"{info.short} is not a model this agent can run: {err}") from err
-    if manifest.file_sha256 != info.sha256:
-        raise EngineError(f"{info.short}: its models manifest describes sha256 {manifest.file_sha256}")
-    write_manifest(manifest, path)
-
-
-def needs_build(info: ArtifactInfo, caps) -> bool:
-    """An ONNX on a device with TensorRT and a GPU runs as an engine built here; elsewhere onnxruntime runs it."""
-    return info.format == "onnx" and bool(caps.tensorrt_version and caps.gpu_compute_capability)
-
-
-def build_engine_cached(onnx_path: Path, info: ArtifactInfo) -> Path:
-    """`<sha>/<stem>-<precision>.engine` beside the ONNX, built once per ONNX sha256 (the folder is its sha).
-
-    UNVERIFIED here (no TensorRT, no GPU on the machines this was written on): it calls
-    models.pipeline.cmd_engine, whose SDK part models.tensorrt_build marks unverified too. Exercise
-    it on a device with TensorRT + pycuda: `python -c "from agent.engines import ArtifactInfo,
-    build_engine_cached; from models.bundled import default_model; p = default_model();
-    print(build_engine_cached(p, ArtifactInfo('0' * 64, 1, p.name, 'onnx', 'fp16')))"`.
-    """
-    from models.errors import ModelError
-    from models.manifest import probe_device, verify_artifact
-    from models.pipeline import cmd_engine
-
-    precision = info.precision if info.precision in ("fp16", "fp32") else "fp16"  # int8 needs calibration frames
-    out = onnx_path.with_name(f"{onnx_path.stem}-{precision}.engine")
-    if out.is_file():
-        try:
-            verify_artifact(out, device=probe_device())
-            return out
-        except ModelError as err:
-            logger.warning("cached engine %s is unusable (%s); building again", out, err)
-    try:
-        return cmd_engine(onnx_path, out, precision).path
-    except ModelError as err:
-        raise EngineError(f"building a TensorRT engine from {info.short} failed: {err}") from err
-
-
-# ---- shadow gate ----
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else 0.0
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in `a` (n, 4 xyxy) with every box in `b` (m, 4): an (n, m) matrix."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)), dtype=np.float32)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    same = np.all(a[:, None, :] == b[None, :, :], axis=2)  # zero-area boxes (clipped at an edge) match themselves
-    return np.where(union > 0, inter / np.maximum(union, 1e-9), same.astype(np.float32))
-
-
-def match_count(current, candidate, iou_threshold: float = 0.5) -> int:
-    """Greedy one-to-one matches (highest IoU first) of same-class boxes with IoU >= `iou_threshold`."""
-    iou = box_iou(current.xyxy, candidate.xyxy)
-    if not iou.size:
-        return 0
-    iou = np.where(current.class_id[:, None] == candidate.class_id[None, :], iou, 0.0)
-    matches, used_a, used_b = 0, set(), set()
-    order = np.argsort(-iou, axis=None)
-    for flat in order:
-        i, j = divmod(int(flat), iou.shape[1])
-        if iou[i, j] < iou_threshold:
-            break
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            matches += 1
-    return matches
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    passed: bool
-    reason: str
-    metrics: dict[str, float]
-
-
-class ShadowGate:
-    """Runs a candidate detector on frames the current engine also detected, and judges it.
-
-    The loop thread calls `offer(frame, current_detections, current_ms)` (a queue of one, the newest
-    sample wins, never blocks); the worker thread runs `run(stop)`, which takes samples, runs the
-    candidate on each and accumulates:
-
-    - latency: the candidate's inference time per frame (its `last_inference_ms`, the runtime's run
-      only, the measure the loop's health uses for the current engine); p50 and p95.
-    - fps_ratio: the candidate's throughput relative to the current engine's over the same window,
-      median(current ms per frame) / median(candidate ms per frame); 1.0 is as fast, 0.5 half as
-      fast. Medians, so that a few frames delayed by the scheduler do not decide. Both run on the
-      device at once during the window, so both are measured under the same load.
-    - agreement: detection F1 between candidate and current, over all sampled frames together.
-      Boxes scoring at least `score_threshold` (the publish threshold: what the device would store)
-      are matched one-to-one, same class and IoU >= `iou_threshold` (0.5), highest IoU first;
-      agreement = 2 * matches / (current boxes + candidate boxes). 1.0 when neither finds anything.
-
-    The window ends once `window_s` has passed AND `min_samples` frames were tested, or at
-    `max_samples`; after `timeout_s` without enough samples the gate fails. Passing needs all of:
-    the window complete, p95 within the plan's latency budget (when it has one), fps_ratio >=
-    the gate's fps_ratio, and agreement >= min_agreement unless the rollout expects different
-    detections (a new class list, a retrained model). The candidate was loaded and warmed up
-    before it got here (EngineManager reports WARMING_UP failures itself).
-    """
-
-    def __init__(self, candidate, params: GateParams, *, latency_budget_ms: float = 0.0,
-                 score_threshold: float = 0.25, iou_threshold: float = 0.5, min_samples: int = 10,
-                 max_samples: int = 300, timeout_s: float | None = None, clock: Callable[[], float] = time.monotonic):
-        self.candidate, self.params = candidate, params
-        self.latency_budget_ms = latency_budget_ms
-        self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
-        self.min_samples, self.max_samples = min_samples, max_samples
-        self.timeout_s = timeout_s if timeout_s is not None else max(60.0, 4 * params.window_s)
-        self.clock = clock
-        self.started = clock()
-        self._inbox: queue.Queue = queue.Queue(maxsize=1)
-        self.candidate_ms: list[float] = []
-        self.current_ms: list[float] = []
-        self.current_boxes = self.candidate_boxes = self.matches = 0
-
-    # loop thread
-    def offer(self, frame: np.ndarray, current, current_ms: float) -> None:
-        """Hand over a sample; replaces one not taken yet. Never blocks."""
-        try:
-            self._inbox.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            self._inbox.put_nowait((frame, current, current_ms))
-        except queue.Full:  # the worker cannot refill it; a single producer never gets here
-            pass
-
-    # worker thread
-    def evaluate(self, frame: np.ndarray, current, current_ms: float) -> None:
-        """Run the candidate on one frame and add it to the window."""
-        t0 = time.perf_counter()
-        found = self.candidate.detect(frame)
-        wall_ms = (time.perf_counter() - t0) * 1000
-        self.candidate_ms.append(float(getattr(self.candidate, "last_inference_ms", 0.0)) or wall_ms)
-        self.current_ms.append(float(current_ms))
-        found = found[found.confidence >= self.score_threshold]
-        current = current[current.confidence >= self.score_threshold]
-        self.current_boxes += len(current)
-        self.candidate_boxes += len(found)
-        self.matches += match_count(current, found, self.iou_threshold)
-
-    @property
-    def samples(self) -> int:
-        return len(self.candidate_ms)
-
-    def elapsed(self) -> float:
-        return self.clock() - self.started
-
-    def done(self) -> bool:
-        if self.samples >= self.max_samples:
-            return True
-        return self.samples >= self.min_samples and self.elapsed() >= self.params.window_s
-
-    def timed_out(self) -> bool:
-        return self.elapsed() >= self.timeout_s
-
-    def run(self, stop: threading.Event, progress: Callable[[float], None] = lambda fraction: None) -> GateVerdict:
-        """Take and evaluate samples until the window is complete, it times out, or `stop` is set."""
-        while not (self.done() or self.timed_out() or stop.is_set()):
-            try:
-                sample = self._inbox.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.evaluate(*sample)
-            progress(self.fraction())
-        return self.verdict()
-
-    def fraction(self) -> float:
-        by_time = min(1.0, self.elapsed() / self.params.window_s) if self.params.window_s else 1.0
-        return min(1.0, max(self.samples / self.max_samples, min(by_time, self.samples / self.min_samples)))
-
-    def metrics(self) -> dict[str, float]:
-        candidate_p50, current_p50 = percentile(self.candidate_ms, 50), percentile(self.current_ms, 50)
-        boxes = self.current_boxes + self.candidate_boxes
-        return {
-            "samples": float(self.samples), "window_s": round(self.elapsed(), 3),
-            "candidate_ms_p50": candidate_p50, "candidate_ms_p95": percentile(self.candidate_ms, 95),
-            "current_ms_p50": current_p50, "current_ms_p95": percentile(self.current_ms, 95),
-            "fps_ratio": current_p50 / candidate_p50 if candidate_p50 > 0 else 0.0,
-            "agreement": 2.0 * self.matches / boxes if boxes else 1.0,
-            "current_boxes": float(self.current_boxes), "candidate_boxes": float(self.candidate_boxes),
-        }
-
-    def verdict(self) -> GateVerdict:
-        m, p = self.metrics(), self.params
-        if not self.done():
-            return GateVerdict(False, f"the shadow test got {self.samples} sampled frame(s) in {m['window_s']:.0f} s "
-                                      f"(needs {self.min_samples} over {p.window_s:.0f} s); is the source running?", m)
-        problems = []
-        if self.latency_budget_ms > 0 and m["candidate_ms_p95"] > self.latency_budget_ms:
-            problems.append(f"p95 {m['candidate_ms_p95']:.1f} ms exceeds the plan's latency budget "
-                            f"{self.latency_budget_ms:.1f} ms")
-        if m["fps_ratio"] < p.fps_ratio:
-            problems.append(f"throughput {m['fps_ratio']:.2f}x the current engine's (gate {p.fps_ratio:.2f}x; "
-                            f"p50 {m['candidate_ms_p50']:.1f} ms vs {m['current_ms_p50']:.1f} ms)")
-        if not p.expect_different_detections and m["agreement"] < p.min_agreement:
-            problems.append(f"detection agreement {m['agreement']:.2f} with the current engine "
-                            f"(gate {p.min_agreement:.2f}; F1 of same-class IoU>={self.iou_threshold} matches)")
-        summary = (f"{self.samples} frames, p95 {m['candidate_ms_p95']:.1f} ms, {m['fps_ratio']:.2f}x throughput, "
-                   f"agreement {m['agreement']:.2f}")
-        if problems:
-            return GateVerdict(False, "; ".join(problems) + f" ({summary})", m)
-        return GateVerdict(True, f"passed: {summary}", m)
 
 
 # ---- active.json ----
@@ -1065,17 +546,9 @@ class EngineManager:
         """Delete engine folders that are neither current nor previous (keeps staging/ for resumes)."""
         keep = {r.sha256 for r in (self.active.current, self.active.previous) if r is not None and r.sha256}
         try:
-            folders = [p for p in self.root.iterdir() if p.is_dir() and _SHA256.fullmatch(p.name)]
+            folders = [p for p in self.root.iterdir() if p.is_dir() and SHA256.fullmatch(p.name)]
         except OSError:
             return
         for folder in folders:
             if folder.name not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-class GateFailed(EngineError):
-    """The shadow test's verdict was a fail; carries its metrics for the report."""
-
-    def __init__(self, message: str, metrics: dict[str, float]):
-        super().__init__(message)
-        self.metrics = metrics

@@ -24,3 +24,31 @@ class EnrollmentError(AgentError):
 class ControllerUnreachable(AgentError):
     """The controller could not be reached before the deadline; the outbox keeps the data."""
     exit_code = 4
+
+
+class EngineError(AgentError):
+    """A deployment step that failed; the message is the reason the device reports."""
+
+
+class SignatureError(EngineError):
+    """An artifact manifest whose signature the controller's key does not verify (or no key)."""
+
+
+class DownloadError(EngineError):
+    """A download that cannot complete: refused, retries exhausted, or bytes that do not match."""
+
+
+class FetchError(EngineError):
+    """Raised by a fetch function; `retryable=False` for answers a retry cannot change (NOT_FOUND)."""
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class GateFailed(EngineError):
+    """The shadow test's verdict was a fail; carries its metrics for the report."""
+
+    def __init__(self, message: str, metrics: dict[str, float]):
+        super().__init__(message)
+        self.metrics = metrics

@@ -26,9 +26,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
-from .engines import ArtifactInfo, DeployRequest, FetchError, GateParams, SignedArtifact
-from .errors import ConfigError, EnrollmentError
+from .artifacts import ArtifactInfo, SignedArtifact
+from .engines import DeployRequest
+from .errors import ConfigError, EnrollmentError, FetchError
 from .outbox import Outbox, OutboxRecord
+from .shadow import GateParams
 
 logger = logging.getLogger(__name__)
 
@@ -207,11 +209,21 @@ class Link:
             await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         return self._stop.is_set()
 
+    def channel_options(self) -> list[tuple[str, int]]:
+        """gRPC's own reconnect backoff, bounded like ours. Its defaults (1 s, growing 1.6x up to
+        120 s) pace the channel's connection attempts underneath our retries: after an outage of a
+        minute or two a restarted controller would wait up to two minutes for its agents."""
+        maximum_ms = max(1000, int(self.backoff_max_s * 1000))
+        return [("grpc.initial_reconnect_backoff_ms", min(500, maximum_ms)),
+                ("grpc.min_reconnect_backoff_ms", min(500, maximum_ms)),
+                ("grpc.max_reconnect_backoff_ms", maximum_ms)]
+
     async def _main(self) -> None:
         outbox = Outbox(self.outbox_path)
         try:
-            channel = (grpc.aio.secure_channel(self.controller, self._credentials) if self._credentials
-                       else grpc.aio.insecure_channel(self.controller))
+            options = self.channel_options()
+            channel = (grpc.aio.secure_channel(self.controller, self._credentials, options=options)
+                       if self._credentials else grpc.aio.insecure_channel(self.controller, options=options))
             async with channel:
                 stub = agent_pb2_grpc.AgentGatewayStub(channel)
                 identity = await self._ensure_identity(stub)

@@ -13,8 +13,11 @@ import onnx
 import pytest
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
-from agent.engines import ArtifactInfo, DeployRequest, Downloader, DownloadError, EngineManager, GateParams
+from agent.artifacts import ArtifactInfo, Downloader
+from agent.engines import DeployRequest, EngineManager
+from agent.errors import DownloadError
 from agent.link import Identity, Link, artifact_from_pb
+from agent.shadow import GateParams
 from models import load_detector
 
 from ..unit.test_engines import CPU, Signer, tiny_onnx

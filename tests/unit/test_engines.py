@@ -16,27 +16,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from edgefleet.v1 import agent_pb2, types_pb2
 
-from agent.engines import (
-    ActiveEngines,
+from agent.artifacts import (
     ArtifactInfo,
-    DeploymentStatus,
-    DeployRequest,
     Downloader,
-    DownloadError,
-    EngineError,
-    EngineManager,
-    EngineRef,
-    FetchError,
-    GateParams,
-    ShadowGate,
-    SignatureError,
     check_device,
     install_sidecar,
-    match_count,
     needs_build,
     verify_artifact_signature,
 )
+from agent.engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, EngineRef
+from agent.errors import DownloadError, EngineError, FetchError, SignatureError
 from agent.link import artifact_from_pb
+from agent.shadow import GateParams, ShadowGate, match_count
 from models import load_detector
 from models.darknet import convert
 from models.detections import Detections
@@ -334,11 +325,12 @@ def test_offer_keeps_only_the_newest_sample():
 @pytest.mark.slow
 def test_a_slow_real_model_fails_the_fps_gate_and_the_same_model_passes(tmp_path):
     tiny = tiny_onnx(tmp_path / "tiny.onnx")
-    current = load_detector(tiny)
+    # one thread each: at a fraction of a millisecond per call, waking a thread pool is most of the time
+    current = load_detector(tiny, intra_op_threads=1)
     frames = [np.random.default_rng(i).integers(0, 255, (96, 128, 3), dtype=np.uint8) for i in range(10)]
     verdicts = {}
     for name, path in (("same", tiny), ("slow", slow_onnx(tiny, tmp_path / "slow.onnx"))):
-        gate = ShadowGate(load_detector(path), GateParams(0.5, 0.9), min_samples=10)
+        gate = ShadowGate(load_detector(path, intra_op_threads=1), GateParams(0.5, 0.9), min_samples=10)
         for frame in frames:
             found = current.detect(frame)
             gate.evaluate(frame, found, current.last_inference_ms)
