@@ -89,6 +89,8 @@ class FleetApp(App[None]):
         Once a second it also redraws what moves with the clock (heartbeat ages, the banner's
         countdown) even when nothing arrived. Returns the changes, None when there was nothing to do.
         """
+        if not self.is_running:  # shutting down: the screens' widgets may be gone already
+            return None
         batch = self.coalescer.drain()
         now = self.clock()
         tick = not now - 1.0 < self._last_tick <= now

@@ -19,9 +19,17 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 from fleet.channel import open_channel
 from fleet.tls import ClientTLS
 
-from .convert import device_from_pb, fleet_event_from_pb, frame_from_pb, plan_to_pb, rollout_from_pb
+from .convert import (
+    artifact_from_pb,
+    device_from_pb,
+    fleet_event_from_pb,
+    frame_from_pb,
+    plan_to_pb,
+    rollout_from_pb,
+    rollout_request_to_pb,
+)
 from .errors import ControllerError, Refused, Unavailable, Unimplemented
-from .views import DeviceView, FleetItem, FrameView, Plan, RolloutView
+from .views import ArtifactView, DeviceView, FleetItem, FrameView, Plan, RolloutRequest, RolloutView
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +145,17 @@ class FleetClient:
         call = self._stub.WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device_id))
         return GrpcStream("WatchDetections", call, lambda reply: [frame_from_pb(reply.frame, reply.dropped)])
 
-    # ---- rollouts ----
+    # ---- artifacts and rollouts ----
+
+    def list_artifacts(self) -> list[ArtifactView]:
+        reply = self._unary("ListArtifacts", fleet_pb2.ListArtifactsRequest())
+        return [artifact_from_pb(a) for a in reply.artifacts]
+
+    def create_rollout(self, request: RolloutRequest) -> RolloutView:
+        return rollout_from_pb(self._unary("CreateRollout", rollout_request_to_pb(request)))
+
+    def get_rollout(self, rollout_id: str) -> RolloutView:
+        return rollout_from_pb(self._unary("GetRollout", fleet_pb2.GetRolloutRequest(rollout_id=rollout_id)))
 
     def list_rollouts(self) -> list[RolloutView]:
         return [rollout_from_pb(r) for r in self._unary("ListRollouts", fleet_pb2.ListRolloutsRequest()).rollouts]

@@ -6,6 +6,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from edgefleet.v1 import fleet_pb2, types_pb2
 
 from .views import (
+    SKIPPED,
+    ArtifactView,
     DeviceView,
     Dropped,
     EventEntry,
@@ -16,6 +18,9 @@ from .views import (
     Plan,
     PlanOverride,
     Removed,
+    RolloutDeviceView,
+    RolloutRequest,
+    RolloutSpecView,
     RolloutView,
     WaveView,
 )
@@ -94,7 +99,25 @@ def _state(value: int) -> str:
         return "unknown"
 
 
+def _deploy_state(value: int) -> str:
+    """A device's DeploymentStatus state in lower case; "pending" before it reported anything."""
+    if value == types_pb2.DeploymentStatus.STATE_UNSPECIFIED:
+        return "pending"
+    try:
+        return types_pb2.DeploymentStatus.State.Name(value).lower()
+    except ValueError:
+        return "unknown"
+
+
+def rollout_device_from_pb(pb: fleet_pb2.RolloutDevice) -> RolloutDeviceView:
+    """A device the controller skipped as incompatible says so in its reason ("skipped: no TensorRT …")."""
+    if pb.reason.startswith("skipped:"):
+        return RolloutDeviceView(pb.device_id, -1, SKIPPED, pb.reason.removeprefix("skipped:").strip())
+    return RolloutDeviceView(pb.device_id, pb.wave, _deploy_state(pb.state), pb.reason)
+
+
 def rollout_from_pb(pb: fleet_pb2.Rollout) -> RolloutView:
+    spec = pb.spec
     return RolloutView(
         rollout_id=pb.rollout_id, artifact_sha256=pb.artifact_sha256,
         state=_state(pb.state),
@@ -102,7 +125,29 @@ def rollout_from_pb(pb: fleet_pb2.Rollout) -> RolloutView:
             WaveView(w.index, w.target, w.succeeded, w.failed, _state(w.state))
             for w in pb.waves
         ),
-        devices=len(pb.devices), created=seconds(pb.created), reason=pb.reason,
+        devices=tuple(rollout_device_from_pb(d) for d in pb.devices),
+        created=seconds(pb.created), reason=pb.reason,
+        spec=RolloutSpecView(
+            selector=tuple(sorted(spec.selector.items())), canary=spec.canary,
+            waves_percent=tuple(spec.waves_percent), gate_fps_ratio=round(spec.gate_fps_ratio, 3),
+            max_failures=spec.max_failures,
+        ) if pb.HasField("spec") else None,
+    )
+
+
+def rollout_request_to_pb(request: RolloutRequest) -> fleet_pb2.CreateRolloutRequest:
+    return fleet_pb2.CreateRolloutRequest(
+        artifact_sha256=request.artifact_sha256, selector=dict(request.selector), canary=request.canary,
+        waves_percent=list(request.waves_percent), gate_fps_ratio=request.gate_fps_ratio,
+        max_failures=request.max_failures,
+    )
+
+
+def artifact_from_pb(pb: types_pb2.Artifact) -> ArtifactView:
+    m = pb.manifest
+    return ArtifactView(
+        sha256=m.sha256, name=m.name, format=m.format, size_bytes=m.size_bytes, precision=m.precision,
+        input_width=m.input_width, input_height=m.input_height, created=seconds(m.created),
     )
 
 

@@ -14,6 +14,12 @@ ROLLOUT_STYLE = {
     "pending": "dim", "running": "bold cyan", "paused": "bold yellow",
     "succeeded": "bold green", "failed": "bold red", "aborted": "red",
 }
+DEPLOY_STYLE = {
+    "pending": "dim", "downloading": "cyan", "verifying": "cyan", "building": "cyan", "warming_up": "cyan",
+    "shadow_testing": "bold cyan", "active": "green", "failed": "bold red", "rolled_back": "red",
+    "skipped": "yellow",
+}
+"""A rollout device's state: in progress cyan, on the new engine green, failed red, skipped yellow."""
 
 
 def age(seconds: float | None) -> str:
@@ -84,6 +90,25 @@ def override_text(override: PlanOverride | None) -> str:
         high = override.max_detect_interval or "∞"
         parts.append(f"detect interval {low}..{high}")
     return ", ".join(parts) or "none"
+
+
+def progress_bar(succeeded: int, failed: int, target: int, width: int = 24) -> Text:
+    """`██████▒▒░░░░` — succeeded (green), failed (red), still to go (dim), `width` cells in all."""
+    if target <= 0:
+        return Text("░" * width, style="dim")
+    ok = round(width * min(succeeded, target) / target)
+    bad = min(width - ok, round(width * min(failed, target) / target))
+    if failed and not bad and ok < width:  # one failure among many still shows
+        bad = 1
+    return Text.assemble(("█" * ok, "green"), ("█" * bad, "red"), ("░" * (width - ok - bad), "dim"))
+
+
+def size_text(size_bytes: int) -> str:
+    """1.2 MB, 340 kB, 12 B (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}"
+    return f"{size_bytes} B"
 
 
 def clock_time(seconds: float | None) -> str:

@@ -10,13 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .coalesce import Batch
-from .views import STATUSES, Connection, DeviceView, EventEntry, Health, RolloutView
+from .views import STATUSES, Connection, DeviceView, EngineChange, EventEntry, Health, RolloutView
 
 HISTORY_SAMPLES = 120
 """Health samples kept per device for the sparklines (about 2 min at one heartbeat a second)."""
 
 EVENT_LOG_SIZE = 5000
 """Event-log lines kept; the oldest fall off."""
+
+ENGINE_HISTORY = 16
+"""Engine changes kept per device (the device screen shows the newest few)."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ class FleetState:
     def __init__(self, address: str = ""):
         self.devices: dict[str, DeviceView] = {}
         self.history: dict[str, DeviceHistory] = {}
+        self.engines: dict[str, collections.deque[EngineChange]] = {}  # per device, oldest first
         self.events: collections.deque[EventEntry] = collections.deque(maxlen=EVENT_LOG_SIZE)
         self.events_total = 0  # ever appended; a screen compares it with what it has shown
         self.rollouts: dict[str, RolloutView] = {}
@@ -109,16 +113,35 @@ class FleetState:
         return changes
 
     def _update(self, device: DeviceView) -> None:
+        previous = self.devices.get(device.device_id)
         self.devices[device.device_id] = device
+        plan = device.plan
+        before = previous.plan if previous is not None else None
+        if plan is not None and (before is None or plan.artifact_sha256 != before.artifact_sha256
+                                 or plan.model != before.model or plan.backend != before.backend):
+            self._engine_seen(device)  # three compares, not the whole plan: this runs per update under load
         if device.health is not None:
             history = self.history.get(device.device_id)
             if history is None:
                 history = self.history[device.device_id] = DeviceHistory()
             history.add(device.health)
 
+    def _engine_seen(self, device: DeviceView) -> None:
+        """Record the device's engine when it is not the one recorded last (a plan change may keep it)."""
+        plan = device.plan
+        changes = self.engines.get(device.device_id)
+        if changes is None:
+            changes = self.engines[device.device_id] = collections.deque(maxlen=ENGINE_HISTORY)
+        last = changes[-1] if changes else None
+        if last is not None and (last.model, last.backend, last.artifact_sha256) == (
+                plan.model, plan.backend, plan.artifact_sha256):
+            return
+        changes.append(EngineChange(device.last_seen, plan.model, plan.backend, plan.artifact_sha256, plan.reason))
+
     def _remove(self, device_id: str) -> None:
         self.devices.pop(device_id, None)
         self.history.pop(device_id, None)
+        self.engines.pop(device_id, None)
 
     def replace_rollouts(self, rollouts: list[RolloutView]) -> None:
         self.rollouts = {r.rollout_id: r for r in rollouts}

@@ -87,11 +87,48 @@ class EventEntry:
 
 @dataclass(frozen=True)
 class WaveView:
+    """One wave of a rollout; index 0 is the canary."""
+
     index: int
     target: int
     succeeded: int
     failed: int
     state: str
+
+    @property
+    def name(self) -> str:
+        """`canary`, `wave 2`, `wave 3`: numbered from 1 like the controller's messages."""
+        return "canary" if self.index == 0 else f"wave {self.index + 1}"
+
+
+SKIPPED = "skipped"
+"""The state a rollout device reads as when the controller skipped it as incompatible."""
+
+
+@dataclass(frozen=True)
+class RolloutDeviceView:
+    """Where one device stands in a rollout. `state` is a DeploymentStatus state in lower case
+    ("pending" before it reported, "active", "failed", "rolled_back", ...) or "skipped"."""
+
+    device_id: str
+    wave: int
+    state: str = "pending"
+    reason: str = ""
+
+    @property
+    def skipped(self) -> bool:
+        return self.state == SKIPPED
+
+
+@dataclass(frozen=True)
+class RolloutSpecView:
+    """What a rollout was asked to do (its CreateRolloutRequest, with the controller's defaults)."""
+
+    selector: tuple[tuple[str, str], ...] = ()
+    canary: int = 0
+    waves_percent: tuple[int, ...] = ()
+    gate_fps_ratio: float = 0.0
+    max_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,13 +137,62 @@ class RolloutView:
     artifact_sha256: str = ""
     state: str = "pending"
     waves: tuple[WaveView, ...] = ()
-    devices: int = 0
+    devices: tuple[RolloutDeviceView, ...] = ()
     created: float | None = None
     reason: str = ""
+    spec: RolloutSpecView | None = None
 
     @property
     def finished(self) -> bool:
         return self.state in ("succeeded", "failed", "aborted")
+
+    @property
+    def targets(self) -> int:
+        """Devices the rollout deploys to (the skipped ones not counted)."""
+        return sum(1 for d in self.devices if not d.skipped)
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """A rollout to create: what `tui.rollout_form` makes of the create dialog's fields."""
+
+    artifact_sha256: str
+    selector: tuple[tuple[str, str], ...] = ()
+    canary: int = 1
+    waves_percent: tuple[int, ...] = (100,)
+    gate_fps_ratio: float = 0.9
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactView:
+    """A model artifact the controller stores (its manifest)."""
+
+    sha256: str
+    name: str = ""
+    format: str = ""
+    size_bytes: int = 0
+    precision: str = ""
+    input_width: int = 0
+    input_height: int = 0
+    created: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineChange:
+    """A device began running another engine (model, backend, artifact), as first seen by the TUI.
+    `reason` is the plan's ("rollout ro-1a2b3c4d", "cpu default"); `time` the device's last_seen then."""
+
+    time: float | None
+    model: str
+    backend: str
+    artifact_sha256: str
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """`yolov8n-coco tensorrt 9f2c4e1a`."""
+        return " ".join(p for p in (self.model or "?", self.backend, self.artifact_sha256[:8]) if p)
 
 
 @dataclass(frozen=True)

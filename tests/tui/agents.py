@@ -1,7 +1,8 @@
 """Simulated agents for TUI tests and the TUI bench: real gRPC device clients, no agent process.
 
 A `SimAgent` enrolls like `edge-agent` does, holds a Session open (hello, then the heartbeats
-the test sends), publishes detection batches, and queues the commands that come down.
+and deployment reports the test sends), publishes detection batches, and queues the commands
+that come down.
 """
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ def auth(token: str):
 
 class SimAgent:
     def __init__(self, address: str, hostname: str, platform: str = "rpi5", plan: types_pb2.RuntimePlan = PLAN,
-                 key: str = "efk_test", hardware_id: str | None = None, streams: tuple[str, ...] = ("cam0",)):
+                 key: str = "efk_test", hardware_id: str | None = None, streams: tuple[str, ...] = ("cam0",),
+                 providers: tuple[str, ...] = (), labels: dict[str, str] | None = None):
+        """`providers`: onnxruntime execution providers; a device needs one to take an "onnx" rollout."""
         self.channel = grpc.insecure_channel(address)
         self.stub = agent_pb2_grpc.AgentGatewayStub(self.channel)
-        self.profile = types_pb2.HardwareProfile(platform=platform, machine="aarch64")
+        self.profile = types_pb2.HardwareProfile(platform=platform, machine="aarch64",
+                                                 onnxruntime_providers=list(providers))
         reply = self.stub.Enroll(agent_pb2.EnrollRequest(
             enroll_key=key, hardware_id=hardware_id or f"hw-{hostname}", hostname=hostname,
-            agent_version="sim", profile=self.profile), timeout=10)
+            agent_version="sim", profile=self.profile, labels=labels or {}), timeout=10)
         self.device_id = reply.device_id
         self.token = reply.device_token
         self.plan = plan
@@ -66,6 +70,18 @@ class SimAgent:
         self._up.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=self.beats, health=types_pb2.HealthSample(
             fps=fps, latency_ms_p95=latency_ms, temperature_c=temperature_c, detections_total=detections_total,
             frames_total=self.beats * 10, outbox_depth=outbox_depth))))
+
+    def report(self, rollout_id: str, sha256: str, state: int, reason: str = "") -> None:
+        """A DeploymentStatus up the Session, as the agent sends while it deploys an engine."""
+        self._up.put(agent_pb2.AgentMessage(deployment=types_pb2.DeploymentStatus(
+            rollout_id=rollout_id, artifact_sha256=sha256, state=state, reason=reason)))
+
+    def switch(self, plan: types_pb2.RuntimePlan) -> None:
+        """The agent runs another plan now (a new engine): a heartbeat carrying it."""
+        self.plan = plan
+        self.beats += 1
+        self._up.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(
+            seq=self.beats, health=types_pb2.HealthSample(fps=10.0, frames_total=self.beats * 10), plan=plan)))
 
     def publish(self, *objects: tuple[int, str, float], stream: str = "cam0") -> int:
         """One frame with these (track id, label, score) objects; returns its sequence."""

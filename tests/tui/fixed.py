@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from tui.errors import Unimplemented
 from tui.views import (
+    ArtifactView,
     DeviceView,
     EventEntry,
     FrameView,
@@ -18,6 +19,8 @@ from tui.views import (
     ObjectView,
     Plan,
     PlanOverride,
+    RolloutDeviceView,
+    RolloutSpecView,
     RolloutView,
     WaveView,
 )
@@ -26,8 +29,15 @@ NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
 TINY = Plan(model="yolov3-tiny-coco", artifact_sha256="", backend="onnxruntime", precision="fp32",
             input_width=416, input_height=416, detect_interval=2, latency_budget_ms=100, reason="cpu default")
-ORIN = Plan(model="yolov8n-coco", artifact_sha256="9f2c4e1ab07d5c33", backend="tensorrt", precision="fp16",
-            input_width=640, input_height=640, detect_interval=1, latency_budget_ms=33, reason="orin fp16 engine")
+SHA_V8 = "9f2c4e1ab07d5c33" + "a1" * 24
+SHA_V8_ONNX = "51be07aa90c1d2e3" + "b2" * 24
+SHA_V5 = "0c1d2e3f4a5b6c7d" + "c3" * 24
+ORIN = Plan(model="yolov8n-coco", artifact_sha256=SHA_V8, backend="tensorrt", precision="fp16",
+            input_width=640, input_height=640, detect_interval=1, latency_budget_ms=33, reason="rollout ro-0003")
+ORIN_BEFORE = Plan(model="yolov5n-coco", artifact_sha256=SHA_V5, backend="tensorrt", precision="fp16",
+                   input_width=640, input_height=640, detect_interval=1, latency_budget_ms=33,
+                   reason="rollout ro-0001")
+"""What dock-cam1 ran before ro-0003 reached it: ListDevices says this, the stream then the new engine."""
 
 
 def _device(device_id: str, platform: str, status: str, age_s: float | None, plan: Plan | None,
@@ -82,14 +92,36 @@ FRAMES = [
     ])
 ]
 
+def _members(wave: int, states: list[tuple[str, str, str]]) -> tuple[RolloutDeviceView, ...]:
+    return tuple(RolloutDeviceView(device_id, wave, state, reason) for device_id, state, reason in states)
+
+
 ROLLOUTS = [
-    RolloutView("ro-0003", "9f2c4e1ab07d5c33aa", "running",
-                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 3, 1, 0, "running"), WaveView(2, 6, 0, 0, "pending")),
-                10, NOW - 900),
-    RolloutView("ro-0002", "51be07aa90c1d2e3ff", "paused",
-                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 5, 2, 1, "paused")), 6, NOW - 7200,
-                "paused by operator: watch fps on gate-2"),
-    RolloutView("ro-0001", "0c1d2e3f4a5b6c7d", "succeeded", (WaveView(0, 2, 2, 0, "succeeded"),), 2, NOW - 86400),
+    RolloutView("ro-0003", SHA_V8, "running",
+                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 1, 0, 0, "running")),
+                _members(0, [("dock-cam1-3fa2c1", "active", "")]) + _members(1, [
+                    ("dock-cam2-77b0e4", "shadow_testing", "")]),
+                NOW - 900, spec=RolloutSpecView((("site", "dock"),), 1, (100,), 0.9, 0)),
+    RolloutView("ro-0002", SHA_V8_ONNX, "paused",
+                (WaveView(0, 1, 1, 0, "succeeded"), WaveView(1, 4, 2, 1, "paused"), WaveView(2, 3, 0, 0, "pending")),
+                _members(0, [("lab-x86-c4d3e2", "active", "")])
+                + _members(1, [("gate-1-a0c9d2", "active", ""), ("gate-2-5e61b8", "failed",
+                                                                 "shadow test failed: fps ratio 0.41 < 0.90"),
+                               ("gate-3-1d2e3f", "active", ""), ("gate-4-4a5b6c", "downloading", "")])
+                + _members(2, [("gate-5-7d8e9f", "pending", ""), ("gate-6-0a1b2c", "pending", ""),
+                               ("yard-pi4-0b1c2d", "pending", "")])
+                + (RolloutDeviceView("new-box-9d8e7f", -1, "skipped", "no onnxruntime on the device"),),
+                NOW - 7200, "paused by an operator: watch fps on gate-2",
+                RolloutSpecView((), 1, (50, 100), 0.9, 2)),
+    RolloutView("ro-0001", SHA_V5, "succeeded", (WaveView(0, 2, 2, 0, "succeeded"),),
+                _members(0, [("dock-cam1-3fa2c1", "active", ""), ("dock-cam2-77b0e4", "active", "")]), NOW - 86400,
+                spec=RolloutSpecView((("site", "dock"),), 2, (100,), 0.9, 0)),
+]
+
+ARTIFACTS = [
+    ArtifactView(SHA_V8, "yolov8n-coco-orin", "tensorrt-engine", 6_412_000, "fp16", 640, 640, NOW - 1000),
+    ArtifactView(SHA_V8_ONNX, "yolov8n-coco", "onnx", 12_845_000, "fp32", 640, 640, NOW - 8000),
+    ArtifactView(SHA_V5, "yolov5n-coco-orin", "tensorrt-engine", 5_204_000, "fp16", 640, 640, NOW - 90000),
 ]
 
 
@@ -119,7 +151,7 @@ class FixedClient:
         pass
 
     def list_devices(self) -> list[DeviceView]:
-        return list(DEVICES)
+        return [replace(DEVICES[0], plan=ORIN_BEFORE, last_seen=NOW - 3600), *DEVICES[1:]]
 
     def watch_fleet(self) -> FixedStream:
         return FixedStream([*HISTORY, *EVENTS])
@@ -132,8 +164,13 @@ class FixedClient:
             raise Unimplemented("ListRollouts", "UNIMPLEMENTED", "Method not implemented!")
         return list(self.rollouts)
 
+    def list_artifacts(self) -> list[ArtifactView]:
+        if self.rollouts is None:
+            raise Unimplemented("ListArtifacts", "UNIMPLEMENTED", "Method not implemented!")
+        return list(ARTIFACTS)
+
     def _unimplemented(self, *args, **kwargs):
         raise Unimplemented("SendCommand", "UNIMPLEMENTED", "Method not implemented!")
 
     pin_plan = clear_plan = restart = rollback = get_device = _unimplemented
-    pause_rollout = resume_rollout = abort_rollout = _unimplemented
+    pause_rollout = resume_rollout = abort_rollout = create_rollout = get_rollout = _unimplemented

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
-from textual.widgets import Button, DataTable, Sparkline, Static
+from rich.console import Console
+from textual.widgets import DataTable, Input, Sparkline, Static
 
 from edgefleet.v1 import fleet_pb2, types_pb2
 from tui.app import FleetApp
+from tui.screens.create_rollout import CreateRolloutScreen
 from tui.screens.device import DeviceScreen
 from tui.screens.modals import ConfirmScreen
+from tui.screens.rollouts import RolloutsScreen
 from tui.widgets.fleet_table import FleetTable
 
 from ..conftest import ControllerThread
@@ -163,18 +167,36 @@ def test_restart_and_rollback_reach_the_device(controller, agents):
     asyncio.run(scenario())
 
 
+CPU = ("CPUExecutionProvider",)
+State = types_pb2.DeploymentStatus
+
+
+def upload(control, name: str = "m", data: bytes = b"model bytes") -> str:
+    """Push an "onnx" artifact over FleetControl; its sha256."""
+    def messages():
+        yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(name=name, format="onnx"))
+        yield fleet_pb2.UploadArtifactRequest(chunk=data)
+
+    return control.UploadArtifact(messages(), timeout=5).manifest.sha256
+
+
+def printed(widget: Static) -> str:
+    """What a Static shows, as plain text (it may hold a rich Table)."""
+    console = Console(width=200, file=io.StringIO(), record=True)
+    console.print(widget.content)
+    return console.export_text()
+
+
+def device_rows(app) -> dict[str, tuple[str, str, str]]:
+    """The selected rollout's device table: device id -> (wave, state, reason)."""
+    table = app.screen.query_one("#rollout-devices", DataTable)
+    return {str(row[0]): (str(row[1]), str(row[2]), str(row[3]))
+            for row in (table.get_row_at(i) for i in range(table.row_count))}
+
+
 def test_rollouts_screen_pauses_and_resumes_a_real_rollout(controller, control):
-    cams = []
-    for name in ("cam-a", "cam-b"):
-        cam = SimAgent(controller.address, name)
-        cam.profile.onnxruntime_providers.append("CPUExecutionProvider")
-        cams.append(cam.connect())
-
-    def upload():
-        yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(name="m", format="onnx"))
-        yield fleet_pb2.UploadArtifactRequest(chunk=b"model bytes")
-
-    sha = control.UploadArtifact(upload(), timeout=5).manifest.sha256
+    cams = [SimAgent(controller.address, name, providers=CPU).connect() for name in ("cam-a", "cam-b")]
+    sha = upload(control)
     rollout_id = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5).rollout_id
 
     def state() -> int:
@@ -191,14 +213,144 @@ def test_rollouts_screen_pauses_and_resumes_a_real_rollout(controller, control):
                 await pilot.press(key)
                 await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
                 await pilot.press("y")
-                await until(pilot, lambda: state() == expected, fleet_pb2.RolloutState.Name(expected))
+                await until(pilot, lambda expected=expected: state() == expected, fleet_pb2.RolloutState.Name(expected))
                 shown = fleet_pb2.RolloutState.Name(expected).lower()
-                await until(pilot, lambda: shown in str(table.get_row_at(0)[1]), f"{shown} on screen")
+                await until(pilot, lambda shown=shown: shown in str(table.get_row_at(0)[1]), f"{shown} on screen")
 
     try:
         asyncio.run(scenario())
     finally:
         for cam in cams:
+            cam.close()
+
+
+def test_create_a_rollout_from_the_modal(controller, control):
+    cams = [SimAgent(controller.address, name, providers=CPU, labels={"site": "lab"}).connect()
+            for name in ("cam-a", "cam-b")]
+    old = SimAgent(controller.address, "old-box", labels={"site": "lab"}).connect()  # no onnxruntime
+    upload(control, "older", b"older model")
+    sha = upload(control, "yolo-lab", b"model bytes " * 1000)
+    said: list[str] = []
+
+    async def fill(pilot, **fields: str) -> None:
+        """Set the fields, then Enter in the last one (a notification may lie over the Create button)."""
+        for key, value in fields.items():
+            box = pilot.app.screen.query_one(f"#{key}", Input)
+            box.value = value
+            box.focus()
+        await pilot.press("enter")
+
+    async def scenario():
+        app = FleetApp(controller.address, controller.operator_token)
+        async with app.run_test(size=(80, 24), message_hook=notifications(said)) as pilot:
+            await pilot.press("o")
+            await until(pilot, lambda: isinstance(app.screen, RolloutsScreen) and app.screen.loaded, "rollouts")
+            await pilot.press("n")
+            modal = await until(pilot, lambda: isinstance(app.screen, CreateRolloutScreen) and app.screen.loaded
+                                and app.screen, "the artifact list")
+            artifacts = modal.query_one("#artifacts", DataTable)
+            assert artifacts.row_count == 2
+            names = {str(artifacts.get_row_at(i)[0]): str(artifacts.get_row_at(i)[3]) for i in range(2)}
+            assert names["yolo-lab"] == sha[:12]
+            while modal.chosen() != sha:
+                await pilot.press("down")
+            await pilot.press("enter")  # chosen: on to the fields
+            assert modal.query_one("#selector", Input).has_focus
+
+            await fill(pilot, selector="site=lab", waves="50,20")  # not rising: caught before the controller
+            error = modal.query_one("#form-error", Static)
+            assert "waves: 50, 20 must rise strictly" in str(error.render())
+            assert modal.query_one("#waves", Input).has_focus
+            await fill(pilot, selector="site=nowhere", waves="50,100", max_failures="x")
+            assert "max failures: 'x' is not a whole number" in str(error.render())
+
+            await fill(pilot, max_failures="1")  # valid, but the controller finds no device
+            await until(pilot, lambda: "no device matches" in str(error.render()), "the controller's refusal")
+            assert any("FAILED_PRECONDITION" in m and "no device matches" in m for m in said)
+            assert isinstance(app.screen, CreateRolloutScreen)  # still open, to fix it
+            assert not control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5).rollouts
+
+            await fill(pilot, selector="site=lab", canary="1", waves="50,100", gate_fps_ratio="0.8")
+            await until(pilot, lambda: isinstance(app.screen, RolloutsScreen), "the dialog closed")
+            [created] = control.ListRollouts(fleet_pb2.ListRolloutsRequest(), timeout=5).rollouts
+            assert created.artifact_sha256 == sha
+            assert (dict(created.spec.selector), created.spec.canary, list(created.spec.waves_percent),
+                    created.spec.max_failures) == ({"site": "lab"}, 1, [50, 100], 1)
+            assert created.spec.gate_fps_ratio == pytest.approx(0.8)
+            assert any(f"Rollout {created.rollout_id} created: 2 device(s) in 2 wave(s)" in m for m in said)
+
+            table = app.screen.query_one("#rollouts", DataTable)
+            await until(pilot, lambda: app.screen.selected() == created.rollout_id, "the new rollout selected")
+            assert "running" in str(table.get_row_at(0)[1])
+            rows = await until(pilot, lambda: len(device_rows(app)) == 3 and device_rows(app), "its devices")
+            assert rows[old.device_id][1:] == ("skipped", "no onnxruntime on the device")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for cam in (*cams, old):
+            cam.close()
+
+
+def test_rollouts_screen_follows_waves_and_device_reports(controller, control):
+    cams = [SimAgent(controller.address, name, providers=CPU).connect() for name in ("cam-a", "cam-b", "cam-c")]
+    old = SimAgent(controller.address, "old-box").connect()  # no onnxruntime: skipped
+    sha = upload(control)
+    rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(
+        artifact_sha256=sha, canary=1, waves_percent=[100]), timeout=5)
+    rid = rollout.rollout_id
+    by_id = {cam.device_id: cam for cam in cams}
+    canary = by_id[next(d.device_id for d in rollout.devices if d.wave == 0 and not d.reason)]
+    rest = [cam for cam in cams if cam is not canary]
+
+    async def scenario():
+        app = FleetApp(controller.address, controller.operator_token)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("o")
+            waves = app.screen.query_one("#rollout-waves", Static)
+            await until(pilot, lambda: len(device_rows(app)) == 4, "the rollout's devices")
+            assert device_rows(app)[canary.device_id] == ("1", "pending", "")
+            assert device_rows(app)[old.device_id] == ("—", "skipped", "no onnxruntime on the device")
+            assert "canary" in printed(waves) and "0/1" in printed(waves)
+
+            canary.report(rid, sha, State.DOWNLOADING)
+            await until(pilot, lambda: device_rows(app)[canary.device_id][1] == "downloading", "downloading")
+            canary.report(rid, sha, State.ACTIVE)
+            await until(pilot, lambda: device_rows(app)[canary.device_id][1] == "active", "the canary active")
+            await until(pilot, lambda: "1/1" in (w := printed(waves)) and "0/2" in w and "running" in w,
+                        "wave 2 started")
+
+            rest[0].report(rid, sha, State.ACTIVE)
+            rest[1].report(rid, sha, State.FAILED, "shadow test failed: fps ratio 0.41 < 0.90")
+            await until(pilot, lambda: device_rows(app)[rest[1].device_id][1] == "failed", "the failure")
+            assert device_rows(app)[rest[1].device_id][2] == "shadow test failed: fps ratio 0.41 < 0.90"
+            assert device_rows(app)[rest[0].device_id] == ("2", "active", "")
+            detail = app.screen.query_one("#rollout-detail", Static)
+            await until(pilot, lambda: "1 device(s) failed, more than --max-failures 0" in str(detail.render()),
+                        "the rollout's reason")
+            assert "1/2 ✗1" in printed(waves)
+            table = app.screen.query_one("#rollouts", DataTable)
+            assert "failed" in str(table.get_row_at(0)[1]) and "2/3 ✗1" in str(table.get_row_at(0)[4])
+
+            # the canary switched engines: its device screen says which, and why
+            canary.switch(types_pb2.RuntimePlan(model="m", backend="onnxruntime", artifact_sha256=sha,
+                                                reason=f"rollout {rid}"))
+            await pilot.press("tab")  # to the device table
+            devices = app.screen.query_one("#rollout-devices", DataTable)
+            while str(devices.get_row_at(devices.cursor_row)[0]) != canary.device_id:
+                await pilot.press("down")
+            await pilot.press("enter")
+            await until(pilot, lambda: isinstance(app.screen, DeviceScreen), "the canary's device screen")
+            engines = app.screen.query_one("#device-engines", Static)
+            await until(pilot, lambda: f"rollout {rid}" in str(engines.render()), "the engine history")
+            shown = str(engines.render())
+            assert f"m onnxruntime {sha[:8]}" in shown and "yolov3-tiny-coco onnxruntime" in shown
+            assert shown.index(sha[:8]) < shown.index("yolov3-tiny")  # newest first
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for cam in (*cams, old):
             cam.close()
 
 

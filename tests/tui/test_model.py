@@ -1,4 +1,5 @@
-"""The TUI's pure parts: coalescing, the fleet state, filter/sort, formatting, backoff, protobuf in."""
+"""The TUI's pure parts: coalescing, the fleet state, filter/sort, formatting, backoff, protobuf in,
+the create-rollout form."""
 from __future__ import annotations
 
 import threading
@@ -7,11 +8,23 @@ import pytest
 
 from edgefleet.v1 import fleet_pb2, types_pb2
 from tui.coalesce import MAX_UPDATES_PER_DEVICE, Coalescer
-from tui.convert import device_from_pb, fleet_event_from_pb, rollout_from_pb
+from tui.convert import device_from_pb, fleet_event_from_pb, rollout_from_pb, rollout_request_to_pb
 from tui.feed import Backoff
-from tui.format import age, banner_text, plan_text
+from tui.format import age, banner_text, plan_text, progress_bar
+from tui.rollout_form import FormError, parse_rollout_form
 from tui.state import FleetState, matches, sort_key
-from tui.views import Connection, DeviceView, Dropped, EventEntry, Health, Plan, Removed, RolloutView
+from tui.views import (
+    Connection,
+    DeviceView,
+    Dropped,
+    EventEntry,
+    Health,
+    Plan,
+    Removed,
+    RolloutDeviceView,
+    RolloutRequest,
+    RolloutView,
+)
 
 
 def device(device_id: str, status: str = "online", fps: float | None = None, t: float = 100.0,
@@ -117,6 +130,24 @@ def test_a_snapshot_drops_devices_it_does_not_list():
     apply(state, device("a", fps=1), device("b", fps=1))
     changes = apply(state, snapshot=[device("b")])
     assert changes.full and set(state.devices) == {"b"} and "a" not in state.history
+
+
+def test_engine_history_records_each_engine_once_with_its_reason():
+    def on(engine: str, reason: str, t: float, precision: str = "fp32") -> DeviceView:
+        model, backend, sha = engine.split()
+        return DeviceView("a", last_seen=t, plan=Plan(model=model, backend=backend, artifact_sha256=sha,
+                                                      precision=precision, reason=reason))
+
+    state = FleetState()
+    apply(state, on("v3 onnxruntime 11", "cpu default", 1), on("v3 onnxruntime 11", "cpu default", 2),
+          on("v3 onnxruntime 11", "thermal", 3, precision="fp16"),  # another plan, the same engine
+          on("v8 onnxruntime 22", "rollout ro-1", 4))
+    apply(state, on("v3 onnxruntime 11", "rollback: operator", 9))
+    assert [(c.time, c.label, c.reason) for c in state.engines["a"]] == [
+        (1, "v3 onnxruntime 11", "cpu default"), (4, "v8 onnxruntime 22", "rollout ro-1"),
+        (9, "v3 onnxruntime 11", "rollback: operator")]
+    apply(state, snapshot=[])
+    assert "a" not in state.engines
 
 
 def test_counts_events_rollouts_connection_and_dropped():
@@ -231,3 +262,72 @@ def test_fleet_event_from_pb(event, expected):
 def test_a_rollout_state_newer_than_the_stubs_reads_unknown():
     rollout = rollout_from_pb(fleet_pb2.Rollout(rollout_id="r", state=42, waves=[fleet_pb2.Wave(state=2)]))
     assert (rollout.state, rollout.waves[0].state) == ("unknown", "running")
+
+
+def test_rollout_devices_from_pb_say_skipped_and_pending():
+    rollout = rollout_from_pb(fleet_pb2.Rollout(rollout_id="r", devices=[
+        fleet_pb2.RolloutDevice(device_id="a", wave=0, state=types_pb2.DeploymentStatus.ACTIVE),
+        fleet_pb2.RolloutDevice(device_id="b", wave=1),
+        fleet_pb2.RolloutDevice(device_id="c", wave=1, state=types_pb2.DeploymentStatus.ROLLED_BACK, reason="gate"),
+        fleet_pb2.RolloutDevice(device_id="d", wave=0, reason="skipped: no TensorRT on the device"),
+    ], spec=fleet_pb2.CreateRolloutRequest(selector={"site": "lab"}, canary=1, waves_percent=[50, 100])))
+    assert rollout.devices == (RolloutDeviceView("a", 0, "active"), RolloutDeviceView("b", 1, "pending"),
+                               RolloutDeviceView("c", 1, "rolled_back", "gate"),
+                               RolloutDeviceView("d", -1, "skipped", "no TensorRT on the device"))
+    assert rollout.targets == 3 and rollout.spec.selector == (("site", "lab"),)
+    assert rollout.spec.waves_percent == (50, 100)
+
+
+@pytest.mark.parametrize(("succeeded", "failed", "target", "bar"), [
+    (0, 0, 4, "░░░░░░░░"),
+    (2, 0, 4, "████░░░░"),
+    (2, 1, 4, "██████░░"),
+    (4, 0, 4, "████████"),
+    (0, 1, 100, "█░░░░░░░"),  # one failure among many still shows
+    (0, 0, 0, "░░░░░░░░"),
+])
+def test_progress_bar(succeeded, failed, target, bar):
+    assert progress_bar(succeeded, failed, target, width=8).plain == bar
+
+
+# ---- the create-rollout form ----
+
+SHA = "ab" * 32
+GOOD = {"selector": "site=lab zone=dock", "canary": "2", "waves": "10, 50,100%", "gate_fps_ratio": "0.8",
+        "max_failures": "1"}
+
+
+def test_a_good_form_becomes_the_request_on_the_wire():
+    request = parse_rollout_form(SHA, **GOOD)
+    assert request == RolloutRequest(SHA, (("site", "lab"), ("zone", "dock")), 2, (10, 50, 100), 0.8, 1)
+    pb = rollout_request_to_pb(request)
+    assert (dict(pb.selector), pb.canary, list(pb.waves_percent), pb.max_failures) == (
+        {"site": "lab", "zone": "dock"}, 2, [10, 50, 100], 1)
+    assert parse_rollout_form(SHA, **{**GOOD, "selector": "  "}).selector == ()  # every device
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("selector", "site", "selector: 'site' is not KEY=VALUE"),
+    ("selector", "site=a site=b", "selector: site is given twice"),
+    ("canary", "0", "canary must be >= 1, got 0"),
+    ("canary", "one", "canary: 'one' is not a whole number"),
+    ("waves", "", "waves: give at least one percentage"),
+    ("waves", "50,10,100", "must rise strictly within 1..100"),
+    ("waves", "10,50", "the last wave must reach 100 %, got 50"),
+    ("waves", "0,100", "must rise strictly within 1..100"),
+    ("waves", "10;100", "is not a list of whole percentages"),
+    ("gate_fps_ratio", "fast", "gate fps ratio: 'fast' is not a number"),
+    ("gate_fps_ratio", "11", "gate fps ratio must be within 0..10"),
+    ("gate_fps_ratio", "nan", "gate fps ratio must be within 0..10"),
+    ("max_failures", "-1", "max failures must be >= 0, got -1"),
+])
+def test_a_bad_field_is_named(field, value, message):
+    with pytest.raises(FormError) as err:
+        parse_rollout_form(SHA, **{**GOOD, field: value})
+    assert err.value.field == field and message in str(err.value)
+
+
+def test_no_artifact_chosen_is_named():
+    with pytest.raises(FormError) as err:
+        parse_rollout_form(None, **GOOD)
+    assert err.value.field == "artifact"

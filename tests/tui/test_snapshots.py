@@ -100,11 +100,32 @@ def test_rollouts_screen_unimplemented(snap_compare):
 
 
 def test_rollouts_screen(snap_compare):
+    """ro-0002 selected: paused with its reason, three waves' bars, a failure, a skipped device."""
     async def run_before(pilot):
         await settle(pilot)
         await pilot.press("o")
         await settle(pilot, lambda app: app.screen.loaded)
         await pilot.press("down")
+        await pilot.pause()
+
+    assert snap_compare(fixed_app(ROLLOUTS), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_create_rollout_dialog(snap_compare):
+    """The artifact list, the fields filled in, and the inline error for waves that do not rise."""
+    async def run_before(pilot):
+        await settle(pilot)
+        await pilot.press("o")
+        await settle(pilot, lambda app: app.screen.loaded)
+        await pilot.press("n")
+        await settle(pilot, lambda app: getattr(app.screen, "loaded", False))
+        screen = pilot.app.screen
+        for key, value in (("selector", "site=dock"), ("waves", "50,10")):
+            screen.query_one(f"#{key}").value = value
+        for box in screen.query("Input"):
+            box.cursor_blink = False
+        await pilot.press("down", "enter")  # the second artifact, then on to the fields
+        await pilot.press("enter")  # create: refused in the dialog, the controller never asked
         await pilot.pause()
 
     assert snap_compare(fixed_app(ROLLOUTS), terminal_size=(80, 24), run_before=run_before)

@@ -1,4 +1,5 @@
-"""One device: live health sparklines, its plan, recent tracks and labels, and operator actions."""
+"""One device: live health sparklines, its plan and engine history, recent tracks and labels, and
+operator actions (pin, clear, restart, roll back)."""
 from __future__ import annotations
 
 import collections
@@ -15,6 +16,7 @@ from ..feed import DetectionFeed
 from ..format import (
     DASH,
     age,
+    clock_time,
     engine_text,
     number,
     override_text,
@@ -22,7 +24,7 @@ from ..format import (
     status_style,
 )
 from ..state import Changes
-from ..views import DeviceView, FrameView, ObjectView
+from ..views import DeviceView, EngineChange, FrameView, ObjectView
 from ..widgets.bars import ConnectionBanner
 from .base import LiveScreen
 from .modals import ConfirmScreen
@@ -32,6 +34,9 @@ RECENT_FRAMES = 50
 
 TRACK_ROWS = 8
 """Most recently seen tracks listed."""
+
+ENGINE_ROWS = 3
+"""Engine changes shown, newest first (the app keeps a few more)."""
 
 ROLLBACK = "Roll back engine (b)"
 NEEDS_ROLLOUTS = "Roll back: needs rollouts"
@@ -60,6 +65,7 @@ class DeviceScreen(LiveScreen):
         yield ConnectionBanner()
         yield Static(id="device-title")
         yield Static(id="device-plan")
+        yield Static(id="device-engines")
         for key, label in (("fps", "FPS"), ("latency", "p95 ms"), ("temp", "Temp °C")):
             with Horizontal(classes="spark-row"):
                 yield Static(label, id=f"{key}-value", classes="spark-label")
@@ -135,11 +141,31 @@ class DeviceScreen(LiveScreen):
             if spark.data != data:
                 spark.data = data
             spark.display = bool(data)
+        self._show_engines()
         self.query_one("#unpin", Button).disabled = device.override is None
         self.query_one("#pin", Button).disabled = device.plan is None
 
+    def engine_history(self) -> list[EngineChange]:
+        """The engines this device ran while the TUI watched, newest first."""
+        return list(reversed(self.fleet.state.engines.get(self.device_id, ())))
+
+    def _show_engines(self) -> None:
+        history = self.engine_history()
+        lines: list[Text] = []
+        for i, change in enumerate(history[:ENGINE_ROWS]):
+            lines.append(Text.assemble(
+                ("Engines   " if i == 0 else "          ", "bold"), (clock_time(change.time), "dim"), " ",
+                (change.label, "" if i == 0 else "dim"), ("  ← " + change.reason if change.reason else "", "cyan" if i == 0
+                                                    else "dim"),
+                (" (now)" if i == 0 else "", "green"), no_wrap=True, overflow="ellipsis"))
+        if len(history) > ENGINE_ROWS:
+            lines[-1].append(f"  +{len(history) - ENGINE_ROWS} earlier", style="dim")
+        widget = self.query_one("#device-engines", Static)
+        widget.update(Text("\n").join(lines))
+        widget.display = len(history) > 1  # one engine all along: the Engine line above says it
+
     def drain_detections(self) -> None:
-        if self.feed is None:
+        if self.feed is None or not self.app.is_running:
             return
         frames = self.feed.drain()
         for frame in frames:
@@ -224,7 +250,14 @@ class DeviceScreen(LiveScreen):
                         severity="warning")
             return
         device_id = self.device_id
-        body = f"Roll {device_id} back to its previous engine?\n\nIt keeps the new one if no previous one is cached."
+        device, history = self.device, self.engine_history()
+        paragraphs = [f"Roll {device_id} back to its previous engine?"]
+        if device is not None and device.plan is not None:
+            before = history[1] if len(history) > 1 else None
+            paragraphs.append(f"It runs {engine_text(device.plan)} now"
+                              + (f"; before that it ran {before.label}" if before else "") + ".")
+        paragraphs.append("It keeps the current one if no previous one is cached.")
+        body = "\n\n".join(paragraphs)
         self.app.push_screen(ConfirmScreen("Roll back engine", body, "Roll back", danger=True), lambda yes: yes and (
             self.fleet.act(f"Rollback sent to {device_id}",
                            lambda client: client.rollback(device_id, "operator rollback from the TUI"),
