@@ -151,6 +151,8 @@ def cmd_run(args) -> int:
         motion_threshold=args.motion_gate,
         drain_timeout_s=args.drain_timeout, gate_sample_every=args.gate_sample_every,
         engine_confirm_s=args.engine_confirm_s, fallback_model=args.model, download_mbps=args.download_mbps,
+        backoff_max_s=args.backoff_max_s, outbox_max_bytes=int(args.outbox_max_mb * 1e6),
+        outbox_max_age_s=args.outbox_max_age_s,
         credentials=(channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
                      if args.tls_ca or args.tls_cert or args.tls_key else None),
     )
@@ -204,6 +206,7 @@ def cmd_run(args) -> int:
         "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
         "inference_ms_p50": round(result.inference_ms_p50, 2),
         "acked_sequence": agent.link.acked_sequence, "outbox_left": result.outbox_left,
+        "outbox_dropped": agent.outbox.dropped,
     }
     if mqtt is not None:
         summary["mqtt"] = {"published": mqtt.counters.published, "dropped": mqtt.counters.dropped}
@@ -269,12 +272,132 @@ def _auto_plan(args, profile, options, engine=None):
     return adaptation, detector, chosen.to_wire()
 
 
+def cmd_serve(args) -> int:
+    """The inference service (agent/inference.py), beside local sources or instead of them.
+
+    With --controller, an Agent (as `run` builds it) owns the outbox, link and health; the served
+    streams' records and counters join its own. Without, the service answers clients only."""
+    import os
+    import threading
+
+    from adaptive.schedule import FrameScheduler
+    from models.bundled import default_model
+    from models.errors import ModelError
+
+    from .batcher import BatchConfig
+    from .health import HealthMonitor
+    from .inference import InferenceCore, InferenceServer, standalone_detect
+
+    if args.source and not args.controller:
+        raise ConfigError("--source needs --controller (local streams report to a controller); "
+                          "without one, serve only")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.model is not None and not args.model.is_file():
+        raise ConfigError(f"--model {args.model}: no such file")
+    if args.max_frame_bytes < 1:
+        raise ConfigError(f"--max-frame-bytes must be >= 1, got {args.max_frame_bytes}")
+    if args.detect_interval < 1:
+        raise ConfigError(f"--detect-interval must be >= 1, got {args.detect_interval}")
+    batch = BatchConfig(args.max_batch, args.batch_window_ms / 1000, args.stream_queue)
+    token = args.token or os.environ.get("EDGEFLEET_INFERENCE_TOKEN") or None
+    agent = None
+    if args.controller:
+        from adaptive.probe import probe
+
+        from .link import channel_credentials
+        from .runner import Agent, RunOptions
+        from .sources import open_source
+
+        options = RunOptions(
+            controller=args.controller, sources=args.source or [], state_dir=args.state_dir,
+            enroll_key=args.enroll_key, name=args.name or "", stream_ids=args.stream_id or [],
+            loop=args.loop, detect_interval=args.detect_interval, drain_timeout_s=args.drain_timeout,
+            engine_confirm_s=args.engine_confirm_s, fallback_model=args.model, serving=True,
+            credentials=(channel_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+                         if args.tls_ca or args.tls_cert or args.tls_key else None),
+        )
+        for spec in options.sources:
+            open_source(spec)  # fail on a bad source before loading the model
+        active, engine = _active_engine(args, options)
+        try:
+            model = engine.path if engine else args.model or default_model(args.models_dir)
+        except ModelError as err:
+            raise ConfigError(f"model: {err}") from err
+        detector = _load_detector(model, args)
+        w, h = detector.input_size
+        plan = {"model": engine.name if engine else Path(model).stem,
+                "backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": w, "input_height": h,
+                "batch": args.max_batch, "detect_interval": options.detect_interval,
+                "artifact_sha256": engine.sha256 if engine else "",
+                "reason": (f"rollout {engine.rollout_id}" if engine else "--model" if args.model else "default model")
+                + "; serving InferenceService"}
+        agent = Agent(options, detector, open_source, probe().to_dict(), plan,
+                      load_model=lambda path: _load_detector(path, args), active=active)
+        core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
+                             max_frame_bytes=args.max_frame_bytes, health=agent.health,
+                             scheduler_factory=lambda: FrameScheduler(options.detect_interval),
+                             publish_threshold=options.publish_threshold, keep_records=True,
+                             reserved=frozenset(options.stream_ids))
+        agent.served = core
+    else:
+        try:
+            detector = _load_detector(args.model or default_model(args.models_dir), args)
+        except ModelError as err:
+            raise ConfigError(f"model: {err}") from err
+        health = HealthMonitor()
+        core = InferenceCore(standalone_detect(detector, health), lambda: detector.names, batch,
+                             max_frame_bytes=args.max_frame_bytes, health=health,
+                             scheduler_factory=lambda: FrameScheduler(args.detect_interval))
+    server = InferenceServer(core, args.listen, token)
+    try:
+        port = server.start()
+    except OSError as err:
+        raise ConfigError(f"--listen {args.listen}: {err}") from err
+    print(json.dumps({"serving": f"{args.listen.rpartition(':')[0]}:{port}"}), flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    def shutdown() -> None:
+        stop.wait()
+        server.stop(grace=args.grace)  # calls finish, their records reach the feed
+        if agent is not None:
+            agent.stop_event.set()  # then the agent commits them and drains
+
+    stopper = threading.Thread(target=shutdown, name="serve-shutdown")
+    stopper.start()
+    summary: dict = {}
+    try:
+        if agent is not None:
+            result = agent.run()
+            summary = {"device_id": agent.link.identity.device_id if agent.link.identity else None,
+                       "frames": result.frames, "detections": result.detections,
+                       "acked_sequence": agent.link.acked_sequence, "outbox_left": result.outbox_left}
+        else:
+            while not stop.wait(1.0):
+                pass
+    finally:
+        stop.set()
+        stopper.join()
+        if agent is None:
+            detector.close()
+    stats = core.batcher.stats
+    summary.update(served_frames=core.frames_served, served_dropped=core.dropped_total(), batches=stats.batches,
+                   mean_batch=round(stats.items / stats.batches, 2) if stats.batches else 0.0)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="edgefleet device agent")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="detect and track on a source, report to the controller")
+    p.add_argument("--config", type=Path, metavar="YAML",
+                   help="read flags from this YAML file (keys: the flags without dashes, plus `sources:`); "
+                        "flags on the command line win")
     p.add_argument("--controller", required=True, type=host_port_arg("--controller", as_text=True), metavar="HOST:PORT")
     p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial the controller with TLS, trusting this CA")
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="this device's certificate, for mutual TLS")
@@ -298,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="restart a file source when it ends")
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="at the end, wait up to S seconds for the controller to acknowledge everything")
+    p.add_argument("--backoff-max-s", type=float, default=10.0, metavar="S",
+                   help="while the controller is unreachable, retry with exponential backoff and jitter "
+                        "up to S seconds apart (default 10)")
+    p.add_argument("--outbox-max-mb", type=float, default=512.0, metavar="MB",
+                   help="bound the outbox at MB megabytes of records; when full the oldest unacknowledged "
+                        "records are dropped first, counted and reported (default 512; 0: no bound)")
+    p.add_argument("--outbox-max-age-s", type=float, default=7 * 24 * 3600.0, metavar="S",
+                   help="drop unacknowledged records captured more than S seconds ago, oldest first "
+                        "(default 604800, 7 days; 0: keep them however old)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="inference threads (default: ONNX Runtime's choice, one per core)")
     p.add_argument("--models-dir", type=Path, default=None,
@@ -351,11 +483,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("serve", help="serve edgefleet.v1.InferenceService (Detect, DetectStream) with this "
+                                     "device's detector, beside or instead of local sources")
+    p.add_argument("--listen", required=True, type=host_port_arg("--listen", allow_port_zero=True, as_text=True),
+                   metavar="HOST:PORT", help="where clients call (port 0 picks one; the first stdout line names it)")
+    p.add_argument("--controller", type=host_port_arg("--controller", as_text=True), metavar="HOST:PORT",
+                   help="also report served (and --source) streams to this controller, as `run` does")
+    p.add_argument("--source", action="append", help="local sources beside the served streams (needs --controller)")
+    p.add_argument("--stream-id", action="append", help="id of each --source (default cam0, cam1, ...)")
+    p.add_argument("--loop", action="store_true", help="restart a file --source when it ends")
+    p.add_argument("--token", default=None, metavar="T",
+                   help="require 'authorization: Bearer T' on every call (default $EDGEFLEET_INFERENCE_TOKEN; "
+                        "none: open)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N",
+                   help="frames per detector call at most, across all clients (default 8)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
+                   help="how long a waiting frame waits for others to fill its batch (default 5)")
+    p.add_argument("--stream-queue", type=int, default=2, metavar="N",
+                   help="frames of one stream waiting for the detector before its oldest is dropped (default 2)")
+    p.add_argument("--max-frame-bytes", type=int, default=8 << 20, metavar="B",
+                   help="largest image payload accepted (encoded bytes or raw pixels; default 8 MiB)")
+    p.add_argument("--detect-interval", type=int, default=1, metavar="N",
+                   help="detect on every Nth frame of a stream; the tracker predicts in between (default 1)")
+    p.add_argument("--grace", type=float, default=2.0, metavar="S",
+                   help="on SIGTERM/SIGINT, let open calls finish for up to S seconds (default 2)")
+    p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
+                   help="with --controller: identity and the durable outbox (default var/agent)")
+    p.add_argument("--enroll-key", help="with --controller: enrollment key; needed on the first run only")
+    p.add_argument("--name", help="name to enroll under (default: hostname)")
+    p.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial the controller with TLS, trusting this CA")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="this device's certificate, for mutual TLS")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="this device's private key, for mutual TLS")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                   help="with --controller, at the end: wait up to S seconds for acknowledgements")
+    p.add_argument("--engine-confirm-s", type=float, default=60.0, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads (default: ONNX Runtime's choice, one per core)")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    p.add_argument("--model", type=Path, default=None, metavar="FILE",
+                   help="model file to detect with (.onnx, .engine, .pt; default: the bundled model)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .config import parse_args
+
+    args = parse_args(build_parser(), argv)  # with `run --config FILE`: the file's values as defaults
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

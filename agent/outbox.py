@@ -3,13 +3,35 @@
 Sequences are assigned here, per device, from 1, and never reused (AUTOINCREMENT keeps
 counting after deletes). Rows leave only when the controller acknowledges a sequence it
 committed. One Outbox object per thread: the pipeline appends, the link reads and acks.
+
+The outbox is bounded (`max_bytes`, `max_age_s`) so that a controller away for weeks cannot
+fill the device's disk: each commit that takes it past a bound deletes the oldest records first,
+in the same transaction, and counts them (`dropped`, and `dropped_total()` across runs). The
+cost of a commit stays proportional to what it drops, never to what the outbox holds: the byte
+total is kept by triggers in `outbox_meta`, and the oldest rows are found by their sequence.
 """
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+RECORD_OVERHEAD_BYTES = 64
+"""What a record costs besides its stream id and objects (sequence, frame index, time, row and
+index bookkeeping), in the byte count `max_bytes` bounds."""
+
+_RECORD_BYTES = ("length(cast({r}.objects as blob)) + length(cast({r}.stream_id as blob)) + "
+                 + str(RECORD_OVERHEAD_BYTES))
+"""SQL for one record's bytes; `{r}` is the row's alias (outbox, new, old)."""
+
+DROP_WARNING_EVERY_S = 60.0
+"""A full outbox drops on every commit; the warning that says so is logged at most this often."""
 
 
 @dataclass
@@ -32,34 +54,126 @@ class OutboxRecord:
 
 
 class Outbox:
-    def __init__(self, path: Path | str):
+    """`max_bytes` bounds the records' bytes (payload plus RECORD_OVERHEAD_BYTES each; not the file's
+    size, which SQLite keeps as freed pages are reused), `max_age_s` their age by capture time
+    (`clock()` seconds, unix time); 0 leaves either unbounded. Only the appending side enforces them."""
+
+    def __init__(self, path: Path | str, max_bytes: int = 0, max_age_s: float = 0.0,
+                 clock: Callable[[], float] = time.time):
+        if max_bytes < 0 or max_age_s < 0:
+            raise ValueError(f"outbox bounds must be >= 0, got max_bytes={max_bytes}, max_age_s={max_age_s}")
         self.path = Path(path)
+        self.max_bytes, self.max_age_s, self._clock = int(max_bytes), float(max_age_s), clock
+        self.dropped = 0
+        """Records this object dropped to stay within its bounds."""
+        self._unwarned = 0
+        self._last_warning = float("-inf")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")  # a committed record survives power loss
-        self._conn.execute(
-            "create table if not exists outbox ("
-            " sequence integer primary key autoincrement, stream_id text not null,"
-            " frame_index integer not null, capture_time real not null, objects text not null)"
-        )
+        self._conn.execute("begin immediate")  # the pipeline and the link open the same file at once
+        try:
+            self._conn.execute(
+                "create table if not exists outbox ("
+                " sequence integer primary key autoincrement, stream_id text not null,"
+                " frame_index integer not null, capture_time real not null, objects text not null)"
+            )
+            self._conn.execute("create table if not exists outbox_meta (key text primary key, value integer not null)")
+            # Outboxes written before the bounds existed: count what they hold, once.
+            self._conn.execute(
+                "insert or ignore into outbox_meta (key, value)"
+                f" select 'bytes', coalesce(sum({_RECORD_BYTES.format(r='outbox')}), 0) from outbox")
+            self._conn.execute("insert or ignore into outbox_meta (key, value) values ('dropped', 0)")
+            self._conn.execute(
+                "create trigger if not exists outbox_bytes_insert after insert on outbox begin"
+                f" update outbox_meta set value = value + {_RECORD_BYTES.format(r='new')} where key = 'bytes'; end")
+            self._conn.execute(
+                "create trigger if not exists outbox_bytes_delete after delete on outbox begin"
+                f" update outbox_meta set value = value - ({_RECORD_BYTES.format(r='old')}) where key = 'bytes'; end")
+            self._conn.execute("commit")
+        except BaseException:
+            self._conn.execute("rollback")
+            raise
 
     def close(self) -> None:
+        if self.dropped:
+            logger.warning("outbox %s: dropped %d record(s) in all to stay within its bounds (%s)",
+                           self.path, self.dropped, self.describe_bounds())
         self._conn.close()
 
     def append(self, record: OutboxRecord) -> int:
         return self.append_many([record])[0]
 
     def append_many(self, records: list[OutboxRecord]) -> list[int]:
-        """Commit several records in one transaction (one fsync); returns their sequences."""
-        self._conn.execute("begin")
+        """Commit several records in one transaction (one fsync); returns their sequences.
+
+        Past a bound, the oldest records (these ones too, should they alone exceed `max_bytes`)
+        are dropped in the same transaction; `self.dropped` counts them."""
+        self._conn.execute("begin immediate")
         try:
             sequences = [self._insert(record) for record in records]
+            dropped = self._enforce_bounds()
             self._conn.execute("commit")
         except BaseException:
             self._conn.execute("rollback")
             raise
+        if dropped:
+            self._note_dropped(dropped)
         return sequences
+
+    def _enforce_bounds(self) -> int:
+        """Delete the oldest records past either bound (inside the caller's transaction); how many."""
+        cutoff = 0  # delete every sequence <= cutoff
+        if self.max_age_s:
+            expired_before = self._clock() - self.max_age_s
+            while True:
+                rows = self._conn.execute(
+                    "select sequence, capture_time from outbox where sequence > ? order by sequence limit 256",
+                    (cutoff,)).fetchall()
+                fresh = next((i for i, (_, captured) in enumerate(rows) if captured >= expired_before), None)
+                if fresh is not None:
+                    cutoff = rows[fresh - 1][0] if fresh else cutoff
+                    break
+                if not rows:
+                    break
+                cutoff = rows[-1][0]
+        if self.max_bytes:
+            excess = self.size_bytes() - self.max_bytes
+            if cutoff and excess > 0:
+                excess -= self._conn.execute(
+                    f"select coalesce(sum({_RECORD_BYTES.format(r='outbox')}), 0) from outbox where sequence <= ?",
+                    (cutoff,)).fetchone()[0]
+            while excess > 0:
+                rows = self._conn.execute(
+                    f"select sequence, {_RECORD_BYTES.format(r='outbox')} from outbox"
+                    " where sequence > ? order by sequence limit 256", (cutoff,)).fetchall()
+                if not rows:
+                    break
+                for sequence, size in rows:
+                    cutoff, excess = sequence, excess - size
+                    if excess <= 0:
+                        break
+        if not cutoff:
+            return 0
+        dropped = self._conn.execute("delete from outbox where sequence <= ?", (cutoff,)).rowcount
+        self._conn.execute("update outbox_meta set value = value + ? where key = 'dropped'", (dropped,))
+        return dropped
+
+    def _note_dropped(self, dropped: int) -> None:
+        self.dropped += dropped
+        self._unwarned += dropped
+        now = time.monotonic()
+        if now - self._last_warning >= DROP_WARNING_EVERY_S:
+            logger.warning(
+                "outbox %s is full (bounds: %s): dropped the %d oldest unacknowledged record(s), %d since start",
+                self.path, self.describe_bounds(), self._unwarned, self.dropped)
+            self._last_warning, self._unwarned = now, 0
+
+    def describe_bounds(self) -> str:
+        bounds = [f"{self.max_bytes / 1e6:g} MB" if self.max_bytes else "",
+                  f"{self.max_age_s:g} s old" if self.max_age_s else ""]
+        return ", ".join(b for b in bounds if b) or "none"
 
     def _insert(self, record: OutboxRecord) -> int:
         objects = json.dumps([
@@ -98,3 +212,11 @@ class Outbox:
     def last_sequence(self) -> int:
         row = self._conn.execute("select seq from sqlite_sequence where name = 'outbox'").fetchone()
         return row[0] if row else 0
+
+    def size_bytes(self) -> int:
+        """The records' bytes as `max_bytes` counts them."""
+        return self._conn.execute("select value from outbox_meta where key = 'bytes'").fetchone()[0]
+
+    def dropped_total(self) -> int:
+        """Records dropped to stay within the bounds since this outbox file was made (all runs)."""
+        return self._conn.execute("select value from outbox_meta where key = 'dropped'").fetchone()[0]

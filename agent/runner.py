@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from edgefleet.v1 import agent_pb2, types_pb2
 
 from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController, bounded_ladder
 from adaptive.errors import LadderError
-from edgefleet.v1 import agent_pb2, types_pb2
 from adaptive.schedule import FrameScheduler, MotionGate
 from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
@@ -39,8 +39,10 @@ from .health import HealthMonitor
 from .link import Link, deploy_from_pb
 from .outbox import Outbox, OutboxObject, OutboxRecord
 from .sources import Frame, Source
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
+    from .inference import InferenceCore as ServedFeed
     from .mqtt import MqttPublisher
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,10 @@ class RunOptions:
     motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
     drain_timeout_s: float = 30.0
     backoff_max_s: float = 10.0
+    outbox_max_bytes: int = 512_000_000
+    """Bound on the outbox's records (agent.outbox.Outbox); past it the oldest are dropped and counted. 0: none."""
+    outbox_max_age_s: float = 7 * 24 * 3600.0
+    """Records captured longer ago than this are dropped from the outbox, oldest first. 0: kept however old."""
     credentials: grpc.ChannelCredentials | None = None  # TLS to the controller (link.channel_credentials)
     gate_sample_every: int = 5
     """During a deployment's shadow test, every Nth detected frame also goes to the candidate engine."""
@@ -83,9 +89,12 @@ class RunOptions:
     occlusion (the second association); those rows are evidence for the tracker, not detections
     to store: a stored detection keeps meaning "scored at least 0.25", as before. 0 publishes
     every tracked row."""
+    serving: bool = False
+    """`edge-agent serve`: served streams (agent.inference) feed the agent too, so it may have no
+    --source and runs until stopped, not until its sources end."""
 
     def __post_init__(self) -> None:
-        if not self.sources:
+        if not self.sources and not self.serving:
             raise ConfigError("at least one --source is needed")
         if not self.stream_ids:
             self.stream_ids = [f"cam{i}" for i in range(len(self.sources))]
@@ -105,6 +114,12 @@ class RunOptions:
             raise ConfigError(f"--download-mbps must be >= 0, got {self.download_mbps}")
         if self.engine_confirm_s <= 0:
             raise ConfigError(f"--engine-confirm-s must be > 0, got {self.engine_confirm_s}")
+        if self.outbox_max_bytes < 0:
+            raise ConfigError(f"--outbox-max-mb must be >= 0, got {self.outbox_max_bytes / 1e6:g}")
+        if self.outbox_max_age_s < 0:
+            raise ConfigError(f"--outbox-max-age-s must be >= 0, got {self.outbox_max_age_s:g}")
+        if self.backoff_max_s <= 0:
+            raise ConfigError(f"--backoff-max-s must be > 0, got {self.backoff_max_s:g}")
         if not 0 <= self.publish_threshold <= 1:
             raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
 
@@ -192,10 +207,20 @@ class Agent:
         self._plan_version = 0
         self.health = HealthMonitor()
         self.stop_event = threading.Event()
+        self.served: ServedFeed | None = None
+        """`edge-agent serve`: the inference service's streams (agent.inference.InferenceCore), whose
+        records this loop commits with its own and whose streams and drops join the health samples."""
+        self.detector_lock = threading.Lock()
+        """Held around every detector call and swap: served batches run on another thread."""
         self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self._scheduler())
                         for sid, spec in zip(options.stream_ids, options.sources)]
-        options.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(options.state_dir / "outbox.db")
+        try:
+            options.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--state-dir {options.state_dir}: {err.strerror}") from err
+        self.outbox = Outbox(options.state_dir / "outbox.db", max_bytes=options.outbox_max_bytes,
+                             max_age_s=options.outbox_max_age_s)
+        """The pipeline's side of the outbox: it appends and enforces the bounds (`outbox.dropped`)."""
         self._outbox_depth = 0
         self._uncommitted: list[OutboxRecord] = []
         self._last_commit = time.monotonic()
@@ -237,7 +262,9 @@ class Agent:
 
     def _health(self) -> dict:
         dropped = sum(s.source.frames_dropped for s in self.streams)
+        dropped += self.served.dropped_total() if self.served is not None else 0
         sample = self.health.sample(frames_dropped=dropped, outbox_depth=self._outbox_depth)
+        sample["outbox_dropped"] = self.outbox.dropped  # since start; not on the wire's HealthSample yet
         if self.adaptation is not None:
             # the rung's plan goes up with the heartbeats (Link's `plan`); this copy is for logs and the summary
             controller = self.adaptation.controller
@@ -247,7 +274,7 @@ class Agent:
             {"stream_id": s.stream_id, "source": s.spec, "state": "ended" if s.done else s.source.state,
              "frames": s.frames, "dropped": s.source.frames_dropped, "error": s.source.error or ""}
             for s in self.streams
-        ]
+        ] + (self.served.stream_health() if self.served is not None else [])
         return sample
 
     # ---- the loop ----
@@ -259,28 +286,36 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
         t0 = self._last_control = time.monotonic()
+        watchdog = Watchdog.from_env()  # systemd's Type=notify + WatchdogSec (a no-op elsewhere)
+        watchdog.ready()
         self._enter_rung(t0)
         clean = False  # a clean exit confirms a freshly swapped engine (agent.engines.ActiveEngines)
         try:
-            while not self.stop_event.is_set() and not all(s.done for s in self.streams):
+            while not self.stop_event.is_set() and (self.options.serving or not all(s.done for s in self.streams)):
                 if self.link.fatal is not None:
                     raise self.link.fatal
                 ready = self._gather()
                 if ready:
                     self._uncommitted += self._process(ready)
+                if self.served is not None:
+                    self._uncommitted += self.served.take_records()
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
                     self._commit()
                 if not self.commands.empty():
                     self.apply_commands(time.monotonic())
                 self.engine_tick(time.monotonic())
+                watchdog.tick()
                 if self.adaptation is not None:
                     self.control(time.monotonic())
             clean = True
+            if self.served is not None:
+                self._uncommitted += self.served.take_records()
             self._commit()
             seconds = time.monotonic() - t0
             self._close_rung(t0 + seconds)
             left = self._drain()
         finally:
+            watchdog.stopping()
             self.engines.close(clean=clean)
             self._stop_builder()
             if self.mqtt is not None:
@@ -299,12 +334,13 @@ class Agent:
         if not self._uncommitted:
             return
         records, self._uncommitted = self._uncommitted, []
-        self.outbox.append_many(records)
+        dropped_before = self.outbox.dropped
+        self.outbox.append_many(records)  # past its bounds, drops the oldest records (counted), never blocks
         if self.mqtt is not None:
             self.mqtt.on_frames(records)
         self.frames += len(records)
         self.detections += sum(len(r.objects) for r in records)
-        self._outbox_depth += len(records)
+        self._outbox_depth += len(records) - (self.outbox.dropped - dropped_before)
         if self.frames % 50 < len(records):
             self._outbox_depth = self.outbox.depth()
 
@@ -318,6 +354,8 @@ class Agent:
                 ready.append((stream, frame))
         if not ready:
             waiting = next((s for s in self.streams if not s.done), None)
+            if waiting is None:
+                self.stop_event.wait(0.01)  # serving, no local stream left: wait instead of spinning
             frame = self._next_frame(waiting, timeout=0.01) if waiting else None
             if frame is not None:
                 ready.append((waiting, frame))
@@ -351,7 +389,8 @@ class Agent:
                 stream.scheduler.skipped()
         detections = {}
         if due:
-            batch = self.detector.detect_batch([frame.image for _, frame in due])
+            with self.detector_lock:
+                batch = self.detector.detect_batch([frame.image for _, frame in due])
             self.health.record_inference(float(getattr(self.detector, "last_inference_ms", 0.0)))
             self.engines.observe([frame.image for _, frame in due], batch, self.detector.last_inference_ms)
             detections = {id(stream): dets for (stream, _), dets in zip(due, batch)}
@@ -376,6 +415,15 @@ class Agent:
             ))
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
+
+    def detect_served(self, images: list) -> list:
+        """A served batch (agent.inference, from its batcher thread) on the detector the local
+        streams use, one call at a time with theirs."""
+        with self.detector_lock:
+            batch = self.detector.detect_batch(images)
+            ms = float(getattr(self.detector, "last_inference_ms", 0.0))
+        self.health.record_inference(ms)
+        return batch
 
     # ---- the runtime controller (--auto-plan) ----
 
@@ -466,8 +514,9 @@ class Agent:
 
     def _swap_engine(self, swap: Swap, now: float) -> None:
         """The old detector served every frame up to here; from the next tick on the new one does."""
-        old, self.detector = self.detector, swap.detector
-        old.close()
+        with self.detector_lock:
+            old, self.detector = self.detector, swap.detector
+            old.close()
         self.health.reset_inference()  # the latencies in the window were the old detector's
         path = str(getattr(swap.detector, "model_path", "") or (swap.ref.path if swap.ref else ""))
         name = swap.name or Path(path).stem
@@ -561,8 +610,9 @@ class Agent:
         else:
             current = self.adaptation.controller.rung
             if key == (current.model_path, current.input_size):
-                old, self.detector, self._loaded = self.detector, detector, key
-                old.close()
+                with self.detector_lock:
+                    old, self.detector, self._loaded = self.detector, detector, key
+                    old.close()
                 self.health.reset_inference()  # the latencies in the window were the old detector's
                 logger.info("now detecting with %s at %dx%d", rung.model, *rung.input_size)
             else:

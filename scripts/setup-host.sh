@@ -6,19 +6,26 @@
 set -euo pipefail
 
 if [ "${1:-}" = "--test-broker" ]; then
-    if command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; then
+    # openssh-server: tests/integration/test_flash.py flashes an agent through its own sshd (it
+    # fails, naming this install, without one); rsync: the flash script's usual way to copy.
+    wanted=()
+    [ -x /usr/sbin/sshd ] || wanted+=(openssh-server)
+    command -v rsync >/dev/null || wanted+=(rsync)
+    command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || wanted+=(mosquitto)
+    if [ ${#wanted[@]} -eq 0 ]; then
         exit 0
     fi
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
     if command -v apt-get >/dev/null && { [ ${#sudo[@]} -eq 0 ] || sudo -n true 2>/dev/null; }; then
-        echo "setup-host: installing mosquitto (the MQTT tests start their own broker)"
-        if "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq mosquitto; then
+        echo "setup-host: installing ${wanted[*]} (the MQTT tests start their own broker, the flash test its own sshd)"
+        if "${sudo[@]}" apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${wanted[@]}"; then
             exit 0
         fi
     fi
-    echo "setup-host: note: mosquitto is not installed, the MQTT tests will be skipped" \
-         "(Debian/Ubuntu: sudo apt-get install mosquitto)" >&2
+    echo "setup-host: note: ${wanted[*]} not installed: without mosquitto the MQTT tests are skipped," \
+         "without openssh-server the flash test fails (Debian/Ubuntu: sudo apt-get install ${wanted[*]})" >&2
     exit 0
 fi
 

@@ -2,6 +2,7 @@
 active.json and the manager's deploy / rollback on its worker thread."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -535,8 +536,10 @@ def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
     store.add(v2.read_bytes())
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://96x64?objects=3"],
                          state_dir=tmp_path / "agent", gate_sample_every=1)
-    agent = Agent(options, load_detector(v1), open_source, {}, {"model": "v1", "artifact_sha256": ""})
+    one_thread = functools.partial(load_detector, intra_op_threads=1)  # sub-millisecond calls: no pool wake-ups
+    agent = Agent(options, one_thread(v1), open_source, {}, {"model": "v1", "artifact_sha256": ""})
     agent.engines.fetch, agent.engines.public_key, agent.engines._caps = store.fetch, lambda: signer.public, CPU
+    agent.engines.load = one_thread
     agent.engines.gate_min_samples = 5
     command = agent_pb2.Command(command_id="c1", deploy=agent_pb2.DeployArtifact(
         rollout_id="r7", artifact=signer.artifact(v2.read_bytes(), name="v2.onnx"), gate_fps_ratio=0.2,
