@@ -133,8 +133,6 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from adaptive.probe import probe
-    from models.bundled import default_model
-    from models.errors import ModelError
 
     from .link import channel_credentials
     from .runner import Agent, RunOptions
@@ -164,18 +162,8 @@ def cmd_run(args) -> int:
     if args.auto_plan:
         adaptation, detector, plan = _auto_plan(args, profile, options, engine)
     else:
-        try:
-            model = engine.path if engine else args.model or default_model(args.models_dir)
-        except ModelError as err:
-            raise ConfigError(f"model: {err}") from err
-        detector = _load_detector(model, args)
-        w, h = detector.input_size
-        why = f"rollout {engine.rollout_id}" if engine else "--model" if args.model else "default model"
-        plan = {"model": engine.name if engine else Path(model).stem,
-                "backend": type(detector).__module__.rsplit(".", 1)[-1],
-                "input_width": w, "input_height": h, "batch": len(options.sources),
-                "detect_interval": options.detect_interval,
-                "reason": why + "; adaptive planning not enabled"}
+        detector, plan = _fixed_plan(args, engine, len(options.sources), options.detect_interval,
+                                     "adaptive planning not enabled")
     plan["artifact_sha256"] = engine.sha256 if engine else ""
     mqtt = None
     if args.mqtt:
@@ -272,6 +260,25 @@ def _auto_plan(args, profile, options, engine=None):
     return adaptation, detector, chosen.to_wire()
 
 
+def _fixed_plan(args, engine, batch: int, detect_interval: int, note: str):
+    """The detector and plan without adaptive planning: the deployed engine, else --model, else the
+    bundled one; `note` ends the plan's reason."""
+    from models.bundled import default_model
+    from models.errors import ModelError
+
+    try:
+        model = engine.path if engine else args.model or default_model(args.models_dir)
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
+    detector = _load_detector(model, args)
+    w, h = detector.input_size
+    why = f"rollout {engine.rollout_id}" if engine else "--model" if args.model else "default model"
+    return detector, {"model": engine.name if engine else Path(model).stem,
+                      "backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": w,
+                      "input_height": h, "batch": batch, "detect_interval": detect_interval,
+                      "reason": f"{why}; {note}"}
+
+
 def cmd_serve(args) -> int:
     """The inference service (agent/inference.py), beside local sources or instead of them.
 
@@ -320,18 +327,8 @@ def cmd_serve(args) -> int:
         for spec in options.sources:
             open_source(spec)  # fail on a bad source before loading the model
         active, engine = _active_engine(args, options)
-        try:
-            model = engine.path if engine else args.model or default_model(args.models_dir)
-        except ModelError as err:
-            raise ConfigError(f"model: {err}") from err
-        detector = _load_detector(model, args)
-        w, h = detector.input_size
-        plan = {"model": engine.name if engine else Path(model).stem,
-                "backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": w, "input_height": h,
-                "batch": args.max_batch, "detect_interval": options.detect_interval,
-                "artifact_sha256": engine.sha256 if engine else "",
-                "reason": (f"rollout {engine.rollout_id}" if engine else "--model" if args.model else "default model")
-                + "; serving InferenceService"}
+        detector, plan = _fixed_plan(args, engine, args.max_batch, options.detect_interval, "serving InferenceService")
+        plan["artifact_sha256"] = engine.sha256 if engine else ""
         agent = Agent(options, detector, open_source, probe().to_dict(), plan,
                       load_model=lambda path: _load_detector(path, args), active=active)
         core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
