@@ -52,7 +52,9 @@ class Identity:
 
 
 class Backoff:
-    """Exponential backoff with full jitter."""
+    """Exponential backoff with jitter: the n-th delay is uniform in [c/2, c], c = min(maximum,
+    initial * 2**n) ("equal jitter": never under half the ceiling, so a fleet that lost its
+    controller spreads its reconnects without any agent hammering it)."""
 
     def __init__(self, initial: float = 0.5, maximum: float = 10.0):
         self.initial, self.maximum = initial, maximum

@@ -40,13 +40,26 @@ class Frame:
 
 # ---- readers: blocking, single-threaded, None at the end ----
 
+STREAM_TIMEOUT_S = 10.0
+"""A network stream (rtsp://, http://) that sends nothing for this long, or does not open within it,
+counts as lost and is reconnected. OpenCV's own default is 30 s, with a camera that hangs rather
+than hangs up the agent sat that long on a frozen stream."""
+
+
 class VideoReader:
-    def __init__(self, spec: str, capture_arg):
-        self.spec, self._arg = spec, capture_arg
+    def __init__(self, spec: str, capture_arg, timeout_s: float | None = None):
+        """`timeout_s`: open and read timeout for network streams (FFmpeg's interrupt callback);
+        None keeps OpenCV's default."""
+        self.spec, self._arg, self._timeout_s = spec, capture_arg, timeout_s
         self._cap: cv2.VideoCapture | None = None
 
     def open(self) -> None:
-        cap = cv2.VideoCapture(self._arg)
+        if self._timeout_s is None:
+            cap = cv2.VideoCapture(self._arg)
+        else:
+            ms = int(self._timeout_s * 1000)
+            cap = cv2.VideoCapture(self._arg, cv2.CAP_ANY,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"source {self.spec!r}: cannot be opened (not a readable video or stream)")
@@ -268,7 +281,7 @@ def open_source(spec: str) -> Source:
     if spec.lower().startswith("synthetic://"):
         return Source(spec, _synthetic(spec), live=False)
     if _URL.match(spec):
-        return Source(spec, VideoReader(spec, spec), live=True)
+        return Source(spec, VideoReader(spec, spec, timeout_s=STREAM_TIMEOUT_S), live=True)
     path = Path(spec).expanduser()
     if not path.exists():
         raise SourceError(f"source {spec!r}: no such file")

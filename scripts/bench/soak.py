@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Soak: a real controller and real agents, SIGKILLed at random, checked exactly at the end.
+
+    python scripts/bench/soak.py [--duration 600] [--agents 3] [--kill-every 20-60] [--down 0.5-3]
+                                 [--controller-share P]
+                                 [--video var/samples/vtest.avi] [--detect-interval 3] [--seed N]
+                                 [--workdir DIR] [--out var/bench/soak.json]
+
+1. A controller process (`python -m fleet.cli serve`, a fixed loopback port, one SQLite file)
+   and `--agents` agent processes (`python -m agent.cli run --loop` on the video, one state dir
+   each), all started the way a user starts them.
+2. For `--duration` seconds, every `--kill-every` seconds (uniform in the range; 0 turns kills
+   off) one process, chosen at random among the controller and the agents, is SIGKILLed and,
+   after `--down` seconds, started again on the same port / state dir. After an agent's kill its
+   outbox is read: the unacknowledged sequences it had committed, and the highest it assigned.
+3. RSS of every process (VmRSS) every 5 s, by role (controller, agent-1, ...) and by incarnation.
+4. At the end the controller runs, every agent is stopped with SIGTERM (commit, drain, summary),
+   then the controller. The check is exact, per device, from the controller's SQLite file and
+   the agents' outboxes: `lost` = sequences 1..N (N: the highest the agent assigned) not stored,
+   `duplicated` = stored rows minus distinct (device, sequence), `extra` = stored sequences never
+   assigned, `reused` = runs that did not start at the sequence after the killed run's last (the
+   stored row there must be frame 0 of the video), `committed_lost` = records committed before a
+   kill (read from the outbox) that never reached the store.
+RSS growth per role: median RSS in the last minute minus the first minute (the incarnations
+alive then); and for each incarnation that lived over two minutes, its own last vs first minute.
+Writes JSON (stdout, or --out); prints a one-line verdict; exit 1 when anything was lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(Path(__file__).resolve().parent)]
+
+from report import write_report  # scripts/bench/report.py
+
+ENROLL_KEY = "efk_soak"
+RSS_EVERY_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def read_db(db: Path, sql: str, params=()) -> list[tuple]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+def outbox_state(state_dir: Path) -> tuple[list[int], int]:
+    """(committed, unacknowledged sequences; highest sequence ever assigned)."""
+    db = state_dir / "outbox.db"
+    pending = [s for (s,) in read_db(db, "select sequence from outbox order by sequence")]
+    last = read_db(db, "select seq from sqlite_sequence where name = 'outbox'")
+    return pending, (last[0][0] if last else 0)
+
+
+@dataclass
+class Role:
+    """One process slot (the controller, or one agent) and its incarnations."""
+    name: str
+    argv: list[str]
+    log_dir: Path
+    proc: subprocess.Popen | None = None
+    starts: int = 0
+    kills: int = 0
+    rss: list[tuple[float, int, float]] = field(default_factory=list)  # (t, incarnation, MB)
+    summaries: list[dict] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log_dir / f"{self.name}-{self.starts}.log", "w") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.kills += 1
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def sample(self, t: float) -> None:
+        if self.alive():
+            mb = rss_mb(self.proc.pid)
+            if mb is not None:
+                self.rss.append((t, self.starts, mb))
+
+
+def wait_listening(role: Role, timeout: float = 60.0) -> None:
+    import select
+
+    ready, _, _ = select.select([role.proc.stdout], [], [], timeout)
+    line = role.proc.stdout.readline() if ready else ""
+    if "listening" not in line:
+        raise SystemExit(f"controller did not start: {line!r}; see {role.log_dir}")
+
+
+def rss_growth(role: Role, t_end: float) -> dict:
+    first = [mb for t, _, mb in role.rss if t < 60]
+    last = [mb for t, _, mb in role.rss if t >= t_end - 60]
+    result = {"first_minute_mb": round(statistics.median(first), 1) if first else None,
+              "last_minute_mb": round(statistics.median(last), 1) if last else None,
+              "max_mb": round(max((mb for _, _, mb in role.rss), default=0.0), 1)}
+    if first and last:
+        result["growth_mb"] = round(result["last_minute_mb"] - result["first_minute_mb"], 1)
+    lived = []
+    for incarnation in sorted({i for _, i, _ in role.rss}):
+        samples = [(t, mb) for t, i, mb in role.rss if i == incarnation]
+        t0, t1 = samples[0][0], samples[-1][0]
+        if t1 - t0 >= 120:
+            a = [mb for t, mb in samples if t < t0 + 60]
+            b = [mb for t, mb in samples if t >= t1 - 60]
+            lived.append({"incarnation": incarnation, "lived_s": round(t1 - t0),
+                          "first_minute_mb": round(statistics.median(a), 1),
+                          "last_minute_mb": round(statistics.median(b), 1),
+                          "growth_mb": round(statistics.median(b) - statistics.median(a), 1)})
+    result["long_lived"] = lived
+    return result
+
+
+def check_device(db: Path, state_dir: Path, kills: list[tuple[list[int], int]]) -> dict:
+    identity = json.loads((state_dir / "identity.json").read_text())
+    device = identity["device_id"]
+    pending, produced = outbox_state(state_dir)
+    rows = read_db(db, "select sequence, frame_index from detections where device_id = ?", (device,))
+    sequences = [s for s, _ in rows]
+    stored = set(sequences)
+    frame_of = dict(rows)
+    expected = set(range(1, produced + 1))
+    committed_lost = sum(len(set(p) - stored) for p, _ in kills)
+    reused = sum(1 for _, last in kills if last and (last + 1) in frame_of and frame_of[last + 1] != 0)
+    return {"device_id": device, "produced": produced, "stored": len(stored), "outbox_left": len(pending),
+            "lost": len(expected - stored), "duplicated": len(sequences) - len(stored),
+            "extra": len(stored - expected), "reused": reused, "committed_lost": committed_lost,
+            "kills": len(kills), "pending_at_kills": sum(len(p) for p, _ in kills)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0, metavar="S")
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--kill-every", default="20-60", metavar="A-B",
+                        help="seconds between kills, uniform in A-B (a single number: fixed; 0: no kills)")
+    parser.add_argument("--down", default="0.5-3", metavar="A-B", help="seconds a killed process stays down")
+    parser.add_argument("--controller-share", type=float, default=None, metavar="P",
+                        help="chance that a kill hits the controller (default: uniform over all processes)")
+    parser.add_argument("--video", type=Path, default=ROOT / "var" / "samples" / "vtest.avi")
+    parser.add_argument("--detect-interval", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep databases and logs here (default: a temp dir)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    def span(text: str) -> tuple[float, float]:
+        a, _, b = text.partition("-")
+        return float(a), float(b or a)
+
+    kill_every, down = span(args.kill_every), span(args.down)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    db = workdir / "fleet.db"
+    address = f"127.0.0.1:{free_port()}"
+    py = sys.executable
+    controller = Role("controller", [py, "-m", "fleet.cli", "--log-level", "warning", "serve", "--listen", address,
+                                     "--db", str(db), "--enroll-key", ENROLL_KEY, "--heartbeat-interval", "2"], logs)
+    agents = [Role(f"agent-{i + 1}", [py, "-m", "agent.cli", "--log-level", "warning", "run", "--controller", address,
+                                      "--source", str(args.video), "--loop", "--state-dir", str(workdir / f"agent-{i + 1}"),
+                                      "--enroll-key", ENROLL_KEY, "--name", f"soak-{i + 1}",
+                                      "--detect-interval", str(args.detect_interval), "--threads", "1",
+                                      "--backoff-max-s", "2", "--drain-timeout", "180"], logs)
+              for i in range(args.agents)]
+    kills_of: dict[str, list[tuple[list[int], int]]] = {a.name: [] for a in agents}
+    events: list[dict] = []
+    print(f"soak: {args.agents} agents, {args.duration:.0f}s, kills every {args.kill_every}s (seed {seed}), "
+          f"workdir {workdir}", flush=True)
+
+    controller.start()
+    wait_listening(controller)
+    for agent in agents:
+        agent.start()
+    t0 = time.monotonic()
+    next_rss = 0.0
+    next_kill = rng.uniform(*kill_every) if kill_every[1] > 0 else float("inf")
+    restarts: list[tuple[float, Role]] = []
+    try:
+        while (now := time.monotonic() - t0) < args.duration:
+            if now >= next_rss:
+                for role in (controller, *agents):
+                    role.sample(now)
+                next_rss += RSS_EVERY_S
+            for due, role in list(restarts):
+                if now >= due:
+                    restarts.remove((due, role))
+                    role.start()
+                    if role is controller:
+                        wait_listening(controller)
+            for role in (controller, *agents):  # a process that died by itself is a finding: note and restart
+                if role.proc.poll() is not None and all(r is not role for _, r in restarts):
+                    events.append({"t": round(now, 1), "event": "exited", "role": role.name,
+                                   "code": role.proc.returncode})
+                    role.start()
+                    if role is controller:
+                        wait_listening(controller)
+            if now >= next_kill:
+                candidates = [r for r in (controller, *agents) if r.alive() and all(r is not x for _, x in restarts)]
+                if candidates:
+                    agents_up = [r for r in candidates if r is not controller]
+                    if args.controller_share is not None and controller in candidates and agents_up:
+                        role = controller if rng.random() < args.controller_share else rng.choice(agents_up)
+                    else:
+                        role = rng.choice(candidates)
+                    role.kill()
+                    entry = {"t": round(now, 1), "event": "SIGKILL", "role": role.name}
+                    if role is not controller:
+                        state = outbox_state(workdir / role.name)
+                        kills_of[role.name].append(state)
+                        entry.update(unacked=len(state[0]), last_sequence=state[1])
+                    events.append(entry)
+                    restarts.append((now + rng.uniform(*down), role))
+                    print(f"[{now:6.1f}s] SIGKILL {role.name} {entry}", flush=True)
+                next_kill = now + rng.uniform(*kill_every)
+            time.sleep(0.2)
+        t_end = time.monotonic() - t0
+        for _, role in restarts:  # the last ones killed come back before the end
+            role.start()
+            if role is controller:
+                wait_listening(controller)
+        restarts.clear()
+        for agent in agents:  # a clean stop needs its signal handler: wait for each to produce again
+            _, before = outbox_state(workdir / agent.name)
+            deadline = time.monotonic() + 60
+            while outbox_state(workdir / agent.name)[1] <= before and time.monotonic() < deadline:
+                time.sleep(0.2)
+            agent.proc.send_signal(signal.SIGTERM)
+        for agent in agents:
+            try:
+                out, _ = agent.proc.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                out = ""
+            lines = (out or "").strip().splitlines()
+            agent.summaries.append(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else
+                                   {"exit_code": agent.proc.returncode})
+    finally:
+        for role in (controller, *agents):
+            if role.alive():
+                role.proc.terminate()
+                try:
+                    role.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    role.kill()
+
+    devices = {agent.name: {**check_device(db, workdir / agent.name, kills_of[agent.name]),
+                            "exit_code": agent.proc.returncode, "summary": agent.summaries[-1]}
+               for agent in agents}
+    totals = {key: sum(d[key] for d in devices.values())
+              for key in ("produced", "stored", "lost", "duplicated", "extra", "reused", "committed_lost",
+                          "outbox_left", "pending_at_kills")}
+    result = {
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                 "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "config": {"duration_s": args.duration, "agents": args.agents, "kill_every_s": args.kill_every,
+                   "down_s": args.down, "controller_share": args.controller_share, "video": args.video.name, "detect_interval": args.detect_interval,
+                   "seed": seed, "workdir": str(workdir)},
+        "kills": {role.name: role.kills for role in (controller, *agents)},
+        "unexpected_exits": [e for e in events if e["event"] == "exited"],
+        "totals": totals,
+        "devices": devices,
+        "rss": {role.name: rss_growth(role, t_end) for role in (controller, *agents)},
+        "events": events,
+    }
+    write_report(result, args.out)
+    ok = not (totals["lost"] or totals["duplicated"] or totals["extra"] or totals["reused"]
+              or totals["committed_lost"] or totals["outbox_left"])
+    print(f"soak {'OK' if ok else 'FAILED'}: {sum(result['kills'].values())} kills "
+          f"({result['kills']['controller']} controller), {totals['produced']} records produced, "
+          f"{totals['stored']} stored, lost {totals['lost']}, duplicated {totals['duplicated']}, "
+          f"extra {totals['extra']}, reused {totals['reused']}, committed-then-lost {totals['committed_lost']}",
+          flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
