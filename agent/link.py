@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 
+KEEPALIVE = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0))
+"""Ping the controller every 30 s of silence and drop the connection after 10 s without an answer:
+a link that dies without a FIN or RST (a cellular NAT forgetting its mapping) is otherwise only
+noticed when TCP gives up, many minutes later. The controller permits it (fleet.server)."""
+
 
 @dataclass
 class Identity:
@@ -218,7 +224,8 @@ class Link:
         maximum_ms = max(1000, int(self.backoff_max_s * 1000))
         return [("grpc.initial_reconnect_backoff_ms", min(500, maximum_ms)),
                 ("grpc.min_reconnect_backoff_ms", min(500, maximum_ms)),
-                ("grpc.max_reconnect_backoff_ms", maximum_ms)]
+                ("grpc.max_reconnect_backoff_ms", maximum_ms),
+                *KEEPALIVE]
 
     async def _main(self) -> None:
         outbox = Outbox(self.outbox_path)

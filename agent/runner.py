@@ -221,6 +221,7 @@ class Agent:
         self.outbox = Outbox(options.state_dir / "outbox.db", max_bytes=options.outbox_max_bytes,
                              max_age_s=options.outbox_max_age_s)
         """The pipeline's side of the outbox: it appends and enforces the bounds (`outbox.dropped`)."""
+        self._dropped_before = self.outbox.dropped_total() - self.outbox.dropped  # by earlier runs
         self._outbox_depth = 0
         self._uncommitted: list[OutboxRecord] = []
         self._last_commit = time.monotonic()
@@ -264,7 +265,7 @@ class Agent:
         dropped = sum(s.source.frames_dropped for s in self.streams)
         dropped += self.served.dropped_total() if self.served is not None else 0
         sample = self.health.sample(frames_dropped=dropped, outbox_depth=self._outbox_depth)
-        sample["outbox_dropped"] = self.outbox.dropped  # since start; not on the wire's HealthSample yet
+        sample["outbox_dropped"] = self._dropped_before + self.outbox.dropped  # every run of this device
         if self.adaptation is not None:
             # the rung's plan goes up with the heartbeats (Link's `plan`); this copy is for logs and the summary
             controller = self.adaptation.controller

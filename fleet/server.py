@@ -38,6 +38,10 @@ AGENT_GATEWAY = agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name
 FLEET_CONTROL = fleet_pb2.DESCRIPTOR.services_by_name["FleetControl"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICES = (AGENT_GATEWAY, FLEET_CONTROL)
+KEEPALIVE_POLICY = (("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+                    ("grpc.keepalive_permit_without_calls", 1))
+"""Accept the agents' keepalive pings (every 30 s, agent.link.KEEPALIVE) even on a quiet connection;
+gRPC's default expects at most one every 5 minutes and closes the connection of a client that pings more."""
 
 
 class AsyncStore:
@@ -154,7 +158,7 @@ class Controller:
         }
         public = frozenset({f"/{AGENT_GATEWAY}/Enroll"})  # the enrollment key in the request is the credential
         interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
-        self.server = grpc.aio.server(interceptors=[interceptor])
+        self.server = grpc.aio.server(interceptors=[interceptor], options=KEEPALIVE_POLICY)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics, rollouts=self.rollouts,
                                  files=self.deployments.files, public_key=self.signing_key.public_bytes),

@@ -307,6 +307,8 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
         assert code == 0, stderr
         assert (summary["outbox_left"], summary["outbox_dropped"], summary["acked_sequence"]) == (0, 0, 65)
         assert stored_sequences(ctl.db) == kept + [61, 62, 63, 64, 65]
+        (health,) = _read(ctl.db, "select health from devices")[0]
+        assert int(json.loads(health)["outbox_dropped"]) == dropped  # the operator sees what was lost
     finally:
         ctl.stop()
 

@@ -116,7 +116,7 @@ class HardwareProfile(_message.Message):
     def __init__(self, platform: _Optional[str] = ..., machine: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpu_name: _Optional[str] = ..., gpu_compute_capability: _Optional[str] = ..., cuda_version: _Optional[str] = ..., tensorrt_version: _Optional[str] = ..., jetpack_version: _Optional[str] = ..., onnxruntime_providers: _Optional[_Iterable[str]] = ..., accelerators: _Optional[_Iterable[str]] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HealthSample(_message.Message):
-    __slots__ = ("time", "fps", "detect_fps", "inference_ms_p50", "inference_ms_p95", "latency_ms_p95", "frames_dropped", "outbox_depth", "cpu_percent", "temperature_c", "frames_total", "detections_total", "streams")
+    __slots__ = ("time", "fps", "detect_fps", "inference_ms_p50", "inference_ms_p95", "latency_ms_p95", "frames_dropped", "outbox_depth", "cpu_percent", "temperature_c", "frames_total", "detections_total", "streams", "outbox_dropped")
     TIME_FIELD_NUMBER: _ClassVar[int]
     FPS_FIELD_NUMBER: _ClassVar[int]
     DETECT_FPS_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class HealthSample(_message.Message):
     FRAMES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     fps: float
     detect_fps: float
@@ -143,7 +144,8 @@ class HealthSample(_message.Message):
     frames_total: int
     detections_total: int
     streams: _containers.RepeatedCompositeFieldContainer[StreamHealth]
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fps: _Optional[float] = ..., detect_fps: _Optional[float] = ..., inference_ms_p50: _Optional[float] = ..., inference_ms_p95: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., frames_total: _Optional[int] = ..., detections_total: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamHealth, _Mapping]]] = ...) -> None: ...
+    outbox_dropped: int
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fps: _Optional[float] = ..., detect_fps: _Optional[float] = ..., inference_ms_p50: _Optional[float] = ..., inference_ms_p95: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., frames_dropped: _Optional[int] = ..., outbox_depth: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., temperature_c: _Optional[float] = ..., frames_total: _Optional[int] = ..., detections_total: _Optional[int] = ..., streams: _Optional[_Iterable[_Union[StreamHealth, _Mapping]]] = ..., outbox_dropped: _Optional[int] = ...) -> None: ...
 
 class StreamHealth(_message.Message):
     __slots__ = ("stream_id", "source", "state", "fps", "frames", "dropped", "error")
