@@ -29,7 +29,7 @@ from .presence import Presence, PresenceMonitor
 from .retention import RetentionPolicy, RetentionSweeper
 from .rollouts import RolloutOptions, Rollouts
 from .signing import SigningKey
-from .store import FleetStore
+from .store import FleetStore, WalCheckpointer
 from .tls import ServerTLS
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ class Controller:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.presence = Presence.for_heartbeat(heartbeat_interval_s, stale_after_s, offline_after_s)
         self.tls = tls
-        self.store = FleetStore(db_path)
+        self.store = FleetStore(db_path, autocheckpoint=False)
+        self.checkpointer = WalCheckpointer(db_path)
         self.db = AsyncStore(self.store)
         self.metrics = ControllerMetrics(self._device_statuses)
         try:
@@ -180,6 +181,7 @@ class Controller:
         self.db.ingest.start()  # before serving: the first PublishDetections needs it
         await self.server.start()
         self.monitor.start()
+        self.checkpointer.start()
         await self.rollouts.start()
         self.retention.start()
         if self.bridge is not None:
@@ -215,4 +217,5 @@ class Controller:
         await self.monitor.stop()
         await self.rollouts.stop()
         self.db.close()
+        self.checkpointer.stop()
         logger.info("controller stopped")
