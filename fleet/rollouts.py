@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FailedPrecondition, InvalidArgument
+from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .hub import Command, Hub
 from .rollout_store import (
     SKIPPED_WAVE,
@@ -200,7 +200,7 @@ class Rollouts:
         return await self._operator(rollout_id, "pause", (RolloutState.RUNNING,), RolloutState.PAUSED, reason)
 
     async def resume(self, rollout_id: str, reason: str = "") -> RolloutRecord:
-        rollout = await self._operator(rollout_id, "resume", (RolloutState.PAUSED,), RolloutState.RUNNING, reason)
+        await self._operator(rollout_id, "resume", (RolloutState.PAUSED,), RolloutState.RUNNING, reason)
         async with self._lock:
             await self._advance(rollout_id)
         return await self.db.get_rollout(rollout_id)
@@ -237,7 +237,7 @@ class Rollouts:
         async with self._lock:
             try:
                 rollout = await self.db.get_rollout(report.rollout_id)
-            except Exception:  # noqa: BLE001 - an agent reporting on a rollout this controller never had
+            except NotFound:  # an agent reporting on a rollout this controller never had (another db?)
                 logger.warning("%s reports on unknown rollout %r", device_id, report.rollout_id)
                 return
             device = rollout.device(device_id)
