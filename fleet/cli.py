@@ -86,6 +86,22 @@ def tune_gc_for_serving() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(14_000, 10, 10)
+    gc.callbacks.append(_log_long_collections)
+
+
+_gc_started = 0.0
+
+
+def _log_long_collections(phase: str, info: dict) -> None:
+    """A collection that held the GIL long enough to delay acks is worth a line in the log."""
+    global _gc_started
+    if phase == "start":
+        _gc_started = time.perf_counter()
+        return
+    held = time.perf_counter() - _gc_started
+    if held > 0.1:
+        logger.warning("garbage collection (generation %d) held the controller for %.0f ms, %d collected",
+                       info["generation"], held * 1000, info["collected"])
 
 
 def cmd_serve(args) -> int:
