@@ -135,7 +135,8 @@ def cmd_run(args) -> int:
     from adaptive.probe import probe
 
     from .link import channel_credentials
-    from .runner import Agent, RunOptions
+    from .options import RunOptions
+    from .runner import Agent
     from .sources import open_source
 
     if args.threads is not None and args.threads < 1:
@@ -243,7 +244,7 @@ def _auto_plan(args, profile, options, engine=None):
     from adaptive.plan import make_controller
     from adaptive.probe import hottest_c, read_thermal_zones
 
-    from .runner import Adaptation
+    from .options import Adaptation
 
     report = _make_plan(profile, models=_model_candidates(args.models_dir, args.model),
                         source=options.sources[0], calibrate=args.calibrate, frames=5,
@@ -313,7 +314,8 @@ def cmd_serve(args) -> int:
         from adaptive.probe import probe
 
         from .link import channel_credentials
-        from .runner import Agent, RunOptions
+        from .options import RunOptions
+        from .runner import Agent
         from .sources import open_source
 
         options = RunOptions(

@@ -6,10 +6,10 @@ detection (every `detect_interval`-th frame of a stream, see adaptive.schedule),
 each stream's tracker its detections, or nothing so that it predicts. Records are committed
 to the outbox in groups (`COMMIT_EVERY_S`); the link thread publishes what is committed.
 
-With an `Adaptation` (`edge-agent run --auto-plan`), the loop thread also runs the runtime
-controller once a second (`CONTROL_EVERY_S`): a new detect interval applies to every stream's
-scheduler at once; a new input size or model is loaded on a worker thread and swapped in
-between ticks, so the loop never waits for a model to load.
+With an `Adaptation` (agent.options; `edge-agent run --auto-plan`), the loop thread also runs
+the runtime controller once a second (`CONTROL_EVERY_S`): a new detect interval applies to every
+stream's scheduler at once; a new input size or model is loaded on a worker thread
+(agent.rung_loader) and swapped in between ticks, so the loop never waits for a model to load.
 """
 from __future__ import annotations
 
@@ -19,25 +19,26 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import grpc
 from edgefleet.v1 import agent_pb2, types_pb2
 
-from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController, bounded_ladder
+from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
 from adaptive.errors import LadderError
 from adaptive.schedule import FrameScheduler, MotionGate
-from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
+from models.base import Detector
 
 from .bytetrack import ByteTrack, ByteTrackConfig
 from .engines import ActiveEngines, EngineManager, Swap
 from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor
 from .link import Link, deploy_from_pb
+from .options import Adaptation, RunOptions
 from .outbox import Outbox, OutboxObject, OutboxRecord
+from .overrides import describe_override, override_ladder
+from .rung_loader import RungLoader
 from .sources import Frame, Source
 from .watchdog import Watchdog
 
@@ -52,90 +53,6 @@ COMMIT_EVERY_S = 0.1
 processed, not one fsync per frame: an fsync costs a millisecond or more (far more on SD cards),
 taken from the detector's time. A frame counts as produced, and can be sent, only once it is
 committed, so a crash loses at most the uncommitted group, which nobody has seen yet."""
-
-CONTROL_EVERY_S = 1.0
-"""How often the runtime controller gets a health reading (its timers assume about once a second)."""
-
-
-@dataclass
-class RunOptions:
-    controller: str
-    sources: list[str]
-    state_dir: Path
-    enroll_key: str | None = None
-    name: str = ""
-    stream_ids: list[str] = field(default_factory=list)  # default cam0, cam1, ...
-    max_frames: int = 0          # per stream; 0: until the source ends
-    loop: bool = False           # restart a finite source at its end (demo)
-    detect_interval: int = 1     # detect every Nth frame of a stream, track in between
-    motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
-    drain_timeout_s: float = 30.0
-    backoff_max_s: float = 10.0
-    outbox_max_bytes: int = 512_000_000
-    """Bound on the outbox's records (agent.outbox.Outbox); past it the oldest are dropped and counted. 0: none."""
-    outbox_max_age_s: float = 7 * 24 * 3600.0
-    """Records captured longer ago than this are dropped from the outbox, oldest first. 0: kept however old."""
-    credentials: grpc.ChannelCredentials | None = None  # TLS to the controller (link.channel_credentials)
-    gate_sample_every: int = 5
-    """During a deployment's shadow test, every Nth detected frame also goes to the candidate engine."""
-    engine_confirm_s: float = 60.0
-    download_mbps: float = 0.0   # cap on artifact downloads, megabytes per second; 0: none
-    """A swapped-in engine counts as healthy after this long running (agent.engines.ActiveEngines)."""
-    fallback_model: Path | None = None
-    """The --model file: what a rollback to "the engine before any rollout" loads (None: the bundled one)."""
-    publish_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
-    """Tracked rows scoring below this are kept out of the outbox. The detector runs with
-    ByteTrack's low threshold so that faint boxes can keep a confirmed track alive through an
-    occlusion (the second association); those rows are evidence for the tracker, not detections
-    to store: a stored detection keeps meaning "scored at least 0.25", as before. 0 publishes
-    every tracked row."""
-    serving: bool = False
-    """`edge-agent serve`: served streams (agent.inference) feed the agent too, so it may have no
-    --source and runs until stopped, not until its sources end."""
-
-    def __post_init__(self) -> None:
-        if not self.sources and not self.serving:
-            raise ConfigError("at least one --source is needed")
-        if not self.stream_ids:
-            self.stream_ids = [f"cam{i}" for i in range(len(self.sources))]
-        if len(self.stream_ids) != len(self.sources):
-            raise ConfigError(f"{len(self.stream_ids)} --stream-id for {len(self.sources)} --source; give one each")
-        if len(set(self.stream_ids)) != len(self.stream_ids):
-            raise ConfigError(f"--stream-id values must be unique, got {self.stream_ids}")
-        if self.detect_interval < 1:
-            raise ConfigError(f"--detect-interval must be >= 1, got {self.detect_interval}")
-        if self.motion_threshold < 0:
-            raise ConfigError(f"--motion-gate must be >= 0, got {self.motion_threshold}")
-        if self.max_frames < 0:
-            raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
-        if self.gate_sample_every < 1:
-            raise ConfigError(f"--gate-sample-every must be >= 1, got {self.gate_sample_every}")
-        if self.download_mbps < 0:
-            raise ConfigError(f"--download-mbps must be >= 0, got {self.download_mbps}")
-        if self.engine_confirm_s <= 0:
-            raise ConfigError(f"--engine-confirm-s must be > 0, got {self.engine_confirm_s}")
-        if self.outbox_max_bytes < 0:
-            raise ConfigError(f"--outbox-max-mb must be >= 0, got {self.outbox_max_bytes / 1e6:g}")
-        if self.outbox_max_age_s < 0:
-            raise ConfigError(f"--outbox-max-age-s must be >= 0, got {self.outbox_max_age_s:g}")
-        if self.backoff_max_s <= 0:
-            raise ConfigError(f"--backoff-max-s must be > 0, got {self.backoff_max_s:g}")
-        if not 0 <= self.publish_threshold <= 1:
-            raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
-
-
-@dataclass
-class Adaptation:
-    """What `--auto-plan` adds to the loop: the runtime controller and how to load a rung's detector.
-
-    `load_detector(rung)` runs on a worker thread and returns a warmed-up detector for the rung's
-    model and input size; `temperature()` gives the hottest thermal zone in C (None: unknown).
-    """
-    controller: RuntimeController
-    load_detector: Callable[[Rung], Detector]
-    temperature: Callable[[], float | None] = lambda: None
-    every_s: float = CONTROL_EVERY_S
-
 
 @dataclass
 class RunResult:
@@ -188,14 +105,11 @@ class Agent:
         self.events: list[ControllerEvent] = []
         self.rung_history: list[dict] = []
         """One entry per rung the loop ran at: its label, and the frames and seconds spent there."""
-        self._loaded: tuple[str, tuple[int, int]] | None = None  # model path and input size of self.detector
-        self._building: tuple[Rung, Future] | None = None
-        self._failed: set[tuple[str, tuple[int, int]]] = set()
-        self._builder: ThreadPoolExecutor | None = None
         self._last_control = 0.0
+        self.rungs: RungLoader | None = None
         if adaptation is not None:
             rung = adaptation.controller.rung
-            self._loaded = (rung.model_path, rung.input_size)
+            self.rungs = RungLoader(adaptation.load_detector, rung)
             options.detect_interval = rung.detect_interval
         self._planned = (list(adaptation.controller.ladder) if adaptation else None, options.detect_interval)
         """The ladder and detect interval before any operator override: what `clear` returns to."""
@@ -318,7 +232,8 @@ class Agent:
         finally:
             watchdog.stopping()
             self.engines.close(clean=clean)
-            self._stop_builder()
+            if self.rungs is not None:
+                self.rungs.stop()
             if self.mqtt is not None:
                 self.mqtt.stop()
             for stream in self.streams:
@@ -434,7 +349,11 @@ class Agent:
         adaptation = self.adaptation
         if adaptation is None:
             return None
-        self._swap_if_built()
+        detector = self.rungs.take(adaptation.controller.rung)
+        if detector is not None:
+            self._use_detector(detector)
+            rung = adaptation.controller.rung
+            logger.info("now detecting with %s at %dx%d", rung.model, *rung.input_size)
         if now - self._last_control < adaptation.every_s:
             return None
         self._last_control = now
@@ -465,7 +384,7 @@ class Agent:
     def _apply_rung(self) -> None:
         """Make the loop run the controller's current rung: detect interval now, detector when loaded."""
         self._set_detect_interval(self.adaptation.controller.rung.detect_interval)
-        self._request_detector()
+        self.rungs.request(self.adaptation.controller.rung)
 
     def _set_detect_interval(self, interval: int) -> None:
         self.options.detect_interval = interval
@@ -515,22 +434,20 @@ class Agent:
 
     def _swap_engine(self, swap: Swap, now: float) -> None:
         """The old detector served every frame up to here; from the next tick on the new one does."""
-        with self.detector_lock:
-            old, self.detector = self.detector, swap.detector
-            old.close()
-        self.health.reset_inference()  # the latencies in the window were the old detector's
+        self._use_detector(swap.detector)
         path = str(getattr(swap.detector, "model_path", "") or (swap.ref.path if swap.ref else ""))
         name = swap.name or Path(path).stem
         width, height = swap.detector.input_size
         if self.adaptation is not None:
             # keep it simple: every rung keeps its size and interval, with the new model file
             controller = self.adaptation.controller
-            ladder = [replace(r, model=name, model_path=path, expected_ms=None) for r in controller.ladder]
-            self.adaptation.controller = RuntimeController(ladder, controller.config, controller.state.rung)
-            self._planned = ([replace(r, model=name, model_path=path, expected_ms=None) for r in self._planned[0]],
-                             self._planned[1])
-            self._loaded = (path, (width, height))
-            self._failed.clear()
+            def retargeted(ladder: list[Rung]) -> list[Rung]:
+                return [replace(r, model=name, model_path=path, expected_ms=None) for r in ladder]
+
+            self.adaptation.controller = RuntimeController(retargeted(controller.ladder), controller.config,
+                                                           controller.state.rung)
+            self._planned = (retargeted(self._planned[0]), self._planned[1])
+            self.rungs.retarget((path, (width, height)))
         self.plan = {**self.plan, "model": name, "artifact_sha256": swap.artifact_sha256,
                      "backend": type(swap.detector).__module__.rsplit(".", 1)[-1],
                      "input_width": width, "input_height": height}
@@ -585,48 +502,12 @@ class Agent:
     def _counted(self) -> int:
         return self.frames + len(self._uncommitted)
 
-    def _request_detector(self) -> None:
-        """Start loading the controller's current rung's detector unless it runs, is loading, or failed."""
-        rung = self.adaptation.controller.rung
-        key = (rung.model_path, rung.input_size)
-        if self._building is not None or key == self._loaded or key in self._failed:
-            return
-        if self._builder is None:
-            self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector-load")
-        logger.info("loading %s at %dx%d in the background", rung.model, *rung.input_size)
-        self._building = (rung, self._builder.submit(self.adaptation.load_detector, rung))
-
-    def _swap_if_built(self) -> None:
-        if self._building is None or not self._building[1].done():
-            return
-        rung, future = self._building
-        self._building = None
-        key = (rung.model_path, rung.input_size)
-        try:
-            detector = future.result()
-        except Exception as err:  # noqa: BLE001 - a rung that cannot load keeps the running detector
-            self._failed.add(key)
-            logger.error("loading %s at %dx%d failed, keeping the running detector: %s", rung.model,
-                         *rung.input_size, err)
-        else:
-            current = self.adaptation.controller.rung
-            if key == (current.model_path, current.input_size):
-                with self.detector_lock:
-                    old, self.detector, self._loaded = self.detector, detector, key
-                    old.close()
-                self.health.reset_inference()  # the latencies in the window were the old detector's
-                logger.info("now detecting with %s at %dx%d", rung.model, *rung.input_size)
-            else:
-                detector.close()  # the controller moved on while it loaded
-        self._request_detector()
-
-    def _stop_builder(self) -> None:
-        if self._builder is None:
-            return
-        self._builder.shutdown(wait=True)
-        if self._building is not None and self._building[1].exception() is None:
-            self._building[1].result().close()
-        self._building = None
+    def _use_detector(self, detector: Detector) -> None:
+        """Swap the loop's detector (between ticks; served batches wait on the lock) and close the old one."""
+        with self.detector_lock:
+            old, self.detector = self.detector, detector
+            old.close()
+        self.health.reset_inference()  # the latencies in the window were the old detector's
 
     def _drain(self) -> int:
         """Wait for the controller to acknowledge everything, up to the drain timeout."""
@@ -649,39 +530,3 @@ def _default_load(path: Path) -> Detector:
     from models import load_detector
 
     return load_detector(path, confidence_threshold=ByteTrackConfig().low_confidence_threshold)
-
-
-def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPlan) -> list[Rung]:
-    """The rungs an operator's override leaves: the pinned one alone, or those within the bounds.
-
-    A pin keeps what it leaves unset (0 or "") from the current rung; a pinned model must be one
-    of the ladder's. Raises LadderError when nothing fits."""
-    if not override.HasField("pinned"):
-        return bounded_ladder(ladder, override.max_input_size, override.min_detect_interval,
-                              override.max_detect_interval)
-    pinned = override.pinned
-    rung = current
-    if pinned.model and pinned.model != current.model:
-        same = [r for r in ladder if r.model == pinned.model]
-        if not same:
-            raise LadderError(f"pinned model {pinned.model!r} is not on this device "
-                              f"(it has {sorted({r.model for r in ladder})})")
-        rung = same[0]
-    return [replace(rung, input_width=pinned.input_width or rung.input_width,
-                    input_height=pinned.input_height or rung.input_height,
-                    detect_interval=pinned.detect_interval or rung.detect_interval, expected_ms=None)]
-
-
-def describe_override(override: types_pb2.SetPlan) -> str:
-    """One line for logs and the plan's reason: "cleared", "pinned ...", or the bounds."""
-    if override.clear:
-        return "cleared"
-    if override.HasField("pinned"):
-        p = override.pinned
-        fields = [p.model, f"{p.input_width}x{p.input_height}" if p.input_width else "",
-                  f"every {p.detect_interval}" if p.detect_interval else ""]
-        return "pinned " + " ".join(f for f in fields if f)
-    bounds = [f"max input {override.max_input_size}" if override.max_input_size else "",
-              f"detect every >= {override.min_detect_interval}" if override.min_detect_interval else "",
-              f"every <= {override.max_detect_interval}" if override.max_detect_interval else ""]
-    return "bounded to " + ", ".join(b for b in bounds if b)

@@ -524,7 +524,8 @@ def test_one_deployment_at_a_time_then_rollback(tmp_path):
 # ---- the runner: a deploy command through the real loop pieces ----
 
 def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
-    from agent.runner import Agent, RunOptions
+    from agent.options import RunOptions
+    from agent.runner import Agent
     from agent.sources import open_source
 
     v1 = tiny_onnx(tmp_path / "v1.onnx")

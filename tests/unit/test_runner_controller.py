@@ -5,11 +5,12 @@ import threading
 
 import numpy as np
 import pytest
+from edgefleet.v1 import agent_pb2, types_pb2
 
 from adaptive.controller import ControllerConfig, Rung, RuntimeController
-from agent.runner import Adaptation, Agent, RunOptions
+from agent.options import Adaptation, RunOptions
+from agent.runner import Agent
 from agent.sources import open_source
-from edgefleet.v1 import agent_pb2, types_pb2
 from models.base import Detector
 from models.detections import Detections
 
@@ -70,7 +71,7 @@ def over_budget(agent: Agent, ms: float = 100.0) -> None:
 
 
 def wait_for_swap(agent: Agent, now: float) -> None:
-    future = agent._building[1]
+    future = agent.rungs.pending
     future.result(timeout=5)
     agent.control(now)  # between ticks: swaps without waiting for the next reading
 
@@ -88,7 +89,7 @@ def test_a_detect_interval_step_applies_to_every_stream_at_once_without_loading(
     event = agent.control(1.0)
     assert event is not None and event.direction == "down" and event.changes == ("detect_interval",)
     assert [s.scheduler.detect_interval for s in agent.streams] == [3, 3]
-    assert agent.detector is first and agent._building is None, "same model and size: nothing to load"
+    assert agent.detector is first and agent.rungs.pending is None, "same model and size: nothing to load"
     assert agent._health()["rung"]["index"] == 1
 
 
@@ -108,7 +109,7 @@ def test_an_input_size_step_loads_off_the_loop_thread_and_swaps_between_ticks(tm
     over_budget(agent)
     event = agent.control(1.0)  # returns while the load is still blocked: the loop never waits
     assert event is not None and event.changes == ("input_size",)
-    assert agent.detector is first and agent._building is not None
+    assert agent.detector is first and agent.rungs.pending is not None
     agent.control(1.1)
     assert agent.detector is first, "not swapped before the load finished"
 
@@ -154,10 +155,10 @@ def test_a_rung_that_fails_to_load_keeps_the_running_detector(tmp_path, caplog):
     first = agent.detector
     over_budget(agent)
     agent.control(1.0)
-    agent._building[1].exception(timeout=5)
+    agent.rungs.pending.exception(timeout=5)
     agent.control(1.1)
     assert agent.detector is first and not first.closed
-    assert agent._building is None, "a failed rung is not retried on every tick"
+    assert agent.rungs.pending is None, "a failed rung is not retried on every tick"
     assert "failed, keeping the running detector" in caplog.text
 
 
