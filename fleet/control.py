@@ -26,7 +26,8 @@ from .presence import Presence
 from .rollout_store import ArtifactRecord
 from .rollouts import Rollouts
 from .signing import SigningKey
-from .store import DeviceRecord, FrameRecord
+from .detection_store import FrameRecord
+from .store import DeviceRecord
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec
 from .rollouts import Requirements, StatusReport
-from .store import DeviceRecord, FrameRecord, ObjectRecord
+from .detection_store import FrameRecord, ObjectRecord
+from .store import DeviceRecord
 
 
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .rollout_store import RolloutRecord
-from .store import DeviceRecord, FrameRecord
+from .detection_store import FrameRecord
+from .store import DeviceRecord
 
 if TYPE_CHECKING:
     from .metrics import ControllerMetrics

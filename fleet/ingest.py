@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import FailedPrecondition
-from .store import FrameRecord, StoreResult
+from .detection_store import FrameRecord, StoreResult
 
 logger = logging.getLogger(__name__)
 

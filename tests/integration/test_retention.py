@@ -12,7 +12,8 @@ from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, t
 from fleet.channel import open_channel
 from fleet.retention import RetentionPolicy, RetentionSweeper
 from fleet.server import AsyncStore
-from fleet.store import FleetStore, FrameRecord, ObjectRecord
+from fleet.detection_store import FrameRecord, ObjectRecord
+from fleet.store import FleetStore
 from tests.conftest import ControllerThread, run_cli, wait_for
 
 DAY = 86_400

@@ -4,7 +4,8 @@ import pytest
 
 from fleet.auth import Principal, Role
 from fleet.errors import NotFound, Unauthenticated
-from fleet.store import SCHEMA_VERSION, FleetStore, FrameRecord, ObjectRecord
+from fleet.detection_store import FrameRecord, ObjectRecord
+from fleet.store import SCHEMA_VERSION, FleetStore
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from fleet.hub import Command, Hub, Topic
-from fleet.store import DeviceRecord, FrameRecord
+from fleet.detection_store import FrameRecord
+from fleet.store import DeviceRecord
 
 
 def frame(seq: int, device: str = "d1") -> FrameRecord:

@@ -10,7 +10,8 @@ import pytest
 from fleet.errors import FailedPrecondition, InvalidArgument, NotFound
 from fleet.ingest import IngestWriter
 from fleet.server import AsyncStore
-from fleet.store import FleetStore, FrameRecord, ObjectRecord, StoreResult, _object_to_json
+from fleet.detection_store import FrameRecord, ObjectRecord, StoreResult, _object_to_json
+from fleet.store import FleetStore
 
 
 @pytest.fixture

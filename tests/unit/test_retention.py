@@ -10,7 +10,8 @@ import pytest
 from fleet.errors import ConfigError, InvalidArgument, NotFound
 from fleet.retention import RetentionPolicy, RetentionSweeper, days_arg
 from fleet.server import AsyncStore
-from fleet.store import FleetStore, FrameRecord, ObjectRecord
+from fleet.detection_store import FrameRecord, ObjectRecord
+from fleet.store import FleetStore
 
 T0 = 1_699_999_200  # a whole hour (2023-11-14 22:00 UTC)
 MINUTE, HOUR, DAY = 60, 3600, 86_400
