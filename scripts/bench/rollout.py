@@ -23,27 +23,23 @@ import hashlib
 import multiprocessing as mp
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto"), str(Path(__file__).resolve().parent)]
 
+from controller import fleet_cli, metric, start_controller  # noqa: E402  (scripts/bench/controller.py)
 from report import write_report  # noqa: E402  (scripts/bench/report.py)
-
 
 # ---- simulated devices (worker processes) ----
 
 async def device(index: int, address: str, key: str, chunk_kb: int, received: list[int]) -> None:
     import grpc
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
     options = [("grpc.max_receive_message_length", 16 << 20)]
@@ -108,32 +104,6 @@ def worker(indices: list[int], address: str, key: str, chunk_kb: int, results: m
 
 # ---- the run ----
 
-def start_controller(workdir: Path, key: str) -> tuple[subprocess.Popen, str, int, str]:
-    db = workdir / "fleet.db"
-    token = subprocess.run([sys.executable, "-m", "fleet.cli", "operator-token", "create", "--db", str(db)],
-                           cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "--log-level", "warning", "serve", "--db", str(db), "--listen",
-         "127.0.0.1:0", "--enroll-key", key, "--metrics-listen", "127.0.0.1:0", "--heartbeat-interval", "5"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    port = metrics_port = None
-    while port is None or metrics_port is None:
-        line = proc.stdout.readline()
-        if not line:
-            raise SystemExit("the controller exited before it listened")
-        if m := re.search(r"listening on [\d.]+:(\d+)", line):
-            port = int(m.group(1))
-        if m := re.search(r"metrics on http://[\d.]+:(\d+)", line):
-            metrics_port = int(m.group(1))
-    return proc, f"127.0.0.1:{port}", metrics_port, token
-
-
-def scrape(metrics_port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    m = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=200)
@@ -144,15 +114,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    import grpc
     import psutil
-
     from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+
     from fleet.channel import open_channel
 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
     key = "efk_bench"
-    proc, address, metrics_port, token = start_controller(workdir, key)
+    token = fleet_cli("operator-token", "create", "--db", str(workdir / "fleet.db"))
+    started = start_controller(workdir, "--enroll-key", key, "--heartbeat-interval", "5", log_level="warning")
+    proc, address = started.proc, started.address
     ps = psutil.Process(proc.pid)
     results: mp.Queue = mp.Queue()
     stop = mp.Event()
@@ -210,7 +181,7 @@ def main() -> int:
             wall_s = time.monotonic() - t_start
             cpu1 = ps.cpu_times()
             sampling.set()
-            served = scrape(metrics_port, "edgefleet_artifact_bytes_served_total")
+            served = metric(started.metrics_url, "edgefleet_artifact_bytes_served_total")
         stop.set()
         received = devices_done = 0
         for _ in workers:
