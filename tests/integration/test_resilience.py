@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import select
 import signal
 import sqlite3
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import ROOT, free_port, wait_for
+from ..processes import ControllerProcess
 from ..tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -26,44 +26,6 @@ AGENT_LIGHT = ("--detect-interval", "3", "--threads", "1")
 
 
 # ---- real processes ----
-
-class ControllerProcess:
-    """`python -m fleet.cli serve` on a fixed port and db, killable and restartable."""
-
-    def __init__(self, db: Path, port: int, log_dir: Path):
-        self.db, self.port, self.log_dir = db, port, log_dir
-        self.address = f"127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self, timeout: float = 60.0) -> ControllerProcess:
-        self.starts += 1
-        log = open(self.log_dir / f"controller-{self.starts}.log", "w")  # noqa: SIM115 - the process owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "--log-level", "warning", "serve", "--listen", self.address,
-             "--db", str(self.db), "--enroll-key", "efk_test", "--heartbeat-interval", "1"],
-            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-        log.close()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        assert "listening" in line, f"controller did not start: {line!r}\n{self.log()}"
-        return self
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return (self.log_dir / f"controller-{self.starts}.log").read_text()[-3000:]
-
 
 class AgentProcess:
     """`python -m agent.cli run`; stdout (the summary) piped, stderr to a file."""

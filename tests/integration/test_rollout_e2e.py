@@ -18,18 +18,19 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+
 from fleet.channel import open_channel
 from models.bundled import default_model
 
 from ..conftest import ROOT, free_port, wait_for
 from ..onnx_variants import slow_onnx, variant_onnx, warmup_failing_onnx
+from ..processes import ControllerProcess
 from .test_rollouts_controller import ScriptedDevice
 
 pytestmark = pytest.mark.slow
 
-KEY = "efk_e2e"
+KEY = "efk_test"  # the one tests.processes.ControllerProcess serves with
 GATE = ["--gate-window", "2"]
 
 
@@ -45,32 +46,11 @@ class Fleet:
         self.token = subprocess.run(
             [sys.executable, "-m", "fleet.cli", "operator-token", "create", "--db", str(self.db)],
             cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
-        self.controller: subprocess.Popen | None = None
-        self.metrics_port = 0
-        self.start_controller()
+        self.metrics_port = free_port()
+        self.controller = ControllerProcess(self.db, self.port, workdir, "--metrics-listen",
+                                            f"127.0.0.1:{self.metrics_port}", *GATE).start()
         self.agents: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
-
-    def start_controller(self) -> None:
-        self.metrics_port = free_port()
-        log = (self.workdir / "controller.log").open("a")
-        self.controller = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "serve", "--db", str(self.db), "--listen", self.address,
-             "--enroll-key", KEY, "--heartbeat-interval", "1", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
-             *GATE], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._serving, 30, "the controller to serve")
-
-    def _serving(self) -> bool:
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                grpc.channel_ready_future(channel).result(timeout=0.5)
-            return True
-        except grpc.FutureTimeoutError:
-            return False
-
-    def kill_controller(self) -> None:
-        self.controller.send_signal(signal.SIGKILL)
-        self.controller.wait(10)
 
     def start_agent(self, name: str, *extra: str) -> None:
         self.logs[name] = self.workdir / f"{name}.log"
@@ -94,9 +74,7 @@ class Fleet:
         for proc in self.agents.values():
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-        if self.controller.poll() is None:
-            self.controller.terminate()
-            self.controller.wait(10)
+        self.controller.stop()
 
     # ---- operator calls ----
 
@@ -270,8 +248,8 @@ def test_05_a_controller_killed_mid_rollout_continues(fleet, models):
     rollout_id = fleet.rollout(sha)
     wait_for(lambda: any(d.state >= types_pb2.DeploymentStatus.DOWNLOADING for d in fleet.get(rollout_id).devices),
              60, "the canary under way")
-    fleet.kill_controller()
-    fleet.start_controller()
+    fleet.controller.kill()
+    fleet.controller.start()
     rollout = fleet.finished(rollout_id, timeout=180)
     assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
     wait_for(lambda: all(sha == s for s in engines_of(fleet).values()), 60, "both agents on the new engine")
