@@ -231,7 +231,9 @@ def test_04_an_agent_killed_mid_download_resumes_from_its_offset(fleet, models):
     name = next(n for n, d in fleet.devices().items() if d.device_id == canary)
     part = fleet.workdir / name / "engines" / "staging" / f"{sha}.part"
     assert name == "cam-a"  # connected devices make the canary in id order: the rate-capped one
-    wait_for(lambda: part.exists() and 4 << 20 < part.stat().st_size < size // 2, 60, "the download under way")
+    # far enough in that what the controller had in flight when the agent died (HTTP/2 windows, socket
+    # buffers: a few MB) is less than what a restart from zero would fetch again
+    wait_for(lambda: part.exists() and size // 4 < part.stat().st_size < size // 2, 60, "the download under way")
     fleet.kill_agent("cam-a")
     left = part.stat().st_size
     fleet.start_agent("cam-a")
