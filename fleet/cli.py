@@ -197,6 +197,13 @@ def _call(args, method: str, request):
         return getattr(stub, method)(request, timeout=args.timeout)
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Rows of cells (the first the header) in columns as wide as their widest cell."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
 def _age(ts) -> str:
     if not ts.seconds:
         return "never"
@@ -215,9 +222,7 @@ def cmd_devices(args) -> int:
             f"{d.health.fps:.1f}", f"{d.health.inference_ms_p50:.1f} ms", str(d.detections_stored),
             _age(d.last_seen),
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print_table(rows)
     return 0
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from edgefleet.v1 import fleet_pb2, types_pb2
 
 from .channel import add_connection_arguments
-from .cli import CliError, _call, control_stub
+from .cli import CliError, _call, control_stub, print_table
 from .convert import timestamp, to_dict
 from .rollouts import RolloutOptions
 
@@ -157,7 +157,7 @@ def cmd_artifact_list(args) -> int:
     if args.json:
         print(json.dumps([to_dict(a) for a in artifacts], indent=2))
         return 0
-    _table([("SHA256", "NAME", "FORMAT", "INPUT", "SIZE")] + [
+    print_table([("SHA256", "NAME", "FORMAT", "INPUT", "SIZE")] + [
         (a.manifest.sha256[:16], a.manifest.name, f"{a.manifest.format} {a.manifest.precision}".strip(),
          f"{a.manifest.input_width}x{a.manifest.input_height}", f"{a.manifest.size_bytes / 1e6:.1f} MB")
         for a in artifacts
@@ -208,7 +208,7 @@ def cmd_rollout_list(args) -> int:
     if args.json:
         print(json.dumps([to_dict(r) for r in rollouts], indent=2))
         return 0
-    _table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [
+    print_table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [
         (r.rollout_id, fleet_pb2.RolloutState.Name(r.state), r.artifact_sha256[:12], _wave_text(r),
          f"{sum(w.succeeded for w in r.waves)}/{sum(w.target for w in r.waves)}", str(sum(w.failed for w in r.waves)))
         for r in rollouts
@@ -284,12 +284,6 @@ def _key_values(items, flag: str) -> Iterator[tuple[str, str]]:
         if not sep or not key:
             raise CliError(f"{flag} takes KEY=VALUE, got {item!r}")
         yield key, value
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def add_rollout_commands(sub) -> None:
