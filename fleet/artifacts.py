@@ -7,13 +7,15 @@ artifact cost one chunk of memory each, never the whole file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InvalidArgument, NotFound, OutOfRange
+from .errors import InvalidArgument, NotFound
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 DEFAULT_CHUNK = 1 << 20
@@ -82,20 +84,15 @@ class ArtifactFiles:
     def upload(self, max_bytes: int) -> Upload:
         return Upload(self, max_bytes)
 
-    def size(self, sha256: str) -> int:
+    @contextlib.contextmanager
+    def open(self, sha256: str) -> Iterator[tuple[int, int]]:
+        """(file descriptor, size) of a stored artifact, for `os.pread`s of one chunk each."""
         try:
-            return self.path(sha256).stat().st_size
+            fd = os.open(self.path(sha256), os.O_RDONLY)
         except FileNotFoundError as err:
             raise NotFound(f"artifact {sha256} has no bytes on this controller") from err
-
-    def read(self, sha256: str, offset: int, length: int) -> bytes:
-        """Up to `length` bytes from `offset`; b"" at the end. OutOfRange past it."""
-        total = self.size(sha256)
-        if offset > total:
-            raise OutOfRange(f"offset {offset} is past the end of artifact {sha256[:12]} ({total} bytes)")
-        fd = os.open(self.path(sha256), os.O_RDONLY)
         try:
-            return os.pread(fd, length, offset)
+            yield fd, os.fstat(fd).st_size
         finally:
             os.close(fd)
 

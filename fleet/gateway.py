@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .artifacts import ArtifactFiles, chunk_size
 from .convert import command_to_pb, frame_from_pb, status_report, to_dict
-from .errors import InvalidArgument, NotFound, PermissionDenied
+from .errors import InvalidArgument, NotFound, OutOfRange, PermissionDenied
 from .hub import Command, Hub
 from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
@@ -166,18 +167,20 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.files.path(request.sha256)  # InvalidArgument for a malformed sha256
         if not await self.db.device_may_fetch(device_id, request.sha256):
             raise PermissionDenied(f"device {device_id!r} is in no rollout of artifact {request.sha256[:12]}")
-        total = self.files.size(request.sha256)
-        offset, size = request.offset, chunk_size(request.chunk_size)
-        while True:
-            data = await asyncio.to_thread(self.files.read, request.sha256, offset, size)
-            if not data and offset < total:
-                raise NotFound(f"artifact {request.sha256[:12]} shrank while it was read")
-            if data or offset == total:
+        with self.files.open(request.sha256) as (fd, total):
+            offset, size = request.offset, chunk_size(request.chunk_size)
+            if offset > total:
+                raise OutOfRange(f"offset {offset} is past the end of artifact {request.sha256[:12]} "
+                                 f"({total} bytes)")
+            while True:  # at the end exactly, one empty chunk says so
+                data = await asyncio.to_thread(os.pread, fd, size, offset)
+                if not data and offset < total:
+                    raise NotFound(f"artifact {request.sha256[:12]} shrank while it was read")
                 yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_size=total)
                 self.metrics.artifact_bytes_served.inc(len(data))
-            offset += len(data)
-            if offset >= total:
-                return
+                offset += len(data)
+                if offset >= total:
+                    return
 
 
 async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:
