@@ -253,8 +253,7 @@ class Rollouts:
             await self.db.update_rollout_device(rollout.rollout_id, device)
             if not changed:
                 return
-            said = f": {report.reason}" if report.reason else ""
-            rollout = await self.db.get_rollout(rollout.rollout_id)
+            said = f": {report.reason}" if report.reason else ""  # `device` is in `rollout`: both current
             await self._event(rollout, f"{device_id}: rollout {rollout.rollout_id} wave {device.wave + 1} "
                                        f"{report.state.name.lower()}{said}", device_id)
             if report.state.final:
