@@ -41,6 +41,10 @@ KEEPALIVE = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 1
 a link that dies without a FIN or RST (a cellular NAT forgetting its mapping) is otherwise only
 noticed when TCP gives up, many minutes later. The controller permits it (fleet.server)."""
 
+FRESH_MAX = 1024
+"""Committed records the link keeps in memory to send (Link.committed); older ones it reads back
+from the outbox (a controller away for a while, a backlog)."""
+
 
 @dataclass
 class Identity:
@@ -144,7 +148,11 @@ class Link:
     between heartbeats (at most 256 wait while it is down, the oldest dropped first). After each
     (re)connect, right after the hello, the link re-sends `deployment()` (the latest deployment
     status, or None), so a restarted controller learns where the device is. `fetch_artifact` is a
-    blocking FetchArtifact call for worker threads, on its own channel."""
+    blocking FetchArtifact call for worker threads, on its own channel.
+
+    `committed(records)` hands over records the pipeline has just committed (any thread): the
+    link sends them from memory when they follow on what it sent last, sparing the outbox a read
+    and a JSON parse per record; after a reconnect, a gap or a backlog it reads the outbox."""
 
     def __init__(
         self,
@@ -174,6 +182,7 @@ class Link:
         self._plan = plan
         self._deployment = deployment
         self._outgoing: deque[agent_pb2.AgentMessage] = deque(maxlen=256)
+        self._fresh: deque[OutboxRecord] = deque(maxlen=FRESH_MAX)
         self._credentials = credentials
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
@@ -227,7 +236,7 @@ class Link:
                 *KEEPALIVE]
 
     async def _main(self) -> None:
-        outbox = Outbox(self.outbox_path)
+        outbox = Outbox(self.outbox_path, durable=False)  # its commits are acks (see Outbox)
         try:
             options = self.channel_options()
             channel = (grpc.aio.secure_channel(self.controller, self._credentials, options=options)
@@ -398,6 +407,33 @@ class Link:
         """Queue an edgefleet.v1.DeploymentStatus (fields as a dict, `state` by name); any thread."""
         self._outgoing.append(agent_pb2.AgentMessage(deployment=_message(status, types_pb2.DeploymentStatus())))
 
+    def committed(self, records: list[OutboxRecord]) -> None:
+        """Records the pipeline has just committed to the outbox, in sequence order (any thread);
+        [] forgets those handed over before (the outbox dropped records: read it instead)."""
+        if records:
+            self._fresh.extend(records)
+        else:
+            self._fresh.clear()
+
+    def _take_fresh(self, after: int) -> list[OutboxRecord]:
+        """Up to a batch of handed-over records continuing right after sequence `after`, or []
+        (then the outbox has them). Only the link thread takes; a record the pipeline's side
+        evicted meanwhile shows as a gap, never as a record skipped."""
+        records: list[OutboxRecord] = []
+        while len(records) < self.batch_size:
+            try:
+                record = self._fresh.popleft()
+            except IndexError:
+                break
+            expected = (records[-1].sequence if records else after) + 1
+            if record.sequence < expected:
+                continue  # already sent (read from the outbox, or before a reconnect)
+            if record.sequence > expected:
+                self._fresh.appendleft(record)
+                break
+            records.append(record)
+        return records
+
     def send_result(self, command_id: str, ok: bool, error: str = "") -> None:
         """Queue a CommandResult; any thread."""
         self._outgoing.append(agent_pb2.AgentMessage(
@@ -461,7 +497,8 @@ class Link:
                 if sent - self.acked_sequence >= self.max_in_flight:
                     await asyncio.sleep(0.01)
                     continue
-                records = outbox.pending(after_sequence=max(sent, self.acked_sequence), limit=self.batch_size)
+                after = max(sent, self.acked_sequence)
+                records = self._take_fresh(after) or outbox.pending(after_sequence=after, limit=self.batch_size)
                 if not records:
                     await asyncio.sleep(0.05)
                     continue
