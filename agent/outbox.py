@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,10 +58,14 @@ class OutboxRecord:
 class Outbox:
     """`max_bytes` bounds the records' bytes (payload plus RECORD_OVERHEAD_BYTES each; not the file's
     size, which SQLite keeps as freed pages are reused), `max_age_s` their age by capture time
-    (`clock()` seconds, unix time); 0 leaves either unbounded. Only the appending side enforces them."""
+    (`clock()` seconds, unix time); 0 leaves either unbounded. Only the appending side enforces them.
+
+    `durable=False` is for the link's side: its commits (acks) skip the fsync. An ack lost to a
+    power cut only means the record is sent again, and the controller, which has it, acknowledges
+    it again without storing it twice; the appending side's next commit syncs the log anyway."""
 
     def __init__(self, path: Path | str, max_bytes: int = 0, max_age_s: float = 0.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, durable: bool = True):
         if max_bytes < 0 or max_age_s < 0:
             raise ValueError(f"outbox bounds must be >= 0, got max_bytes={max_bytes}, max_age_s={max_age_s}")
         self.path = Path(path)
@@ -69,9 +75,11 @@ class Outbox:
         self._unwarned = 0
         self._last_warning = float("-inf")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0)
+        # used by one thread at a time, not always the one that opened it (OutboxWriter)
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")  # a committed record survives power loss
+        # a committed record survives power loss
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._conn.execute("begin immediate")  # the pipeline and the link open the same file at once
         try:
             self._conn.execute(
@@ -106,7 +114,9 @@ class Outbox:
         return self.append_many([record])[0]
 
     def append_many(self, records: list[OutboxRecord]) -> list[int]:
-        """Commit several records in one transaction (one fsync); returns their sequences.
+        """Commit several records in one transaction (one fsync); returns their sequences, which
+        are also set on the records, whose scores and boxes are rounded in place to what is stored
+        (so a record sent from memory equals the copy a resend reads back).
 
         Past a bound, the oldest records (these ones too, should they alone exceed `max_bytes`)
         are dropped in the same transaction; `self.dropped` counts them."""
@@ -176,11 +186,10 @@ class Outbox:
         return ", ".join(b for b in bounds if b) or "none"
 
     def _insert(self, record: OutboxRecord) -> int:
-        objects = json.dumps([
-            [o.track_id, o.class_id, o.label, round(float(o.score), 5),
-             [round(float(v), 2) for v in o.xyxy], int(o.predicted)]
-            for o in record.objects
-        ])
+        for o in record.objects:
+            o.score, o.xyxy = round(float(o.score), 5), tuple(round(float(v), 2) for v in o.xyxy)
+        objects = json.dumps([[o.track_id, o.class_id, o.label, o.score, o.xyxy, int(o.predicted)]
+                              for o in record.objects])
         cursor = self._conn.execute(
             "insert into outbox (stream_id, frame_index, capture_time, objects) values (?, ?, ?, ?)",
             (record.stream_id, record.frame_index, record.capture_time, objects),
@@ -220,3 +229,69 @@ class Outbox:
     def dropped_total(self) -> int:
         """Records dropped to stay within the bounds since this outbox file was made (all runs)."""
         return self._conn.execute("select value from outbox_meta where key = 'dropped'").fetchone()[0]
+
+
+class OutboxWriter:
+    """Commits the pipeline's records on its own thread, so the detect loop never waits on an
+    fsync (about a millisecond here, tens of milliseconds on an SD card).
+
+    `put(records)` hands a group over; groups that arrive while a commit runs go together into
+    the next one. After each commit, still on the writer thread, `on_committed(records, dropped)`
+    gets the committed records and how many the outbox dropped in that commit to stay within its
+    bounds. `flush()` returns once everything handed over is committed. An error on the writer
+    thread (a full disk) stops it, and the next `put()` or `flush()` raises it. While the writer
+    runs, only it uses `outbox`."""
+
+    def __init__(self, outbox: Outbox, on_committed: Callable[[list[OutboxRecord], int], None]):
+        self.outbox = outbox
+        self._on_committed = on_committed
+        self._queue: queue.SimpleQueue[list[OutboxRecord] | threading.Event | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, records: list[OutboxRecord]) -> None:
+        self._raise_error()
+        self._queue.put(records)
+
+    def flush(self) -> None:
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Commit what is left and end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            records: list[OutboxRecord] = []
+            flushed: list[threading.Event] = []
+            item = self._queue.get()
+            while True:  # everything queued meanwhile joins this commit
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    flushed.append(item)
+                else:
+                    records += item
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if records and self._error is None:
+                try:
+                    dropped_before = self.outbox.dropped
+                    self.outbox.append_many(records)
+                    self._on_committed(records, self.outbox.dropped - dropped_before)
+                except BaseException as err:  # noqa: BLE001 - raised on the pipeline's thread
+                    self._error = err
+            for event in flushed:
+                event.set()

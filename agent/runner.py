@@ -36,7 +36,7 @@ from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor
 from .link import Link, deploy_from_pb
 from .options import Adaptation, RunOptions
-from .outbox import Outbox, OutboxObject, OutboxRecord
+from .outbox import Outbox, OutboxObject, OutboxRecord, OutboxWriter
 from .overrides import describe_override, override_ladder
 from .rung_loader import RungLoader
 from .sources import Frame, Source
@@ -49,10 +49,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 COMMIT_EVERY_S = 0.1
-"""Records are committed (one transaction, one fsync) about this long after their frame was
-processed, not one fsync per frame: an fsync costs a millisecond or more (far more on SD cards),
-taken from the detector's time. A frame counts as produced, and can be sent, only once it is
-committed, so a crash loses at most the uncommitted group, which nobody has seen yet."""
+"""Records are committed (one transaction, one fsync) in groups about this often, not one fsync
+per frame, on the outbox writer's thread (agent.outbox.OutboxWriter), not the loop's: an fsync
+costs a millisecond or more (far more on SD cards). A frame counts as produced, and can be sent,
+only once it is committed, so a crash loses at most the uncommitted groups, which nobody has seen."""
 
 @dataclass
 class RunResult:
@@ -138,7 +138,9 @@ class Agent:
         self._dropped_before = self.outbox.dropped_total() - self.outbox.dropped  # by earlier runs
         self._outbox_depth = 0
         self._uncommitted: list[OutboxRecord] = []
+        self._handed_over = 0  # records given to the outbox writer (self.frames counts the committed ones)
         self._last_commit = time.monotonic()
+        self.writer: OutboxWriter | None = None
         self.frames = self.detections = 0
         self.started = time.time()
         self.link = Link(
@@ -200,6 +202,7 @@ class Agent:
         self.link.start()
         if self.mqtt is not None:
             self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
+        self.writer = OutboxWriter(self.outbox, self._committed)
         t0 = self._last_control = time.monotonic()
         watchdog = Watchdog.from_env()  # systemd's Type=notify + WatchdogSec (a no-op elsewhere)
         watchdog.ready()
@@ -226,6 +229,7 @@ class Agent:
             if self.served is not None:
                 self._uncommitted += self.served.take_records()
             self._commit()
+            self.writer.flush()
             seconds = time.monotonic() - t0
             self._close_rung(t0 + seconds)
             left = self._drain()
@@ -238,6 +242,7 @@ class Agent:
                 self.mqtt.stop()
             for stream in self.streams:
                 stream.source.stop()
+            self.writer.close()
             self.link.stop()
             self.outbox.close()
         if self.link.fatal is not None:
@@ -245,18 +250,24 @@ class Agent:
         return RunResult(self.frames, self.detections, seconds, left, self.health.sample()["inference_ms_p50"])
 
     def _commit(self) -> None:
-        """Make the pending records durable; only now do they count as produced."""
+        """Hand the pending records to the outbox writer; they count as produced once it committed them."""
         self._last_commit = time.monotonic()
         if not self._uncommitted:
             return
         records, self._uncommitted = self._uncommitted, []
-        dropped_before = self.outbox.dropped
-        self.outbox.append_many(records)  # past its bounds, drops the oldest records (counted), never blocks
+        self._handed_over += len(records)
+        self.writer.put(records)
+
+    def _committed(self, records: list[OutboxRecord], dropped: int) -> None:
+        """On the outbox writer's thread, after each commit (`dropped`: the oldest records the
+        outbox dropped in it to stay within its bounds)."""
         if self.mqtt is not None:
             self.mqtt.on_frames(records)
+        # the link sends these from memory, unless the outbox just dropped records (the link is behind)
+        self.link.committed(records if not dropped else [])
         self.frames += len(records)
         self.detections += sum(len(r.objects) for r in records)
-        self._outbox_depth += len(records) - (self.outbox.dropped - dropped_before)
+        self._outbox_depth += len(records) - dropped
         if self.frames % 50 < len(records):
             self._outbox_depth = self.outbox.depth()
 
@@ -500,7 +511,7 @@ class Agent:
             entry["seconds"] = round(now - entry["since"], 2)
 
     def _counted(self) -> int:
-        return self.frames + len(self._uncommitted)
+        return self._handed_over + len(self._uncommitted)
 
     def _use_detector(self, detector: Detector) -> None:
         """Swap the loop's detector (between ticks; served batches wait on the lock) and close the old one."""

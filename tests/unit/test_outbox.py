@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxObject, OutboxRecord
+from agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxObject, OutboxRecord, OutboxWriter
 
 
 def record(frame_index: int, n_objects: int = 1) -> OutboxRecord:
@@ -191,3 +191,51 @@ def test_the_link_side_sees_the_pipeline_drops(tmp_path):
     assert link.ack(4) == 1 and pipeline.size_bytes() == link.size_bytes() == 2 * one
     pipeline.close()
     link.close()
+
+
+def test_append_rounds_what_it_stores_on_the_records_too(outbox):
+    rec = OutboxRecord("cam0", 0, 1000.0, [OutboxObject(1, 0, "person", 0.123456789, (1.004, 2.0051, 3.3333, 4.0))])
+    outbox.append(rec)
+    assert rec.objects[0].score == 0.12346 and rec.objects[0].xyxy == (1.0, 2.01, 3.33, 4.0)
+    assert outbox.pending()[0] == rec  # a record sent from memory equals the stored copy
+
+
+def test_writer_commits_groups_in_order_and_reports_each_commit(outbox):
+    commits = []
+    writer = OutboxWriter(outbox, lambda records, dropped: commits.append(([r.sequence for r in records], dropped)))
+    for start in range(0, 30, 3):
+        writer.put([record(i) for i in range(start, start + 3)])
+    writer.flush()
+    assert [seq for seqs, _ in commits for seq in seqs] == list(range(1, 31))
+    assert all(dropped == 0 for _, dropped in commits)
+    assert outbox.depth() == 30
+    writer.put([record(30)])
+    writer.close()  # commits what is left
+    assert outbox.depth() == 31
+
+
+def test_writer_reports_what_the_bounds_dropped(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_bytes=3 * (2 + 4 + RECORD_OVERHEAD_BYTES))
+    dropped = []
+    writer = OutboxWriter(box, lambda records, n: dropped.append(n))
+    try:
+        for i in range(5):
+            writer.put([OutboxRecord("c", i, 1000.0 + i)])
+            writer.flush()
+    finally:
+        writer.close()
+        box.close()
+    assert dropped == [0, 0, 0, 1, 1]
+
+
+def test_writer_raises_its_error_on_the_next_call(outbox):
+    def fail(records, dropped):
+        raise OSError(28, "No space left on device")
+
+    writer = OutboxWriter(outbox, fail)
+    writer.put([record(0)])
+    with pytest.raises(OSError, match="No space left"):
+        writer.flush()
+    with pytest.raises(OSError, match="No space left"):
+        writer.put([record(1)])
+    writer.close()
