@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import AfterValidator
@@ -21,6 +22,19 @@ def _multiple_of_32(value: tuple[int, int]) -> tuple[int, int]:
 
 InputSize = Annotated[tuple[int, int], AfterValidator(_multiple_of_32)]
 """A network input (width, height) in backend configs: YOLO strides need multiples of 32."""
+
+
+@dataclass
+class Prepared:
+    """Frames made ready for one inference call by `Detector.prepare`."""
+
+    detector: Detector
+    """The detector that prepared them (the tensor fits its input size only)."""
+    frames: list[np.ndarray]
+    tensor: np.ndarray | None = None
+    """The letterboxed input batch, for backends that stage their work; None for the others."""
+    infos: list | None = None
+    """Per frame, what maps boxes back to its pixels (models.yolo.letterbox's info)."""
 
 
 class Detector(ABC):
@@ -49,6 +63,23 @@ class Detector(ABC):
     @abstractmethod
     def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
         """Several frames (of any sizes) in one inference call; one `Detections` per frame."""
+
+    # `detect_batch` in three stages, for pipelines (agent.runner): the next frames are prepared
+    # on another thread while this one decodes the last call's outputs, when a core is free.
+    # `finish(p, run_prepared(p))` with `p = prepare(frames)` equals `detect_batch(frames)`.
+
+    def prepare(self, frames: list[np.ndarray]) -> Prepared:
+        """Pre-processing (letterboxing), no runtime call; safe on any thread. The default
+        prepares nothing and leaves the whole call to `run_prepared`."""
+        return Prepared(self, frames)
+
+    def run_prepared(self, prepared: Prepared) -> Any:
+        """Inference on prepared frames (sets `last_inference_ms`); what `finish` takes."""
+        return self.detect_batch(prepared.frames)
+
+    def finish(self, prepared: Prepared, outputs: Any) -> list[Detections]:
+        """Post-processing of `run_prepared`'s outputs: one `Detections` per frame."""
+        return outputs
 
     def close(self) -> None:
         """Release the backend's resources; the detector is unusable afterwards."""

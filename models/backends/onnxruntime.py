@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize, Prepared
 from ..darknet import FORMAT
 from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
@@ -260,10 +260,20 @@ class OnnxRuntimeDetector(Detector):
     def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
         if not frames:
             return []
-        batch, infos = letterbox_batch(frames, self.input_size)
-        decoded = self.decode(self.infer(batch))
+        prepared = self.prepare(frames)
+        return self.finish(prepared, self.run_prepared(prepared))
+
+    def prepare(self, frames: list[np.ndarray]) -> Prepared:
+        tensor, infos = letterbox_batch(frames, self.input_size)
+        return Prepared(self, frames, tensor, infos)
+
+    def run_prepared(self, prepared: Prepared) -> list[np.ndarray]:
+        return self.infer(prepared.tensor)
+
+    def finish(self, prepared: Prepared, outputs: list[np.ndarray]) -> list[Detections]:
         return [Detections(scale_boxes_to_source(xyxy, info, frame.shape), score, class_id)
-                for frame, info, (xyxy, score, class_id) in zip(frames, infos, decoded, strict=True)]
+                for frame, info, (xyxy, score, class_id)
+                in zip(prepared.frames, prepared.infos, self.decode(outputs), strict=True)]
 
     def close(self) -> None:
         self.session = None
