@@ -4,7 +4,9 @@ Each tick takes the frames that are ready (one per stream at most; decoding runs
 source's reader thread, beside inference), runs the detector once on the frames due for
 detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
 each stream's tracker its detections, or nothing so that it predicts. Records are committed
-to the outbox in groups (`COMMIT_EVERY_S`); the link thread publishes what is committed.
+to the outbox in groups (`COMMIT_EVERY_S`) on the outbox writer's thread; the link thread
+publishes what is committed. With file sources, the next tick's frames are letterboxed on a
+prepare thread while the current inference runs (`Agent._look_ahead`).
 
 With an `Adaptation` (agent.options; `edge-agent run --auto-plan`), the loop thread also runs
 the runtime controller once a second (`CONTROL_EVERY_S`): a new detect interval applies to every
@@ -19,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +31,7 @@ from edgefleet.v1 import agent_pb2, types_pb2
 from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
 from adaptive.errors import LadderError
 from adaptive.schedule import FrameScheduler, MotionGate
-from models.base import Detector
+from models.base import Detector, Prepared
 
 from .bytetrack import ByteTrack, ByteTrackConfig
 from .engines import ActiveEngines, EngineManager, Swap
@@ -65,6 +68,15 @@ class RunResult:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Ahead:
+    """The next tick's frames, gathered while this tick's inference runs (Agent._look_ahead): one
+    per stream that had one ready, those due for detection, and their batch being prepared."""
+    ready: list[tuple[Stream, Frame]]
+    due: list[tuple[Stream, Frame]]
+    prepared: Future[Prepared] | None
 
 
 class Stream:
@@ -141,6 +153,8 @@ class Agent:
         self._handed_over = 0  # records given to the outbox writer (self.frames counts the committed ones)
         self._last_commit = time.monotonic()
         self.writer: OutboxWriter | None = None
+        self._preparer: ThreadPoolExecutor | None = None
+        self._ahead: Ahead | None = None
         self.frames = self.detections = 0
         self.started = time.time()
         self.link = Link(
@@ -203,18 +217,22 @@ class Agent:
         if self.mqtt is not None:
             self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
         self.writer = OutboxWriter(self.outbox, self._committed)
+        if not any(stream.source.live for stream in self.streams):
+            self._preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")  # see _look_ahead
         t0 = self._last_control = time.monotonic()
         watchdog = Watchdog.from_env()  # systemd's Type=notify + WatchdogSec (a no-op elsewhere)
         watchdog.ready()
         self._enter_rung(t0)
         clean = False  # a clean exit confirms a freshly swapped engine (agent.engines.ActiveEngines)
         try:
-            while not self.stop_event.is_set() and (self.options.serving or not all(s.done for s in self.streams)):
+            while not self.stop_event.is_set() and (self.options.serving or self._ahead is not None
+                                                     or not all(s.done for s in self.streams)):
                 if self.link.fatal is not None:
                     raise self.link.fatal
-                ready = self._gather()
+                ahead, self._ahead = self._ahead, None
+                ready = ahead.ready if ahead is not None else self._gather()
                 if ready:
-                    self._uncommitted += self._process(ready)
+                    self._uncommitted += self._process(ready, ahead)
                 if self.served is not None:
                     self._uncommitted += self.served.take_records()
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
@@ -242,6 +260,8 @@ class Agent:
                 self.mqtt.stop()
             for stream in self.streams:
                 stream.source.stop()
+            if self._preparer is not None:
+                self._preparer.shutdown()
             self.writer.close()
             self.link.stop()
             self.outbox.close()
@@ -306,7 +326,8 @@ class Agent:
             stream.done = True
         return frame
 
-    def _process(self, ready: list[tuple[Stream, Frame]]) -> list[OutboxRecord]:
+    def _schedule(self, ready: list[tuple[Stream, Frame]]) -> list[tuple[Stream, Frame]]:
+        """The frames of `ready` due for detection (each stream's scheduler decides, and counts)."""
         due = []
         for stream, frame in ready:
             if stream.scheduler.should_detect(frame.image):
@@ -314,12 +335,23 @@ class Agent:
                 due.append((stream, frame))
             else:
                 stream.scheduler.skipped()
+        return due
+
+    def _process(self, ready: list[tuple[Stream, Frame]], ahead: Ahead | None = None) -> list[OutboxRecord]:
+        """One tick: detect on the frames due (prepared ahead when `ahead` has them), track, records."""
+        due = ahead.due if ahead is not None else self._schedule(ready)
         detections = {}
         if due:
+            images = [frame.image for _, frame in due]
+            prepared = ahead.prepared.result() if ahead is not None and ahead.prepared is not None else None
+            if prepared is None or prepared.detector is not self.detector:  # none, or the detector was swapped
+                prepared = self.detector.prepare(images)
+            self._look_ahead()
             with self.detector_lock:
-                batch = self.detector.detect_batch([frame.image for _, frame in due])
+                outputs = self.detector.run_prepared(prepared)
+            batch = self.detector.finish(prepared, outputs)
             self.health.record_inference(float(getattr(self.detector, "last_inference_ms", 0.0)))
-            self.engines.observe([frame.image for _, frame in due], batch, self.detector.last_inference_ms)
+            self.engines.observe(images, batch, self.detector.last_inference_ms)
             detections = {id(stream): dets for (stream, _), dets in zip(due, batch)}
         records = []
         names = self.detector.names
@@ -342,6 +374,20 @@ class Agent:
             ))
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
+
+    def _look_ahead(self) -> None:
+        """Right before an inference call, with file sources only: take the next tick's frames
+        (already decoded) and letterbox those due on the prepare thread while this call runs, so
+        the next call starts without it. Live sources are not looked ahead: a tick should start
+        from the newest frame there is, not one taken an inference earlier."""
+        if self._preparer is None or self.stop_event.is_set():
+            return
+        ready = [(s, f) for s in self.streams if (f := self._next_frame(s, timeout=0)) is not None]
+        if not ready:
+            return
+        due = self._schedule(ready)
+        prepared = self._preparer.submit(self.detector.prepare, [f.image for _, f in due]) if due else None
+        self._ahead = Ahead(ready, due, prepared)
 
     def detect_served(self, images: list) -> list:
         """A served batch (agent.inference, from its batcher thread) on the detector the local

@@ -156,3 +156,44 @@ def test_streams_share_one_detector_and_each_has_its_own_tracker(controller, vte
         for (t0, box0, _), (t1, box1, p1) in pairwise(points):
             if p1:
                 assert iou(box0, box1) > 0.3, f"track {track_id}: the prediction on frame {t1} left the object"
+
+
+@pytest.mark.parametrize("interval", [1, 3])
+def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, vtest, tmp_path, interval):
+    """The loop's threads (reader, look-ahead letterboxing, outbox writer, link) change when the
+    work is done, never what is found: the same boxes, scores, classes and track ids as detecting
+    and tracking the same frames one by one in this process."""
+    import cv2
+
+    from agent.bytetrack import ByteTrack, ByteTrackConfig
+    from agent.options import RunOptions
+    from models import load_default_detector
+
+    frames_n = 45
+    summary = summary_of(agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",
+                                   "--max-frames", str(frames_n), "--detect-interval", str(interval)))
+    stored = stored_frames(controller.address, summary["device_id"], controller.operator_token)
+    assert [f.frame_index for f in stored] == list(range(frames_n))
+
+    detector = load_default_detector(confidence_threshold=ByteTrackConfig().low_confidence_threshold)
+    tracker, shown = ByteTrack(), RunOptions.publish_threshold
+    cap = cv2.VideoCapture(str(vtest))
+    try:
+        for index, frame in enumerate(stored):
+            ok, image = cap.read()
+            assert ok
+            dets, predicted = tracker.step(detector.detect(image) if index % interval == 0 else None)
+            keep = dets.confidence >= shown
+            want = {t: (c, p, s, box) for t, c, p, s, box in zip(
+                dets.tracker_id[keep].tolist(), dets.class_id[keep].tolist(), predicted[keep].tolist(),
+                dets.confidence[keep].tolist(), dets.xyxy[keep].tolist())}
+            got = {d.track_id: (d.class_id, d.predicted, d.score, [d.box.x1, d.box.y1, d.box.x2, d.box.y2])
+                   for d in frame.detections}
+            assert sorted(got) == sorted(want), f"frame {index}: track ids"
+            for track_id, (class_id, was_predicted, score, box) in got.items():
+                assert (class_id, was_predicted) == want[track_id][:2], f"frame {index}, track {track_id}"
+                assert score == pytest.approx(want[track_id][2], abs=1e-4)  # stored to 5 decimals, sent as float32
+                assert box == pytest.approx(want[track_id][3], abs=0.01)  # stored to 0.01 px
+    finally:
+        cap.release()
+        detector.close()
