@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,23 @@ def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = No
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
     )
+
+
+def read_frames(video: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    """Frames `indices` of `video`, decoded by OpenCV, by index."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    frames = {}
+    try:
+        for index in range(max(indices) + 1):
+            ok, frame = cap.read()
+            assert ok, f"{video} ended before frame {index}"
+            if index in indices:
+                frames[index] = frame
+    finally:
+        cap.release()
+    return frames
 
 
 def free_port() -> int:

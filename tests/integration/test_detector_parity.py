@@ -19,6 +19,8 @@ import pytest
 from models import load_default_detector
 from models.yolo import box_iou
 
+from ..conftest import read_frames
+
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden" / "yolov3_tiny_vtest.json"
 GOLDEN_DATA = json.loads(GOLDEN.read_text())
@@ -34,20 +36,6 @@ def _sample(name: str) -> Path:
         if path.is_file():
             return path
     pytest.fail(f"sample video {name} is in neither {folder} nor /tmp: run `make samples`")
-
-
-def read_frames(video: Path, indices: list[int]) -> dict[int, np.ndarray]:
-    cap = cv2.VideoCapture(str(video))
-    frames = {}
-    try:
-        for index in range(max(indices) + 1):
-            ok, frame = cap.read()
-            assert ok, f"{video} ended before frame {index}"
-            if index in indices:
-                frames[index] = frame
-    finally:
-        cap.release()
-    return frames
 
 
 def greedy_match(ours_xyxy, ours_class, ref_xyxy, ref_class) -> list[tuple[int, int, float]]:

@@ -24,6 +24,7 @@ from models.errors import UnsupportedModel
 from models.metadata import ultralytics_metadata
 from models.yolo import box_iou, decode_darknet, decode_ultralytics, letterbox
 
+from ..conftest import read_frames
 from ..ultralytics_env import ultralytics_env  # noqa: F401 - a pytest fixture
 
 VTEST_FRAMES = [0, 40, 80]
@@ -51,16 +52,7 @@ def bus_jpg() -> Path | None:
 
 @pytest.fixture(scope="module")
 def frames(vtest) -> dict[str, np.ndarray]:
-    cap = cv2.VideoCapture(str(vtest))
-    found = {}
-    try:
-        for index in range(max(VTEST_FRAMES) + 1):
-            ok, frame = cap.read()
-            assert ok, f"{vtest} ended before frame {index}"
-            if index in VTEST_FRAMES:
-                found[f"vtest{index}"] = frame
-    finally:
-        cap.release()
+    found = {f"vtest{index}": frame for index, frame in read_frames(vtest, VTEST_FRAMES).items()}
     if bus_jpg() is not None:
         found["bus"] = cv2.imread(str(bus_jpg()))
     return found
