@@ -51,12 +51,14 @@ def _detector_options(args) -> dict:
 
 
 def _load_detector(path, args, input_size: tuple[int, int] | None = None):
-    from models import load_detector
+    from models import BACKEND_BY_SUFFIX, load_detector
     from models.errors import ModelError
 
     options = _detector_options(args)
     if input_size is not None:
         options["input_size"] = input_size
+    if args.rect and BACKEND_BY_SUFFIX.get(Path(path).suffix.lower()) == "onnxruntime":
+        options["rect"] = True  # other backends run their engine's full input size
     try:
         return load_detector(path, **options)
     except ModelError as err:
@@ -431,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 604800, 7 days; 0: keep them however old)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="inference threads (default: ONNX Runtime's choice, one per core)")
+    p.add_argument("--rect", action="store_true",
+                   help="rectangular inference (ONNX models): letterbox frames into the smallest multiple of 32 "
+                        "that holds them, not the whole input square; 4:3 video runs at 416x320, about a quarter "
+                        "faster, with slightly different scores")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
     p.add_argument("--model", type=Path, default=None, metavar="FILE",
@@ -519,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-confirm-s", type=float, default=60.0, metavar="S", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="inference threads (default: ONNX Runtime's choice, one per core)")
+    p.add_argument("--rect", action="store_true",
+                   help="rectangular inference (ONNX models): letterbox frames into the smallest multiple of 32 "
+                        "that holds them, not the whole input square; 4:3 video runs at 416x320, about a quarter "
+                        "faster, with slightly different scores")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
     p.add_argument("--model", type=Path, default=None, metavar="FILE",

@@ -13,6 +13,7 @@ No OpenCV DNN calls: the behaviour must not depend on the OpenCV version (cv2 on
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -52,6 +53,21 @@ def _place(frame_bgr: np.ndarray, chw: np.ndarray) -> LetterboxInfo:
         np.multiply(resized[:, :, 2 - channel], _INV_255, out=chw[channel, top:top + new_h, left:left + new_w],
                     casting="unsafe")
     return LetterboxInfo(scale, float(left), float(top))
+
+
+def rect_size(frames_bgr: list[np.ndarray], size: tuple[int, int] = DEFAULT_INPUT_SIZE,
+              stride: int = 32) -> tuple[int, int]:
+    """The smallest (width, height) within `size`, multiples of `stride`, that holds every frame
+    letterboxed at the scale `size` gives it (Ultralytics' rectangular inference): 768x576 frames
+    into 416x416 need only 416x320. Letterboxing into it scales the frames exactly as into `size`."""
+    in_w, in_h = size
+    width = height = stride
+    for frame in frames_bgr:
+        h, w = frame.shape[:2]
+        scale = min(in_w / w, in_h / h)
+        width = max(width, math.ceil(round(w * scale) / stride) * stride)
+        height = max(height, math.ceil(round(h * scale) / stride) * stride)
+    return min(width, in_w), min(height, in_h)
 
 
 def letterbox_batch(frames_bgr: list[np.ndarray], size: tuple[int, int] = DEFAULT_INPUT_SIZE,

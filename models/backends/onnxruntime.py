@@ -31,7 +31,7 @@ from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from ..manifest import DeviceCaps, manifest_path, verify_artifact
 from ..metadata import ultralytics_metadata
-from ..yolo import (decode_darknet, decode_end2end, decode_ultralytics, letterbox_batch, nms,
+from ..yolo import (decode_darknet, decode_end2end, decode_ultralytics, letterbox_batch, nms, rect_size,
                     scale_boxes_to_source)
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,12 @@ class OnnxRuntimeConfig(BaseModel):
     """(width, height), multiples of 32; None: the size stored in the model (416x416 for the
     bundled one). A model exported with a fixed input shape accepts only that size.
     Larger finds smaller objects and costs time roughly in proportion to the pixels."""
+    rect: bool = False
+    """Letterbox each batch into the smallest rectangle of multiples of 32 that holds its frames
+    at the scale `input_size` gives them (models.yolo.rect_size), not into all of `input_size`:
+    4:3 video into 416x416 runs at 416x320, a quarter fewer pixels, at the same scale (boxes
+    differ only by the padding's slight effect on the border cells). Needs a model with a dynamic
+    input size; ignored by one exported for a fixed size."""
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0.0, le=1.0)
     intra_op_threads: int | None = Field(None, ge=1)
@@ -185,6 +191,7 @@ class OnnxRuntimeDetector(Detector):
         if self.layout.fixed_size and self.input_size != self.layout.input_size:
             raise InvalidConfig(f"input_size {self.input_size} does not fit {config.model}: it was exported "
                                 f"for {self.layout.input_size} only (width, height)")
+        self.rect = config.rect and not self.layout.fixed_size
         self.confidence_threshold = config.confidence_threshold
         self.iou_threshold = config.iou_threshold
         self.input_name = self.session.get_inputs()[0].name
@@ -241,16 +248,17 @@ class OnnxRuntimeDetector(Detector):
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def decode(self, outputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Raw outputs -> per image (xyxy in input pixels, score, class_id), NMS included where needed."""
-        head = self.layout.head
+    def decode(self, outputs: list[np.ndarray], size: tuple[int, int] | None = None,
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Raw outputs -> per image (xyxy in input pixels, score, class_id), NMS included where needed.
+        `size`: the (width, height) the network ran at (default: `input_size`)."""
+        head, size = self.layout.head, size or self.input_size
         if head == "end2end":  # the graph already chose its boxes
             return decode_end2end(outputs[0], self.confidence_threshold)
         if head == "ultralytics":
-            candidates = decode_ultralytics(outputs[0], self.input_size, self.confidence_threshold)
+            candidates = decode_ultralytics(outputs[0], size, self.confidence_threshold)
         else:
-            candidates = decode_darknet(outputs, self.anchors, self.masks, self.input_size,
-                                        self.confidence_threshold)
+            candidates = decode_darknet(outputs, self.anchors, self.masks, size, self.confidence_threshold)
         results = []
         for xyxy, score, class_id in candidates:
             keep = nms(xyxy, score, class_id, self.iou_threshold)
@@ -264,16 +272,18 @@ class OnnxRuntimeDetector(Detector):
         return self.finish(prepared, self.run_prepared(prepared))
 
     def prepare(self, frames: list[np.ndarray]) -> Prepared:
-        tensor, infos = letterbox_batch(frames, self.input_size)
+        size = rect_size(frames, self.input_size) if self.rect else self.input_size
+        tensor, infos = letterbox_batch(frames, size)
         return Prepared(self, frames, tensor, infos)
 
     def run_prepared(self, prepared: Prepared) -> list[np.ndarray]:
         return self.infer(prepared.tensor)
 
     def finish(self, prepared: Prepared, outputs: list[np.ndarray]) -> list[Detections]:
+        height, width = prepared.tensor.shape[2:]
         return [Detections(scale_boxes_to_source(xyxy, info, frame.shape), score, class_id)
                 for frame, info, (xyxy, score, class_id)
-                in zip(prepared.frames, prepared.infos, self.decode(outputs), strict=True)]
+                in zip(prepared.frames, prepared.infos, self.decode(outputs, (width, height)), strict=True)]
 
     def close(self) -> None:
         self.session = None

@@ -158,8 +158,8 @@ def test_streams_share_one_detector_and_each_has_its_own_tracker(controller, vte
                 assert iou(box0, box1) > 0.3, f"track {track_id}: the prediction on frame {t1} left the object"
 
 
-@pytest.mark.parametrize("interval", [1, 3])
-def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, vtest, tmp_path, interval):
+@pytest.mark.parametrize(("interval", "rect"), [(1, False), (3, False), (1, True)])
+def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, vtest, tmp_path, interval, rect):
     """The loop's threads (reader, look-ahead letterboxing, outbox writer, link) change when the
     work is done, never what is found: the same boxes, scores, classes and track ids as detecting
     and tracking the same frames one by one in this process."""
@@ -171,11 +171,12 @@ def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, 
 
     frames_n = 45
     summary = summary_of(agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",
-                                   "--max-frames", str(frames_n), "--detect-interval", str(interval)))
+                                   "--max-frames", str(frames_n), "--detect-interval", str(interval),
+                                   *(["--rect"] if rect else [])))
     stored = stored_frames(controller.address, summary["device_id"], controller.operator_token)
     assert [f.frame_index for f in stored] == list(range(frames_n))
 
-    detector = load_default_detector(confidence_threshold=ByteTrackConfig().low_confidence_threshold)
+    detector = load_default_detector(confidence_threshold=ByteTrackConfig().low_confidence_threshold, rect=rect)
     tracker, shown = ByteTrack(), RunOptions.publish_threshold
     cap = cv2.VideoCapture(str(vtest))
     try:

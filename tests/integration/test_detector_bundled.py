@@ -12,10 +12,12 @@ import onnx
 import pytest
 
 from models import load_default_detector
+from models.yolo import box_iou
 from models.bundled import cached_model_path, default_model
 from models.darknet import CONVERTER_VERSION
 
-from .test_detector_parity import _sample, read_frames
+from ..conftest import read_frames
+from .test_detector_parity import _sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +86,27 @@ def test_other_input_sizes_and_batches_work(cache_dir):
     h, w = frames[0].shape[:2]
     assert all(r.xyxy[:, [0, 2]].max() <= w and r.xyxy[:, [1, 3]].max() <= h for r in results)
     assert all(np.all(r.xyxy[:, 2:] >= r.xyxy[:, :2]) for r in results)
+
+
+def test_rectangular_inference_finds_the_same_confident_objects(cache_dir):
+    """`rect`: 4:3 frames run at 416x320 instead of 416x416, at the same scale; the padding's
+    effect on border cells moves scores a little, not boxes."""
+    frames = list(read_frames(_sample("vtest.avi"), list(range(0, 400, 40))).values())
+    square = load_default_detector(cache_dir=cache_dir, confidence_threshold=0.1)
+    rect = load_default_detector(cache_dir=cache_dir, confidence_threshold=0.1, rect=True)
+    try:
+        assert rect.prepare(frames[:1]).tensor.shape == (1, 3, 320, 416)
+        assert square.prepare(frames[:1]).tensor.shape == (1, 3, 416, 416)
+        found = matched = 0
+        for frame in frames:
+            want, got = square.detect(frame), rect.detect(frame)
+            want = want[want.confidence >= 0.5]
+            found += len(want)
+            if len(want) and len(got):
+                iou = box_iou(want.xyxy, got.xyxy)
+                iou[want.class_id[:, None] != got.class_id[None, :]] = 0.0
+                matched += int((iou.max(axis=1) >= 0.8).sum())
+    finally:
+        square.close()
+        rect.close()
+    assert found >= 50 and matched >= 0.9 * found, (matched, found)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models import yolo
-from models.yolo import (LetterboxInfo, box_iou, decode_darknet, letterbox, letterbox_batch, nms,
+from models.yolo import (LetterboxInfo, box_iou, decode_darknet, letterbox, letterbox_batch, nms, rect_size,
                          scale_boxes_to_source)
 
 
@@ -69,6 +69,27 @@ def test_letterbox_batch_stacks_frames_of_different_sizes():
         single, info = letterbox(frame, (128, 96))
         np.testing.assert_array_equal(batch[i], single[0])
         assert infos[i] == info
+
+
+@pytest.mark.parametrize("shapes, size, rect", [
+    ([(576, 768)], (416, 416), (416, 320)),               # vtest.avi: 416x312 -> 416x320
+    ([(272, 640)], (416, 416), (416, 192)),               # bikes.mp4: 416x177
+    ([(480, 360)], (320, 320), (256, 320)),               # portrait: 240 wide
+    ([(416, 416)], (416, 416), (416, 416)),
+    ([(576, 768), (272, 640)], (416, 416), (416, 320)),   # a batch: what holds them all
+    ([(576, 768), (480, 360)], (416, 416), (416, 416)),
+])
+def test_rect_size_is_the_smallest_stride_multiple_that_holds_the_frames(shapes, size, rect):
+    frames = [noise_frame(*shape) for shape in shapes]
+    assert rect_size(frames, size) == rect
+    square, square_infos = letterbox_batch(frames, size)
+    tight, tight_infos = letterbox_batch(frames, rect)
+    assert tight.shape == (len(frames), 3, rect[1], rect[0])
+    assert [i.scale for i in tight_infos] == pytest.approx([i.scale for i in square_infos])  # the same scale
+    for f, (a, b) in enumerate(zip(square_infos, tight_infos)):  # the same pixels, less padding around them
+        h, w = round(shapes[f][0] * a.scale), round(shapes[f][1] * a.scale)
+        np.testing.assert_array_equal(square[f, :, int(a.pad_y):int(a.pad_y) + h, int(a.pad_x):int(a.pad_x) + w],
+                                      tight[f, :, int(b.pad_y):int(b.pad_y) + h, int(b.pad_x):int(b.pad_x) + w])
 
 
 def test_letterbox_refuses_a_gray_frame():
