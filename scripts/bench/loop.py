@@ -2,18 +2,20 @@
 """Agent loop efficiency: tracked fps of the real agent vs raw detector fps, same video.
 
     python scripts/bench/loop.py [--video var/samples/vtest.avi] [--frames 795] [--intervals 1,2,3,4,5,6]
-                                 [--rounds 3] [--threads N] [--controller-nice 10] [--skip-ultralytics]
-                                 [--out FILE]
+                                 [--rounds 3] [--threads N] [--rect] [--controller-nice 19]
+                                 [--skip-ultralytics] [--out FILE]
 
 1. Raw detector fps, two ways, with the detector the agent loads (the bundled model, the agent's
-   confidence threshold, ONNX Runtime's default threads):
+   confidence threshold, ONNX Runtime's default threads; with `--rect`, rectangular inference
+   on both sides):
    - `detect()` on frames decoded beforehand: the detector alone (no decoding, tracking or I/O);
    - `detect()` in a plain read-and-detect loop over the video: the detector on the video.
 2. For each detect interval: a real `edge-agent run` process over the video (decode on the reader
    thread, detect or predict, track, fsync'd outbox, publish, ack) against a real `edgefleet serve`
    process; its end-to-end fps over the frames it processed. The controller is not part of the
-   agent (it runs elsewhere in a fleet) but shares this machine's cores here: it runs at
-   `--controller-nice` (default 10), and the CPU seconds it took are reported with each run.
+   agent (it runs elsewhere in a fleet) but shares this machine's cores here: it runs at the
+   lowest priority (`--controller-nice`, default 19), so that it takes the cores only when the
+   agent leaves them idle, and the CPU seconds it took are reported with each run.
 Efficiency = agent fps at interval 1 / raw fps, against each raw figure.
 3. Against Ultralytics' `track()` (ByteTrack) on the same ONNX file and video: the bundled
    detector in Ultralytics' detect layout (models.darknet_ultralytics; the same boxes as the
@@ -84,18 +86,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_run(video: Path, frames: int, interval: int, threads: int | None, controller_nice: int,
-              model: Path | None = None) -> dict:
+def agent_run(video: Path, frames: int, interval: int, args, model: Path | None = None) -> dict:
     """One `edge-agent run` over `frames` frames of `video` against its own controller process."""
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-loop-bench-"))
-    launcher = ["nice", "-n", str(controller_nice), sys.executable, "-m", "fleet.cli"]
+    launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
     started_cpu = cpu_seconds(controller.proc.pid)
     try:
         cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--controller", controller.address,
                "--source", str(video), "--state-dir", str(workdir / "agent"), "--enroll-key", ENROLL_KEY,
                "--max-frames", str(frames), "--detect-interval", str(interval)]
-        cmd += ["--threads", str(threads)] if threads else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--rect"] if args.rect else []
         cmd += ["--model", str(model)] if model else []
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV)
         controller_cpu = cpu_seconds(controller.proc.pid) - started_cpu
@@ -157,7 +159,7 @@ def vs_ultralytics(args) -> dict:
     theirs, ours = [], []
     for _ in range(args.rounds):
         theirs.append(ultralytics_track(model, args.video, args.frames))
-        ours.append(agent_run(args.video, args.frames, 1, args.threads, args.controller_nice, model=model))
+        ours.append(agent_run(args.video, args.frames, 1, args, model=model))
     return {"model": model.name, "torchvision_nms": torchvision_nms, "ultralytics_track": theirs, "agent": ours,
             "fps_ratio": {"median_of_rounds": round(statistics.median(o["fps"] / t["fps"] for o, t in zip(ours, theirs)), 3),
                           "best_over_best": round(max(o["fps"] for o in ours) / max(t["fps"] for t in theirs), 3)}}
@@ -175,7 +177,8 @@ def main() -> int:
     parser.add_argument("--intervals", default="1,2,3,4,5,6")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each measurement")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--controller-nice", type=int, default=10, help="niceness of the controller process")
+    parser.add_argument("--rect", action="store_true", help="rectangular inference, raw detector and agent alike")
+    parser.add_argument("--controller-nice", type=int, default=19, help="niceness of the controller process")
     parser.add_argument("--skip-ultralytics", action="store_true", help="leave out the comparison with track()")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -183,7 +186,7 @@ def main() -> int:
     from models import load_default_detector
 
     # the agent's detector: it keeps boxes down to ByteTrack's low threshold (agent.cli)
-    detector = load_default_detector(intra_op_threads=args.threads,
+    detector = load_default_detector(intra_op_threads=args.threads, rect=args.rect,
                                      confidence_threshold=ByteTrackConfig().low_confidence_threshold)
     images = read_frames(args.video, args.frames)  # as many as the agent processes
     intervals = [int(i) for i in args.intervals.split(",")]
@@ -192,11 +195,11 @@ def main() -> int:
         predecoded.append(round(predecoded_fps(detector, images), 2))
         on_video.append(round(read_and_detect_fps(detector, args.video, len(images)), 2))
         for k in intervals:
-            runs[k].append(agent_run(args.video, args.frames, k, args.threads, args.controller_nice))
+            runs[k].append(agent_run(args.video, args.frames, k, args))
     agent = [{"interval": k, **max(runs[k], key=lambda r: r["fps"]), "runs": runs[k]} for k in intervals]
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "video": args.video.name, "rounds": args.rounds, "controller_nice": args.controller_nice,
+        "video": args.video.name, "rounds": args.rounds, "rect": args.rect, "controller_nice": args.controller_nice,
         "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded, "read_and_detect_fps_runs": on_video},
         "agent": agent,
     }
