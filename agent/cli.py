@@ -390,6 +390,18 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _add_detector_flags(p: argparse.ArgumentParser) -> None:
+    """The flags `run` and `serve` share about how the detector runs."""
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="inference threads (default: ONNX Runtime's choice, one per core)")
+    p.add_argument("--rect", action="store_true",
+                   help="rectangular inference (ONNX models): letterbox frames into the smallest multiple of 32 "
+                        "that holds them, not the whole input square; 4:3 video runs at 416x320, about a quarter "
+                        "faster, with slightly different scores")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="edgefleet device agent")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -431,14 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outbox-max-age-s", type=float, default=7 * 24 * 3600.0, metavar="S",
                    help="drop unacknowledged records captured more than S seconds ago, oldest first "
                         "(default 604800, 7 days; 0: keep them however old)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="inference threads (default: ONNX Runtime's choice, one per core)")
-    p.add_argument("--rect", action="store_true",
-                   help="rectangular inference (ONNX models): letterbox frames into the smallest multiple of 32 "
-                        "that holds them, not the whole input square; 4:3 video runs at 416x320, about a quarter "
-                        "faster, with slightly different scores")
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    _add_detector_flags(p)
     p.add_argument("--model", type=Path, default=None, metavar="FILE",
                    help="model file to detect with (.onnx, .engine, .pt; default: the bundled model); "
                         "with --auto-plan, the only candidate")
@@ -523,14 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
                    help="with --controller, at the end: wait up to S seconds for acknowledgements")
     p.add_argument("--engine-confirm-s", type=float, default=60.0, metavar="S", help=argparse.SUPPRESS)
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="inference threads (default: ONNX Runtime's choice, one per core)")
-    p.add_argument("--rect", action="store_true",
-                   help="rectangular inference (ONNX models): letterbox frames into the smallest multiple of 32 "
-                        "that holds them, not the whole input square; 4:3 video runs at 416x320, about a quarter "
-                        "faster, with slightly different scores")
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+    _add_detector_flags(p)
     p.add_argument("--model", type=Path, default=None, metavar="FILE",
                    help="model file to detect with (.onnx, .engine, .pt; default: the bundled model)")
     p.set_defaults(func=cmd_serve)

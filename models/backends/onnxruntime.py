@@ -53,9 +53,10 @@ class OnnxRuntimeConfig(BaseModel):
     rect: bool = False
     """Letterbox each batch into the smallest rectangle of multiples of 32 that holds its frames
     at the scale `input_size` gives them (models.yolo.rect_size), not into all of `input_size`:
-    4:3 video into 416x416 runs at 416x320, a quarter fewer pixels, at the same scale (boxes
-    differ only by the padding's slight effect on the border cells). Needs a model with a dynamic
-    input size; ignored by one exported for a fixed size."""
+    4:3 video into 416x416 runs at 416x320, a quarter fewer pixels, at the same scale. Less
+    padding changes what cells near it see, so scores move a little and some weak boxes differ
+    (tests/integration/test_detector_bundled.py). Needs a model with a dynamic input size;
+    ignored by one exported for a fixed size."""
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0.0, le=1.0)
     intra_op_threads: int | None = Field(None, ge=1)
