@@ -63,6 +63,12 @@ class FrameScheduler:
             return False
         return self.motion_gate is None or self.motion_gate.changed(image)
 
+    def set_interval(self, interval: int) -> None:
+        """Detect every `interval`-th frame from now on (`max_interval` grows to it if need be)."""
+        if interval < 1:
+            raise ValueError(f"detect_interval must be >= 1, got {interval}")
+        self.detect_interval, self.max_interval = interval, max(self.max_interval, interval)
+
     def detected(self, image: np.ndarray) -> None:
         self._since = 0
         if self.motion_gate is not None:

@@ -337,7 +337,7 @@ def cmd_serve(args) -> int:
                       load_model=lambda path: _load_detector(path, args), active=active)
         core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
                              max_frame_bytes=args.max_frame_bytes, health=agent.health,
-                             scheduler_factory=lambda: FrameScheduler(options.detect_interval),
+                             scheduler_factory=agent.new_scheduler,  # the agent's plan changes reach them too
                              publish_threshold=options.publish_threshold, keep_records=True,
                              reserved=frozenset(options.stream_ids))
         agent.served = core

@@ -225,6 +225,13 @@ class InferenceCore:
         logger.info("serving stream %s for %s", stream_id, peer)
         return stream
 
+    def set_detect_interval(self, interval: int) -> None:
+        """A new detect interval for every stream being served (the agent's plan changed); streams
+        claimed later get it from `scheduler_factory`."""
+        with self._lock:
+            for stream in self._streams.values():
+                stream.scheduler.set_interval(interval)
+
     def release(self, stream: ServedStream) -> None:
         dropped = self.batcher.forget(stream)
         with self._lock:

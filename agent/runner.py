@@ -138,7 +138,7 @@ class Agent:
         records this loop commits with its own and whose streams and drops join the health samples."""
         self.detector_lock = threading.Lock()
         """Held around every detector call and swap: served batches run on another thread."""
-        self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self._scheduler())
+        self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self.new_scheduler())
                         for sid, spec in zip(options.stream_ids, options.sources)]
         try:
             options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,8 @@ class Agent:
         """Deployments and rollbacks (agent.engines): a worker thread loads and shadow-tests a
         candidate; the loop feeds it sampled frames and swaps it in between ticks."""
 
-    def _scheduler(self) -> FrameScheduler:
+    def new_scheduler(self) -> FrameScheduler:
+        """A stream's schedule at the current detect interval (local streams, and served ones)."""
         gate = MotionGate(self.options.motion_threshold) if self.options.motion_threshold else None
         interval = self.options.detect_interval
         return FrameScheduler(interval, gate, max_interval=max(30, interval))
@@ -446,8 +447,9 @@ class Agent:
     def _set_detect_interval(self, interval: int) -> None:
         self.options.detect_interval = interval
         for stream in self.streams:
-            stream.scheduler.detect_interval = interval
-            stream.scheduler.max_interval = max(stream.scheduler.max_interval, interval)
+            stream.scheduler.set_interval(interval)
+        if self.served is not None:
+            self.served.set_detect_interval(interval)
 
     # ---- commands from the fleet ----
 

@@ -58,3 +58,28 @@ def test_gate_respects_the_interval_too():
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         FrameScheduler(**kwargs)
+
+
+def test_a_new_interval_applies_from_the_next_frame_and_widens_max_interval():
+    scheduler = FrameScheduler(detect_interval=2)
+    assert run(scheduler, still(3)) == [True, False, True]
+    scheduler.set_interval(40)
+    assert scheduler.max_interval == 40
+    assert run(scheduler, still(41)) == [False] * 39 + [True, False]
+    with pytest.raises(ValueError):
+        scheduler.set_interval(0)
+
+
+def test_served_streams_follow_the_agents_detect_interval():
+    """A plan change (operator override, runtime controller) reaches the streams a client feeds
+    through the inference service, not only the agent's own sources."""
+    from agent.inference import InferenceCore
+
+    core = InferenceCore(lambda images: [], lambda: [], scheduler_factory=lambda: FrameScheduler(1))
+    try:
+        served = core.claim("door", "test")
+        core.set_detect_interval(3)
+        assert served.scheduler.detect_interval == 3
+        assert run(served.scheduler, still(4)) == [True, False, False, True]
+    finally:
+        core.stop()
