@@ -16,7 +16,7 @@
    agent (it runs elsewhere in a fleet) but shares this machine's cores here: it runs at the
    lowest priority (`--controller-nice`, default 19), so that it takes the cores only when the
    agent leaves them idle, and the CPU seconds it took are reported with each run.
-Efficiency = agent fps at interval 1 / raw fps, against each raw figure.
+   Efficiency = agent fps at interval 1 / raw fps, against each raw figure.
 3. Against Ultralytics' `track()` (ByteTrack) on the same ONNX file and video: the bundled
    detector in Ultralytics' detect layout (models.darknet_ultralytics; the same boxes as the
    bundled file), run by `YOLO(file).track(video, stream=True)` at its defaults (conf 0.1,
@@ -161,11 +161,11 @@ def vs_ultralytics(args) -> dict:
         theirs.append(ultralytics_track(model, args.video, args.frames))
         ours.append(agent_run(args.video, args.frames, 1, args, model=model))
     return {"model": model.name, "torchvision_nms": torchvision_nms, "ultralytics_track": theirs, "agent": ours,
-            "fps_ratio": {"median_of_rounds": round(statistics.median(o["fps"] / t["fps"] for o, t in zip(ours, theirs)), 3),
-                          "best_over_best": round(max(o["fps"] for o in ours) / max(t["fps"] for t in theirs), 3)}}
+            "fps_ratio": efficiency([o["fps"] for o in ours], [t["fps"] for t in theirs])}
 
 
 def efficiency(agent: list[float], raw: list[float]) -> dict:
+    """agent / raw fps: the median over rounds of each round's ratio, and best over best."""
     return {"median_of_rounds": round(statistics.median(a / r for a, r in zip(agent, raw)), 3),
             "best_over_best": round(max(agent) / max(raw), 3)}
 
@@ -200,7 +200,8 @@ def main() -> int:
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "video": args.video.name, "rounds": args.rounds, "rect": args.rect, "controller_nice": args.controller_nice,
-        "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded, "read_and_detect_fps_runs": on_video},
+        "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded,
+                         "read_and_detect_fps_runs": on_video},
         "agent": agent,
     }
     if 1 in runs:
