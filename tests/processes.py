@@ -1,13 +1,37 @@
-"""Real processes for the tests that kill and restart them."""
+"""Real processes for the tests that kill and restart them, and reading the SQLite files they
+leave behind (also used by scripts/bench/soak.py)."""
 from __future__ import annotations
 
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from .conftest import ROOT
+
+
+def read_db(db: Path, sql: str, params=(), timeout: float = 10.0) -> list[tuple]:
+    """Rows of a query on a SQLite file another process writes, read-only; [] while the file or
+    the table does not exist yet."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=timeout)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # the table is not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def outbox_state(state_dir: Path, timeout: float = 10.0) -> tuple[list[int], int]:
+    """An agent's outbox: (sequences committed and not yet acknowledged, highest sequence ever assigned)."""
+    db = state_dir / "outbox.db"
+    pending = [s for (s,) in read_db(db, "select sequence from outbox order by sequence", timeout=timeout)]
+    last = read_db(db, "select seq from sqlite_sequence where name = 'outbox'", timeout=timeout)
+    return pending, (last[0][0] if last else 0)
 
 
 class ControllerProcess:

@@ -34,7 +34,6 @@ import platform
 import random
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(Path(__file__).resolve().parent)]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_report  # scripts/bench/report.py
+from tests.processes import outbox_state, read_db
+
+DB_TIMEOUT_S = 30.0
+"""How long a read of a file a killed or restarting process was writing may wait for its lock."""
 
 ENROLL_KEY = "efk_soak"
 RSS_EVERY_S = 5.0
@@ -66,26 +69,6 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def read_db(db: Path, sql: str, params=()) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-
-
-def outbox_state(state_dir: Path) -> tuple[list[int], int]:
-    """(committed, unacknowledged sequences; highest sequence ever assigned)."""
-    db = state_dir / "outbox.db"
-    pending = [s for (s,) in read_db(db, "select sequence from outbox order by sequence")]
-    last = read_db(db, "select seq from sqlite_sequence where name = 'outbox'")
-    return pending, (last[0][0] if last else 0)
 
 
 @dataclass
@@ -155,8 +138,8 @@ def rss_growth(role: Role, t_end: float) -> dict:
 def check_device(db: Path, state_dir: Path, kills: list[tuple[list[int], int]]) -> dict:
     identity = json.loads((state_dir / "identity.json").read_text())
     device = identity["device_id"]
-    pending, produced = outbox_state(state_dir)
-    rows = read_db(db, "select sequence, frame_index from detections where device_id = ?", (device,))
+    pending, produced = outbox_state(state_dir, DB_TIMEOUT_S)
+    rows = read_db(db, "select sequence, frame_index from detections where device_id = ?", (device,), DB_TIMEOUT_S)
     sequences = [s for s, _ in rows]
     stored = set(sequences)
     frame_of = dict(rows)
@@ -250,7 +233,7 @@ def main() -> int:
                     role.kill()
                     entry = {"t": round(now, 1), "event": "SIGKILL", "role": role.name}
                     if role is not controller:
-                        state = outbox_state(workdir / role.name)
+                        state = outbox_state(workdir / role.name, DB_TIMEOUT_S)
                         kills_of[role.name].append(state)
                         entry.update(unacked=len(state[0]), last_sequence=state[1])
                     events.append(entry)
@@ -265,9 +248,9 @@ def main() -> int:
                 wait_listening(controller)
         restarts.clear()
         for agent in agents:  # a clean stop needs its signal handler: wait for each to produce again
-            _, before = outbox_state(workdir / agent.name)
+            _, before = outbox_state(workdir / agent.name, DB_TIMEOUT_S)
             deadline = time.monotonic() + 60
-            while outbox_state(workdir / agent.name)[1] <= before and time.monotonic() < deadline:
+            while outbox_state(workdir / agent.name, DB_TIMEOUT_S)[1] <= before and time.monotonic() < deadline:
                 time.sleep(0.2)
             agent.proc.send_signal(signal.SIGTERM)
         for agent in agents:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import ROOT, free_port, wait_for
-from ..processes import ControllerProcess
+from ..processes import ControllerProcess, outbox_state, read_db
 from ..tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -60,33 +59,13 @@ class AgentProcess:
             self.kill()
 
 
-def _read(db: Path, sql: str, params=()) -> list[tuple]:
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError:  # the table is not created yet
-        return []
-    finally:
-        conn.close()
-
-
 def stored_sequences(db: Path) -> list[int]:
     """Every stored (device, sequence)'s sequence, duplicates kept: the test's own check of the store."""
-    return [s for (s,) in _read(db, "select sequence from detections order by sequence")]
+    return [s for (s,) in read_db(db, "select sequence from detections order by sequence")]
 
 
 def stored_rows(db: Path) -> list[tuple]:
-    return _read(db, "select device_id, sequence, stream_id, frame_index from detections order by sequence")
-
-
-def outbox_state(state_dir: Path) -> tuple[list[int], int]:
-    """(sequences committed and not yet acknowledged, highest sequence ever assigned)."""
-    db = state_dir / "outbox.db"
-    pending = [s for (s,) in _read(db, "select sequence from outbox order by sequence")]
-    last = _read(db, "select seq from sqlite_sequence where name = 'outbox'")
-    return pending, (last[0][0] if last else 0)
+    return read_db(db, "select device_id, sequence, stream_id, frame_index from detections order by sequence")
 
 
 def assert_exactly_once(db: Path, produced: int, device_id: str) -> None:
@@ -100,7 +79,7 @@ def assert_exactly_once(db: Path, produced: int, device_id: str) -> None:
     assert not extra, f"stored sequences the agent never produced: {extra[:20]}"
     assert sequences == list(range(1, produced + 1))
     # the controller's own counters agree: replays after reconnects were not counted as stored
-    assert _read(db, "select detections_stored, acked_sequence from devices where device_id = ?",
+    assert read_db(db, "select detections_stored, acked_sequence from devices where device_id = ?",
                  (device_id,)) == [(produced, produced)]
 
 
@@ -252,8 +231,8 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
     code, summary, stderr = first.finish()
     assert code == 4, stderr  # controller unreachable: what is kept stays for the next run
     kept, last = outbox_state(state)
-    dropped = _read(state / "outbox.db", "select value from outbox_meta where key = 'dropped'")[0][0]
-    size = _read(state / "outbox.db", "select value from outbox_meta where key = 'bytes'")[0][0]
+    dropped = read_db(state / "outbox.db", "select value from outbox_meta where key = 'dropped'")[0][0]
+    size = read_db(state / "outbox.db", "select value from outbox_meta where key = 'bytes'")[0][0]
     assert last == 60, "the camera loop produced every frame while the outbox was full"
     assert 0 < len(kept) < 60 and size <= limit
     assert kept == list(range(61 - len(kept), 61)), "the newest records stay, the oldest went first"
@@ -269,7 +248,7 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
         assert code == 0, stderr
         assert (summary["outbox_left"], summary["outbox_dropped"], summary["acked_sequence"]) == (0, 0, 65)
         assert stored_sequences(ctl.db) == kept + [61, 62, 63, 64, 65]
-        (health,) = _read(ctl.db, "select health from devices")[0]
+        (health,) = read_db(ctl.db, "select health from devices")[0]
         assert int(json.loads(health)["outbox_dropped"]) == dropped  # the operator sees what was lost
     finally:
         ctl.stop()
@@ -288,7 +267,7 @@ def vtest_frames(vtest: Path, count: int) -> list:
 
 def device_stream_states(db: Path) -> list[str]:
     """The stream states in the device's latest health sample, as the controller stored it."""
-    rows = _read(db, "select health from devices")
+    rows = read_db(db, "select health from devices")
     return [s.get("state", "") for (health,) in rows for s in json.loads(health or "{}").get("streams", [])]
 
 
@@ -307,7 +286,7 @@ def test_live_stream_that_dies_and_returns_is_reconnected_under_the_same_stream_
         wait_for(lambda: "reconnecting" in device_stream_states(ctl.db), 30, "the agent reporting the stream lost")
         camera.start()  # same port, same URL
         back = time.time()
-        wait_for(lambda: len(_read(ctl.db, "select 1 from detections where capture_time > ?", (back,))) >= 10, 60,
+        wait_for(lambda: len(read_db(ctl.db, "select 1 from detections where capture_time > ?", (back,))) >= 10, 60,
                  "frames after the stream returned")
         wait_for(lambda: device_stream_states(ctl.db) == ["running"], 30, "the stream running again")
         # A camera that hangs rather than hangs up: connections stay open, nothing comes (read timeout).
@@ -316,14 +295,14 @@ def test_live_stream_that_dies_and_returns_is_reconnected_under_the_same_stream_
         wait_for(lambda: "reconnecting" in device_stream_states(ctl.db), 60, "the agent giving up on the hung stream")
         camera.resume()
         resumed = time.time()
-        wait_for(lambda: len(_read(ctl.db, "select 1 from detections where capture_time > ?", (resumed,))) >= 10, 60,
+        wait_for(lambda: len(read_db(ctl.db, "select 1 from detections where capture_time > ?", (resumed,))) >= 10, 60,
                  "frames after the hung stream resumed")
         code, summary, stderr = agent.finish(terminate=True)
         assert code == 0, stderr
         produced = summary["frames"]
         assert summary["streams"] == {"door": produced}
         assert_exactly_once(ctl.db, produced, summary["device_id"])
-        rows = _read(ctl.db, "select stream_id, frame_index, capture_time from detections order by sequence")
+        rows = read_db(ctl.db, "select stream_id, frame_index, capture_time from detections order by sequence")
         assert {stream for stream, _, _ in rows} == {"door"}, "one stream id before and after"
         before = [r for r in rows if r[2] < died]
         after = [r for r in rows if back < r[2] < hung]
