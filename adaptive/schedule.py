@@ -63,6 +63,14 @@ class FrameScheduler:
             return False
         return self.motion_gate is None or self.motion_gate.changed(image)
 
+    def decide(self, image: np.ndarray) -> bool:
+        """`should_detect(image)`, with the decision recorded (`detected` or `skipped`)."""
+        if self.should_detect(image):
+            self.detected(image)
+            return True
+        self.skipped()
+        return False
+
     def set_interval(self, interval: int) -> None:
         """Detect every `interval`-th frame from now on (`max_interval` grows to it if need be)."""
         if interval < 1:

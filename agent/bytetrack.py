@@ -218,14 +218,20 @@ class ByteTrack:
         return Detections(xyah_to_xyxy(self._mean[shown, :4]), self._score[shown], self._class[shown],
                           self._id[shown])
 
-    def step(self, detections: Detections | None) -> tuple[Detections, np.ndarray]:
+    def step(self, detections: Detections | None, min_confidence: float = 0.0) -> tuple[Detections, np.ndarray]:
         """`update(detections)`, or `predict_only()` when `detections` is None, plus a boolean
-        `predicted` column parallel to the returned rows (True where the box is a prediction)."""
+        `predicted` column parallel to the returned rows (True where the box is a prediction).
+        Rows scoring under `min_confidence` are tracked but not returned (what an agent publishes)."""
         if detections is None:
             out = self.predict_only()
-            return out, np.ones(len(out), bool)
-        out = self.update(detections)
-        return out, np.zeros(len(out), bool)
+            predicted = np.ones(len(out), bool)
+        else:
+            out = self.update(detections)
+            predicted = np.zeros(len(out), bool)
+        if min_confidence > 0:
+            shown = out.confidence >= min_confidence
+            out, predicted = out[shown], predicted[shown]
+        return out, predicted
 
     # -- steps --------------------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ import cv2
 import grpc
 import numpy as np
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc, types_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -48,7 +47,7 @@ from .batcher import BatchConfig, BatcherStopped, DynamicBatcher, FrameDropped
 from .bytetrack import ByteTrack
 from .errors import AgentError, ConfigError
 from .health import HealthMonitor
-from .outbox import OutboxObject, OutboxRecord
+from .outbox import OutboxRecord
 
 logger = logging.getLogger(__name__)
 
@@ -288,12 +287,8 @@ class InferenceCore:
         for i, (job, image) in enumerate(zip(jobs, images)):
             if isinstance(image, AgentError):
                 continue
-            if job.stream is None or job.stream.scheduler.should_detect(image):
-                if job.stream is not None:
-                    job.stream.scheduler.detected(image)
+            if job.stream is None or job.stream.scheduler.decide(image):
                 due.append(i)
-            else:
-                job.stream.scheduler.skipped()
         detected = dict(zip(due, self.detect([images[i] for i in due]) if due else []))
         names = self.names()
         now, wall = time.monotonic(), time.time()
@@ -311,21 +306,14 @@ class InferenceCore:
                 results.append(Done(dets, dets.labels(names), np.zeros(len(dets), bool), width, height,
                                     server_ms=(now - job.arrived) * 1000))
                 continue
-            dets, predicted = job.stream.tracker.step(dets)
-            if self.publish_threshold > 0:
-                shown = dets.confidence >= self.publish_threshold
-                dets, predicted = dets[shown], predicted[shown]
+            dets, predicted = job.stream.tracker.step(dets, self.publish_threshold)
             labels = dets.labels(names)
             job.stream.frames += 1
             self.frames_served += 1
             self.health.record_frame((wall - job.capture_time) * 1000, labels, detected=i in detected)
             if self._records is not None:
-                self._records.put(OutboxRecord(
-                    stream_id=job.stream.stream_id, frame_index=job.frame_index, capture_time=job.capture_time,
-                    objects=[OutboxObject(t, c, label, s, tuple(box), p) for t, c, label, s, box, p in zip(
-                        dets.tracker_id.tolist(), dets.class_id.tolist(), labels, dets.confidence.tolist(),
-                        dets.xyxy.tolist(), predicted.tolist())],
-                ))
+                self._records.put(OutboxRecord.of_frame(job.stream.stream_id, job.frame_index, job.capture_time,
+                                                        dets, labels, predicted))
             results.append(Done(dets, labels, predicted, width, height, server_ms=(now - job.arrived) * 1000))
         return results
 
@@ -340,12 +328,6 @@ def standalone_detect(detector, health: HealthMonitor) -> Callable[[list[np.ndar
 
 
 # ---- the servicer: protobuf stops here ----
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
 
 def detections_to_pb(done: Done) -> list[types_pb2.Detection]:
     dets = done.detections

@@ -21,6 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from models.detections import Detections
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,16 @@ class OutboxRecord:
     capture_time: float
     objects: list[OutboxObject] = field(default_factory=list)
     sequence: int = 0
+
+    @classmethod
+    def of_frame(cls, stream_id: str, frame_index: int, capture_time: float, dets: Detections,
+                 labels: list[str], predicted: np.ndarray) -> OutboxRecord:
+        """A frame's tracked detections (`labels` and the boolean `predicted` column by row)."""
+        return cls(stream_id, frame_index, capture_time, [
+            OutboxObject(t, c, label, s, tuple(box), p)
+            for t, c, label, s, box, p in zip(dets.tracker_id.tolist(), dets.class_id.tolist(), labels,
+                                              dets.confidence.tolist(), dets.xyxy.tolist(), predicted.tolist())
+        ])
 
 
 class Outbox:

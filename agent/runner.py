@@ -39,7 +39,7 @@ from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor
 from .link import Link, deploy_from_pb
 from .options import Adaptation, RunOptions
-from .outbox import Outbox, OutboxObject, OutboxRecord, OutboxWriter
+from .outbox import Outbox, OutboxRecord, OutboxWriter
 from .overrides import describe_override, override_ladder
 from .rung_loader import RungLoader
 from .sources import Frame, Source
@@ -329,14 +329,7 @@ class Agent:
 
     def _schedule(self, ready: list[tuple[Stream, Frame]]) -> list[tuple[Stream, Frame]]:
         """The frames of `ready` due for detection (each stream's scheduler decides, and counts)."""
-        due = []
-        for stream, frame in ready:
-            if stream.scheduler.should_detect(frame.image):
-                stream.scheduler.detected(frame.image)
-                due.append((stream, frame))
-            else:
-                stream.scheduler.skipped()
-        return due
+        return [(stream, frame) for stream, frame in ready if stream.scheduler.decide(frame.image)]
 
     def _process(self, ready: list[tuple[Stream, Frame]], ahead: Ahead | None = None) -> list[OutboxRecord]:
         """One tick: detect on the frames due (prepared ahead when `ahead` has them), track, records."""
@@ -359,20 +352,10 @@ class Agent:
         now = time.time()
         for stream, frame in ready:
             # detections, or None: the tracker predicts this frame's boxes (rows marked predicted)
-            dets, predicted = stream.tracker.step(detections.get(id(stream)))
-            if self.options.publish_threshold > 0:
-                shown = dets.confidence >= self.options.publish_threshold
-                dets, predicted = dets[shown], predicted[shown]
+            dets, predicted = stream.tracker.step(detections.get(id(stream)), self.options.publish_threshold)
             labels = dets.labels(names)
-            records.append(OutboxRecord(
-                stream_id=stream.stream_id, frame_index=frame.index, capture_time=frame.capture_time,
-                objects=[
-                    OutboxObject(t, c, label, s, tuple(box), p)
-                    for t, c, label, s, box, p in zip(dets.tracker_id.tolist(), dets.class_id.tolist(), labels,
-                                                      dets.confidence.tolist(), dets.xyxy.tolist(),
-                                                      predicted.tolist())
-                ],
-            ))
+            records.append(OutboxRecord.of_frame(stream.stream_id, frame.index, frame.capture_time, dets, labels,
+                                                 predicted))
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
 

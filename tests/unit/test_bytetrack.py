@@ -192,6 +192,15 @@ def test_predict_only_extrapolates_tracked_objects():
     assert tracker.update(frame((110 + 5 * 20, 100))).tracker_id.tolist() == [1]
 
 
+def test_step_leaves_rows_under_min_confidence_out_of_its_output_but_tracks_them():
+    tracker = ByteTrack()
+    ids_by_frame(tracker, [frame((100 + 2 * t, 100), (300 + 2 * t, 100)) for t in range(3)])  # two confirmed tracks
+    dets, predicted = tracker.step(frame((106, 100, 0.9), (306, 100, 0.3)), min_confidence=0.5)
+    assert dets.tracker_id.tolist() == [1] and predicted.tolist() == [False]
+    dets, _ = tracker.step(frame((108, 100, 0.9), (308, 100, 0.9)))
+    assert dets.tracker_id.tolist() == [1, 2], "the low-scoring row kept its track"
+
+
 def test_predict_only_hides_lost_and_tentative_tracks():
     tracker = ByteTrack()
     ids_by_frame(tracker, [frame((100, 100))] * 3 + [frame((400, 400))])  # 1 lost, one tentative
