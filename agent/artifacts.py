@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +160,11 @@ class Downloader:
         return self.root / info.sha256 / info.file_name
 
     def download(self, info: ArtifactInfo, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
+        from models.manifest import sha256_file
+
         info.check()
         final, total = self.final_path(info), info.size_bytes
-        if final.is_file() and final.stat().st_size == total and _sha256_prefix(final)[0].hexdigest() == info.sha256:
+        if final.is_file() and final.stat().st_size == total and sha256_file(final) == info.sha256:
             progress(total, total)
             return final  # downloaded before (a replayed deploy, a rollback target)
         part = self.staging_path(info.sha256)
@@ -269,10 +271,8 @@ def check_device(info: ArtifactInfo, caps) -> None:
     if info.format == "tensorrt-engine" and not (info.tensorrt_version and info.gpu_compute_capability):
         raise EngineError(f"engine {info.short} does not say which TensorRT version and GPU compute "
                           "capability it was built for; refused")
-    wanted = replace(info, tensorrt_version=info.tensorrt_version or None,
-                     gpu_compute_capability=info.gpu_compute_capability or None)
     try:
-        check_compatible(wanted, caps, name=info.short)  # reads format, tensorrt_version, gpu_compute_capability
+        check_compatible(info, caps, name=info.short)  # reads format, tensorrt_version, gpu_compute_capability
     except IncompatibleArtifact as err:
         raise EngineError(str(err)) from err
 
@@ -289,7 +289,7 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
 
     try:
         if info.format == "onnx":
-            manifest = manifest_for_onnx(path)
+            manifest = manifest_for_onnx(path, file_sha256=info.sha256)  # checked as it was downloaded
             if info.class_names and tuple(info.class_names) != manifest.class_names:
                 raise EngineError(f"{info.short}: the signed manifest lists {len(info.class_names)} classes "
                                   f"({', '.join(info.class_names[:3])}, ...); the model has "
@@ -300,12 +300,12 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
                 raise EngineError(f"engine {info.short} comes without its models manifest (label "
                                   f"{MODELS_MANIFEST_LABEL!r}); roll out its ONNX and let the device build")
             manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+            if manifest.file_sha256 != info.sha256:
+                raise EngineError(f"{info.short}: its models manifest describes sha256 {manifest.file_sha256}")
         else:
             return
     except ModelError as err:
         raise EngineError(f"{info.short} is not a model this agent can run: {err}") from err
-    if manifest.file_sha256 != info.sha256:
-        raise EngineError(f"{info.short}: its models manifest describes sha256 {manifest.file_sha256}")
     write_manifest(manifest, path)
 
 

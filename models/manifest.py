@@ -231,8 +231,11 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[int | None]:
             for d in value_info.type.tensor_type.shape.dim]
 
 
-def manifest_for_onnx(path: Path) -> ArtifactManifest:
-    """Describe an ONNX detector from its own metadata: ours (models.darknet) or Ultralytics' export."""
+def manifest_for_onnx(path: Path, file_sha256: str | None = None) -> ArtifactManifest:
+    """Describe an ONNX detector from its own metadata: ours (models.darknet) or Ultralytics' export.
+
+    `file_sha256`: the file's digest when the caller has just verified it (a downloaded artifact),
+    which spares reading the whole file again; by default it is computed here."""
     path = Path(path)
     if not path.is_file():
         raise ModelNotFound(f"{path} does not exist")
@@ -264,7 +267,7 @@ def manifest_for_onnx(path: Path) -> ArtifactManifest:
     in_w, in_h = width or meta_w, height or meta_h
     return ArtifactManifest(
         format="onnx", precision=precision, input_width=in_w, input_height=in_h,
-        file_sha256=sha256_file(path), file_size=path.stat().st_size, created_at=now_iso(),
+        file_sha256=file_sha256 or sha256_file(path), file_size=path.stat().st_size, created_at=now_iso(),
         batch_range=(1, None) if batch is None else (batch, batch),
         resolution_range=None if (height and width) else ((stride, stride), None),
         opset=opset, tool_versions=tools, **fields)
