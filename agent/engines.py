@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -150,17 +148,9 @@ class ActiveEngines:
                 "unconfirmed_starts": self.unconfirmed_starts}
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".active-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from models.manifest import atomic_write_bytes
+
+        atomic_write_bytes(self.path, json.dumps(self.to_dict(), indent=2).encode())
 
     def on_start(self) -> DeploymentStatus | None:
         """Count this start; after `crash_loop_starts` unconfirmed ones, go back to the previous engine."""
