@@ -156,8 +156,8 @@ class DetectionTables:
         done: list[tuple[int, StoreResult]] = []
         new_rows: list[tuple] = []
         stored_by_device: dict[str, int] = {}
-        conn.execute("begin immediate")  # the write lock first: nothing changes between the check and the insert
-        try:
+
+        def work() -> None:  # under the write lock (BEGIN IMMEDIATE): nothing changes between the check and the insert
             present = self._stored_keys([(row[0], row[1]) for _, _, rows in valid for row in rows])
             for i, device_id, rows in valid:
                 if not rows:
@@ -195,11 +195,8 @@ class DetectionTables:
                     " where devices.device_id = v.column1",
                     [now, *(v for device_id, stored in chunk for v in (device_id, acked[device_id], stored))],
                 )
-            conn.execute("commit")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("rollback")
-            raise
+
+        self._transaction(work)
         for i, result in done:
             results[i] = result
 

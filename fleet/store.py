@@ -89,10 +89,11 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         conn.execute("begin immediate")
         try:
             result = work()
+            conn.execute("commit")
         except BaseException:
-            conn.execute("rollback")
+            if conn.in_transaction:  # a failed commit leaves it open too
+                conn.execute("rollback")
             raise
-        conn.execute("commit")
         return result
 
     # ---- schema ----
