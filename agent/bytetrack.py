@@ -17,6 +17,10 @@ Lifecycle: tentative -> confirmed after `minimum_consecutive_frames` matched fra
 matches again keeps its id. Ids are given at confirmation, counting from 1 per tracker
 instance, and never reused.
 
+Frames without detection (`predict_only()`, the agent's detect interval and motion gate) show
+the confirmed tracks at their Kalman predictions: those matched on the last detected frame, and
+those that missed no more than `coast_missed_detections` detected frames in a row.
+
 Tracks are columns (one numpy array per field, one row per track), so a frame costs a fixed
 number of vectorized calls whatever the number of objects. Each match pairs a track index with
 the detection's input row (the index column of Ultralytics' tracker): the output rows are the
@@ -89,6 +93,12 @@ class ByteTrackConfig:
     back at once instead of once it scores high again (+4 to +8 IDF1 points, a third to half fewer id
     switches on scripts/bench/tracking.py's scenes). The cost: a lost track can take a weak false
     positive lying where it predicts the object. Off: the paper's released code (and Ultralytics')."""
+    coast_missed_detections: int = 1
+    """On frames without detection, a lost track that missed at most this many detected frames in
+    a row is still shown at its predicted box. A single miss is far more often the detector than
+    the object leaving; at detect interval k, not coasting turns each miss into k missing frames.
+    Higher: fewer gaps in an object's boxes, more boxes left behind where an object has gone.
+    0: only the tracks matched on the last detected frame are shown."""
 
     def __post_init__(self) -> None:
         for name in ("high_confidence_threshold", "low_confidence_threshold", "track_activation_threshold"):
@@ -103,8 +113,9 @@ class ByteTrackConfig:
             raise ConfigError(
                 f"ByteTrackConfig.low_confidence_threshold ({self.low_confidence_threshold!r}) must not exceed "
                 f"high_confidence_threshold ({self.high_confidence_threshold!r})")
-        if self.lost_track_buffer < 0:
-            raise ConfigError(f"ByteTrackConfig.lost_track_buffer must be >= 0, got {self.lost_track_buffer!r}")
+        for name in ("lost_track_buffer", "coast_missed_detections"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ByteTrackConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.minimum_consecutive_frames < 1:
             raise ConfigError(
                 f"ByteTrackConfig.minimum_consecutive_frames must be >= 1, got {self.minimum_consecutive_frames!r}")
@@ -137,6 +148,7 @@ class ByteTrack:
         self._state = np.zeros(0, np.int8)
         self._hits = np.zeros(0, np.int32)
         self._last_matched = np.zeros(0, np.int64)
+        self._misses = np.zeros(0, np.int32)  # detected frames missed in a row
 
     def __len__(self) -> int:
         """Tracks held: tentative, tracked and lost."""
@@ -192,6 +204,7 @@ class ByteTrack:
 
         unmatched = np.ones(len(self), bool)
         unmatched[tracks] = False
+        self._misses[unmatched] += 1
         self._state[unmatched & (self._state == TRACKED)] = LOST
         self._drop(unmatched & (self._state == TENTATIVE))
         self._drop_expired()
@@ -207,14 +220,16 @@ class ByteTrack:
     def predict_only(self) -> Detections:
         """Advance one frame without detections; the predicted boxes of the tracked objects.
 
-        For frames the detector skips: every confirmed track that is not lost, with its Kalman
-        prediction as the box, the score of its last detection and its class. Every row is a
-        prediction (see `step()` for the marker). Lost and tentative tracks are not shown.
+        For frames the detector skips: every confirmed track matched on the last detected frame or
+        lost for at most `coast_missed_detections` of them, with its Kalman prediction as the box,
+        the score of its last detection and its class. Every row is a prediction (see `step()` for
+        the marker). Tentative tracks are not shown.
         """
         self.frame += 1
         self._predict()
         self._drop_expired()
-        shown = self._state == TRACKED
+        shown = (self._state == TRACKED) | (
+            (self._state == LOST) & (self._misses <= self.config.coast_missed_detections))
         return Detections(xyah_to_xyxy(self._mean[shown, :4]), self._score[shown], self._class[shown],
                           self._id[shown])
 
@@ -249,6 +264,7 @@ class ByteTrack:
             self._mean[tracks], self._covariance[tracks], xyxy_to_xyah(detections.xyxy[rows]))
         self._score[tracks] = detections.confidence[rows]
         self._last_matched[tracks] = self.frame
+        self._misses[tracks] = 0
         self._hits[tracks] += 1
         tentative = self._state[tracks] == TENTATIVE
         self._state[tracks[~tentative]] = TRACKED
@@ -276,6 +292,7 @@ class ByteTrack:
         self._state = np.concatenate([self._state, np.full(n, TENTATIVE, np.int8)])
         self._hits = np.concatenate([self._hits, np.ones(n, np.int32)])
         self._last_matched = np.concatenate([self._last_matched, np.full(n, self.frame, np.int64)])
+        self._misses = np.concatenate([self._misses, np.zeros(n, np.int32)])
         new = np.arange(first, first + n)
         if self.config.minimum_consecutive_frames <= 1:
             self._confirm(new)
@@ -294,6 +311,7 @@ class ByteTrack:
         self._mean, self._covariance = self._mean[keep], self._covariance[keep]
         self._id, self._class, self._score = self._id[keep], self._class[keep], self._score[keep]
         self._state, self._hits, self._last_matched = self._state[keep], self._hits[keep], self._last_matched[keep]
+        self._misses = self._misses[keep]
 
 
 def _iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:

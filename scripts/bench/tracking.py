@@ -3,7 +3,8 @@
 
     python scripts/bench/tracking.py [--objects 10,50,200] [--frames 300] [--seeds 0,1,2] [--crowd-seeds 0]
                                      [--repeats 3] [--intervals 1,2,3,4,5,6] [--peers trackers,ultralytics]
-                                     [--video var/samples/vtest.avi] [--video-frames 795] [--out FILE]
+                                     [--video var/samples/vtest.avi] [--video-frames 795]
+                                     [--coast-missed-detections N] [--out FILE]
 
 Synthetic scenes (scripts/bench/scenes.py): every tracker gets the same detections, frame by frame:
 - `edgefleet`: agent.bytetrack.ByteTrack with its defaults (what the agent runs);
@@ -24,7 +25,8 @@ over `--repeats` runs of each frame (the trackers run interleaved, so background
 alike), averaged over frames.
 
 Detect interval k: our tracker gets detections on every k-th frame only and `predict_only()`
-between; the predicted boxes are what is scored on those frames. The chosen interval is the
+between; the predicted boxes are what is scored on those frames (`--coast-missed-detections`
+overrides ours for this curve and skip fidelity). The chosen interval is the
 largest k whose IDF1, and every smaller k's, is at most `MAX_IDF1_LOSS` below k = 1 at every
 density.
 
@@ -241,10 +243,10 @@ def video_detections(video: Path, frames: int) -> list[Detections]:
     return detections
 
 
-def skip_fidelity(detections: list[Detections], intervals: list[int]) -> dict:
+def skip_fidelity(detections: list[Detections], intervals: list[int], config: ByteTrackConfig = OURS) -> dict:
     """Each interval's output scored against interval 1's on the same detections."""
-    reference = run_interval(detections, 1)
-    return {k: evaluate(reference, run_interval(detections, k), ("CLEAR", "Identity")) for k in intervals}
+    reference = run_interval(detections, 1, config)
+    return {k: evaluate(reference, run_interval(detections, k, config), ("CLEAR", "Identity")) for k in intervals}
 
 
 def ground_truth(scene: Scene) -> Output:
@@ -265,7 +267,7 @@ METRICS = ("IDF1", "MOTA", "HOTA", "IDSW", "us_per_update")
 
 
 def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[int], repeats: int,
-          intervals: list[int], peers: list[str]) -> dict:
+          intervals: list[int], peers: list[str], interval_config: ByteTrackConfig = OURS) -> dict:
     makers = {Ours.name: Ours, OursNoRefind.name: OursNoRefind}
     for name in peers:
         try:
@@ -287,7 +289,8 @@ def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[i
                                            "us_per_update": round(float(seconds.mean()) * 1e6, 1),
                                            "us_per_update_p50": round(float(np.median(seconds)) * 1e6, 1)}
             for k in intervals:
-                entry["detect_interval"][k] = evaluate(gt, run_interval(scene.detections, k), ("CLEAR", "Identity"))
+                entry["detect_interval"][k] = evaluate(gt, run_interval(scene.detections, k, interval_config),
+                                                       ("CLEAR", "Identity"))
             entries.append(entry)
             print(f"scene objects={n} seed={seed} done", file=sys.stderr)
         report["scenes"] += entries
@@ -368,15 +371,19 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=ROOT / "var" / "samples" / "vtest.avi",
                         help="real video for skip fidelity")
     parser.add_argument("--video-frames", type=int, default=795, help="its frames to use (0: no skip fidelity)")
+    parser.add_argument("--coast-missed-detections", type=int, default=OURS.coast_missed_detections,
+                        help="ours, for the detect-interval curve and skip fidelity")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
+    interval_config = dataclasses.replace(OURS, coast_missed_detections=args.coast_missed_detections)
     report = bench(_ints(args.objects), args.frames, _ints(args.seeds), _ints(args.crowd_seeds), args.repeats,
-                   _ints(args.intervals), [p for p in args.peers.split(",") if p])
+                   _ints(args.intervals), [p for p in args.peers.split(",") if p], interval_config)
+    report["interval_config"] = dataclasses.asdict(interval_config)
     if args.video_frames:
         detections = video_detections(args.video, args.video_frames)
         report["skip_fidelity"] = {"video": args.video.name, "frames": len(detections),
-                                   "intervals": skip_fidelity(detections, _ints(args.intervals))}
+                                   "intervals": skip_fidelity(detections, _ints(args.intervals), interval_config)}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     print(markdown(report), file=sys.stderr)
     write_report(report, args.out)

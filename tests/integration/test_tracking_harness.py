@@ -5,6 +5,7 @@ score 1, a tracker that swaps ids must score lower, and skipping detections must
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -80,6 +81,17 @@ def test_noise_skipped_detections_and_id_swaps_each_cost_idf1(scene):
     assert 0.6 < noisy["IDF1"] < 0.97  # misses, occlusions and clutter are felt, not fatal
     assert tracking.evaluate(gt, tracking.run_interval(scene.detections, 4))["IDF1"] < noisy["IDF1"]
     assert tracking.evaluate(gt, swap_ids_from(every_frame, 30))["IDF1"] < noisy["IDF1"] - 0.05
+
+
+def test_coasting_a_missed_detection_makes_up_for_the_frames_not_detected(scene):
+    """At detect interval 2 a single miss hides an object for 2 frames unless it coasts."""
+    gt = tracking.ground_truth(scene)
+    without = dataclasses.replace(tracking.OURS, coast_missed_detections=0)
+    coasting = tracking.evaluate(gt, tracking.run_interval(scene.detections, 2))
+    hidden = tracking.evaluate(gt, tracking.run_interval(scene.detections, 2, without))
+    assert coasting["FN"] < hidden["FN"] and coasting["IDF1"] > hidden["IDF1"]
+    every_frame = tracking.evaluate(gt, tracking.run_interval(scene.detections, 1, without))
+    assert tracking.evaluate(gt, tracking.run_interval(scene.detections, 1)) == every_frame  # nothing to coast
 
 
 def test_every_tracker_is_scored_on_the_rows_it_tracked(scene):

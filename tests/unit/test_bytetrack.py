@@ -201,10 +201,26 @@ def test_step_leaves_rows_under_min_confidence_out_of_its_output_but_tracks_them
     assert dets.tracker_id.tolist() == [1, 2], "the low-scoring row kept its track"
 
 
-def test_predict_only_hides_lost_and_tentative_tracks():
+def test_predict_only_hides_tentative_tracks():
     tracker = ByteTrack()
-    ids_by_frame(tracker, [frame((100, 100))] * 3 + [frame((400, 400))])  # 1 lost, one tentative
-    assert len(tracker) == 2 and len(tracker.predict_only()) == 0
+    ids_by_frame(tracker, [frame((400, 400))])
+    assert len(tracker) == 1 and len(tracker.predict_only()) == 0
+
+
+@pytest.mark.parametrize("coast", [0, 1, 2])
+def test_predict_only_coasts_a_lost_track_through_coast_missed_detections(coast):
+    tracker = ByteTrack(coast_missed_detections=coast)
+    ids_by_frame(tracker, [frame((100 + 5 * t, 100)) for t in range(20)])  # track 1, moving right
+    shown = []
+    for t in (20, 22, 24):  # a detected frame the detector misses it on, then a frame not detected
+        tracker.update(Detections.empty())
+        out = tracker.predict_only()
+        shown.append(out.tracker_id.tolist())
+        if len(out):
+            assert (out.xyxy[0, 0] + out.xyxy[0, 2]) / 2 == pytest.approx(100 + 5 * (t + 1), abs=1.0)
+    assert shown == [[1] if misses <= coast else [] for misses in (1, 2, 3)]
+    assert tracker.update(frame((100 + 5 * 26, 100))).tracker_id.tolist() == [1]
+    assert tracker.predict_only().tracker_id.tolist() == [1], "a match resets the misses"
 
 
 # -- scale and configuration -----------------------------------------------------------------------
@@ -222,6 +238,7 @@ def test_a_thousand_objects():
     ("high_confidence_threshold", 1.5),
     ("minimum_matching_threshold", 1.0),
     ("lost_track_buffer", -1),
+    ("coast_missed_detections", -1),
     ("minimum_consecutive_frames", 0),
     ("frame_rate", 0),
     ("low_confidence_threshold", 0.7),  # above the high threshold
