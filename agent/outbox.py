@@ -151,8 +151,8 @@ class Outbox:
     def _enforce_bounds(self) -> int:
         """Delete the oldest records past either bound (inside the caller's transaction); how many."""
         cutoff = 0  # delete every sequence <= cutoff
-        if self.max_age_s:
-            expired_before = self._clock() - self.max_age_s
+        expired_before = self._clock() - self.max_age_s
+        if self.max_age_s and self._oldest_capture_time() < expired_before:
             while True:
                 rows = self._conn.execute(
                     "select sequence, capture_time from outbox where sequence > ? order by sequence limit 256",
@@ -185,6 +185,11 @@ class Outbox:
         dropped = self._conn.execute("delete from outbox where sequence <= ?", (cutoff,)).rowcount
         self._conn.execute("update outbox_meta set value = value + ? where key = 'dropped'", (dropped,))
         return dropped
+
+    def _oldest_capture_time(self) -> float:
+        """The capture time of the oldest record (a single row: most commits expire nothing)."""
+        row = self._conn.execute("select capture_time from outbox order by sequence limit 1").fetchone()
+        return float("inf") if row is None else row[0]
 
     def _note_dropped(self, dropped: int) -> None:
         self.dropped += dropped
