@@ -216,6 +216,12 @@ def test_rollouts_screen_pauses_and_resumes_a_real_rollout(controller, control):
                 await until(pilot, lambda expected=expected: state() == expected, fleet_pb2.RolloutState.Name(expected))
                 shown = fleet_pb2.RolloutState.Name(expected).lower()
                 await until(pilot, lambda shown=shown: shown in str(table.get_row_at(0)[1]), f"{shown} on screen")
+                # the footer offers what the state allows; the other key does nothing
+                offered = {a for a in ("pause", "resume", "abort") if app.screen.check_action(a, ())}
+                assert offered == ({"resume", "abort"} if key == "p" else {"pause", "abort"})
+                await pilot.press(key)
+                await pilot.pause()
+                assert isinstance(app.screen, RolloutsScreen) and state() == expected
 
     try:
         asyncio.run(scenario())

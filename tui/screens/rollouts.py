@@ -83,6 +83,10 @@ def device_order(device: RolloutDeviceView) -> tuple:
     return (device.skipped, device.wave, device.device_id)
 
 
+ACTION_STATES = {"pause": ("pending", "running"), "resume": ("paused",), "abort": ("pending", "running", "paused")}
+"""The rollout states each action applies to; the footer shows an action only for those."""
+
+
 class RolloutsScreen(LiveScreen):
     HELP_TITLE = "rollouts"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -209,6 +213,7 @@ class RolloutsScreen(LiveScreen):
         waves = self.query_one("#rollout-waves", Static)
         devices = self.query_one("#rollout-devices", DataTable)
         rollout = self.fleet.state.rollouts.get(self.selected() or "")
+        self.refresh_bindings()  # pause, resume and abort follow the selected rollout's state
         for widget in (detail, waves, devices):
             widget.display = rollout is not None
         if rollout is None:
@@ -266,6 +271,15 @@ class RolloutsScreen(LiveScreen):
         if rollout is not None:  # it reaches the state through the coalescer, like every rollout
             self.select_next = rollout.rollout_id
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Pause, resume and abort only where the selected rollout's state allows them: hidden from
+        the footer (and the key does nothing) otherwise."""
+        allowed = ACTION_STATES.get(action)
+        if allowed is None:
+            return True
+        rollout = self.fleet.state.rollouts.get(self.selected() or "") if self.is_mounted else None
+        return rollout is not None and rollout.state in allowed
+
     def _confirm(self, verb: str, method: str, allowed: tuple[str, ...], danger: bool = False) -> None:
         if isinstance(self.error, Unimplemented):
             self.notify("Rollouts are not implemented by this controller yet.", severity="warning")
@@ -287,10 +301,10 @@ class RolloutsScreen(LiveScreen):
             lambda client: getattr(client, method)(rollout_id, f"{verb.lower()} from the TUI")))
 
     def action_pause(self) -> None:
-        self._confirm("Pause", "pause_rollout", ("pending", "running"))
+        self._confirm("Pause", "pause_rollout", ACTION_STATES["pause"])
 
     def action_resume(self) -> None:
-        self._confirm("Resume", "resume_rollout", ("paused",))
+        self._confirm("Resume", "resume_rollout", ACTION_STATES["resume"])
 
     def action_abort(self) -> None:
-        self._confirm("Abort", "abort_rollout", ("pending", "running", "paused"), danger=True)
+        self._confirm("Abort", "abort_rollout", ACTION_STATES["abort"], danger=True)
