@@ -141,8 +141,6 @@ def cmd_run(args) -> int:
     from .runner import Agent
     from .sources import open_source
 
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.model is not None and not args.model.is_file():
         raise ConfigError(f"--model {args.model}: no such file")
     options = RunOptions(
@@ -301,14 +299,8 @@ def cmd_serve(args) -> int:
     if args.source and not args.controller:
         raise ConfigError("--source needs --controller (local streams report to a controller); "
                           "without one, serve only")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.model is not None and not args.model.is_file():
         raise ConfigError(f"--model {args.model}: no such file")
-    if args.max_frame_bytes < 1:
-        raise ConfigError(f"--max-frame-bytes must be >= 1, got {args.max_frame_bytes}")
-    if args.detect_interval < 1:
-        raise ConfigError(f"--detect-interval must be >= 1, got {args.detect_interval}")
     batch = BatchConfig(args.max_batch, args.batch_window_ms / 1000, args.stream_queue)
     token = args.token or os.environ.get("EDGEFLEET_INFERENCE_TOKEN") or None
     agent = None

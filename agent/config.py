@@ -56,8 +56,16 @@ RANGES: dict[str, Range] = {
     "gate_sample_every": Range(1),
     "download_mbps": Range(0),
     "engine_confirm_s": Range(0, low_open=True),
+    "backoff_max_s": Range(0, low_open=True),
+    "outbox_max_mb": Range(0),
+    "outbox_max_age_s": Range(0),
+    "max_frame_bytes": Range(1),
+    "max_batch": Range(1),
+    "batch_window_ms": Range(0),
+    "stream_queue": Range(1),
 }
-"""Bounds of numeric flags by argparse dest; a flag not listed is checked by its type only."""
+"""Bounds of numeric flags by argparse dest, on the command line and in a config file alike; a
+flag not listed is checked by its type only."""
 
 
 @dataclass
@@ -92,10 +100,24 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     except ConfigError as err:
         parser.exit(ConfigError.exit_code, f"{parser.prog}: error: {err}\n")
     args = parser.parse_args(argv)
+    problem = out_of_range(args)
+    if problem:
+        parser.exit(ConfigError.exit_code, f"{parser.prog} {getattr(args, 'command', '') or ''}: error: {problem}\n")
     if loaded is not None:
         loaded.fill(args)
         logger.debug("config %s: %s", loaded.path, sorted([*loaded.defaults, *loaded.lists]))
     return args
+
+
+def out_of_range(args: argparse.Namespace) -> str | None:
+    """The first parsed flag outside its `RANGES` bounds, said as a flag (None: all within)."""
+    for dest, bounds in RANGES.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            problem = bounds.check(value)
+            if problem:
+                return f"--{dest.replace('_', '-')} {problem}, got {value:g}"
+    return None
 
 
 def _load_for(parser: argparse.ArgumentParser, argv: list[str]) -> LoadedConfig | None:

@@ -31,7 +31,7 @@ def test_plan_without_calibration_uses_the_static_table(tmp_path):
 def test_a_plan_that_cannot_be_made_is_a_clear_error(tmp_path):
     proc = plan_cli("--no-calibrate", "--target-fps", "0", "--state-dir", str(tmp_path))
     assert proc.returncode == 2
-    assert "plan: target_fps must be > 0" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--target-fps must be > 0, got 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

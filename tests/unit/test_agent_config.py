@@ -126,6 +126,29 @@ def test_errors_name_the_file_line_and_key(tmp_path, capsys, text, expected):
     assert str(tmp_path / "agent.yaml") in err
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--controller", "h:1", "--source", "a", "--motion-gate", "300"], "--motion-gate must be <= 255, got 300"),
+    (["run", "--controller", "h:1", "--source", "a", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["run", "--controller", "h:1", "--source", "a", "--drain-timeout", "-1"], "--drain-timeout must be >= 0, got -1"),
+    (["serve", "--listen", "127.0.0.1:0", "--max-frame-bytes", "0"], "--max-frame-bytes must be >= 1, got 0"),
+    (["serve", "--listen", "127.0.0.1:0", "--detect-interval", "0"], "--detect-interval must be >= 1, got 0"),
+    (["plan", "--target-fps", "0"], "--target-fps must be > 0, got 0"),
+])
+def test_flags_on_the_command_line_have_the_config_file_bounds(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(build_parser(), argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge-agent {argv[0]}: error: ") and expected in err
+
+
+def test_the_command_line_overrides_the_file_within_the_same_bounds(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(tmp_path, BASE + "motion_gate: 10\n", "--motion-gate", "256")
+    assert "--motion-gate must be <= 255, got 256" in capsys.readouterr().err
+    assert parse(tmp_path, BASE + "motion_gate: 10\n", "--motion-gate", "255").motion_gate == 255
+
+
 def test_missing_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(build_parser(), ["run", "--config", str(tmp_path / "nope.yaml")])
