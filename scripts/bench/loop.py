@@ -3,7 +3,7 @@
 
     python scripts/bench/loop.py [--video var/samples/vtest.avi] [--frames 795] [--intervals 1,2,3,4,5,6]
                                  [--rounds 3] [--threads N] [--rect] [--controller-nice 19]
-                                 [--skip-ultralytics] [--out FILE]
+                                 [--controller-idle] [--skip-ultralytics] [--out FILE]
 
 1. Raw detector fps, two ways, with the detector the agent loads (the bundled model, the agent's
    confidence threshold, ONNX Runtime's default threads; with `--rect`, rectangular inference
@@ -14,8 +14,9 @@
    thread, detect or predict, track, fsync'd outbox, publish, ack) against a real `edgefleet serve`
    process; its end-to-end fps over the frames it processed. The controller is not part of the
    agent (it runs elsewhere in a fleet) but shares this machine's cores here: it runs at the
-   lowest priority (`--controller-nice`, default 19), so that it takes the cores only when the
-   agent leaves them idle, and the CPU seconds it took are reported with each run.
+   lowest priority (`--controller-nice`, default 19; `--controller-idle` adds SCHED_IDLE, under
+   which it never preempts the agent), so that it takes the cores mostly when the agent leaves
+   them idle, and the CPU seconds it took are reported with each run.
    Efficiency = agent fps at interval 1 / raw fps, against each raw figure.
 3. Against Ultralytics' `track()` (ByteTrack) on the same ONNX file and video: the bundled
    detector in Ultralytics' detect layout (models.darknet_ultralytics; the same boxes as the
@@ -90,6 +91,7 @@ def agent_run(video: Path, frames: int, interval: int, args, model: Path | None 
     """One `edge-agent run` over `frames` frames of `video` against its own controller process."""
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-loop-bench-"))
     launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
+    launcher = ["chrt", "--idle", "0", *launcher] if args.controller_idle else launcher
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
     started_cpu = cpu_seconds(controller.proc.pid)
     try:
@@ -179,6 +181,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--rect", action="store_true", help="rectangular inference, raw detector and agent alike")
     parser.add_argument("--controller-nice", type=int, default=19, help="niceness of the controller process")
+    parser.add_argument("--controller-idle", action="store_true",
+                        help="run the controller under SCHED_IDLE (chrt --idle 0): a core only when no other thread wants it")
     parser.add_argument("--skip-ultralytics", action="store_true", help="leave out the comparison with track()")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -200,6 +204,7 @@ def main() -> int:
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "video": args.video.name, "rounds": args.rounds, "rect": args.rect, "controller_nice": args.controller_nice,
+        "controller_idle": args.controller_idle,
         "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded,
                          "read_and_detect_fps_runs": on_video},
         "agent": agent,
