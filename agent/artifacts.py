@@ -199,6 +199,9 @@ class Downloader:
             else:
                 if hashed == total:
                     break
+                if hashed > offset:  # the controller ended this turn (fetch_stream_s): go on from here
+                    logger.debug("download of %s: stream ended at byte %d of %d; resuming", info.short, hashed, total)
+                    continue
                 error = FetchError(f"stream ended at byte {hashed} of {total}")
             now = part.stat().st_size if part.exists() else 0
             if hashed != now:

@@ -45,6 +45,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds a candidate runs in shadow before its verdict (default {defaults.gate_window_s})")
     p.add_argument("--max-artifact-mb", type=int, default=defaults.max_artifact_mb, metavar="MB",
                    help=f"refuse larger uploads (default {defaults.max_artifact_mb})")
+    p.add_argument("--fetch-streams", type=int, default=defaults.fetch_streams, metavar="N",
+                   help="artifact downloads served at once; more wait their turn, first come first served "
+                        f"(default {defaults.fetch_streams}; memory grows with N x the chunk size)")
+    p.add_argument("--fetch-stream-s", type=float, default=defaults.fetch_stream_s, metavar="S",
+                   help="a download's turn: after S seconds its stream ends and the device resumes from there "
+                        f"(default {defaults.fetch_stream_s:g})")
 
 
 def rollout_options(args) -> RolloutOptions:
@@ -52,10 +58,13 @@ def rollout_options(args) -> RolloutOptions:
         raise CliError(f"--rollout-device-timeout must be > 0, got {args.rollout_device_timeout}")
     if not 0 <= args.gate_min_agreement <= 1:
         raise CliError(f"--gate-min-agreement must be within 0..1, got {args.gate_min_agreement}")
-    if args.gate_window < 1 or args.max_artifact_mb < 1:
-        raise CliError("--gate-window and --max-artifact-mb must be >= 1")
+    if args.gate_window < 1 or args.max_artifact_mb < 1 or args.fetch_streams < 1:
+        raise CliError("--gate-window, --max-artifact-mb and --fetch-streams must be >= 1")
+    if args.fetch_stream_s <= 0:
+        raise CliError(f"--fetch-stream-s must be > 0, got {args.fetch_stream_s}")
     return RolloutOptions(args.artifacts_dir, args.signing_key, args.rollout_device_timeout,
-                          args.gate_min_agreement, args.gate_window, args.max_artifact_mb)
+                          args.gate_min_agreement, args.gate_window, args.max_artifact_mb,
+                          args.fetch_streams, args.fetch_stream_s)
 
 
 # ---- artifacts ----

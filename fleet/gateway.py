@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None, *,
-                 rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b""):
+                 rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b"",
+                 fetch_streams: int = 32, fetch_stream_s: float = 15.0):
         self.db = db
         self.hub = hub
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -31,6 +32,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.rollouts = rollouts
         self.files = files
         self.public_key = public_key
+        self.fetch_stream_s = fetch_stream_s
+        self._fetch_slots = asyncio.Semaphore(fetch_streams)  # FIFO: waiters get a slot in arrival order
+        self._fetch_count = {"active": 0, "waiting": 0}
 
     async def Enroll(self, request: agent_pb2.EnrollRequest, context) -> agent_pb2.EnrollResponse:
         if not request.enroll_key:
@@ -160,27 +164,48 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     item[2].exception()  # retrieved: asyncio logs no "never retrieved" for it
 
     async def FetchArtifact(self, request, context):
-        """Chunks from the requested offset to the end; a device fetches only what a rollout sent it."""
+        """Chunks from the requested offset to the end, or until the stream's turn is over; a device
+        fetches only what a rollout sent it.
+
+        At most `fetch_streams` streams send at once (each holds a chunk or two in memory); the
+        others wait for a slot in arrival order. A stream ends cleanly after `fetch_stream_s`,
+        short of the end, and the device asks again from the offset it reached: a slow device
+        gives its slot up instead of holding it for its whole download."""
         device_id = current_device.get()
         if self.files is None:
             raise NotFound("this controller stores no artifacts")
         self.files.path(request.sha256)  # InvalidArgument for a malformed sha256
         if not await self.db.device_may_fetch(device_id, request.sha256):
             raise PermissionDenied(f"device {device_id!r} is in no rollout of artifact {request.sha256[:12]}")
-        with self.files.open(request.sha256) as (fd, total):
-            offset, size = request.offset, chunk_size(request.chunk_size)
-            if offset > total:
-                raise OutOfRange(f"offset {offset} is past the end of artifact {request.sha256[:12]} "
-                                 f"({total} bytes)")
-            while True:  # at the end exactly, one empty chunk says so
-                data = await asyncio.to_thread(os.pread, fd, size, offset)
-                if not data and offset < total:
-                    raise NotFound(f"artifact {request.sha256[:12]} shrank while it was read")
-                yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_size=total)
-                self.metrics.artifact_bytes_served.inc(len(data))
-                offset += len(data)
-                if offset >= total:
-                    return
+        self._count_streams("waiting", 1)
+        try:
+            await self._fetch_slots.acquire()
+        finally:
+            self._count_streams("waiting", -1)
+        self._count_streams("active", 1)
+        try:
+            with self.files.open(request.sha256) as (fd, total):
+                offset, size = request.offset, chunk_size(request.chunk_size)
+                if offset > total:
+                    raise OutOfRange(f"offset {offset} is past the end of artifact {request.sha256[:12]} "
+                                     f"({total} bytes)")
+                turn_ends = time.monotonic() + self.fetch_stream_s
+                while True:  # at the end exactly, one empty chunk says so
+                    data = await asyncio.to_thread(os.pread, fd, size, offset)
+                    if not data and offset < total:
+                        raise NotFound(f"artifact {request.sha256[:12]} shrank while it was read")
+                    yield agent_pb2.ArtifactChunk(offset=offset, data=data, total_size=total)
+                    self.metrics.artifact_bytes_served.inc(len(data))
+                    offset += len(data)
+                    if offset >= total or time.monotonic() >= turn_ends:
+                        return
+        finally:
+            self._count_streams("active", -1)
+            self._fetch_slots.release()
+
+    def _count_streams(self, state: str, change: int) -> None:
+        self._fetch_count[state] += change
+        self.metrics.artifact_streams.set(self._fetch_count[state], state=state)
 
 
 async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:

@@ -320,6 +320,11 @@ class ControllerMetrics:
             ACK_LATENCY_BUCKETS_S)
         self.artifact_bytes_served = r.counter(
             "edgefleet_artifact_bytes_served_total", "Artifact bytes sent to devices by FetchArtifact.")
+        self.artifact_streams = r.gauge(
+            "edgefleet_artifact_streams",
+            "FetchArtifact streams: sending, or waiting for one of the --fetch-streams slots.", ["state"])
+        for state in ("active", "waiting"):
+            self.artifact_streams.set(0, state=state)
         self.watcher_dropped = r.counter(
             "edgefleet_watcher_dropped_total",
             "Items dropped for a slow watcher (its queue was full), by stream.",

@@ -55,6 +55,11 @@ class RolloutOptions:
     gate_min_agreement: float = 0.8
     gate_window_s: int = 20
     max_artifact_mb: int = 2048
+    fetch_streams: int = 32
+    """FetchArtifact streams served at once; more wait their turn, first come first served."""
+    fetch_stream_s: float = 15.0
+    """A FetchArtifact stream ends after this long and the device resumes from where it got (the
+    end of its turn): a slow device cannot hold a slot for its whole download."""
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class Controller:
             self.bridge = MqttBridge(functools.partial(self.db.submit, "upsert_mqtt_device"), *mqtt, mqtt_prefix)
 
     def _setup_deployments(self, options: RolloutOptions) -> None:
+        self.rollout_options = options
         home = Path(self.db_path).resolve().parent
         self.signing_key = SigningKey.load_or_create(options.signing_key or home / "signing-key.pem")
         self.rollouts = Rollouts(self.db, self.hub, deploy_command, device_timeout_s=options.device_timeout_s,
@@ -162,7 +163,9 @@ class Controller:
         self.server = grpc.aio.server(interceptors=[interceptor], options=KEEPALIVE_POLICY)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics, rollouts=self.rollouts,
-                                 files=self.deployments.files, public_key=self.signing_key.public_bytes),
+                                 files=self.deployments.files, public_key=self.signing_key.public_bytes,
+                                 fetch_streams=self.rollout_options.fetch_streams,
+                                 fetch_stream_s=self.rollout_options.fetch_stream_s),
             self.server,
         )
         fleet_pb2_grpc.add_FleetControlServicer_to_server(

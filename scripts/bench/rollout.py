@@ -2,13 +2,13 @@
 """A rollout of one large artifact to many simulated devices, against a real controller process.
 
     python scripts/bench/rollout.py [--devices 200] [--procs 4] [--mb 35] [--waves 10,50,100]
-                                    [--chunk-kb 1024] [--out var/bench/rollout.json]
+                                    [--chunk-kb 1024] [--fetch-streams N] [--out var/bench/rollout.json]
 
 1. A controller in its own process (`python -m fleet.cli serve`, metrics on), a fresh database.
 2. `--procs` worker processes share `--devices` simulated devices on asyncio loops. Each one
    enrolls (a CPU profile with onnxruntime), opens a Session, and on DeployArtifact verifies
    the manifest's Ed25519 signature with the key it got at enrollment, streams FetchArtifact
-   into a sha256 (nothing kept), checks size and hash, and reports DOWNLOADING (with progress),
+   into a sha256 (nothing kept; resuming where a stream's turn ended), checks size and hash, and reports DOWNLOADING (with progress),
    VERIFYING and ACTIVE. No model is loaded: this measures the controller's distribution.
 3. `--mb` MB of random bytes pushed as an ONNX-format artifact; a rollout with a canary of one
    and `--waves`; the wall time from CreateRollout to SUCCEEDED, per wave, the bytes the devices
@@ -70,14 +70,17 @@ async def device(index: int, address: str, key: str, chunk_kb: int, received: li
             public_key.verify(deploy.artifact.signature, manifest.SerializeToString(deterministic=True))
             digest, size, next_report = hashlib.sha256(), 0, 0.25
             await up.put(status(deploy, types_pb2.DeploymentStatus.DOWNLOADING))
-            async for chunk in stub.FetchArtifact(agent_pb2.FetchArtifactRequest(sha256=manifest.sha256,
-                                                                                 chunk_size=chunk_kb << 10),
-                                                  metadata=metadata):
-                digest.update(chunk.data)
-                size += len(chunk.data)
-                if size / chunk.total_size >= next_report:
-                    await up.put(status(deploy, types_pb2.DeploymentStatus.DOWNLOADING, size / chunk.total_size))
-                    next_report += 0.25
+            while size < manifest.size_bytes:  # a stream ends when its turn does (--fetch-stream-s): resume
+                before = size
+                async for chunk in stub.FetchArtifact(agent_pb2.FetchArtifactRequest(
+                        sha256=manifest.sha256, offset=size, chunk_size=chunk_kb << 10), metadata=metadata):
+                    digest.update(chunk.data)
+                    size += len(chunk.data)
+                    if size / chunk.total_size >= next_report:
+                        await up.put(status(deploy, types_pb2.DeploymentStatus.DOWNLOADING, size / chunk.total_size))
+                        next_report += 0.25
+                if size == before:
+                    break
             received.append(size)
             await up.put(status(deploy, types_pb2.DeploymentStatus.VERIFYING))
             ok = size == manifest.size_bytes and digest.hexdigest() == manifest.sha256
@@ -111,6 +114,8 @@ def main() -> int:
     parser.add_argument("--mb", type=float, default=35.0)
     parser.add_argument("--waves", default="10,50,100")
     parser.add_argument("--chunk-kb", type=int, default=0, help="FetchArtifact chunk size (0: the controller's)")
+    parser.add_argument("--fetch-streams", type=int, default=0,
+                        help="the controller's --fetch-streams (0: its default)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -122,7 +127,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
     key = "efk_bench"
     token = fleet_cli("operator-token", "create", "--db", str(workdir / "fleet.db"))
-    started = start_controller(workdir, "--enroll-key", key, "--heartbeat-interval", "5", log_level="warning")
+    flags = ["--fetch-streams", str(args.fetch_streams)] if args.fetch_streams else []
+    started = start_controller(workdir, "--enroll-key", key, "--heartbeat-interval", "5", *flags,
+                               log_level="warning")
     proc, address = started.proc, started.address
     ps = psutil.Process(proc.pid)
     results: mp.Queue = mp.Queue()

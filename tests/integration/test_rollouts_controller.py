@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import time
 
 import grpc
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -255,3 +257,51 @@ def test_send_command_needs_an_open_session(channel, control):
     with pytest.raises(grpc.RpcError) as err:
         control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.id, ping=True), timeout=5)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_downloads_take_turns_for_the_controllers_fetch_slots(tmp_path):
+    """--fetch-streams 1, --fetch-stream-s 0.3: a second download waits while the first sends; the
+    first's stream ends cleanly when its turn is over, short of the end, and resumes from there."""
+    model_bytes = np.random.default_rng(0).bytes(24 << 20)  # more than gRPC buffers: the first turn blocks
+    from edgefleet.v1 import fleet_pb2_grpc
+    from fleet.channel import open_channel
+    from fleet.rollouts import RolloutOptions
+
+    ctl = ControllerThread(tmp_path / "fleet.db", rollout_options=RolloutOptions(fetch_streams=1, fetch_stream_s=0.3))
+    gauge = ctl.controller.metrics.artifact_streams
+
+    def streams() -> dict[str, float]:
+        return {dict(s.labels)["state"]: s.value for s in gauge.samples()}
+
+    try:
+        with grpc.insecure_channel(ctl.address) as channel, \
+                open_channel(ctl.address, token=ctl.operator_token) as ops:
+            control = fleet_pb2_grpc.FleetControlStub(ops)
+            sha = push(control, model_bytes).manifest.sha256
+            first, second = ScriptedDevice(channel, "cam-a"), ScriptedDevice(channel, "cam-b")
+            control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5)
+            turn = first.stub.FetchArtifact(agent_pb2.FetchArtifactRequest(sha256=sha, chunk_size=4096),
+                                            metadata=first.metadata, timeout=10)
+            received = next(turn).data  # the first device holds the only slot now
+            waited: dict = {}
+
+            def download_all() -> None:  # the second device, resuming after each turn as an agent does
+                data = b""
+                while len(data) < len(model_bytes):
+                    chunk_data, _ = fetch_all(second, sha, offset=len(data))
+                    waited.setdefault("first_turn", len(chunk_data))
+                    data += chunk_data
+                waited["data"] = data
+
+            other = threading.Thread(target=download_all)
+            other.start()
+            wait_for(lambda: streams() == {"active": 1, "waiting": 1}, 10, "the second download waiting")
+            time.sleep(0.3)  # the first turn is over: its stream ends at the next chunk it sends
+            assert "first_turn" not in waited
+            received += b"".join(c.data for c in turn)  # ends cleanly, without an error
+            assert 0 < len(received) < len(model_bytes) and model_bytes.startswith(received)
+            other.join(30)
+            assert waited["data"] == model_bytes
+            assert streams() == {"active": 0, "waiting": 0}
+    finally:
+        ctl.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 import threading
@@ -159,6 +160,24 @@ def test_a_stream_that_keeps_ending_early_fails_after_its_attempts(tmp_path):
 
     with pytest.raises(DownloadError, match="failed 3 times in a row at byte 3000 of 5000: stream ended"):
         Downloader(tmp_path, truncated, attempts=3, backoff_s=0.001).download(info_for(data))
+
+
+def test_a_stream_the_controller_ends_early_continues_at_once(tmp_path):
+    """The controller ends a stream when its turn is over (fetch_stream_s): no error, no backoff."""
+    data = np.random.default_rng(6).bytes(5_000)
+    store = Store()
+    store.add(data)
+
+    class NoWaiting(threading.Event):
+        def wait(self, timeout=None):
+            raise AssertionError(f"backed off {timeout} s after a stream that made progress")
+
+    def turns(sha, offset):  # 2 chunks of 1000 bytes a turn
+        return itertools.islice(store.fetch(sha, offset), 2)
+
+    downloader = Downloader(tmp_path, turns, attempts=1, backoff_s=30, stop=NoWaiting())
+    assert downloader.download(info_for(data)).read_bytes() == data
+    assert downloader.requests == [0, 2_000, 4_000]
 
 
 def test_an_artifact_of_another_size_fails_and_leaves_no_part(tmp_path):
