@@ -40,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from adaptive.schedule import FrameScheduler
+from fleet.auth import bearer_token
 from models.base import DEFAULT_CONFIDENCE_THRESHOLD
 from models.detections import Detections
 
@@ -439,11 +440,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(f"/{SERVICE}/"):
             return handler
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token):
+        token = bearer_token(details.invocation_metadata)
+        if token is not None and hmac.compare_digest(token.encode(), self._token):
             return handler
-        message = "missing 'authorization: Bearer <token>' metadata" if not given else "wrong token"
+        message = "missing 'authorization: Bearer <token>' metadata" if token is None else "wrong token"
 
         async def refuse(request, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)

@@ -160,14 +160,14 @@ def main() -> int:
             print(f"{args.devices} devices connected in {time.monotonic() - t0:.1f} s", flush=True)
             data = os.urandom(int(args.mb * 1e6))
 
-            def upload():
+            def upload(data: bytes):
                 yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(
                     name=f"bench-{args.mb:.0f}mb", format="onnx", input_width=640, input_height=640))
                 for i in range(0, len(data), 1 << 20):
                     yield fleet_pb2.UploadArtifactRequest(chunk=data[i:i + (1 << 20)])
 
             t_push = time.monotonic()
-            artifact = control.UploadArtifact(upload(), timeout=300)
+            artifact = control.UploadArtifact(upload(data), timeout=300)
             push_s = time.monotonic() - t_push
             del data
             threading.Thread(target=sample_rss, daemon=True).start()
