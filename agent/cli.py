@@ -166,23 +166,12 @@ def cmd_run(args) -> int:
         detector, plan = _fixed_plan(args, engine, len(options.sources), options.detect_interval,
                                      "adaptive planning not enabled")
     plan["artifact_sha256"] = engine.sha256 if engine else ""
-    mqtt = None
-    if args.mqtt:
-        from .mqtt import MqttPublisher
-
-        mqtt = MqttPublisher(*args.mqtt, topic_prefix=args.mqtt_prefix)
+    mqtt = _mqtt_publisher(args)
     agent = Agent(options, detector, open_source, profile.to_dict(), plan, adaptation=adaptation, mqtt=mqtt,
                   load_model=lambda path: _load_detector(path, args), active=active)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
-    metrics = None
-    if args.metrics_listen:
-        from .metrics import serve_agent_metrics
-
-        try:
-            metrics = serve_agent_metrics(agent, args.metrics_listen)
-        except OSError as err:
-            raise ConfigError(f"--metrics-listen {args.metrics_listen}: {err}") from err
+    metrics = _agent_metrics(args, agent)
     try:
         result = agent.run()
     finally:
@@ -208,6 +197,31 @@ def cmd_run(args) -> int:
                             for r in agent.rung_history]
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def _mqtt_publisher(args):
+    """The --mqtt publisher (agent.mqtt), or None."""
+    if not args.mqtt:
+        return None
+    from .mqtt import MqttPublisher
+
+    return MqttPublisher(*args.mqtt, topic_prefix=args.mqtt_prefix)
+
+
+def _agent_metrics(args, agent=None, health=None, plan: dict | None = None):
+    """`GET /metrics` on --metrics-listen (None without it): an agent's, or a bare service's health and plan."""
+    if not args.metrics_listen:
+        return None
+    from .metrics import serve_metrics
+
+    if agent is not None:
+        health, plan_of = agent.health_sample, lambda: {"detect_interval": agent.options.detect_interval, **agent.plan}
+    else:
+        plan_of = lambda: plan  # noqa: E731
+    try:
+        return serve_metrics(args.metrics_listen, health, plan_of)
+    except OSError as err:
+        raise ConfigError(f"--metrics-listen {args.metrics_listen}: {err}") from err
 
 
 def _active_engine(args, options):
@@ -289,8 +303,6 @@ def cmd_serve(args) -> int:
     import threading
 
     from adaptive.schedule import FrameScheduler
-    from models.bundled import default_model
-    from models.errors import ModelError
 
     from .batcher import BatchConfig
     from .health import HealthMonitor
@@ -299,6 +311,8 @@ def cmd_serve(args) -> int:
     if args.source and not args.controller:
         raise ConfigError("--source needs --controller (local streams report to a controller); "
                           "without one, serve only")
+    if args.mqtt and not args.controller:
+        raise ConfigError("--mqtt needs --controller (what goes to MQTT is what the agent stores and reports)")
     if args.model is not None and not args.model.is_file():
         raise ConfigError(f"--model {args.model}: no such file")
     batch = BatchConfig(args.max_batch, args.batch_window_ms / 1000, args.stream_queue)
@@ -325,7 +339,7 @@ def cmd_serve(args) -> int:
         active, engine = _active_engine(args, options)
         detector, plan = _fixed_plan(args, engine, args.max_batch, options.detect_interval, "serving InferenceService")
         plan["artifact_sha256"] = engine.sha256 if engine else ""
-        agent = Agent(options, detector, open_source, probe().to_dict(), plan,
+        agent = Agent(options, detector, open_source, probe().to_dict(), plan, mqtt=_mqtt_publisher(args),
                       load_model=lambda path: _load_detector(path, args), active=active)
         core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
                              max_frame_bytes=args.max_frame_bytes, health=agent.health,
@@ -333,19 +347,21 @@ def cmd_serve(args) -> int:
                              publish_threshold=options.publish_threshold, keep_records=True,
                              reserved=frozenset(options.stream_ids))
         agent.served = core
+        metrics = _agent_metrics(args, agent)
     else:
-        try:
-            detector = _load_detector(args.model or default_model(args.models_dir), args)
-        except ModelError as err:
-            raise ConfigError(f"model: {err}") from err
+        detector, plan = _fixed_plan(args, None, args.max_batch, args.detect_interval, "serving InferenceService")
         health = HealthMonitor()
         core = InferenceCore(standalone_detect(detector, health), lambda: detector.names, batch,
                              max_frame_bytes=args.max_frame_bytes, health=health,
                              scheduler_factory=lambda: FrameScheduler(args.detect_interval))
+        metrics = _agent_metrics(args, health=lambda: health.sample(frames_dropped=core.dropped_total()),
+                                 plan=plan)
     server = InferenceServer(core, args.listen, token)
     try:
         port = server.start()
     except OSError as err:
+        if metrics is not None:
+            metrics.stop()
         raise ConfigError(f"--listen {args.listen}: {err}") from err
     print(json.dumps({"serving": f"{args.listen.rpartition(':')[0]}:{port}"}), flush=True)
     stop = threading.Event()
@@ -373,6 +389,8 @@ def cmd_serve(args) -> int:
     finally:
         stop.set()
         stopper.join()
+        if metrics is not None:
+            metrics.stop()
         if agent is None:
             detector.close()
     stats = core.batcher.stats
@@ -392,6 +410,18 @@ def _add_detector_flags(p: argparse.ArgumentParser) -> None:
                         "faster, with slightly different scores")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="where converted models are cached (default $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models)")
+
+
+def _add_reporting_flags(p: argparse.ArgumentParser, mqtt_note: str = "") -> None:
+    """The flags `run` and `serve` share about what they report besides the controller."""
+    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True),
+                   metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics while running (off by default)")
+    p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
+                   help="also publish Frigate-style topics (availability, track events, label counts, stats) "
+                        f"to this MQTT broker{mqtt_note}")
+    p.add_argument("--mqtt-prefix", type=_mqtt_prefix, default="edgefleet", metavar="TOPIC",
+                   help="topic prefix for --mqtt (default edgefleet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,13 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-confirm-s", type=float, default=60.0, metavar="S",
                    help="a deployed engine counts as healthy after S seconds of running; 3 starts in a row "
                         "without that roll it back (default 60)")
-    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics while running (off by default)")
-    p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
-                   help="also publish Frigate-style topics (availability, track events, label counts, stats) "
-                        "to this MQTT broker")
-    p.add_argument("--mqtt-prefix", type=_mqtt_prefix, default="edgefleet", metavar="TOPIC",
-                   help="topic prefix for --mqtt (default edgefleet)")
+    _add_reporting_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("plan", help="choose model, input size and detect interval for this device")
@@ -523,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_flags(p)
     p.add_argument("--model", type=Path, default=None, metavar="FILE",
                    help="model file to detect with (.onnx, .engine, .pt; default: the bundled model)")
+    _add_reporting_flags(p, mqtt_note=" (needs --controller)")
     p.set_defaults(func=cmd_serve)
     return parser
 

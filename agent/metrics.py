@@ -1,4 +1,4 @@
-"""The agent's Prometheus metrics (`edge-agent run --metrics-listen HOST:PORT`), read at scrape time.
+"""The agent's Prometheus metrics (`edge-agent run|serve --metrics-listen HOST:PORT`), read at scrape time.
 
 Every value comes from the health sample the link already sends with each heartbeat
 (`Agent.health_sample()`, safe to call off the loop thread: the link and MQTT threads do)
@@ -49,10 +49,9 @@ class AgentMetrics:
         return self.registry.render()
 
 
-def serve_agent_metrics(agent, listen: str) -> MetricsServer:
-    """Start `GET /metrics` for a runner `Agent` on `listen`; the caller stops it after the run."""
-    metrics = AgentMetrics(agent.health_sample,
-                           lambda: {"detect_interval": agent.options.detect_interval, **agent.plan})
-    server = MetricsServer(metrics.registry, listen)
+def serve_metrics(listen: str, health: Callable[[], dict], plan: Callable[[], dict]) -> MetricsServer:
+    """Start `GET /metrics` on `listen` (a runner `Agent`'s health sample and plan, or a bare
+    inference service's); the caller stops it after the run."""
+    server = MetricsServer(AgentMetrics(health, plan).registry, listen)
     server.start()
     return server

@@ -1,6 +1,7 @@
 """Prometheus scrapes of a real controller and a real agent process, over loopback HTTP."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -115,3 +116,39 @@ def test_a_running_agent_serves_fps_and_its_plan(controller, vtest, tmp_path):
         agent.terminate()
         agent.wait(timeout=60)
     assert agent.returncode == 0, log.read_text()[-3000:]
+
+
+def test_a_bare_inference_service_serves_its_metrics(tmp_path):
+    """`edge-agent serve --metrics-listen` without a controller: the detector's timings and the plan."""
+    from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+    from .test_inference import bus_jpg
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
+         "--threads", "1", "--metrics-listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first, proc.stderr.read()[-3000:]
+        data = bus_jpg()
+        with grpc.insecure_channel(json.loads(first)["serving"]) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            for _ in range(3):
+                stub.Detect(inference_pb2.DetectRequest(image=inference_pb2.Image(encoded=data)), timeout=30)
+        samples = scrape(port)
+        assert samples['edgefleet_agent_inference_ms{quantile="0.5"}'] > 0
+        plan = [k for k, v in samples.items() if k.startswith("edgefleet_agent_plan_info{") and v == 1]
+        assert len(plan) == 1 and 'detect_interval="1"' in plan[0] and 'model="yolov3-tiny' in plan[0], plan
+        assert samples["edgefleet_agent_frames_dropped_total"] == 0
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_serve_refuses_mqtt_without_a_controller():
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--listen", "127.0.0.1:0",
+                           "--mqtt", "127.0.0.1:1883"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--mqtt needs --controller" in proc.stderr
