@@ -8,6 +8,7 @@ exponential backoff and jitter while the outbox keeps everything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import base64
 import json
 import logging
@@ -44,6 +45,8 @@ noticed when TCP gives up, many minutes later. The controller permits it (fleet.
 FRESH_MAX = 1024
 """Committed records the link keeps in memory to send (Link.committed); older ones it reads back
 from the outbox (a controller away for a while, a backlog)."""
+IDLE_WAIT_S = 0.5
+"""The publishing stream's longest sleep with nothing to send (commits and stop wake it sooner)."""
 
 
 @dataclass
@@ -196,6 +199,8 @@ class Link:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._more: asyncio.Event | None = None  # set (from any thread) when there may be records to send
+        self._forgot = False  # the pipeline's side dropped what it handed over: read the outbox
         self._identity_path = state_dir / "identity.json"
 
     # ---- thread ----
@@ -206,6 +211,7 @@ class Link:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._wake()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -236,6 +242,8 @@ class Link:
                 *KEEPALIVE]
 
     async def _main(self) -> None:
+        self._more = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         outbox = Outbox(self.outbox_path, durable=False)  # its commits are acks (see Outbox)
         try:
             options = self.channel_options()
@@ -414,6 +422,17 @@ class Link:
             self._fresh.extend(records)
         else:
             self._fresh.clear()
+            self._forgot = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the publishing stream (any thread): records were committed, or stop was asked."""
+        loop, more = self._loop, self._more
+        if loop is not None and more is not None:
+            try:
+                loop.call_soon_threadsafe(more.set)
+            except RuntimeError:
+                pass  # the link's loop has closed
 
     def _take_fresh(self, after: int) -> list[OutboxRecord]:
         """Up to a batch of handed-over records continuing right after sequence `after`, or []
@@ -477,9 +496,13 @@ class Link:
                 return
 
     async def _publish_once(self, stub, outbox: Outbox, backoff: Backoff) -> None:
-        """One PublishDetections stream: resend everything unacknowledged, then follow the outbox."""
+        """One PublishDetections stream: resend everything unacknowledged, then send what the
+        pipeline commits: from memory (`committed`) while it continues the stream, from the outbox
+        when it does not (a reconnect, a gap, a backlog the memory does not hold). Idle, it waits
+        to be woken by a commit instead of polling the outbox."""
         call = stub.PublishDetections(metadata=self._metadata())
         sent = 0  # everything still in the outbox is unacknowledged: start from its oldest row
+        behind = True  # the outbox may hold unsent records the memory does not: read it until caught up
 
         async def receive_acks() -> None:
             async for ack in call:
@@ -498,9 +521,15 @@ class Link:
                     await asyncio.sleep(0.01)
                     continue
                 after = max(sent, self.acked_sequence)
-                records = self._take_fresh(after) or outbox.pending(after_sequence=after, limit=self.batch_size)
+                self._more.clear()  # a commit from now on wakes the wait below
+                records = self._take_fresh(after)
+                if not records and (behind or self._forgot or self._fresh):  # (a gap at the memory's head)
+                    self._forgot = False
+                    records = outbox.pending(after_sequence=after, limit=self.batch_size)
+                    behind = len(records) == self.batch_size
                 if not records:
-                    await asyncio.sleep(0.05)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._more.wait(), IDLE_WAIT_S)
                     continue
                 await call.write(agent_pb2.DetectionBatch(frames=[record_to_pb(r) for r in records]))
                 sent = records[-1].sequence
