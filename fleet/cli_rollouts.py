@@ -192,6 +192,12 @@ def cmd_rollout_create(args) -> int:
         waves = [int(w) for w in args.waves.split(",")]
     except ValueError as err:
         raise CliError(f"--waves takes percentages like 10,50,100, got {args.waves!r}") from err
+    # 0 on the wire means "the controller's default": refused here rather than silently replaced
+    if args.canary < 1:
+        raise CliError(f"--canary must be >= 1, got {args.canary}")
+    if not 0 < args.gate_fps_ratio <= 10:
+        raise CliError(f"--gate-fps-ratio must be within 0..10 and above 0 (0.01 all but turns the throughput "
+                       f"gate off), got {args.gate_fps_ratio:g}")
     request = fleet_pb2.CreateRolloutRequest(
         artifact_sha256=_resolve_artifact(args, args.artifact), selector=dict(_key_values(args.select or (), "--select")),
         canary=args.canary, waves_percent=waves, gate_fps_ratio=args.gate_fps_ratio, max_failures=args.max_failures,
