@@ -16,7 +16,7 @@ from .hub import Command, Hub
 from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
 from .metrics import ControllerMetrics
-from .rollouts import Rollouts
+from .rollouts import RolloutOptions, Rollouts
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None, *,
                  rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b"",
-                 fetch_streams: int = 32, fetch_stream_s: float = 15.0):
+                 fetch_streams: int = RolloutOptions.fetch_streams,
+                 fetch_stream_s: float = RolloutOptions.fetch_stream_s):
         self.db = db
         self.hub = hub
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -177,6 +178,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.files.path(request.sha256)  # InvalidArgument for a malformed sha256
         if not await self.db.device_may_fetch(device_id, request.sha256):
             raise PermissionDenied(f"device {device_id!r} is in no rollout of artifact {request.sha256[:12]}")
+        with self.files.open(request.sha256) as (_, total):  # refused before waiting: gone, or a bad offset
+            if request.offset > total:
+                raise OutOfRange(f"offset {request.offset} is past the end of artifact {request.sha256[:12]} "
+                                 f"({total} bytes)")
         self._count_streams("waiting", 1)
         try:
             await self._fetch_slots.acquire()
@@ -184,11 +189,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             self._count_streams("waiting", -1)
         self._count_streams("active", 1)
         try:
-            with self.files.open(request.sha256) as (fd, total):
+            with self.files.open(request.sha256) as (fd, total):  # artifacts never change once stored
                 offset, size = request.offset, chunk_size(request.chunk_size)
-                if offset > total:
-                    raise OutOfRange(f"offset {offset} is past the end of artifact {request.sha256[:12]} "
-                                     f"({total} bytes)")
                 turn_ends = time.monotonic() + self.fetch_stream_s
                 while True:  # at the end exactly, one empty chunk says so
                     data = await asyncio.to_thread(os.pread, fd, size, offset)
