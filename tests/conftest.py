@@ -95,16 +95,29 @@ def read_frames(video: Path, indices: list[int]) -> dict[int, np.ndarray]:
     import cv2
 
     cap = cv2.VideoCapture(str(video))
-    frames = {}
+    frames, wanted = {}, set(indices)
     try:
         for index in range(max(indices) + 1):
             ok, frame = cap.read()
             assert ok, f"{video} ended before frame {index}"
-            if index in indices:
+            if index in wanted:
                 frames[index] = frame
     finally:
         cap.release()
     return frames
+
+
+def first_frames(video: Path, count: int) -> list[np.ndarray]:
+    """The first `count` frames of `video`, in order."""
+    return list(read_frames(video, list(range(count))).values())
+
+
+def bus_jpg() -> Path | None:
+    """Ultralytics' bus.jpg, found without importing Ultralytics (and torch); None without it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    return Path(spec.origin).parent / "assets" / "bus.jpg" if spec else None
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from fleet.channel import open_channel
 from models.yolo import box_iou
 
-from ..conftest import ControllerThread, free_port, run_cli
+from ..conftest import ControllerThread, first_frames, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +163,6 @@ def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, 
     """The loop's threads (reader, look-ahead letterboxing, outbox writer, link) change when the
     work is done, never what is found: the same boxes, scores, classes and track ids as detecting
     and tracking the same frames one by one in this process."""
-    import cv2
 
     from agent.bytetrack import ByteTrack, ByteTrackConfig
     from agent.options import RunOptions
@@ -178,11 +177,8 @@ def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, 
 
     detector = load_default_detector(confidence_threshold=ByteTrackConfig().low_confidence_threshold, rect=rect)
     tracker, shown = ByteTrack(), RunOptions.publish_threshold
-    cap = cv2.VideoCapture(str(vtest))
     try:
-        for index, frame in enumerate(stored):
-            ok, image = cap.read()
-            assert ok
+        for index, (frame, image) in enumerate(zip(stored, first_frames(vtest, frames_n), strict=True)):
             dets, predicted = tracker.step(detector.detect(image) if index % interval == 0 else None)
             keep = dets.confidence >= shown
             want = {t: (c, p, s, box) for t, c, p, s, box in zip(
@@ -196,5 +192,4 @@ def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, 
                 assert score == pytest.approx(want[track_id][2], abs=1e-4)  # stored to 5 decimals, sent as float32
                 assert box == pytest.approx(want[track_id][3], abs=0.01)  # stored to 0.01 px
     finally:
-        cap.release()
         detector.close()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cv2
 import grpc
@@ -27,7 +26,7 @@ from agent.inference import InferenceCore, InferenceServer, standalone_detect
 from fleet.channel import open_channel
 from models import Detections, load_default_detector
 
-from ..conftest import ROOT, wait_for
+from ..conftest import ROOT, bus_jpg, first_frames, wait_for
 
 MAX_FRAME_BYTES = 4 << 20  # bus.jpg as raw pixels (2.6 MB) fits
 INVALID_ARGUMENT = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -35,21 +34,10 @@ RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS.value[0]
 
 
-def bus_jpg() -> bytes:
-    import ultralytics
-
-    return (Path(ultralytics.__file__).parent / "assets" / "bus.jpg").read_bytes()
-
-
-def vtest_frames(path: Path, count: int) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while len(frames) < count:
-        ok, image = cap.read()
-        assert ok, f"{path} ended after {len(frames)} frames"
-        frames.append(image)
-    cap.release()
-    return frames
+def bus_jpeg() -> bytes:
+    path = bus_jpg()
+    assert path is not None, "bus.jpg comes with ultralytics (the test extra)"
+    return path.read_bytes()
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -106,7 +94,7 @@ def assert_same(served: list[tuple], local: list[tuple]):
 # ---- Detect ----
 
 def test_detect_on_a_real_image_returns_what_the_local_detector_finds(stub):
-    data = bus_jpg()
+    data = bus_jpeg()
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     with load_default_detector() as local:  # the default 0.25 threshold, as Detect answers
         expected = rows(local.detect(image), local.names)
@@ -146,7 +134,7 @@ def stream_frame(stream_id: str, index: int, data: bytes) -> inference_pb2.Strea
 
 
 def test_stream_track_ids_are_stable_and_counted_per_stream(stub, vtest, detector):
-    images = vtest_frames(vtest, 16)
+    images = first_frames(vtest, 16)
     encoded = [jpeg(image) for image in images]
     requests = [stream_frame(sid, i, data) for i, data in enumerate(encoded) for sid in ("left", "right")]
     results = list(stub.DetectStream(iter(requests), timeout=60))
@@ -188,7 +176,7 @@ def iou(a, b) -> float:
 
 
 def test_an_oversize_or_undecodable_frame_gets_its_error_and_the_stream_continues(stub, vtest):
-    good = [jpeg(image) for image in vtest_frames(vtest, 3)]
+    good = [jpeg(image) for image in first_frames(vtest, 3)]
     requests = [
         stream_frame("door", 0, good[0]),
         stream_frame("door", 1, b"\0" * (MAX_FRAME_BYTES + 100)),   # over the limit (within the transport's)
@@ -209,7 +197,7 @@ def test_an_oversize_or_undecodable_frame_gets_its_error_and_the_stream_continue
 
 
 def test_a_stream_id_is_fed_by_one_call_at_a_time(server, stub, vtest):
-    data = jpeg(vtest_frames(vtest, 1)[0])
+    data = jpeg(first_frames(vtest, 1)[0])
     release = threading.Event()
 
     def first_call():
@@ -248,7 +236,7 @@ class SlowBackend:
 def test_a_client_faster_than_the_detector_loses_its_oldest_frames_and_is_told(vtest):
     backend = SlowBackend(0.2)
     srv = serve(backend, lambda: backend.names, batch=BatchConfig(max_batch=4, window_s=0.0, max_waiting_per_key=1))
-    data = jpeg(vtest_frames(vtest, 1)[0])
+    data = jpeg(first_frames(vtest, 1)[0])
     try:
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -266,7 +254,7 @@ def test_a_client_faster_than_the_detector_loses_its_oldest_frames_and_is_told(v
 def test_with_a_token_calls_without_it_are_unauthenticated():
     backend = SlowBackend(0.0)
     srv = serve(backend, lambda: backend.names, token="s3cret")
-    request = inference_pb2.DetectRequest(image=inference_pb2.Image(encoded=bus_jpg()))
+    request = inference_pb2.DetectRequest(image=inference_pb2.Image(encoded=bus_jpeg()))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
@@ -275,7 +263,7 @@ def test_with_a_token_calls_without_it_are_unauthenticated():
                     stub.Detect(request, metadata=metadata, timeout=10)
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             with pytest.raises(grpc.RpcError) as err:
-                list(stub.DetectStream(iter([stream_frame("a", 0, bus_jpg())]), timeout=10))
+                list(stub.DetectStream(iter([stream_frame("a", 0, bus_jpeg())]), timeout=10))
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             answer = stub.Detect(request, metadata=(("authorization", "Bearer s3cret"),), timeout=10)
             assert answer.width == 810
@@ -296,7 +284,7 @@ def test_served_frames_reach_the_controller_through_the_agents_outbox(controller
         first = proc.stdout.readline()
         assert first, proc.stderr.read()[-3000:]
         address = json.loads(first)["serving"]
-        frames = [jpeg(image) for image in vtest_frames(vtest, 20)]
+        frames = [jpeg(image) for image in first_frames(vtest, 20)]
         more: queue.Queue = queue.Queue()
 
         def requests():

@@ -122,7 +122,7 @@ def test_a_bare_inference_service_serves_its_metrics(tmp_path):
     """`edge-agent serve --metrics-listen` without a controller: the detector's timings and the plan."""
     from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
-    from .test_inference import bus_jpg
+    from .test_inference import bus_jpeg
 
     port = free_port()
     proc = subprocess.Popen(
@@ -132,7 +132,7 @@ def test_a_bare_inference_service_serves_its_metrics(tmp_path):
     try:
         first = proc.stdout.readline()
         assert first, proc.stderr.read()[-3000:]
-        data = bus_jpg()
+        data = bus_jpeg()
         with grpc.insecure_channel(json.loads(first)["serving"]) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             for _ in range(3):

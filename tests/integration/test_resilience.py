@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import ROOT, free_port, wait_for
+from ..conftest import ROOT, first_frames, free_port, wait_for
 from ..processes import ControllerProcess, outbox_state, read_db
 from ..tcp_proxy import TcpProxy
 
@@ -256,15 +256,6 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
 
 # ---- 5. a live stream that dies and comes back ----
 
-def vtest_frames(vtest: Path, count: int) -> list:
-    import cv2
-
-    cap = cv2.VideoCapture(str(vtest))
-    frames = [cap.read()[1] for _ in range(count)]
-    cap.release()
-    return frames
-
-
 def device_stream_states(db: Path) -> list[str]:
     """The stream states in the device's latest health sample, as the controller stored it."""
     rows = read_db(db, "select health from devices")
@@ -274,7 +265,7 @@ def device_stream_states(db: Path) -> list[str]:
 def test_live_stream_that_dies_and_returns_is_reconnected_under_the_same_stream_id(vtest, tmp_path, logs):
     from ..mjpeg_server import MjpegServer
 
-    camera = MjpegServer(vtest_frames(vtest, 40), fps=10).start()
+    camera = MjpegServer(first_frames(vtest, 40), fps=10).start()
     ctl = ControllerProcess(tmp_path / "fleet.db", free_port(), logs).start()
     state = tmp_path / "agent"
     agent = AgentProcess(ctl.address, camera.url, state, "--stream-id", "door", *AGENT_LIGHT,

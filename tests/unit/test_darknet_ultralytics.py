@@ -6,7 +6,6 @@ per module; Ultralytics runs in the tests' offline environment (tests/ultralytic
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -24,7 +23,7 @@ from models.errors import UnsupportedModel
 from models.metadata import ultralytics_metadata
 from models.yolo import box_iou, decode_darknet, decode_ultralytics, letterbox
 
-from ..conftest import read_frames
+from ..conftest import bus_jpg, read_frames
 from ..ultralytics_env import ultralytics_env  # noqa: F401 - a pytest fixture
 
 VTEST_FRAMES = [0, 40, 80]
@@ -43,11 +42,6 @@ def converted(darknet, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("darknet-ultralytics") / "yolov3-tiny-ultralytics.onnx"
     onnx.save(to_ultralytics_layout(darknet), str(path))
     return path
-
-
-def bus_jpg() -> Path | None:
-    spec = importlib.util.find_spec("ultralytics")  # found without importing it (and torch)
-    return Path(spec.origin).parent / "assets" / "bus.jpg" if spec else None
 
 
 @pytest.fixture(scope="module")
