@@ -46,7 +46,7 @@ FRESH_MAX = 1024
 """Committed records the link keeps in memory to send (Link.committed); older ones it reads back
 from the outbox (a controller away for a while, a backlog)."""
 IDLE_WAIT_S = 0.5
-"""The publishing stream's longest sleep with nothing to send (commits and stop wake it sooner)."""
+"""The publishing stream's longest sleep with nothing to send (commits, acks and stop wake it sooner)."""
 
 
 @dataclass
@@ -83,6 +83,16 @@ class Backoff:
 
 def _message(data: dict, message):
     return json_format.ParseDict(data or {}, message, ignore_unknown_fields=True)
+
+
+async def _first_set(timeout: float, *events: asyncio.Event) -> None:
+    """Wait until one of `events` is set, at most `timeout` seconds."""
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -199,7 +209,10 @@ class Link:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._more: asyncio.Event | None = None  # set (from any thread) when there may be records to send
+        # The link's loop sleeps until one of these is set (from any thread, through `_call_soon`):
+        self._more: asyncio.Event | None = None  # there may be records to send (a commit, an ack)
+        self._queued: asyncio.Event | None = None  # a message joined `_outgoing`
+        self._stopping: asyncio.Event | None = None  # stop was asked
         self._forgot = False  # the pipeline's side dropped what it handed over: read the outbox
         self._identity_path = state_dir / "identity.json"
 
@@ -211,7 +224,7 @@ class Link:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._wake()
+        self._call_soon(lambda: (self._stopping.set(), self._more.set()))
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -224,11 +237,17 @@ class Link:
             logger.exception("link failed")
             self.fatal = err
 
+    def _call_soon(self, callback: Callable[[], object]) -> None:
+        """Run `callback` on the link's loop (from any thread); nothing when the loop is not running."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(callback)
+
     async def _wait_stop(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True when stop was requested."""
-        deadline = time.monotonic() + seconds
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
         return self._stop.is_set()
 
     def channel_options(self) -> list[tuple[str, int]]:
@@ -242,8 +261,10 @@ class Link:
                 *KEEPALIVE]
 
     async def _main(self) -> None:
-        self._more = asyncio.Event()
+        self._more, self._queued, self._stopping = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        if self._stop.is_set():  # asked before the loop ran: stop() found no loop to tell
+            self._stopping.set()
         outbox = Outbox(self.outbox_path, durable=False)  # its commits are acks (see Outbox)
         try:
             options = self.channel_options()
@@ -258,8 +279,9 @@ class Link:
                     asyncio.create_task(self._session_forever(stub), name="session"),
                     asyncio.create_task(self._publish_forever(stub, outbox), name="publish"),
                 ]
-                while not self._stop.is_set() and not any(t.done() for t in tasks):
-                    await asyncio.sleep(0.05)
+                stopping = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
                 # Let both streams close in order (a last heartbeat, pending acks) before cancelling.
                 _, pending = await asyncio.wait(tasks, timeout=3.0)
                 for task in pending:
@@ -372,10 +394,11 @@ class Link:
         stopping = False
         while not stopping:
             deadline = time.monotonic() + (self.heartbeat_interval_s if seq else 0.0)
-            while not self._stop.is_set() and time.monotonic() < deadline:
+            while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                self._queued.clear()  # a message queued from now on wakes the wait below
                 while self._outgoing:
                     yield self._outgoing.popleft()
-                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+                await _first_set(left, self._queued, self._stopping)
             while self._outgoing:
                 yield self._outgoing.popleft()
             stopping = self._stop.is_set()
@@ -413,7 +436,7 @@ class Link:
 
     def send_deployment(self, status: dict) -> None:
         """Queue an edgefleet.v1.DeploymentStatus (fields as a dict, `state` by name); any thread."""
-        self._outgoing.append(agent_pb2.AgentMessage(deployment=_message(status, types_pb2.DeploymentStatus())))
+        self._queue(agent_pb2.AgentMessage(deployment=_message(status, types_pb2.DeploymentStatus())))
 
     def committed(self, records: list[OutboxRecord]) -> None:
         """Records the pipeline has just committed to the outbox, in sequence order (any thread);
@@ -426,13 +449,8 @@ class Link:
         self._wake()
 
     def _wake(self) -> None:
-        """Wake the publishing stream (any thread): records were committed, or stop was asked."""
-        loop, more = self._loop, self._more
-        if loop is not None and more is not None:
-            try:
-                loop.call_soon_threadsafe(more.set)
-            except RuntimeError:
-                pass  # the link's loop has closed
+        """Wake the publishing stream (any thread): records were committed."""
+        self._call_soon(lambda: self._more.set())
 
     def _take_fresh(self, after: int) -> list[OutboxRecord]:
         """Up to a batch of handed-over records continuing right after sequence `after`, or []
@@ -455,8 +473,12 @@ class Link:
 
     def send_result(self, command_id: str, ok: bool, error: str = "") -> None:
         """Queue a CommandResult; any thread."""
-        self._outgoing.append(agent_pb2.AgentMessage(
+        self._queue(agent_pb2.AgentMessage(
             result=agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error)))
+
+    def _queue(self, message: agent_pb2.AgentMessage) -> None:
+        self._outgoing.append(message)
+        self._call_soon(lambda: self._queued.set())
 
     def fetch_artifact(self, sha256: str, offset: int, chunk_size: int = 0,
                        timeout_s: float = 600.0) -> Iterator[agent_pb2.ArtifactChunk]:
@@ -510,6 +532,7 @@ class Link:
                     self.acked_sequence = ack.acked_sequence
                 outbox.ack(ack.acked_sequence)
                 backoff.reset()
+                self._more.set()  # room in flight again
 
         receiver = asyncio.create_task(receive_acks())
         try:
@@ -518,7 +541,9 @@ class Link:
                     receiver.result()  # raises the stream's error
                     return
                 if sent - self.acked_sequence >= self.max_in_flight:
-                    await asyncio.sleep(0.01)
+                    self._more.clear()  # an ack wakes the wait
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._more.wait(), IDLE_WAIT_S)
                     continue
                 after = max(sent, self.acked_sequence)
                 self._more.clear()  # a commit from now on wakes the wait below

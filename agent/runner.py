@@ -294,7 +294,8 @@ class Agent:
 
     def _gather(self) -> list[tuple[Stream, Frame]]:
         """At most one frame per active stream. When none is ready, waits (up to 10 ms) on the
-        first active stream, so a frame is picked up the moment its reader has decoded it."""
+        first active stream, so a frame is picked up the moment its reader has decoded it; with no
+        stream left (serving), a commit period."""
         ready = []
         for stream in self.streams:
             frame = self._next_frame(stream, timeout=0)
@@ -303,7 +304,7 @@ class Agent:
         if not ready:
             waiting = next((s for s in self.streams if not s.done), None)
             if waiting is None:
-                self.stop_event.wait(0.01)  # serving, no local stream left: wait instead of spinning
+                self.stop_event.wait(COMMIT_EVERY_S)  # serving, no local stream: nothing to wait on but time
             frame = self._next_frame(waiting, timeout=0.01) if waiting else None
             if frame is not None:
                 ready.append((waiting, frame))
