@@ -59,6 +59,7 @@ RANGES: dict[str, Range] = {
     "backoff_max_s": Range(0, low_open=True),
     "outbox_max_mb": Range(0),
     "outbox_max_age_s": Range(0),
+    "commit_interval_s": Range(0, 60),
     "max_frame_bytes": Range(1),
     "max_batch": Range(1),
     "batch_window_ms": Range(0),

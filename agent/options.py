@@ -34,6 +34,13 @@ class RunOptions:
     """Bound on the outbox's records (agent.outbox.Outbox); past it the oldest are dropped and counted. 0: none."""
     outbox_max_age_s: float = 7 * 24 * 3600.0
     """Records captured longer ago than this are dropped from the outbox, oldest first. 0: kept however old."""
+    commit_interval_s: float = 0.25
+    """Records are committed to the outbox (one transaction, one fsync) in groups about this often,
+    on the outbox writer's thread (agent.outbox.OutboxWriter), and the link sends each group in
+    one message. A frame counts as produced, and is sent, only once committed, so a crash loses at
+    most the uncommitted group, which nobody has seen. Shorter: detections reach the controller and
+    MQTT sooner. Longer: fewer fsyncs (each a millisecond or more, far more on SD cards), messages
+    and acks on the device and fewer commits on the controller. 0: every tick."""
     credentials: grpc.ChannelCredentials | None = None  # TLS to the controller (link.channel_credentials)
     gate_sample_every: int = 5
     """During a deployment's shadow test, every Nth detected frame also goes to the candidate engine."""
@@ -77,6 +84,8 @@ class RunOptions:
             raise ConfigError(f"--outbox-max-mb must be >= 0, got {self.outbox_max_bytes / 1e6:g}")
         if self.outbox_max_age_s < 0:
             raise ConfigError(f"--outbox-max-age-s must be >= 0, got {self.outbox_max_age_s:g}")
+        if self.commit_interval_s < 0:
+            raise ConfigError(f"--commit-interval-s must be >= 0, got {self.commit_interval_s:g}")
         if self.backoff_max_s <= 0:
             raise ConfigError(f"--backoff-max-s must be > 0, got {self.backoff_max_s:g}")
         if not 0 <= self.publish_threshold <= 1:

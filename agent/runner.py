@@ -4,7 +4,7 @@ Each tick takes the frames that are ready (one per stream at most; decoding runs
 source's reader thread, beside inference), runs the detector once on the frames due for
 detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
 each stream's tracker its detections, or nothing so that it predicts. Records are committed
-to the outbox in groups (`COMMIT_EVERY_S`) on the outbox writer's thread; the link thread
+to the outbox in groups (`RunOptions.commit_interval_s`) on the outbox writer's thread; the link thread
 publishes what is committed. With file sources, the next tick's frames are letterboxed on a
 prepare thread while the current inference runs (`Agent._look_ahead`).
 
@@ -51,11 +51,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COMMIT_EVERY_S = 0.1
-"""Records are committed (one transaction, one fsync) in groups about this often, not one fsync
-per frame, on the outbox writer's thread (agent.outbox.OutboxWriter), not the loop's: an fsync
-costs a millisecond or more (far more on SD cards). A frame counts as produced, and can be sent,
-only once it is committed, so a crash loses at most the uncommitted groups, which nobody has seen."""
 
 @dataclass
 class RunResult:
@@ -236,7 +231,7 @@ class Agent:
                     self._uncommitted += self._process(ready, ahead)
                 if self.served is not None:
                     self._uncommitted += self.served.take_records()
-                if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+                if self._uncommitted and time.monotonic() - self._last_commit >= self.options.commit_interval_s:
                     self._commit()
                 if not self.commands.empty():
                     self.apply_commands(time.monotonic())
@@ -304,7 +299,7 @@ class Agent:
         if not ready:
             waiting = next((s for s in self.streams if not s.done), None)
             if waiting is None:
-                self.stop_event.wait(COMMIT_EVERY_S)  # serving, no local stream: nothing to wait on but time
+                self.stop_event.wait(self.options.commit_interval_s)  # serving, no local stream: nothing to wait on but time
             frame = self._next_frame(waiting, timeout=0.01) if waiting else None
             if frame is not None:
                 ready.append((waiting, frame))

@@ -89,6 +89,29 @@ def test_agent_streams_vtest_detections_to_the_controller(controller, control, v
                 assert iou(box0, box1) > 0.2, f"track {track_id} jumped between frames {t0} and {t1}"
 
 
+def test_records_go_out_in_one_message_per_commit_interval(vtest, tmp_path):
+    """--commit-interval-s groups frames into one outbox commit and one PublishDetections message:
+    60 s holds all 40 frames of a short run for the final commit, 0 commits every tick."""
+    ctl = ControllerThread(tmp_path / "fleet.db")
+    histogram = ctl.controller.metrics.ack_latency  # one observation per batch the controller acked
+
+    def batches() -> float:
+        return next(s.value for s in histogram.samples() if s.suffix == "_count")
+
+    try:
+        counts = []
+        for seconds in ("60", "0"):
+            before = batches()
+            summary = summary_of(agent_run(ctl.address, vtest, tmp_path / f"agent-{seconds}", "--enroll-key", "efk_test",
+                                           "--max-frames", "40", "--commit-interval-s", seconds))
+            assert (summary["frames"], summary["outbox_left"]) == (40, 0)
+            counts.append(batches() - before)
+    finally:
+        ctl.stop()
+    assert counts[0] == 1
+    assert counts[1] > 1
+
+
 def test_unknown_source_is_a_clear_error(controller, tmp_path):
     proc = agent_run(controller.address, tmp_path / "missing.avi", tmp_path / "agent", "--enroll-key", "efk_test")
     assert proc.returncode == 2

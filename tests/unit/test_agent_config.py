@@ -113,6 +113,7 @@ def test_required_flags_still_required(tmp_path, capsys):
     (BASE + "motion_gate: 300\n", "motion_gate: must be <= 255, got 300"),
     (BASE + "target_fps: 0\n", "target_fps: must be > 0, got 0"),
     (BASE + "threads: 0\n", "threads: must be >= 1, got 0"),
+    (BASE + "commit_interval_s: 90\n", "commit_interval_s: must be <= 60, got 90"),
     (BASE + "mqtt_prefix: 'a/+'\n", "mqtt_prefix: must be a non-empty topic"),
     # streams twice, duplicate ids
     ("controller: h:1\nsources: [{uri: a, stream_id: x}, {uri: b, stream_id: x}]\n",
@@ -130,6 +131,8 @@ def test_errors_name_the_file_line_and_key(tmp_path, capsys, text, expected):
     (["run", "--controller", "h:1", "--source", "a", "--motion-gate", "300"], "--motion-gate must be <= 255, got 300"),
     (["run", "--controller", "h:1", "--source", "a", "--threads", "0"], "--threads must be >= 1, got 0"),
     (["run", "--controller", "h:1", "--source", "a", "--drain-timeout", "-1"], "--drain-timeout must be >= 0, got -1"),
+    (["run", "--controller", "h:1", "--source", "a", "--commit-interval-s", "-1"],
+     "--commit-interval-s must be >= 0, got -1"),
     (["serve", "--listen", "127.0.0.1:0", "--max-frame-bytes", "0"], "--max-frame-bytes must be >= 1, got 0"),
     (["serve", "--listen", "127.0.0.1:0", "--detect-interval", "0"], "--detect-interval must be >= 1, got 0"),
     (["plan", "--target-fps", "0"], "--target-fps must be > 0, got 0"),
