@@ -36,7 +36,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="the Ed25519 key that signs artifact manifests; created when missing "
                         "(default: signing-key.pem beside --db; back it up with the database)")
     p.add_argument("--rollout-device-timeout", type=float, default=defaults.device_timeout_s, metavar="S",
-                   help="a device of a running wave that reports nothing for S seconds counts as failed "
+                   help="a device of a running wave that reports nothing for S seconds counts as failed; "
+                        "one downloading or waiting for a download slot is not silent "
                         f"(default {defaults.device_timeout_s:.0f})")
     p.add_argument("--gate-min-agreement", type=float, default=defaults.gate_min_agreement, metavar="F",
                    help="share of the running engine's detections a candidate must reproduce in its shadow test "

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
@@ -36,6 +38,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.fetch_stream_s = fetch_stream_s
         self._fetch_slots = asyncio.Semaphore(fetch_streams)  # FIFO: waiters get a slot in arrival order
         self._fetch_count = {"active": 0, "waiting": 0}
+        self._fetch_open: Counter[str] = Counter()  # device -> its FetchArtifact streams, waiting or sending
+        self._fetch_ended: dict[str, float] = {}  # device -> when its last one ended
 
     async def Enroll(self, request: agent_pb2.EnrollRequest, context) -> agent_pb2.EnrollResponse:
         if not request.enroll_key:
@@ -171,7 +175,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         At most `fetch_streams` streams send at once (each holds a chunk or two in memory); the
         others wait for a slot in arrival order. A stream ends cleanly after `fetch_stream_s`,
         short of the end, and the device asks again from the offset it reached: a slow device
-        gives its slot up instead of holding it for its whole download."""
+        gives its slot up instead of holding it for its whole download. While a device has a
+        stream open, waiting or not, its rollout does not time it out (`fetch_contact`)."""
         device_id = current_device.get()
         if self.files is None:
             raise NotFound("this controller stores no artifacts")
@@ -182,6 +187,24 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             if request.offset > total:
                 raise OutOfRange(f"offset {request.offset} is past the end of artifact {request.sha256[:12]} "
                                  f"({total} bytes)")
+        self._fetch_open[device_id] += 1
+        try:
+            async with contextlib.aclosing(self._send_in_turn(request)) as chunks:  # its slot is freed at once
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self._fetch_open[device_id] -= 1
+            if not self._fetch_open[device_id]:
+                del self._fetch_open[device_id]
+            self._fetch_ended[device_id] = time.time()
+
+    def fetch_contact(self, device_id: str) -> float:
+        """When the device last had a FetchArtifact stream open: now while it has one (waiting
+        for a slot or sending), 0.0 if never. The rollout timeout counts from this too."""
+        return time.time() if device_id in self._fetch_open else self._fetch_ended.get(device_id, 0.0)
+
+    async def _send_in_turn(self, request) -> AsyncIterator[agent_pb2.ArtifactChunk]:
+        """Wait for a download slot, then send from the requested offset to the end or until the turn is over."""
         self._count_streams("waiting", 1)
         try:
             await self._fetch_slots.acquire()

@@ -10,7 +10,9 @@
 
 A device decides on its own whether the new engine is good (`agent.engines`: load, warm-up,
 shadow gate against the running engine on live frames); the controller only counts verdicts,
-and a device that says nothing for `device_timeout_s` counts as failed.
+and a device that says nothing for `device_timeout_s` counts as failed. A device downloading
+the artifact, or waiting for a download slot (fleet.gateway FetchArtifact), is not silent: a
+large wave may queue devices for longer than the timeout before they send a byte.
 
 Everything is in the store: a controller restarted mid-rollout reloads the rollouts that were
 running, re-arms the timeouts, and re-sends DeployArtifact to each device of the current wave
@@ -24,6 +26,7 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,7 +145,9 @@ def validate_spec(spec: RolloutSpec) -> None:
 class Rollouts:
     """The rollout state machine, on the controller's event loop. `deploy_command(rollout, artifact)`
     builds the DeployArtifact command (protobuf stays in fleet.convert); `on_change(counts)` gets the
-    number of rollouts in each state after every change (the metrics gauge)."""
+    number of rollouts in each state after every change (the metrics gauge). `contact(device_id)`
+    is when the controller last heard from a device other than by a status report (now, while a
+    download of it is open; set by the server to the gateway's `fetch_contact`)."""
 
     def __init__(self, db, hub: Hub, deploy_command, *, device_timeout_s: float = 900.0,
                  check_every_s: float = 1.0, on_change=None):
@@ -152,6 +157,7 @@ class Rollouts:
         self.device_timeout_s = device_timeout_s
         self.check_every_s = check_every_s
         self.on_change = on_change
+        self.contact: Callable[[str], float] = lambda device_id: 0.0
         self._lock = asyncio.Lock()  # one transition at a time: statuses, timeouts and operators interleave
         self._task: asyncio.Task | None = None
 
@@ -319,7 +325,7 @@ class Rollouts:
     async def check_timeouts(self, now: float) -> None:
         for rollout in await self.db.list_rollouts(IN_FLIGHT):
             late = [d for d in rollout.in_wave(rollout.wave)
-                    if not d.state.final and now - d.updated > self.device_timeout_s]
+                    if not d.state.final and now - max(d.updated, self.contact(d.device_id)) > self.device_timeout_s]
             for device in late:
                 await self.on_status(device.device_id, StatusReport(
                     rollout.rollout_id, rollout.artifact_sha256, DeployState.FAILED,

@@ -161,13 +161,13 @@ class Controller:
         public = frozenset({f"/{AGENT_GATEWAY}/Enroll"})  # the enrollment key in the request is the credential
         interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
         self.server = grpc.aio.server(interceptors=[interceptor], options=KEEPALIVE_POLICY)
-        agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics, rollouts=self.rollouts,
-                                 files=self.deployments.files, public_key=self.signing_key.public_bytes,
-                                 fetch_streams=self.rollout_options.fetch_streams,
-                                 fetch_stream_s=self.rollout_options.fetch_stream_s),
-            self.server,
-        )
+        gateway = AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics,
+                                       rollouts=self.rollouts, files=self.deployments.files,
+                                       public_key=self.signing_key.public_bytes,
+                                       fetch_streams=self.rollout_options.fetch_streams,
+                                       fetch_stream_s=self.rollout_options.fetch_stream_s)
+        self.rollouts.contact = gateway.fetch_contact
+        agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, self.server)
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
             FleetControlServicer(self.db, self.hub, self.presence, self.deployments), self.server
         )

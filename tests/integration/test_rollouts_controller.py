@@ -305,3 +305,47 @@ def test_downloads_take_turns_for_the_controllers_fetch_slots(tmp_path):
             assert streams() == {"active": 0, "waiting": 0}
     finally:
         ctl.stop()
+
+
+def test_a_silent_device_times_out_but_not_while_it_waits_for_a_download_slot(tmp_path):
+    """--rollout-device-timeout 1 s, one download slot: a device whose FetchArtifact waits for the
+    slot (another of its streams holds it) says nothing for longer than the timeout and stays in
+    the wave; once its streams end, the timeout counts from there and fails it."""
+    from edgefleet.v1 import fleet_pb2_grpc
+    from fleet.channel import open_channel
+    from fleet.rollouts import RolloutOptions
+
+    options = RolloutOptions(device_timeout_s=1.0, fetch_streams=1, fetch_stream_s=60)
+    ctl = ControllerThread(tmp_path / "fleet.db", rollout_options=options)
+    try:
+        with grpc.insecure_channel(ctl.address) as channel, \
+                open_channel(ctl.address, token=ctl.operator_token) as ops:
+            control = fleet_pb2_grpc.FleetControlStub(ops)
+            sha = push(control, np.random.default_rng(0).bytes(24 << 20)).manifest.sha256
+            device = ScriptedDevice(channel, "cam-a")
+            rid = control.CreateRollout(fleet_pb2.CreateRolloutRequest(artifact_sha256=sha), timeout=5).rollout_id
+
+            def state() -> tuple[int, str]:
+                d = control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rid), timeout=5).devices[0]
+                return d.state, d.reason
+
+            request = agent_pb2.FetchArtifactRequest(sha256=sha, chunk_size=4096)
+            holder = device.stub.FetchArtifact(request, metadata=device.metadata, timeout=30)
+            next(holder)  # holds the only slot, and stops reading
+            waiting = device.stub.FetchArtifact(request, metadata=device.metadata, timeout=30)
+
+            def wait_for_the_slot() -> None:  # no chunk comes before `holder` ends; cancelled here
+                with pytest.raises(grpc.RpcError):
+                    list(waiting)
+
+            waited = threading.Thread(target=wait_for_the_slot, daemon=True)
+            waited.start()
+            time.sleep(3.0)  # three checks, two seconds past the timeout
+            assert state()[0] != State.FAILED, state()
+            holder.cancel()
+            waiting.cancel()
+            waited.join(5)
+            failed = wait_for(lambda: state()[0] == State.FAILED and state(), 10, "the timeout")
+            assert "no report from the device for 1 s" in failed[1]
+    finally:
+        ctl.stop()
