@@ -177,14 +177,17 @@ def load_config(path: Path, parsers: Sequence[argparse.ArgumentParser]) -> Loade
         raise ConfigError(f"--config {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:  # one parse: the nodes carry the lines that errors name, the values come from them
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or str(err)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from err
+    finally:
+        loader.dispose()
     if data is None:
         return LoadedConfig(path)
     if not isinstance(data, dict) or not isinstance(root, yaml.MappingNode):
