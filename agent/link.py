@@ -260,6 +260,12 @@ class Link:
                 ("grpc.max_reconnect_backoff_ms", maximum_ms),
                 *KEEPALIVE]
 
+    def _channel(self, api=grpc):
+        """A channel to the controller (`api`: grpc, or grpc.aio), pinging it as KEEPALIVE says."""
+        options = self.channel_options()
+        return (api.secure_channel(self.controller, self._credentials, options=options) if self._credentials
+                else api.insecure_channel(self.controller, options=options))
+
     async def _main(self) -> None:
         self._more, self._queued, self._stopping = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -267,10 +273,7 @@ class Link:
             self._stopping.set()
         outbox = Outbox(self.outbox_path, durable=False)  # its commits are acks (see Outbox)
         try:
-            options = self.channel_options()
-            channel = (grpc.aio.secure_channel(self.controller, self._credentials, options=options)
-                       if self._credentials else grpc.aio.insecure_channel(self.controller, options=options))
-            async with channel:
+            async with self._channel(grpc.aio) as channel:
                 stub = agent_pb2_grpc.AgentGatewayStub(channel)
                 identity = await self._ensure_identity(stub)
                 if identity is None:
@@ -481,19 +484,20 @@ class Link:
         self._call_soon(lambda: self._queued.set())
 
     def fetch_artifact(self, sha256: str, offset: int, chunk_size: int = 0,
-                       timeout_s: float = 600.0) -> Iterator[agent_pb2.ArtifactChunk]:
+                       timeout_s: float = 3600.0) -> Iterator[agent_pb2.ArtifactChunk]:
         """FetchArtifact from `offset` on a blocking channel of its own (for a worker thread).
+
+        The call may wait long for one of the controller's download slots before a byte comes (a
+        large wave), so its deadline is long; a dead link is noticed by the channel's keepalive.
 
         Answers a retry cannot change (NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED,
         INVALID_ARGUMENT) raise FetchError(retryable=False); any other error is retryable.
         """
         if self.identity is None:
             raise FetchError("not enrolled yet: no device token to fetch artifacts with")
-        channel = (grpc.secure_channel(self.controller, self._credentials) if self._credentials
-                   else grpc.insecure_channel(self.controller))
         final = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                  grpc.StatusCode.INVALID_ARGUMENT)
-        with channel:
+        with self._channel() as channel:
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             request = agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_size=chunk_size)
             try:
