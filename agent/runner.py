@@ -4,8 +4,8 @@ Each tick takes the frames that are ready (one per stream at most; decoding runs
 source's reader thread, beside inference), runs the detector once on the frames due for
 detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
 each stream's tracker its detections, or nothing so that it predicts. Records are committed
-to the outbox in groups (`RunOptions.commit_interval_s`) on the outbox writer's thread; the link thread
-publishes what is committed. With file sources, the next tick's frames are letterboxed on a
+to the outbox in groups (`RunOptions.commit_interval_s`) on the outbox writer's thread; the
+link thread publishes what is committed. With file sources, the next tick's frames are letterboxed on a
 prepare thread while the current inference runs (`Agent._look_ahead`).
 
 With an `Adaptation` (agent.options; `edge-agent run --auto-plan`), the loop thread also runs
@@ -298,8 +298,8 @@ class Agent:
                 ready.append((stream, frame))
         if not ready:
             waiting = next((s for s in self.streams if not s.done), None)
-            if waiting is None:
-                self.stop_event.wait(self.options.commit_interval_s)  # serving, no local stream: nothing to wait on but time
+            if waiting is None:  # serving, no local stream: nothing to wait on but the next commit
+                self.stop_event.wait(max(0.01, self.options.commit_interval_s))
             frame = self._next_frame(waiting, timeout=0.01) if waiting else None
             if frame is not None:
                 ready.append((waiting, frame))
