@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+GATHER_WAIT_S = 0.05
+"""The loop's longest wait for a frame when no stream has one (any stream's frame ends it at once):
+how often an idle loop still commits, applies commands and feeds the watchdog."""
+
 
 @dataclass
 class RunResult:
@@ -78,18 +82,22 @@ class Stream:
     """One source with its own tracker, schedule and frame count."""
 
     def __init__(self, stream_id: str, spec: str, factory: Callable[[str], Source], tracker: ByteTrack,
-                 scheduler: FrameScheduler):
+                 scheduler: FrameScheduler, frame_ready: threading.Event):
         self.stream_id, self.spec, self._factory = stream_id, spec, factory
+        self.frame_ready = frame_ready  # shared by the agent's streams: set when any has a frame
         self.tracker = tracker
         self.scheduler = scheduler
         self.source = factory(spec)
         self.frames = 0
         self.done = False
 
+    def start(self) -> None:
+        self.source.start(notify=self.frame_ready)
+
     def restart(self) -> None:
         self.source.stop()
         self.source = self._factory(self.spec)
-        self.source.start()
+        self.start()
 
 
 class Agent:
@@ -133,7 +141,8 @@ class Agent:
         records this loop commits with its own and whose streams and drops join the health samples."""
         self.detector_lock = threading.Lock()
         """Held around every detector call and swap: served batches run on another thread."""
-        self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self.new_scheduler())
+        self._frame_ready = threading.Event()
+        self.streams = [Stream(sid, spec, source_factory, tracker_factory(), self.new_scheduler(), self._frame_ready)
                         for sid, spec in zip(options.stream_ids, options.sources)]
         try:
             options.state_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +217,7 @@ class Agent:
 
     def run(self) -> RunResult:
         for stream in self.streams:
-            stream.source.start()  # raises SourceError before anything else starts
+            stream.start()  # raises SourceError before anything else starts
         self.link.start()
         if self.mqtt is not None:
             self.mqtt.start(lambda: self.link.identity.device_id if self.link.identity else None, self._health)
@@ -288,22 +297,21 @@ class Agent:
             self._outbox_depth = self.outbox.depth()
 
     def _gather(self) -> list[tuple[Stream, Frame]]:
-        """At most one frame per active stream. When none is ready, waits (up to 10 ms) on the
-        first active stream, so a frame is picked up the moment its reader has decoded it; with no
-        stream left (serving), a commit period."""
-        ready = []
-        for stream in self.streams:
-            frame = self._next_frame(stream, timeout=0)
-            if frame is not None:
-                ready.append((stream, frame))
+        """At most one frame per active stream. When none is ready, waits until any stream has
+        one (up to `GATHER_WAIT_S`), so a frame is picked up the moment its reader has decoded
+        it; with no stream left (serving), waits a commit period."""
+        self._frame_ready.clear()  # a frame delivered from now on wakes the wait below
+        ready = self._ready_frames()
         if not ready:
-            waiting = next((s for s in self.streams if not s.done), None)
-            if waiting is None:  # serving, no local stream: nothing to wait on but the next commit
+            if all(s.done for s in self.streams):  # serving, no local stream: nothing to wait on but the next commit
                 self.stop_event.wait(max(0.01, self.options.commit_interval_s))
-            frame = self._next_frame(waiting, timeout=0.01) if waiting else None
-            if frame is not None:
-                ready.append((waiting, frame))
+                return []
+            self._frame_ready.wait(GATHER_WAIT_S)
+            ready = self._ready_frames()
         return ready
+
+    def _ready_frames(self) -> list[tuple[Stream, Frame]]:
+        return [(s, f) for s in self.streams if (f := self._next_frame(s, timeout=0)) is not None]
 
     def _next_frame(self, stream: Stream, timeout: float) -> Frame | None:
         if stream.done:
@@ -362,7 +370,7 @@ class Agent:
         from the newest frame there is, not one taken an inference earlier."""
         if self._preparer is None or self.stop_event.is_set():
             return
-        ready = [(s, f) for s in self.streams if (f := self._next_frame(s, timeout=0)) is not None]
+        ready = self._ready_frames()
         if not ready:
             return
         due = self._schedule(ready)

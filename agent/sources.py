@@ -135,7 +135,9 @@ class SyntheticReader:
 # ---- the threaded source ----
 
 class Source:
-    """`start()` opens and spawns the reader thread; `read()` returns the next Frame, or None at the end."""
+    """`start()` opens and spawns the reader thread; `read()` returns the next Frame, or None at the
+    end. `start(notify=event)` sets `event` whenever a frame (or the end) is delivered, so that one
+    thread can wait for whichever of several sources has something first."""
 
     def __init__(self, spec: str, reader, live: bool, prefetch: int = 4,
                  reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0):
@@ -144,6 +146,7 @@ class Source:
         self._reader = reader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._notify: threading.Event | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._cond = threading.Condition()
         self._latest: Frame | None = None
@@ -157,7 +160,8 @@ class Source:
         self.reconnects = 0
         self.error: str | None = None
 
-    def start(self) -> None:
+    def start(self, notify: threading.Event | None = None) -> None:
+        self._notify = notify
         self._reader.open()  # raises SourceError with the reason
         self.state = "running"
         self._thread = threading.Thread(target=self._run, name=f"source:{self.spec}", daemon=True)
@@ -229,13 +233,15 @@ class Source:
                         self.frames_dropped += 1
                     self._latest = frame
                 self._cond.notify_all()
-            return
-        while not self._stop.is_set():
-            try:
-                self._queue.put(frame, timeout=0.2)
-                return
-            except queue.Full:
-                continue
+        else:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        if self._notify is not None:
+            self._notify.set()
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The next frame, or None at the end. Raises TimeoutError when none is ready in time."""

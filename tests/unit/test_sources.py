@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -109,3 +111,49 @@ def test_a_live_source_reconnects_and_keeps_counting_frames():
     assert seen[-1] == 5, "indices continue across the reconnect"
     assert seen == sorted(set(seen))
     assert len(seen) + source.frames_dropped == 6, "every frame was either read or counted as dropped"
+
+
+class Gate:
+    """A reader that hands out a frame each time the test releases one, then ends."""
+
+    def __init__(self, frames: int):
+        self.released, self.left = threading.Semaphore(0), frames
+
+    def open(self):
+        pass
+
+    def read(self):
+        self.released.acquire()
+        if not self.left:
+            return None
+        self.left -= 1
+        return np.zeros((8, 8, 3), np.uint8)
+
+    def close(self):
+        self.released.release()
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_sources_sharing_an_event_set_it_on_each_frame_and_at_the_end(live):
+    """One event for several sources (the agent's streams): whichever delivers a frame, or a
+    file's end, sets it; a source that delivers nothing leaves it alone."""
+    ready = threading.Event()
+    quiet, busy = Gate(1), Gate(1)
+    sources = [Source("quiet", quiet, live=live), Source("busy", busy, live=live)]
+    for source in sources:
+        source.start(notify=ready)
+    try:
+        assert not ready.wait(0.2)
+        busy.released.release()
+        assert ready.wait(5)
+        assert sources[1].read(timeout=0) is not None
+        with pytest.raises(TimeoutError):
+            sources[0].read(timeout=0)
+        if not live:  # a live source reconnects instead of ending
+            ready.clear()
+            busy.released.release()  # the end
+            assert ready.wait(5)
+            assert sources[1].read(timeout=0) is None
+    finally:
+        for source in sources:
+            source.stop()
