@@ -280,7 +280,8 @@ class RolloutsScreen(LiveScreen):
         rollout = self.fleet.state.rollouts.get(self.selected() or "") if self.is_mounted else None
         return rollout is not None and rollout.state in allowed
 
-    def _confirm(self, verb: str, method: str, allowed: tuple[str, ...], danger: bool = False) -> None:
+    def _confirm(self, verb: str, method: str, danger: bool = False) -> None:
+        """Ask, then call the client's `method` on the selected rollout, if its state allows `verb` (ACTION_STATES)."""
         if isinstance(self.error, Unimplemented):
             self.notify("Rollouts are not implemented by this controller yet.", severity="warning")
             return
@@ -288,7 +289,7 @@ class RolloutsScreen(LiveScreen):
         if rollout is None:
             self.notify("No rollout selected.", severity="warning")
             return
-        if rollout.state not in allowed:
+        if rollout.state not in ACTION_STATES[verb.lower()]:
             self.notify(f"Rollout {rollout.rollout_id} is {rollout.state}: cannot {verb.lower()} it.",
                         severity="warning", markup=False)
             return
@@ -301,10 +302,10 @@ class RolloutsScreen(LiveScreen):
             lambda client: getattr(client, method)(rollout_id, f"{verb.lower()} from the TUI")))
 
     def action_pause(self) -> None:
-        self._confirm("Pause", "pause_rollout", ACTION_STATES["pause"])
+        self._confirm("Pause", "pause_rollout")
 
     def action_resume(self) -> None:
-        self._confirm("Resume", "resume_rollout", ACTION_STATES["resume"])
+        self._confirm("Resume", "resume_rollout")
 
     def action_abort(self) -> None:
-        self._confirm("Abort", "abort_rollout", ACTION_STATES["abort"], danger=True)
+        self._confirm("Abort", "abort_rollout", danger=True)
