@@ -345,7 +345,7 @@ def test_a_silent_device_times_out_but_not_while_it_waits_for_a_download_slot(tm
             holder.cancel()
             waiting.cancel()
             waited.join(5)
-            failed = wait_for(lambda: state()[0] == State.FAILED and state(), 10, "the timeout")
+            failed = wait_for(lambda: (now := state())[0] == State.FAILED and now, 10, "the timeout")
             assert "no report from the device for 1 s" in failed[1]
     finally:
         ctl.stop()
