@@ -196,6 +196,7 @@ def cmd_run(args) -> int:
                              "fps": round(r["frames"] / r["seconds"], 2) if r["seconds"] else 0.0}
                             for r in agent.rung_history]
     print(json.dumps(summary), flush=True)
+    agent.check_delivered(result)  # after the summary: what ran is reported either way
     return 0
 
 
@@ -377,6 +378,7 @@ def cmd_serve(args) -> int:
     stopper = threading.Thread(target=shutdown, name="serve-shutdown")
     stopper.start()
     summary: dict = {}
+    result = None
     try:
         if agent is not None:
             result = agent.run()
@@ -397,6 +399,8 @@ def cmd_serve(args) -> int:
     summary.update(served_frames=core.frames_served, served_dropped=core.dropped_total(), batches=stats.batches,
                    mean_batch=round(stats.items / stats.batches, 2) if stats.batches else 0.0)
     print(json.dumps(summary), flush=True)
+    if result is not None:
+        agent.check_delivered(result)
     return 0
 
 

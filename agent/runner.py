@@ -556,20 +556,24 @@ class Agent:
         self.health.reset_inference()  # the latencies in the window were the old detector's
 
     def _drain(self) -> int:
-        """Wait for the controller to acknowledge everything, up to the drain timeout."""
+        """Wait for the controller to acknowledge everything, up to the drain timeout; the records left."""
         deadline = time.monotonic() + self.options.drain_timeout_s
         left = self.outbox.depth()
         while left and time.monotonic() < deadline and self.link.fatal is None:
             time.sleep(0.05)
             left = self.outbox.depth()
         self._outbox_depth = left
-        if left and self.link.fatal is None:
+        return left
+
+    def check_delivered(self, result: RunResult) -> None:
+        """Raise ControllerUnreachable when `run` ended with records the controller had not
+        acknowledged within the drain timeout (they stay in the outbox for the next run)."""
+        if result.outbox_left:
             raise ControllerUnreachable(
-                f"controller {self.options.controller} did not acknowledge {left} record(s) within "
+                f"controller {self.options.controller} did not acknowledge {result.outbox_left} record(s) within "
                 f"{self.options.drain_timeout_s:.0f}s ({self.link.last_error or 'no answer'}); they stay in "
                 f"{self.options.state_dir / 'outbox.db'} and are sent on the next run"
             )
-        return left
 
 
 def _default_load(path: Path) -> Detector:

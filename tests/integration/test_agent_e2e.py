@@ -135,6 +135,9 @@ def test_unreachable_controller_keeps_the_outbox_and_delivers_it_later(vtest, tm
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "did not acknowledge 15 record(s)" in proc.stderr
     assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])  # what the run did is reported all the same
+    assert (summary["frames"], summary["outbox_left"], summary["acked_sequence"]) == (15, 15, 0)
+    assert summary["fps"] > 0
 
     # The controller comes up on that port; the next run delivers the kept records first.
     ctl = ControllerThread(tmp_path / "fleet.db", listen=address)
