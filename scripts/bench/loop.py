@@ -18,6 +18,10 @@
    which it never preempts the agent), so that it takes the cores mostly when the agent leaves
    them idle, and the CPU seconds it took are reported with each run.
    Efficiency = agent fps at interval 1 / raw fps, against each raw figure.
+   At interval 1 the agent also runs offline: enrolled, then with its controller stopped (`--drain-timeout 0`,
+   exit 4 with every record kept in the outbox). That is the loop without the controller on its cores, as in a
+   fleet, but also without the link's sending and the outbox's trimming on acks (on this machine about 0.3 ms
+   of a ~35 ms frame, by thread CPU): the agent's own cost, short of those.
 3. Against Ultralytics' `track()` (ByteTrack) on the same ONNX file and video: the bundled
    detector in Ultralytics' detect layout (models.darknet_ultralytics; the same boxes as the
    bundled file), run by `YOLO(file).track(video, stream=True)` at its defaults (conf 0.1,
@@ -87,27 +91,35 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def agent_run(video: Path, frames: int, interval: int, args, model: Path | None = None) -> dict:
-    """One `edge-agent run` over `frames` frames of `video` against its own controller process."""
+def agent_run(video: Path, frames: int, interval: int, args, model: Path | None = None,
+              offline: bool = False) -> dict:
+    """One `edge-agent run` over `frames` frames of `video` against its own controller process.
+    `offline`: the agent enrolls with it (one frame), then runs with it stopped, as an agent whose
+    controller is down: every record goes to the fsync'd outbox, the link retries, nothing is sent."""
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-loop-bench-"))
     launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
     launcher = ["chrt", "--idle", "0", *launcher] if args.controller_idle else launcher
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
-    started_cpu = cpu_seconds(controller.proc.pid)
+    cmd = [sys.executable, "-m", "agent.cli", "--log-level", "error" if offline else "warning", "run",
+           "--controller", controller.address, "--source", str(video), "--state-dir", str(workdir / "agent"),
+           "--enroll-key", ENROLL_KEY, "--detect-interval", str(interval)]
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--rect"] if args.rect else []
+    cmd += ["--model", str(model)] if model else []
     try:
-        cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--controller", controller.address,
-               "--source", str(video), "--state-dir", str(workdir / "agent"), "--enroll-key", ENROLL_KEY,
-               "--max-frames", str(frames), "--detect-interval", str(interval)]
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        cmd += ["--rect"] if args.rect else []
-        cmd += ["--model", str(model)] if model else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ENV)
-        controller_cpu = cpu_seconds(controller.proc.pid) - started_cpu
+        if offline:
+            subprocess.run([*cmd, "--max-frames", "1"], capture_output=True, cwd=ROOT, env=ENV, check=True)
+            controller.proc.terminate()
+            controller.proc.wait(30)
+            cmd += ["--drain-timeout", "0"]  # exits 4: the records stay in the outbox, as they should
+        started_cpu = 0.0 if offline else cpu_seconds(controller.proc.pid)
+        proc = subprocess.run([*cmd, "--max-frames", str(frames)], capture_output=True, text=True, cwd=ROOT, env=ENV)
+        controller_cpu = 0.0 if offline else cpu_seconds(controller.proc.pid) - started_cpu
     finally:
         controller.proc.terminate()
         controller.proc.wait(30)
         shutil.rmtree(workdir, ignore_errors=True)
-    if proc.returncode != 0:
+    if proc.returncode != (4 if offline else 0):
         raise SystemExit(f"agent failed at interval {interval}: {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"frames": summary["frames"], "fps": summary["fps"], "inference_ms_p50": summary["inference_ms_p50"],
@@ -194,12 +206,14 @@ def main() -> int:
                                      confidence_threshold=ByteTrackConfig().low_confidence_threshold)
     images = read_frames(args.video, args.frames)  # as many as the agent processes
     intervals = [int(i) for i in args.intervals.split(",")]
-    predecoded, on_video, runs = [], [], {k: [] for k in intervals}
+    predecoded, on_video, runs, offline = [], [], {k: [] for k in intervals}, []
     for _ in range(args.rounds):
         predecoded.append(round(predecoded_fps(detector, images), 2))
         on_video.append(round(read_and_detect_fps(detector, args.video, len(images)), 2))
         for k in intervals:
             runs[k].append(agent_run(args.video, args.frames, k, args))
+        if 1 in intervals:
+            offline.append(agent_run(args.video, args.frames, 1, args, offline=True))
     agent = [{"interval": k, **max(runs[k], key=lambda r: r["fps"]), "runs": runs[k]} for k in intervals]
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
@@ -211,8 +225,12 @@ def main() -> int:
     }
     if 1 in runs:
         fps = [r["fps"] for r in runs[1]]
-        result["efficiency_at_interval_1"] = {"vs_predecoded": efficiency(fps, predecoded),
-                                              "vs_read_and_detect": efficiency(fps, on_video)}
+        alone = [r["fps"] for r in offline]
+        result["agent_offline_interval_1"] = offline
+        result["efficiency_at_interval_1"] = {
+            "vs_predecoded": efficiency(fps, predecoded), "vs_read_and_detect": efficiency(fps, on_video),
+            "offline": {"vs_predecoded": efficiency(alone, predecoded), "vs_read_and_detect": efficiency(alone, on_video)},
+        }
     result["vs_ultralytics_track"] = vs_ultralytics(args)
     write_report(result, args.out)
     return 0
