@@ -9,7 +9,9 @@
    confidence threshold, ONNX Runtime's default threads; with `--rect`, rectangular inference
    on both sides):
    - `detect()` on frames decoded beforehand: the detector alone (no decoding, tracking or I/O);
-   - `detect()` in a plain read-and-detect loop over the video: the detector on the video.
+   - `detect()` in a plain read-and-detect loop over the video: the detector on the video. Its median
+     inference call (the runtime's run alone) against the agent's shows what the agent's other threads
+     take from the inference they run beside.
 2. For each detect interval: a real `edge-agent run` process over the video (decode on the reader
    thread, detect or predict, track, fsync'd outbox, publish, ack) against a real `edgefleet serve`
    process; its end-to-end fps over the frames it processed. The controller is not part of the
@@ -71,18 +73,19 @@ def predecoded_fps(detector, images: list[np.ndarray]) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def read_and_detect_fps(detector, video: Path, frames: int) -> float:
+def read_and_detect(detector, video: Path, frames: int) -> tuple[float, float]:
+    """fps of a plain read-and-detect loop, and its median inference call (ms, the runtime's run only)."""
     cap = cv2.VideoCapture(str(video))
-    start, count = time.perf_counter(), 0
-    while count < frames:
+    start, inference_ms = time.perf_counter(), []
+    while len(inference_ms) < frames:
         ok, image = cap.read()
         if not ok:
             break
         detector.detect(image)
-        count += 1
+        inference_ms.append(detector.last_inference_ms)
     seconds = time.perf_counter() - start
     cap.release()
-    return count / seconds
+    return len(inference_ms) / seconds, statistics.median(inference_ms)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -206,10 +209,12 @@ def main() -> int:
                                      confidence_threshold=ByteTrackConfig().low_confidence_threshold)
     images = read_frames(args.video, args.frames)  # as many as the agent processes
     intervals = [int(i) for i in args.intervals.split(",")]
-    predecoded, on_video, runs, offline = [], [], {k: [] for k in intervals}, []
+    predecoded, on_video, on_video_inference_ms, runs, offline = [], [], [], {k: [] for k in intervals}, []
     for _ in range(args.rounds):
         predecoded.append(round(predecoded_fps(detector, images), 2))
-        on_video.append(round(read_and_detect_fps(detector, args.video, len(images)), 2))
+        rate, inference_ms = read_and_detect(detector, args.video, len(images))
+        on_video.append(round(rate, 2))
+        on_video_inference_ms.append(round(inference_ms, 2))
         for k in intervals:
             runs[k].append(agent_run(args.video, args.frames, k, args))
         if 1 in intervals:
@@ -220,7 +225,8 @@ def main() -> int:
         "video": args.video.name, "rounds": args.rounds, "rect": args.rect, "controller_nice": args.controller_nice,
         "controller_idle": args.controller_idle,
         "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded,
-                         "read_and_detect_fps_runs": on_video},
+                         "read_and_detect_fps_runs": on_video,
+                         "read_and_detect_inference_ms_p50_runs": on_video_inference_ms},
         "agent": agent,
     }
     if 1 in runs:
