@@ -3,7 +3,7 @@
 
     python scripts/bench/loop.py [--video var/samples/vtest.avi] [--frames 795] [--intervals 1,2,3,4,5,6]
                                  [--rounds 3] [--threads N] [--rect] [--controller-nice 19]
-                                 [--controller-idle] [--skip-ultralytics] [--out FILE]
+                                 [--controller-idle] [--cpus LIST] [--skip-ultralytics] [--out FILE]
 
 1. Raw detector fps, two ways, with the detector the agent loads (the bundled model, the agent's
    confidence threshold, ONNX Runtime's default threads; with `--rect`, rectangular inference
@@ -23,7 +23,9 @@
    At interval 1 the agent also runs offline: enrolled, then with its controller stopped (`--drain-timeout 0`,
    exit 4 with every record kept in the outbox). That is the loop without the controller on its cores, as in a
    fleet, but also without the link's sending and the outbox's trimming on acks (on this machine about 0.3 ms
-   of a ~35 ms frame, by thread CPU): the agent's own cost, short of those.
+   of a ~35 ms frame, by thread CPU): the agent's own cost, short of those. On a machine with CPUs to spare,
+   `--cpus` measures the whole path instead: the raw detector and the agent on those CPUs (a small device),
+   the controller on the others.
 3. Against Ultralytics' `track()` (ByteTrack) on the same ONNX file and video: the bundled
    detector in Ultralytics' detect layout (models.darknet_ultralytics; the same boxes as the
    bundled file), run by `YOLO(file).track(video, stream=True)` at its defaults (conf 0.1,
@@ -102,6 +104,9 @@ def agent_run(video: Path, frames: int, interval: int, args, model: Path | None 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-loop-bench-"))
     launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
     launcher = ["chrt", "--idle", "0", *launcher] if args.controller_idle else launcher
+    if args.cpus:  # the controller off the agent's CPUs, as on another machine
+        others = sorted(set(range(os.cpu_count())) - args.cpus)
+        launcher = ["taskset", "-c", ",".join(map(str, others)), *launcher]
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "error" if offline else "warning", "run",
            "--controller", controller.address, "--source", str(video), "--state-dir", str(workdir / "agent"),
@@ -181,6 +186,16 @@ def vs_ultralytics(args) -> dict:
             "fps_ratio": efficiency([o["fps"] for o in ours], [t["fps"] for t in theirs])}
 
 
+def cpu_list(text: str) -> set[int]:
+    try:
+        cpus = {int(c) for c in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CPU numbers separated by commas, got {text!r}") from None
+    if not cpus <= set(range(os.cpu_count())):
+        raise argparse.ArgumentTypeError(f"this machine has CPUs 0-{os.cpu_count() - 1}, got {text!r}")
+    return cpus
+
+
 def efficiency(agent: list[float], raw: list[float]) -> dict:
     """agent / raw fps: the median over rounds of each round's ratio, and best over best."""
     return {"median_of_rounds": round(statistics.median(a / r for a, r in zip(agent, raw)), 3),
@@ -198,9 +213,18 @@ def main() -> int:
     parser.add_argument("--controller-nice", type=int, default=19, help="niceness of the controller process")
     parser.add_argument("--controller-idle", action="store_true",
                         help="run the controller under SCHED_IDLE (chrt --idle 0): a core only when no other thread wants it")
+    parser.add_argument("--cpus", type=cpu_list, default=None, metavar="LIST",
+                        help="run the raw detector, the agent and Ultralytics on these CPUs only (e.g. 0,1: a "
+                             "two-core device) with --threads defaulting to their count, and the controller on the "
+                             "others, as if on another machine")
     parser.add_argument("--skip-ultralytics", action="store_true", help="leave out the comparison with track()")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.cpus:
+        if not set(range(os.cpu_count())) - args.cpus:
+            parser.error(f"--cpus {','.join(map(str, sorted(args.cpus)))} leaves no CPU for the controller")
+        os.sched_setaffinity(0, args.cpus)  # inherited by the agent processes
+        args.threads = args.threads or len(args.cpus)
     from agent.bytetrack import ByteTrackConfig
     from models import load_default_detector
 
@@ -223,7 +247,8 @@ def main() -> int:
     result = {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "video": args.video.name, "rounds": args.rounds, "rect": args.rect, "controller_nice": args.controller_nice,
-        "controller_idle": args.controller_idle,
+        "controller_idle": args.controller_idle, "cpus": sorted(args.cpus) if args.cpus else None,
+        "threads": args.threads,
         "raw_detector": {"frames": len(images), "predecoded_fps_runs": predecoded,
                          "read_and_detect_fps_runs": on_video,
                          "read_and_detect_inference_ms_p50_runs": on_video_inference_ms},
