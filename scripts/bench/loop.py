@@ -105,8 +105,7 @@ def agent_run(video: Path, frames: int, interval: int, args, model: Path | None 
     launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
     launcher = ["chrt", "--idle", "0", *launcher] if args.controller_idle else launcher
     if args.cpus:  # the controller off the agent's CPUs, as on another machine
-        others = sorted(set(range(os.cpu_count())) - args.cpus)
-        launcher = ["taskset", "-c", ",".join(map(str, others)), *launcher]
+        launcher = ["taskset", "-c", ",".join(map(str, args.controller_cpus)), *launcher]
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
     cmd = [sys.executable, "-m", "agent.cli", "--log-level", "error" if offline else "warning", "run",
            "--controller", controller.address, "--source", str(video), "--state-dir", str(workdir / "agent"),
@@ -191,8 +190,8 @@ def cpu_list(text: str) -> set[int]:
         cpus = {int(c) for c in text.split(",")}
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected CPU numbers separated by commas, got {text!r}") from None
-    if not cpus <= set(range(os.cpu_count())):
-        raise argparse.ArgumentTypeError(f"this machine has CPUs 0-{os.cpu_count() - 1}, got {text!r}")
+    if not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"not among this process's CPUs {sorted(os.sched_getaffinity(0))}: {text!r}")
     return cpus
 
 
@@ -221,7 +220,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.cpus:
-        if not set(range(os.cpu_count())) - args.cpus:
+        args.controller_cpus = sorted(os.sched_getaffinity(0) - args.cpus)
+        if not args.controller_cpus:
             parser.error(f"--cpus {','.join(map(str, sorted(args.cpus)))} leaves no CPU for the controller")
         os.sched_setaffinity(0, args.cpus)  # inherited by the agent processes
         args.threads = args.threads or len(args.cpus)
