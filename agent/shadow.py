@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.yolo import box_iou
+from models.yolo import box_iou, greedy_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -38,17 +38,7 @@ def match_count(current, candidate, iou_threshold: float = 0.5) -> int:
     # identical boxes match even at zero area (a box clipped flat at the frame's edge)
     iou[np.all(current.xyxy[:, None, :] == candidate.xyxy[None, :, :], axis=2)] = 1.0
     iou = np.where(current.class_id[:, None] == candidate.class_id[None, :], iou, 0.0)
-    matches, used_a, used_b = 0, set(), set()
-    order = np.argsort(-iou, axis=None)
-    for flat in order:
-        i, j = divmod(int(flat), iou.shape[1])
-        if iou[i, j] < iou_threshold:
-            break
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            matches += 1
-    return matches
+    return len(greedy_pairs(iou, iou_threshold))
 
 
 @dataclass(frozen=True)

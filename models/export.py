@@ -28,7 +28,7 @@ import numpy as np
 from .base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD
 from .errors import ModelError, ModelNotFound
 from .manifest import manifest_for_onnx, sha256_file, write_manifest
-from .yolo import box_iou, decode_end2end, decode_ultralytics, letterbox_batch, nms
+from .yolo import box_iou, decode_end2end, decode_ultralytics, greedy_pairs, letterbox_batch, nms
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def _compare_detections(exported: np.ndarray, reference: np.ndarray, input_size:
         b_xyxy, b_score, b_class = b_xyxy[b], b_score[b], b_class[b]
         iou = box_iou(a_xyxy, b_xyxy)
         iou[a_class[:, None] != b_class[None, :]] = 0.0
-        pairs = _match(iou)
+        pairs = greedy_pairs(iou)
         if len(a_score) != len(b_score) or len(pairs) != len(a_score):
             raise ExportMismatch(f"{onnx_path}: frame {index}: the graph keeps {len(a_score)} boxes, torch + "
                                  f"models.yolo {len(b_score)}, {len(pairs)} of them matched by class and IoU")
@@ -293,15 +293,3 @@ def _compare_detections(exported: np.ndarray, reference: np.ndarray, input_size:
                              f"scores differ by up to {score_diff:.3g} (tolerance {score_tolerance}), "
                              f"boxes by up to {box_diff:.3g} px")
     return ExportCheck(len(ours), box_diff, score_diff, matched, min_iou)
-
-
-def _match(iou: np.ndarray) -> list[tuple[int, int]]:
-    """Greedy one-to-one pairs, best IoU first; pairs with IoU 0 (other class, or apart) are not made."""
-    iou = iou.copy()
-    pairs = []
-    while iou.size and iou.max() > 0:
-        i, j = np.unravel_index(int(iou.argmax()), iou.shape)
-        pairs.append((int(i), int(j)))
-        iou[i, :] = 0.0
-        iou[:, j] = 0.0
-    return pairs

@@ -177,6 +177,22 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0).astype(np.float32)
 
 
+def greedy_pairs(iou: np.ndarray, min_iou: float = 0.0) -> list[tuple[int, int]]:
+    """One-to-one (row, column) pairs of an IoU matrix, best IoU first, each above 0 and at least
+    `min_iou`; ties go to the first in row-major order. Mask the matrix to 0 where pairs may not
+    form (another class, say) before calling."""
+    pairs, rows, cols = [], set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), iou.shape[1])
+        if iou[i, j] <= 0 or iou[i, j] < min_iou:
+            break
+        if i not in rows and j not in cols:
+            rows.add(i)
+            cols.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
 NMS_MATRIX_LIMIT = 2048
 """Up to this many candidates NMS computes their IoU matrix once (n² floats: 16 MB at the limit);
 above it, one IoU row per kept box, so memory stays linear on pathological frames."""

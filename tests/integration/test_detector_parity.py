@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from models import load_default_detector
-from models.yolo import box_iou
+from models.yolo import box_iou, greedy_pairs
 
 from ..conftest import read_frames
 
@@ -41,14 +41,8 @@ def _sample(name: str) -> Path:
 def greedy_match(ours_xyxy, ours_class, ref_xyxy, ref_class) -> list[tuple[int, int, float]]:
     """Pairs (ours, reference, IoU), best IoU first, each box used once, classes equal."""
     iou = box_iou(ours_xyxy, ref_xyxy)
-    iou[ours_class[:, None] != ref_class[None, :]] = -1.0
-    pairs = []
-    while iou.size and iou.max() > 0:
-        i, j = np.unravel_index(int(iou.argmax()), iou.shape)
-        pairs.append((int(i), int(j), float(iou[i, j])))
-        iou[i, :] = -1.0
-        iou[:, j] = -1.0
-    return pairs
+    iou[ours_class[:, None] != ref_class[None, :]] = 0.0
+    return [(i, j, float(iou[i, j])) for i, j in greedy_pairs(iou)]
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from models import yolo
-from models.yolo import (LetterboxInfo, box_iou, decode_darknet, letterbox, letterbox_batch, nms, rect_size,
-                         scale_boxes_to_source)
+from models.yolo import (LetterboxInfo, box_iou, decode_darknet, greedy_pairs, letterbox, letterbox_batch, nms,
+                         rect_size, scale_boxes_to_source)
 
 
 def noise_frame(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -220,3 +220,13 @@ def test_nms_matches_a_plain_greedy_reference_on_random_boxes(monkeypatch, matri
         expected.append(i)
         suppressed |= (box_iou(boxes[i], boxes)[0] > 0.45) & (classes == classes[i])
     assert nms(boxes, scores, classes, 0.45).tolist() == expected
+
+
+def test_greedy_pairs_take_the_best_iou_first_one_to_one():
+    iou = np.array([[0.9, 0.8, 0.0],
+                    [0.85, 0.0, 0.3],
+                    [0.0, 0.0, 0.0]], dtype=np.float32)
+    assert greedy_pairs(iou) == [(0, 0), (1, 2)]  # (1, 0) loses column 0 to the better (0, 0)
+    assert greedy_pairs(iou, min_iou=0.5) == [(0, 0)]
+    assert greedy_pairs(np.array([[0.5, 0.5]], dtype=np.float32)) == [(0, 0)]  # a tie: row-major first
+    assert greedy_pairs(np.zeros((0, 3), dtype=np.float32)) == []
