@@ -1,6 +1,7 @@
 """What `edge-agent run` tells the loop (`RunOptions`), and what `--auto-plan` adds (`Adaptation`)."""
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ import grpc
 from adaptive.controller import Rung, RuntimeController
 from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
+from .config import out_of_range
 from .errors import ConfigError
 
 CONTROL_EVERY_S = 1.0
@@ -45,8 +47,8 @@ class RunOptions:
     gate_sample_every: int = 5
     """During a deployment's shadow test, every Nth detected frame also goes to the candidate engine."""
     engine_confirm_s: float = 60.0
-    download_mbps: float = 0.0   # cap on artifact downloads, megabytes per second; 0: none
     """A swapped-in engine counts as healthy after this long running (agent.engines.ActiveEngines)."""
+    download_mbps: float = 0.0   # cap on artifact downloads, megabytes per second; 0: none
     fallback_model: Path | None = None
     """The --model file: what a rollback to "the engine before any rollout" loads (None: the bundled one)."""
     publish_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD
@@ -68,26 +70,15 @@ class RunOptions:
             raise ConfigError(f"{len(self.stream_ids)} --stream-id for {len(self.sources)} --source; give one each")
         if len(set(self.stream_ids)) != len(self.stream_ids):
             raise ConfigError(f"--stream-id values must be unique, got {self.stream_ids}")
-        if self.detect_interval < 1:
-            raise ConfigError(f"--detect-interval must be >= 1, got {self.detect_interval}")
-        if self.motion_threshold < 0:
-            raise ConfigError(f"--motion-gate must be >= 0, got {self.motion_threshold}")
-        if self.max_frames < 0:
-            raise ConfigError(f"--max-frames must be >= 0, got {self.max_frames}")
-        if self.gate_sample_every < 1:
-            raise ConfigError(f"--gate-sample-every must be >= 1, got {self.gate_sample_every}")
-        if self.download_mbps < 0:
-            raise ConfigError(f"--download-mbps must be >= 0, got {self.download_mbps}")
-        if self.engine_confirm_s <= 0:
-            raise ConfigError(f"--engine-confirm-s must be > 0, got {self.engine_confirm_s}")
-        if self.outbox_max_bytes < 0:
-            raise ConfigError(f"--outbox-max-mb must be >= 0, got {self.outbox_max_bytes / 1e6:g}")
-        if self.outbox_max_age_s < 0:
-            raise ConfigError(f"--outbox-max-age-s must be >= 0, got {self.outbox_max_age_s:g}")
-        if self.commit_interval_s < 0:
-            raise ConfigError(f"--commit-interval-s must be >= 0, got {self.commit_interval_s:g}")
-        if self.backoff_max_s <= 0:
-            raise ConfigError(f"--backoff-max-s must be > 0, got {self.backoff_max_s:g}")
+        # the bounds the flags have (agent.config.RANGES), for callers of the API too
+        problem = out_of_range(argparse.Namespace(
+            max_frames=self.max_frames, detect_interval=self.detect_interval, motion_gate=self.motion_threshold,
+            drain_timeout=self.drain_timeout_s, backoff_max_s=self.backoff_max_s,
+            outbox_max_mb=self.outbox_max_bytes / 1e6, outbox_max_age_s=self.outbox_max_age_s,
+            commit_interval_s=self.commit_interval_s, gate_sample_every=self.gate_sample_every,
+            engine_confirm_s=self.engine_confirm_s, download_mbps=self.download_mbps))
+        if problem:
+            raise ConfigError(problem)
         if not 0 <= self.publish_threshold <= 1:
             raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
 
