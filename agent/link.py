@@ -246,8 +246,7 @@ class Link:
 
     async def _wait_stop(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True when stop was requested."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await _first_set(seconds, self._stopping)
         return self._stop.is_set()
 
     def channel_options(self) -> list[tuple[str, int]]:
@@ -546,8 +545,7 @@ class Link:
                     return
                 if sent - self.acked_sequence >= self.max_in_flight:
                     self._more.clear()  # an ack wakes the wait
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._more.wait(), IDLE_WAIT_S)
+                    await _first_set(IDLE_WAIT_S, self._more)
                     continue
                 after = max(sent, self.acked_sequence)
                 self._more.clear()  # a commit from now on wakes the wait below
@@ -557,8 +555,7 @@ class Link:
                     records = outbox.pending(after_sequence=after, limit=self.batch_size)
                     behind = len(records) == self.batch_size
                 if not records:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._more.wait(), IDLE_WAIT_S)
+                    await _first_set(IDLE_WAIT_S, self._more)
                     continue
                 await call.write(agent_pb2.DetectionBatch(frames=[record_to_pb(r) for r in records]))
                 sent = records[-1].sequence
