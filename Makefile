@@ -44,7 +44,7 @@ samples: $(SAMPLES)/.verified
 
 # Convert (once, cached) the bundled Darknet weights to ONNX.
 model: $(STAMP)
-	$(BIN)/python -m models.bundled
+	$(BIN)/python -m edgefleet.models.bundled
 
 # Regenerate the committed gRPC stubs after editing proto/edgefleet/v1/*.proto.
 proto: $(STAMP)

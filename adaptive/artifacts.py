@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import ModelError
-from models.manifest import MANIFEST_SUFFIX, ArtifactManifest, DeviceCaps, verify_artifact
+from edgefleet.models.errors import ModelError
+from edgefleet.models.manifest import MANIFEST_SUFFIX, ArtifactManifest, DeviceCaps, verify_artifact
 
 from .probe import HardwareProfile
 

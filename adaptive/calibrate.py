@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models.manifest import atomic_write_bytes
+from edgefleet.models.manifest import atomic_write_bytes
 
 from .artifacts import Artifact
 
@@ -43,7 +43,7 @@ Timer = Callable[[], float]
 
 def load_real_detector(artifact: Artifact, input_size: tuple[int, int], batch: int) -> TimedDetector:
     """The default factory: the artifact's own backend (models.load_detector) at `input_size`."""
-    from models import load_detector
+    from edgefleet.models import load_detector
 
     return load_detector(artifact.path, input_size=input_size)
 

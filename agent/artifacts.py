@@ -160,7 +160,7 @@ class Downloader:
         return self.root / info.sha256 / info.file_name
 
     def download(self, info: ArtifactInfo, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
-        from models.manifest import sha256_file
+        from edgefleet.models.manifest import sha256_file
 
         info.check()
         final, total = self.final_path(info), info.size_bytes
@@ -268,8 +268,8 @@ class Downloader:
 
 def check_device(info: ArtifactInfo, caps) -> None:
     """Raise EngineError unless this device (models.manifest.DeviceCaps) can run the artifact."""
-    from models.errors import IncompatibleArtifact
-    from models.manifest import check_compatible
+    from edgefleet.models.errors import IncompatibleArtifact
+    from edgefleet.models.manifest import check_compatible
 
     if info.format == "tensorrt-engine" and not (info.tensorrt_version and info.gpu_compute_capability):
         raise EngineError(f"engine {info.short} does not say which TensorRT version and GPU compute "
@@ -287,8 +287,8 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
     ones. Engine: taken from the label `models.manifest` (the engine's manifest as `edgefleet model
     engine` wrote it), whose sha256 must be the artifact's. Ultralytics .pt files need none.
     """
-    from models.errors import ModelError
-    from models.manifest import manifest_for_onnx, parse_manifest, write_manifest
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import manifest_for_onnx, parse_manifest, write_manifest
 
     try:
         if info.format == "onnx":
@@ -326,9 +326,9 @@ def build_engine_cached(onnx_path: Path, info: ArtifactInfo) -> Path:
     build_engine_cached; from models.bundled import default_model; p = default_model();
     print(build_engine_cached(p, ArtifactInfo('0' * 64, 1, p.name, 'onnx', 'fp16')))"`.
     """
-    from models.errors import ModelError
-    from models.manifest import probe_device, verify_artifact
-    from models.pipeline import cmd_engine
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import probe_device, verify_artifact
+    from edgefleet.models.pipeline import cmd_engine
 
     precision = info.precision if info.precision in ("fp16", "fp32") else "fp16"  # int8 needs calibration frames
     out = onnx_path.with_name(f"{onnx_path.stem}-{precision}.engine")

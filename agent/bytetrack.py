@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import lap
 import numpy as np
 
-from models.detections import Detections
+from edgefleet.models.detections import Detections
 
 from .errors import ConfigError
 from .kalman import KalmanFilterXYAH, xyah_to_xyxy, xyxy_to_xyah

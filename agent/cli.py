@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from fleet.addresses import host_port_arg
+from edgefleet.fleet.addresses import host_port_arg
 
 from .errors import AgentError, ConfigError
 
@@ -23,7 +23,7 @@ def _mqtt_prefix(value: str) -> str:
 
 
 def cmd_probe(args) -> int:
-    from adaptive.probe import probe
+    from edgefleet.adaptive.probe import probe
 
     profile = probe(args.root)
     if args.json:
@@ -51,8 +51,8 @@ def _detector_options(args) -> dict:
 
 
 def _load_detector(path, args, input_size: tuple[int, int] | None = None):
-    from models import BACKEND_BY_SUFFIX, load_detector
-    from models.errors import ModelError
+    from edgefleet.models import BACKEND_BY_SUFFIX, load_detector
+    from edgefleet.models.errors import ModelError
 
     options = _detector_options(args)
     if input_size is not None:
@@ -88,9 +88,9 @@ def _sample_frames(spec: str, count: int) -> list:
 def _make_plan(profile, *, models: list[Path], source: str | None, calibrate: bool, frames: int,
                target_fps: float, streams: int, state_dir: Path):
     """probe -> artifacts -> frames -> adaptive.plan.plan; a PlanError becomes a ConfigError."""
-    from adaptive.artifacts import discover_artifacts
-    from adaptive.errors import PlanError
-    from adaptive.plan import PlanOptions, plan
+    from edgefleet.adaptive.artifacts import discover_artifacts
+    from edgefleet.adaptive.errors import PlanError
+    from edgefleet.adaptive.plan import PlanOptions, plan
 
     try:
         options = PlanOptions(target_fps=target_fps, streams=streams, calibrate=calibrate)
@@ -109,8 +109,8 @@ def _make_plan(profile, *, models: list[Path], source: str | None, calibrate: bo
 
 def _model_candidates(models_dir: Path | None, model: Path | None) -> list[Path]:
     """--model alone when given; else every artifact in the models dir and the bundled model."""
-    from models.bundled import default_cache_dir, default_model
-    from models.errors import ModelError
+    from edgefleet.models.bundled import default_cache_dir, default_model
+    from edgefleet.models.errors import ModelError
 
     if model is not None:
         return [model]
@@ -123,8 +123,8 @@ def _model_candidates(models_dir: Path | None, model: Path | None) -> list[Path]
 
 
 def cmd_plan(args) -> int:
-    from adaptive.plan import format_plan_report
-    from adaptive.probe import probe
+    from edgefleet.adaptive.plan import format_plan_report
+    from edgefleet.adaptive.probe import probe
 
     report = _make_plan(probe(), models=_model_candidates(args.models_dir, None), source=args.source,
                         calibrate=args.calibrate, frames=args.frames, target_fps=args.target_fps,
@@ -134,7 +134,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from adaptive.probe import probe
+    from edgefleet.adaptive.probe import probe
 
     from .link import channel_credentials
     from .options import RunOptions
@@ -229,8 +229,8 @@ def _active_engine(args, options):
     """The engines' state (active.json) after counting this start: the deployed engine to start with
     (None: --model or the bundled one). An engine whose file is gone or altered is rolled back at once;
     one that fails to load exits the agent, and the crash-loop rule rolls it back on the third start."""
-    from models.errors import ModelError
-    from models.manifest import manifest_path, verify_artifact
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import manifest_path, verify_artifact
 
     from .engines import ActiveEngines, DeploymentStatus
 
@@ -256,8 +256,8 @@ def _auto_plan(args, profile, options, engine=None):
     With a deployed engine (`engine`, from active.json), it is the only model the ladder uses."""
     if engine is not None:
         args.model = Path(engine.path)
-    from adaptive.plan import make_controller
-    from adaptive.probe import hottest_c, read_thermal_zones
+    from edgefleet.adaptive.plan import make_controller
+    from edgefleet.adaptive.probe import hottest_c, read_thermal_zones
 
     from .options import Adaptation
 
@@ -279,8 +279,8 @@ def _auto_plan(args, profile, options, engine=None):
 def _fixed_plan(args, engine, batch: int, detect_interval: int, note: str):
     """The detector and plan without adaptive planning: the deployed engine, else --model, else the
     bundled one; `note` ends the plan's reason."""
-    from models.bundled import default_model
-    from models.errors import ModelError
+    from edgefleet.models.bundled import default_model
+    from edgefleet.models.errors import ModelError
 
     try:
         model = engine.path if engine else args.model or default_model(args.models_dir)
@@ -303,7 +303,7 @@ def cmd_serve(args) -> int:
     import os
     import threading
 
-    from adaptive.schedule import FrameScheduler
+    from edgefleet.adaptive.schedule import FrameScheduler
 
     from .batcher import BatchConfig
     from .health import HealthMonitor
@@ -320,7 +320,7 @@ def cmd_serve(args) -> int:
     token = args.token or os.environ.get("EDGEFLEET_INFERENCE_TOKEN") or None
     agent = None
     if args.controller:
-        from adaptive.probe import probe
+        from edgefleet.adaptive.probe import probe
 
         from .link import channel_credentials
         from .options import RunOptions

@@ -148,7 +148,7 @@ class ActiveEngines:
                 "unconfirmed_starts": self.unconfirmed_starts}
 
     def save(self) -> None:
-        from models.manifest import atomic_write_bytes
+        from edgefleet.models.manifest import atomic_write_bytes
 
         atomic_write_bytes(self.path, json.dumps(self.to_dict(), indent=2).encode())
 
@@ -268,7 +268,7 @@ class EngineManager:
     @property
     def caps(self):
         if self._caps is None:
-            from models.manifest import probe_device
+            from edgefleet.models.manifest import probe_device
 
             self._caps = probe_device()
         return self._caps
@@ -292,7 +292,7 @@ class EngineManager:
     def _save_statuses(self) -> None:
         final = {rid: s.to_dict() for rid, s in self._statuses.items() if s.final}
         final = dict(list(final.items())[-50:])
-        from models.manifest import atomic_write_bytes
+        from edgefleet.models.manifest import atomic_write_bytes
 
         atomic_write_bytes(self.root / "deployments.json", json.dumps(final, indent=2).encode())
 
@@ -507,7 +507,7 @@ class EngineManager:
             elif self.fallback_model is not None:
                 path = self.fallback_model
             else:
-                from models.bundled import default_model
+                from edgefleet.models.bundled import default_model
 
                 path = default_model()
             detector = self.load(path)

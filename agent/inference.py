@@ -35,14 +35,14 @@ from dataclasses import dataclass, field
 import cv2
 import grpc
 import numpy as np
-from edgefleet.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from adaptive.schedule import FrameScheduler
-from fleet.auth import bearer_token
-from models.base import DEFAULT_CONFIDENCE_THRESHOLD
-from models.detections import Detections
+from edgefleet.adaptive.schedule import FrameScheduler
+from edgefleet.fleet.auth import bearer_token
+from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD
+from edgefleet.models.detections import Detections
+from edgefleet.v1 import inference_pb2, inference_pb2_grpc, types_pb2
 
 from .batcher import BatchConfig, BatcherStopped, DynamicBatcher, FrameDropped
 from .bytetrack import ByteTrack

@@ -8,8 +8,8 @@ exponential backoff and jitter while the outbox keeps everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from .artifacts import ArtifactInfo, SignedArtifact
 from .engines import DeployRequest

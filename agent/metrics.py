@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fleet.metrics import MetricsServer, Registry
+from edgefleet.fleet.metrics import MetricsServer, Registry
 
 
 class AgentMetrics:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 
-from adaptive.controller import Rung, RuntimeController
-from models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
+from edgefleet.adaptive.controller import Rung, RuntimeController
+from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
 from .config import out_of_range
 from .errors import ConfigError

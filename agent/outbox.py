@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-    from models.detections import Detections
+    from edgefleet.models.detections import Detections
 
 logger = logging.getLogger(__name__)
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from edgefleet.adaptive.controller import Rung, bounded_ladder
+from edgefleet.adaptive.errors import LadderError
 from edgefleet.v1 import types_pb2
-
-from adaptive.controller import Rung, bounded_ladder
-from adaptive.errors import LadderError
 
 
 def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPlan) -> list[Rung]:

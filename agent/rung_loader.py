@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from adaptive.controller import Rung
-from models.base import Detector
+from edgefleet.adaptive.controller import Rung
+from edgefleet.models.base import Detector
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
+from edgefleet.adaptive.errors import LadderError
+from edgefleet.adaptive.schedule import FrameScheduler, MotionGate
+from edgefleet.models.base import Detector, Prepared
 from edgefleet.v1 import agent_pb2, types_pb2
-
-from adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
-from adaptive.errors import LadderError
-from adaptive.schedule import FrameScheduler, MotionGate
-from models.base import Detector, Prepared
 
 from .bytetrack import ByteTrack, ByteTrackConfig
 from .engines import ActiveEngines, EngineManager, Swap
@@ -577,6 +576,6 @@ class Agent:
 
 
 def _default_load(path: Path) -> Detector:
-    from models import load_detector
+    from edgefleet.models import load_detector
 
     return load_detector(path, confidence_threshold=ByteTrackConfig().low_confidence_threshold)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.yolo import box_iou, greedy_pairs
+from edgefleet.models.yolo import box_iou, greedy_pairs
 
 logger = logging.getLogger(__name__)
 

@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollout_commands(sub)
 
     p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
-    from models.pipeline import add_subcommands
+    from edgefleet.models.pipeline import add_subcommands
 
     add_subcommands(p.add_subparsers(dest="model_command", required=True))
 

@@ -76,8 +76,9 @@ def manifest_for_push(path: Path, manifest_path: Path | None, name: str | None,
 
     The models manifest travels whole in the label `models.manifest`, so it is signed with the
     rest and a device installs exactly what was pushed."""
-    from models.errors import ModelError
-    from models.manifest import manifest_for_onnx, manifest_path as sidecar, parse_manifest, to_json
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import manifest_for_onnx, parse_manifest, to_json
+    from edgefleet.models.manifest import manifest_path as sidecar
 
     try:
         if manifest_path is not None:

@@ -20,13 +20,13 @@ from .convert import (
     timestamp,
     to_dict,
 )
+from .detection_store import FrameRecord
 from .errors import FailedPrecondition, InvalidArgument
 from .hub import Command, Hub
 from .presence import Presence
 from .rollout_store import ArtifactRecord
 from .rollouts import Rollouts
 from .signing import SigningKey
-from .detection_store import FrameRecord
 from .store import DeviceRecord
 
 logger = logging.getLogger(__name__)

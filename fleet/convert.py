@@ -7,14 +7,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 
+from .detection_store import FrameRecord, ObjectRecord
 from .errors import InvalidArgument
 from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec
 from .rollouts import Requirements, StatusReport
-from .detection_store import FrameRecord, ObjectRecord
 from .store import DeviceRecord
-
 
 MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
 """The range a google.protobuf.Timestamp may hold (years 1 to 9999)."""

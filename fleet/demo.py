@@ -54,7 +54,7 @@ def _operator_token(db: Path) -> str:
 def _start_controller(workdir: Path) -> tuple[subprocess.Popen, str]:
     log = (workdir / "controller.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "fleet.db"),
+        [sys.executable, "-m", "edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "fleet.db"),
          "--enroll-key", DEMO_KEY, "--heartbeat-interval", "1"],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
@@ -69,7 +69,7 @@ def _start_agent(i: int, source: Path, address: str, workdir: Path, threads: int
     name = f"demo-cam{i + 1}"
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
+        [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
          "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10", "--threads", str(threads)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
@@ -139,7 +139,7 @@ def run_demo(args) -> int:
     if args.agents < 1:
         print("edgefleet demo: --agents must be >= 1", file=sys.stderr)
         return 2
-    from models.bundled import default_model
+    from edgefleet.models.bundled import default_model
 
     print(f"model: {default_model()}")
     workdir = args.workdir

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .rollout_store import RolloutRecord
 from .detection_store import FrameRecord
+from .rollout_store import RolloutRecord
 from .store import DeviceRecord
 
 if TYPE_CHECKING:

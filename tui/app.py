@@ -17,7 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.worker import Worker
 
-from fleet.tls import ClientTLS
+from edgefleet.fleet.tls import ClientTLS
 
 from .cli import add_subcommand, main  # noqa: F401 - re-exported; tui.cli itself imports no Textual
 from .client import FleetClient

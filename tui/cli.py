@@ -14,8 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fleet.channel import add_connection_arguments
+    from edgefleet.fleet.channel import add_connection_arguments
 
     add_connection_arguments(parser)
     parser.add_argument("--log-file", type=Path, metavar="FILE",
@@ -72,8 +73,8 @@ def run_app(address: str, token: str, tls=None, log_file: Path | None = None, du
 
 def run(args: argparse.Namespace) -> int:
     """Run the app for parsed arguments; 2 with a one-line message when they cannot work."""
-    from fleet.errors import FleetError
-    from fleet.tls import ClientTLS
+    from edgefleet.fleet.errors import FleetError
+    from edgefleet.fleet.tls import ClientTLS
 
     if not args.token:
         print("edgefleet tui: error: no operator token: pass --token or set EDGEFLEET_TOKEN "

@@ -15,9 +15,9 @@ from typing import Generic, Protocol, TypeVar
 
 import grpc
 
+from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.tls import ClientTLS
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
-from fleet.channel import open_channel
-from fleet.tls import ClientTLS
 
 from .convert import (
     artifact_from_pb,

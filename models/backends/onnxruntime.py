@@ -31,8 +31,15 @@ from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from ..manifest import DeviceCaps, manifest_path, verify_artifact
 from ..metadata import ultralytics_metadata
-from ..yolo import (decode_darknet, decode_end2end, decode_ultralytics, letterbox_batch, nms, rect_size,
-                    scale_boxes_to_source)
+from ..yolo import (
+    decode_darknet,
+    decode_end2end,
+    decode_ultralytics,
+    letterbox_batch,
+    nms,
+    rect_size,
+    scale_boxes_to_source,
+)
 
 logger = logging.getLogger(__name__)
 

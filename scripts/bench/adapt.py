@@ -42,7 +42,7 @@ def main() -> int:
         ctl = ControllerThread(Path(tmp) / "fleet.db")
         try:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--controller", ctl.address, "--source", str(args.video),
+                [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", ctl.address, "--source", str(args.video),
                  "--state-dir", str(Path(tmp) / "agent"), "--enroll-key", "efk_test", "--auto-plan",
                  "--target-fps", str(args.target_fps), "--max-frames", str(args.frames), "--loop"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)

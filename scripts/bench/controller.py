@@ -15,8 +15,8 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
 
 
 def fleet_cli(*args: str) -> str:
-    """`python -m fleet.cli ARGS` (e.g. `enroll-key create --db …`); its stdout, stripped."""
-    return subprocess.run([sys.executable, "-m", "fleet.cli", "--log-level", "warning", *args], cwd=ROOT, env=ENV,
+    """`python -m edgefleet.fleet.cli ARGS` (e.g. `enroll-key create --db …`); its stdout, stripped."""
+    return subprocess.run([sys.executable, "-m", "edgefleet.fleet.cli", "--log-level", "warning", *args], cwd=ROOT, env=ENV,
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
@@ -31,11 +31,11 @@ def start_controller(workdir: Path, *serve_args: str, log_level: str = "info",
                      launcher: list[str] | None = None) -> ControllerProcess:
     """`serve` on 127.0.0.1 (any free port, metrics on) with `workdir/fleet.db`, its log in
     `workdir/controller.log`; returns once it said where it listens. `launcher` replaces
-    `python -m fleet.cli` (a profiling wrapper that takes the same arguments)."""
+    `python -m edgefleet.fleet.cli` (a profiling wrapper that takes the same arguments)."""
     args = ["--log-level", log_level, "serve", "--db", str(workdir / "fleet.db"), "--listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0", *serve_args]
     log = (workdir / "controller.log").open("w")
-    proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "fleet.cli"]), *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "edgefleet.fleet.cli"]), *args], stdout=subprocess.PIPE,
                             stderr=log, text=True, cwd=ROOT, env=ENV)
     address = metrics = ""
     deadline = time.monotonic() + 60

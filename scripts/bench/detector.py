@@ -66,9 +66,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from report import write_report  # noqa: E402  (scripts/bench/report.py)
-from models import load_default_detector  # noqa: E402
-from models.backends import create_detector  # noqa: E402
-from models.yolo import decode_darknet, letterbox_batch, nms  # noqa: E402
+
+from edgefleet.models import load_default_detector  # noqa: E402
+from edgefleet.models.backends import create_detector  # noqa: E402
+from edgefleet.models.yolo import decode_darknet, letterbox_batch, nms  # noqa: E402
 
 CONFIDENCE, IOU = 0.25, 0.45
 SETTLE_CALLS = 2
@@ -180,8 +181,8 @@ def prepare_ultralytics() -> tuple[str | None, str | None]:
     """Ultralytics importable and its NMS usable: ("torchvision" | "test-shim", None), or (None, why not)."""
     if importlib.util.find_spec("ultralytics") is None:
         return None, "ultralytics is not installed: pip install 'edgefleet[train]'"
-    from models.backends.ultralytics import import_ultralytics
-    from models.errors import BackendUnavailable
+    from edgefleet.models.backends.ultralytics import import_ultralytics
+    from edgefleet.models.errors import BackendUnavailable
     from tests.torchvision_nms import install_torchvision_nms_fallback
 
     try:
@@ -197,7 +198,7 @@ def yolov8n_onnx(cache_dir: Path) -> Path:
     from ultralytics.utils import ROOT as ULTRALYTICS_ROOT
     from ultralytics.utils import YAML
 
-    from models.export import build_untrained, export_ultralytics
+    from edgefleet.models.export import build_untrained, export_ultralytics
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     pt = cache_dir / "yolov8n-untrained.pt"

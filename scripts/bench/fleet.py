@@ -5,8 +5,8 @@
                                   [--objects 5] [--batch 8] [--heartbeat-interval 5] [--workdir DIR]
                                   [--profile] [--out var/bench/fleet.json]
 
-1. A controller in its own process (`python -m fleet.cli serve`, metrics on) with a fresh
-   SQLite file and an enrollment key made by `python -m fleet.cli enroll-key create`.
+1. A controller in its own process (`python -m edgefleet.fleet.cli serve`, metrics on) with a fresh
+   SQLite file and an enrollment key made by `python -m edgefleet.fleet.cli enroll-key create`.
 2. `--procs` worker processes, each running its share of `--agents` on one asyncio loop.
    Every agent has its own channel (TCP connection), enrolls, opens a Session (hello, then
    heartbeats at the controller's interval) and a PublishDetections stream, and sends a batch
@@ -75,7 +75,7 @@ def instrumented_controller(argv: list[str], out: Path, profile: bool) -> int:
             pauses[info["generation"]].append(time.perf_counter() - started[0])
 
     gc.callbacks.append(on_gc)
-    from fleet.cli import main
+    from edgefleet.fleet.cli import main
 
     if profiles:
         profiles[0].enable()

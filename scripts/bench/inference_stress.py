@@ -44,7 +44,7 @@ def encoded_frames(video: Path | None, count: int, quality: int = 85) -> list[by
     import cv2
 
     if video is None:
-        from agent.sources import open_source
+        from edgefleet.agent.sources import open_source
 
         source = open_source(f"synthetic://768x576?objects=8&frames={count}")
         source.start()
@@ -67,7 +67,7 @@ def encoded_frames(video: Path | None, count: int, quality: int = 85) -> list[by
 
 
 def start_server(max_batch: int, window_ms: float, stream_queue: int, threads: int | None):
-    cmd = [sys.executable, "-m", "agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
+    cmd = [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
            "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms), "--stream-queue", str(stream_queue)]
     if threads:
         cmd += ["--threads", str(threads)]
@@ -95,6 +95,7 @@ def percentiles(values: list[float]) -> dict:
 
 async def load(address: str, frames: list[bytes], streams: int, fps: float, duration: float) -> dict:
     import grpc
+
     from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:

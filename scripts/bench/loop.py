@@ -102,12 +102,12 @@ def agent_run(video: Path, frames: int, interval: int, args, model: Path | None 
     `offline`: the agent enrolls with it (one frame), then runs with it stopped, as an agent whose
     controller is down: every record goes to the fsync'd outbox, the link retries, nothing is sent."""
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-loop-bench-"))
-    launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "fleet.cli"]
+    launcher = ["nice", "-n", str(args.controller_nice), sys.executable, "-m", "edgefleet.fleet.cli"]
     launcher = ["chrt", "--idle", "0", *launcher] if args.controller_idle else launcher
     if args.cpus:  # the controller off the agent's CPUs, as on another machine
         launcher = ["taskset", "-c", ",".join(map(str, args.controller_cpus)), *launcher]
     controller = start_controller(workdir, "--enroll-key", ENROLL_KEY, log_level="warning", launcher=launcher)
-    cmd = [sys.executable, "-m", "agent.cli", "--log-level", "error" if offline else "warning", "run",
+    cmd = [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "error" if offline else "warning", "run",
            "--controller", controller.address, "--source", str(video), "--state-dir", str(workdir / "agent"),
            "--enroll-key", ENROLL_KEY, "--detect-interval", str(interval)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -137,8 +137,8 @@ def ultralytics_layout_model() -> Path:
     """The bundled detector in Ultralytics' detect layout, converted once next to it."""
     import onnx
 
-    from models.bundled import default_model
-    from models.darknet_ultralytics import to_ultralytics_layout
+    from edgefleet.models.bundled import default_model
+    from edgefleet.models.darknet_ultralytics import to_ultralytics_layout
 
     bundled = default_model()
     path = bundled.with_name(f"{bundled.stem}-ultralytics-layout.onnx")
@@ -225,8 +225,8 @@ def main() -> int:
             parser.error(f"--cpus {','.join(map(str, sorted(args.cpus)))} leaves no CPU for the controller")
         os.sched_setaffinity(0, args.cpus)  # inherited by the agent processes
         args.threads = args.threads or len(args.cpus)
-    from agent.bytetrack import ByteTrackConfig
-    from models import load_default_detector
+    from edgefleet.agent.bytetrack import ByteTrackConfig
+    from edgefleet.models import load_default_detector
 
     # the agent's detector: it keeps boxes down to ByteTrack's low threshold (agent.cli)
     detector = load_default_detector(intra_op_threads=args.threads, rect=args.rect,

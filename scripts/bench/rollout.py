@@ -4,7 +4,7 @@
     python scripts/bench/rollout.py [--devices 200] [--procs 4] [--mb 35] [--waves 10,50,100]
                                     [--chunk-kb 1024] [--fetch-streams N] [--out var/bench/rollout.json]
 
-1. A controller in its own process (`python -m fleet.cli serve`, metrics on), a fresh database.
+1. A controller in its own process (`python -m edgefleet.fleet.cli serve`, metrics on), a fresh database.
 2. `--procs` worker processes share `--devices` simulated devices on asyncio loops. Each one
    enrolls (a CPU profile with onnxruntime), opens a Session, and on DeployArtifact verifies
    the manifest's Ed25519 signature with the key it got at enrollment, streams FetchArtifact
@@ -40,6 +40,7 @@ from report import write_report  # noqa: E402  (scripts/bench/report.py)
 async def device(index: int, address: str, key: str, chunk_kb: int, received: list[int]) -> None:
     import grpc
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
     options = [("grpc.max_receive_message_length", 16 << 20)]
@@ -120,9 +121,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import psutil
-    from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-    from fleet.channel import open_channel
+    from edgefleet.fleet.channel import open_channel
+    from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
     key = "efk_bench"

@@ -77,6 +77,7 @@ class SimAgent:
 
     async def connect(self, address: str, enroll_key: str) -> None:
         import grpc
+
         from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
         # a connection of its own, as a real device has (grpc would share one per process otherwise)
@@ -144,6 +145,7 @@ class SimAgent:
     async def publish(self, start: float, end: float) -> None:
         """Batches on schedule from `start` (wall time, plus a random phase) until `end`; then the last acks."""
         import grpc
+
         from edgefleet.v1 import agent_pb2, types_pb2
 
         batch, fps = self.cfg["batch"], self.cfg["fps"]

@@ -6,8 +6,8 @@
                                  [--video var/samples/vtest.avi] [--detect-interval 3] [--seed N]
                                  [--workdir DIR] [--out var/bench/soak.json]
 
-1. A controller process (`python -m fleet.cli serve`, a fixed loopback port, one SQLite file)
-   and `--agents` agent processes (`python -m agent.cli run --loop` on the video, one state dir
+1. A controller process (`python -m edgefleet.fleet.cli serve`, a fixed loopback port, one SQLite file)
+   and `--agents` agent processes (`python -m edgefleet.agent.cli run --loop` on the video, one state dir
    each), all started the way a user starts them.
 2. For `--duration` seconds, every `--kill-every` seconds (uniform in the range; 0 turns kills
    off) one process, chosen at random among the controller and the agents, is SIGKILLed and,
@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_report  # scripts/bench/report.py
+
 from tests.processes import outbox_state, read_db
 
 DB_TIMEOUT_S = 30.0
@@ -182,9 +183,9 @@ def main() -> int:
     db = workdir / "fleet.db"
     address = f"127.0.0.1:{free_port()}"
     py = sys.executable
-    controller = Role("controller", [py, "-m", "fleet.cli", "--log-level", "warning", "serve", "--listen", address,
+    controller = Role("controller", [py, "-m", "edgefleet.fleet.cli", "--log-level", "warning", "serve", "--listen", address,
                                      "--db", str(db), "--enroll-key", ENROLL_KEY, "--heartbeat-interval", "2"], logs)
-    agents = [Role(f"agent-{i + 1}", [py, "-m", "agent.cli", "--log-level", "warning", "run", "--controller", address,
+    agents = [Role(f"agent-{i + 1}", [py, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run", "--controller", address,
                                       "--source", str(args.video), "--loop", "--state-dir", str(workdir / f"agent-{i + 1}"),
                                       "--enroll-key", ENROLL_KEY, "--name", f"soak-{i + 1}",
                                       "--detect-interval", str(args.detect_interval), "--threads", "1",

@@ -56,8 +56,8 @@ sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from scenes import Scene, SceneSpec, describe, make_scene  # noqa: E402  (scripts/bench/scenes.py)
 
-from agent.bytetrack import ByteTrack, ByteTrackConfig  # noqa: E402
-from models.detections import Detections  # noqa: E402
+from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig  # noqa: E402
+from edgefleet.models.detections import Detections  # noqa: E402
 
 OURS = ByteTrackConfig()
 MAX_IDF1_LOSS = 0.02
@@ -229,7 +229,7 @@ def video_detections(video: Path, frames: int) -> list[Detections]:
     """The bundled detector's output on the first `frames` frames of `video`, one entry per frame."""
     import cv2
 
-    from models import load_default_detector
+    from edgefleet.models import load_default_detector
 
     detector, capture, detections = load_default_detector(), cv2.VideoCapture(str(video)), []
     try:

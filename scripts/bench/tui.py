@@ -43,9 +43,9 @@ if str(ROOT) not in sys.path:
 from report import write_report  # noqa: E402  (scripts/bench/report.py)
 from textual.screen import Screen
 
-from tui.app import FleetApp
-from tui.errors import Unimplemented
-from tui.views import DeviceView, Health, Plan
+from edgefleet.tui.app import FleetApp
+from edgefleet.tui.errors import Unimplemented
+from edgefleet.tui.views import DeviceView, Health, Plan
 
 PLATFORMS = ("jetson-orin-nano", "rpi5", "rpi4", "x86_64-cpu", "x86_64-nvidia")
 PLAN = Plan(model="yolov3-tiny-coco", backend="onnxruntime", precision="fp32", input_width=416,
@@ -212,8 +212,8 @@ def serve_fleet(args) -> int:
     A separate process, so the app under test does not share its GIL with the fleet.
     """
     import grpc
-    from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+    from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
     from tests.conftest import ControllerThread
 
     interval = args.devices / args.rate

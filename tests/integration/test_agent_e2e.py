@@ -7,10 +7,10 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from fleet.channel import open_channel
-from models.yolo import box_iou
+from edgefleet.fleet.channel import open_channel
+from edgefleet.models.yolo import box_iou
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ..conftest import ControllerThread, first_frames, free_port, run_cli
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 def agent_run(address: str, source, state_dir, *extra: str, timeout: float = 240):
     return run_cli(
-        "agent.cli", "run", "--controller", address, "--source", str(source), "--state-dir", str(state_dir),
+        "edgefleet.agent.cli", "run", "--controller", address, "--source", str(source), "--state-dir", str(state_dir),
         *extra, timeout=timeout,
     )
 
@@ -190,9 +190,9 @@ def test_what_the_agent_stores_equals_a_plain_detect_and_track_loop(controller, 
     work is done, never what is found: the same boxes, scores, classes and track ids as detecting
     and tracking the same frames one by one in this process."""
 
-    from agent.bytetrack import ByteTrack, ByteTrackConfig
-    from agent.options import RunOptions
-    from models import load_default_detector
+    from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig
+    from edgefleet.agent.options import RunOptions
+    from edgefleet.models import load_default_detector
 
     frames_n = 45
     summary = summary_of(agent_run(controller.address, vtest, tmp_path / "agent", "--enroll-key", "efk_test",

@@ -9,7 +9,7 @@ from ..conftest import run_cli
 
 
 def plan_cli(*args: str, timeout: float = 120):
-    return run_cli("agent.cli", "plan", *args, timeout=timeout)
+    return run_cli("edgefleet.agent.cli", "plan", *args, timeout=timeout)
 
 
 def test_plan_without_calibration_uses_the_static_table(tmp_path):
@@ -55,7 +55,7 @@ def test_auto_plan_steps_down_when_the_target_is_out_of_reach(controller, contro
     """At 1,000 fps nothing fits on any CPU: the plan takes the cheapest candidate, and once the
     controller's settling time and persistence have passed (about 8 s) it steps down its ladder
     (smaller input). The looped video keeps the run longer than that however fast the machine."""
-    proc = run_cli("agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+    proc = run_cli("edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
                    "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--max-frames", "2400",
                    "--loop", "--auto-plan", "--target-fps", "1000", timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]

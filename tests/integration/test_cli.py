@@ -5,12 +5,10 @@ import json
 
 import pytest
 
-from ..conftest import free_port, run_cli, samples_dir
-from .test_gateway import auth, batch, enroll
-
 from edgefleet.v1 import agent_pb2_grpc
 
-
+from ..conftest import free_port, run_cli, samples_dir
+from .test_gateway import auth, batch, enroll
 
 
 def test_devices_and_detections_read_over_fleet_control(controller, channel):
@@ -19,17 +17,17 @@ def test_devices_and_detections_read_over_fleet_control(controller, channel):
     list(stub.PublishDetections(iter([batch(1, 2, 3)]), metadata=auth(device.device_token), timeout=5))
 
     token = ("--token", controller.operator_token)
-    proc = run_cli("fleet.cli", "devices", "--controller", controller.address, *token, "--json")
+    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", controller.address, *token, "--json")
     assert proc.returncode == 0, proc.stderr
     (listed,) = json.loads(proc.stdout)
     assert listed["device_id"] == device.device_id
     assert listed["detections_stored"] == "3"  # uint64 is a string in proto JSON
 
-    proc = run_cli("fleet.cli", "devices", "--controller", controller.address,
+    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", controller.address,
                    env={"EDGEFLEET_TOKEN": controller.operator_token})
     assert device.device_id in proc.stdout and "DEVICE" in proc.stdout
 
-    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, *token,
+    proc = run_cli("edgefleet.fleet.cli", "detections", "--controller", controller.address, *token,
                    "--device", device.device_id, "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     assert "seq      2" in proc.stdout and "seq      3" in proc.stdout and "person#1" in proc.stdout
@@ -38,22 +36,22 @@ def test_devices_and_detections_read_over_fleet_control(controller, channel):
 
 def test_unknown_device_and_unreachable_controller_are_clear_errors(controller):
     token = ("--token", controller.operator_token)
-    proc = run_cli("fleet.cli", "detections", "--controller", controller.address, *token, "--device", "nope")
+    proc = run_cli("edgefleet.fleet.cli", "detections", "--controller", controller.address, *token, "--device", "nope")
     assert proc.returncode == 2
     assert "NOT_FOUND" in proc.stderr and "nope" in proc.stderr and "Traceback" not in proc.stderr
 
-    proc = run_cli("fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", *token, "--timeout", "1")
+    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", *token, "--timeout", "1")
     assert proc.returncode == 2
     assert "cannot reach the controller" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_enroll_key_create_then_serve_accepts_it(tmp_path):
     db = tmp_path / "fleet.db"
-    proc = run_cli("fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab")
+    proc = run_cli("edgefleet.fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab")
     assert proc.returncode == 0, proc.stderr
     key = proc.stdout.strip()
     assert key.startswith("efk_") and len(key) > 20
-    from fleet.store import FleetStore
+    from edgefleet.fleet.store import FleetStore
 
     store = FleetStore(db)
     try:
@@ -65,7 +63,7 @@ def test_enroll_key_create_then_serve_accepts_it(tmp_path):
 
 @pytest.mark.slow
 def test_demo_runs_agents_and_ends_with_a_summary(tmp_path):
-    proc = run_cli("fleet.cli", "demo", "--duration", "12", "--agents", "2", "--samples", str(samples_dir()),
+    proc = run_cli("edgefleet.fleet.cli", "demo", "--duration", "12", "--agents", "2", "--samples", str(samples_dir()),
                    "--workdir", str(tmp_path / "demo"), timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "demo-cam1" in proc.stdout and "demo-cam2" in proc.stdout

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from models import load_default_detector
-from models.yolo import box_iou
-from models.bundled import cached_model_path, default_model
-from models.darknet import CONVERTER_VERSION
+from edgefleet.models import load_default_detector
+from edgefleet.models.bundled import cached_model_path, default_model
+from edgefleet.models.darknet import CONVERTER_VERSION
+from edgefleet.models.yolo import box_iou
 
 from ..conftest import read_frames
 from .test_detector_parity import _sample
@@ -71,7 +71,7 @@ def test_a_stale_or_damaged_cache_is_converted_again(tmp_path, cache_dir, damage
 def test_module_cli_prints_the_path(cache_dir):
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    done = subprocess.run([sys.executable, "-m", "models.bundled", "--cache-dir", str(cache_dir)],
+    done = subprocess.run([sys.executable, "-m", "edgefleet.models.bundled", "--cache-dir", str(cache_dir)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(cached_model_path(cache_dir))

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
-from models import load_default_detector
-from models.yolo import box_iou, greedy_pairs
+from edgefleet.models import load_default_detector
+from edgefleet.models.yolo import box_iou, greedy_pairs
 
 from ..conftest import read_frames
 

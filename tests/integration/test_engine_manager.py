@@ -11,14 +11,14 @@ import grpc
 import numpy as np
 import onnx
 import pytest
-from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
-from agent.artifacts import ArtifactInfo, Downloader
-from agent.engines import DeployRequest, EngineManager
-from agent.errors import DownloadError
-from agent.link import Identity, Link, artifact_from_pb
-from agent.shadow import GateParams
-from models import load_detector
+from edgefleet.agent.artifacts import ArtifactInfo, Downloader
+from edgefleet.agent.engines import DeployRequest, EngineManager
+from edgefleet.agent.errors import DownloadError
+from edgefleet.agent.link import Identity, Link, artifact_from_pb
+from edgefleet.agent.shadow import GateParams
+from edgefleet.models import load_detector
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from ..unit.test_engines import CPU, Signer, tiny_onnx
 

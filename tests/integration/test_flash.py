@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.config import load_config
+from edgefleet.agent.cli import build_parser
+from edgefleet.agent.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 FLASH = REPO / "scripts" / "flash-agent.sh"

@@ -17,14 +17,14 @@ import cv2
 import grpc
 import numpy as np
 import pytest
-from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, inference_pb2, inference_pb2_grpc
 
-from agent.batcher import BatchConfig
-from agent.bytetrack import ByteTrack, ByteTrackConfig
-from agent.health import HealthMonitor
-from agent.inference import InferenceCore, InferenceServer, standalone_detect
-from fleet.channel import open_channel
-from models import Detections, load_default_detector
+from edgefleet.agent.batcher import BatchConfig
+from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig
+from edgefleet.agent.health import HealthMonitor
+from edgefleet.agent.inference import InferenceCore, InferenceServer, standalone_detect
+from edgefleet.fleet.channel import open_channel
+from edgefleet.models import Detections, load_default_detector
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 from ..conftest import ROOT, bus_jpg, first_frames, wait_for
 
@@ -275,7 +275,7 @@ def test_with_a_token_calls_without_it_are_unauthenticated():
 
 def test_served_frames_reach_the_controller_through_the_agents_outbox(controller, vtest, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
          "--controller", controller.address, "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test",
          "--stream-queue", "64"],  # the test sends all frames at once: none may be dropped
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ),

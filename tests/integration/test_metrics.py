@@ -11,6 +11,7 @@ import urllib.request
 
 import grpc
 import pytest
+
 from edgefleet.v1 import agent_pb2_grpc
 
 from ..conftest import ControllerThread, free_port
@@ -92,7 +93,7 @@ def test_a_running_agent_serves_fps_and_its_plan(controller, vtest, tmp_path):
     log = tmp_path / "agent.log"
     with log.open("w") as err:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
              "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "metered-cam",
              "--loop", "--threads", "1", "--metrics-listen", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL, stderr=err)
@@ -126,7 +127,7 @@ def test_a_bare_inference_service_serves_its_metrics(tmp_path):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "serve", "--listen", "127.0.0.1:0",
          "--threads", "1", "--metrics-listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -149,6 +150,6 @@ def test_a_bare_inference_service_serves_its_metrics(tmp_path):
 
 
 def test_serve_refuses_mqtt_without_a_controller():
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--listen", "127.0.0.1:0",
+    proc = subprocess.run([sys.executable, "-m", "edgefleet.agent.cli", "serve", "--listen", "127.0.0.1:0",
                            "--mqtt", "127.0.0.1:1883"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--mqtt needs --controller" in proc.stderr

@@ -13,9 +13,9 @@ from collections import defaultdict
 
 import paho.mqtt.client as mqtt
 import pytest
-from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from fleet.channel import open_channel
+from edgefleet.fleet.channel import open_channel
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ..conftest import ROOT, ControllerThread, free_port, wait_for
 
@@ -91,7 +91,7 @@ def test_agent_publishes_frigate_topics_and_its_last_will(broker, controller, vt
     log = tmp_path / "agent.log"
     with log.open("w") as err:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
              "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "mqtt-cam",
              "--loop", "--threads", "1", "--mqtt", f"127.0.0.1:{broker}"],
             stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from edgefleet.fleet.channel import open_channel
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
-from fleet.channel import open_channel
 
 from ..conftest import wait_for
 
@@ -21,7 +21,7 @@ def test_an_override_reaches_the_running_agent(controller, vtest, tmp_path):
     log = tmp_path / "agent.log"
     with log.open("w") as err:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
              "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "pinned-cam",
              "--loop", "--threads", "1"],
             stdout=subprocess.DEVNULL, stderr=err)

@@ -27,13 +27,13 @@ AGENT_LIGHT = ("--detect-interval", "3", "--threads", "1")
 # ---- real processes ----
 
 class AgentProcess:
-    """`python -m agent.cli run`; stdout (the summary) piped, stderr to a file."""
+    """`python -m edgefleet.agent.cli run`; stdout (the summary) piped, stderr to a file."""
 
     def __init__(self, address: str, source, state_dir: Path, *extra: str, log: Path):
         self.log_path = log
         with open(log, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "--log-level", "warning", "run", "--controller", address,
+                [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run", "--controller", address,
                  "--source", str(source), "--state-dir", str(state_dir), "--enroll-key", "efk_test", *extra],
                 stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
 
@@ -177,7 +177,7 @@ def test_agent_sigkilled_five_times_delivers_every_committed_record_and_never_re
 # ---- 3. a flaky link ----
 
 def test_backoff_grows_exponentially_with_jitter_up_to_its_cap():
-    from agent.link import Backoff
+    from edgefleet.agent.link import Backoff
 
     random.seed(7)
     backoff = Backoff(initial=0.5, maximum=4.0)

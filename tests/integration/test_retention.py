@@ -7,13 +7,13 @@ import time
 
 import grpc
 import pytest
-from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from fleet.channel import open_channel
-from fleet.retention import RetentionPolicy, RetentionSweeper
-from fleet.server import AsyncStore
-from fleet.detection_store import FrameRecord, ObjectRecord
-from fleet.store import FleetStore
+from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord
+from edgefleet.fleet.retention import RetentionPolicy, RetentionSweeper
+from edgefleet.fleet.server import AsyncStore
+from edgefleet.fleet.store import FleetStore
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
 from tests.conftest import ControllerThread, run_cli, wait_for
 
 DAY = 86_400
@@ -63,7 +63,7 @@ def test_a_heartbeat_lands_in_the_health_history(controller):
 
 
 def test_serve_refuses_a_bad_retention_naming_the_flag(tmp_path):
-    proc = run_cli("fleet.cli", "serve", "--db", str(tmp_path / "fleet.db"), "--health-retention-days", "-3")
+    proc = run_cli("edgefleet.fleet.cli", "serve", "--db", str(tmp_path / "fleet.db"), "--health-retention-days", "-3")
     assert proc.returncode == 2
     assert "--health-retention-days must be a number of days >= 0" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -8,14 +8,14 @@ import subprocess
 import sys
 import threading
 
-from models.bundled import default_model
+from edgefleet.models.bundled import default_model
 from tests.conftest import ROOT, run_cli, wait_for
 
 from .test_rollouts_controller import ScriptedDevice, State
 
 
 def ops(controller, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("fleet.cli", *args, "--controller", controller.address, "--token", controller.operator_token,
+    return run_cli("edgefleet.fleet.cli", *args, "--controller", controller.address, "--token", controller.operator_token,
                    timeout=60)
 
 
@@ -55,7 +55,7 @@ def test_create_wait_follows_the_rollout_to_its_end(controller, channel):
     sha = json.loads(ops(controller, "artifact", "push", str(default_model()), "--json").stdout)["manifest"]["sha256"]
     cams = [ScriptedDevice(channel, name) for name in ("cam-a", "cam-b")]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "rollout", "create", "--artifact", sha, "--canary", "1", "--wait",
+        [sys.executable, "-m", "edgefleet.fleet.cli", "rollout", "create", "--artifact", sha, "--canary", "1", "--wait",
          "--controller", controller.address, "--token", controller.operator_token],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     stop = threading.Event()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from fleet.channel import open_channel
-from models.bundled import default_model
+from edgefleet.fleet.channel import open_channel
+from edgefleet.models.bundled import default_model
+from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from ..conftest import ROOT, free_port, wait_for
 from ..onnx_variants import slow_onnx, variant_onnx, warmup_failing_onnx
@@ -44,7 +44,7 @@ class Fleet:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = subprocess.run(
-            [sys.executable, "-m", "fleet.cli", "operator-token", "create", "--db", str(self.db)],
+            [sys.executable, "-m", "edgefleet.fleet.cli", "operator-token", "create", "--db", str(self.db)],
             cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
         self.metrics_port = free_port()
         self.controller = ControllerProcess(self.db, self.port, workdir, "--metrics-listen",
@@ -55,7 +55,7 @@ class Fleet:
     def start_agent(self, name: str, *extra: str) -> None:
         self.logs[name] = self.workdir / f"{name}.log"
         self.agents[name] = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--controller", self.address, "--source", str(self.vtest),
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address, "--source", str(self.vtest),
              "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY, "--name", name,
              "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgefleet.fleet.rollouts import plan_waves
+from edgefleet.fleet.signing import signed_bytes
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, types_pb2
-from fleet.rollouts import plan_waves
-from fleet.signing import signed_bytes
 from tests.conftest import ControllerThread, wait_for
 
 CPU = types_pb2.HardwareProfile(platform="x86_64-cpu", onnxruntime_providers=["CPUExecutionProvider"])
@@ -211,7 +211,7 @@ def test_pause_holds_the_next_wave_and_resume_starts_it(channel, control, model_
 
 def test_a_restarted_controller_continues_and_resends_to_devices_that_reconnect(tmp_path, model_bytes):
     ctl = ControllerThread(tmp_path / "fleet.db")
-    from fleet.channel import open_channel
+    from edgefleet.fleet.channel import open_channel
     from edgefleet.v1 import fleet_pb2_grpc
 
     try:
@@ -263,9 +263,9 @@ def test_downloads_take_turns_for_the_controllers_fetch_slots(tmp_path):
     """--fetch-streams 1, --fetch-stream-s 0.3: a second download waits while the first sends; the
     first's stream ends cleanly when its turn is over, short of the end, and resumes from there."""
     model_bytes = np.random.default_rng(0).bytes(24 << 20)  # more than gRPC buffers: the first turn blocks
+    from edgefleet.fleet.channel import open_channel
+    from edgefleet.fleet.rollouts import RolloutOptions
     from edgefleet.v1 import fleet_pb2_grpc
-    from fleet.channel import open_channel
-    from fleet.rollouts import RolloutOptions
 
     ctl = ControllerThread(tmp_path / "fleet.db", rollout_options=RolloutOptions(fetch_streams=1, fetch_stream_s=0.3))
     gauge = ctl.controller.metrics.artifact_streams
@@ -311,9 +311,9 @@ def test_a_silent_device_times_out_but_not_while_it_waits_for_a_download_slot(tm
     """--rollout-device-timeout 1 s, one download slot: a device whose FetchArtifact waits for the
     slot (another of its streams holds it) says nothing for longer than the timeout and stays in
     the wave; once its streams end, the timeout counts from there and fails it."""
+    from edgefleet.fleet.channel import open_channel
+    from edgefleet.fleet.rollouts import RolloutOptions
     from edgefleet.v1 import fleet_pb2_grpc
-    from fleet.channel import open_channel
-    from fleet.rollouts import RolloutOptions
 
     options = RolloutOptions(device_timeout_s=1.0, fetch_streams=1, fetch_stream_s=60)
     ctl = ControllerThread(tmp_path / "fleet.db", rollout_options=options)

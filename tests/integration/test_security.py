@@ -111,16 +111,16 @@ def test_enroll_key_create_list_revoke_with_the_cli_while_serving(tmp_path):
     db = tmp_path / "fleet.db"
     ctl = ControllerThread(db, enroll_keys=())
     try:
-        proc = run_cli("fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab")
+        proc = run_cli("edgefleet.fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab")
         assert proc.returncode == 0, proc.stderr
         key = proc.stdout.strip()
         with grpc.insecure_channel(ctl.address) as channel:
             assert enroll(channel, key=key, hardware_id="hw-1").device_id
 
-            listed = run_cli("fleet.cli", "enroll-key", "list", "--db", str(db), "--json")
+            listed = run_cli("edgefleet.fleet.cli", "enroll-key", "list", "--db", str(db), "--json")
             (entry,) = [k for k in json.loads(listed.stdout) if k["name"] == "lab"]
             assert entry["revoked"] is False and key not in listed.stdout
-            proc = run_cli("fleet.cli", "enroll-key", "revoke", entry["id"], "--db", str(db))
+            proc = run_cli("edgefleet.fleet.cli", "enroll-key", "revoke", entry["id"], "--db", str(db))
             assert proc.returncode == 0, proc.stderr
             assert f"revoked enrollment key {entry['id']} (lab)" in proc.stdout
 
@@ -128,9 +128,9 @@ def test_enroll_key_create_list_revoke_with_the_cli_while_serving(tmp_path):
                 enroll(channel, key=key, hardware_id="hw-2")
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert "unknown or revoked enrollment key" in err.value.details()
-        assert "revoked" in run_cli("fleet.cli", "enroll-key", "list", "--db", str(db)).stdout
+        assert "revoked" in run_cli("edgefleet.fleet.cli", "enroll-key", "list", "--db", str(db)).stdout
 
-        proc = run_cli("fleet.cli", "enroll-key", "revoke", "nope", "--db", str(db))
+        proc = run_cli("edgefleet.fleet.cli", "enroll-key", "revoke", "nope", "--db", str(db))
         assert proc.returncode == 2 and "no enrollment key with id 'nope'" in proc.stderr
     finally:
         ctl.stop()
@@ -140,18 +140,18 @@ def test_operator_token_from_the_cli_works_until_revoked(tmp_path):
     db = tmp_path / "fleet.db"
     ctl = ControllerThread(db)
     try:
-        proc = run_cli("fleet.cli", "operator-token", "create", "--db", str(db), "--name", "alice")
+        proc = run_cli("edgefleet.fleet.cli", "operator-token", "create", "--db", str(db), "--name", "alice")
         assert proc.returncode == 0, proc.stderr
         token = proc.stdout.strip()
         assert token.startswith("efo_") and "only its hash is kept" in proc.stderr
 
-        devices = ("fleet.cli", "devices", "--controller", ctl.address)
+        devices = ("edgefleet.fleet.cli", "devices", "--controller", ctl.address)
         assert run_cli(*devices, env={"EDGEFLEET_TOKEN": token}).returncode == 0
 
         proc = run_cli(*devices, env={"EDGEFLEET_TOKEN": ""})
         assert proc.returncode == 2 and "no operator token" in proc.stderr
 
-        assert run_cli("fleet.cli", "operator-token", "revoke", token, "--db", str(db)).returncode == 0
+        assert run_cli("edgefleet.fleet.cli", "operator-token", "revoke", token, "--db", str(db)).returncode == 0
         proc = run_cli(*devices, "--token", token)
         assert proc.returncode == 2
         assert "UNAUTHENTICATED" in proc.stderr and "Traceback" not in proc.stderr

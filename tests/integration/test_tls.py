@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.tls import ClientTLS, ServerTLS
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from fleet.channel import open_channel
-from fleet.tls import ClientTLS, ServerTLS
 
 from ..conftest import ROOT, ControllerThread, run_cli
 from .test_gateway import auth, batch
@@ -142,9 +142,9 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(mtls_controlle
 
 def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
     db = tmp_path / "fleet.db"
-    token = run_cli("fleet.cli", "operator-token", "create", "--db", str(db)).stdout.strip()
+    token = run_cli("edgefleet.fleet.cli", "operator-token", "create", "--db", str(db)).stdout.strip()
     server = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(db),
+        [sys.executable, "-m", "edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(db),
          "--tls-cert", str(pki.cert("server")), "--tls-key", str(pki.key("server")),
          "--tls-client-ca", str(pki.cert("ca"))],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -153,7 +153,7 @@ def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
         line = server.stdout.readline()
         assert "listening on" in line, server.stderr.read() if server.poll() is not None else line
         address = line.split("listening on", 1)[1].split()[0]
-        devices = ("fleet.cli", "devices", "--controller", address, "--token", token, "--timeout", "5",
+        devices = ("edgefleet.fleet.cli", "devices", "--controller", address, "--token", token, "--timeout", "5",
                    "--tls-ca", str(pki.cert("ca")))
         proc = run_cli(*devices, "--tls-cert", str(pki.cert("client")), "--tls-key", str(pki.key("client")))
         assert proc.returncode == 0, proc.stderr
@@ -169,7 +169,7 @@ def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
 
 
 def test_serve_names_a_missing_certificate_file(tmp_path, pki):
-    proc = run_cli("fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "fleet.db"),
+    proc = run_cli("edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "fleet.db"),
                    "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(pki.key("server")), timeout=30)
     assert proc.returncode == 2
     assert "--tls-cert" in proc.stderr and "missing.pem" in proc.stderr and "Traceback" not in proc.stderr
@@ -179,7 +179,7 @@ def test_serve_names_a_missing_certificate_file(tmp_path, pki):
 def test_an_agent_streams_over_mutual_tls_and_is_refused_without_its_certificate(mtls_controller, pki, vtest,
                                                                                  tmp_path):
     def agent(state: str, *tls: str) -> subprocess.CompletedProcess:
-        return run_cli("agent.cli", "run", "--controller", mtls_controller.address, "--source", str(vtest),
+        return run_cli("edgefleet.agent.cli", "run", "--controller", mtls_controller.address, "--source", str(vtest),
                        "--state-dir", str(tmp_path / state), "--enroll-key", "efk_test", "--max-frames", "10",
                        "--drain-timeout", "3", "--threads", "1", *tls)
 

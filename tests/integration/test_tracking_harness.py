@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "bench"))
 import tracking  # noqa: E402  (scripts/bench/tracking.py)
 from scenes import SceneSpec, make_scene  # noqa: E402  (scripts/bench/scenes.py)
 
-from models.detections import Detections  # noqa: E402
+from edgefleet.models.detections import Detections  # noqa: E402
 
 SMALL = SceneSpec(objects=8, frames=120, seed=1)
 

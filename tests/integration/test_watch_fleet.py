@@ -7,8 +7,8 @@ import threading
 import grpc
 import pytest
 
+from edgefleet.fleet.channel import open_channel
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
-from fleet.channel import open_channel
 
 from ..conftest import ControllerThread
 from .test_gateway import auth, batch, enroll

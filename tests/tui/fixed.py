@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from tui.errors import Unimplemented
-from tui.views import (
+from edgefleet.tui.errors import Unimplemented
+from edgefleet.tui.views import (
     ArtifactView,
     DeviceView,
     EventEntry,

@@ -8,13 +8,13 @@ import pytest
 from rich.console import Console
 from textual.widgets import DataTable, Input, Sparkline, Static
 
+from edgefleet.tui.app import FleetApp
+from edgefleet.tui.screens.create_rollout import CreateRolloutScreen
+from edgefleet.tui.screens.device import DeviceScreen
+from edgefleet.tui.screens.modals import ConfirmScreen
+from edgefleet.tui.screens.rollouts import RolloutsScreen
+from edgefleet.tui.widgets.fleet_table import FleetTable
 from edgefleet.v1 import fleet_pb2, types_pb2
-from tui.app import FleetApp
-from tui.screens.create_rollout import CreateRolloutScreen
-from tui.screens.device import DeviceScreen
-from tui.screens.modals import ConfirmScreen
-from tui.screens.rollouts import RolloutsScreen
-from tui.widgets.fleet_table import FleetTable
 
 from ..conftest import ControllerThread
 from .agents import PLAN, SimAgent

@@ -6,14 +6,13 @@ import threading
 
 import pytest
 
-from edgefleet.v1 import fleet_pb2, types_pb2
-from tui.coalesce import MAX_UPDATES_PER_DEVICE, Coalescer
-from tui.convert import device_from_pb, fleet_event_from_pb, rollout_from_pb, rollout_request_to_pb
-from tui.feed import Backoff
-from tui.format import age, banner_text, plan_text, progress_bar
-from tui.rollout_form import FormError, parse_rollout_form
-from tui.state import FleetState, matches, sort_key
-from tui.views import (
+from edgefleet.tui.coalesce import MAX_UPDATES_PER_DEVICE, Coalescer
+from edgefleet.tui.convert import device_from_pb, fleet_event_from_pb, rollout_from_pb, rollout_request_to_pb
+from edgefleet.tui.feed import Backoff
+from edgefleet.tui.format import age, banner_text, plan_text, progress_bar
+from edgefleet.tui.rollout_form import FormError, parse_rollout_form
+from edgefleet.tui.state import FleetState, matches, sort_key
+from edgefleet.tui.views import (
     Connection,
     DeviceView,
     Dropped,
@@ -25,6 +24,7 @@ from tui.views import (
     RolloutRequest,
     RolloutView,
 )
+from edgefleet.v1 import fleet_pb2, types_pb2
 
 
 def device(device_id: str, status: str = "online", fps: float | None = None, t: float = 100.0,
@@ -163,7 +163,7 @@ def test_counts_events_rollouts_connection_and_dropped():
 
 
 def test_new_events_says_when_some_fell_off_the_log(monkeypatch):
-    monkeypatch.setattr("tui.state.EVENT_LOG_SIZE", 3)
+    monkeypatch.setattr("edgefleet.tui.state.EVENT_LOG_SIZE", 3)
     state = FleetState()
     apply(state, *[EventEntry(i, "fleet", str(i)) for i in range(5)])
     assert [e.text for e in state.events] == ["2", "3", "4"]

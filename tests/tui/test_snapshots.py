@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tui.app import FleetApp
+from edgefleet.tui.app import FleetApp
 
 from .fixed import EVENTS, FRAMES, HISTORY, NOW, ROLLOUTS, FixedClient
 

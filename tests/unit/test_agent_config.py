@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import build_parser
-from agent.config import parse_args
-from agent.watchdog import Watchdog
+from edgefleet.agent.cli import build_parser
+from edgefleet.agent.config import parse_args
+from edgefleet.agent.watchdog import Watchdog
 
 
 def parse(tmp_path: Path, text: str, *extra: str):
@@ -174,7 +174,7 @@ def test_other_commands_ignore_config_words(tmp_path):
 def test_exit_code_from_the_real_command(tmp_path):
     path = tmp_path / "agent.yaml"
     path.write_text(BASE + "detect_interval: 0\n")
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "edgefleet.agent.cli", "run", "--config", str(path)],
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{path}:3: detect_interval: must be >= 1, got 0" in proc.stderr

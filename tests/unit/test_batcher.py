@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from agent.batcher import BatchConfig, BatcherStopped, DynamicBatcher, FrameDropped
-from agent.errors import ConfigError
+from edgefleet.agent.batcher import BatchConfig, BatcherStopped, DynamicBatcher, FrameDropped
+from edgefleet.agent.errors import ConfigError
 
 
 class FakeDetector:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.bytetrack import NO_TRACK, ByteTrack, ByteTrackConfig
-from agent.errors import ConfigError
-from models.detections import Detections
+from edgefleet.agent.bytetrack import NO_TRACK, ByteTrack, ByteTrackConfig
+from edgefleet.agent.errors import ConfigError
+from edgefleet.models.detections import Detections
 
 W, H = 20.0, 40.0  # every test box is 20 x 40 px unless a builder says otherwise
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from adaptive.controller import (
+from edgefleet.adaptive.controller import (
     ControllerConfig,
     ControllerState,
     HealthReading,
@@ -19,7 +19,7 @@ from adaptive.controller import (
     decide,
     thermal_limits,
 )
-from adaptive.errors import LadderError
+from edgefleet.adaptive.errors import LadderError
 
 FRAME_MS = 1000 / 15   # 66.7 ms per frame at 15 fps
 BASE_MS = {("yolo-s", 640): 40.0, ("yolo-s", 512): 26.0, ("yolo-s", 416): 17.0, ("yolo-s", 320): 10.0,

@@ -14,14 +14,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import models
-from models.backends.onnxruntime import read_layout
-from models.bundled import default_model
-from models.darknet_ultralytics import OUTPUT, to_ultralytics_layout
-from models.detections import Detections
-from models.errors import UnsupportedModel
-from models.metadata import ultralytics_metadata
-from models.yolo import box_iou, decode_darknet, decode_ultralytics, letterbox
+from edgefleet import models
+from edgefleet.models.backends.onnxruntime import read_layout
+from edgefleet.models.bundled import default_model
+from edgefleet.models.darknet_ultralytics import OUTPUT, to_ultralytics_layout
+from edgefleet.models.detections import Detections
+from edgefleet.models.errors import UnsupportedModel
+from edgefleet.models.metadata import ultralytics_metadata
+from edgefleet.models.yolo import box_iou, decode_darknet, decode_ultralytics, letterbox
 
 from ..conftest import bus_jpg, read_frames
 from ..ultralytics_env import ultralytics_env  # noqa: F401 - a pytest fixture

@@ -16,9 +16,8 @@ import onnx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from edgefleet.v1 import agent_pb2, types_pb2
 
-from agent.artifacts import (
+from edgefleet.agent.artifacts import (
     ArtifactInfo,
     Downloader,
     check_device,
@@ -26,14 +25,15 @@ from agent.artifacts import (
     needs_build,
     verify_artifact_signature,
 )
-from agent.engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, EngineRef
-from agent.errors import DownloadError, EngineError, FetchError, SignatureError
-from agent.link import artifact_from_pb
-from agent.shadow import GateParams, ShadowGate, match_count
-from models import load_detector
-from models.darknet import convert
-from models.detections import Detections
-from models.manifest import DeviceCaps, manifest_path, read_manifest
+from edgefleet.agent.engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, EngineRef
+from edgefleet.agent.errors import DownloadError, EngineError, FetchError, SignatureError
+from edgefleet.agent.link import artifact_from_pb
+from edgefleet.agent.shadow import GateParams, ShadowGate, match_count
+from edgefleet.models import load_detector
+from edgefleet.models.darknet import convert
+from edgefleet.models.detections import Detections
+from edgefleet.models.manifest import DeviceCaps, manifest_path, read_manifest
+from edgefleet.v1 import agent_pb2, types_pb2
 
 from ..onnx_variants import slow_onnx, warmup_failing_onnx
 from .test_models_darknet import TINY_CFG, tiny_weights
@@ -543,9 +543,9 @@ def test_one_deployment_at_a_time_then_rollback(tmp_path):
 # ---- the runner: a deploy command through the real loop pieces ----
 
 def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
-    from agent.options import RunOptions
-    from agent.runner import Agent
-    from agent.sources import open_source
+    from edgefleet.agent.options import RunOptions
+    from edgefleet.agent.runner import Agent
+    from edgefleet.agent.sources import open_source
 
     v1 = tiny_onnx(tmp_path / "v1.onnx")
     v2 = tmp_path / "v2.onnx"

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from fleet.errors import ConfigError
-from fleet.presence import Presence, Status
+from edgefleet.fleet.errors import ConfigError
+from edgefleet.fleet.presence import Presence, Status
 
 NOW = 1_000_000.0
 

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.auth import Principal, Role
-from fleet.errors import NotFound, Unauthenticated
-from fleet.detection_store import FrameRecord, ObjectRecord
-from fleet.store import SCHEMA_VERSION, FleetStore
+from edgefleet.fleet.auth import Principal, Role
+from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord
+from edgefleet.fleet.errors import NotFound, Unauthenticated
+from edgefleet.fleet.store import SCHEMA_VERSION, FleetStore
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from fleet.hub import Command, Hub, Topic
-from fleet.detection_store import FrameRecord
-from fleet.store import DeviceRecord
+from edgefleet.fleet.detection_store import FrameRecord
+from edgefleet.fleet.hub import Command, Hub, Topic
+from edgefleet.fleet.store import DeviceRecord
 
 
 def frame(seq: int, device: str = "d1") -> FrameRecord:

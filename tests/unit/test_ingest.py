@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from fleet.errors import FailedPrecondition, InvalidArgument, NotFound
-from fleet.ingest import IngestWriter
-from fleet.server import AsyncStore
-from fleet.detection_store import FrameRecord, ObjectRecord, StoreResult, _object_to_json
-from fleet.store import FleetStore
+from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord, StoreResult, _object_to_json
+from edgefleet.fleet.errors import FailedPrecondition, InvalidArgument, NotFound
+from edgefleet.fleet.ingest import IngestWriter
+from edgefleet.fleet.server import AsyncStore
+from edgefleet.fleet.store import FleetStore
 
 
 @pytest.fixture
@@ -223,8 +223,8 @@ def test_a_pipelined_stream_is_acked_in_order_then_refused_at_a_bad_batch(tmp_pa
     """Through a real controller: batches written back to back are acked in order, each once
     committed; a batch naming another device ends the stream after the acks before it."""
     import grpc
-    from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
+    from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
     from tests.conftest import ControllerThread
 
     def batch(*sequences: int, device_id: str = "") -> agent_pb2.DetectionBatch:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.kalman import POS, POS_VEL, VEL, KalmanFilterXYAH, full_covariance, xyah_to_xyxy, xyxy_to_xyah
+from edgefleet.agent.kalman import POS, POS_VEL, VEL, KalmanFilterXYAH, full_covariance, xyah_to_xyxy, xyxy_to_xyah
 
 KF = KalmanFilterXYAH()
 

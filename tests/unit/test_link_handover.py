@@ -2,8 +2,8 @@
 outbox for anything that does not follow on what it sent last."""
 from __future__ import annotations
 
-from agent.link import FRESH_MAX, Link
-from agent.outbox import OutboxRecord
+from edgefleet.agent.link import FRESH_MAX, Link
+from edgefleet.agent.outbox import OutboxRecord
 
 
 def link(tmp_path, batch_size: int = 4) -> Link:

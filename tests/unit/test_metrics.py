@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from agent.metrics import AgentMetrics
-from fleet.metrics import (
+from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.fleet.metrics import (
     ControllerMetrics,
     Counter,
     Gauge,
@@ -144,7 +144,7 @@ def test_controller_metrics_before_anything_happened():
 def test_hub_counts_drops_of_a_full_watcher_per_stream():
     import asyncio
 
-    from fleet.hub import Hub
+    from edgefleet.fleet.hub import Hub
 
     async def scenario() -> ControllerMetrics:
         metrics = ControllerMetrics()

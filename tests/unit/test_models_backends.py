@@ -8,12 +8,12 @@ import numpy as np
 import onnx
 import pytest
 
-from models import load_detector
-from models.backends import BACKENDS, create_detector, parse_config
-from models.backends.onnxruntime import OnnxRuntimeConfig, choose_providers
-from models.bundled import default_model
-from models.darknet import convert
-from models.errors import (
+from edgefleet.models import load_detector
+from edgefleet.models.backends import BACKENDS, create_detector, parse_config
+from edgefleet.models.backends.onnxruntime import OnnxRuntimeConfig, choose_providers
+from edgefleet.models.bundled import default_model
+from edgefleet.models.darknet import convert
+from edgefleet.models.errors import (
     ArtifactMismatch,
     BackendUnavailable,
     IncompatibleArtifact,
@@ -22,8 +22,8 @@ from models.errors import (
     ModelNotFound,
     UnsupportedModel,
 )
-from models.manifest import manifest_for_onnx, manifest_path, read_manifest, verify_artifact, write_manifest
-from models.yolo import letterbox_batch
+from edgefleet.models.manifest import manifest_for_onnx, manifest_path, read_manifest, verify_artifact, write_manifest
+from edgefleet.models.yolo import letterbox_batch
 
 from .test_models_darknet import HEAD, NC, TINY_CFG, tiny_weights
 

@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.bundled import FILES, source_files
-from models.darknet import convert, convert_files, fix_yolov3_tiny_masks, parse_cfg, render_cfg
-from models.errors import ChecksumMismatch, ModelNotFound, UnsupportedModel, WeightsMismatch
+from edgefleet.models.bundled import FILES, source_files
+from edgefleet.models.darknet import convert, convert_files, fix_yolov3_tiny_masks, parse_cfg, render_cfg
+from edgefleet.models.errors import ChecksumMismatch, ModelNotFound, UnsupportedModel, WeightsMismatch
 
 NC = 2
 HEAD = 2 * (5 + NC)  # two anchors per head

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.detections import Detections
+from edgefleet.models.detections import Detections
 
 
 def dets(n: int, tracker_start: int | None = None) -> Detections:

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from models.bundled import FILES, WEIGHTS, default_model
-from models.errors import (
+from edgefleet.models.bundled import FILES, WEIGHTS, default_model
+from edgefleet.models.errors import (
     ArtifactMismatch,
     ChecksumMismatch,
     IncompatibleArtifact,
@@ -20,7 +20,7 @@ from models.errors import (
     ModelNotFound,
     UnsupportedModel,
 )
-from models.manifest import (
+from edgefleet.models.manifest import (
     ArtifactManifest,
     DeviceCaps,
     check_compatible,

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from models.errors import (
+from edgefleet.models.errors import (
     ArtifactMismatch,
     BackendUnavailable,
     InvalidConfig,
@@ -19,8 +19,8 @@ from models.errors import (
     UnsupportedModel,
     WeightsMismatch,
 )
-from models.manifest import manifest_path, read_manifest
-from models.pipeline import (
+from edgefleet.models.manifest import manifest_path, read_manifest
+from edgefleet.models.pipeline import (
     add_subcommands,
     cmd_darknet,
     cmd_engine,

@@ -13,9 +13,9 @@ import numpy as np
 import onnx
 import pytest
 
-from models import yolo
-from models.backends import BACKENDS, create_detector, parse_config
-from models.backends.tensorrt import (
+from edgefleet.models import yolo
+from edgefleet.models.backends import BACKENDS, create_detector, parse_config
+from edgefleet.models.backends.tensorrt import (
     SDK_MISSING,
     LoggingBridge,
     TensorRTConfig,
@@ -27,15 +27,15 @@ from models.backends.tensorrt import (
     tensor_specs,
     volume,
 )
-from models.darknet import convert
-from models.errors import ArtifactMismatch, BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel
-from models.manifest import (
+from edgefleet.models.darknet import convert
+from edgefleet.models.errors import ArtifactMismatch, BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel
+from edgefleet.models.manifest import (
     manifest_for_onnx,
     read_manifest,
     verify_artifact,
     write_manifest,
 )
-from models.tensorrt_build import (
+from edgefleet.models.tensorrt_build import (
     BuildProgress,
     CalibrationBatches,
     CalibrationFeed,
@@ -243,7 +243,7 @@ def test_calibration_images_are_listed_sorted_and_limited(frames_dir, tmp_path):
 def test_calibration_batches_are_full_letterboxed_and_skip_bad_files(frames_dir, caplog):
     images = list_images(frames_dir)
     batches = CalibrationBatches(images, batch_size=3, input_size=(64, 64))
-    with caplog.at_level(logging.INFO, logger="models.tensorrt_build"):
+    with caplog.at_level(logging.INFO, logger="edgefleet.models.tensorrt_build"):
         got = list(batches)
     assert len(batches) == 2 and len(got) == 2 and batches.skipped == 1 and batches.done == 2
     readable = [cv2.imread(str(p)) for p in images if p.name != "frame03b.jpg"]
@@ -347,7 +347,7 @@ def test_build_without_the_sdk_fails_clearly(tiny_onnx, frames_dir, tmp_path):
 
 def test_build_progress_is_logged_and_never_cancels(caplog):
     progress = BuildProgress()
-    with caplog.at_level(logging.DEBUG, logger="models.tensorrt_build"):
+    with caplog.at_level(logging.DEBUG, logger="edgefleet.models.tensorrt_build"):
         progress.phase_start("Building engine", None, 3)
         progress.phase_start("Tactic timing", "Building engine", 40)
         assert progress.step_complete("Tactic timing", 0) is True

@@ -15,11 +15,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from models.backends import create_detector, parse_config
-from models.backends.onnxruntime import read_layout, ultralytics_metadata
-from models.backends.ultralytics import UltralyticsConfig
-from models.errors import BackendUnavailable, InvalidConfig, UnsupportedModel
-from models.yolo import box_iou, decode_end2end, decode_ultralytics, nms
+from edgefleet.models.backends import create_detector, parse_config
+from edgefleet.models.backends.onnxruntime import read_layout, ultralytics_metadata
+from edgefleet.models.backends.ultralytics import UltralyticsConfig
+from edgefleet.models.errors import BackendUnavailable, InvalidConfig, UnsupportedModel
+from edgefleet.models.yolo import box_iou, decode_end2end, decode_ultralytics, nms
 
 
 def raw_head(anchors: list[tuple[float, float, float, float, list[float]]], batch: int = 1,
@@ -305,8 +305,8 @@ def test_a_missing_ultralytics_package_names_the_extra(tmp_path, monkeypatch):
 
 CHECK_WITHOUT_SHIM = """
 import json
-from models.backends import create_detector
-from models.errors import BackendUnavailable
+from edgefleet.models.backends import create_detector
+from edgefleet.models.errors import BackendUnavailable
 try:
     create_detector({"type": "ultralytics", "model": %r})
 except BackendUnavailable as err:
@@ -365,7 +365,7 @@ def test_torch_nms_keeps_empty_boxes_as_torchvision_does():
 def test_torchvision_nms_works_after_the_shim_and_passes_the_check():
     torch = pytest.importorskip("torch")
     pytest.importorskip("ultralytics")  # torchvision comes with the train extra
-    from models.backends.ultralytics import check_torchvision_nms
+    from edgefleet.models.backends.ultralytics import check_torchvision_nms
 
     from ..torchvision_nms import install_torchvision_nms_fallback
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import yolo
-from models.yolo import (LetterboxInfo, box_iou, decode_darknet, greedy_pairs, letterbox, letterbox_batch, nms,
-                         rect_size, scale_boxes_to_source)
+from edgefleet.models import yolo
+from edgefleet.models.yolo import (
+    LetterboxInfo,
+    box_iou,
+    decode_darknet,
+    greedy_pairs,
+    letterbox,
+    letterbox_batch,
+    nms,
+    rect_size,
+    scale_boxes_to_source,
+)
 
 
 def noise_frame(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from agent.mqtt import TrackEvents, TrackEventsConfig
-from fleet.addresses import parse_host_port
-from agent.outbox import OutboxObject
-from fleet.mqtt_bridge import MalformedMessage, MqttBridge, parse_event, parse_health
+from edgefleet.agent.mqtt import TrackEvents, TrackEventsConfig
+from edgefleet.agent.outbox import OutboxObject
+from edgefleet.fleet.addresses import parse_host_port
+from edgefleet.fleet.mqtt_bridge import MalformedMessage, MqttBridge, parse_event, parse_health
 
 BOX = (100.0, 100.0, 200.0, 300.0)
 

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxObject, OutboxRecord, OutboxWriter
+from edgefleet.agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxObject, OutboxRecord, OutboxWriter
 
 
 def record(frame_index: int, n_objects: int = 1) -> OutboxRecord:

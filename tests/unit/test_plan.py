@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adaptive.artifacts import Artifact, discover_artifacts
-from adaptive.calibrate import CalibrationCache, measure
-from adaptive.errors import PlanError
-from adaptive.plan import PlanOptions, format_plan_report, make_controller, plan
-from adaptive.probe import probe
-from models.errors import BackendUnavailable
-from models.manifest import ArtifactManifest, write_manifest
+from edgefleet.adaptive.artifacts import Artifact, discover_artifacts
+from edgefleet.adaptive.calibrate import CalibrationCache, measure
+from edgefleet.adaptive.errors import PlanError
+from edgefleet.adaptive.plan import PlanOptions, format_plan_report, make_controller, plan
+from edgefleet.adaptive.probe import probe
+from edgefleet.models.errors import BackendUnavailable
+from edgefleet.models.manifest import ArtifactManifest, write_manifest
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "probe"
 CPU = ["CPUExecutionProvider"]

@@ -6,9 +6,9 @@ import json
 import cv2
 import pytest
 
-from adaptive.artifacts import discover_artifacts
-from adaptive.plan import PlanOptions, format_plan_report, plan
-from adaptive.probe import probe
+from edgefleet.adaptive.artifacts import discover_artifacts
+from edgefleet.adaptive.plan import PlanOptions, format_plan_report, plan
+from edgefleet.adaptive.probe import probe
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,8 @@ def read_frames(path, count):
 
 
 def test_calibrates_the_bundled_detector_on_three_frames_at_two_sizes(vtest, tmp_path):
-    from models import load_detector
-    from models.bundled import default_model
+    from edgefleet.models import load_detector
+    from edgefleet.models.bundled import default_model
 
     profile = probe()
     artifacts, rejected = discover_artifacts([default_model()], profile)

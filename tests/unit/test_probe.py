@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from edgefleet.v1 import types_pb2
 from google.protobuf import json_format
 
-from adaptive.platforms import jetpack_for_l4t, jetson_module, rpi_generation
-from adaptive.probe import NVIDIA_SMI_QUERY, HardwareProfile, ThermalZone, hottest_c, probe
+from edgefleet.adaptive.platforms import jetpack_for_l4t, jetson_module, rpi_generation
+from edgefleet.adaptive.probe import NVIDIA_SMI_QUERY, HardwareProfile, ThermalZone, hottest_c, probe
+from edgefleet.v1 import types_pb2
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "probe"
 GiB = 2**30

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from fleet.errors import ConfigError, InvalidArgument, NotFound
-from fleet.retention import RetentionPolicy, RetentionSweeper, days_arg
-from fleet.server import AsyncStore
-from fleet.detection_store import FrameRecord, ObjectRecord
-from fleet.store import FleetStore
+from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord
+from edgefleet.fleet.errors import ConfigError, InvalidArgument, NotFound
+from edgefleet.fleet.retention import RetentionPolicy, RetentionSweeper, days_arg
+from edgefleet.fleet.server import AsyncStore
+from edgefleet.fleet.store import FleetStore
 
 T0 = 1_699_999_200  # a whole hour (2023-11-14 22:00 UTC)
 MINUTE, HOUR, DAY = 60, 3600, 86_400

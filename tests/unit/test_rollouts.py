@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
+from edgefleet.fleet.convert import rollout_to_pb
+from edgefleet.fleet.errors import InvalidArgument
+from edgefleet.fleet.rollout_store import DeployState, RolloutDeviceRecord, RolloutRecord, RolloutSpec, RolloutState
+from edgefleet.fleet.rollouts import Requirements, incompatibility, validate_spec
+from edgefleet.fleet.store import DeviceRecord
 from edgefleet.v1 import fleet_pb2
-from fleet.convert import rollout_to_pb
-from fleet.errors import InvalidArgument
-from fleet.rollout_store import DeployState, RolloutDeviceRecord, RolloutRecord, RolloutSpec, RolloutState
-from fleet.rollouts import Requirements, incompatibility, validate_spec
-from fleet.store import DeviceRecord
 
 ORIN = {"tensorrt_version": "10.3.0", "gpu_compute_capability": "8.7", "onnxruntime_providers": ["CPUExecutionProvider"]}
 

@@ -5,14 +5,14 @@ import threading
 
 import numpy as np
 import pytest
-from edgefleet.v1 import agent_pb2, types_pb2
 
-from adaptive.controller import ControllerConfig, Rung, RuntimeController
-from agent.options import Adaptation, RunOptions
-from agent.runner import Agent
-from agent.sources import open_source
-from models.base import Detector
-from models.detections import Detections
+from edgefleet.adaptive.controller import ControllerConfig, Rung, RuntimeController
+from edgefleet.agent.options import Adaptation, RunOptions
+from edgefleet.agent.runner import Agent
+from edgefleet.agent.sources import open_source
+from edgefleet.models.base import Detector
+from edgefleet.models.detections import Detections
+from edgefleet.v1 import agent_pb2, types_pb2
 
 LADDER = [
     Rung("net", "net.onnx", 320, 320, 1),

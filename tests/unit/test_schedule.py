@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adaptive.schedule import FrameScheduler, MotionGate
+from edgefleet.adaptive.schedule import FrameScheduler, MotionGate
 
 
 def run(scheduler: FrameScheduler, images) -> list[bool]:
@@ -73,7 +73,7 @@ def test_a_new_interval_applies_from_the_next_frame_and_widens_max_interval():
 def test_served_streams_follow_the_agents_detect_interval():
     """A plan change (operator override, runtime controller) reaches the streams a client feeds
     through the inference service, not only the agent's own sources."""
-    from agent.inference import InferenceCore
+    from edgefleet.agent.inference import InferenceCore
 
     core = InferenceCore(lambda images: [], lambda: [], scheduler_factory=lambda: FrameScheduler(1))
     try:

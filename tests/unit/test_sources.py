@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from agent.errors import SourceError
-from agent.sources import Source, open_source
+from edgefleet.agent.errors import SourceError
+from edgefleet.agent.sources import Source, open_source
 
 
 def drain(source: Source, limit: int = 10_000) -> list:

@@ -1,0 +1,1 @@
+"""What the agent and the controller share: addresses, auth headers, metrics exposition."""
