@@ -17,7 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from . import auth
+from . import auth, schema
 from .detection_store import DetectionTables
 from .errors import InvalidArgument, NotFound, Unauthenticated
 from .history_store import HistoryTables
@@ -25,7 +25,7 @@ from .rollout_store import RolloutTables
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = schema.SCHEMA_VERSION
 MQTT_HARDWARE_PREFIX = "mqtt:"
 """Hardware id (and token hash) prefix of devices the MQTT bridge created: no token hashes to it."""
 
@@ -72,7 +72,11 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         self.db.execute("PRAGMA busy_timeout=5000")
         if not autocheckpoint:
             self.db.execute("PRAGMA wal_autocheckpoint=0")
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
 
     def close(self) -> None:
         self.db.conn.close()
@@ -99,81 +103,28 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     # ---- schema ----
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, newer than this controller's {SCHEMA_VERSION}"
-            )
-        if version < 1:
-            with self.db.conn:
-                self.db["enroll_keys"].create(
-                    {"key_hash": str, "name": str, "created": float, "revoked": int}, pk="key_hash"
-                )
-                self.db["devices"].create(
-                    {
-                        "device_id": str, "hostname": str, "hardware_id": str, "enrolled": float,
-                        "token_hash": str, "agent_version": str, "last_seen": float,
-                        "profile": str, "plan": str, "health": str, "streams": str, "labels": str,
-                        "acked_sequence": int, "detections_stored": int,
-                    },
-                    pk="device_id",
-                    not_null={"hostname", "hardware_id", "enrolled", "token_hash"},
-                    defaults={"acked_sequence": 0, "detections_stored": 0},
-                )
-                self.db["devices"].create_index(["hardware_id"], unique=True)
-                self.db["devices"].create_index(["token_hash"], unique=True)
-                self.db["detections"].create(
-                    {
-                        "device_id": str, "sequence": int, "stream_id": str, "frame_index": int,
-                        "capture_time": float, "received": float, "n_objects": int, "objects": str,
-                    },
-                    pk=("device_id", "sequence"),
-                )
-                self.db.execute("PRAGMA user_version=1")
-            logger.info("created fleet schema v1 in %s", self.path)
-        if version < 2:
-            with self.db.conn:
-                self.db["operator_tokens"].create(
-                    {"key_hash": str, "name": str, "created": float, "revoked": int}, pk="key_hash"
-                )
-                self.db["devices"].add_column("plan_override", str)
-                self.db.execute("PRAGMA user_version=2")
-            logger.info("migrated fleet schema to v2 (operator tokens, plan overrides) in %s", self.path)
-        if version < 3:
-            with self.db.conn:
-                self.db["health_samples"].create(
-                    {
-                        "device_id": str, "time": float, "resolution_s": int, "fps": float, "detect_fps": float,
-                        "inference_ms_p95": float, "latency_ms_p95": float, "cpu_percent": float,
-                        "temperature_c": float, "frames_dropped": int, "outbox_depth": int,
-                    },
-                    not_null={"device_id", "time", "resolution_s"},
-                )
-                self.db["health_samples"].create_index(["device_id", "resolution_s", "time"])
-                self.db["detections"].create_index(["received"])
-                self.db["artifacts"].create(
-                    {"sha256": str, "name": str, "format": str, "size_bytes": int, "manifest": bytes,
-                     "signature": bytes, "created": float},
-                    pk="sha256", not_null={"manifest", "signature", "size_bytes", "created"},
-                )
-                self.db["rollouts"].create(
-                    {"rollout_id": str, "artifact_sha256": str, "state": int, "spec": bytes, "wave": int,
-                     "created": float, "updated": float, "reason": str},
-                    pk="rollout_id", not_null={"artifact_sha256", "state", "spec", "created"},
-                    foreign_keys=[("artifact_sha256", "artifacts", "sha256")],
-                )
-                self.db["rollout_devices"].create(
-                    {"rollout_id": str, "device_id": str, "wave": int, "state": int, "reason": str,
-                     "gate_metrics": str, "updated": float},
-                    pk=("rollout_id", "device_id"), foreign_keys=[("rollout_id", "rollouts", "rollout_id")],
-                )
-                self.db["events"].create(
-                    {"id": int, "time": float, "kind": str, "device_id": str, "rollout_id": str, "message": str},
-                    pk="id", not_null={"time", "kind", "message"},
-                )
-                self.db["events"].create_index(["time"])
-                self.db.execute("PRAGMA user_version=3")
-            logger.info("migrated fleet schema to v3 (health history, artifacts, rollouts, events) in %s", self.path)
+        """Run the schema steps this file lacks, each in a transaction of its own with its version bump.
+
+        The version is read again under the write lock, so two processes opening the same new file
+        run each step once.
+        """
+        conn = self.db.conn
+        steps = schema.MIGRATIONS
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(steps):
+            raise RuntimeError(f"{self.path} has schema version {version}, newer than this controller's {len(steps)}")
+        for target, step in enumerate(steps[version:], start=version + 1):
+
+            def apply(target: int = target, step: schema.Step = step) -> bool:
+                if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+                    return False  # another process ran it meanwhile
+                for statement in step.statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+                return True
+
+            if self._transaction(apply):
+                logger.info("migrated fleet schema to v%d (%s) in %s", target, step.summary, self.path)
 
     # ---- secrets: enrollment keys and operator tokens ----
 
@@ -208,9 +159,8 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         """Revoke by the id `list` shows, or by the secret itself."""
         where = "substr(key_hash, 1, 12) = ? or key_hash = ?"
         params = [secret_or_id, auth.hash_secret(secret_or_id)]
-        with self.db.conn:
-            if not self.db.execute(f"update {table} set revoked = 1 where {where}", params).rowcount:
-                raise NotFound(f"no {what} with id {secret_or_id!r}")
+        if not self.db.execute(f"update {table} set revoked = 1 where {where}", params).rowcount:
+            raise NotFound(f"no {what} with id {secret_or_id!r}")
         (row,) = self.db[table].rows_where(where, params)
         return _secret_from_row(row)
 
@@ -252,24 +202,23 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
             raise Unauthenticated("unknown or revoked enrollment key")
         token = auth.new_secret(auth.DEVICE_TOKEN_PREFIX)
         existing = list(self.db["devices"].rows_where("hardware_id = ?", [hardware_id]))
-        with self.db.conn:
-            if existing:
-                device_id = existing[0]["device_id"]
-                self.db["devices"].update(
-                    device_id,
-                    {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
-                     "profile": json.dumps(profile), "labels": json.dumps(labels)},
-                )
-            else:
-                device_id = self._new_device_id(hostname)
-                self.db["devices"].insert(
-                    {
-                        "device_id": device_id, "hostname": hostname, "hardware_id": hardware_id,
-                        "enrolled": time.time(), "token_hash": auth.hash_secret(token),
-                        "agent_version": agent_version, "profile": json.dumps(profile),
-                        "labels": json.dumps(labels), "plan": "{}", "health": "{}", "streams": "[]",
-                    }
-                )
+        if existing:  # one statement either way: nothing to group
+            device_id = existing[0]["device_id"]
+            self.db["devices"].update(
+                device_id,
+                {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
+                 "profile": json.dumps(profile), "labels": json.dumps(labels)},
+            )
+        else:
+            device_id = self._new_device_id(hostname)
+            self.db["devices"].insert(
+                {
+                    "device_id": device_id, "hostname": hostname, "hardware_id": hardware_id,
+                    "enrolled": time.time(), "token_hash": auth.hash_secret(token),
+                    "agent_version": agent_version, "profile": json.dumps(profile),
+                    "labels": json.dumps(labels), "plan": "{}", "health": "{}", "streams": "[]",
+                }
+            )
         logger.info("enrolled %s (%s) with key %r", device_id, hostname, rows[0]["name"])
         return self.get_device(device_id), token
 
@@ -325,16 +274,15 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         row = self.db.execute("select hardware_id from devices where device_id = ?", [device_id]).fetchone()
         if row is not None and not row[0].startswith(MQTT_HARDWARE_PREFIX):
             return None
-        now = time.time()
-        with self.db.conn:
+        now, conn = time.time(), self.db.conn
+
+        def write() -> None:  # plain SQL: sqlite-utils' table methods would commit half-way
             if row is None:
-                self.db["devices"].insert({
-                    "device_id": device_id, "hostname": device_id, "hardware_id": MQTT_HARDWARE_PREFIX + device_id,
-                    "enrolled": now, "token_hash": MQTT_HARDWARE_PREFIX + device_id, "agent_version": "",
-                    "profile": "{}", "plan": "{}", "health": "{}", "streams": "[]",
-                    "labels": json.dumps({"transport": "mqtt"}),
-                })
-                logger.info("MQTT-only device %s joined the fleet", device_id)
+                conn.execute(
+                    "insert into devices (device_id, hostname, hardware_id, enrolled, token_hash, agent_version,"
+                    " profile, plan, health, streams, labels) values (?, ?, ?, ?, ?, '', '{}', '{}', '{}', '[]', ?)",
+                    [device_id, device_id, MQTT_HARDWARE_PREFIX + device_id, now, MQTT_HARDWARE_PREFIX + device_id,
+                     json.dumps({"transport": "mqtt"})])
             device = self._require(device_id)
             values: dict = {} if available == "offline" else {"last_seen": now}
             if available is not None:
@@ -344,7 +292,12 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
             if stream_id and stream_id not in device.streams:
                 values["streams"] = json.dumps([*device.streams, stream_id])
             if values:
-                self.db["devices"].update(device_id, values)
+                conn.execute(f"update devices set {', '.join(f'{column} = ?' for column in values)}"
+                             " where device_id = ?", [*values.values(), device_id])
+
+        self._transaction(write)
+        if row is None:
+            logger.info("MQTT-only device %s joined the fleet", device_id)
         return self._require(device_id)
 
     # ---- reads ----

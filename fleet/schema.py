@@ -1,0 +1,65 @@
+"""The controller database's schema, as the steps that build it: step n takes `user_version` n-1 to n.
+
+Each step is plain SQL that `FleetStore` runs in one transaction (BEGIN IMMEDIATE ... COMMIT)
+together with its `PRAGMA user_version` bump: SQLite's DDL is transactional, so a step that fails
+half-way leaves the file as it was, and the next start runs the whole step again. (sqlite-utils'
+table methods commit on their own, which is why the steps are SQL, not `db[table].create(...)`.)
+Append a step to change the schema; never edit one that has shipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Step:
+    summary: str
+    """What the step adds, for the log line."""
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Step, ...] = (
+    Step("devices, enrollment keys, detections", (
+        'create table "enroll_keys" ("key_hash" text primary key, "name" text, "created" real, "revoked" integer)',
+        'create table "devices" ('
+        ' "device_id" text primary key, "hostname" text not null, "hardware_id" text not null,'
+        ' "enrolled" real not null, "token_hash" text not null, "agent_version" text, "last_seen" real,'
+        ' "profile" text, "plan" text, "health" text, "streams" text, "labels" text,'
+        ' "acked_sequence" integer default 0, "detections_stored" integer default 0)',
+        'create unique index "idx_devices_hardware_id" on "devices" ("hardware_id")',
+        'create unique index "idx_devices_token_hash" on "devices" ("token_hash")',
+        'create table "detections" ('
+        ' "device_id" text, "sequence" integer, "stream_id" text, "frame_index" integer, "capture_time" real,'
+        ' "received" real, "n_objects" integer, "objects" text, primary key ("device_id", "sequence"))',
+    )),
+    Step("operator tokens, plan overrides", (
+        'create table "operator_tokens" ("key_hash" text primary key, "name" text, "created" real, "revoked" integer)',
+        'alter table "devices" add column "plan_override" text',
+    )),
+    Step("health history, artifacts, rollouts, events", (
+        'create table "health_samples" ('
+        ' "device_id" text not null, "time" real not null, "resolution_s" integer not null, "fps" real,'
+        ' "detect_fps" real, "inference_ms_p95" real, "latency_ms_p95" real, "cpu_percent" real,'
+        ' "temperature_c" real, "frames_dropped" integer, "outbox_depth" integer)',
+        'create index "idx_health_samples_device_id_resolution_s_time"'
+        ' on "health_samples" ("device_id", "resolution_s", "time")',
+        'create index "idx_detections_received" on "detections" ("received")',
+        'create table "artifacts" ('
+        ' "sha256" text primary key, "name" text, "format" text, "size_bytes" integer not null,'
+        ' "manifest" blob not null, "signature" blob not null, "created" real not null)',
+        'create table "rollouts" ('
+        ' "rollout_id" text primary key, "artifact_sha256" text not null references "artifacts"("sha256"),'
+        ' "state" integer not null, "spec" blob not null, "wave" integer, "created" real not null,'
+        ' "updated" real, "reason" text)',
+        'create table "rollout_devices" ('
+        ' "rollout_id" text references "rollouts"("rollout_id"), "device_id" text, "wave" integer,'
+        ' "state" integer, "reason" text, "gate_metrics" text, "updated" real,'
+        ' primary key ("rollout_id", "device_id"))',
+        'create table "events" ('
+        ' "id" integer primary key, "time" real not null, "kind" text not null, "device_id" text,'
+        ' "rollout_id" text, "message" text not null)',
+        'create index "idx_events_time" on "events" ("time")',
+    )),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
