@@ -241,15 +241,54 @@ def _drop_share(state: ControllerState, reading: HealthReading, now: float) -> f
     return dropped / total if total > 0 else 0.0
 
 
-def decide(state: ControllerState, reading: HealthReading, now: float, ladder: Sequence[Rung],
-           config: ControllerConfig) -> tuple[ControllerState, ControllerEvent | None]:
-    """One control step: the next state, and the change to make (None: stay)."""
-    if not ladder:
-        raise LadderError("the ladder is empty")
-    tracked = replace(state, last_dropped=reading.frames_dropped, last_time=now)
-    if now - state.changed_at < config.settle_s:
-        return tracked, None
-    current = ladder[state.rung]
+def _hysteresis(since: float | None, now: float, on: bool, off: bool) -> float | None:
+    """When a condition began: `now` when it starts, None once it has cleared, unchanged in between
+    (the hysteresis band keeps counting, or keeps not counting)."""
+    if on:
+        return since if since is not None else now
+    return None if off else since
+
+
+def _step_down_cause(state: ControllerState, reading: HealthReading, now: float, config: ControllerConfig,
+                     window: _Window) -> tuple[str, str] | None:
+    """Why to step down now (cause, reason), or None. Temperature first, then latency and drops."""
+    temp = reading.temperature_c
+    if temp is not None and temp >= config.thermal_critical_c:
+        return "thermal-critical", f"temperature {temp:.1f} C >= critical {config.thermal_critical_c:.0f} C"
+    if (temp is not None and temp >= config.thermal_warn_c and window.hot_since is not None
+            and now - window.hot_since >= config.thermal_after_s
+            and now - state.changed_at >= max(config.min_dwell_s, config.thermal_dwell_s)):
+        return "thermal", (f"temperature {temp:.1f} C >= {config.thermal_warn_c:.0f} C for "
+                           f"{now - window.hot_since:.0f} s; stepping down before the SoC throttles")
+    over_since = window.over_since
+    if (now - state.changed_at < config.min_dwell_s or over_since is None
+            or now - over_since < config.step_down_after_s):
+        return None
+    if window.over_latency:
+        return "latency", (f"detector p95 {reading.inference_ms_p95:.1f} ms (median {window.load:.2f}x) over the "
+                           f"{window.budget:.1f} ms budget for {now - over_since:.0f} s")
+    if window.over_drops:
+        return "drops", (f"{window.drops:.0%} of frames dropped (tolerance "
+                         f"{config.drop_tolerance:.0%}) for {now - over_since:.0f} s")
+    return None
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What the readings of the window say about the current rung (decide's working values)."""
+    budget: float
+    ratios: tuple[float, ...]
+    shares: tuple[float, ...]
+    load: float | None
+    drops: float
+    over_latency: bool
+    over_drops: bool
+    over_since: float | None
+    hot_since: float | None
+
+
+def _window(state: ControllerState, reading: HealthReading, now: float, current: Rung,
+            config: ControllerConfig) -> _Window:
     budget = config.frame_budget_ms * current.detect_interval
     ratios = state.ratios
     if reading.inference_ms_p95 > 0:  # 0: no detector call in the health window, no evidence
@@ -259,60 +298,52 @@ def decide(state: ControllerState, reading: HealthReading, now: float, ladder: S
     drops = _median(shares) if len(shares) >= config.min_readings else 0.0
     over_latency = load is not None and load > config.over_ratio
     over_drops = drops > config.drop_tolerance
-    if over_latency or over_drops:
-        over_since = state.over_since if state.over_since is not None else now
-    elif (load is None or load < config.clear_ratio) and drops <= config.drop_tolerance / 2:
-        over_since = None
-    else:
-        over_since = state.over_since  # in the hysteresis band: keep counting, or keep not counting
+    cleared = (load is None or load < config.clear_ratio) and drops <= config.drop_tolerance / 2
     temp = reading.temperature_c
-    if temp is not None and temp >= config.thermal_warn_c:
-        hot_since = state.hot_since if state.hot_since is not None else now
-    elif temp is None or temp < config.thermal_clear_c:
-        hot_since = None
-    else:
-        hot_since = state.hot_since
+    return _Window(budget, ratios, shares, load, drops, over_latency, over_drops,
+                   _hysteresis(state.over_since, now, over_latency or over_drops, cleared),
+                   _hysteresis(state.hot_since, now, temp is not None and temp >= config.thermal_warn_c,
+                               temp is None or temp < config.thermal_clear_c))
+
+
+def _headroom(state: ControllerState, reading: HealthReading, now: float, ladder: Sequence[Rung],
+              config: ControllerConfig, window: _Window) -> tuple[float | None, float | None]:
+    """(since when the rung above has had lasting headroom, its predicted load), or Nones."""
+    if state.rung == 0 or window.load is None:
+        return None, None
+    current, above = ladder[state.rung], ladder[state.rung - 1]
+    # lasting headroom: even the worst of the recent readings must leave room on the rung above
+    predicted = max(window.ratios) * cost_ratio(current, above) * current.detect_interval / above.detect_interval
+    temp = reading.temperature_c
+    cool = temp is None or temp < config.thermal_clear_c
+    if (predicted < config.up_ratio and window.drops <= config.drop_tolerance / 2 and cool
+            and window.over_since is None and len(window.shares) >= config.min_readings):
+        return (state.headroom_since if state.headroom_since is not None else now), predicted
+    return None, predicted
+
+
+def decide(state: ControllerState, reading: HealthReading, now: float, ladder: Sequence[Rung],
+           config: ControllerConfig) -> tuple[ControllerState, ControllerEvent | None]:
+    """One control step: the next state, and the change to make (None: stay)."""
+    if not ladder:
+        raise LadderError("the ladder is empty")
+    tracked = replace(state, last_dropped=reading.frames_dropped, last_time=now)
+    if now - state.changed_at < config.settle_s:
+        return tracked, None
+    window = _window(state, reading, now, ladder[state.rung], config)
     up_wait = state.up_wait_s if state.up_wait_s is not None else config.step_up_after_s
     last_change_was_up = state.last_up_at is not None and state.changed_at == state.last_up_at
     if last_change_was_up and now - state.last_up_at >= config.failed_up_window_s:
         up_wait = config.step_up_after_s  # the last step up held: the next one may come as soon
-    headroom_since = None
-    predicted = None
-    if state.rung > 0 and load is not None:
-        above = ladder[state.rung - 1]
-        # lasting headroom: even the worst of the recent readings must leave room on the rung above
-        predicted = max(ratios) * cost_ratio(current, above) * current.detect_interval / above.detect_interval
-        cool = temp is None or temp < config.thermal_clear_c
-        if (predicted < config.up_ratio and drops <= config.drop_tolerance / 2 and cool and over_since is None
-                and len(shares) >= config.min_readings):
-            headroom_since = state.headroom_since if state.headroom_since is not None else now
-    nxt = replace(tracked, ratios=ratios, drop_shares=shares, over_since=over_since, hot_since=hot_since,
-                  headroom_since=headroom_since, up_wait_s=up_wait)
-
-    dwell_ok = now - state.changed_at >= config.min_dwell_s
-    can_down = state.rung < len(ladder) - 1
-    p95 = reading.inference_ms_p95
-    cause = reason = None
-    if can_down and temp is not None and temp >= config.thermal_critical_c:
-        cause = "thermal-critical"
-        reason = f"temperature {temp:.1f} C >= critical {config.thermal_critical_c:.0f} C"
-    elif (can_down and temp is not None and temp >= config.thermal_warn_c and hot_since is not None
-          and now - hot_since >= config.thermal_after_s
-          and now - state.changed_at >= max(config.min_dwell_s, config.thermal_dwell_s)):
-        cause, reason = "thermal", (f"temperature {temp:.1f} C >= {config.thermal_warn_c:.0f} C for "
-                                    f"{now - hot_since:.0f} s; stepping down before the SoC throttles")
-    elif (can_down and dwell_ok and (over_latency or over_drops) and over_since is not None
-          and now - over_since >= config.step_down_after_s):
-        if over_latency:
-            cause, reason = "latency", (f"detector p95 {p95:.1f} ms (median {load:.2f}x) over the "
-                                        f"{budget:.1f} ms budget for {now - over_since:.0f} s")
-        else:
-            cause, reason = "drops", (f"{drops:.0%} of frames dropped (tolerance "
-                                      f"{config.drop_tolerance:.0%}) for {now - over_since:.0f} s")
-    if cause is not None:
+    headroom_since, predicted = _headroom(state, reading, now, ladder, config, window)
+    nxt = replace(tracked, ratios=window.ratios, drop_shares=window.shares, over_since=window.over_since,
+                  hot_since=window.hot_since, headroom_since=headroom_since, up_wait_s=up_wait)
+    down = _step_down_cause(state, reading, now, config, window) if state.rung < len(ladder) - 1 else None
+    if down is not None:
         failed_up = last_change_was_up and now - state.last_up_at < config.failed_up_window_s
         wait = min(up_wait * config.up_backoff, config.max_up_wait_s) if failed_up else up_wait
-        return _moved(nxt, state.rung + 1, now, wait, None, ladder, "down", cause, reason)
+        return _moved(nxt, state.rung + 1, now, wait, None, ladder, "down", *down)
+    dwell_ok = now - state.changed_at >= config.min_dwell_s
     if headroom_since is not None and dwell_ok and now - headroom_since >= up_wait:
         above = ladder[state.rung - 1]
         reason = (f"headroom for {now - headroom_since:.0f} s: rung above predicted at {predicted:.2f}x "
