@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from edgefleet.fleet.addresses import host_port_arg
+from edgefleet.common.addresses import host_port_arg
 
 from .errors import AgentError, ConfigError
 

@@ -39,7 +39,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgefleet.adaptive.schedule import FrameScheduler
-from edgefleet.fleet.auth import bearer_token
+from edgefleet.common.auth import bearer_token
 from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD
 from edgefleet.models.detections import Detections
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc, types_pb2

@@ -3,6 +3,7 @@
 Every secret is random and stored only as its sha256. A bearer token belongs to exactly
 one principal: a device (its token came from `Enroll`) or an operator (its token came
 from `edgefleet operator-token create`). The role decides which service it may call.
+The token is read from call metadata by `edgefleet.common.auth.bearer_token`.
 """
 from __future__ import annotations
 
@@ -42,12 +43,3 @@ def secret_id(secret_hash: str) -> str:
     """A short public name for a stored secret, for listing and revoking it without the secret."""
     return secret_hash[:12]
 
-
-def bearer_token(metadata) -> str | None:
-    """The token from `authorization: Bearer <token>` call metadata, if any."""
-    for key, value in metadata or ():
-        if key.lower() == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token:
-                return token.strip()
-    return None

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import grpc
 
+from edgefleet.common.addresses import host_port_arg
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
-from .addresses import host_port_arg
 from .channel import add_connection_arguments, open_channel
 from .convert import to_dict
 from .errors import FleetError

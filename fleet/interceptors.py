@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from . import auth
+from edgefleet.common import auth
+
 from .auth import Principal, Role
 from .errors import (
     FailedPrecondition,

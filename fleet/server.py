@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgefleet.common.metrics import MetricsServer
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 from .artifacts import ArtifactFiles
@@ -24,7 +25,7 @@ from .gateway import AgentGatewayServicer
 from .hub import Hub
 from .ingest import IngestWriter
 from .interceptors import FleetInterceptor
-from .metrics import ControllerMetrics, MetricsServer
+from .metrics import ControllerMetrics
 from .presence import Presence, PresenceMonitor
 from .retention import RetentionPolicy, RetentionSweeper
 from .rollouts import RolloutOptions, Rollouts

@@ -20,8 +20,6 @@ from .test_gateway import auth, batch, enroll
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$')
 
 
-
-
 def scrape(port: int) -> dict[str, float]:
     """`name{labels}` -> value, every sample line; also checks each family has HELP and TYPE first."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -93,9 +91,9 @@ def test_a_running_agent_serves_fps_and_its_plan(controller, vtest, tmp_path):
     log = tmp_path / "agent.log"
     with log.open("w") as err:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
-             "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "metered-cam",
-             "--loop", "--threads", "1", "--metrics-listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address,
+             "--source", str(vtest), "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test",
+             "--name", "metered-cam", "--loop", "--threads", "1", "--metrics-listen", f"127.0.0.1:{port}"],
             stdout=subprocess.DEVNULL, stderr=err)
     try:
         samples = {}

@@ -7,7 +7,7 @@ import pytest
 
 from edgefleet.agent.mqtt import TrackEvents, TrackEventsConfig
 from edgefleet.agent.outbox import OutboxObject
-from edgefleet.fleet.addresses import parse_host_port
+from edgefleet.common.addresses import parse_host_port
 from edgefleet.fleet.mqtt_bridge import MalformedMessage, MqttBridge, parse_event, parse_health
 
 BOX = (100.0, 100.0, 200.0, 300.0)
