@@ -25,6 +25,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from edgefleet.common.convert import frame_to_pb as record_to_pb
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 from .artifacts import ArtifactInfo, SignedArtifact
@@ -100,21 +101,6 @@ def _timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
-
-
-def record_to_pb(record: OutboxRecord) -> types_pb2.FrameDetections:
-    return types_pb2.FrameDetections(
-        stream_id=record.stream_id, sequence=record.sequence, frame_index=record.frame_index,
-        capture_time=_timestamp(record.capture_time),
-        detections=[
-            types_pb2.Detection(
-                track_id=o.track_id, class_id=o.class_id, label=o.label, score=o.score,
-                box=types_pb2.Box(x1=o.xyxy[0], y1=o.xyxy[1], x2=o.xyxy[2], y2=o.xyxy[3]),
-                predicted=o.predicted,
-            )
-            for o in record.objects
-        ],
-    )
 
 
 def artifact_from_pb(artifact: types_pb2.Artifact) -> SignedArtifact:

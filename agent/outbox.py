@@ -19,14 +19,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
-
-    from edgefleet.models.detections import Detections
+from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, objects_from_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,33 +37,9 @@ DROP_WARNING_EVERY_S = 60.0
 """A full outbox drops on every commit; the warning that says so is logged at most this often."""
 
 
-@dataclass
-class OutboxObject:
-    track_id: int
-    class_id: int
-    label: str
-    score: float
-    xyxy: tuple[float, float, float, float]
-    predicted: bool = False
-
-
-@dataclass
-class OutboxRecord:
-    stream_id: str
-    frame_index: int
-    capture_time: float
-    objects: list[OutboxObject] = field(default_factory=list)
-    sequence: int = 0
-
-    @classmethod
-    def of_frame(cls, stream_id: str, frame_index: int, capture_time: float, dets: Detections,
-                 labels: list[str], predicted: np.ndarray) -> OutboxRecord:
-        """A frame's tracked detections (`labels` and the boolean `predicted` column by row)."""
-        return cls(stream_id, frame_index, capture_time, [
-            OutboxObject(t, c, label, s, tuple(box), p)
-            for t, c, label, s, box, p in zip(dets.tracker_id.tolist(), dets.class_id.tolist(), labels,
-                                              dets.confidence.tolist(), dets.xyxy.tolist(), predicted.tolist())
-        ])
+OutboxRecord = FrameRecord
+"""The agent's name for the shared record (its `sequence` is assigned here, its `device_id` stays empty)."""
+OutboxObject = ObjectRecord
 
 
 class Outbox:
@@ -126,10 +97,10 @@ class Outbox:
                            self.path, self.dropped, self.describe_bounds())
         self._conn.close()
 
-    def append(self, record: OutboxRecord) -> int:
+    def append(self, record: FrameRecord) -> int:
         return self.append_many([record])[0]
 
-    def append_many(self, records: list[OutboxRecord]) -> list[int]:
+    def append_many(self, records: list[FrameRecord]) -> list[int]:
         """Commit several records in one transaction (one fsync); returns their sequences, which
         are also set on the records, whose scores and boxes are rounded in place to what is stored
         (so a record sent from memory equals the copy a resend reads back).
@@ -150,41 +121,50 @@ class Outbox:
 
     def _enforce_bounds(self) -> int:
         """Delete the oldest records past either bound (inside the caller's transaction); how many."""
-        cutoff = 0  # delete every sequence <= cutoff
-        expired_before = self._clock() - self.max_age_s
-        if self.max_age_s and self._oldest_capture_time() < expired_before:
-            while True:
-                rows = self._conn.execute(
-                    "select sequence, capture_time from outbox where sequence > ? order by sequence limit 256",
-                    (cutoff,)).fetchall()
-                fresh = next((i for i, (_, captured) in enumerate(rows) if captured >= expired_before), None)
-                if fresh is not None:
-                    cutoff = rows[fresh - 1][0] if fresh else cutoff
-                    break
-                if not rows:
-                    break
-                cutoff = rows[-1][0]
+        cutoff = self._expired_cutoff() if self.max_age_s else 0  # delete every sequence <= cutoff
         if self.max_bytes:
-            excess = self.size_bytes() - self.max_bytes
-            if cutoff and excess > 0:
-                excess -= self._conn.execute(
-                    f"select coalesce(sum({_RECORD_BYTES.format(r='outbox')}), 0) from outbox where sequence <= ?",
-                    (cutoff,)).fetchone()[0]
-            while excess > 0:
-                rows = self._conn.execute(
-                    f"select sequence, {_RECORD_BYTES.format(r='outbox')} from outbox"
-                    " where sequence > ? order by sequence limit 256", (cutoff,)).fetchall()
-                if not rows:
-                    break
-                for sequence, size in rows:
-                    cutoff, excess = sequence, excess - size
-                    if excess <= 0:
-                        break
+            cutoff = self._oversize_cutoff(cutoff)
         if not cutoff:
             return 0
         dropped = self._conn.execute("delete from outbox where sequence <= ?", (cutoff,)).rowcount
         self._conn.execute("update outbox_meta set value = value + ? where key = 'dropped'", (dropped,))
         return dropped
+
+    def _expired_cutoff(self) -> int:
+        """The newest sequence captured more than `max_age_s` ago, or 0 if none was."""
+        cutoff = 0
+        expired_before = self._clock() - self.max_age_s
+        if self._oldest_capture_time() >= expired_before:
+            return 0
+        while True:
+            rows = self._conn.execute(
+                "select sequence, capture_time from outbox where sequence > ? order by sequence limit 256",
+                (cutoff,)).fetchall()
+            fresh = next((i for i, (_, captured) in enumerate(rows) if captured >= expired_before), None)
+            if fresh is not None:
+                return rows[fresh - 1][0] if fresh else cutoff
+            if not rows:
+                return cutoff
+            cutoff = rows[-1][0]
+
+    def _oversize_cutoff(self, cutoff: int) -> int:
+        """The sequence up to which records must go (`cutoff` at least) to bring the bytes under `max_bytes`."""
+        excess = self.size_bytes() - self.max_bytes
+        if cutoff and excess > 0:
+            excess -= self._conn.execute(
+                f"select coalesce(sum({_RECORD_BYTES.format(r='outbox')}), 0) from outbox where sequence <= ?",
+                (cutoff,)).fetchone()[0]
+        while excess > 0:
+            rows = self._conn.execute(
+                f"select sequence, {_RECORD_BYTES.format(r='outbox')} from outbox"
+                " where sequence > ? order by sequence limit 256", (cutoff,)).fetchall()
+            if not rows:
+                break
+            for sequence, size in rows:
+                cutoff, excess = sequence, excess - size
+                if excess <= 0:
+                    break
+        return cutoff
 
     def _oldest_capture_time(self) -> float:
         """The capture time of the oldest record (a single row: most commits expire nothing)."""
@@ -206,31 +186,27 @@ class Outbox:
                   f"{self.max_age_s:g} s old" if self.max_age_s else ""]
         return ", ".join(b for b in bounds if b) or "none"
 
-    def _insert(self, record: OutboxRecord) -> int:
+    def _insert(self, record: FrameRecord) -> int:
         for o in record.objects:
-            o.score, o.xyxy = round(float(o.score), 5), tuple(round(float(v), 2) for v in o.xyxy)
-        objects = json.dumps([[o.track_id, o.class_id, o.label, o.score, o.xyxy, int(o.predicted)]
-                              for o in record.objects])
+            x1, y1, x2, y2 = (round(float(v), 2) for v in o.xyxy)
+            o.score, o.xyxy = round(float(o.score), 5), (x1, y1, x2, y2)
+        objects = json.dumps([object_row(o) for o in record.objects])
         cursor = self._conn.execute(
             "insert into outbox (stream_id, frame_index, capture_time, objects) values (?, ?, ?, ?)",
             (record.stream_id, record.frame_index, record.capture_time, objects),
         )
+        assert cursor.lastrowid is not None  # an INSERT sets it
         record.sequence = cursor.lastrowid
         return record.sequence
 
-    def pending(self, after_sequence: int = 0, limit: int = 64) -> list[OutboxRecord]:
+    def pending(self, after_sequence: int = 0, limit: int = 64) -> list[FrameRecord]:
         rows = self._conn.execute(
             "select sequence, stream_id, frame_index, capture_time, objects from outbox"
             " where sequence > ? order by sequence limit ?",
             (after_sequence, limit),
         ).fetchall()
-        return [
-            OutboxRecord(
-                stream_id=stream_id, frame_index=frame_index, capture_time=capture_time, sequence=seq,
-                objects=[OutboxObject(t, c, lbl, s, tuple(box), bool(p)) for t, c, lbl, s, box, p in json.loads(objs)],
-            )
-            for seq, stream_id, frame_index, capture_time, objs in rows
-        ]
+        return [FrameRecord(stream_id, seq, frame_index, capture_time, objects_from_json(objs))
+                for seq, stream_id, frame_index, capture_time, objs in rows]
 
     def ack(self, upto_sequence: int) -> int:
         """Forget everything the controller has committed; returns how many rows left."""
@@ -263,15 +239,15 @@ class OutboxWriter:
     thread (a full disk) stops it, and the next `put()` or `flush()` raises it. While the writer
     runs, only it uses `outbox`."""
 
-    def __init__(self, outbox: Outbox, on_committed: Callable[[list[OutboxRecord], int], None]):
+    def __init__(self, outbox: Outbox, on_committed: Callable[[list[FrameRecord], int], None]):
         self.outbox = outbox
         self._on_committed = on_committed
-        self._queue: queue.SimpleQueue[list[OutboxRecord] | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[FrameRecord] | threading.Event | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
-    def put(self, records: list[OutboxRecord]) -> None:
+    def put(self, records: list[FrameRecord]) -> None:
         self._raise_error()
         self._queue.put(records)
 
@@ -293,7 +269,7 @@ class OutboxWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            records: list[OutboxRecord] = []
+            records: list[FrameRecord] = []
             flushed: list[threading.Event] = []
             item = self._queue.get()
             while True:  # everything queued meanwhile joins this commit

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from edgefleet.common import convert as common
+from edgefleet.common.convert import frame_to_pb as frame_to_pb  # the controller's modules import it from here
+from edgefleet.common.convert import timestamp
+from edgefleet.common.records import FrameRecord
 from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 
-from .detection_store import FrameRecord, ObjectRecord
 from .errors import InvalidArgument
 from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec
 from .rollouts import Requirements, StatusReport
 from .store import DeviceRecord
-
-MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
-"""The range a google.protobuf.Timestamp may hold (years 1 to 9999)."""
 
 
 def to_dict(message: Message) -> dict:
@@ -30,41 +29,12 @@ def from_dict(data: dict, message: Message) -> Message:
     return json_format.ParseDict(data or {}, message, ignore_unknown_fields=True)
 
 
-def timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
 def frame_from_pb(pb: types_pb2.FrameDetections) -> FrameRecord:
-    """On the ingest hot path (every published frame): positional fields, each submessage read once."""
-    objects = []
-    for d in pb.detections:
-        box = d.box
-        # ObjectRecord(track_id, class_id, label, score, xyxy, predicted)
-        objects.append(ObjectRecord(d.track_id, d.class_id, d.label, d.score, (box.x1, box.y1, box.x2, box.y2),
-                                    d.predicted))
-    ct = pb.capture_time  # Timestamp.ToNanoseconds() / 1e9, without the method call
-    if not (MIN_SECONDS <= ct.seconds <= MAX_SECONDS and 0 <= ct.nanos <= 999_999_999):
-        raise InvalidArgument(f"frames[].capture_time is not a valid timestamp ({ct.seconds} s, {ct.nanos} ns)")
-    # FrameRecord(stream_id, sequence, frame_index, capture_time, objects, device_id)
-    return FrameRecord(pb.stream_id, pb.sequence, pb.frame_index, (ct.seconds * 1_000_000_000 + ct.nanos) / 1e9,
-                       objects, pb.device_id)
-
-
-def frame_to_pb(rec: FrameRecord) -> types_pb2.FrameDetections:
-    return types_pb2.FrameDetections(
-        device_id=rec.device_id, stream_id=rec.stream_id, sequence=rec.sequence,
-        frame_index=rec.frame_index, capture_time=timestamp(rec.capture_time),
-        detections=[
-            types_pb2.Detection(
-                track_id=o.track_id, class_id=o.class_id, label=o.label, score=o.score,
-                box=types_pb2.Box(x1=o.xyxy[0], y1=o.xyxy[1], x2=o.xyxy[2], y2=o.xyxy[3]),
-                predicted=o.predicted,
-            )
-            for o in rec.objects
-        ],
-    )
+    """`edgefleet.common.convert.frame_from_pb`, its error an InvalidArgument."""
+    try:
+        return common.frame_from_pb(pb)
+    except common.InvalidFrame as err:
+        raise InvalidArgument(str(err)) from err
 
 
 def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb2.Device:

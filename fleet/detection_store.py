@@ -1,5 +1,8 @@
 """Detections: the frames devices publish, committed idempotently on (device id, sequence).
 
+Frames are `edgefleet.common.records.FrameRecord`s (imported here under their names), the agent's
+record type too.
+
 A mixin of `FleetStore` (same connection, same single thread); `fleet.ingest` calls
 `store_frames_many` for its group commits.
 """
@@ -9,32 +12,14 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, objects_from_json
 
 from .errors import InvalidArgument, NotFound
 from .history_store import SQLITE_MAX_INT
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ObjectRecord:
-    track_id: int
-    class_id: int
-    label: str
-    score: float
-    xyxy: tuple[float, float, float, float]
-    predicted: bool = False
-
-
-@dataclass
-class FrameRecord:
-    stream_id: str
-    sequence: int
-    frame_index: int
-    capture_time: float  # unix seconds
-    objects: list[ObjectRecord] = field(default_factory=list)
-    device_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,25 +145,10 @@ class DetectionTables:
         def work() -> None:  # under the write lock (BEGIN IMMEDIATE): nothing changes between the check and the insert
             present = self._stored_keys([(row[0], row[1]) for _, _, rows in valid for row in rows])
             for i, device_id, rows in valid:
-                if not rows:
-                    done.append((i, StoreResult(acked[device_id], 0, 0)))
-                    continue
-                lowest = min(r[1] for r in rows)
-                if lowest > acked[device_id] + 1 and acked[device_id]:
-                    logger.warning(
-                        "device %s skipped sequences %d..%d", device_id, acked[device_id] + 1, lowest - 1
-                    )
-                stored = 0
-                for row in rows:
-                    key = (device_id, row[1])
-                    if key not in present:  # a replay, or a repeat within this group, is a duplicate
-                        present.add(key)
-                        new_rows.append(row)
-                        stored += 1
-                acked[device_id] = max(acked[device_id], max(r[1] for r in rows))
-                stored_by_device[device_id] = stored_by_device.get(device_id, 0) + stored
-                done.append((i, StoreResult(acked_sequence=acked[device_id], stored=stored,
-                                            duplicates=len(rows) - stored)))
+                result = _take_new_rows(device_id, rows, acked, present, new_rows)
+                if rows:
+                    stored_by_device[device_id] = stored_by_device.get(device_id, 0) + result.stored
+                done.append((i, result))
             before = conn.total_changes
             for start in range(0, len(new_rows), 100):  # 100 rows: 800 parameters, under SQLite's oldest limit
                 chunk = new_rows[start:start + 100]
@@ -222,7 +192,7 @@ class DetectionTables:
             score = o.score
             total = score + x1 + y1 + x2 + y2
             if total - total != 0.0:  # inf or nan somewhere
-                return json.dumps([_object_to_json(obj) for obj in objects])
+                return json.dumps([object_row(obj) for obj in objects])
             parts.append(f"[{o.track_id:d}, {o.class_id:d}, {quote(o.label)}, {score:.5f}, "
                          f"[{x1:.2f}, {y1:.2f}, {x2:.2f}, {y2:.2f}], {1 if o.predicted else 0}]")
         return "[" + ", ".join(parts) + "]"
@@ -249,17 +219,28 @@ class DetectionTables:
         return frames, device.detections_stored
 
 
-def _object_to_json(obj: ObjectRecord) -> list:
-    return [obj.track_id, obj.class_id, obj.label, round(obj.score, 5),
-            [round(v, 2) for v in obj.xyxy], int(obj.predicted)]
+def _take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], present: set[tuple[str, int]],
+                   new_rows: list[tuple]) -> StoreResult:
+    """Append the device's rows that are neither stored (`present`) nor repeated to `new_rows`; advance
+    its entry in `acked` to its highest sequence; what `store_frames` answers for the batch."""
+    if not rows:
+        return StoreResult(acked[device_id], 0, 0)
+    lowest = min(r[1] for r in rows)
+    if lowest > acked[device_id] + 1 and acked[device_id]:
+        logger.warning("device %s skipped sequences %d..%d", device_id, acked[device_id] + 1, lowest - 1)
+    stored = 0
+    for row in rows:
+        key = (device_id, row[1])
+        if key not in present:  # a replay, or a repeat within this group, is a duplicate
+            present.add(key)
+            new_rows.append(row)
+            stored += 1
+    acked[device_id] = max(acked[device_id], max(r[1] for r in rows))
+    return StoreResult(acked_sequence=acked[device_id], stored=stored, duplicates=len(rows) - stored)
 
 
 def _frame_from_row(row: dict) -> FrameRecord:
-    objects = [
-        ObjectRecord(track_id=t, class_id=c, label=lbl, score=s, xyxy=tuple(box), predicted=bool(p))
-        for t, c, lbl, s, box, p in json.loads(row["objects"])
-    ]
     return FrameRecord(
         stream_id=row["stream_id"], sequence=row["sequence"], frame_index=row["frame_index"],
-        capture_time=row["capture_time"], objects=objects, device_id=row["device_id"],
+        capture_time=row["capture_time"], objects=objects_from_json(row["objects"]), device_id=row["device_id"],
     )

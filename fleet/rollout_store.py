@@ -167,7 +167,8 @@ class RolloutTables:
             )
             rows = [_device_row(rollout.rollout_id, d) for d in rollout.devices]
             conn.executemany(f"insert into rollout_devices ({', '.join(_DEVICE_COLUMNS)}) values "
-                             f"({', '.join('?' * len(_DEVICE_COLUMNS))})", [[r[c] for c in _DEVICE_COLUMNS] for r in rows])
+                             f"({', '.join('?' * len(_DEVICE_COLUMNS))})",
+                             [[r[c] for c in _DEVICE_COLUMNS] for r in rows])
 
         self._transaction(write)
         return self.get_rollout(rollout.rollout_id)

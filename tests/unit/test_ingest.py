@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord, StoreResult, _object_to_json
+from edgefleet.common.records import FrameRecord, ObjectRecord, object_row
+from edgefleet.fleet.detection_store import StoreResult
 from edgefleet.fleet.errors import FailedPrecondition, InvalidArgument, NotFound
 from edgefleet.fleet.ingest import IngestWriter
 from edgefleet.fleet.server import AsyncStore
@@ -29,8 +30,9 @@ def enroll(store: FleetStore, hardware_id: str) -> str:
 
 def frames(*sequences: int, stream: str = "cam0", objects: int = 2) -> list[FrameRecord]:
     return [
-        FrameRecord(stream, seq, seq - 1, 1000.0 + seq,
-                    [ObjectRecord(k + 1, k, "person", 0.8 + k / 100, (1.0 + k, 2.0, 30.5, 40.25)) for k in range(objects)])
+        FrameRecord(stream, seq, seq - 1, 1000.0 + seq, [
+            ObjectRecord(k + 1, k, "person", 0.8 + k / 100, (1.0 + k, 2.0, 30.5, 40.25)) for k in range(objects)
+        ])
         for seq in sequences
     ]
 
@@ -206,7 +208,7 @@ def test_objects_are_stored_as_the_same_values_as_before(store, score, xyxy):
     obj = ObjectRecord(7, 2, 'car "blue"', score, xyxy, predicted=True)
     store.store_frames(a, [FrameRecord("cam0", 1, 0, 1000.0, [obj])])
     (text,) = store.db.execute("select objects from detections").fetchone()
-    stored, expected = json.loads(text), json.loads(json.dumps([_object_to_json(obj)]))
+    stored, expected = json.loads(text), json.loads(json.dumps([object_row(obj)]))
 
     def same(x, y):
         return math.isnan(x) and math.isnan(y) if isinstance(x, float) and math.isnan(x) else x == y

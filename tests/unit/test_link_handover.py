@@ -12,7 +12,7 @@ def link(tmp_path, batch_size: int = 4) -> Link:
 
 
 def records(first: int, last: int) -> list[OutboxRecord]:
-    return [OutboxRecord("cam0", seq, 1000.0, sequence=seq) for seq in range(first, last + 1)]
+    return [OutboxRecord("cam0", seq, seq, 1000.0) for seq in range(first, last + 1)]
 
 
 def sequences(batch: list[OutboxRecord]) -> list[int]:

@@ -5,13 +5,14 @@ import sqlite3
 
 import pytest
 
-from edgefleet.agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxObject, OutboxRecord, OutboxWriter
+from edgefleet.agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxWriter
+from edgefleet.common.records import FrameRecord, ObjectRecord
 
 
-def record(frame_index: int, n_objects: int = 1) -> OutboxRecord:
-    objects = [OutboxObject(i + 1, 0, "person", 0.9, (1.0, 2.0, 30.0, 40.0)) for i in range(n_objects)]
-    return OutboxRecord(stream_id="cam0", frame_index=frame_index, capture_time=1000.0 + frame_index,
-                        objects=objects)
+def record(frame_index: int, n_objects: int = 1) -> FrameRecord:
+    objects = [ObjectRecord(i + 1, 0, "person", 0.9, (1.0, 2.0, 30.0, 40.0)) for i in range(n_objects)]
+    return FrameRecord(stream_id="cam0", sequence=0, frame_index=frame_index, capture_time=1000.0 + frame_index,
+                       objects=objects)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_records_survive_a_reopen(tmp_path):
 
 # ---- bounds: the oldest unacknowledged records go first, counted ----
 
-def record_bytes(r: OutboxRecord) -> int:
+def record_bytes(r: FrameRecord) -> int:
     """What the outbox counts for one record (payload + fixed overhead), computed independently."""
     objects = [[o.track_id, o.class_id, o.label, round(float(o.score), 5), [round(float(v), 2) for v in o.xyxy],
                 int(o.predicted)] for o in r.objects]
@@ -194,7 +195,7 @@ def test_the_link_side_sees_the_pipeline_drops(tmp_path):
 
 
 def test_append_rounds_what_it_stores_on_the_records_too(outbox):
-    rec = OutboxRecord("cam0", 0, 1000.0, [OutboxObject(1, 0, "person", 0.123456789, (1.004, 2.0051, 3.3333, 4.0))])
+    rec = FrameRecord("cam0", 0, 0, 1000.0, [ObjectRecord(1, 0, "person", 0.123456789, (1.004, 2.0051, 3.3333, 4.0))])
     outbox.append(rec)
     assert rec.objects[0].score == 0.12346 and rec.objects[0].xyxy == (1.0, 2.01, 3.33, 4.0)
     assert outbox.pending()[0] == rec  # a record sent from memory equals the stored copy
@@ -220,7 +221,7 @@ def test_writer_reports_what_the_bounds_dropped(tmp_path):
     writer = OutboxWriter(box, lambda records, n: dropped.append(n))
     try:
         for i in range(5):
-            writer.put([OutboxRecord("c", i, 1000.0 + i)])
+            writer.put([FrameRecord("c", 0, i, 1000.0 + i)])
             writer.flush()
     finally:
         writer.close()
