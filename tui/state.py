@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .coalesce import Batch
-from .views import STATUSES, Connection, DeviceView, EngineChange, EventEntry, Health, RolloutView
+from .views import STATUSES, Connection, DeviceView, EngineChange, EventEntry, Health, Plan, RolloutView
 
 HISTORY_SAMPLES = 120
 """Health samples kept per device for the sparklines (about 2 min at one heartbeat a second)."""
@@ -83,6 +83,23 @@ class FleetState:
     def apply(self, batch: Batch) -> Changes:
         changes = Changes()
         self.applied_items += batch.items
+        self._apply_devices(batch, changes)
+        for entry in batch.events:
+            self.events.append(entry)
+        self.events_total += len(batch.events) + batch.events_lost
+        changes.events = len(batch.events) + batch.events_lost
+        if batch.rollouts:
+            self.rollouts.update(batch.rollouts)
+            changes.rollouts = True
+        if batch.connection is not None and batch.connection != self.connection:
+            self.connection = batch.connection
+            changes.connection = True
+        if batch.server_dropped is not None:
+            self.server_dropped = max(self.server_dropped, batch.server_dropped)
+        return changes
+
+    def _apply_devices(self, batch: Batch, changes: Changes) -> None:
+        """The batch's snapshot (devices it lacks are removed), device updates and removals."""
         if batch.snapshot is not None:
             changes.full = True
             fresh = {d.device_id: d for d in batch.snapshot}
@@ -98,19 +115,6 @@ class FleetState:
             if device_id in self.devices:
                 self._remove(device_id)
                 changes.removed.add(device_id)
-        for entry in batch.events:
-            self.events.append(entry)
-        self.events_total += len(batch.events) + batch.events_lost
-        changes.events = len(batch.events) + batch.events_lost
-        if batch.rollouts:
-            self.rollouts.update(batch.rollouts)
-            changes.rollouts = True
-        if batch.connection is not None and batch.connection != self.connection:
-            self.connection = batch.connection
-            changes.connection = True
-        if batch.server_dropped is not None:
-            self.server_dropped = max(self.server_dropped, batch.server_dropped)
-        return changes
 
     def _update(self, device: DeviceView) -> None:
         previous = self.devices.get(device.device_id)
@@ -119,16 +123,16 @@ class FleetState:
         before = previous.plan if previous is not None else None
         if plan is not None and (before is None or plan.artifact_sha256 != before.artifact_sha256
                                  or plan.model != before.model or plan.backend != before.backend):
-            self._engine_seen(device)  # three compares, not the whole plan: this runs per update under load
+            self._engine_seen(device, plan)  # three compares, not the whole plan: this runs per update under load
         if device.health is not None:
             history = self.history.get(device.device_id)
             if history is None:
                 history = self.history[device.device_id] = DeviceHistory()
             history.add(device.health)
 
-    def _engine_seen(self, device: DeviceView) -> None:
-        """Record the device's engine when it is not the one recorded last (a plan change may keep it)."""
-        plan = device.plan
+    def _engine_seen(self, device: DeviceView, plan: Plan) -> None:
+        """Record the device's engine (`plan`, its current one) when it is not the one recorded last
+        (a plan change may keep it)."""
         changes = self.engines.get(device.device_id)
         if changes is None:
             changes = self.engines[device.device_id] = collections.deque(maxlen=ENGINE_HISTORY)
