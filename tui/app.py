@@ -42,7 +42,9 @@ APPLY_HZ = 4.0
 class FleetApp(App[None]):
     CSS_PATH = Path(__file__).with_name("fleet.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "edgefleet"
-    MODES: ClassVar[dict[str, type[Screen]]] = {"fleet": FleetScreen, "rollouts": RolloutsScreen, "events": EventsScreen}
+    MODES: ClassVar[dict[str, str | Callable[[], Screen]]] = {
+        "fleet": FleetScreen, "rollouts": RolloutsScreen, "events": EventsScreen,
+    }
     DEFAULT_MODE = "fleet"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -56,6 +56,7 @@ class Stream(Protocol[T_co]):
 def controller_error(method: str, err: grpc.RpcError) -> ControllerError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or ""
+    cls: type[ControllerError]
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         cls = Unavailable
     elif code == grpc.StatusCode.UNIMPLEMENTED:
@@ -70,7 +71,8 @@ def controller_error(method: str, err: grpc.RpcError) -> ControllerError:
 class GrpcStream(Generic[T]):
     """A server-streaming call whose messages become zero or more items each."""
 
-    def __init__(self, method: str, call, convert: Callable[[object], Iterable[T]]):
+    def __init__(self, method: str, call, convert: Callable[[Any], Iterable[T]]):
+        """`convert` takes each message of `call` (a generated reply type: the stubs are untyped)."""
         self._method = method
         self._call = call
         self._convert = convert

@@ -43,11 +43,11 @@ class LiveScreen(Screen):
                 banner.show(self.fleet.state.connection, now)
 
 
-class FilterBox:
-    """The `/` filter of a screen with a table: an `Input#filter` shown while open (class `-open`).
+class FilterScreen(LiveScreen):
+    """A live screen with a table and its `/` filter: an `Input#filter` shown while open (class `-open`).
 
-    Screens mix it in before `LiveScreen` and say what the text filters (`apply_filter`) and
-    which widget gets the focus back (`filter_target`).
+    Subclasses say what the text filters (`apply_filter`) and which widget gets the focus back
+    (`filter_target`).
     """
 
     def apply_filter(self, text: str) -> None:

@@ -27,7 +27,7 @@ from ..state import Changes
 from ..views import DeviceView, EngineChange, FrameView, ObjectView
 from ..widgets.bars import ConnectionBanner
 from .base import LiveScreen
-from .modals import ConfirmScreen
+from .modals import ConfirmScreen, if_confirmed
 
 RECENT_FRAMES = 50
 """Frames the label summary counts over."""
@@ -153,11 +153,12 @@ class DeviceScreen(LiveScreen):
         history = self.engine_history()
         lines: list[Text] = []
         for i, change in enumerate(history[:ENGINE_ROWS]):
+            now = i == 0
+            reason = "  ← " + change.reason if change.reason else ""
             lines.append(Text.assemble(
-                ("Engines   " if i == 0 else "          ", "bold"), (clock_time(change.time), "dim"), " ",
-                (change.label, "" if i == 0 else "dim"), ("  ← " + change.reason if change.reason else "", "cyan" if i == 0
-                                                    else "dim"),
-                (" (now)" if i == 0 else "", "green"), no_wrap=True, overflow="ellipsis"))
+                ("Engines   " if now else "          ", "bold"), (clock_time(change.time), "dim"), " ",
+                (change.label, "" if now else "dim"), (reason, "cyan" if now else "dim"),
+                (" (now)" if now else "", "green"), no_wrap=True, overflow="ellipsis"))
         if len(history) > ENGINE_ROWS:
             lines[-1].append(f"  +{len(history) - ENGINE_ROWS} earlier", style="dim")
         widget = self.query_one("#device-engines", Static)
@@ -225,8 +226,8 @@ class DeviceScreen(LiveScreen):
         plan = device.plan
         body = (f"Pin {device.device_id} to the plan it runs now?\n\n  {plan_text(plan)} on {engine_text(plan)}\n\n"
                 "The agent keeps it (no adaptive changes) until you clear the pin.")
-        self.app.push_screen(ConfirmScreen("Pin plan", body, "Pin"), lambda yes: yes and self.fleet.act(
-            f"Pinned {device.device_id}'s plan", lambda client: client.pin_plan(device.device_id, plan)))
+        self.app.push_screen(ConfirmScreen("Pin plan", body, "Pin"), if_confirmed(lambda: self.fleet.act(
+            f"Pinned {device.device_id}'s plan", lambda client: client.pin_plan(device.device_id, plan))))
 
     def action_unpin(self) -> None:
         device = self.device
@@ -234,15 +235,15 @@ class DeviceScreen(LiveScreen):
             self.notify("This device has no plan override to clear.", severity="warning")
             return
         body = f"Clear the plan override of {device.device_id}?\n\nThe agent picks its own plan again."
-        self.app.push_screen(ConfirmScreen("Clear pin", body, "Clear"), lambda yes: yes and self.fleet.act(
-            f"Cleared {device.device_id}'s plan override", lambda client: client.clear_plan(device.device_id)))
+        self.app.push_screen(ConfirmScreen("Clear pin", body, "Clear"), if_confirmed(lambda: self.fleet.act(
+            f"Cleared {device.device_id}'s plan override", lambda client: client.clear_plan(device.device_id))))
 
     def action_restart(self) -> None:
         device_id = self.device_id
         body = f"Restart the agent on {device_id}?\n\nIts streams stop for a few seconds; nothing acknowledged is lost."
-        self.app.push_screen(ConfirmScreen("Restart agent", body, "Restart", danger=True), lambda yes: yes and (
+        self.app.push_screen(ConfirmScreen("Restart agent", body, "Restart", danger=True), if_confirmed(lambda: (
             self.fleet.act(f"Restart sent to {device_id}",
-                           lambda client: client.restart(device_id, "operator restart from the TUI"))))
+                           lambda client: client.restart(device_id, "operator restart from the TUI")))))
 
     def action_rollback(self) -> None:
         if self.fleet.rollouts_supported is False:
@@ -258,10 +259,10 @@ class DeviceScreen(LiveScreen):
                               + (f"; before that it ran {before.label}" if before else "") + ".")
         paragraphs.append("It keeps the current one if no previous one is cached.")
         body = "\n\n".join(paragraphs)
-        self.app.push_screen(ConfirmScreen("Roll back engine", body, "Roll back", danger=True), lambda yes: yes and (
+        self.app.push_screen(ConfirmScreen("Roll back engine", body, "Roll back", danger=True), if_confirmed(lambda: (
             self.fleet.act(f"Rollback sent to {device_id}",
                            lambda client: client.rollback(device_id, "operator rollback from the TUI"),
-                           on_unimplemented=self._rollback_unimplemented)))
+                           on_unimplemented=self._rollback_unimplemented))))
 
     def _rollback_unimplemented(self, err: Unimplemented) -> None:
         self.fleet.rollouts_supported = False

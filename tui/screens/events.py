@@ -12,7 +12,7 @@ from ..format import clock_time
 from ..state import Changes
 from ..views import EventEntry
 from ..widgets.bars import ConnectionBanner
-from .base import FilterBox, LiveScreen
+from .base import FilterScreen
 
 MAX_ROWS = 1000
 """Rows the table holds; older matching events stay in the app's log but off the table."""
@@ -38,7 +38,7 @@ def _style(entry: EventEntry) -> str:
     return KIND_STYLE.get(entry.kind, "")
 
 
-class EventsScreen(FilterBox, LiveScreen):
+class EventsScreen(FilterScreen):
     HELP_TITLE = "events"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "filter", "Filter", key_display="/"),
@@ -95,14 +95,15 @@ class EventsScreen(FilterBox, LiveScreen):
             self.next_key += 1
         extra = table.row_count - MAX_ROWS
         if extra > 0:
-            first = table.coordinate_to_cell_key((0, 0)).row_key.value  # keys count up from the oldest row
-            for key in range(int(first), int(first) + extra):
+            first = self.next_key - table.row_count  # keys count up, the rows shown are the newest ones
+            for key in range(first, first + extra):
                 table.remove_row(str(key))
 
     def _title(self) -> None:
         table = self.query_one("#events", DataTable)
         state = self.fleet.state
-        parts = [("Events ", "bold"), f"{table.row_count} shown of {len(state.events)} kept"]
+        parts: list[str | tuple[str, str]] = [("Events ", "bold"),
+                                              f"{table.row_count} shown of {len(state.events)} kept"]
         if self.filter:
             parts.append(f" · filter “{self.filter}”")
         if state.server_dropped:

@@ -10,10 +10,10 @@ from textual.widgets import Footer, Input
 from ..state import Changes
 from ..widgets.bars import ConnectionBanner, FleetCounts
 from ..widgets.fleet_table import COLUMN_KEYS, FleetTable
-from .base import FilterBox, LiveScreen
+from .base import FilterScreen
 
 
-class FleetScreen(FilterBox, LiveScreen):
+class FleetScreen(FilterScreen):
     HELP_TITLE = "fleet"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "open_device", "Device"),

@@ -1,6 +1,7 @@
 """Modal dialogs: confirm an action, and the keyboard help."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from rich.table import Table
@@ -49,12 +50,21 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+def if_confirmed(action: Callable[[], object]) -> Callable[[bool | None], None]:
+    """The `push_screen` callback for a ConfirmScreen: runs `action` on a yes, nothing otherwise."""
+    def answered(yes: bool | None) -> None:
+        if yes:
+            action()
+
+    return answered
+
+
 class HelpScreen(ModalScreen[None]):
     """The keys of the screen underneath and of the app, and what the colours mean."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss_help", "Close", show=False)]
 
-    def __init__(self, screen: Screen, app_bindings: list[Binding]):
+    def __init__(self, screen: Screen, app_bindings: list[BindingType]):
         super().__init__()
         self.for_screen = screen
         self.app_bindings = app_bindings
@@ -63,7 +73,7 @@ class HelpScreen(ModalScreen[None]):
         keys = Table.grid(padding=(0, 2))
         keys.add_column(style="bold", no_wrap=True)
         keys.add_column()
-        for binding in [*_bindings(type(self.for_screen)), *self.app_bindings]:
+        for binding in _bindings([*getattr(type(self.for_screen), "BINDINGS", []), *self.app_bindings]):
             if binding.description:
                 keys.add_row(binding.key_display or _display(binding.key), binding.description)
         colours = Text.assemble(*[part for status, style in STATUS_STYLE.items()
@@ -79,11 +89,8 @@ class HelpScreen(ModalScreen[None]):
         self.dismiss(None)
 
 
-def _bindings(screen_type: type) -> list[Binding]:
-    out = []
-    for item in getattr(screen_type, "BINDINGS", []):
-        out.append(item if isinstance(item, Binding) else Binding(*item))
-    return out
+def _bindings(items: list[BindingType]) -> list[Binding]:
+    return [item if isinstance(item, Binding) else Binding(*item) for item in items]
 
 
 _NAMES = {"slash": "/", "question_mark": "?", "enter": "Enter", "escape": "Esc"}

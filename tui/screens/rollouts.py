@@ -22,7 +22,7 @@ from ..views import RolloutDeviceView, RolloutView, WaveView
 from ..widgets.bars import ConnectionBanner
 from .base import LiveScreen
 from .create_rollout import CreateRolloutScreen
-from .modals import ConfirmScreen
+from .modals import ConfirmScreen, if_confirmed
 
 REFRESH_S = 5.0
 """ListRollouts again this often while the screen is shown (rollout events also update it)."""
@@ -297,9 +297,9 @@ class RolloutsScreen(LiveScreen):
         if method == "abort_rollout":
             body += "\n\nDevices that already switched roll back to their previous engine."
         rollout_id = rollout.rollout_id
-        self.app.push_screen(ConfirmScreen(f"{verb} rollout", body, verb, danger), lambda yes: yes and self.fleet.act(
+        self.app.push_screen(ConfirmScreen(f"{verb} rollout", body, verb, danger), if_confirmed(lambda: self.fleet.act(
             f"{verb} sent for rollout {rollout_id}",
-            lambda client: getattr(client, method)(rollout_id, f"{verb.lower()} from the TUI")))
+            lambda client: getattr(client, method)(rollout_id, f"{verb.lower()} from the TUI"))))
 
     def action_pause(self) -> None:
         self._confirm("Pause", "pause_rollout")

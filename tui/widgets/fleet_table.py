@@ -11,7 +11,8 @@ the highlighted row posts `Selected`; a click on a header cell posts `SortReques
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.style import Style
 from rich.text import Text
@@ -68,7 +69,9 @@ def row_cells(device: DeviceView, state: FleetState, now: float) -> tuple[Text, 
 
 
 class FleetTable(ScrollView, can_focus=True):
-    COMPONENT_CLASSES: ClassVar[set[str]] = {"fleet-table--header", "fleet-table--even", "fleet-table--odd", "fleet-table--cursor"}
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "fleet-table--header", "fleet-table--even", "fleet-table--odd", "fleet-table--cursor",
+    }
     DEFAULT_CSS = """
     FleetTable {
         background: $surface;
@@ -113,7 +116,7 @@ class FleetTable(ScrollView, can_focus=True):
             super().__init__()
             self.column = column
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.filter = ""
         self.sort_column = "device"
@@ -121,7 +124,7 @@ class FleetTable(ScrollView, can_focus=True):
         self.order: list[str] = []  # device ids as shown, top to bottom
         self._index: dict[str, int] = {}
         self._cells: dict[str, tuple[Text, ...]] = {}
-        self._sort_values: dict[str, object] = {}
+        self._sort_values: dict[str, tuple] = {}  # sort_key's value per device
         self._versions: dict[str, int] = {}
         self._strips: dict[tuple[str, str], tuple[int, Strip]] = {}
         self._header: tuple[tuple, Strip] | None = None
@@ -181,16 +184,16 @@ class FleetTable(ScrollView, can_focus=True):
             for device_id in changes.removed:
                 reorder |= self._remove(device_id)
             for device_id in changes.devices:
-                device = state.devices.get(device_id)
-                if device is None or not matches(device, self.filter):
+                changed = state.devices.get(device_id)
+                if changed is None or not matches(changed, self.filter):
                     reorder |= self._remove(device_id)
                 else:
-                    reorder |= self._put(device, state, now, key)
+                    reorder |= self._put(changed, state, now, key)
         if reorder:
             self._reorder()
         self.refresh()
 
-    def _put(self, device: DeviceView, state: FleetState, now: float, key) -> bool:
+    def _put(self, device: DeviceView, state: FleetState, now: float, key: Callable[[DeviceView], tuple]) -> bool:
         """Add or update the device's row; True when the order may have changed."""
         device_id = device.device_id
         cells = row_cells(device, state, now)
