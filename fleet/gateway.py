@@ -7,7 +7,9 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+
+import grpc
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -19,6 +21,7 @@ from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
 from .metrics import ControllerMetrics
 from .rollouts import RolloutOptions, Rollouts
+from .store import DeviceRecord
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self._fetch_open: Counter[str] = Counter()  # device -> its FetchArtifact streams, waiting or sending
         self._fetch_ended: dict[str, float] = {}  # device -> when its last one ended
 
-    async def Enroll(self, request: agent_pb2.EnrollRequest, context) -> agent_pb2.EnrollResponse:
+    async def Enroll(self, request: agent_pb2.EnrollRequest,
+                     context: grpc.aio.ServicerContext) -> agent_pb2.EnrollResponse:
         if not request.enroll_key:
             raise InvalidArgument("enroll_key is empty")
         device, token = await self.db.enroll(
@@ -54,7 +58,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             controller_public_key=self.public_key,
         )
 
-    async def Session(self, request_iterator, context):
+    async def Session(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ControllerMessage]:
         """Hello first; then heartbeats up and commands down until the device closes its side.
 
         A stored plan override goes down right after `accepted`, so a device that was away
@@ -78,23 +83,9 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         async def read_heartbeats() -> None:
             nonlocal device  # the disconnect event reports the last state the device sent
             async for up in request_iterator:
-                kind = up.WhichOneof("body")
-                if kind == "deployment" and self.rollouts is not None:
-                    await self.rollouts.on_status(device_id, status_report(up.deployment))
-                    continue
-                if kind == "result":
-                    result = up.result
-                    logger.info("%s: command %s %s", device_id, result.command_id,
-                                "done" if result.ok else f"failed: {result.error}")
-                    continue
-                if kind != "heartbeat":
-                    logger.debug("session %s: ignoring %s", device_id, kind)
-                    continue
-                hb = up.heartbeat
-                plan = to_dict(hb.plan) if hb.HasField("plan") else None
-                device = await self.db.record_heartbeat(device_id, to_dict(hb.health), plan)
-                note = f"{device.hostname} ({device_id}) changed its plan" if plan else ""
-                self.hub.device_changed(device, note)
+                updated = await self._session_message(device_id, up)
+                if updated is not None:
+                    device = updated
 
         reader = asyncio.create_task(read_heartbeats(), name=f"session-{device_id}")
         try:
@@ -116,7 +107,28 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             self.hub.device_changed(device, f"{device.hostname} ({device_id}) disconnected")
             logger.info("session closed: %s", device_id)
 
-    async def PublishDetections(self, request_iterator, context):
+    async def _session_message(self, device_id: str, up: agent_pb2.AgentMessage) -> DeviceRecord | None:
+        """One message of a device's Session after its hello; the device's new state for a heartbeat."""
+        kind = up.WhichOneof("body")
+        if kind == "deployment" and self.rollouts is not None:
+            await self.rollouts.on_status(device_id, status_report(up.deployment))
+        elif kind == "result":
+            result = up.result
+            logger.info("%s: command %s %s", device_id, result.command_id,
+                        "done" if result.ok else f"failed: {result.error}")
+        elif kind == "heartbeat":
+            hb = up.heartbeat
+            plan = to_dict(hb.plan) if hb.HasField("plan") else None
+            device = await self.db.record_heartbeat(device_id, to_dict(hb.health), plan)
+            note = f"{device.hostname} ({device_id}) changed its plan" if plan else ""
+            self.hub.device_changed(device, note)
+            return device
+        else:
+            logger.debug("session %s: ignoring %s", device_id, kind)
+        return None
+
+    async def PublishDetections(self, request_iterator: AsyncIterator[agent_pb2.DetectionBatch],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.PublishAck]:
         """Each batch joins the next group commit (`fleet.ingest`); its ack goes down once that commits.
 
         Up to `PUBLISH_PIPELINE` batches of a stream wait for commits at once: the next one is read
@@ -168,7 +180,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 if item is not None and not item[2].cancel() and not item[2].cancelled():
                     item[2].exception()  # retrieved: asyncio logs no "never retrieved" for it
 
-    async def FetchArtifact(self, request, context):
+    async def FetchArtifact(self, request: agent_pb2.FetchArtifactRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.ArtifactChunk]:
         """Chunks from the requested offset to the end, or until the stream's turn is over; a device
         fetches only what a rollout sent it.
 
@@ -189,7 +202,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                                  f"({total} bytes)")
         self._fetch_open[device_id] += 1
         try:
-            async with contextlib.aclosing(self._send_in_turn(request)) as chunks:  # its slot is freed at once
+            # aclosing: the sender, and the fetch slot it holds, is closed at once when this stream ends
+            async with contextlib.aclosing(self._send_in_turn(self.files, request)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
@@ -203,7 +217,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         for a slot or sending), 0.0 if never. The rollout timeout counts from this too."""
         return time.time() if device_id in self._fetch_open else self._fetch_ended.get(device_id, 0.0)
 
-    async def _send_in_turn(self, request) -> AsyncIterator[agent_pb2.ArtifactChunk]:
+    async def _send_in_turn(self, files: ArtifactFiles,
+                            request: agent_pb2.FetchArtifactRequest) -> AsyncGenerator[agent_pb2.ArtifactChunk, None]:
         """Wait for a download slot, then send from the requested offset to the end or until the turn is over."""
         self._count_streams("waiting", 1)
         try:
@@ -212,7 +227,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             self._count_streams("waiting", -1)
         self._count_streams("active", 1)
         try:
-            with self.files.open(request.sha256) as (fd, total):  # artifacts never change once stored
+            with files.open(request.sha256) as (fd, total):  # artifacts never change once stored
                 offset, size = request.offset, chunk_size(request.chunk_size)
                 turn_ends = time.monotonic() + self.fetch_stream_s
                 while True:  # at the end exactly, one empty chunk says so
