@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def _call(args, method: str, request):
         return getattr(stub, method)(request, timeout=args.timeout)
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     """Rows of cells (the first the header) in columns as wide as their widest cell."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -272,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
                    help="also bridge devices that speak MQTT only (edgefleet/+/available, stats, events)")
     p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
-    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True), metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+    p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True),
+                   metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
     from .retention import RetentionPolicy, days_arg
 
     p.add_argument("--retention-days", type=days_arg("--retention-days"), default=RetentionPolicy.detections_days,

@@ -201,7 +201,8 @@ def cmd_rollout_create(args) -> int:
         raise CliError(f"--gate-fps-ratio must be within 0..10 and above 0 (0.01 all but turns the throughput "
                        f"gate off), got {args.gate_fps_ratio:g}")
     request = fleet_pb2.CreateRolloutRequest(
-        artifact_sha256=_resolve_artifact(args, args.artifact), selector=dict(_key_values(args.select or (), "--select")),
+        artifact_sha256=_resolve_artifact(args, args.artifact),
+        selector=dict(_key_values(args.select or (), "--select")),
         canary=args.canary, waves_percent=waves, gate_fps_ratio=args.gate_fps_ratio, max_failures=args.max_failures,
         expect_different_detections=args.expect_different,
     )
@@ -287,8 +288,11 @@ def _print_rollout(rollout: fleet_pb2.Rollout, devices: bool = False) -> None:
 
 def _device_command(field: str):
     def command(args) -> int:
-        value = True if field == "ping" else (args.reason or "requested by an operator")
-        request = fleet_pb2.SendCommandRequest(device_id=args.device, **{field: value})
+        request = fleet_pb2.SendCommandRequest(device_id=args.device)
+        if field == "ping":
+            request.ping = True
+        else:  # restart_reason or rollback_reason, one of the request's `action`
+            setattr(request, field, args.reason or "requested by an operator")
         response = _call(args, "SendCommand", request)
         print(f"sent {field.removesuffix('_reason')} to {args.device} (command {response.command_id})")
         return 0

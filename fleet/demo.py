@@ -54,10 +54,11 @@ def _operator_token(db: Path) -> str:
 def _start_controller(workdir: Path) -> tuple[subprocess.Popen, str]:
     log = (workdir / "controller.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(workdir / "fleet.db"),
-         "--enroll-key", DEMO_KEY, "--heartbeat-interval", "1"],
+        [sys.executable, "-m", "edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0",
+         "--db", str(workdir / "fleet.db"), "--enroll-key", DEMO_KEY, "--heartbeat-interval", "1"],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
@@ -70,7 +71,8 @@ def _start_agent(i: int, source: Path, address: str, workdir: Path, threads: int
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
-         "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10", "--threads", str(threads)],
+         "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10",
+         "--threads", str(threads)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     return DemoAgent(name, source, proc, log)

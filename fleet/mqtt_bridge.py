@@ -51,7 +51,7 @@ def _number(value: Any, field: str) -> float:
 def parse_health(payload: bytes) -> dict:
     """A stats payload -> the health dict the store keeps (known fields only, types checked)."""
     data = _json_object(payload)
-    health = {k: _number(v, k) for k, v in data.items() if k in HEALTH_NUMBERS}
+    health: dict[str, Any] = {k: _number(v, k) for k, v in data.items() if k in HEALTH_NUMBERS}
     streams = data.get("streams", [])
     if not isinstance(streams, list):
         raise MalformedMessage(f"streams must be a list, got {type(streams).__name__}")
@@ -59,7 +59,7 @@ def parse_health(payload: bytes) -> dict:
     for i, stream in enumerate(streams):
         if not isinstance(stream, dict):
             raise MalformedMessage(f"streams[{i}] must be an object")
-        entry = {}
+        entry: dict[str, str | float] = {}
         for key, value in stream.items():
             if key in STREAM_TEXT:
                 if not isinstance(value, str):
@@ -174,5 +174,9 @@ class MqttBridge:
     def _apply(self, device_id: str, **values) -> None:
         result = self.apply(device_id, **values)
         if isinstance(result, Future):  # applied on the store's thread: report a failure from there
-            result.add_done_callback(lambda done: done.exception() and logger.error(
-                "mqtt bridge: storing %s for %s failed: %s", sorted(values), device_id, done.exception()))
+            def report(done: Future) -> None:
+                err = done.exception()
+                if err is not None:
+                    logger.error("mqtt bridge: storing %s for %s failed: %s", sorted(values), device_id, err)
+
+            result.add_done_callback(report)

@@ -36,12 +36,12 @@ FIRST_SWEEP_DELAY_S = 10.0
 
 
 def _check_days(value: object, what: str, *, zero_means_forever: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if value > 0 or (zero_means_forever and value == 0):
+            return
     if zero_means_forever:
-        if not (ok and value >= 0):
-            raise ConfigError(f"retention: {what} must be a number >= 0 (0 keeps forever), got {value!r}")
-    elif not (ok and value > 0):
-        raise ConfigError(f"retention: {what} must be a number > 0, got {value!r}")
+        raise ConfigError(f"retention: {what} must be a number >= 0 (0 keeps forever), got {value!r}")
+    raise ConfigError(f"retention: {what} must be a number > 0, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,9 @@ class Controller:
         return dict(collections.Counter(self.presence.status(seen, now).value for seen in last_seen.values()))
 
     async def wait(self) -> None:
-        await self.server.wait_for_termination()
+        """Until the server terminates; at once when it is not serving (not started, or stopped)."""
+        if self.server is not None:
+            await self.server.wait_for_termination()
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is None:
