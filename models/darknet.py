@@ -146,7 +146,7 @@ class _WeightReader:
 
 
 class _Graph:
-    def __init__(self):
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
@@ -267,6 +267,64 @@ def _yolo(sec: Section, x: _Layer, where: str) -> _Head:
     return _Head(x.output, anchors, mask, classes, x.stride)
 
 
+def _shortcut(g: _Graph, sec: Section, x: _Layer, layers: list[_Layer], index: int, where: str) -> _Layer:
+    ref = sec.get_int("from")
+    other = layers[ref if ref >= 0 else index + ref]
+    if sec.get_str("activation", "linear") != "linear" or other.channels != x.channels:
+        raise UnsupportedModel(f"{where}: only linear shortcuts between equal shapes are supported")
+    return _Layer(g.add("Add", [x.output, other.output], "shortcut"), x.channels, x.stride)
+
+
+def _layers(g: _Graph, sections: list[Section], x: _Layer, reader: _WeightReader) -> list[_Head]:
+    """Add the layers of `sections` (the cfg after [net]) to `g`, starting from the input `x`; their [yolo] heads."""
+    layers: list[_Layer] = []
+    heads: list[_Head] = []
+    for index, sec in enumerate(sections):
+        where = f"layer {index} [{sec.kind}] (cfg line {sec.line})"
+        if sec.kind == "convolutional":
+            x = _convolutional(g, sec, x, reader, where)
+        elif sec.kind == "maxpool":
+            x = _maxpool(g, sec, x)
+        elif sec.kind == "upsample":
+            x = _upsample(g, sec, x, where)
+        elif sec.kind == "route":
+            x = _route(g, sec, layers, index, where)
+        elif sec.kind == "shortcut":
+            x = _shortcut(g, sec, x, layers, index, where)
+        elif sec.kind == "yolo":
+            heads.append(_yolo(sec, x, where))
+        else:
+            raise UnsupportedModel(f"{where}: layer type [{sec.kind}] is not supported")
+        layers.append(x)
+    return heads
+
+
+def _check_heads(heads: list[_Head], class_names: list[str]) -> None:
+    if not heads:
+        raise UnsupportedModel("cfg has no [yolo] layer")
+    if any(h.anchors != heads[0].anchors or h.classes != heads[0].classes for h in heads):
+        raise UnsupportedModel("all [yolo] heads must share their anchors and classes")
+    if class_names and len(class_names) != heads[0].classes:
+        raise UnsupportedModel(f"{len(class_names)} class names for a {heads[0].classes}-class model")
+
+
+def _model(g: _Graph, heads: list[_Head], name: str, channels: int) -> onnx.ModelProto:
+    """The ONNX model of graph `g`: one image input, one output per head (`head0`, `head1`, ...)."""
+    outputs = []
+    for i, head in enumerate(heads):
+        g.nodes.append(helper.make_node("Identity", [head.output], [f"head{i}"], name=f"head{i}"))
+        outputs.append(helper.make_tensor_value_info(
+            f"head{i}", TensorProto.FLOAT,
+            ["batch", len(head.mask) * (5 + head.classes), f"head{i}_height", f"head{i}_width"]))
+    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                            ["batch", channels, "height", "width"])]
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="edgefleet.models.darknet", producer_version=CONVERTER_VERSION)
+    model.ir_version = IR_VERSION
+    return model
+
+
 def convert(cfg_text: str, weights: bytes, class_names: list[str], *, name: str = "darknet",
             fix_known_bugs: bool = True, expected_weights_sha256: str | None = None) -> onnx.ModelProto:
     """Build the ONNX model from cfg text and weights bytes.
@@ -286,54 +344,14 @@ def convert(cfg_text: str, weights: bytes, class_names: list[str], *, name: str 
     in_w, in_h, channels = net.get_int("width"), net.get_int("height"), net.get_int("channels", 3)
     reader = _WeightReader(weights)
     g = _Graph()
-    layers: list[_Layer] = []
-    heads: list[_Head] = []
-    x = _Layer("images", channels, 1)
-    for index, sec in enumerate(sections[1:]):
-        where = f"layer {index} [{sec.kind}] (cfg line {sec.line})"
-        if sec.kind == "convolutional":
-            x = _convolutional(g, sec, x, reader, where)
-        elif sec.kind == "maxpool":
-            x = _maxpool(g, sec, x)
-        elif sec.kind == "upsample":
-            x = _upsample(g, sec, x, where)
-        elif sec.kind == "route":
-            x = _route(g, sec, layers, index, where)
-        elif sec.kind == "shortcut":
-            ref = sec.get_int("from")
-            other = layers[ref if ref >= 0 else index + ref]
-            if sec.get_str("activation", "linear") != "linear" or other.channels != x.channels:
-                raise UnsupportedModel(f"{where}: only linear shortcuts between equal shapes are supported")
-            x = _Layer(g.add("Add", [x.output, other.output], "shortcut"), x.channels, x.stride)
-        elif sec.kind == "yolo":
-            heads.append(_yolo(sec, x, where))
-        else:
-            raise UnsupportedModel(f"{where}: layer type [{sec.kind}] is not supported")
-        layers.append(x)
-
-    if not heads:
-        raise UnsupportedModel("cfg has no [yolo] layer")
-    if any(h.anchors != heads[0].anchors or h.classes != heads[0].classes for h in heads):
-        raise UnsupportedModel("all [yolo] heads must share their anchors and classes")
-    if class_names and len(class_names) != heads[0].classes:
-        raise UnsupportedModel(f"{len(class_names)} class names for a {heads[0].classes}-class model")
+    heads = _layers(g, sections[1:], _Layer("images", channels, 1), reader)
+    _check_heads(heads, class_names)
     left = len(reader.values) - reader.offset
     if left:
         raise WeightsMismatch(
             f"weights file does not match the cfg: {left} floats left over after the last layer")
 
-    outputs = []
-    for i, head in enumerate(heads):
-        g.nodes.append(helper.make_node("Identity", [head.output], [f"head{i}"], name=f"head{i}"))
-        outputs.append(helper.make_tensor_value_info(
-            f"head{i}", TensorProto.FLOAT,
-            ["batch", len(head.mask) * (5 + head.classes), f"head{i}_height", f"head{i}_width"]))
-    inputs = [helper.make_tensor_value_info("images", TensorProto.FLOAT,
-                                            ["batch", channels, "height", "width"])]
-    graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edgefleet.models.darknet", producer_version=CONVERTER_VERSION)
-    model.ir_version = IR_VERSION
+    model = _model(g, heads, name, channels)
     metadata = {
         "format": FORMAT,
         "names": json.dumps(list(class_names)),

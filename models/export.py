@@ -64,9 +64,12 @@ def sample_frames() -> list[np.ndarray]:
     """bus.jpg and zidane.jpg, the real photos that ship inside the ultralytics package."""
     from ultralytics.utils import ASSETS
 
-    frames = [cv2.imread(str(ASSETS / name)) for name in ("bus.jpg", "zidane.jpg")]
-    if any(f is None for f in frames):
-        raise ModelNotFound(f"the sample images in {ASSETS} are missing or unreadable")
+    frames = []
+    for name in ("bus.jpg", "zidane.jpg"):
+        frame = cv2.imread(str(ASSETS / name))
+        if frame is None:
+            raise ModelNotFound(f"the sample image {ASSETS / name} is missing or unreadable")
+        frames.append(frame)
     return frames
 
 
@@ -117,7 +120,7 @@ def build_untrained(cfg: str | Path, out_pt: str | Path, *, seed: int = 0, names
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average: the statistics of exactly these frames
-    logits = {}
+    logits: dict[int, torch.Tensor] = {}
     hooks = [conv.register_forward_hook(lambda mod, _, out, i=i: logits.__setitem__(
         i, (out - mod.bias.view(1, -1, 1, 1)).amax(dim=1).flatten())) for i, conv in enumerate(class_convs)]
     with torch.no_grad():

@@ -86,41 +86,48 @@ class ArtifactManifest:
     manifest_version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ManifestError:
-            return ManifestError(f"manifest field {name}={getattr(self, name)!r}: {why}")
-
         if self.manifest_version != MANIFEST_VERSION:
-            raise bad("manifest_version", f"this edgefleet reads version {MANIFEST_VERSION} only")
-        for name in ("input_width", "input_height"):
-            if getattr(self, name) <= 0:
-                raise bad(name, "must be a positive number of pixels")
-        if self.file_size < 0:
-            raise bad("file_size", "must be >= 0 bytes")
+            raise self._bad("manifest_version", f"this edgefleet reads version {MANIFEST_VERSION} only")
+        self._check_sizes()
         for name in ("file_sha256", "source_sha256"):
             value = getattr(self, name)
             if value is not None and not _SHA256.fullmatch(value):
-                raise bad(name, "must be 64 lowercase hex digits")
-        low, high = self.batch_range
-        if low < 1 or (high is not None and high < low):
-            raise bad("batch_range", "must be (min >= 1, max >= min or null)")
-        if self.resolution_range is not None:
-            (min_w, min_h), top = self.resolution_range
-            if min_w <= 0 or min_h <= 0 or (top is not None and (top[0] < min_w or top[1] < min_h)):
-                raise bad("resolution_range", "must be ((min_w, min_h) > 0, (max_w, max_h) >= min or null)")
+                raise self._bad(name, "must be 64 lowercase hex digits")
         try:
             datetime.fromisoformat(self.created_at)
         except ValueError as err:
-            raise bad("created_at", "must be an ISO 8601 time") from err
+            raise self._bad("created_at", "must be an ISO 8601 time") from err
         if self.format == "tensorrt-engine":
-            if self.tensorrt_version is None or not _VERSION.fullmatch(self.tensorrt_version):
-                raise bad("tensorrt_version", "an engine must name the TensorRT version it was built with, "
-                                              "like '10.3.0'")
-            if self.gpu_compute_capability is None or not _COMPUTE_CAPABILITY.fullmatch(
-                    self.gpu_compute_capability):
-                raise bad("gpu_compute_capability", "an engine must name the GPU compute capability it was "
-                                                    "built for, like '8.7'")
+            self._check_engine_build()
         if self.layout == "darknet-yolo" and not {"anchors", "masks"} <= set(self.decode_params):
-            raise bad("decode_params", "layout 'darknet-yolo' needs 'anchors' and 'masks'")
+            raise self._bad("decode_params", "layout 'darknet-yolo' needs 'anchors' and 'masks'")
+
+    def _bad(self, name: str, why: str) -> ManifestError:
+        return ManifestError(f"manifest field {name}={getattr(self, name)!r}: {why}")
+
+    def _check_sizes(self) -> None:
+        """Input size, file size, batch range and resolution range."""
+        for name in ("input_width", "input_height"):
+            if getattr(self, name) <= 0:
+                raise self._bad(name, "must be a positive number of pixels")
+        if self.file_size < 0:
+            raise self._bad("file_size", "must be >= 0 bytes")
+        low, high = self.batch_range
+        if low < 1 or (high is not None and high < low):
+            raise self._bad("batch_range", "must be (min >= 1, max >= min or null)")
+        if self.resolution_range is not None:
+            (min_w, min_h), top = self.resolution_range
+            if min_w <= 0 or min_h <= 0 or (top is not None and (top[0] < min_w or top[1] < min_h)):
+                raise self._bad("resolution_range", "must be ((min_w, min_h) > 0, (max_w, max_h) >= min or null)")
+
+    def _check_engine_build(self) -> None:
+        """An engine names the TensorRT version and GPU compute capability it was built with."""
+        if self.tensorrt_version is None or not _VERSION.fullmatch(self.tensorrt_version):
+            raise self._bad("tensorrt_version", "an engine must name the TensorRT version it was built with, "
+                                                "like '10.3.0'")
+        if self.gpu_compute_capability is None or not _COMPUTE_CAPABILITY.fullmatch(self.gpu_compute_capability):
+            raise self._bad("gpu_compute_capability", "an engine must name the GPU compute capability it was "
+                                                      "built for, like '8.7'")
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -250,7 +257,7 @@ def manifest_for_onnx(path: Path, file_sha256: str | None = None) -> ArtifactMan
         raise UnsupportedModel(f"{path}: expected one NCHW image input, got {[i.name for i in inputs]}")
     batch, _, height, width = _dims(inputs[0])
     elem_type = inputs[0].type.tensor_type.elem_type
-    precision = "fp16" if elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+    precision: Precision = "fp16" if elem_type == onnx.TensorProto.FLOAT16 else "fp32"
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     tools = {"onnx": onnx.__version__, "edgefleet": edgefleet_version()}
     if meta.get("format") == DARKNET_FORMAT:
@@ -352,15 +359,16 @@ def check_compatible(manifest: ArtifactManifest, device: DeviceCaps, name: str =
     ONNX: the device needs onnxruntime (any execution provider).
     """
     if manifest.format == "tensorrt-engine":
-        needs = f"TensorRT {manifest.tensorrt_version} on a GPU of compute capability " \
-                f"{manifest.gpu_compute_capability}"
+        built = manifest.tensorrt_version
+        assert built is not None  # an engine's manifest names it (ArtifactManifest.__post_init__)
+        needs = f"TensorRT {built} on a GPU of compute capability {manifest.gpu_compute_capability}"
         if device.tensorrt_version is None:
             raise IncompatibleArtifact(f"{name} is a TensorRT engine and needs {needs}; this device has no "
                                        "TensorRT")
-        if _major_minor(device.tensorrt_version) != _major_minor(manifest.tensorrt_version):
+        if _major_minor(device.tensorrt_version) != _major_minor(built):
             raise IncompatibleArtifact(
-                f"{name} was built with TensorRT {manifest.tensorrt_version} and needs TensorRT "
-                f"{'.'.join(map(str, _major_minor(manifest.tensorrt_version)))}.x; this device has TensorRT "
+                f"{name} was built with TensorRT {built} and needs TensorRT "
+                f"{'.'.join(map(str, _major_minor(built)))}.x; this device has TensorRT "
                 f"{device.tensorrt_version}: rebuild the engine on this device from its ONNX")
         if device.gpu_compute_capability != manifest.gpu_compute_capability:
             raise IncompatibleArtifact(

@@ -26,6 +26,7 @@ from .errors import ArtifactMismatch, BackendUnavailable, IncompatibleArtifact, 
 from .manifest import (
     ArtifactManifest,
     DeviceCaps,
+    Precision,
     atomic_write_bytes,
     manifest_for_onnx,
     manifest_path,
@@ -115,7 +116,7 @@ def engine_command(onnx_path: Path, out: Path, precision: str, calib_dir: Path |
     return " ".join(shlex.quote(w) for w in words)
 
 
-def cmd_engine(onnx_path: Path, out: Path | None = None, precision: str = "fp16", calib_dir: Path | None = None,
+def cmd_engine(onnx_path: Path, out: Path | None = None, precision: Precision = "fp16", calib_dir: Path | None = None,
                *, calib_cache: Path | None = None, batch: tuple[int, int, int] = (1, 1, 1),
                sizes: tuple[Size, Size, Size] | None = None, timing_cache: Path | None = None,
                workspace_mb: int = 1024, device: int = 0) -> Written:
@@ -151,7 +152,7 @@ def parse_batch(text: str) -> tuple[int, int, int]:
         return (1, parts[0], parts[0])
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"batch must be N or MIN,OPT,MAX, got {text!r}")
-    return tuple(parts)
+    return (parts[0], parts[1], parts[2])
 
 
 def parse_sizes(text: str) -> tuple[Size, Size, Size]:
@@ -166,7 +167,7 @@ def parse_sizes(text: str) -> tuple[Size, Size, Size]:
         return (sizes[0],) * 3
     if len(sizes) != 3:
         raise argparse.ArgumentTypeError(f"size must be WxH or MIN,OPT,MAX of WxH, got {text!r}")
-    return tuple(sizes)
+    return (sizes[0], sizes[1], sizes[2])
 
 
 def _fail(command: str, err: ModelError) -> int:

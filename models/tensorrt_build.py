@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -33,6 +32,7 @@ from .backends.tensorrt import import_tensorrt, trt_logger
 from .errors import InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from .manifest import (
     ArtifactManifest,
+    Precision,
     atomic_write_bytes,
     compute_capability,
     edgefleet_version,
@@ -76,7 +76,8 @@ class CalibrationBatches:
             raise InvalidConfig(f"calibration batch_size must be >= 1, got {batch_size}")
         if len(images) < batch_size:
             raise InvalidConfig(f"{len(images)} calibration image(s) cannot fill one batch of {batch_size}")
-        self.images, self.batch_size, self.input_size = list(images), batch_size, tuple(input_size)
+        width, height = input_size
+        self.images, self.batch_size, self.input_size = list(images), batch_size, (width, height)
         self.total = len(self.images) // batch_size
         self.done = self.skipped = 0
 
@@ -182,7 +183,7 @@ def make_profile(onnx_dims: tuple[int | None, ...], batch: tuple[int, int, int],
     return Profile(*((b, channels, s[1], s[0]) for b, s in zip(batch, sizes)))
 
 
-def engine_manifest(source: ArtifactManifest, source_sha256: str, engine: Path, *, precision: str,
+def engine_manifest(source: ArtifactManifest, source_sha256: str, engine: Path, *, precision: Precision,
                     profile: Profile, tensorrt_version: str, compute_capability: str) -> ArtifactManifest:
     """The engine's manifest: what it needs (TensorRT, GPU) and what it is, copied from its ONNX's."""
     return ArtifactManifest(
@@ -208,7 +209,7 @@ def source_manifest(onnx_path: Path) -> ArtifactManifest:
 class BuildProgress:
     """Logs TensorRT's build phases (what the IProgressMonitor subclass hands on). Never cancels."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.steps: dict[str, int] = {}
 
     def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
@@ -271,7 +272,7 @@ def progress_monitor(trt, progress: BuildProgress):
     return _Monitor()
 
 
-def build_engine(onnx_path: Path, out_path: Path, precision: Literal["fp32", "fp16", "int8"] = "fp16", *,
+def build_engine(onnx_path: Path, out_path: Path, precision: Precision = "fp16", *,
                  calibration_images: Path | None = None, calibration_cache: Path | None = None,
                  batch: tuple[int, int, int] = (1, 1, 1), sizes: tuple[Size, Size, Size] | None = None,
                  timing_cache: Path | None = None, workspace_mb: int = 1024, max_calibration_images: int = 512,
@@ -327,7 +328,7 @@ def build_engine(onnx_path: Path, out_path: Path, precision: Literal["fp32", "fp
     return manifest
 
 
-def _build(trt, cuda, onnx_path: Path, input_name: str, precision: str, profile: Profile,
+def _build(trt, cuda, onnx_path: Path, input_name: str, precision: Precision, profile: Profile,
            feed: CalibrationFeed | None, timing_cache: Path | None, workspace_mb: int) -> tuple[bytes, bytes]:
     log = trt_logger(trt)
     builder = trt.Builder(log)
@@ -350,6 +351,7 @@ def _build(trt, cuda, onnx_path: Path, input_name: str, precision: str, profile:
             logger.warning("this GPU has no fast FP16; the engine may be slow")
         config.set_flag(trt.BuilderFlag.FP16)
     if precision == "int8":
+        assert feed is not None  # build_engine makes one for int8
         if not builder.platform_has_fast_int8:
             logger.warning("this GPU has no fast INT8; the engine may be slow")
         config.set_flag(trt.BuilderFlag.INT8)
