@@ -161,7 +161,7 @@ def run_demo(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
     try:
         if sys.stdout.isatty() and not args.text:  # the fleet TUI in the foreground; `q` quits
-            subprocess.run([sys.executable, "-m", "tui", "--controller", address, "--log-file",
+            subprocess.run([sys.executable, "-m", "edgefleet.tui", "--controller", address, "--log-file",
                             str(workdir / "tui.log"), "--duration", str(args.duration)],
                            env={**os.environ, "EDGEFLEET_TOKEN": token}, check=False)
         else:

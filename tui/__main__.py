@@ -1,4 +1,4 @@
-"""`python -m tui`: the fleet TUI without going through the `edgefleet` CLI."""
+"""`python -m edgefleet.tui`: the fleet TUI without going through the `edgefleet` CLI."""
 import sys
 
 from .cli import main
