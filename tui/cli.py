@@ -1,7 +1,7 @@
 """`edgefleet tui`: watch and operate the fleet from a terminal.
 
     edgefleet tui --controller 127.0.0.1:50051 --token efo_…   (or EDGEFLEET_TOKEN)
-    python -m tui --controller …                                (the same, without the edgefleet CLI)
+    python -m edgefleet.tui --controller …                      (the same, without the edgefleet CLI)
 
 This module imports neither Textual nor gRPC until the command runs, so registering it on
 the `edgefleet` parser costs nothing for the other subcommands.
@@ -61,7 +61,7 @@ def log_off_the_terminal(log_file: Path | None):
 def run_app(address: str, token: str, tls=None, log_file: Path | None = None, duration_s: float = 0) -> int:
     """Run the TUI in the foreground until the operator quits (or `duration_s` passes, when > 0).
 
-    `edgefleet demo` runs it too (as `python -m tui`), after it started the controller and the agents.
+    `edgefleet demo` runs it too (as `python -m edgefleet.tui`), after it started the controller and the agents.
     """
     from .app import FleetApp
 
