@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import AfterValidator
 
 from .detections import Detections
+from .yolo import PAD_VALUE
 
 DEFAULT_CONFIDENCE_THRESHOLD = 0.25
 DEFAULT_IOU_THRESHOLD = 0.45
@@ -56,6 +57,12 @@ class Detector(ABC):
     last_inference_ms: float = 0.0
     """Duration of the last raw inference call (the runtime's run only, no pre/post-processing)."""
 
+    def warm_up(self, runs: int = 2) -> None:
+        """Detect on `runs` gray frames of `input_size`; a backend's constructor ends with it."""
+        frame = np.full((self.input_size[1], self.input_size[0], 3), PAD_VALUE, dtype=np.uint8)
+        for _ in range(runs):
+            self.detect(frame)
+
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         """One frame; boxes in the frame's own pixels."""
         return self.detect_batch([frame_bgr])[0]
@@ -81,7 +88,7 @@ class Detector(ABC):
         """Post-processing of `run_prepared`'s outputs: one `Detections` per frame."""
         return outputs
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: a backend without resources has nothing to release
         """Release the backend's resources; the detector is unusable afterwards."""
 
     def __enter__(self) -> Detector:

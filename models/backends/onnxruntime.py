@@ -17,33 +17,23 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize, Prepared
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, InputSize
 from ..darknet import FORMAT
-from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from ..letterbox import LetterboxDetector, head_decoder
 from ..manifest import DeviceCaps, manifest_path, verify_artifact
 from ..metadata import ultralytics_metadata
-from ..yolo import (
-    decode_darknet,
-    decode_end2end,
-    decode_ultralytics,
-    letterbox_batch,
-    nms,
-    rect_size,
-    scale_boxes_to_source,
-)
 
 logger = logging.getLogger(__name__)
 
-BACKEND_KEY = "onnxruntime"
+BACKEND_KEY: Final = "onnxruntime"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -170,7 +160,7 @@ def check_manifest(model: Path, device: DeviceCaps) -> None:
                                "the onnxruntime backend runs 'onnx' artifacts")
 
 
-class OnnxRuntimeDetector(Detector):
+class OnnxRuntimeDetector(LetterboxDetector):
     def __init__(self, config: OnnxRuntimeConfig):
         try:
             import onnxruntime as ort
@@ -195,7 +185,10 @@ class OnnxRuntimeDetector(Detector):
                                   [o.shape for o in self.session.get_outputs()], str(config.model))
         self.names = self.layout.names
         self.anchors, self.masks = self.layout.anchors, self.layout.masks
-        self.input_size = tuple(config.input_size or self.layout.input_size)
+        self.use_head(*head_decoder(self.layout.head, self.anchors, self.masks))
+        self.max_batch, self.pad_batch = self.layout.max_batch, self.layout.pad_batch
+        width, height = config.input_size or self.layout.input_size
+        self.input_size = (width, height)
         if self.layout.fixed_size and self.input_size != self.layout.input_size:
             raise InvalidConfig(f"input_size {self.input_size} does not fit {config.model}: it was exported "
                                 f"for {self.layout.input_size} only (width, height)")
@@ -211,42 +204,15 @@ class OnnxRuntimeDetector(Detector):
         self.model_path = config.model
         self.last_inference_ms = 0.0
         try:
-            self._warmup()
+            self.warm_up()
         except ValueError as err:  # a decoder refusing the real output shape (named dimensions pass read_layout)
             raise UnsupportedModel(f"{config.model}: {err}") from err
         logger.info("onnxruntime: %s (%s head) at %dx%d on %s (warm-up %.1f ms)", config.model.name,
                     self.layout.head, *self.input_size, self.providers[0], self.last_inference_ms)
 
-    def _warmup(self, runs: int = 2) -> None:
-        frame = np.full((self.input_size[1], self.input_size[0], 3), 114, dtype=np.uint8)
-        for _ in range(runs):
-            self.detect(frame)
-
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Raw session run(s) on a prepared (N, 3, H, W) tensor; sets `last_inference_ms`.
-
-        One run, unless the model takes at most `layout.max_batch` frames a run: then one run
-        per chunk (the last padded when the batch dimension is fixed), outputs concatenated.
-        """
+    def _run(self, tensor: np.ndarray) -> list[np.ndarray]:
         if self.session is None:
             raise ModelError("this detector is closed")
-        limit = self.layout.max_batch
-        start = time.perf_counter()
-        if limit is None or (len(batch) == limit):
-            outputs = self._run(batch)
-        else:
-            parts = []
-            for first in range(0, len(batch), limit):
-                chunk = batch[first:first + limit]
-                n = len(chunk)
-                if self.layout.pad_batch and n < limit:
-                    chunk = np.concatenate([chunk, np.zeros((limit - n, *chunk.shape[1:]), chunk.dtype)])
-                parts.append([out[:n] for out in self._run(chunk)])
-            outputs = [np.concatenate(heads) for heads in zip(*parts)]
-        self.last_inference_ms = (time.perf_counter() - start) * 1000.0
-        return outputs
-
-    def _run(self, tensor: np.ndarray) -> list[np.ndarray]:
         if not self.io_binding:
             return self.session.run(None, {self.input_name: tensor})
         binding = self.session.io_binding()
@@ -255,43 +221,6 @@ class OnnxRuntimeDetector(Detector):
             binding.bind_output(name, self._binding_device)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
-
-    def decode(self, outputs: list[np.ndarray], size: tuple[int, int] | None = None,
-               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Raw outputs -> per image (xyxy in input pixels, score, class_id), NMS included where needed.
-        `size`: the (width, height) the network ran at (default: `input_size`)."""
-        head, size = self.layout.head, size or self.input_size
-        if head == "end2end":  # the graph already chose its boxes
-            return decode_end2end(outputs[0], self.confidence_threshold)
-        if head == "ultralytics":
-            candidates = decode_ultralytics(outputs[0], size, self.confidence_threshold)
-        else:
-            candidates = decode_darknet(outputs, self.anchors, self.masks, size, self.confidence_threshold)
-        results = []
-        for xyxy, score, class_id in candidates:
-            keep = nms(xyxy, score, class_id, self.iou_threshold)
-            results.append((xyxy[keep], score[keep], class_id[keep]))
-        return results
-
-    def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
-        if not frames:
-            return []
-        prepared = self.prepare(frames)
-        return self.finish(prepared, self.run_prepared(prepared))
-
-    def prepare(self, frames: list[np.ndarray]) -> Prepared:
-        size = rect_size(frames, self.input_size) if self.rect else self.input_size
-        tensor, infos = letterbox_batch(frames, size)
-        return Prepared(self, frames, tensor, infos)
-
-    def run_prepared(self, prepared: Prepared) -> list[np.ndarray]:
-        return self.infer(prepared.tensor)
-
-    def finish(self, prepared: Prepared, outputs: list[np.ndarray]) -> list[Detections]:
-        height, width = prepared.tensor.shape[2:]
-        return [Detections(scale_boxes_to_source(xyxy, info, frame.shape), score, class_id)
-                for frame, info, (xyxy, score, class_id)
-                in zip(prepared.frames, prepared.infos, self.decode(outputs, (width, height)), strict=True)]
 
     def close(self) -> None:
         self.session = None

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import yolo
-from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
-from ..detections import Detections
+from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, InputSize
 from ..errors import BackendUnavailable, IncompatibleArtifact, ModelError, ModelNotFound, UnsupportedModel
+from ..letterbox import Decoder, LetterboxDetector, head_decoder
 from ..manifest import (
     ArtifactManifest,
     DeviceCaps,
@@ -40,7 +37,7 @@ logger = logging.getLogger(__name__)
 trt_log = logging.getLogger(__name__ + ".native")
 """TensorRT's own messages (builder, runtime, parser) arrive here."""
 
-BACKEND_KEY = "tensorrt"
+BACKEND_KEY: Final = "tensorrt"
 SDK_MISSING = ("tensorrt/pycuda are not installed; on Jetson use JetPack's python3-libnvinfer and create "
                "the venv with --system-site-packages")
 
@@ -152,27 +149,22 @@ def volume(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-Decoder = Callable[[list[np.ndarray], tuple[int, int], float], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+LAYOUT_HEADS = {"darknet-yolo": "darknet", "ultralytics": "ultralytics", "end2end": "end2end"}
+"""A manifest's layout -> the head `models.letterbox.head_decoder` decodes."""
 
 
 def decoder_for(manifest: ArtifactManifest) -> tuple[Decoder, bool]:
-    """(decode function, whether NMS follows) for the manifest's layout, with the decoders of models.yolo.
+    """(decode function, whether NMS follows) for the manifest's layout (`models.letterbox.head_decoder`).
 
-    Each returns per image (xyxy in input pixels, score, class_id). A layout whose decoder this
-    models.yolo lacks is refused with `UnsupportedModel` (rather than failing on the first frame).
+    Each returns per image (xyxy in input pixels, score, class_id). A layout without a decoder is
+    refused with `UnsupportedModel` (rather than failing on the first frame).
     """
-    layout = manifest.layout
-    if layout == "darknet-yolo":
-        anchors = np.asarray(manifest.decode_params["anchors"], dtype=np.float32)
-        masks = manifest.decode_params["masks"]
-        return (lambda outputs, size, thr: yolo.decode_darknet(outputs, anchors, masks, size, thr)), True
-    name = {"ultralytics": "decode_ultralytics", "end2end": "decode_end2end"}[layout]
-    fn = getattr(yolo, name, None)
-    if fn is None:
-        raise UnsupportedModel(f"layout {layout!r} needs models.yolo.{name}, which this edgefleet does not have")
-    if layout == "ultralytics":  # one (N, 4 + nc, anchors) output, NMS after
-        return (lambda outputs, size, thr: fn(outputs[0], size, thr)), True
-    return (lambda outputs, size, thr: fn(outputs[0], thr)), False  # (N, K, 6): the graph chose its boxes
+    if manifest.layout not in LAYOUT_HEADS:
+        raise UnsupportedModel(f"layout {manifest.layout!r} has no decoder; known: {sorted(LAYOUT_HEADS)}")
+    if manifest.layout == "darknet-yolo":
+        params = manifest.decode_params
+        return head_decoder("darknet", np.asarray(params["anchors"], dtype=np.float32), params["masks"])
+    return head_decoder(LAYOUT_HEADS[manifest.layout])
 
 
 # ---- the SDK (UNVERIFIED: written against the TensorRT 10 Python API docs, no GPU here) ----
@@ -218,8 +210,11 @@ def read_io_rows(engine, trt) -> list[tuple[str, bool, tuple[int, ...], str, Any
     return rows
 
 
-class TensorRTDetector(Detector):
-    """UNVERIFIED (TensorRT 10 + pycuda): engine, pinned host + device buffers, one stream, execute_async_v3."""
+class TensorRTDetector(LetterboxDetector):
+    """UNVERIFIED (TensorRT 10 + pycuda): engine, pinned host + device buffers, one stream, execute_async_v3.
+
+    Letterboxing, decoding, NMS, scaling and the staged prepare/run/finish calls are
+    `LetterboxDetector`'s; this class loads the engine and runs it (`_run`)."""
 
     def __init__(self, config: TensorRTConfig):
         trt, cuda = import_tensorrt()
@@ -244,7 +239,7 @@ class TensorRTDetector(Detector):
             raise
         self._ctx.pop()
         self.last_inference_ms = 0.0
-        self._warmup()
+        self.warm_up()
         logger.info("tensorrt: %s (%s) at %dx%d, batch <= %d on GPU %d (warm-up %.1f ms)", config.model.name,
                     manifest.precision, *self.input_size, self.max_batch, config.device, self.last_inference_ms)
 
@@ -259,11 +254,13 @@ class TensorRTDetector(Detector):
         self.context = self.engine.create_execution_context()
         self.input_spec, self.output_specs = tensor_specs(read_io_rows(self.engine, trt))
         self.names = list(manifest.class_names)
-        self.input_size = tuple(config.input_size or manifest.input_size)
+        width, height = config.input_size or manifest.input_size
+        self.input_size = (width, height)
         self.confidence_threshold = config.confidence_threshold
         self.iou_threshold = config.iou_threshold
-        self._decode, self._nms = decoder_for(manifest)
+        self.use_head(*decoder_for(manifest))
         self.max_batch = max_batch(self.input_spec)
+        self.pad_batch = self.input_spec.shape[0] != -1  # a fixed batch dimension takes that many frames only
         # Buffers for the largest batch at our input size; output shapes follow from the input's.
         largest = resolve_input_shape(self.input_spec, self.max_batch, self.input_size)
         self._set_input_shape(largest)
@@ -279,49 +276,31 @@ class TensorRTDetector(Detector):
         if not self.context.set_input_shape(self.input_spec.name, tuple(shape)):
             raise UnsupportedModel(f"TensorRT refused input shape {tuple(shape)} for {self.input_spec.name!r}")
 
-    def _warmup(self, runs: int = 2) -> None:
-        frame = np.full((self.input_size[1], self.input_size[0], 3), 114, dtype=np.uint8)
-        for _ in range(runs):
-            self.detect(frame)
-
-    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Raw engine run on a prepared (N, 3, H, W) tensor; sets `last_inference_ms` (copies included)."""
+    def _run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """One engine run on at most `max_batch` frames, host -> device -> host copies included."""
         if self.context is None:
             raise ModelError("this detector is closed")
+        height, width = tensor.shape[2:]
+        shape = resolve_input_shape(self.input_spec, len(tensor), (width, height))
         cuda, name = self._cuda, self.input_spec.name
         self._ctx.push()
         try:
-            start = time.perf_counter()
-            self._set_input_shape(batch.shape)
-            host_in = self._host[name][:batch.size]
-            np.copyto(host_in, batch.ravel(), casting="same_kind")
+            self._set_input_shape(shape)
+            host_in = self._host[name][:tensor.size]
+            np.copyto(host_in, tensor.ravel(), casting="same_kind")
             cuda.memcpy_htod_async(self._device[name], host_in, self.stream)
             if not self.context.execute_async_v3(self.stream.handle):
                 raise ModelError("TensorRT execute_async_v3 failed; see the TensorRT messages logged before")
             views = []
             for spec in self.output_specs:
-                shape = tuple(self.context.get_tensor_shape(spec.name))
-                view = self._host[spec.name][:volume(shape)]
+                out_shape = tuple(self.context.get_tensor_shape(spec.name))
+                view = self._host[spec.name][:volume(out_shape)]
                 cuda.memcpy_dtoh_async(view, self._device[spec.name], self.stream)
-                views.append((view, shape))
+                views.append((view, out_shape))
             self.stream.synchronize()
-            self.last_inference_ms = (time.perf_counter() - start) * 1000.0
         finally:
             self._ctx.pop()
-        return [view.reshape(shape).astype(np.float32, copy=True) for view, shape in views]
-
-    def detect_batch(self, frames: list[np.ndarray]) -> list[Detections]:
-        results: list[Detections] = []
-        for first in range(0, len(frames), self.max_batch):  # batches larger than the engine's max: in chunks
-            chunk = frames[first:first + self.max_batch]
-            batch, infos = yolo.letterbox_batch(chunk, self.input_size)
-            resolve_input_shape(self.input_spec, len(chunk), self.input_size)
-            candidates = self._decode(self.infer(batch), self.input_size, self.confidence_threshold)
-            for frame, info, (xyxy, score, class_id) in zip(chunk, infos, candidates):
-                keep = yolo.nms(xyxy, score, class_id, self.iou_threshold) if self._nms else np.arange(len(xyxy))
-                results.append(Detections(yolo.scale_boxes_to_source(xyxy[keep], info, frame.shape),
-                                          score[keep], class_id[keep]))
-        return results
+        return [view.reshape(out_shape).astype(np.float32, copy=True) for view, out_shape in views]
 
     def close(self) -> None:
         if getattr(self, "context", None) is None:

@@ -21,7 +21,7 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,10 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD, Detector, InputSize
 from ..detections import Detections
 from ..errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from ..yolo import PAD_VALUE
 
 logger = logging.getLogger(__name__)
 
-BACKEND_KEY = "ultralytics"
+BACKEND_KEY: Final = "ultralytics"
 INSTALL_HINT = "pip install 'edgefleet[train]'"
 DEFAULT_MAX_DETECTIONS = 300  # Ultralytics' max_det
 
@@ -146,19 +147,20 @@ class UltralyticsDetector(Detector):
         self.model_path = config.model
         self.last_inference_ms = 0.0
         self.input_size = config.input_size or (640, 640)
-        self._warmup(config.input_size)
+        self._settle_input_size(config.input_size)
+        self.warm_up()
         names = self.model.names
         self.names = [str(names[i]) for i in range(len(names))]
         logger.info("ultralytics: %s at %dx%d on %s (warm-up %.1f ms)", config.model.name, *self.input_size,
                     self.model.predictor.device, self.last_inference_ms)
 
-    def _warmup(self, requested: tuple[int, int] | None, runs: int = 2) -> None:
+    def _settle_input_size(self, requested: tuple[int, int] | None) -> None:
         """Run a gray frame, then settle `input_size` on the size Ultralytics really uses.
 
         Exports with a fixed shape force their own size; a dynamic export or a checkpoint
         without one runs at the requested size, else at the size stored in the model.
         """
-        self._predict([np.full((self.input_size[1], self.input_size[0], 3), 114, np.uint8)],
+        self._predict([np.full((self.input_size[1], self.input_size[0], 3), PAD_VALUE, np.uint8)],
                       None if requested is None else requested)
         predictor = self.model.predictor
         used = tuple(int(v) for v in predictor.imgsz)  # (height, width), after Ultralytics' checks
@@ -169,8 +171,6 @@ class UltralyticsDetector(Detector):
         if requested is not None and tuple(requested) != self.input_size:
             raise InvalidConfig(f"input_size {tuple(requested)} does not fit {self.model_path}: "
                                 f"it runs at {self.input_size} only (width, height)")
-        for _ in range(runs):
-            self.detect(np.full((self.input_size[1], self.input_size[0], 3), 114, np.uint8))
 
     def _predict(self, frames: list[np.ndarray], size: tuple[int, int] | None):
         if self.model is None:
