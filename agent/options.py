@@ -1,7 +1,6 @@
 """What `edge-agent run` tells the loop (`RunOptions`), and what `--auto-plan` adds (`Adaptation`)."""
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ import grpc
 from edgefleet.adaptive.controller import Rung, RuntimeController
 from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
-from .config import out_of_range
+from .config import AgentConfig
 from .errors import ConfigError
 
 CONTROL_EVERY_S = 1.0
@@ -20,6 +19,9 @@ CONTROL_EVERY_S = 1.0
 
 @dataclass
 class RunOptions:
+    """What the loop and its supervisor run with: built from a validated AgentConfig
+    (`from_config`), or directly by tests and embedders; the names are AgentConfig's, and so are
+    the bounds (checked there, once)."""
     controller: str
     sources: list[str]
     state_dir: Path
@@ -28,11 +30,11 @@ class RunOptions:
     stream_ids: list[str] = field(default_factory=list)  # default cam0, cam1, ...
     max_frames: int = 0          # per stream; 0: until the source ends
     loop: bool = False           # restart a finite source at its end (demo)
-    detect_interval: int = 1     # detect every Nth frame of a stream, track in between
-    motion_threshold: float = 0  # >0: skip detection on static scenes (see adaptive.schedule)
-    drain_timeout_s: float = 30.0
+    detect_interval: int = 1     # detect every Nth frame of a stream, track in between (at the start)
+    motion_gate: float = 0       # >0: skip detection on static scenes (see adaptive.schedule)
+    drain_timeout: float = 30.0
     backoff_max_s: float = 10.0
-    outbox_max_bytes: int = 512_000_000
+    outbox_max_mb: float = 512.0
     """Bound on the outbox's records (agent.outbox.Outbox); past it the oldest are dropped and counted. 0: none."""
     outbox_max_age_s: float = 7 * 24 * 3600.0
     """Records captured longer ago than this are dropped from the outbox, oldest first. 0: kept however old."""
@@ -62,25 +64,28 @@ class RunOptions:
     --source and runs until stopped, not until its sources end."""
 
     def __post_init__(self) -> None:
-        if not self.sources and not self.serving:
-            raise ConfigError("at least one --source is needed")
         if not self.stream_ids:
             self.stream_ids = [f"cam{i}" for i in range(len(self.sources))]
-        if len(self.stream_ids) != len(self.sources):
-            raise ConfigError(f"{len(self.stream_ids)} --stream-id for {len(self.sources)} --source; give one each")
-        if len(set(self.stream_ids)) != len(self.stream_ids):
-            raise ConfigError(f"--stream-id values must be unique, got {self.stream_ids}")
-        # the bounds the flags have (agent.config.RANGES), for callers of the API too
-        problem = out_of_range(argparse.Namespace(
-            max_frames=self.max_frames, detect_interval=self.detect_interval, motion_gate=self.motion_threshold,
-            drain_timeout=self.drain_timeout_s, backoff_max_s=self.backoff_max_s,
-            outbox_max_mb=self.outbox_max_bytes / 1e6, outbox_max_age_s=self.outbox_max_age_s,
-            commit_interval_s=self.commit_interval_s, gate_sample_every=self.gate_sample_every,
-            engine_confirm_s=self.engine_confirm_s, download_mbps=self.download_mbps))
-        if problem:
-            raise ConfigError(problem)
-        if not 0 <= self.publish_threshold <= 1:
-            raise ConfigError(f"publish_threshold must be within [0, 1], got {self.publish_threshold}")
+
+    @property
+    def outbox_max_bytes(self) -> int:
+        return int(self.outbox_max_mb * 1e6)
+
+    @classmethod
+    def from_config(cls, config: AgentConfig, credentials: grpc.ChannelCredentials | None = None) -> RunOptions:
+        """The options of a validated config (`credentials`: its TLS files, read by the caller)."""
+        if config.controller is None:
+            raise ConfigError("the agent needs --controller")
+        return cls(
+            controller=config.controller, sources=list(config.source or []), state_dir=config.state_dir,
+            enroll_key=config.enroll_key, name=config.name or "", stream_ids=config.stream_ids,
+            max_frames=config.max_frames, loop=config.loop, detect_interval=config.detect_interval,
+            motion_gate=config.motion_gate, drain_timeout=config.drain_timeout, backoff_max_s=config.backoff_max_s,
+            outbox_max_mb=config.outbox_max_mb, outbox_max_age_s=config.outbox_max_age_s,
+            commit_interval_s=config.commit_interval_s, credentials=credentials,
+            gate_sample_every=config.gate_sample_every, engine_confirm_s=config.engine_confirm_s,
+            download_mbps=config.download_mbps, fallback_model=config.model, serving=config.serving,
+        )
 
 
 @dataclass

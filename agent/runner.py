@@ -183,7 +183,7 @@ class Agent:
 
     def new_scheduler(self) -> FrameScheduler:
         """A stream's schedule at the current detect interval (local streams, and served ones)."""
-        gate = MotionGate(self.options.motion_threshold) if self.options.motion_threshold else None
+        gate = MotionGate(self.options.motion_gate) if self.options.motion_gate else None
         interval = self.options.detect_interval
         return FrameScheduler(interval, gate, max_interval=max(30, interval))
 
@@ -556,7 +556,7 @@ class Agent:
 
     def _drain(self) -> int:
         """Wait for the controller to acknowledge everything, up to the drain timeout; the records left."""
-        deadline = time.monotonic() + self.options.drain_timeout_s
+        deadline = time.monotonic() + self.options.drain_timeout
         left = self.outbox.depth()
         while left and time.monotonic() < deadline and self.link.fatal is None:
             time.sleep(0.05)
@@ -564,13 +564,39 @@ class Agent:
         self._outbox_depth = left
         return left
 
+    def plan_now(self) -> dict:
+        """The plan the loop runs now, with its detect interval (for --metrics-listen; any thread)."""
+        return {"detect_interval": self.options.detect_interval, **self.plan}
+
+    def summary(self, result: RunResult) -> dict:
+        """What `edge-agent run` prints at the end (JSON)."""
+        summary = {
+            "device_id": self.link.identity.device_id if self.link.identity else None,
+            "streams": {s.stream_id: s.frames for s in self.streams},
+            "frames": result.frames, "detections": result.detections,
+            "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
+            "inference_ms_p50": round(result.inference_ms_p50, 2),
+            "acked_sequence": self.link.acked_sequence, "outbox_left": result.outbox_left,
+            "outbox_dropped": self.outbox.dropped,
+        }
+        if self.mqtt is not None:
+            summary["mqtt"] = {"published": self.mqtt.counters.published, "dropped": self.mqtt.counters.dropped}
+        if self.adaptation is not None:
+            summary["rung"] = self.adaptation.controller.rung.label()
+            summary["controller_events"] = [{"direction": e.direction, "cause": e.cause, "to": e.rung.label(),
+                                             "changes": list(e.changes), "reason": e.reason} for e in self.events]
+            summary["rungs"] = [{"rung": r["rung"], "frames": r["frames"], "seconds": r["seconds"],
+                                 "fps": round(r["frames"] / r["seconds"], 2) if r["seconds"] else 0.0}
+                                for r in self.rung_history]
+        return summary
+
     def check_delivered(self, result: RunResult) -> None:
         """Raise ControllerUnreachable when `run` ended with records the controller had not
         acknowledged within the drain timeout (they stay in the outbox for the next run)."""
         if result.outbox_left:
             raise ControllerUnreachable(
                 f"controller {self.options.controller} did not acknowledge {result.outbox_left} record(s) within "
-                f"{self.options.drain_timeout_s:.0f}s ({self.link.last_error or 'no answer'}); they stay in "
+                f"{self.options.drain_timeout:.0f}s ({self.link.last_error or 'no answer'}); they stay in "
                 f"{self.options.state_dir / 'outbox.db'} and are sent on the next run"
             )
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.cli import build_parser
-from edgefleet.agent.config import parse_args
+from edgefleet.agent.flags import parse_args
 from edgefleet.agent.watchdog import Watchdog
 
 
 def parse(tmp_path: Path, text: str, *extra: str):
     path = tmp_path / "agent.yaml"
     path.write_text(text)
-    return parse_args(build_parser(), ["run", "--config", str(path), *extra])
+    return parse_args(build_parser(), ["run", "--config", str(path), *extra]).config
 
 
 def error_of(tmp_path: Path, text: str, capsys) -> str:
@@ -178,6 +178,76 @@ def test_exit_code_from_the_real_command(tmp_path):
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"{path}:3: detect_interval: must be >= 1, got 0" in proc.stderr
+
+
+# ---- one AgentConfig for run and serve ----
+
+def test_serve_takes_a_config_file_and_the_run_settings_that_apply_to_it(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("listen: 127.0.0.1:0\ncontroller: h:1\nsources: [a.mp4]\noutbox-max-mb: 64\n"
+                    "commit_interval_s: 1\nbackoff-max-s: 3\ndownload-mbps: 2\nmax-batch: 4\n")
+    config = parse_args(build_parser(), ["serve", "--config", str(path), "--motion-gate", "2"]).config
+    assert (config.listen, config.controller, config.source) == ("127.0.0.1:0", "h:1", ["a.mp4"])
+    assert (config.outbox_max_mb, config.commit_interval_s, config.backoff_max_s, config.download_mbps) == \
+        (64, 1, 3, 2)
+    assert (config.max_batch, config.motion_gate, config.serving) == (4, 2, True)
+
+
+def test_run_and_serve_flags_are_the_same_settings():
+    from edgefleet.agent.config import AgentConfig
+    from edgefleet.agent.flags import COMMAND_GROUPS, GROUPS
+
+    grouped = [name for names in GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(set(AgentConfig.model_fields) - {"log_level"}), "each setting in one group"
+    shared = set(COMMAND_GROUPS["run"]) & set(COMMAND_GROUPS["serve"])
+    assert {"the controller", "local streams", "the outbox", "deployments", "reporting"} <= shared
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["serve", "--controller", "h:1"], "--listen is required"),
+    (["serve", "--listen", "127.0.0.1:0", "--source", "a"], "--source needs --controller"),
+    (["run", "--controller", "h:1", "--source", "a", "--auto-plan", "--detect-interval", "2"],
+     "--detect-interval and --auto-plan conflict: the plan chooses the detect interval"),
+    (["run", "--controller", "h:1", "--source", "a", "--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+    (["run", "--controller", "h:1", "--source", "a", "--stream-id", "x", "--stream-id", "y"],
+     "2 --stream-id for 1 --source; give one each"),
+    (["run", "--source", "a"], "--controller is required"),
+])
+def test_conflicting_settings_are_refused_with_the_reason(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(build_parser(), argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge-agent {argv[0]}: error: ") and expected in err
+
+
+def test_a_conflict_between_the_file_and_a_flag_is_refused_too(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(tmp_path, BASE + "detect-interval: 2\n", "--auto-plan")
+    assert "--detect-interval and --auto-plan conflict" in capsys.readouterr().err
+    assert parse(tmp_path, BASE + "auto-plan: true\n").detect_interval == 1, "the default is no conflict"
+
+
+def test_idle_settings_are_noted_not_refused(tmp_path):
+    config = parse(tmp_path, BASE + "no-calibrate: true\ntarget-fps: 10\n")
+    assert config.notes() == ["--target-fps has no effect without --auto-plan",
+                              "--no-calibrate has no effect without --auto-plan"]
+    serving = parse_args(build_parser(), ["serve", "--listen", "127.0.0.1:0", "--outbox-max-mb", "1"]).config
+    assert serving.notes() == ["--outbox-max-mb: no effect without --controller (serving only)"]
+    assert parse(tmp_path, BASE).notes() == []
+
+
+def test_the_model_is_the_one_check_for_api_callers_too(tmp_path):
+    from pydantic import ValidationError
+
+    from edgefleet.agent.config import AgentConfig
+
+    config = AgentConfig(controller="h:1", source=["a"], state_dir=tmp_path, motion_gate=2.5)
+    assert config.stream_ids == ["cam0"] and config.motion_gate == 2.5
+    with pytest.raises(ValidationError, match="less than or equal to 255"):
+        AgentConfig(controller="h:1", source=["a"], motion_gate=300)
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        AgentConfig(controller="h:1", source=["a"], motion_threshold=2)
 
 
 # ---- sd_notify ----

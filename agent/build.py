@@ -1,0 +1,302 @@
+"""`build_agent(config)`: the one place an AgentConfig becomes a running agent's parts, for
+`edge-agent run` and `edge-agent serve` alike.
+
+It checks what needs the disk (the model file, the sources, the TLS files), probes the device,
+picks the engine (a deployed one from active.json, else --model, else the bundled model), plans
+(fixed, or --auto-plan with the runtime controller), and builds the agent; for `serve`, the
+inference service's core, fed by the agent's detector, whose streams join the agent's. A `serve`
+without a controller gets the core alone, on its own detector and health counters.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import AgentConfig
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgefleet.adaptive.plan import PlanReport
+    from edgefleet.adaptive.probe import HardwareProfile
+    from edgefleet.models.base import Detector
+
+    from .engines import ActiveEngines, EngineRef
+    from .inference import InferenceCore
+    from .options import Adaptation
+    from .runner import Agent
+    from .sources import Source
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PLAN_SOURCE = Path("var/samples/vtest.avi")
+SYNTHETIC_PLAN_SOURCE = "synthetic://640x480?objects=5"
+
+
+@dataclass
+class BuiltAgent:
+    """What build_agent made: the agent (None: a `serve` without a controller), the served
+    streams' core (`serve`), and the metrics endpoint (--metrics-listen); `close()` after the run."""
+    agent: Agent | None
+    core: InferenceCore | None
+    detector: Detector
+    metrics: Any = None
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.agent is None:
+            self.detector.close()
+
+
+def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] | None = None,
+                profile: HardwareProfile | None = None) -> BuiltAgent:
+    """The agent of `config` (validated: agent.flags.parse_args or AgentConfig(...)), not started."""
+    from edgefleet.adaptive.probe import probe
+
+    from .sources import open_source
+
+    if config.model is not None and not config.model.is_file():
+        raise ConfigError(f"--model {config.model}: no such file")
+    source_factory = source_factory or open_source
+    for spec in config.source or []:
+        source_factory(spec)  # fail on a bad source before loading the model
+    if config.controller is None:
+        return _service_only(config)
+    profile = profile or probe()
+    agent = _agent(config, profile, source_factory)
+    core = _served_core(config, agent) if config.serving else None
+    metrics = _metrics(config, agent.health_sample, agent.plan_now)
+    return BuiltAgent(agent, core, agent.detector, metrics)
+
+
+def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callable[[str], Source]) -> Agent:
+    from .link import channel_credentials
+    from .options import RunOptions
+    from .runner import Agent
+
+    credentials = (channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
+                   if config.tls_ca or config.tls_cert or config.tls_key else None)
+    options = RunOptions.from_config(config, credentials)
+    active, engine = _active_engine(config)
+    adaptation = None
+    if config.auto_plan:
+        adaptation, detector, plan = _auto_plan(config, profile, engine)
+    else:
+        batch = config.max_batch if config.serving else len(options.sources)
+        note = "serving InferenceService" if config.serving else "adaptive planning not enabled"
+        detector, plan = _fixed_plan(config, engine, batch, note)
+    plan["artifact_sha256"] = engine.sha256 if engine else ""
+    return Agent(options, detector, source_factory, profile.to_dict(), plan, adaptation=adaptation,
+                 mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active)
+
+
+def _served_core(config: AgentConfig, agent: Agent) -> InferenceCore:
+    """The inference service's streams as the agent's: its detector, health, schedules and outbox."""
+    from .batcher import BatchConfig
+    from .inference import InferenceCore
+
+    batch = BatchConfig(config.max_batch, config.batch_window_ms / 1000, config.stream_queue)
+    core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
+                         max_frame_bytes=config.max_frame_bytes, health=agent.health,
+                         scheduler_factory=agent.new_scheduler,  # the agent's plan changes reach them too
+                         publish_threshold=agent.options.publish_threshold, keep_records=True,
+                         reserved=frozenset(agent.options.stream_ids))
+    agent.served = core
+    return core
+
+
+def _service_only(config: AgentConfig) -> BuiltAgent:
+    """`serve` without a controller: the inference service on its own detector, answering clients only."""
+    from edgefleet.adaptive.schedule import FrameScheduler
+
+    from .batcher import BatchConfig
+    from .health import HealthMonitor
+    from .inference import InferenceCore, standalone_detect
+
+    detector, plan = _fixed_plan(config, None, config.max_batch, "serving InferenceService")
+    health = HealthMonitor()
+    batch = BatchConfig(config.max_batch, config.batch_window_ms / 1000, config.stream_queue)
+    core = InferenceCore(standalone_detect(detector, health), lambda: detector.names, batch,
+                         max_frame_bytes=config.max_frame_bytes, health=health,
+                         scheduler_factory=lambda: FrameScheduler(config.detect_interval))
+    metrics = _metrics(config, lambda: health.sample(frames_dropped=core.dropped_total()), lambda: plan)
+    return BuiltAgent(None, core, detector, metrics)
+
+
+# ---- detectors and plans ----
+
+def load_detector(path: str | Path, config: AgentConfig, input_size: tuple[int, int] | None = None) -> Detector:
+    """A detector with the config's backend options. It keeps boxes down to ByteTrack's low
+    threshold, so the tracker's second association sees them (RunOptions.publish_threshold keeps
+    them out of the outbox)."""
+    from edgefleet.models import BACKEND_BY_SUFFIX
+    from edgefleet.models import load_detector as load
+    from edgefleet.models.errors import ModelError
+
+    from .bytetrack import ByteTrackConfig
+
+    options: dict[str, Any] = {"confidence_threshold": ByteTrackConfig().low_confidence_threshold}
+    if config.threads is not None:
+        options["intra_op_threads"] = config.threads
+    if input_size is not None:
+        options["input_size"] = input_size
+    if config.rect and BACKEND_BY_SUFFIX.get(Path(path).suffix.lower()) == "onnxruntime":
+        options["rect"] = True  # other backends run their engine's full input size
+    try:
+        return load(path, **options)
+    except ModelError as err:
+        raise ConfigError(f"model {path}: {err}") from err
+
+
+def sample_frames(spec: str, count: int) -> list:
+    """Up to `count` frames from the start of a source, to calibrate on."""
+    from .sources import open_source
+
+    source = open_source(spec)
+    source.start()
+    frames = []
+    try:
+        while len(frames) < count:
+            frame = source.read(timeout=10)
+            if frame is None:
+                break
+            frames.append(frame.image)
+    except TimeoutError:
+        logger.warning("source %s gave %d of %d calibration frames", spec, len(frames), count)
+    finally:
+        source.stop()
+    return frames
+
+
+def make_plan(profile: HardwareProfile, *, models: list[Path], source: str | None, calibrate: bool, frames: int,
+              target_fps: float, streams: int, state_dir: Path) -> PlanReport:
+    """probe -> artifacts -> frames -> adaptive.plan.plan; a PlanError becomes a ConfigError."""
+    from edgefleet.adaptive.artifacts import discover_artifacts
+    from edgefleet.adaptive.errors import PlanError
+    from edgefleet.adaptive.plan import PlanOptions, plan
+
+    try:
+        options = PlanOptions(target_fps=target_fps, streams=streams, calibrate=calibrate)
+        artifacts, rejected = discover_artifacts(models, profile)
+        images = []
+        if calibrate and frames > 0:
+            if source is None:
+                source = str(DEFAULT_PLAN_SOURCE) if DEFAULT_PLAN_SOURCE.is_file() else SYNTHETIC_PLAN_SOURCE
+            images = sample_frames(source, frames)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        return plan(profile, artifacts, images, options, rejected=rejected,
+                    cache_path=state_dir / "calibration.json")
+    except PlanError as err:
+        raise ConfigError(f"plan: {err}") from err
+
+
+def model_candidates(models_dir: Path | None, model: Path | None) -> list[Path]:
+    """--model alone when given; else every artifact in the models dir and the bundled model."""
+    from edgefleet.models.bundled import default_cache_dir, default_model
+    from edgefleet.models.errors import ModelError
+
+    if model is not None:
+        return [model]
+    folder = models_dir or default_cache_dir()
+    try:
+        bundled = default_model(models_dir)
+    except ModelError as err:
+        raise ConfigError(f"bundled model: {err}") from err
+    return ([folder] if folder.is_dir() else []) + [bundled]
+
+
+def _active_engine(config: AgentConfig) -> tuple[ActiveEngines, EngineRef | None]:
+    """The engines' state (active.json) after counting this start: the deployed engine to start with
+    (None: --model or the bundled one). An engine whose file is gone or altered is rolled back at once;
+    one that fails to load exits the agent, and the crash-loop rule rolls it back on the third start."""
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import manifest_path, verify_artifact
+
+    from .engines import ActiveEngines, DeploymentStatus
+
+    active = ActiveEngines(config.state_dir / "engines" / "active.json", config.engine_confirm_s)
+    active.on_start()  # the crash-loop rule: may go back to the previous engine
+    while active.current is not None:
+        engine = active.current
+        try:
+            if not Path(engine.path).is_file():
+                raise ModelError(f"{engine.path} is missing")
+            if manifest_path(Path(engine.path)).is_file():
+                verify_artifact(Path(engine.path))  # size and sha256; a load failure counts as a crash
+            return active, engine
+        except ModelError as err:
+            reason = f"engine {engine.name} no longer loads at start: {err}"
+            active.fall_back(reason)
+            active.startup_status = DeploymentStatus(engine.rollout_id, engine.sha256, "ROLLED_BACK", 1.0, reason)
+    return active, None
+
+
+def _auto_plan(config: AgentConfig, profile: HardwareProfile,
+               engine: EngineRef | None) -> tuple[Adaptation, Detector, dict]:
+    """Plan for this device, load the plan's detector, and the runtime controller over its ladder.
+    With a deployed engine (`engine`, from active.json), it is the only model the ladder uses."""
+    from edgefleet.adaptive.plan import make_controller
+    from edgefleet.adaptive.probe import hottest_c, read_thermal_zones
+
+    from .options import Adaptation
+
+    model = Path(engine.path) if engine is not None else config.model
+    sources = config.source or []
+    report = make_plan(profile, models=model_candidates(config.models_dir, model),
+                       source=sources[0] if sources else None, calibrate=config.calibrate, frames=5,
+                       target_fps=config.target_fps, streams=max(1, len(sources)), state_dir=config.state_dir)
+    chosen = report.plan
+    logger.info("plan: %s (%s %s) %dx%d, detect every %d: %s", chosen.model, chosen.backend, chosen.precision,
+                chosen.input_width, chosen.input_height, chosen.detect_interval, chosen.reason)
+    controller = make_controller(report)
+    detector = load_detector(chosen.model_path, config, (chosen.input_width, chosen.input_height))
+    adaptation = Adaptation(
+        controller, lambda rung: load_detector(rung.model_path, config, rung.input_size),
+        temperature=lambda: hottest_c(read_thermal_zones()),
+    )
+    return adaptation, detector, chosen.to_wire()
+
+
+def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int, note: str) -> tuple[Detector, dict]:
+    """The detector and plan without adaptive planning: the deployed engine, else --model, else the
+    bundled one; `note` ends the plan's reason."""
+    from edgefleet.models.bundled import default_model
+    from edgefleet.models.errors import ModelError
+
+    try:
+        model = engine.path if engine else config.model or default_model(config.models_dir)
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
+    detector = load_detector(model, config)
+    w, h = detector.input_size
+    why = f"rollout {engine.rollout_id}" if engine else "--model" if config.model else "default model"
+    return detector, {"model": engine.name if engine else Path(model).stem,
+                      "backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": w,
+                      "input_height": h, "batch": batch, "detect_interval": config.detect_interval,
+                      "reason": f"{why}; {note}"}
+
+
+# ---- reporting besides the controller ----
+
+def _mqtt_publisher(config: AgentConfig):
+    """The --mqtt publisher (agent.mqtt), or None."""
+    if config.mqtt_address is None:
+        return None
+    from .mqtt import MqttPublisher
+
+    return MqttPublisher(*config.mqtt_address, topic_prefix=config.mqtt_prefix)
+
+
+def _metrics(config: AgentConfig, health: Callable[[], dict], plan: Callable[[], dict]):
+    """`GET /metrics` on --metrics-listen (None without it), from a health sample and the plan."""
+    if not config.metrics_listen:
+        return None
+    from .metrics import serve_metrics
+
+    try:
+        return serve_metrics(config.metrics_listen, health, plan)
+    except OSError as err:
+        raise ConfigError(f"--metrics-listen {config.metrics_listen}: {err}") from err
