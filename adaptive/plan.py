@@ -82,6 +82,25 @@ class PlanOptions:
 
 
 @dataclass(frozen=True)
+class DevicePlan:
+    """What a device runs now and why (edgefleet.v1.RuntimePlan; agent.convert sends it): the plan's
+    choice, then whatever the runtime controller, an operator's override or a deployment changed."""
+    model: str = ""
+    artifact_sha256: str = ""
+    backend: str = ""
+    """"onnxruntime", "tensorrt", "ultralytics"."""
+    precision: str = ""
+    input_width: int = 0
+    input_height: int = 0
+    batch: int = 0
+    """Frames per detector call at most (one per stream; a served batch's maximum)."""
+    detect_interval: int = 0
+    latency_budget_ms: float = 0.0
+    """Budget of one detector call (0: none)."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class RuntimePlan:
     model: str
     model_path: str
@@ -102,11 +121,10 @@ class RuntimePlan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def to_wire(self) -> dict:
-        """The fields of edgefleet.v1.RuntimePlan."""
-        keys = ("model", "artifact_sha256", "backend", "precision", "input_width", "input_height", "batch",
-                "detect_interval", "latency_budget_ms", "reason")
-        return {k: getattr(self, k) for k in keys}
+    def device_plan(self) -> DevicePlan:
+        """What the device runs, of this plan (less where the model file is and how it was chosen)."""
+        return DevicePlan(self.model, self.artifact_sha256, self.backend, self.precision, self.input_width,
+                          self.input_height, self.batch, self.detect_interval, self.latency_budget_ms, self.reason)
 
 
 @dataclass

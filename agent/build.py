@@ -9,6 +9,7 @@ without a controller gets the core alone, on its own detector and health counter
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ if TYPE_CHECKING:
 
     from .engines import ActiveEngines, EngineRef
     from .inference import InferenceCore
+    from .loop import FeedContext
     from .options import Adaptation
-    from .runner import Agent
     from .sources import Source
+    from .supervisor import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +68,17 @@ def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] 
     if config.controller is None:
         return _service_only(config)
     profile = profile or probe()
-    agent = _agent(config, profile, source_factory)
-    core = _served_core(config, agent) if config.serving else None
+    cores: list[InferenceCore] = []  # serve: the served streams, one of the agent's feeds
+    agent = _agent(config, profile, source_factory, cores)
     metrics = _metrics(config, agent.health_sample, agent.plan_now)
-    return BuiltAgent(agent, core, agent.detector, metrics)
+    return BuiltAgent(agent, cores[0] if cores else None, agent.detector, metrics)
 
 
-def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callable[[str], Source]) -> Agent:
+def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callable[[str], Source],
+           cores: list[InferenceCore]) -> Agent:
     from .link import channel_credentials
     from .options import RunOptions
-    from .runner import Agent
+    from .supervisor import Agent
 
     credentials = (channel_credentials(config.tls_ca, config.tls_cert, config.tls_key)
                    if config.tls_ca or config.tls_cert or config.tls_key else None)
@@ -90,21 +93,18 @@ def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callab
         detector, plan = _fixed_plan(config, engine, batch, note)
     plan["artifact_sha256"] = engine.sha256 if engine else ""
     return Agent(options, detector, source_factory, profile.to_dict(), plan, adaptation=adaptation,
-                 mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active)
+                 mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active,
+                 feeds=[lambda context: _served(config, context, cores)] if config.serving else ())
 
 
-def _served_core(config: AgentConfig, agent: Agent) -> InferenceCore:
-    """The inference service's streams as the agent's: its detector, health, schedules and outbox."""
+def _served(config: AgentConfig, context: FeedContext, cores: list[InferenceCore]) -> InferenceCore:
+    """The inference service's streams as the agent's feed (its detector, health, schedules, outbox)."""
     from .batcher import BatchConfig
     from .inference import InferenceCore
 
-    batch = BatchConfig(config.max_batch, config.batch_window_ms / 1000, config.stream_queue)
-    core = InferenceCore(agent.detect_served, lambda: agent.detector.names, batch,
-                         max_frame_bytes=config.max_frame_bytes, health=agent.health,
-                         scheduler_factory=agent.new_scheduler,  # the agent's plan changes reach them too
-                         publish_threshold=agent.options.publish_threshold, keep_records=True,
-                         reserved=frozenset(agent.options.stream_ids))
-    agent.served = core
+    core = InferenceCore.feed(context, BatchConfig(config.max_batch, config.batch_window_ms / 1000,
+                                                   config.stream_queue), max_frame_bytes=config.max_frame_bytes)
+    cores.append(core)
     return core
 
 
@@ -257,7 +257,7 @@ def _auto_plan(config: AgentConfig, profile: HardwareProfile,
         controller, lambda rung: load_detector(rung.model_path, config, rung.input_size),
         temperature=lambda: hottest_c(read_thermal_zones()),
     )
-    return adaptation, detector, chosen.to_wire()
+    return adaptation, detector, dataclasses.asdict(chosen.device_plan())
 
 
 def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int, note: str) -> tuple[Detector, dict]:

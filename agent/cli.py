@@ -65,7 +65,7 @@ def cmd_serve(args) -> int:
     import threading
 
     from .build import build_agent
-    from .inference import InferenceServer
+    from .inference_server import InferenceServer
 
     config = args.config
     token = config.token or os.environ.get("EDGEFLEET_INFERENCE_TOKEN") or None

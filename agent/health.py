@@ -4,8 +4,22 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class StreamHealth:
+    """One stream in a health sample (edgefleet.v1.StreamHealth), local or served."""
+    stream_id: str
+    source: str
+    """The source as given (a local stream), or `grpc:<peer>` (a served one)."""
+    state: str
+    """"running", "reconnecting", "ended", "failed"."""
+    frames: int
+    dropped: int
+    error: str = ""
 
 
 class HealthMonitor:

@@ -42,3 +42,14 @@ def describe_override(override: types_pb2.SetPlan) -> str:
               f"detect every >= {override.min_detect_interval}" if override.min_detect_interval else "",
               f"every <= {override.max_detect_interval}" if override.max_detect_interval else ""]
     return "bounded to " + ", ".join(b for b in bounds if b)
+
+
+def override_interval(planned: int, override: types_pb2.SetPlan) -> int:
+    """Without the runtime controller only the detect interval follows an override: the pinned
+    one, the planned one kept within the bounds, or (`clear`) the planned one."""
+    if override.HasField("pinned") and override.pinned.detect_interval:
+        return override.pinned.detect_interval
+    if override.clear:
+        return planned
+    interval = max(planned, override.min_detect_interval or 1)
+    return min(interval, override.max_detect_interval or interval)

@@ -21,7 +21,8 @@ import pytest
 from edgefleet.agent.batcher import BatchConfig
 from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig
 from edgefleet.agent.health import HealthMonitor
-from edgefleet.agent.inference import InferenceCore, InferenceServer, standalone_detect
+from edgefleet.agent.inference import InferenceCore, standalone_detect
+from edgefleet.agent.inference_server import InferenceServer
 from edgefleet.fleet.channel import open_channel
 from edgefleet.models import Detections, load_default_detector
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, inference_pb2, inference_pb2_grpc
@@ -113,7 +114,8 @@ def test_detect_on_a_real_image_returns_what_the_local_detector_finds(stub):
 
 @pytest.mark.parametrize("image, message", [
     (inference_pb2.Image(encoded=b"\xff\xd8 not really a jpeg"), "decode as neither JPEG nor PNG"),
-    (inference_pb2.Image(encoded=b"x" * (MAX_FRAME_BYTES + 1)), f"limit of {MAX_FRAME_BYTES} bytes (--max-frame-bytes)"),
+    (inference_pb2.Image(encoded=b"x" * (MAX_FRAME_BYTES + 1)),
+     f"limit of {MAX_FRAME_BYTES} bytes (--max-frame-bytes)"),
     (inference_pb2.Image(), "image is empty"),
     (inference_pb2.Image(raw=inference_pb2.RawImage(pixels=b"\0" * 10, width=4, height=4,
                                                     format=inference_pb2.RawImage.BGR8)), "needs 48"),
@@ -300,7 +302,8 @@ def test_served_frames_reach_the_controller_through_the_agents_outbox(controller
 
                 def served_stream_in_health():
                     devices = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
-                    return devices and [s for s in devices[0].health.streams if s.stream_id == "door" and s.frames == 20]
+                    return devices and [s for s in devices[0].health.streams
+                                        if s.stream_id == "door" and s.frames == 20]
 
                 shown = wait_for(served_stream_in_health, 20, "the served stream in the device's health")
                 assert shown[0].source.startswith("grpc:") and shown[0].dropped == 0

@@ -544,8 +544,8 @@ def test_one_deployment_at_a_time_then_rollback(tmp_path):
 
 def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
     from edgefleet.agent.options import RunOptions
-    from edgefleet.agent.runner import Agent
     from edgefleet.agent.sources import open_source
+    from edgefleet.agent.supervisor import Agent
 
     v1 = tiny_onnx(tmp_path / "v1.onnx")
     v2 = tmp_path / "v2.onnx"
@@ -567,17 +567,17 @@ def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
     agent.commands.put(command)
     agent.apply_commands(time.monotonic())
     first, version = agent.detector, agent._plan_version
-    for stream in agent.streams:
+    for stream in agent.loop.streams:
         stream.source.start()
     try:
         deadline = time.monotonic() + 20
         while agent.detector is first and time.monotonic() < deadline:
-            ready = agent._gather()
+            ready = agent.loop._gather()
             if ready:
-                agent._process(ready)
+                agent.loop._process(ready)
             agent.engine_tick(time.monotonic())
     finally:
-        for stream in agent.streams:
+        for stream in agent.loop.streams:
             stream.source.stop()
         agent.engines.close()
     sha = hashlib.sha256(v2.read_bytes()).hexdigest()

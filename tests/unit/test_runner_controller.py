@@ -8,8 +8,8 @@ import pytest
 
 from edgefleet.adaptive.controller import ControllerConfig, Rung, RuntimeController
 from edgefleet.agent.options import Adaptation, RunOptions
-from edgefleet.agent.runner import Agent
 from edgefleet.agent.sources import open_source
+from edgefleet.agent.supervisor import Agent
 from edgefleet.models.base import Detector
 from edgefleet.models.detections import Detections
 from edgefleet.v1 import agent_pb2, types_pb2
@@ -71,14 +71,14 @@ def over_budget(agent: Agent, ms: float = 100.0) -> None:
 
 
 def wait_for_swap(agent: Agent, now: float) -> None:
-    future = agent.rungs.pending
+    future = agent.adapter.rungs.pending
     future.result(timeout=5)
     agent.control(now)  # between ticks: swaps without waiting for the next reading
 
 
 def test_the_start_rung_sets_every_stream_s_detect_interval(tmp_path):
     agent = make_agent(tmp_path, Loader(), start=1)
-    assert [s.scheduler.detect_interval for s in agent.streams] == [3, 3]
+    assert [s.scheduler.detect_interval for s in agent.loop.streams] == [3, 3]
 
 
 def test_a_detect_interval_step_applies_to_every_stream_at_once_without_loading(tmp_path):
@@ -88,9 +88,10 @@ def test_a_detect_interval_step_applies_to_every_stream_at_once_without_loading(
     over_budget(agent)
     event = agent.control(1.0)
     assert event is not None and event.direction == "down" and event.changes == ("detect_interval",)
-    assert [s.scheduler.detect_interval for s in agent.streams] == [3, 3]
-    assert agent.detector is first and agent.rungs.pending is None, "same model and size: nothing to load"
-    assert agent._health()["rung"]["index"] == 1
+    assert [s.scheduler.detect_interval for s in agent.loop.streams] == [3, 3]
+    assert agent.detector is first and agent.adapter.rungs.pending is None, "same model and size: nothing to load"
+    assert agent.adapter.controller.state.rung == 1
+    assert agent.plan["detect_interval"] == 3, "the plan the heartbeats carry says so"
 
 
 def test_readings_come_once_a_second(tmp_path):
@@ -109,7 +110,7 @@ def test_an_input_size_step_loads_off_the_loop_thread_and_swaps_between_ticks(tm
     over_budget(agent)
     event = agent.control(1.0)  # returns while the load is still blocked: the loop never waits
     assert event is not None and event.changes == ("input_size",)
-    assert agent.detector is first and agent.rungs.pending is not None
+    assert agent.detector is first and agent.adapter.rungs.pending is not None
     agent.control(1.1)
     assert agent.detector is first, "not swapped before the load finished"
 
@@ -155,10 +156,10 @@ def test_a_rung_that_fails_to_load_keeps_the_running_detector(tmp_path, caplog):
     first = agent.detector
     over_budget(agent)
     agent.control(1.0)
-    agent.rungs.pending.exception(timeout=5)
+    agent.adapter.rungs.pending.exception(timeout=5)
     agent.control(1.1)
     assert agent.detector is first and not first.closed
-    assert agent.rungs.pending is None, "a failed rung is not retried on every tick"
+    assert agent.adapter.rungs.pending is None, "a failed rung is not retried on every tick"
     assert "failed, keeping the running detector" in caplog.text
 
 
@@ -178,10 +179,10 @@ def test_a_low_score_box_keeps_its_track_but_is_published_only_above_the_thresho
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://64x64?frames=5"],
                          state_dir=tmp_path / "agent", publish_threshold=threshold)
     agent = Agent(options, Occluded(LADDER[0]), open_source, {}, {})
-    stream = agent.streams[0]
+    stream = agent.loop.streams[0]
     stream.source.start()
     try:
-        records = [agent._process([(stream, stream.source.read(timeout=5))])[0] for _ in range(5)]
+        records = [agent.loop._process([(stream, stream.source.read(timeout=5))])[0] for _ in range(5)]
     finally:
         stream.source.stop()
     assert [o.score for o in records[3].objects] == pytest.approx([0.9])
@@ -207,10 +208,10 @@ def test_bounds_leave_the_controller_only_the_rungs_inside_them(tmp_path):
     agent = make_agent(tmp_path, loader)
     agent.commands.put(set_plan(max_input_size=256, min_detect_interval=2))
     agent.apply_commands(1.0)
-    ladder = agent.adaptation.controller.ladder
+    ladder = agent.adapter.controller.ladder
     assert [(r.model, r.input_size, r.detect_interval) for r in ladder] == [
         ("net", (256, 256), 3), ("small", (256, 256), 3)]
-    assert [s.scheduler.detect_interval for s in agent.streams] == [3, 3]
+    assert [s.scheduler.detect_interval for s in agent.loop.streams] == [3, 3]
     wait_for_swap(agent, 1.1)
     assert agent.detector.input_size == (256, 256)
 
@@ -222,13 +223,13 @@ def test_a_pin_is_a_ladder_of_one_and_clear_returns_to_the_device_s_own(tmp_path
     agent.commands.put(set_plan(pinned={"model": "small", "input_width": 256, "input_height": 256,
                                         "detect_interval": 2}))
     agent.apply_commands(1.0)
-    assert [(r.model_path, r.input_size, r.detect_interval) for r in agent.adaptation.controller.ladder] == [
+    assert [(r.model_path, r.input_size, r.detect_interval) for r in agent.adapter.controller.ladder] == [
         ("small.onnx", (256, 256), 2)]
     over_budget(agent)
     assert agent.control(2.0) is None, "pinned: the controller has nowhere to go"
     agent.commands.put(set_plan(clear=True))
     agent.apply_commands(3.0)
-    assert agent.adaptation.controller.ladder == LADDER
+    assert agent.adapter.controller.ladder == LADDER
 
 
 def test_an_override_that_cannot_apply_is_refused_and_changes_nothing(tmp_path, caplog):
@@ -236,7 +237,7 @@ def test_an_override_that_cannot_apply_is_refused_and_changes_nothing(tmp_path, 
     agent.commands.put(set_plan(pinned={"model": "yolo-huge"}))
     agent.commands.put(set_plan(max_input_size=128))
     agent.apply_commands(1.0)
-    assert agent.adaptation.controller.ladder == LADDER
+    assert agent.adapter.controller.ladder == LADDER
     assert "pinned model 'yolo-huge' is not on this device" in caplog.text
     assert "no rung fits max_input_size=128" in caplog.text
 
@@ -247,7 +248,7 @@ def test_without_the_controller_only_the_detect_interval_follows(tmp_path):
     agent = Agent(options, FakeDetector(LADDER[0]), open_source, {}, {})
     agent.commands.put(set_plan(min_detect_interval=4))
     agent.apply_commands(1.0)
-    assert agent.streams[0].scheduler.detect_interval == 4
+    assert agent.loop.streams[0].scheduler.detect_interval == 4
     agent.commands.put(set_plan(clear=True))
     agent.apply_commands(2.0)
-    assert agent.streams[0].scheduler.detect_interval == 2
+    assert agent.loop.streams[0].scheduler.detect_interval == 2
