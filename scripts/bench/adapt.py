@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from report import write_report  # (scripts/bench/report.py)
 
 
 def main() -> int:
@@ -42,9 +42,9 @@ def main() -> int:
         ctl = ControllerThread(Path(tmp) / "fleet.db")
         try:
             agent = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", ctl.address, "--source", str(args.video),
-                 "--state-dir", str(Path(tmp) / "agent"), "--enroll-key", "efk_test", "--auto-plan",
-                 "--target-fps", str(args.target_fps), "--max-frames", str(args.frames), "--loop"],
+                [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", ctl.address,
+                 "--source", str(args.video), "--state-dir", str(Path(tmp) / "agent"), "--enroll-key", "efk_test",
+                 "--auto-plan", "--target-fps", str(args.target_fps), "--max-frames", str(args.frames), "--loop"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
             time.sleep(args.load_after)
             load_started = time.strftime("%H:%M:%S")

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from detector import bench_bundled, read_frames  # noqa: E402  (scripts/bench/detector.py)
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from detector import bench_bundled, read_frames  # (scripts/bench/detector.py)
+from report import write_report  # (scripts/bench/report.py)
 
 
 def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
@@ -35,9 +35,9 @@ def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         ctl = ControllerThread(Path(tmp) / "fleet.db")
         try:
-            cmd = [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run", "--controller", ctl.address,
-                   "--source", str(video), "--state-dir", str(Path(tmp) / "agent"), "--enroll-key", "efk_test",
-                   "--max-frames", str(frames)]
+            cmd = [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run",
+                   "--controller", ctl.address, "--source", str(video), "--state-dir", str(Path(tmp) / "agent"),
+                   "--enroll-key", "efk_test", "--max-frames", str(frames)]
             if threads:
                 cmd += ["--threads", str(threads)]
             start = time.perf_counter()

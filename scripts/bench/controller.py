@@ -16,8 +16,8 @@ ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"}
 
 def fleet_cli(*args: str) -> str:
     """`python -m edgefleet.fleet.cli ARGS` (e.g. `enroll-key create --db …`); its stdout, stripped."""
-    return subprocess.run([sys.executable, "-m", "edgefleet.fleet.cli", "--log-level", "warning", *args], cwd=ROOT, env=ENV,
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-m", "edgefleet.fleet.cli", "--log-level", "warning", *args], cwd=ROOT,
+                          env=ENV, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @dataclass
@@ -35,8 +35,8 @@ def start_controller(workdir: Path, *serve_args: str, log_level: str = "info",
     args = ["--log-level", log_level, "serve", "--db", str(workdir / "fleet.db"), "--listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0", *serve_args]
     log = (workdir / "controller.log").open("w")
-    proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "edgefleet.fleet.cli"]), *args], stdout=subprocess.PIPE,
-                            stderr=log, text=True, cwd=ROOT, env=ENV)
+    proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "edgefleet.fleet.cli"]), *args],
+                            stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=ENV)
     address = metrics = ""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (address and metrics):

@@ -65,11 +65,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from report import write_report  # (scripts/bench/report.py)
 
-from edgefleet.models import load_default_detector  # noqa: E402
-from edgefleet.models.backends import create_detector  # noqa: E402
-from edgefleet.models.yolo import decode_darknet, letterbox_batch, nms  # noqa: E402
+from edgefleet.models import load_default_detector
+from edgefleet.models.backends import create_detector
+from edgefleet.models.yolo import decode_darknet, letterbox_batch, nms
 
 CONFIDENCE, IOU = 0.25, 0.45
 SETTLE_CALLS = 2
@@ -296,9 +296,9 @@ def bench_vs_ultralytics(model: Path, size: int, batch_sizes: list[int], frames:
     for batch in batch_sizes:
         groups = batches(frames, batch)
         tensors = [letterbox_batch(group, ours.input_size)[0] for group in groups]
-        steps = {"raw": lambda i: raw(tensors[i % len(tensors)]),
-                 "ours": lambda i: mine(groups[i % len(groups)]),
-                 "ultralytics": lambda i: predict(groups[i % len(groups)])}
+        steps = {"raw": lambda i, tensors=tensors: raw(tensors[i % len(tensors)]),
+                 "ours": lambda i, groups=groups: mine(groups[i % len(groups)]),
+                 "ultralytics": lambda i, groups=groups: predict(groups[i % len(groups)])}
         with timed_torchvision_nms(nms_ms):
             measured = run_interleaved(steps, rounds, block)
         raw_ms, _ = measured["raw"]

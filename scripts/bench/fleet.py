@@ -36,14 +36,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto"), str(Path(__file__).resolve().parent)]
 
-from controller import fleet_cli, scrape, start_controller  # noqa: E402  (scripts/bench/controller.py)
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
-from sim_fleet import worker_main  # noqa: E402  (scripts/bench/sim_fleet.py)
+from controller import fleet_cli, scrape, start_controller  # (scripts/bench/controller.py)
+from report import write_report  # (scripts/bench/report.py)
+from sim_fleet import worker_main  # (scripts/bench/sim_fleet.py)
 
 # ---- the controller process ----
 
@@ -182,6 +183,78 @@ def check_store(db: Path, agents: list[dict], objects: int, window: tuple[float,
 
 # ---- the run ----
 
+@dataclass
+class Measured:
+    """What the run sampled over the window: the controller's RSS throughout; at the window's start and
+    end, the controller's and the workers' CPU seconds and the controller's ack histogram."""
+    rss: list[int] = field(default_factory=list)
+    cpu_at: dict[str, float] = field(default_factory=dict)
+    workers_cpu: dict[str, float] = field(default_factory=dict)
+    hist: dict[str, dict] = field(default_factory=dict)
+    host_cpu: float | None = None
+
+
+def measure(ctl, procs: list, metrics_url: str | None, db: Path, start: float,
+            window: tuple[float, float]) -> Measured:
+    """Sample until the window has ended, printing progress every 5 s."""
+    import psutil
+
+    measured = Measured()
+
+    def ctl_cpu() -> float:
+        t = ctl.cpu_times()
+        return t.user + t.system
+
+    def workers_cpu_now() -> float:
+        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+
+    marks = [("start", window[0]), ("end", window[1])]
+    progress_db = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    while marks or time.time() < window[1] + 0.5:
+        now = time.time()
+        if marks and now >= marks[0][1]:
+            name, _ = marks.pop(0)
+            measured.cpu_at[name], measured.workers_cpu[name] = ctl_cpu(), workers_cpu_now()
+            measured.hist[name] = scrape_ack_histogram(metrics_url) if metrics_url else {}
+            if name == "start":
+                psutil.cpu_percent(None)
+            else:
+                measured.host_cpu = psutil.cpu_percent(None)
+            continue
+        measured.rss.append(ctl.memory_info().rss)
+        if int(now) % 5 == 0:
+            n = progress_db.execute("select max(rowid) from detections").fetchone()[0] or 0
+            print(f"  t={now - start:5.1f}s  {n} frames committed  controller rss "
+                  f"{measured.rss[-1] / 2**20:.0f} MiB", file=sys.stderr)
+        time.sleep(min(1.0, max(0.05, (marks[0][1] - time.time()) if marks else 1.0)))
+    progress_db.close()
+    return measured
+
+
+def collect_agents(results, workers: list, timeout: float) -> tuple[list[dict], list[str]]:
+    """Every worker's agent reports, and the workers that failed (with their error)."""
+    agents, failures = [], []
+    for _ in workers:
+        worker, out, err = results.get(timeout=timeout)
+        agents += out
+        if err:
+            failures.append(f"worker {worker}: {err}")
+    for w in workers:
+        w.join(30)
+    return agents, failures
+
+
+def stop_all(workers: list, controller: subprocess.Popen) -> None:
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+    controller.send_signal(signal.SIGTERM)
+    try:
+        controller.wait(60)
+    except subprocess.TimeoutExpired:
+        controller.kill()
+
+
 def run(args) -> dict:
     import psutil
 
@@ -223,65 +296,20 @@ def run(args) -> dict:
         start_at.value = start
         go.set()
         window = (start + args.warmup, start + args.warmup + args.seconds)
-        rss: list[int] = []
-        cpu_at: dict[str, float] = {}
-        workers_cpu: dict[str, float] = {}
-        hist: dict[str, dict] = {}
-        host_cpu = None
-        procs = [psutil.Process(w.pid) for w in workers]
-
-        def ctl_cpu() -> float:
-            t = ctl.cpu_times()
-            return t.user + t.system
-
-        def workers_cpu_now() -> float:
-            return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-
-        marks = [("start", window[0]), ("end", window[1])]
-        progress_db = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        while marks or time.time() < window[1] + 0.5:
-            now = time.time()
-            if marks and now >= marks[0][1]:
-                name, _ = marks.pop(0)
-                cpu_at[name], workers_cpu[name] = ctl_cpu(), workers_cpu_now()
-                hist[name] = scrape_ack_histogram(metrics_url) if metrics_url else {}
-                if name == "start":
-                    psutil.cpu_percent(None)
-                else:
-                    host_cpu = psutil.cpu_percent(None)
-                continue
-            rss.append(ctl.memory_info().rss)
-            if int(now) % 5 == 0:
-                n = progress_db.execute("select max(rowid) from detections").fetchone()[0] or 0
-                print(f"  t={now - start:5.1f}s  {n} frames committed  controller rss "
-                      f"{rss[-1] / 2**20:.0f} MiB", file=sys.stderr)
-            time.sleep(min(1.0, max(0.05, (marks[0][1] - time.time()) if marks else 1.0)))
-        progress_db.close()
-        agents, failures = [], []
-        for _ in workers:
-            worker, out, err = results.get(timeout=cfg["drain_timeout"] + 60)
-            agents += out
-            if err:
-                failures.append(f"worker {worker}: {err}")
-        for w in workers:
-            w.join(30)
+        measured = measure(ctl, [psutil.Process(w.pid) for w in workers], metrics_url, db, start, window)
+        agents, failures = collect_agents(results, workers, cfg["drain_timeout"] + 60)
     finally:
         go.set()
-        for w in workers:
-            if w.is_alive():
-                w.kill()
-        controller.send_signal(signal.SIGTERM)
-        try:
-            controller.wait(60)
-        except subprocess.TimeoutExpired:
-            controller.kill()
+        stop_all(workers, controller)
+    rss, cpu_at, workers_cpu, hist = measured.rss, measured.cpu_at, measured.workers_cpu, measured.hist
     store = check_store(db, agents, args.objects, window)
     in_window = [lat for a in agents for written, lat in a["latencies"] if window[0] <= written < window[1]]
     lag = [x for a in agents for written_lag in [a["send_lag"]] for x in written_lag]
     seconds = window[1] - window[0]
     ctl_log = (workdir / "controller.log").read_text(errors="replace")
     ingest = re.findall(r"ingest writer stopped: (.*)", ctl_log)
-    connected_end = sum(1 for a in agents if a["connected_at"] and (a["failed_at"] is None or a["failed_at"] >= window[1]))
+    connected_end = sum(1 for a in agents
+                        if a["connected_at"] and (a["failed_at"] is None or a["failed_at"] >= window[1]))
     return {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "config": {"agents": args.agents, "procs": args.procs, "seconds": args.seconds, "warmup": args.warmup,
@@ -313,7 +341,7 @@ def run(args) -> dict:
             "gc": _gc_lines(workdir / "controller.prof.txt"),
         },
         "agents_cpu_percent_of_one_core": round(100 * (workers_cpu["end"] - workers_cpu["start"]) / seconds, 1),
-        "host_cpu_percent_all_cores": host_cpu,
+        "host_cpu_percent_all_cores": measured.host_cpu,
         "host_loadavg_1m": {"before": round(loadavg_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "integrity": {k: store[k] for k in ("rows", "lost", "duplicated", "unexpected", "sent_but_unacked",
                                              "device_counter_mismatches", "frames_with_wrong_object_count")}

@@ -201,7 +201,8 @@ def main() -> int:
     write_report({
         "benchmark": "inference_stress",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
-        "frames": "synthetic" if args.synthetic else str(args.video), "jpeg_bytes_mean": int(np.mean([len(f) for f in frames])),
+        "frames": "synthetic" if args.synthetic else str(args.video),
+        "jpeg_bytes_mean": int(np.mean([len(f) for f in frames])),
         "runs": runs,
     }, args.out)
     return 0

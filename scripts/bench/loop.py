@@ -61,9 +61,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from controller import ENV, start_controller  # noqa: E402  (scripts/bench/controller.py)
-from detector import read_frames  # noqa: E402  (scripts/bench/detector.py)
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from controller import ENV, start_controller  # (scripts/bench/controller.py)
+from detector import read_frames  # (scripts/bench/detector.py)
+from report import write_report  # (scripts/bench/report.py)
 
 ENROLL_KEY = "efk_bench"
 
@@ -211,7 +211,8 @@ def main() -> int:
     parser.add_argument("--rect", action="store_true", help="rectangular inference, raw detector and agent alike")
     parser.add_argument("--controller-nice", type=int, default=19, help="niceness of the controller process")
     parser.add_argument("--controller-idle", action="store_true",
-                        help="run the controller under SCHED_IDLE (chrt --idle 0): a core only when no other thread wants it")
+                        help="run the controller under SCHED_IDLE (chrt --idle 0): a core only when no other "
+                             "thread wants it")
     parser.add_argument("--cpus", type=cpu_list, default=None, metavar="LIST",
                         help="run the raw detector, the agent and Ultralytics on these CPUs only (e.g. 0,1: a "
                              "two-core device) with --threads defaulting to their count, and the controller on the "
@@ -260,7 +261,8 @@ def main() -> int:
         result["agent_offline_interval_1"] = offline
         result["efficiency_at_interval_1"] = {
             "vs_predecoded": efficiency(fps, predecoded), "vs_read_and_detect": efficiency(fps, on_video),
-            "offline": {"vs_predecoded": efficiency(alone, predecoded), "vs_read_and_detect": efficiency(alone, on_video)},
+            "offline": {"vs_predecoded": efficiency(alone, predecoded),
+                        "vs_read_and_detect": efficiency(alone, on_video)},
         }
     result["vs_ultralytics_track"] = vs_ultralytics(args)
     write_report(result, args.out)

@@ -8,8 +8,9 @@
 2. `--procs` worker processes share `--devices` simulated devices on asyncio loops. Each one
    enrolls (a CPU profile with onnxruntime), opens a Session, and on DeployArtifact verifies
    the manifest's Ed25519 signature with the key it got at enrollment, streams FetchArtifact
-   into a sha256 (nothing kept; resuming where a stream's turn ended), checks size and hash, and reports DOWNLOADING (with progress),
-   VERIFYING and ACTIVE. No model is loaded: this measures the controller's distribution.
+   into a sha256 (nothing kept; resuming where a stream's turn ended), checks size and hash, and
+   reports DOWNLOADING (with progress), VERIFYING and ACTIVE. No model is loaded: this measures
+   the controller's distribution.
 3. `--mb` MB of random bytes pushed as an ONNX-format artifact; a rollout with a canary of one
    and `--waves`; the wall time from CreateRollout to SUCCEEDED, per wave, the bytes the devices
    received and the controller counted (`edgefleet_artifact_bytes_served_total`), the
@@ -32,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto"), str(Path(__file__).resolve().parent)]
 
-from controller import fleet_cli, metric, start_controller  # noqa: E402  (scripts/bench/controller.py)
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from controller import fleet_cli, metric, start_controller  # (scripts/bench/controller.py)
+from report import write_report  # (scripts/bench/report.py)
 
 # ---- simulated devices (worker processes) ----
 
@@ -108,7 +109,7 @@ def worker(indices: list[int], address: str, key: str, chunk_kb: int, results: m
 
 # ---- the run ----
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--procs", type=int, default=4)
@@ -118,12 +119,95 @@ def main() -> int:
     parser.add_argument("--fetch-streams", type=int, default=0,
                         help="the controller's --fetch-streams (0: its default)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def wait_connected(control, devices: int, timeout: float = 300.0) -> float:
+    """Until `devices` devices are enrolled and connected; the seconds that took."""
+    from edgefleet.v1 import fleet_pb2
+
+    t0 = time.monotonic()
+    while True:
+        listed = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=30).devices
+        if len(listed) >= devices and sum(d.connected for d in listed) >= devices:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"devices did not all connect within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def push_random(control, mb: float):
+    """Upload `mb` MB of random bytes as an ONNX-format artifact; (its reply, the seconds it took)."""
+    from edgefleet.v1 import fleet_pb2, types_pb2
+
+    data = os.urandom(int(mb * 1e6))
+
+    def upload():
+        yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(
+            name=f"bench-{mb:.0f}mb", format="onnx", input_width=640, input_height=640))
+        for i in range(0, len(data), 1 << 20):
+            yield fleet_pb2.UploadArtifactRequest(chunk=data[i:i + (1 << 20)])
+
+    t0 = time.monotonic()
+    artifact = control.UploadArtifact(upload(), timeout=300)
+    return artifact, time.monotonic() - t0
+
+
+def follow_rollout(control, rollout, t_start: float, timeout: float = 1200.0):
+    """Poll the rollout until it ends; (its last state, wave index -> seconds after t_start it was done)."""
+    from edgefleet.v1 import fleet_pb2
+
+    wave_done: dict[int, float] = {}
+    while rollout.state not in (fleet_pb2.SUCCEEDED, fleet_pb2.FAILED, fleet_pb2.ABORTED):
+        time.sleep(0.2)
+        rollout = control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=30)
+        for w in rollout.waves:
+            if w.succeeded + w.failed == w.target and w.index not in wave_done:
+                wave_done[w.index] = round(time.monotonic() - t_start, 2)
+        if time.monotonic() - t_start > timeout:
+            raise SystemExit(f"the rollout did not finish within {timeout / 60:.0f} minutes")
+    return rollout, wave_done
+
+
+def collect(results: mp.Queue, workers: int) -> tuple[int, int]:
+    """(bytes the simulated devices received, downloads they finished), summed over the workers."""
+    received = devices_done = 0
+    for _ in range(workers):
+        kind, *rest = results.get(timeout=60)
+        if kind == "error":
+            raise SystemExit(f"a simulated device failed: {rest[0]}")
+        received += rest[0]
+        devices_done += rest[1]
+    return received, devices_done
+
+
+class PeakRss:
+    """Samples a process's RSS every 0.1 s on a thread, from start() to stop()."""
+
+    def __init__(self, process) -> None:
+        self.process = process
+        self.samples = [process.memory_info().rss]
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self.process.memory_info().rss)
+            time.sleep(0.1)
+
+
+def main() -> int:
+    args = parse_args()
 
     import psutil
 
     from edgefleet.fleet.channel import open_channel
-    from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
+    from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
     key = "efk_bench"
@@ -136,68 +220,29 @@ def main() -> int:
     results: mp.Queue = mp.Queue()
     stop = mp.Event()
     workers = [mp.Process(target=worker, args=(list(range(p, args.devices, args.procs)), address, key, args.chunk_kb,
-                                                         results, stop))
+                                               results, stop))
                for p in range(args.procs)]
-    peak_rss = [ps.memory_info().rss]
-    sampling = threading.Event()
-
-    def sample_rss():
-        while not sampling.is_set():
-            peak_rss.append(ps.memory_info().rss)
-            time.sleep(0.1)
-
+    rss = PeakRss(ps)
     try:
         for w in workers:
             w.start()
         with open_channel(address, token=token, options=[("grpc.max_send_message_length", 16 << 20)]) as channel:
             control = fleet_pb2_grpc.FleetControlStub(channel)
-            t0 = time.monotonic()
-            while len(control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=30).devices) < args.devices \
-                    or sum(d.connected for d in control.ListDevices(fleet_pb2.ListDevicesRequest(),
-                                                                   timeout=30).devices) < args.devices:
-                if time.monotonic() - t0 > 300:
-                    raise SystemExit("devices did not all connect within 300 s")
-                time.sleep(0.5)
-            print(f"{args.devices} devices connected in {time.monotonic() - t0:.1f} s", flush=True)
-            data = os.urandom(int(args.mb * 1e6))
-
-            def upload(data: bytes):
-                yield fleet_pb2.UploadArtifactRequest(manifest=types_pb2.ArtifactManifest(
-                    name=f"bench-{args.mb:.0f}mb", format="onnx", input_width=640, input_height=640))
-                for i in range(0, len(data), 1 << 20):
-                    yield fleet_pb2.UploadArtifactRequest(chunk=data[i:i + (1 << 20)])
-
-            t_push = time.monotonic()
-            artifact = control.UploadArtifact(upload(data), timeout=300)
-            push_s = time.monotonic() - t_push
-            del data
-            threading.Thread(target=sample_rss, daemon=True).start()
+            print(f"{args.devices} devices connected in {wait_connected(control, args.devices):.1f} s", flush=True)
+            artifact, push_s = push_random(control, args.mb)
+            rss.start()
             cpu0 = ps.cpu_times()
             t_start = time.monotonic()
             rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(
                 artifact_sha256=artifact.manifest.sha256, canary=1,
                 waves_percent=[int(w) for w in args.waves.split(",")]), timeout=60)
-            wave_done: dict[int, float] = {}
-            while rollout.state not in (fleet_pb2.SUCCEEDED, fleet_pb2.FAILED, fleet_pb2.ABORTED):
-                time.sleep(0.2)
-                rollout = control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id), timeout=30)
-                for w in rollout.waves:
-                    if w.succeeded + w.failed == w.target and w.index not in wave_done:
-                        wave_done[w.index] = round(time.monotonic() - t_start, 2)
-                if time.monotonic() - t_start > 1200:
-                    raise SystemExit("the rollout did not finish within 20 minutes")
+            rollout, wave_done = follow_rollout(control, rollout, t_start)
             wall_s = time.monotonic() - t_start
             cpu1 = ps.cpu_times()
-            sampling.set()
+            rss.stop()
             served = metric(started.metrics_url, "edgefleet_artifact_bytes_served_total")
         stop.set()
-        received = devices_done = 0
-        for _ in workers:
-            kind, *rest = results.get(timeout=60)
-            if kind == "error":
-                raise SystemExit(f"a simulated device failed: {rest[0]}")
-            received += rest[0]
-            devices_done += rest[1]
+        received, devices_done = collect(results, len(workers))
     finally:
         stop.set()
         for w in workers:
@@ -222,7 +267,7 @@ def main() -> int:
         "bytes_served_by_controller": int(served),
         "expected_bytes": size * args.devices,
         "throughput_mb_s": round(served / wall_s / 1e6, 1),
-        "controller_peak_rss_mb": round(max(peak_rss) / 1e6, 1),
+        "controller_peak_rss_mb": round(max(rss.samples) / 1e6, 1),
         "controller_cpu_s": round((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system), 2),
     }
     write_report(result, args.out)

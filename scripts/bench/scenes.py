@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edgefleet.models.detections import Detections  # noqa: E402
+from edgefleet.models.detections import Detections
 
 
 @dataclass(frozen=True)

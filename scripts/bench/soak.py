@@ -153,7 +153,120 @@ def check_device(db: Path, state_dir: Path, kills: list[tuple[list[int], int]]) 
             "kills": len(kills), "pending_at_kills": sum(len(p) for p, _ in kills)}
 
 
-def main() -> int:
+def span(text: str) -> tuple[float, float]:
+    """"A-B" -> (A, B); "A" -> (A, A)."""
+    a, _, b = text.partition("-")
+    return float(a), float(b or a)
+
+
+@dataclass
+class Soak:
+    """The controller and the agents, the kills among them and the restarts after them."""
+    controller: Role
+    agents: list[Role]
+    workdir: Path
+    rng: random.Random
+    down: tuple[float, float]
+    controller_share: float | None = None
+    restarts: list[tuple[float, Role]] = field(default_factory=list)  # (when, who) comes back
+    events: list[dict] = field(default_factory=list)
+    kills_of: dict[str, list[tuple[list[int], int]]] = field(default_factory=dict)  # agent -> outbox at each kill
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        return (self.controller, *self.agents)
+
+    def start(self, role: Role) -> None:
+        role.start()
+        if role is self.controller:
+            wait_listening(self.controller)
+
+    def run(self, duration: float, kill_every: tuple[float, float]) -> float:
+        """Sample, kill and restart for `duration` seconds; returns the seconds it ran."""
+        t0 = time.monotonic()
+        next_rss = 0.0
+        next_kill = self.rng.uniform(*kill_every) if kill_every[1] > 0 else float("inf")
+        while (now := time.monotonic() - t0) < duration:
+            if now >= next_rss:
+                for role in self.roles:
+                    role.sample(now)
+                next_rss += RSS_EVERY_S
+            self._restart_due(now)
+            self._restart_exited(now)
+            if now >= next_kill:
+                self._kill_one(now)
+                next_kill = now + self.rng.uniform(*kill_every)
+            time.sleep(0.2)
+        return time.monotonic() - t0
+
+    def _waiting(self, role: Role) -> bool:
+        return any(r is role for _, r in self.restarts)
+
+    def _restart_due(self, now: float) -> None:
+        for due, role in list(self.restarts):
+            if now >= due:
+                self.restarts.remove((due, role))
+                self.start(role)
+
+    def _restart_exited(self, now: float) -> None:
+        """A process that died by itself is a finding: note it and start it again."""
+        for role in self.roles:
+            if role.proc.poll() is not None and not self._waiting(role):
+                self.events.append({"t": round(now, 1), "event": "exited", "role": role.name,
+                                    "code": role.proc.returncode})
+                self.start(role)
+
+    def _kill_one(self, now: float) -> None:
+        candidates = [r for r in self.roles if r.alive() and not self._waiting(r)]
+        if not candidates:
+            return
+        agents_up = [r for r in candidates if r is not self.controller]
+        if self.controller_share is not None and self.controller in candidates and agents_up:
+            role = self.controller if self.rng.random() < self.controller_share else self.rng.choice(agents_up)
+        else:
+            role = self.rng.choice(candidates)
+        role.kill()
+        entry = {"t": round(now, 1), "event": "SIGKILL", "role": role.name}
+        if role is not self.controller:
+            state = outbox_state(self.workdir / role.name, DB_TIMEOUT_S)
+            self.kills_of[role.name].append(state)
+            entry.update(unacked=len(state[0]), last_sequence=state[1])
+        self.events.append(entry)
+        self.restarts.append((now + self.rng.uniform(*self.down), role))
+        print(f"[{now:6.1f}s] SIGKILL {role.name} {entry}", flush=True)
+
+    def stop_agents(self) -> None:
+        """Bring the last ones killed back, then stop each agent with SIGTERM and keep its summary."""
+        for _, role in self.restarts:
+            self.start(role)
+        self.restarts.clear()
+        for agent in self.agents:  # a clean stop needs its signal handler: wait for each to produce again
+            _, before = outbox_state(self.workdir / agent.name, DB_TIMEOUT_S)
+            deadline = time.monotonic() + 60
+            while outbox_state(self.workdir / agent.name, DB_TIMEOUT_S)[1] <= before and time.monotonic() < deadline:
+                time.sleep(0.2)
+            agent.proc.send_signal(signal.SIGTERM)
+        for agent in self.agents:
+            try:
+                out, _ = agent.proc.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                out = ""
+            lines = (out or "").strip().splitlines()
+            agent.summaries.append(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else
+                                   {"exit_code": agent.proc.returncode})
+
+    def terminate(self) -> None:
+        for role in self.roles:
+            if role.alive():
+                role.proc.terminate()
+                try:
+                    role.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    role.kill()
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0, metavar="S")
     parser.add_argument("--agents", type=int, default=3)
@@ -167,131 +280,73 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=None, help="keep databases and logs here (default: a temp dir)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    def span(text: str) -> tuple[float, float]:
-        a, _, b = text.partition("-")
-        return float(a), float(b or a)
 
-    kill_every, down = span(args.kill_every), span(args.down)
-    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-soak-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+def make_roles(args: argparse.Namespace, workdir: Path, db: Path, address: str) -> tuple[Role, list[Role]]:
+    """The controller and the agents, as a user starts them."""
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
-    db = workdir / "fleet.db"
-    address = f"127.0.0.1:{free_port()}"
     py = sys.executable
-    controller = Role("controller", [py, "-m", "edgefleet.fleet.cli", "--log-level", "warning", "serve", "--listen", address,
-                                     "--db", str(db), "--enroll-key", ENROLL_KEY, "--heartbeat-interval", "2"], logs)
-    agents = [Role(f"agent-{i + 1}", [py, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run", "--controller", address,
-                                      "--source", str(args.video), "--loop", "--state-dir", str(workdir / f"agent-{i + 1}"),
-                                      "--enroll-key", ENROLL_KEY, "--name", f"soak-{i + 1}",
-                                      "--detect-interval", str(args.detect_interval), "--threads", "1",
-                                      "--backoff-max-s", "2", "--drain-timeout", "180"], logs)
+    controller = Role("controller", [py, "-m", "edgefleet.fleet.cli", "--log-level", "warning", "serve",
+                                     "--listen", address, "--db", str(db), "--enroll-key", ENROLL_KEY,
+                                     "--heartbeat-interval", "2"], logs)
+    agents = [Role(f"agent-{i + 1}", [py, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run",
+                                      "--controller", address, "--source", str(args.video), "--loop",
+                                      "--state-dir", str(workdir / f"agent-{i + 1}"), "--enroll-key", ENROLL_KEY,
+                                      "--name", f"soak-{i + 1}", "--detect-interval", str(args.detect_interval),
+                                      "--threads", "1", "--backoff-max-s", "2", "--drain-timeout", "180"], logs)
               for i in range(args.agents)]
-    kills_of: dict[str, list[tuple[list[int], int]]] = {a.name: [] for a in agents}
-    events: list[dict] = []
-    print(f"soak: {args.agents} agents, {args.duration:.0f}s, kills every {args.kill_every}s (seed {seed}), "
-          f"workdir {workdir}", flush=True)
+    return controller, agents
 
-    controller.start()
-    wait_listening(controller)
-    for agent in agents:
-        agent.start()
-    t0 = time.monotonic()
-    next_rss = 0.0
-    next_kill = rng.uniform(*kill_every) if kill_every[1] > 0 else float("inf")
-    restarts: list[tuple[float, Role]] = []
-    try:
-        while (now := time.monotonic() - t0) < args.duration:
-            if now >= next_rss:
-                for role in (controller, *agents):
-                    role.sample(now)
-                next_rss += RSS_EVERY_S
-            for due, role in list(restarts):
-                if now >= due:
-                    restarts.remove((due, role))
-                    role.start()
-                    if role is controller:
-                        wait_listening(controller)
-            for role in (controller, *agents):  # a process that died by itself is a finding: note and restart
-                if role.proc.poll() is not None and all(r is not role for _, r in restarts):
-                    events.append({"t": round(now, 1), "event": "exited", "role": role.name,
-                                   "code": role.proc.returncode})
-                    role.start()
-                    if role is controller:
-                        wait_listening(controller)
-            if now >= next_kill:
-                candidates = [r for r in (controller, *agents) if r.alive() and all(r is not x for _, x in restarts)]
-                if candidates:
-                    agents_up = [r for r in candidates if r is not controller]
-                    if args.controller_share is not None and controller in candidates and agents_up:
-                        role = controller if rng.random() < args.controller_share else rng.choice(agents_up)
-                    else:
-                        role = rng.choice(candidates)
-                    role.kill()
-                    entry = {"t": round(now, 1), "event": "SIGKILL", "role": role.name}
-                    if role is not controller:
-                        state = outbox_state(workdir / role.name, DB_TIMEOUT_S)
-                        kills_of[role.name].append(state)
-                        entry.update(unacked=len(state[0]), last_sequence=state[1])
-                    events.append(entry)
-                    restarts.append((now + rng.uniform(*down), role))
-                    print(f"[{now:6.1f}s] SIGKILL {role.name} {entry}", flush=True)
-                next_kill = now + rng.uniform(*kill_every)
-            time.sleep(0.2)
-        t_end = time.monotonic() - t0
-        for _, role in restarts:  # the last ones killed come back before the end
-            role.start()
-            if role is controller:
-                wait_listening(controller)
-        restarts.clear()
-        for agent in agents:  # a clean stop needs its signal handler: wait for each to produce again
-            _, before = outbox_state(workdir / agent.name, DB_TIMEOUT_S)
-            deadline = time.monotonic() + 60
-            while outbox_state(workdir / agent.name, DB_TIMEOUT_S)[1] <= before and time.monotonic() < deadline:
-                time.sleep(0.2)
-            agent.proc.send_signal(signal.SIGTERM)
-        for agent in agents:
-            try:
-                out, _ = agent.proc.communicate(timeout=240)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                out = ""
-            lines = (out or "").strip().splitlines()
-            agent.summaries.append(json.loads(lines[-1]) if lines and lines[-1].startswith("{") else
-                                   {"exit_code": agent.proc.returncode})
-    finally:
-        for role in (controller, *agents):
-            if role.alive():
-                role.proc.terminate()
-                try:
-                    role.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    role.kill()
 
-    devices = {agent.name: {**check_device(db, workdir / agent.name, kills_of[agent.name]),
+def make_report(args: argparse.Namespace, seed: int, db: Path, soak: Soak, t_end: float) -> dict:
+    devices = {agent.name: {**check_device(db, soak.workdir / agent.name, soak.kills_of[agent.name]),
                             "exit_code": agent.proc.returncode, "summary": agent.summaries[-1]}
-               for agent in agents}
+               for agent in soak.agents}
     totals = {key: sum(d[key] for d in devices.values())
               for key in ("produced", "stored", "lost", "duplicated", "extra", "reused", "committed_lost",
                           "outbox_left", "pending_at_kills")}
-    result = {
+    return {
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
                  "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": {"duration_s": args.duration, "agents": args.agents, "kill_every_s": args.kill_every,
-                   "down_s": args.down, "controller_share": args.controller_share, "video": args.video.name, "detect_interval": args.detect_interval,
-                   "seed": seed, "workdir": str(workdir)},
-        "kills": {role.name: role.kills for role in (controller, *agents)},
-        "unexpected_exits": [e for e in events if e["event"] == "exited"],
+                   "down_s": args.down, "controller_share": args.controller_share, "video": args.video.name,
+                   "detect_interval": args.detect_interval,
+                   "seed": seed, "workdir": str(soak.workdir)},
+        "kills": {role.name: role.kills for role in soak.roles},
+        "unexpected_exits": [e for e in soak.events if e["event"] == "exited"],
         "totals": totals,
         "devices": devices,
-        "rss": {role.name: rss_growth(role, t_end) for role in (controller, *agents)},
-        "events": events,
+        "rss": {role.name: rss_growth(role, t_end) for role in soak.roles},
+        "events": soak.events,
     }
+
+
+def main() -> int:
+    args = parse_args()
+    kill_every = span(args.kill_every)
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgefleet-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = workdir / "fleet.db"
+    controller, agents = make_roles(args, workdir, db, f"127.0.0.1:{free_port()}")
+    soak = Soak(controller, agents, workdir, random.Random(seed), span(args.down), args.controller_share,
+                kills_of={a.name: [] for a in agents})
+    print(f"soak: {args.agents} agents, {args.duration:.0f}s, kills every {args.kill_every}s (seed {seed}), "
+          f"workdir {workdir}", flush=True)
+
+    for role in soak.roles:
+        soak.start(role)
+    try:
+        t_end = soak.run(args.duration, kill_every)
+        soak.stop_agents()
+    finally:
+        soak.terminate()
+
+    result = make_report(args, seed, db, soak, t_end)
     write_report(result, args.out)
+    totals = result["totals"]
     ok = not (totals["lost"] or totals["duplicated"] or totals["extra"] or totals["reused"]
               or totals["committed_lost"] or totals["outbox_left"])
     print(f"soak {'OK' if ok else 'FAILED'}: {sum(result['kills'].values())} kills "

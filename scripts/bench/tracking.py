@@ -53,11 +53,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
-from scenes import Scene, SceneSpec, describe, make_scene  # noqa: E402  (scripts/bench/scenes.py)
+from report import write_report  # (scripts/bench/report.py)
+from scenes import Scene, SceneSpec, describe, make_scene  # (scripts/bench/scenes.py)
 
-from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig  # noqa: E402
-from edgefleet.models.detections import Detections  # noqa: E402
+from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig
+from edgefleet.models.detections import Detections
 
 OURS = ByteTrackConfig()
 MAX_IDF1_LOSS = 0.02
@@ -344,7 +344,8 @@ def markdown(report: dict) -> str:
               "| objects | " + " | ".join(f"k={k}" for k in intervals) + " |",
               "| ---: | " + " | ".join("---:" for _ in intervals) + " |"]
     for s in report["summary"]:
-        lines.append(f"| {s['objects']} | " + " | ".join(f"{s['detect_interval_idf1'][k]:.3f}" for k in intervals) + " |")
+        scores = " | ".join(f"{s['detect_interval_idf1'][k]:.3f}" for k in intervals)
+        lines.append(f"| {s['objects']} | {scores} |")
     if report.get("skip_fidelity"):
         fidelity = report["skip_fidelity"]
         lines += ["", (f"Skip fidelity on {fidelity['video']} ({fidelity['frames']} frames, bundled detector): "

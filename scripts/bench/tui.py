@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from report import write_report  # noqa: E402  (scripts/bench/report.py)
+from report import write_report  # (scripts/bench/report.py)
 from textual.screen import Screen
 
 from edgefleet.tui.app import FleetApp
@@ -162,7 +162,8 @@ def heartbeat(device: DeviceView, rng: random.Random, now: float) -> DeviceView:
     h = device.health
     status = "online" if rng.random() > 0.02 else rng.choice(("stale", "offline"))
     return replace(device, last_seen=now, status=status, health=replace(
-        h, time=now, fps=max(0.0, h.fps + rng.uniform(-1, 1)), latency_ms_p95=max(1.0, h.latency_ms_p95 + rng.uniform(-5, 5)),
+        h, time=now, fps=max(0.0, h.fps + rng.uniform(-1, 1)),
+        latency_ms_p95=max(1.0, h.latency_ms_p95 + rng.uniform(-5, 5)),
         temperature_c=h.temperature_c + rng.uniform(-0.5, 0.5), outbox_depth=rng.randrange(0, 50),
         detections_total=h.detections_total + rng.randrange(0, 40)))
 
