@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from edgefleet.adaptive.controller import ControllerEvent, HealthReading, Rung, RuntimeController
 from edgefleet.models.base import Detector
-from edgefleet.v1 import types_pb2
 
+from .messages import PlanOverride
 from .options import Adaptation
 from .overrides import override_ladder
 from .rung_loader import RungLoader
@@ -68,7 +68,7 @@ class Adapter:
                         health.fps, health.inference_ms_p95)
         return event
 
-    def override(self, override: types_pb2.SetPlan) -> None:
+    def override(self, override: PlanOverride) -> None:
         """An operator's pin or bounds become the controller's ladder (`clear`: the planned one).
         Raises LadderError, changing nothing, when no rung fits."""
         controller = self.controller

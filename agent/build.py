@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
+
+from edgefleet.adaptive.plan import DevicePlan, PlanReport
+
 from .config import AgentConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgefleet.adaptive.plan import PlanReport
     from edgefleet.adaptive.probe import HardwareProfile
     from edgefleet.models.base import Detector
 
@@ -70,13 +73,12 @@ def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] 
     profile = profile or probe()
     cores: list[InferenceCore] = []  # serve: the served streams, one of the agent's feeds
     agent = _agent(config, profile, source_factory, cores)
-    metrics = _metrics(config, agent.health_sample, agent.plan_now)
+    metrics = _metrics(config, agent.health_dict, lambda: dataclasses.asdict(agent.plan))
     return BuiltAgent(agent, cores[0] if cores else None, agent.detector, metrics)
 
 
 def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callable[[str], Source],
            cores: list[InferenceCore]) -> Agent:
-    from .link import channel_credentials
     from .options import RunOptions
     from .supervisor import Agent
 
@@ -91,8 +93,8 @@ def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callab
         batch = config.max_batch if config.serving else len(options.sources)
         note = "serving InferenceService" if config.serving else "adaptive planning not enabled"
         detector, plan = _fixed_plan(config, engine, batch, note)
-    plan["artifact_sha256"] = engine.sha256 if engine else ""
-    return Agent(options, detector, source_factory, profile.to_dict(), plan, adaptation=adaptation,
+    plan = dataclasses.replace(plan, artifact_sha256=engine.sha256 if engine else "")
+    return Agent(options, detector, source_factory, profile, plan, adaptation=adaptation,
                  mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active,
                  feeds=[lambda context: _served(config, context, cores)] if config.serving else ())
 
@@ -122,7 +124,8 @@ def _service_only(config: AgentConfig) -> BuiltAgent:
     core = InferenceCore(standalone_detect(detector, health), lambda: detector.names, batch,
                          max_frame_bytes=config.max_frame_bytes, health=health,
                          scheduler_factory=lambda: FrameScheduler(config.detect_interval))
-    metrics = _metrics(config, lambda: health.sample(frames_dropped=core.dropped_total()), lambda: plan)
+    metrics = _metrics(config, lambda: dataclasses.asdict(health.sample(frames_dropped=core.dropped_total())),
+                       lambda: dataclasses.asdict(plan))
     return BuiltAgent(None, core, detector, metrics)
 
 
@@ -235,7 +238,7 @@ def _active_engine(config: AgentConfig) -> tuple[ActiveEngines, EngineRef | None
 
 
 def _auto_plan(config: AgentConfig, profile: HardwareProfile,
-               engine: EngineRef | None) -> tuple[Adaptation, Detector, dict]:
+               engine: EngineRef | None) -> tuple[Adaptation, Detector, DevicePlan]:
     """Plan for this device, load the plan's detector, and the runtime controller over its ladder.
     With a deployed engine (`engine`, from active.json), it is the only model the ladder uses."""
     from edgefleet.adaptive.plan import make_controller
@@ -257,10 +260,11 @@ def _auto_plan(config: AgentConfig, profile: HardwareProfile,
         controller, lambda rung: load_detector(rung.model_path, config, rung.input_size),
         temperature=lambda: hottest_c(read_thermal_zones()),
     )
-    return adaptation, detector, dataclasses.asdict(chosen.device_plan())
+    return adaptation, detector, chosen.device_plan()
 
 
-def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int, note: str) -> tuple[Detector, dict]:
+def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int,
+                note: str) -> tuple[Detector, DevicePlan]:
     """The detector and plan without adaptive planning: the deployed engine, else --model, else the
     bundled one; `note` ends the plan's reason."""
     from edgefleet.models.bundled import default_model
@@ -273,10 +277,22 @@ def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int, note:
     detector = load_detector(model, config)
     w, h = detector.input_size
     why = f"rollout {engine.rollout_id}" if engine else "--model" if config.model else "default model"
-    return detector, {"model": engine.name if engine else Path(model).stem,
-                      "backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": w,
-                      "input_height": h, "batch": batch, "detect_interval": config.detect_interval,
-                      "reason": f"{why}; {note}"}
+    return detector, DevicePlan(model=engine.name if engine else Path(model).stem,
+                                backend=type(detector).__module__.rsplit(".", 1)[-1], input_width=w,
+                                input_height=h, batch=batch, detect_interval=config.detect_interval,
+                                reason=f"{why}; {note}")
+
+
+def channel_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:
+    """TLS to the controller: trust `ca` (None: the system's roots); `cert` + `key` for mutual TLS
+    (AgentConfig refuses one without the other)."""
+    def read(path: Path | None, flag: str) -> bytes | None:
+        try:
+            return path.read_bytes() if path else None
+        except OSError as err:
+            raise ConfigError(f"{flag} {path}: {err.strerror}") from err
+
+    return grpc.ssl_channel_credentials(read(ca, "--tls-ca"), read(key, "--tls-key"), read(cert, "--tls-cert"))
 
 
 # ---- reporting besides the controller ----

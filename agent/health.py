@@ -1,4 +1,4 @@
-"""Health counters shared by the pipeline (writer) and the link (reader)."""
+"""Health counters shared by the pipeline (writer) and the link (reader), and the sample they make."""
 from __future__ import annotations
 
 import collections
@@ -20,6 +20,30 @@ class StreamHealth:
     frames: int
     dropped: int
     error: str = ""
+
+
+@dataclass(frozen=True)
+class HealthSample:
+    """What the agent measured over the last health window, and its running totals
+    (edgefleet.v1.HealthSample, sent with each heartbeat; agent.convert)."""
+    frames_total: int = 0
+    detections_total: int = 0
+    frames_dropped: int = 0
+    """Frames the sources (and served streams) dropped because the loop was behind, since start."""
+    outbox_depth: int = 0
+    """Committed records not yet acknowledged."""
+    fps: float = 0.0
+    """Frames processed per second, all streams."""
+    detect_fps: float = 0.0
+    inference_ms_p50: float = 0.0
+    inference_ms_p95: float = 0.0
+    latency_ms_p95: float = 0.0
+    """Capture to outbox."""
+    temperature_c: float = 0.0
+    """The hottest thermal zone; 0 when unknown (read with --auto-plan only)."""
+    outbox_dropped: int = 0
+    """Records the bounded outbox dropped (oldest first), in every run of this device."""
+    streams: tuple[StreamHealth, ...] = ()
 
 
 class HealthMonitor:
@@ -57,25 +81,21 @@ class HealthMonitor:
             while window and now - window[0][0] > self.window_s:
                 window.popleft()
 
-    def sample(self, frames_dropped: int = 0, outbox_depth: int = 0) -> dict:
-        """A health sample as plain data (field names follow edgefleet.v1.HealthSample)."""
+    def sample(self, frames_dropped: int = 0, outbox_depth: int = 0) -> HealthSample:
+        """The window's rates and percentiles and the totals (the caller adds what it counts itself)."""
         now = time.monotonic()
         with self._lock:
             self._trim(now)
             frames, inference = list(self._frames), [ms for _, ms in self._inference]
             frames_total, detections_total = self.frames_total, self.detections_total
-        sample = {
-            "frames_total": frames_total, "detections_total": detections_total,
-            "frames_dropped": frames_dropped, "outbox_depth": outbox_depth,
-            "fps": 0.0, "detect_fps": 0.0, "inference_ms_p50": 0.0, "inference_ms_p95": 0.0,
-            "latency_ms_p95": 0.0,
-        }
+        rates: dict[str, float] = {}
         if len(frames) >= 2:
             span = max(frames[-1][0] - frames[0][0], 1e-6)
-            sample["fps"] = (len(frames) - 1) / span
-            sample["detect_fps"] = sum(1 for f in frames[1:] if f[2]) / span
-            sample["latency_ms_p95"] = float(np.percentile([f[1] for f in frames], 95))
+            rates["fps"] = (len(frames) - 1) / span
+            rates["detect_fps"] = sum(1 for f in frames[1:] if f[2]) / span
+            rates["latency_ms_p95"] = float(np.percentile([f[1] for f in frames], 95))
         if inference:
-            sample["inference_ms_p50"] = float(np.percentile(inference, 50))
-            sample["inference_ms_p95"] = float(np.percentile(inference, 95))
-        return sample
+            rates["inference_ms_p50"] = float(np.percentile(inference, 50))
+            rates["inference_ms_p95"] = float(np.percentile(inference, 95))
+        return HealthSample(frames_total=frames_total, detections_total=detections_total,
+                            frames_dropped=frames_dropped, outbox_depth=outbox_depth, **rates)

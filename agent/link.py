@@ -8,9 +8,7 @@ exponential backoff and jitter while the outbox keeps everything.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import random
 import socket
@@ -18,21 +16,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.common.convert import frame_to_pb as record_to_pb
-from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
-from .artifacts import ArtifactInfo, SignedArtifact
-from .engines import DeployRequest
-from .errors import ConfigError, EnrollmentError, FetchError
+from .convert import command_from_pb, deployment_to_pb, health_to_pb, hello_to_pb, plan_to_pb, profile_to_pb
+from .engines import DeploymentStatus
+from .errors import EnrollmentError, FetchError
+from .health import HealthSample
+from .identity import Identity, load_identity, save_identity
+from .messages import Command, Hello
 from .outbox import Outbox, OutboxRecord
-from .shadow import GateParams
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +47,6 @@ FRESH_MAX = 1024
 from the outbox (a controller away for a while, a backlog)."""
 IDLE_WAIT_S = 0.5
 """The publishing stream's longest sleep with nothing to send (commits, acks and stop wake it sooner)."""
-
-
-@dataclass
-class Identity:
-    device_id: str
-    token: str
-    controller: str
-    controller_public_key: bytes = b""
-    """Raw 32-byte Ed25519 key that verifies artifact manifests (EnrollResponse.controller_public_key);
-    b"" in identities saved by older agents, which therefore refuse deployments until re-enrolled."""
-
-    def to_json(self) -> dict:
-        return {"device_id": self.device_id, "token": self.token, "controller": self.controller,
-                "controller_public_key": base64.b64encode(self.controller_public_key).decode()}
 
 
 class Backoff:
@@ -83,10 +67,6 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def _message(data: dict, message):
-    return json_format.ParseDict(data or {}, message, ignore_unknown_fields=True)
-
-
 async def _first_set(timeout: float, *events: asyncio.Event) -> None:
     """Wait until one of `events` is set, at most `timeout` seconds."""
     waiters = [asyncio.create_task(event.wait()) for event in events]
@@ -97,51 +77,13 @@ async def _first_set(timeout: float, *events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def artifact_from_pb(artifact: types_pb2.Artifact) -> SignedArtifact:
-    """The wire's Artifact as plain data, with the exact bytes its signature covers."""
-    m = artifact.manifest
-    info = ArtifactInfo(
-        sha256=m.sha256, size_bytes=m.size_bytes, name=m.name, format=m.format, precision=m.precision,
-        input_width=m.input_width, input_height=m.input_height, class_names=tuple(m.class_names),
-        tensorrt_version=m.tensorrt_version, gpu_compute_capability=m.gpu_compute_capability,
-        labels=dict(m.labels))
-    return SignedArtifact(info, m.SerializeToString(deterministic=True), bytes(artifact.signature))
-
-
-def deploy_from_pb(command: agent_pb2.Command) -> DeployRequest:
-    """A Command carrying DeployArtifact, as plain data."""
-    d = command.deploy
-    return DeployRequest(command.command_id, d.rollout_id, artifact_from_pb(d.artifact),
-                         GateParams(d.gate_fps_ratio, d.gate_min_agreement, float(d.gate_window_s),
-                                    d.expect_different_detections))
-
-
-def channel_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:
-    """TLS to the controller: trust `ca` (None: the system's roots); `cert` + `key` for mutual TLS."""
-    if (cert is None) != (key is None):
-        raise ConfigError("--tls-cert and --tls-key go together")
-
-    def read(path: Path | None, flag: str) -> bytes | None:
-        try:
-            return path.read_bytes() if path else None
-        except OSError as err:
-            raise ConfigError(f"{flag} {path}: {err.strerror}") from err
-
-    return grpc.ssl_channel_credentials(read(ca, "--tls-ca"), read(key, "--tls-key"), read(cert, "--tls-cert"))
-
-
 class Link:
     """`start()` spawns the network thread; `stop()` ends it. Fatal errors land in `self.fatal`.
 
+    Everything it sends and hands over is plain data (agent.messages, converted in agent.convert).
     Commands the controller sends over the Session go to `on_command`, called on the network
     thread: it must only hand them over (e.g. to a queue), never act on them there. `plan()`
-    returns (version, plan dict): a heartbeat carries the plan when its version moved on since
+    returns (version, DevicePlan): a heartbeat carries the plan when its version moved on since
     the hello or the last heartbeat that carried it, so the controller sees every change and its reason.
 
     `send_deployment` and `send_result` queue messages from any thread; they go up the Session
@@ -161,11 +103,11 @@ class Link:
         outbox_path: Path,
         enroll_key: str | None,
         name: str,
-        hello: Callable[[], dict],
-        health: Callable[[], dict],
-        on_command: Callable[[agent_pb2.Command], None] = lambda command: None,
-        plan: Callable[[], tuple[int, dict]] = lambda: (0, {}),
-        deployment: Callable[[], dict | None] = lambda: None,
+        hello: Callable[[], Hello],
+        health: Callable[[], HealthSample],
+        on_command: Callable[[Command], None] = lambda command: None,
+        plan: Callable[[], tuple[int, DevicePlan]] = lambda: (0, DevicePlan()),
+        deployment: Callable[[], DeploymentStatus | None] = lambda: None,
         credentials: grpc.ChannelCredentials | None = None,
         batch_size: int = 64,
         max_in_flight: int = 512,
@@ -285,25 +227,10 @@ class Link:
     # ---- enrollment ----
 
     def _load_identity(self) -> Identity | None:
-        try:
-            data = json.loads(self._identity_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if data.get("controller") != self.controller:
-            return None
-        try:
-            key = base64.b64decode(data.get("controller_public_key") or "", validate=True)
-        except ValueError:
-            logger.error("%s: controller_public_key is not base64; deployments need a re-enrollment",
-                         self._identity_path)
-            key = b""
-        return Identity(data["device_id"], data["token"], data["controller"], key)
+        return load_identity(self._identity_path, self.controller)
 
     def _save_identity(self, identity: Identity) -> None:
-        tmp = self._identity_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(identity.to_json()))
-        tmp.chmod(0o600)
-        tmp.replace(self._identity_path)
+        save_identity(self._identity_path, identity)
 
     def hardware_id(self) -> str:
         try:
@@ -321,10 +248,9 @@ class Link:
             raise EnrollmentError(
                 f"not enrolled with {self.controller} and no --enroll-key given"
             )
-        hello = self._hello()
         request = agent_pb2.EnrollRequest(
             enroll_key=self.enroll_key, hardware_id=self.hardware_id(), hostname=self.name,
-            agent_version=AGENT_VERSION, profile=_message(hello.get("profile", {}), types_pb2.HardwareProfile()),
+            agent_version=AGENT_VERSION, profile=profile_to_pb(self._hello().profile),
         )
         backoff = Backoff(maximum=self.backoff_max_s)
         while not self._stop.is_set():
@@ -369,16 +295,10 @@ class Link:
 
     async def _session_messages(self):
         plan_sent, _ = self._plan()  # read before the hello: a change in between goes out again
-        hello = self._hello()
-        yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            agent_version=AGENT_VERSION,
-            profile=_message(hello.get("profile", {}), types_pb2.HardwareProfile()),
-            plan=_message(hello.get("plan", {}), types_pb2.RuntimePlan()),
-            streams=hello.get("streams", []), started=_timestamp(hello.get("started", time.time())),
-        ))
+        yield agent_pb2.AgentMessage(hello=hello_to_pb(self._hello(), AGENT_VERSION))
         latest = self._deployment()
-        if latest:  # where this device's deployment stands, for a controller that (re)started meanwhile
-            yield agent_pb2.AgentMessage(deployment=_message(latest, types_pb2.DeploymentStatus()))
+        if latest is not None:  # where this device's deployment stands, for a controller that (re)started meanwhile
+            yield agent_pb2.AgentMessage(deployment=deployment_to_pb(latest))
         seq = 0
         stopping = False
         while not stopping:
@@ -392,12 +312,10 @@ class Link:
                 yield self._outgoing.popleft()
             stopping = self._stop.is_set()
             seq += 1  # the first heartbeat goes right after hello; the last one on stop
-            health = _message(self._health(), types_pb2.HealthSample())
-            health.time.CopyFrom(_timestamp(time.time()))
-            heartbeat = agent_pb2.Heartbeat(seq=seq, health=health)
+            heartbeat = agent_pb2.Heartbeat(seq=seq, health=health_to_pb(self._health(), time.time()))
             version, plan = self._plan()
             if version != plan_sent:
-                heartbeat.plan.CopyFrom(_message(plan, types_pb2.RuntimePlan()))
+                heartbeat.plan.CopyFrom(plan_to_pb(plan))
                 plan_sent = version
             yield agent_pb2.AgentMessage(heartbeat=heartbeat)
 
@@ -414,7 +332,7 @@ class Link:
                         backoff.reset()
                         logger.info("session open as %s", message.accepted.device_id)
                     elif kind == "command":
-                        self._on_command(message.command)  # the loop thread applies it between ticks
+                        self._on_command(command_from_pb(message.command))  # the loop thread applies it
             except grpc.aio.AioRpcError as err:
                 self._check_auth(err)
                 self._note_unreachable(err)
@@ -423,9 +341,9 @@ class Link:
 
     # ---- messages from other threads, artifacts ----
 
-    def send_deployment(self, status: dict) -> None:
-        """Queue an edgefleet.v1.DeploymentStatus (fields as a dict, `state` by name); any thread."""
-        self._queue(agent_pb2.AgentMessage(deployment=_message(status, types_pb2.DeploymentStatus())))
+    def send_deployment(self, status: DeploymentStatus) -> None:
+        """Queue a deployment's status; any thread."""
+        self._queue(agent_pb2.AgentMessage(deployment=deployment_to_pb(status)))
 
     def committed(self, records: list[OutboxRecord]) -> None:
         """Records the pipeline has just committed to the outbox, in sequence order (any thread);

@@ -1,19 +1,20 @@
-"""Operator plan overrides (edgefleet.v1.SetPlan) as the runtime controller's ladder, and in words."""
+"""Operator plan overrides (agent.messages.PlanOverride) as the runtime controller's ladder, and in words."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 from edgefleet.adaptive.controller import Rung, bounded_ladder
 from edgefleet.adaptive.errors import LadderError
-from edgefleet.v1 import types_pb2
+
+from .messages import PlanOverride
 
 
-def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPlan) -> list[Rung]:
+def override_ladder(ladder: list[Rung], current: Rung, override: PlanOverride) -> list[Rung]:
     """The rungs an operator's override leaves: the pinned one alone, or those within the bounds.
 
     A pin keeps what it leaves unset (0 or "") from the current rung; a pinned model must be one
     of the ladder's. Raises LadderError when nothing fits."""
-    if not override.HasField("pinned"):
+    if override.pinned is None:
         return bounded_ladder(ladder, override.max_input_size, override.min_detect_interval,
                               override.max_detect_interval)
     pinned = override.pinned
@@ -29,11 +30,11 @@ def override_ladder(ladder: list[Rung], current: Rung, override: types_pb2.SetPl
                     detect_interval=pinned.detect_interval or rung.detect_interval, expected_ms=None)]
 
 
-def describe_override(override: types_pb2.SetPlan) -> str:
+def describe_override(override: PlanOverride) -> str:
     """One line for logs and the plan's reason: "cleared", "pinned ...", or the bounds."""
     if override.clear:
         return "cleared"
-    if override.HasField("pinned"):
+    if override.pinned is not None:
         p = override.pinned
         fields = [p.model, f"{p.input_width}x{p.input_height}" if p.input_width else "",
                   f"every {p.detect_interval}" if p.detect_interval else ""]
@@ -44,10 +45,10 @@ def describe_override(override: types_pb2.SetPlan) -> str:
     return "bounded to " + ", ".join(b for b in bounds if b)
 
 
-def override_interval(planned: int, override: types_pb2.SetPlan) -> int:
+def override_interval(planned: int, override: PlanOverride) -> int:
     """Without the runtime controller only the detect interval follows an override: the pinned
     one, the planned one kept within the bounds, or (`clear`) the planned one."""
-    if override.HasField("pinned") and override.pinned.detect_interval:
+    if override.pinned is not None and override.pinned.detect_interval:
         return override.pinned.detect_interval
     if override.clear:
         return planned

@@ -21,22 +21,24 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.adaptive.controller import ControllerEvent, HealthReading
 from edgefleet.adaptive.errors import LadderError
+from edgefleet.adaptive.plan import DevicePlan
+from edgefleet.adaptive.probe import HardwareProfile
 from edgefleet.models.base import Detector
-from edgefleet.v1 import agent_pb2, types_pb2
 
 from .adapt import Adapter, RungHistory
 from .bytetrack import ByteTrack, ByteTrackConfig
-from .engines import ActiveEngines, EngineManager, Swap
+from .engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, Swap
 from .errors import ConfigError, ControllerUnreachable
-from .health import HealthMonitor
-from .link import Link, deploy_from_pb
+from .health import HealthMonitor, HealthSample
+from .link import Link
 from .loop import DetectorSlot, Feed, FeedContext, FrameLoop, Schedules
+from .messages import Command, Hello, Ping, PlanOverride, Rollback, SetPlan
 from .options import Adaptation, RunOptions
 from .outbox import Outbox
 from .overrides import describe_override, override_interval
@@ -65,7 +67,7 @@ class RunResult:
 
 class Agent:
     def __init__(self, options: RunOptions, detector: Detector, source_factory: Callable[[str], Source],
-                 profile: dict, plan: dict, *, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
+                 profile: HardwareProfile, plan: DevicePlan, *, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
                  adaptation: Adaptation | None = None, mqtt: MqttPublisher | None = None,
                  load_model: Callable[[Path], Detector] | None = None, active: ActiveEngines | None = None,
                  feeds: Sequence[Callable[[FeedContext], Feed]] = ()):
@@ -87,9 +89,9 @@ class Agent:
         """The detect interval before any operator override: what `clear` returns to."""
         self.schedules = Schedules(self.planned_interval, options.motion_gate)
         self.plan = plan
-        """The plan as edgefleet.v1.RuntimePlan fields; replaced (never mutated) on every change."""
+        """The plan the loop runs, and why; replaced (never mutated) on every change."""
         self._plan_version = 0
-        self.commands: queue.SimpleQueue[agent_pb2.Command] = queue.SimpleQueue()
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         """Commands from the controller, queued by the link thread, applied by the loop between ticks."""
         self.started = time.time()
         self.outbox = _open_outbox(options)
@@ -121,11 +123,11 @@ class Agent:
         options, link = self.options, self.link
         return EngineManager(
             options.state_dir, fetch=link.fetch_artifact, load=load_model or _default_load,
-            report=lambda status: link.send_deployment(status.to_dict()), result=link.send_result,
+            report=link.send_deployment, result=link.send_result,
             public_key=lambda: link.identity.controller_public_key if link.identity else b"",
             active=active or ActiveEngines(options.state_dir / "engines" / "active.json", options.engine_confirm_s),
             fallback_model=options.fallback_model, confirm_after_s=options.engine_confirm_s,
-            latency_budget_ms=lambda: float(self.plan.get("latency_budget_ms") or 0.0),
+            latency_budget_ms=lambda: self.plan.latency_budget_ms,
             sample_every=options.gate_sample_every, publish_threshold=options.publish_threshold,
             download_max_bytes_per_s=options.download_mbps * 1e6,
         )
@@ -147,27 +149,23 @@ class Agent:
 
     # ---- reporting (any thread) ----
 
-    def _hello(self) -> dict:
-        return {"profile": self.profile, "plan": self.plan, "streams": [s.stream_id for s in self.loop.streams],
-                "started": self.started}
+    def _hello(self) -> Hello:
+        return Hello(self.profile, self.plan, [s.stream_id for s in self.loop.streams], self.started)
 
-    def health_sample(self) -> dict:
+    def health_sample(self) -> HealthSample:
         """The current health sample; safe from any thread (the link and MQTT threads call it too)."""
         sample = self.health.sample(frames_dropped=self.loop.dropped_total(), outbox_depth=self.recorder.depth)
-        sample["outbox_dropped"] = self.recorder.dropped_before + self.outbox.dropped  # every run of this device
-        if self.adapter is not None:
-            sample["temperature_c"] = self.adapter.temperature() or 0.0
-        sample["streams"] = [asdict(s) for s in self.loop.stream_health()]
-        return sample
+        temperature = (self.adapter.temperature() or 0.0) if self.adapter is not None else 0.0
+        return replace(sample, temperature_c=temperature, streams=tuple(self.loop.stream_health()),
+                       outbox_dropped=self.recorder.dropped_before + self.outbox.dropped)  # every run of the device
 
-    def plan_now(self) -> dict:
-        """The plan the loop runs now, with its detect interval (for --metrics-listen; any thread)."""
-        return {"detect_interval": self.schedules.detect_interval, **self.plan}
-
-    def _latest_deployment(self) -> dict | None:
+    def _latest_deployment(self) -> DeploymentStatus | None:
         """The last deployment status, re-sent by the link after each (re)connect (any thread)."""
-        status = self.engines.latest_status()
-        return status.to_dict() if status is not None else None
+        return self.engines.latest_status()
+
+    def health_dict(self) -> dict:
+        """The health sample as JSON-ready data (MQTT's stats topic, --metrics-listen)."""
+        return asdict(self.health_sample())
 
     def _device_id(self) -> str | None:
         return self.link.identity.device_id if self.link.identity else None
@@ -178,7 +176,7 @@ class Agent:
         self.loop.start()  # raises SourceError before anything else starts
         self.link.start()
         if self.mqtt is not None:
-            self.mqtt.start(self._device_id, self.health_sample)
+            self.mqtt.start(self._device_id, self.health_dict)
         self.recorder.start()
         t0 = time.monotonic()
         if self.adapter is not None:
@@ -204,7 +202,7 @@ class Agent:
         if self.link.fatal is not None:
             raise self.link.fatal
         return RunResult(self.recorder.frames, self.recorder.detections, seconds, left,
-                         self.health.sample()["inference_ms_p50"])
+                         self.health.sample().inference_ms_p50)
 
     def _between_ticks(self, watchdog: Watchdog) -> None:
         now = time.monotonic()
@@ -234,10 +232,10 @@ class Agent:
 
     def _replan(self, reason: str) -> None:
         """Record the plan the loop runs now, with why; the link reports it with the next heartbeat."""
-        plan = {**self.plan, "detect_interval": self.schedules.detect_interval, "reason": reason}
+        plan = replace(self.plan, detect_interval=self.schedules.detect_interval, reason=reason)
         if self.adapter is not None:
             rung = self.adapter.rung
-            plan.update(model=rung.model, input_width=rung.input_width, input_height=rung.input_height)
+            plan = replace(plan, model=rung.model, input_width=rung.input_width, input_height=rung.input_height)
         self.plan = plan
         self._plan_version += 1
 
@@ -273,7 +271,9 @@ class Agent:
 
     def _reading(self) -> HealthReading:
         sample = self.health_sample()  # with the hottest thermal zone, read once (0.0: unknown)
-        return HealthReading.from_sample(sample, sample.get("temperature_c") or None)
+        return HealthReading(inference_ms_p95=sample.inference_ms_p95, inference_ms_p50=sample.inference_ms_p50,
+                             fps=sample.fps, frames_dropped=sample.frames_dropped,
+                             temperature_c=sample.temperature_c or None)
 
     # ---- commands from the fleet ----
 
@@ -281,23 +281,22 @@ class Agent:
         """Apply what the controller sent since the last tick (on the loop thread)."""
         while not self.commands.empty():
             command = self.commands.get_nowait()
-            action = command.WhichOneof("action")
-            if action == "deploy":
-                self.engines.deploy(deploy_from_pb(command))
-            elif action == "rollback":
-                self.engines.rollback(command.command_id, command.rollback.reason)
-            elif action == "ping":
+            if isinstance(command, DeployRequest):
+                self.engines.deploy(command)
+            elif isinstance(command, Rollback):
+                self.engines.rollback(command.command_id, command.reason)
+            elif isinstance(command, Ping):
                 self.link.send_result(command.command_id, True)
-            elif action == "set_plan":
+            elif isinstance(command, SetPlan):
                 try:
-                    self.apply_plan_override(command.set_plan, now)
+                    self.apply_plan_override(command.override, now)
                 except LadderError as err:
                     logger.error("plan override %s refused: %s", command.command_id, err)
             else:
-                logger.info("command %s (%s) is not supported by this agent yet", command.command_id, action)
+                logger.info("command %s (%s) is not supported by this agent yet", command.command_id, command.action)
 
-    def apply_plan_override(self, override: types_pb2.SetPlan, now: float) -> None:
-        """An operator's pin or bounds (edgefleet.v1.SetPlan); `clear` returns to the device's own plan.
+    def apply_plan_override(self, override: PlanOverride, now: float) -> None:
+        """An operator's pin or bounds; `clear` returns to the device's own plan.
 
         With the runtime controller, the override becomes its ladder: a pin is a ladder of one rung
         (the controller then cannot move), bounds keep the rungs inside them. Without it only the
@@ -336,9 +335,9 @@ class Agent:
         width, height = swap.detector.input_size
         if self.adapter is not None:  # keep it simple: every rung keeps its size and interval, with the new file
             self.adapter.retarget(name, path, (width, height))
-        self.plan = {**self.plan, "model": name, "artifact_sha256": swap.artifact_sha256,
-                     "backend": type(swap.detector).__module__.rsplit(".", 1)[-1],
-                     "input_width": width, "input_height": height}
+        self.plan = replace(self.plan, model=name, artifact_sha256=swap.artifact_sha256,
+                            backend=type(swap.detector).__module__.rsplit(".", 1)[-1],
+                            input_width=width, input_height=height)
         self.engines.swapped(swap, now)
         self._replan(swap.plan_reason)
         logger.info("now detecting with %s (%s): %s", name, swap.artifact_sha256[:12] or "--model", swap.plan_reason)

@@ -12,6 +12,7 @@ def plan_cli(*args: str, timeout: float = 120):
     return run_cli("edgefleet.agent.cli", "plan", *args, timeout=timeout)
 
 
+@pytest.mark.data  # `plan` reads the bundled model
 def test_plan_without_calibration_uses_the_static_table(tmp_path):
     proc = plan_cli("--no-calibrate", "--state-dir", str(tmp_path), "--models-dir", str(tmp_path / "none"))
     assert proc.returncode == 0, proc.stderr

@@ -12,10 +12,15 @@ import numpy as np
 import onnx
 import pytest
 
+from edgefleet.adaptive.plan import DevicePlan
+from edgefleet.adaptive.probe import HardwareProfile
 from edgefleet.agent.artifacts import ArtifactInfo, Downloader
-from edgefleet.agent.engines import DeployRequest, EngineManager
+from edgefleet.agent.convert import artifact_from_pb
+from edgefleet.agent.engines import DeploymentStatus, DeployRequest, EngineManager
 from edgefleet.agent.errors import DownloadError
-from edgefleet.agent.link import Identity, Link, artifact_from_pb
+from edgefleet.agent.health import HealthSample
+from edgefleet.agent.link import Identity, Link
+from edgefleet.agent.messages import Hello
 from edgefleet.agent.shadow import GateParams
 from edgefleet.models import load_detector
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
@@ -77,9 +82,13 @@ def gateway():
     server.stop(grace=0.5)
 
 
+def hello() -> Hello:
+    return Hello(HardwareProfile(), DevicePlan(), [], time.time())
+
+
 def link_to(address: str, tmp_path, token: str = "tok") -> Link:
     link = Link(controller=address, state_dir=tmp_path, outbox_path=tmp_path / "outbox.db", enroll_key=None,
-                name="test", hello=dict, health=dict)
+                name="test", hello=hello, health=HealthSample)
     link.identity = Identity("dev-1", token, address, b"")
     return link
 
@@ -147,18 +156,16 @@ def test_identity_keeps_the_controller_key_and_older_identities_load_without_it(
 
 def test_the_session_resends_the_latest_deployment_and_carries_queued_messages(gateway, tmp_path):
     servicer, address = gateway
-    latest = {"rollout_id": "r1", "artifact_sha256": "a" * 64, "state": "FAILED", "reason": "too slow",
-              "gate_metrics": {"fps_ratio": 0.4}}
+    latest = DeploymentStatus("r1", "a" * 64, "FAILED", reason="too slow", gate_metrics={"fps_ratio": 0.4})
     link = Link(controller=address, state_dir=tmp_path, outbox_path=tmp_path / "outbox.db", enroll_key=None,
-                name="test", hello=dict, health=dict, deployment=lambda: latest)
+                name="test", hello=hello, health=HealthSample, deployment=lambda: latest)
     link._save_identity(Identity("dev-1", "tok", address, b""))
     link.start()
     try:
         deadline = time.monotonic() + 10
         while not link.connected.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
-        link.send_deployment({"rollout_id": "r2", "artifact_sha256": "b" * 64, "state": "DOWNLOADING",
-                              "progress": 0.5})
+        link.send_deployment(DeploymentStatus("r2", "b" * 64, "DOWNLOADING", progress=0.5))
         link.send_result("cmd-9", True)
         while len(servicer.session) < 5 and time.monotonic() < deadline:
             time.sleep(0.02)

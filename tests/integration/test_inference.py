@@ -94,6 +94,7 @@ def assert_same(served: list[tuple], local: list[tuple]):
 
 # ---- Detect ----
 
+@pytest.mark.data  # the bundled detector
 def test_detect_on_a_real_image_returns_what_the_local_detector_finds(stub):
     data = bus_jpeg()
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -112,6 +113,7 @@ def test_detect_on_a_real_image_returns_what_the_local_detector_finds(stub):
     assert all(d.track_id == 0 for d in answered.detections)
 
 
+@pytest.mark.data  # the bundled detector
 @pytest.mark.parametrize("image, message", [
     (inference_pb2.Image(encoded=b"\xff\xd8 not really a jpeg"), "decode as neither JPEG nor PNG"),
     (inference_pb2.Image(encoded=b"x" * (MAX_FRAME_BYTES + 1)),
@@ -135,6 +137,7 @@ def stream_frame(stream_id: str, index: int, data: bytes) -> inference_pb2.Strea
     return frame
 
 
+@pytest.mark.data  # the bundled detector
 def test_stream_track_ids_are_stable_and_counted_per_stream(stub, vtest, detector):
     images = first_frames(vtest, 16)
     encoded = [jpeg(image) for image in images]
@@ -177,6 +180,7 @@ def iou(a, b) -> float:
     return inter / union if union else 0.0
 
 
+@pytest.mark.data  # the bundled detector
 def test_an_oversize_or_undecodable_frame_gets_its_error_and_the_stream_continues(stub, vtest):
     good = [jpeg(image) for image in first_frames(vtest, 3)]
     requests = [
@@ -198,6 +202,7 @@ def test_an_oversize_or_undecodable_frame_gets_its_error_and_the_stream_continue
     assert results[-1].detections  # tracks confirmed over frames 0, 2 and 5
 
 
+@pytest.mark.data  # the bundled detector
 def test_a_stream_id_is_fed_by_one_call_at_a_time(server, stub, vtest):
     data = jpeg(first_frames(vtest, 1)[0])
     release = threading.Event()

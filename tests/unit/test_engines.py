@@ -25,9 +25,9 @@ from edgefleet.agent.artifacts import (
     needs_build,
     verify_artifact_signature,
 )
+from edgefleet.agent.convert import artifact_from_pb
 from edgefleet.agent.engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, EngineRef
 from edgefleet.agent.errors import DownloadError, EngineError, FetchError, SignatureError
-from edgefleet.agent.link import artifact_from_pb
 from edgefleet.agent.shadow import GateParams, ShadowGate, match_count
 from edgefleet.models import load_detector
 from edgefleet.models.darknet import convert
@@ -543,6 +543,9 @@ def test_one_deployment_at_a_time_then_rollback(tmp_path):
 # ---- the runner: a deploy command through the real loop pieces ----
 
 def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
+    from edgefleet.adaptive.plan import DevicePlan
+    from edgefleet.adaptive.probe import HardwareProfile
+    from edgefleet.agent.convert import command_from_pb
     from edgefleet.agent.options import RunOptions
     from edgefleet.agent.sources import open_source
     from edgefleet.agent.supervisor import Agent
@@ -557,14 +560,14 @@ def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://96x64?objects=3"],
                          state_dir=tmp_path / "agent", gate_sample_every=1)
     one_thread = functools.partial(load_detector, intra_op_threads=1)  # sub-millisecond calls: no pool wake-ups
-    agent = Agent(options, one_thread(v1), open_source, {}, {"model": "v1", "artifact_sha256": ""})
+    agent = Agent(options, one_thread(v1), open_source, HardwareProfile(), DevicePlan(model="v1"))
     agent.engines.fetch, agent.engines.public_key, agent.engines._caps = store.fetch, lambda: signer.public, CPU
     agent.engines.load = one_thread
     agent.engines.gate_min_samples = 5
     command = agent_pb2.Command(command_id="c1", deploy=agent_pb2.DeployArtifact(
         rollout_id="r7", artifact=signer.artifact(v2.read_bytes(), name="v2.onnx"), gate_fps_ratio=0.2,
         gate_min_agreement=0.8))
-    agent.commands.put(command)
+    agent.commands.put(command_from_pb(command))
     agent.apply_commands(time.monotonic())
     first, version = agent.detector, agent._plan_version
     for stream in agent.loop.streams:
@@ -582,9 +585,9 @@ def test_the_agent_applies_a_deploy_command_and_reports_the_new_plan(tmp_path):
         agent.engines.close()
     sha = hashlib.sha256(v2.read_bytes()).hexdigest()
     assert agent.detector is not first
-    assert agent.plan["artifact_sha256"] == sha and agent.plan["model"] == "v2"
-    assert agent.plan["reason"] == "rollout r7" and agent._plan_version == version + 1
+    assert agent.plan.artifact_sha256 == sha and agent.plan.model == "v2"
+    assert agent.plan.reason == "rollout r7" and agent._plan_version == version + 1
     sent = [m.deployment for m in agent.link._outgoing if m.WhichOneof("body") == "deployment"]
     assert sent[-1].state == types_pb2.DeploymentStatus.ACTIVE and sent[-1].rollout_id == "r7"
-    assert agent._latest_deployment()["state"] == "ACTIVE"
+    assert agent._latest_deployment().state == "ACTIVE"
     agent.outbox.close()

@@ -2,13 +2,18 @@
 outbox for anything that does not follow on what it sent last."""
 from __future__ import annotations
 
+from edgefleet.adaptive.plan import DevicePlan
+from edgefleet.adaptive.probe import HardwareProfile
+from edgefleet.agent.health import HealthSample
 from edgefleet.agent.link import FRESH_MAX, Link
+from edgefleet.agent.messages import Hello
 from edgefleet.agent.outbox import OutboxRecord
 
 
 def link(tmp_path, batch_size: int = 4) -> Link:
     return Link(controller="127.0.0.1:1", state_dir=tmp_path, outbox_path=tmp_path / "outbox.db", enroll_key=None,
-                name="t", hello=dict, health=dict, batch_size=batch_size)
+                name="t", hello=lambda: Hello(HardwareProfile(), DevicePlan(), ["cam0"], 0.0), health=HealthSample,
+                batch_size=batch_size)
 
 
 def records(first: int, last: int) -> list[OutboxRecord]:

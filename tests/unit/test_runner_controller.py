@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 from edgefleet.adaptive.controller import ControllerConfig, Rung, RuntimeController
+from edgefleet.adaptive.plan import DevicePlan
+from edgefleet.adaptive.probe import HardwareProfile
+from edgefleet.agent.convert import command_from_pb
 from edgefleet.agent.options import Adaptation, RunOptions
 from edgefleet.agent.sources import open_source
 from edgefleet.agent.supervisor import Agent
@@ -62,7 +65,8 @@ def make_agent(tmp_path, loader: Loader, streams: int = 2, start: int = 0) -> Ag
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://64x64?frames=5"] * streams,
                          state_dir=tmp_path / "agent")
     adaptation = Adaptation(controller, loader, every_s=1.0)
-    return Agent(options, FakeDetector(controller.rung), open_source, {}, {}, adaptation=adaptation)
+    return Agent(options, FakeDetector(controller.rung), open_source, HardwareProfile(), DevicePlan(),
+                 adaptation=adaptation)
 
 
 def over_budget(agent: Agent, ms: float = 100.0) -> None:
@@ -91,7 +95,7 @@ def test_a_detect_interval_step_applies_to_every_stream_at_once_without_loading(
     assert [s.scheduler.detect_interval for s in agent.loop.streams] == [3, 3]
     assert agent.detector is first and agent.adapter.rungs.pending is None, "same model and size: nothing to load"
     assert agent.adapter.controller.state.rung == 1
-    assert agent.plan["detect_interval"] == 3, "the plan the heartbeats carry says so"
+    assert agent.plan.detect_interval == 3, "the plan the heartbeats carry says so"
 
 
 def test_readings_come_once_a_second(tmp_path):
@@ -119,7 +123,7 @@ def test_an_input_size_step_loads_off_the_loop_thread_and_swaps_between_ticks(tm
     assert agent.detector is not first and agent.detector.input_size == (256, 256)
     assert agent.detector.loaded_on != threading.current_thread().name
     assert first.closed and not agent.detector.closed
-    assert agent.health.sample()["inference_ms_p95"] == 0.0, "the old detector's latencies are forgotten"
+    assert agent.health.sample().inference_ms_p95 == 0.0, "the old detector's latencies are forgotten"
 
 
 def test_a_model_step_swaps_in_the_smaller_model(tmp_path):
@@ -178,7 +182,7 @@ def test_a_low_score_box_keeps_its_track_but_is_published_only_above_the_thresho
 
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://64x64?frames=5"],
                          state_dir=tmp_path / "agent", publish_threshold=threshold)
-    agent = Agent(options, Occluded(LADDER[0]), open_source, {}, {})
+    agent = Agent(options, Occluded(LADDER[0]), open_source, HardwareProfile(), DevicePlan())
     stream = agent.loop.streams[0]
     stream.source.start()
     try:
@@ -194,12 +198,13 @@ def test_a_low_score_box_keeps_its_track_but_is_published_only_above_the_thresho
 
 # ---- operator overrides (edgefleet.v1.SetPlan over the Session) ----
 
-def set_plan(**fields) -> agent_pb2.Command:
+def set_plan(**fields):
+    """A SetPlan command as the link hands it over (converted from the wire)."""
     pinned = fields.pop("pinned", None)
     override = types_pb2.SetPlan(**fields)
     if pinned is not None:
         override.pinned.CopyFrom(types_pb2.RuntimePlan(**pinned))
-    return agent_pb2.Command(command_id="c1", set_plan=override)
+    return command_from_pb(agent_pb2.Command(command_id="c1", set_plan=override))
 
 
 def test_bounds_leave_the_controller_only_the_rungs_inside_them(tmp_path):
@@ -245,7 +250,7 @@ def test_an_override_that_cannot_apply_is_refused_and_changes_nothing(tmp_path, 
 def test_without_the_controller_only_the_detect_interval_follows(tmp_path):
     options = RunOptions(controller="127.0.0.1:1", sources=["synthetic://64x64?frames=5"],
                          state_dir=tmp_path / "agent", detect_interval=2)
-    agent = Agent(options, FakeDetector(LADDER[0]), open_source, {}, {})
+    agent = Agent(options, FakeDetector(LADDER[0]), open_source, HardwareProfile(), DevicePlan())
     agent.commands.put(set_plan(min_detect_interval=4))
     agent.apply_commands(1.0)
     assert agent.loop.streams[0].scheduler.detect_interval == 4
