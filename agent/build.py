@@ -160,7 +160,7 @@ def sample_frames(spec: str, count: int) -> list:
 
     source = open_source(spec)
     source.start()
-    frames = []
+    frames: list[Any] = []
     try:
         while len(frames) < count:
             frame = source.read(timeout=10)

@@ -45,6 +45,8 @@ def cmd_run(args) -> int:
 
     built = build_agent(args.config)
     agent = built.agent
+    if agent is None:  # AgentConfig requires --controller without --listen
+        raise ConfigError("run needs --controller")
     signal.signal(signal.SIGTERM, lambda *_: agent.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop_event.set())
     try:
@@ -71,6 +73,8 @@ def cmd_serve(args) -> int:
     token = config.token or os.environ.get("EDGEFLEET_INFERENCE_TOKEN") or None
     built = build_agent(config)
     agent, core = built.agent, built.core
+    if core is None:  # a config with --listen always has its core
+        raise ConfigError("serve needs --listen")
     server = InferenceServer(core, config.listen, token)
     try:
         port = server.start()
@@ -108,7 +112,7 @@ def cmd_serve(args) -> int:
     summary.update(served_frames=core.frames_served, served_dropped=core.dropped_total(), batches=stats.batches,
                    mean_batch=round(stats.items / stats.batches, 2) if stats.batches else 0.0)
     print(json.dumps(summary), flush=True)
-    if result is not None:
+    if agent is not None and result is not None:
         agent.check_delivered(result)
     return 0
 

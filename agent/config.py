@@ -45,7 +45,7 @@ def setting(default: Any, help: str, *, metavar: str | None = None, flag: str | 
             **bounds: Any) -> Any:
     """A field that is also a flag: `help` and `metavar` for --help, `flag` when it is not
     `--<name-with-dashes>` (e.g. `--no-calibrate` for `calibrate`)."""
-    extra = {k: v for k, v in (("metavar", metavar), ("flag", flag)) if v is not None}
+    extra: dict[str, Any] = {k: v for k, v in (("metavar", metavar), ("flag", flag)) if v is not None}
     return Field(default, description=help, json_schema_extra=extra or None, **bounds)
 
 

@@ -19,7 +19,7 @@ import sys
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -171,7 +171,8 @@ def check_settings(args: argparse.Namespace) -> None:
         if name in vars(args):
             info = AgentConfig.model_fields[name]
             try:
-                TypeAdapter(Annotated[info.annotation, info]).validate_python(getattr(args, name), strict=True)
+                adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, Annotated[info.annotation, info]))
+                adapter.validate_python(getattr(args, name), strict=True)
             except ValidationError as err:
                 raise refusal(err.errors()[0] | {"loc": (name,)}, FileValues(Path()), {name}) from err
 

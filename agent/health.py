@@ -88,14 +88,14 @@ class HealthMonitor:
             self._trim(now)
             frames, inference = list(self._frames), [ms for _, ms in self._inference]
             frames_total, detections_total = self.frames_total, self.detections_total
-        rates: dict[str, float] = {}
+        fps = detect_fps = latency_p95 = p50 = p95 = 0.0
         if len(frames) >= 2:
             span = max(frames[-1][0] - frames[0][0], 1e-6)
-            rates["fps"] = (len(frames) - 1) / span
-            rates["detect_fps"] = sum(1 for f in frames[1:] if f[2]) / span
-            rates["latency_ms_p95"] = float(np.percentile([f[1] for f in frames], 95))
+            fps = (len(frames) - 1) / span
+            detect_fps = sum(1 for f in frames[1:] if f[2]) / span
+            latency_p95 = float(np.percentile([f[1] for f in frames], 95))
         if inference:
-            rates["inference_ms_p50"] = float(np.percentile(inference, 50))
-            rates["inference_ms_p95"] = float(np.percentile(inference, 95))
+            p50, p95 = float(np.percentile(inference, 50)), float(np.percentile(inference, 95))
         return HealthSample(frames_total=frames_total, detections_total=detections_total,
-                            frames_dropped=frames_dropped, outbox_depth=outbox_depth, **rates)
+                            frames_dropped=frames_dropped, outbox_depth=outbox_depth, fps=fps, detect_fps=detect_fps,
+                            inference_ms_p50=p50, inference_ms_p95=p95, latency_ms_p95=latency_p95)

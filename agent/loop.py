@@ -29,6 +29,7 @@ import numpy as np
 
 from edgefleet.adaptive.schedule import FrameScheduler, MotionGate
 from edgefleet.models.base import Detector, Prepared
+from edgefleet.models.detections import Detections
 
 from .bytetrack import ByteTrack
 from .health import HealthMonitor, StreamHealth
@@ -268,7 +269,7 @@ class FrameLoop:
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
 
-    def _detect(self, due: list[tuple[Stream, Frame]], ahead: Ahead | None) -> dict[int, object]:
+    def _detect(self, due: list[tuple[Stream, Frame]], ahead: Ahead | None) -> dict[int, Detections]:
         """The detector's call on the frames due: stream (by id) -> its detections."""
         detector = self.slot.detector
         images = [frame.image for _, frame in due]

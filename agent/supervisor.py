@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.adaptive.controller import ControllerEvent, HealthReading
 from edgefleet.adaptive.errors import LadderError
@@ -348,7 +348,7 @@ class Agent:
 
     def summary(self, result: RunResult) -> dict:
         """What `edge-agent run` prints at the end (JSON)."""
-        summary = {
+        summary: dict[str, Any] = {
             "device_id": self._device_id(), "streams": {s.stream_id: s.frames for s in self.loop.streams},
             "frames": result.frames, "detections": result.detections,
             "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
