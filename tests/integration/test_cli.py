@@ -10,6 +10,8 @@ from edgefleet.v1 import agent_pb2_grpc
 from ..conftest import free_port, run_cli, samples_dir
 from .test_gateway import auth, batch, enroll
 
+pytestmark = pytest.mark.slow  # each command is a process of its own
+
 
 def test_devices_and_detections_read_over_fleet_control(controller, channel):
     device = enroll(channel)
@@ -40,7 +42,8 @@ def test_unknown_device_and_unreachable_controller_are_clear_errors(controller):
     assert proc.returncode == 2
     assert "NOT_FOUND" in proc.stderr and "nope" in proc.stderr and "Traceback" not in proc.stderr
 
-    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", *token, "--timeout", "1")
+    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", f"127.0.0.1:{free_port()}", *token,
+                   "--timeout", "1")
     assert proc.returncode == 2
     assert "cannot reach the controller" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -61,7 +64,7 @@ def test_enroll_key_create_then_serve_accepts_it(tmp_path):
         store.close()
 
 
-@pytest.mark.slow
+@pytest.mark.data  # the sample videos and the bundled model
 def test_demo_runs_agents_and_ends_with_a_summary(tmp_path):
     proc = run_cli("edgefleet.fleet.cli", "demo", "--duration", "12", "--agents", "2", "--samples", str(samples_dir()),
                    "--workdir", str(tmp_path / "demo"), timeout=240)

@@ -19,6 +19,8 @@ from edgefleet.models.yolo import box_iou
 from ..conftest import read_frames
 from .test_detector_parity import _sample
 
+pytestmark = pytest.mark.data  # the bundled model's weights
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

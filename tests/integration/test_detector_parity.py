@@ -21,6 +21,8 @@ from edgefleet.models.yolo import box_iou, greedy_pairs
 
 from ..conftest import read_frames
 
+pytestmark = pytest.mark.data  # the bundled model's weights and vtest.avi
+
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "data" / "golden" / "yolov3_tiny_vtest.json"
 GOLDEN_DATA = json.loads(GOLDEN.read_text())

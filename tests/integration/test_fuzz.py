@@ -51,6 +51,8 @@ from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 from ..conftest import ControllerThread
 from .test_gateway import auth, batch
 
+pytestmark = pytest.mark.slow  # hundreds of generated requests per RPC
+
 logger = logging.getLogger(__name__)
 CODE = grpc.StatusCode
 GATEWAY = agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"]
@@ -195,7 +197,8 @@ def hex_digests() -> st.SearchStrategy[str]:
 HINTS = {
     "device_id": st.builds(lambda: KNOWN["device_id"]),
     # a device may name itself or no one; anyone else is PERMISSION_DENIED for the whole batch
-    "edgefleet.v1.FrameDetections.device_id": st.one_of(st.just(""), st.just(""), st.builds(lambda: KNOWN["device_id"])),
+    "edgefleet.v1.FrameDetections.device_id": st.one_of(st.just(""), st.just(""),
+                                                        st.builds(lambda: KNOWN["device_id"])),
     "enroll_key": st.just("efk_test"),
     "hardware_id": st.sampled_from([f"fuzz-hw-{i}" for i in range(8)]),
     "stream_id": st.just("cam0"),
@@ -278,7 +281,8 @@ def messages(descriptor, depth: int = 0) -> st.SearchStrategy:
     ]
     return st.builds(_assemble, st.just(cls),
                      st.fixed_dictionaries({k: plain[k] for k in always},
-                                           optional={k: v for k, v in plain.items() if v is not None and k not in always}),
+                                           optional={k: v for k, v in plain.items()
+                                                     if v is not None and k not in always}),
                      st.tuples(*oneofs))
 
 
@@ -391,7 +395,8 @@ def test_malformed_protobuf_is_invalid_argument(fleet, data):
         return  # bytes that happen to decode could rotate the fixture device's token
     wire = data.draw(undecodable(rpc), label="wire")
     code, details = call(fleet, rpc, wire, raw=True)
-    assert code in allowed(rpc) | {CODE.INVALID_ARGUMENT}, f"{rpc} answered {code.name}: {details[:500]}\nwire: {short(wire)}"
+    assert code in allowed(rpc) | {CODE.INVALID_ARGUMENT}, (
+        f"{rpc} answered {code.name}: {details[:500]}\nwire: {short(wire)}")
 
 
 TOKEN_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E)

@@ -8,15 +8,19 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from edgefleet.models.bundled import default_model
 from tests.conftest import ROOT, run_cli, wait_for
 
 from .test_rollouts_controller import ScriptedDevice, State
 
+pytestmark = pytest.mark.data  # the bundled model's weights
+
 
 def ops(controller, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("edgefleet.fleet.cli", *args, "--controller", controller.address, "--token", controller.operator_token,
-                   timeout=60)
+    return run_cli("edgefleet.fleet.cli", *args, "--controller", controller.address,
+                   "--token", controller.operator_token, timeout=60)
 
 
 def test_push_create_pause_resume_abort_and_ping(controller, channel):

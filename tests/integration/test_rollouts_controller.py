@@ -307,6 +307,7 @@ def test_downloads_take_turns_for_the_controllers_fetch_slots(tmp_path):
         ctl.stop()
 
 
+@pytest.mark.slow  # waits out the rollout's device timeout
 def test_a_silent_device_times_out_but_not_while_it_waits_for_a_download_slot(tmp_path):
     """--rollout-device-timeout 1 s, one download slot: a device whose FetchArtifact waits for the
     slot (another of its streams holds it) says nothing for longer than the timeout and stays in

@@ -140,6 +140,7 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(mtls_controlle
     assert list_devices(address, token, pki.client(ca="other-ca", cert="client")) == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.slow  # the controller and each command are processes
 def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
     db = tmp_path / "fleet.db"
     token = run_cli("edgefleet.fleet.cli", "operator-token", "create", "--db", str(db)).stdout.strip()
@@ -168,6 +169,7 @@ def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
     assert server.returncode == 0
 
 
+@pytest.mark.slow  # a process
 def test_serve_names_a_missing_certificate_file(tmp_path, pki):
     proc = run_cli("edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "fleet.db"),
                    "--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(pki.key("server")), timeout=30)

@@ -24,7 +24,8 @@ from edgefleet.models.metadata import ultralytics_metadata
 from edgefleet.models.yolo import box_iou, decode_darknet, decode_ultralytics, letterbox
 
 from ..conftest import bus_jpg, read_frames
-from ..ultralytics_env import ultralytics_env  # noqa: F401 - a pytest fixture
+
+pytestmark = pytest.mark.data  # the bundled model's weights and vtest.avi
 
 VTEST_FRAMES = [0, 40, 80]
 CONFIDENCE, IOU = 0.25, 0.45

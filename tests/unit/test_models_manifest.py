@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgefleet.models.bundled import FILES, WEIGHTS, default_model
+from edgefleet.models.bundled import FILES, WEIGHTS
 from edgefleet.models.errors import (
     ArtifactMismatch,
     ChecksumMismatch,
@@ -212,18 +212,13 @@ def test_compute_capability_text(major_minor, text):
 
 # ---- manifests made from ONNX files ----
 
-@pytest.fixture(scope="session")
-def bundled_onnx(tmp_path_factory):
-    return default_model(cache_dir=tmp_path_factory.mktemp("bundled"))
-
-
-def test_manifest_for_our_converted_bundled_model(bundled_onnx):
-    m = manifest_for_onnx(bundled_onnx)
+def test_manifest_for_our_converted_bundled_model(bundled_model):
+    m = manifest_for_onnx(bundled_model)
     assert (m.format, m.layout, m.precision, m.input_size, m.opset) == ("onnx", "darknet-yolo", "fp32", (416, 416), 13)
     assert len(m.class_names) == 80 and m.class_names[:3] == ("person", "bicycle", "car")
     assert m.source_sha256 == FILES[WEIGHTS]
-    assert m.file_size == bundled_onnx.stat().st_size
-    assert m.file_sha256 == hashlib.sha256(bundled_onnx.read_bytes()).hexdigest()
+    assert m.file_size == bundled_model.stat().st_size
+    assert m.file_sha256 == hashlib.sha256(bundled_model.read_bytes()).hexdigest()
     assert m.batch_range == (1, None) and m.resolution_range == ((32, 32), None)  # batch, height, width dynamic
     assert m.decode_params["masks"] == [[3, 4, 5], [1, 2, 3]] and len(m.decode_params["anchors"]) == 6
     assert m.producer.startswith("edgefleet.models.darknet") and "onnx" in m.tool_versions

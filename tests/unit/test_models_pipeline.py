@@ -31,7 +31,6 @@ from edgefleet.models.pipeline import (
     parse_sizes,
 )
 
-from ..ultralytics_env import ultralytics_env, ultralytics_models  # noqa: F401 - pytest fixtures
 from .test_models_darknet import TINY_CFG, tiny_weights
 
 HAS_SDK = all(importlib.util.find_spec(m) is not None for m in ("tensorrt", "pycuda"))
