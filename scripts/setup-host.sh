@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the host can build the project venv. On Debian/Ubuntu as root, installs
 # what is missing with apt-get; elsewhere says what to install and fails.
-#   scripts/setup-host.sh --test-broker   the mosquitto broker the MQTT tests start (never fails:
-#                                         without it, those tests are skipped and this says so)
+#   scripts/setup-host.sh --test-broker   the mosquitto broker the MQTT tests start, the sshd the flash
+#                                         test starts, rsync (never fails: without them those tests skip,
+#                                         or fail when CI is set, and this says so)
 set -euo pipefail
 
 if [ "${1:-}" = "--test-broker" ]; then
@@ -24,8 +25,8 @@ if [ "${1:-}" = "--test-broker" ]; then
             exit 0
         fi
     fi
-    echo "setup-host: note: ${wanted[*]} not installed: without mosquitto the MQTT tests are skipped," \
-         "without openssh-server the flash test fails (Debian/Ubuntu: sudo apt-get install ${wanted[*]})" >&2
+    echo "setup-host: note: ${wanted[*]} not installed: the MQTT tests (mosquitto) and the flash test" \
+         "(openssh-server) skip, or fail when CI is set (Debian/Ubuntu: sudo apt-get install ${wanted[*]})" >&2
     exit 0
 fi
 

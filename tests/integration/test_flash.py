@@ -23,11 +23,13 @@ import pytest
 from edgefleet.agent.cli import build_parser
 from edgefleet.agent.config import load_config
 
+from ..conftest import require_program
+
 REPO = Path(__file__).resolve().parents[2]
 FLASH = REPO / "scripts" / "flash-agent.sh"
 SSHD = Path("/usr/sbin/sshd")
 INSTALL_HINT = "apt-get install -y openssh-server (or: make test-broker, which installs it)"
-PACKAGES = ["pyproject.toml", "README.md", "proto", "adaptive", "agent", "models", "fleet", "tui"]
+PACKAGES = ["pyproject.toml", "README.md", "proto", "adaptive", "agent", "common", "models", "fleet", "tui"]
 NOT_SYSTEM_SITE = ("edgefleet", "__editable__", "pip", "setuptools", "_distutils_hack", "distutils-precedence")
 
 pytestmark = pytest.mark.slow
@@ -39,25 +41,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _system_site(site: Path) -> Path:
+    """The device's "system" packages: links to this venv's, less edgefleet."""
+    site.mkdir()
+    venv_site = Path(next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)))
+    for entry in venv_site.iterdir():
+        if not entry.name.startswith(NOT_SYSTEM_SITE) and not entry.name.endswith(".pth"):
+            (site / entry.name).symlink_to(entry)
+    return site
+
+
 class Device:
     """sshd on 127.0.0.1:<port>, logging in the current user by key."""
 
     def __init__(self, home: Path):
-        for tool in (SSHD, shutil.which("ssh"), shutil.which("ssh-keygen")):
-            if tool is None or not Path(tool).exists():
-                pytest.fail(f"OpenSSH is not installed here; install it with: {INSTALL_HINT}")
+        tools = (SSHD, shutil.which("ssh"), shutil.which("ssh-keygen"))
+        require_program("OpenSSH (sshd, ssh, ssh-keygen)", all(t is not None and Path(t).exists() for t in tools),
+                        INSTALL_HINT)
         self.home = home
         home.mkdir()
         for name in ("host_key", "client_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
         (home / "authorized_keys").write_text((home / "client_key.pub").read_text())
         (home / "authorized_keys").chmod(0o600)
-        self.site = home / "system-site"  # the device's "system" packages: this venv's, less edgefleet
-        self.site.mkdir()
-        venv_site = Path(next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix)))
-        for entry in venv_site.iterdir():
-            if not entry.name.startswith(NOT_SYSTEM_SITE) and not entry.name.endswith(".pth"):
-                (self.site / entry.name).symlink_to(entry)
+        self.site = _system_site(home / "system-site")
         self.port = _free_port()
         config = home / "sshd_config"
         config.write_text(
@@ -132,8 +139,8 @@ def wheelhouse(checkout, tmp_path_factory) -> Path:
 
 def flash(device: Device, root: Path, *args: str, check: bool = True,
           script: Path = FLASH) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EDGEFLEET_ROOT": str(root),
-           "EDGEFLEET_PYTHON": str(Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}")}
+    python = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    env = {**os.environ, "EDGEFLEET_ROOT": str(root), "EDGEFLEET_PYTHON": str(python)}
     proc = subprocess.run(["bash", str(script), device.target, *device.ssh_flags, *args],
                           env=env, check=False, capture_output=True, text=True, timeout=240)
     if check and proc.returncode != 0:
