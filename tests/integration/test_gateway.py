@@ -80,7 +80,8 @@ def test_session_hello_then_heartbeat_updates_the_device(channel, control):
     replies = list(stub.Session(iter(messages), metadata=auth(device.device_token), timeout=5))
     assert replies[0].accepted.device_id == device.device_id
     got = control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
-    assert (got.agent_version, got.profile.platform, got.health.fps, list(got.streams)) == ("9.9", "rpi5", 12.5, ["cam0"])
+    assert (got.agent_version, got.profile.platform, got.health.fps, list(got.streams)) == (
+        "9.9", "rpi5", 12.5, ["cam0"])
     assert got.status == fleet_pb2.ONLINE
 
 

@@ -55,9 +55,9 @@ class Fleet:
     def start_agent(self, name: str, *extra: str) -> None:
         self.logs[name] = self.workdir / f"{name}.log"
         self.agents[name] = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address, "--source", str(self.vtest),
-             "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY, "--name", name,
-             "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address,
+             "--source", str(self.vtest), "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY,
+             "--name", name, "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))
 
     def kill_agent(self, name: str) -> None:

@@ -242,7 +242,8 @@ def test_device_from_pb_keeps_unknown_as_none():
         health=types_pb2.HealthSample(fps=12.5, temperature_c=0.0, outbox_depth=3),
         plan=types_pb2.RuntimePlan(model="m", input_width=320),
         plan_override=types_pb2.SetPlan(max_input_size=320)))
-    assert (full.platform, full.health.fps, full.health.temperature_c, full.health.outbox_depth) == ("rpi5", 12.5, None, 3)
+    assert (full.platform, full.health.fps, full.health.temperature_c, full.health.outbox_depth) == (
+        "rpi5", 12.5, None, 3)
     assert full.plan.model == "m" and full.override.max_input_size == 320 and full.override.pinned is None
 
 

@@ -283,7 +283,8 @@ def test_calibration_cache_is_reused_when_present(frames_dir, tmp_path):
 # ---- profiles, manifests, arguments: checked before the SDK is needed ----
 
 @pytest.mark.parametrize("dims, batch, sizes, expected", [
-    ((None, 3, None, None), (1, 1, 1), ((640, 640),) * 3, Profile((1, 3, 640, 640), (1, 3, 640, 640), (1, 3, 640, 640))),
+    ((None, 3, None, None), (1, 1, 1), ((640, 640),) * 3,
+     Profile((1, 3, 640, 640), (1, 3, 640, 640), (1, 3, 640, 640))),
     ((None, 3, None, None), (1, 2, 8), ((320, 256), (640, 480), (1280, 960)),
      Profile((1, 3, 256, 320), (2, 3, 480, 640), (8, 3, 960, 1280))),
     ((1, 3, 640, 480), (1, 1, 1), ((480, 640),) * 3, Profile(*((1, 3, 640, 480),) * 3)),

@@ -10,7 +10,8 @@ from edgefleet.fleet.rollouts import Requirements, incompatibility, validate_spe
 from edgefleet.fleet.store import DeviceRecord
 from edgefleet.v1 import fleet_pb2
 
-ORIN = {"tensorrt_version": "10.3.0", "gpu_compute_capability": "8.7", "onnxruntime_providers": ["CPUExecutionProvider"]}
+ORIN = {"tensorrt_version": "10.3.0", "gpu_compute_capability": "8.7",
+        "onnxruntime_providers": ["CPUExecutionProvider"]}
 
 
 def device(profile: dict, hardware_id: str = "hw") -> DeviceRecord:
