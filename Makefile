@@ -1,6 +1,9 @@
 # Two commands do everything on a fresh Debian machine:
 #   make demo   controller + agents on the bundled sample video (DEMO_ARGS="--duration 20" to end by itself)
 #   make test   the test suite (PYTEST_ARGS="-m 'not slow'" for the quick part)
+# and for development and CI:
+#   make check      ruff and mypy on the packages (CI runs it before make test)
+#   make test-fast  the self-contained tier, under a minute: no samples, no converted model, no broker
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -31,7 +34,7 @@ SAMPLES := var/samples
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup setup-test test-broker samples model proto clean
+.PHONY: demo test test-fast check setup setup-test test-broker samples model proto clean
 
 demo: setup
 	$(BIN)/edgefleet demo --samples $(SAMPLES) $(DEMO_ARGS)
@@ -39,8 +42,21 @@ demo: setup
 test: setup-test test-broker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Tests marked neither slow nor data (tests/conftest.py says how they are marked): synthetic frames,
+# real servers on loopback; needs only the dev venv, never fetches samples or converts the model.
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "not slow and not data" $(PYTEST_ARGS)
+
+# The gates: ruff on everything, mypy on the packages (through scripts/typecheck.sh, which lays
+# them out as edgefleet.* for it). Both run; either failing fails the target.
+check: $(DEV_STAMP)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	MYPY=$(BIN)/mypy scripts/typecheck.sh || status=1; \
+	exit $$status
+
 # The MQTT tests start their own mosquitto; installed here when missing (Debian, root or sudo),
-# on a fresh machine and an existing venv alike. Without it those tests skip, saying why.
+# on a fresh machine and an existing venv alike. Without it those tests skip, saying why (fail when CI is set).
 test-broker:
 	@scripts/setup-host.sh --test-broker
 
