@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.cli import build_parser
-from edgefleet.agent.config import load_config
+from edgefleet.agent.flags import parse_args
 
 from ..conftest import require_program
 
@@ -180,24 +180,23 @@ def test_install_rerun_dry_run_uninstall(device, checkout, wheelhouse, tmp_path)
     # the agent is installed in the venv, from the staging root
     venv = root / "opt/edgefleet/venv"
     assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
-    where = run_in_venv(device, root, "python", "-c", "import agent, edgefleet.v1.agent_pb2; print(agent.__file__)")
+    where = run_in_venv(device, root, "python", "-c",
+                        "import edgefleet.agent, edgefleet.v1.agent_pb2; print(edgefleet.agent.__file__)")
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv))
     helped = run_in_venv(device, root, "edge-agent", "run", "--help")
     assert helped.returncode == 0, helped.stderr
     assert "--config YAML" in helped.stdout
-    assert (root / "opt/edgefleet/src/agent/runner.py").read_bytes() == (checkout / "agent/runner.py").read_bytes()
+    assert (root / "opt/edgefleet/src/agent/cli.py").read_bytes() == (checkout / "agent/cli.py").read_bytes()
     assert not (root / "opt/edgefleet/src/tests").exists()
 
     # agent.yaml: what the agent itself reads from it
     yaml_path = root / "etc/edgefleet/agent.yaml"
     assert oct(yaml_path.stat().st_mode & 0o777) == "0o640"
-    parser = build_parser()
-    run_parser = next(a for a in parser._actions if a.dest == "command").choices["run"]
-    loaded = load_config(yaml_path, [run_parser, parser])
-    assert loaded.defaults == {"controller": "fleet.example:50051", "enroll_key": "efk_flash_test",
-                               "state_dir": Path("/var/lib/edgefleet")}
-    assert loaded.lists == {"source": ["rtsp://cam.local/stream1", "0"], "stream_id": ["door", "yard"]}
+    config = parse_args(build_parser(), ["run", "--config", str(yaml_path)]).config
+    assert (config.controller, config.enroll_key, config.state_dir) == (
+        "fleet.example:50051", "efk_flash_test", Path("/var/lib/edgefleet"))
+    assert (config.source, config.stream_id) == (["rtsp://cam.local/stream1", "0"], ["door", "yard"])
 
     # the unit, as shipped in scripts/systemd/
     unit = (root / "etc/systemd/system/edgefleet-agent.service").read_text()
