@@ -2,7 +2,7 @@
 #   make demo   controller + agents on the bundled sample video (DEMO_ARGS="--duration 20" to end by itself)
 #   make test   the test suite (PYTEST_ARGS="-m 'not slow'" for the quick part)
 # and for development and CI:
-#   make check      ruff and mypy on the packages (CI runs it before make test)
+#   make check      ruff, mypy and the size gate on the packages (CI runs it before make test)
 #   make test-fast  the self-contained tier, under a minute: no samples, no converted model, no broker
 PYTHON ?= python3
 VENV   ?= .venv
@@ -48,11 +48,13 @@ test-fast: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not slow and not data" $(PYTEST_ARGS)
 
 # The gates: ruff on everything, mypy on the packages (through scripts/typecheck.sh, which lays
-# them out as edgefleet.* for it). Both run; either failing fails the target.
+# them out as edgefleet.* for it), module and function sizes (scripts/check_sizes.py). All run;
+# any failing fails the target.
 check: $(DEV_STAMP)
 	@status=0; \
 	$(BIN)/ruff check . || status=1; \
 	MYPY=$(BIN)/mypy scripts/typecheck.sh || status=1; \
+	$(BIN)/python scripts/check_sizes.py || status=1; \
 	exit $$status
 
 # The MQTT tests start their own mosquitto; installed here when missing (Debian, root or sudo),
