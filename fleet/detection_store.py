@@ -18,6 +18,7 @@ from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, obje
 
 from .errors import InvalidArgument, NotFound
 from .history_store import SQLITE_MAX_INT
+from .tables import StoreTables
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +30,8 @@ class StoreResult:
     duplicates: int
 
 
-class DetectionTables:
-    """Methods `FleetStore` gains; `self.db` is its sqlite_utils.Database, with `self._transaction`
-    and `self._require` beside."""
+class DetectionTables(StoreTables):
+    """Methods `FleetStore` gains."""
 
     def store_frames(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
         """Commit a batch; idempotent on (device id, sequence). Acks the highest committed sequence.
@@ -202,7 +202,8 @@ class DetectionTables:
     ) -> tuple[list[FrameRecord], int]:
         device = self._require(device_id)
         after_sequence = min(after_sequence, SQLITE_MAX_INT)  # no stored sequence is above it
-        where, params = "device_id = ?", [device_id]
+        where = "device_id = ?"
+        params: list[str | int] = [device_id]
         if stream_id:
             where += " and stream_id = ?"
             params.append(stream_id)

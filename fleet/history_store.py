@@ -6,14 +6,14 @@ import json
 import math
 
 from .errors import InvalidArgument
+from .tables import StoreTables
 
 SQLITE_MAX_INT = 2**63 - 1
 """SQLite's largest integer; uint64 fields on the wire can exceed it."""
 
 
-class HistoryTables:
-    """Methods `FleetStore` gains; `self.db` is its sqlite_utils.Database, `self._transaction` its
-    BEGIN IMMEDIATE ... COMMIT helper."""
+class HistoryTables(StoreTables):
+    """Methods `FleetStore` gains."""
 
     HEALTH_RESOLUTIONS_S = (0, 60, 3600)
     """Tiers of `health_samples`: raw heartbeats, 1-minute and 1-hour rows (see `rollup_health`)."""

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import NotFound
+from .tables import StoreTables
 
 
 class RolloutState(enum.IntEnum):
@@ -118,8 +119,8 @@ class EventRecord:
     rollout_id: str = ""
 
 
-class RolloutTables:
-    """Methods `FleetStore` gains; `self.db` is its sqlite_utils.Database."""
+class RolloutTables(StoreTables):
+    """Methods `FleetStore` gains."""
 
     # ---- artifacts ----
 
@@ -128,7 +129,7 @@ class RolloutTables:
         existing = self.find_artifact(record.sha256)
         if existing is not None:
             return existing
-        self.db["artifacts"].insert(record.__dict__)
+        self.db.table("artifacts").insert(record.__dict__)
         return record
 
     def find_artifact(self, sha256: str) -> ArtifactRecord | None:
@@ -182,11 +183,11 @@ class RolloutTables:
             values["wave"] = wave
         if reason is not None:
             values["reason"] = reason
-        self.db["rollouts"].update(rollout_id, values)
+        self.db.table("rollouts").update(rollout_id, values)
         return self.get_rollout(rollout_id)
 
     def update_rollout_device(self, rollout_id: str, device: RolloutDeviceRecord) -> None:
-        self.db["rollout_devices"].upsert(_device_row(rollout_id, device), pk=("rollout_id", "device_id"))
+        self.db.table("rollout_devices").upsert(_device_row(rollout_id, device), pk=("rollout_id", "device_id"))
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord:
         row = self.db.execute("select * from rollouts where rollout_id = ?", [rollout_id]).fetchone()
@@ -232,10 +233,12 @@ class RolloutTables:
     def add_event(self, kind: str, message: str, device_id: str = "", rollout_id: str = "",
                   when: float | None = None) -> EventRecord:
         when = time.time() if when is None else when
-        table = self.db["events"]
+        table = self.db.table("events")
         table.insert({"time": when, "kind": kind, "message": message, "device_id": device_id,
                       "rollout_id": rollout_id})
-        return EventRecord(table.last_pk, when, kind, message, device_id, rollout_id)
+        event_id = table.last_pk
+        assert event_id is not None  # set by every insert
+        return EventRecord(event_id, when, kind, message, device_id, rollout_id)
 
     def list_events(self, rollout_id: str = "", device_id: str = "", limit: int = 100) -> list[EventRecord]:
         where, params = [], []

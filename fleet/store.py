@@ -81,25 +81,6 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     def close(self) -> None:
         self.db.conn.close()
 
-    def _transaction(self, work):
-        """`work()` inside one BEGIN IMMEDIATE ... COMMIT (rolled back if it raises); its result.
-
-        The connection autocommits (isolation_level=None), so `with conn:` alone groups nothing.
-        Inside, use `conn.execute` only: sqlite-utils' table methods commit on their own.
-        """
-        conn = self.db.conn
-        if conn.in_transaction:
-            return work()
-        conn.execute("begin immediate")
-        try:
-            result = work()
-            conn.execute("commit")
-        except BaseException:
-            if conn.in_transaction:  # a failed commit leaves it open too
-                conn.execute("rollback")
-            raise
-        return result
-
     # ---- schema ----
 
     def _migrate(self) -> None:
@@ -149,7 +130,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
 
     def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None) -> str:
         secret = secret or auth.new_secret(prefix)
-        self.db[table].upsert(
+        self.db.table(table).upsert(
             {"key_hash": auth.hash_secret(secret), "name": name, "created": time.time(), "revoked": 0},
             pk="key_hash",
         )
@@ -161,11 +142,11 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         params = [secret_or_id, auth.hash_secret(secret_or_id)]
         if not self.db.execute(f"update {table} set revoked = 1 where {where}", params).rowcount:
             raise NotFound(f"no {what} with id {secret_or_id!r}")
-        (row,) = self.db[table].rows_where(where, params)
+        (row,) = self.db.table(table).rows_where(where, params)
         return _secret_from_row(row)
 
     def _list_secrets(self, table: str) -> list[SecretRecord]:
-        return [_secret_from_row(row) for row in self.db[table].rows_where(order_by="created")]
+        return [_secret_from_row(row) for row in self.db.table(table).rows_where(order_by="created")]
 
     def principal_for_token(self, token: str) -> auth.Principal | None:
         """The device or operator a bearer token belongs to; None when unknown or revoked.
@@ -204,14 +185,14 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         existing = list(self.db["devices"].rows_where("hardware_id = ?", [hardware_id]))
         if existing:  # one statement either way: nothing to group
             device_id = existing[0]["device_id"]
-            self.db["devices"].update(
+            self.db.table("devices").update(
                 device_id,
                 {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
                  "profile": json.dumps(profile), "labels": json.dumps(labels)},
             )
         else:
             device_id = self._new_device_id(hostname)
-            self.db["devices"].insert(
+            self.db.table("devices").insert(
                 {
                     "device_id": device_id, "hostname": hostname, "hardware_id": hardware_id,
                     "enrolled": time.time(), "token_hash": auth.hash_secret(token),
@@ -232,7 +213,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str]
     ) -> DeviceRecord:
         self._require(device_id)
-        self.db["devices"].update(
+        self.db.table("devices").update(
             device_id,
             {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
              "streams": json.dumps(streams), "last_seen": time.time()},
@@ -262,7 +243,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     def set_plan_override(self, device_id: str, override: dict) -> DeviceRecord:
         """Store the operator's SetPlan for the device (as a dict); an empty dict removes it."""
         self._require(device_id)
-        self.db["devices"].update(device_id, {"plan_override": json.dumps(override)})
+        self.db.table("devices").update(device_id, {"plan_override": json.dumps(override)})
         return self._require(device_id)
 
     def upsert_mqtt_device(self, device_id: str, *, available: str | None = None, health: dict | None = None,
