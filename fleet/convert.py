@@ -1,6 +1,8 @@
 """Protobuf <-> domain conversions. Protobuf types stop here: the store never sees them."""
 from __future__ import annotations
 
+from typing import cast
+
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -13,7 +15,7 @@ from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 from .errors import InvalidArgument
 from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
-from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec
+from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec, RolloutState
 from .rollouts import Requirements, StatusReport
 from .store import DeviceRecord
 
@@ -54,8 +56,19 @@ def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb
     return device
 
 
-def status_to_pb(status: Status) -> int:
+def status_to_pb(status: Status) -> fleet_pb2.DeviceStatus:
     return fleet_pb2.DeviceStatus.Value(status.name)
+
+
+def rollout_state_to_pb(state: RolloutState) -> fleet_pb2.RolloutState:
+    """The same number: `RolloutState` mirrors the message's enum (protoc's stubs type an enum's
+    values as its wrapper class, which is an int at run time)."""
+    return cast(fleet_pb2.RolloutState, int(state))
+
+
+def deploy_state_to_pb(state: DeployState) -> types_pb2.DeploymentStatus.State:
+    """The same number: `DeployState` mirrors DeploymentStatus.State (WAITING is its 0)."""
+    return cast(types_pb2.DeploymentStatus.State, int(state))
 
 
 def fleet_change_to_pb(change: FleetChange | RolloutChange, presence: Presence) -> list[fleet_pb2.FleetEvent]:
@@ -106,14 +119,14 @@ def rollout_spec(request: fleet_pb2.CreateRolloutRequest, gate_min_agreement: fl
 def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
     spec = record.spec
     rollout = fleet_pb2.Rollout(
-        rollout_id=record.rollout_id, artifact_sha256=record.artifact_sha256, state=int(record.state),
+        rollout_id=record.rollout_id, artifact_sha256=record.artifact_sha256, state=rollout_state_to_pb(record.state),
         created=timestamp(record.created), reason=record.reason,
         spec=fleet_pb2.CreateRolloutRequest(
             artifact_sha256=record.artifact_sha256, selector=spec.selector, canary=spec.canary,
             waves_percent=spec.waves_percent, gate_fps_ratio=spec.gate_fps_ratio, max_failures=spec.max_failures,
             expect_different_detections=spec.expect_different_detections,
         ),
-        devices=[fleet_pb2.RolloutDevice(device_id=d.device_id, wave=max(d.wave, 0), state=int(d.state),
+        devices=[fleet_pb2.RolloutDevice(device_id=d.device_id, wave=max(d.wave, 0), state=deploy_state_to_pb(d.state),
                                          reason=d.reason) for d in record.devices],
     )
     for index in range(record.waves):
@@ -125,7 +138,7 @@ def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
         elif index < record.wave or succeeded + failed == len(devices):
             state = fleet_pb2.SUCCEEDED if not failed or record.state != fleet_pb2.FAILED else fleet_pb2.FAILED
         else:
-            state = int(record.state)
+            state = rollout_state_to_pb(record.state)
         rollout.waves.append(fleet_pb2.Wave(index=index, target=len(devices), succeeded=succeeded, failed=failed,
                                             state=state))
     return rollout

@@ -76,7 +76,7 @@ class IngestWriter:
         self.max_group_frames = max_group_frames
         self.stats = IngestStats()
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._wake: asyncio.Event | None = None
+        self._wake = asyncio.Event()  # made again by start(), in the event loop that runs the writer
         self._task: asyncio.Task | None = None
         self._stopping = False
 
