@@ -127,7 +127,10 @@ def decode_darknet(
     in_w, in_h = input_size
     anchors = np.asarray(anchors, dtype=np.float32).reshape(-1, 2)
     batch = outputs[0].shape[0]
-    image, xyxy, score, class_id = [], [], [], []
+    images: list[np.ndarray] = []
+    boxes: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    classes: list[np.ndarray] = []
     for out, mask in zip(outputs, masks, strict=True):  # one pass per head (2-3), vectorized inside
         n, channels, gh, gw = out.shape
         a = len(mask)
@@ -149,14 +152,14 @@ def decode_darknet(
         centre = (grid + _sigmoid(t[:, :2])) * stride
         with np.errstate(over="ignore"):
             wh = np.exp(t[:, 2:4]) * anchors[np.asarray(mask)[k]]
-        image.append(b)
-        xyxy.append(np.concatenate([centre - wh / 2, centre + wh / 2], axis=1))
-        score.append(best_score)
-        class_id.append(best)
-    image = np.concatenate(image)
-    xyxy = np.concatenate(xyxy).astype(np.float32, copy=False)
-    score = np.concatenate(score).astype(np.float32, copy=False)
-    class_id = np.concatenate(class_id).astype(np.int32, copy=False)
+        images.append(b)
+        boxes.append(np.concatenate([centre - wh / 2, centre + wh / 2], axis=1))
+        scores.append(best_score)
+        classes.append(best)
+    image = np.concatenate(images)
+    xyxy = np.concatenate(boxes).astype(np.float32, copy=False)
+    score = np.concatenate(scores).astype(np.float32, copy=False)
+    class_id = np.concatenate(classes).astype(np.int32, copy=False)
     results = []
     for i in range(batch):  # split per image
         rows = image == i

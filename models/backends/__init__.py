@@ -27,7 +27,9 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         BACKENDS[_module.BACKEND_KEY] = _module
 
 _configs = tuple(m.Config for m in BACKENDS.values())
-DetectorConfig = Annotated[Union[_configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
+# A union of the plugins found, made at run time: a value pydantic reads, not a type mypy can (hence Any).
+DetectorConfig: Any = Annotated[Union[_configs], Field(discriminator="type")]  # noqa: UP007 - built at run time
+_PLUGIN_OF_CONFIG: dict[type[BaseModel], ModuleType] = {m.Config: m for m in BACKENDS.values()}
 _ADAPTER = TypeAdapter(DetectorConfig)
 
 
@@ -49,4 +51,4 @@ def create_detector(config: dict[str, Any] | BaseModel) -> Detector:
     """Build (and warm up) the backend a config names."""
     if isinstance(config, dict):
         config = parse_config(config)
-    return BACKENDS[config.type].DetectorClass(config)
+    return _PLUGIN_OF_CONFIG[type(config)].DetectorClass(config)  # the plugin its `type` names

@@ -128,6 +128,7 @@ def read_layout(meta: dict[str, str], input_shape: list, output_shapes: list[lis
     dims = list(output_shapes[0]) if len(output_shapes) == 1 else []
     free = [not isinstance(d, int) for d in dims]  # named (dynamic) dimensions fit any size
     claims_end2end = info["end2end"] or bool(info["args"].get("nms"))
+    head: Head | None
     if len(dims) != 3:
         head = None
     elif claims_end2end:  # the metadata decides; the shape must not contradict it

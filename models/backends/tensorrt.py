@@ -96,6 +96,12 @@ class TensorSpec:
     dtype: np.dtype
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
+    def profile_range(self, dim: int) -> tuple[int, int]:
+        """(min, max) of dimension `dim` in the optimisation profile (a dynamic input has one)."""
+        if self.profile is None:
+            raise UnsupportedModel(f"engine tensor {self.name!r} has no optimisation profile")
+        return self.profile[0][dim], self.profile[2][dim]
+
 
 def tensor_specs(rows: list[tuple[str, bool, tuple[int, ...], str, Any]]) -> tuple[TensorSpec, list[TensorSpec]]:
     """(input, outputs) from rows of (name, is_input, shape, TensorRT dtype name, profile or None)."""
@@ -128,7 +134,7 @@ def resolve_input_shape(spec: TensorSpec, batch: int, input_size: tuple[int, int
     wanted = (batch, 3, input_size[1], input_size[0])
     for i, (dim, value) in enumerate(zip(spec.shape, wanted)):
         if dim == -1:
-            low, high = spec.profile[0][i], spec.profile[2][i]
+            low, high = spec.profile_range(i)
             if not low <= value <= high:
                 raise UnsupportedModel(f"engine input {spec.name!r}: {_DIM_NAMES[i]} {value} is outside the "
                                        f"engine's optimisation profile {low}..{high}")
@@ -140,7 +146,7 @@ def resolve_input_shape(spec: TensorSpec, batch: int, input_size: tuple[int, int
 
 def max_batch(spec: TensorSpec) -> int:
     """The most frames one inference call takes."""
-    return spec.profile[2][0] if spec.shape[0] == -1 else spec.shape[0]
+    return spec.profile_range(0)[1] if spec.shape[0] == -1 else spec.shape[0]
 
 
 def volume(shape: tuple[int, ...]) -> int:
