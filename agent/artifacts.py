@@ -133,6 +133,23 @@ def _sha256_prefix(path: Path) -> tuple[Any, int]:
     return digest, size
 
 
+def _is_downloaded(final: Path, info: ArtifactInfo) -> bool:
+    """`final` holds the artifact already (its size and sha256 are the signed ones)."""
+    from edgefleet.models.manifest import sha256_file
+
+    return final.is_file() and final.stat().st_size == info.size_bytes and sha256_file(final) == info.sha256
+
+
+def _part_offset(part: Path, total: int) -> int:
+    """Where a download into `part` resumes: its size, or 0 after deleting a file longer than `total`."""
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > total:
+        logger.warning("%s holds %d bytes, more than the artifact's %d; starting over", part, offset, total)
+        part.unlink()
+        offset = 0
+    return offset
+
+
 class Downloader:
     """Resumable download into `<root>/staging/<sha>.part`, then an atomic move to `<root>/<sha>/<file>`.
 
@@ -160,62 +177,74 @@ class Downloader:
         return self.root / info.sha256 / info.file_name
 
     def download(self, info: ArtifactInfo, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
-        from edgefleet.models.manifest import sha256_file
-
         info.check()
         final, total = self.final_path(info), info.size_bytes
-        if final.is_file() and final.stat().st_size == total and sha256_file(final) == info.sha256:
+        if _is_downloaded(final, info):
             progress(total, total)
             return final  # downloaded before (a replayed deploy, a rollback target)
         part = self.staging_path(info.sha256)
         part.parent.mkdir(parents=True, exist_ok=True)
-        digest, hashed = None, -1
-        failures = 0
         if part.exists() and part.stat().st_size:
             logger.info("resuming the download of %s at byte %d of %d (left by an earlier run)",
                         info.short, part.stat().st_size, total)
+        digest, hashed = hashlib.sha256(), -1
+        failures = 0
         while True:
             if self.stop.is_set():
                 raise DownloadError(f"download of {info.short} cancelled")
-            offset = part.stat().st_size if part.exists() else 0
-            if offset > total:
-                logger.warning("%s holds %d bytes, more than the artifact's %d; starting over", part, offset, total)
-                part.unlink()
-                offset = 0
+            offset = _part_offset(part, total)
             if hashed != offset:
                 digest, hashed = _sha256_prefix(part) if offset else (hashlib.sha256(), 0)
             if offset == total:
                 break
-            try:
-                hashed = self._attempt(info, part, offset, digest, progress)
-            except FetchError as err:
-                if not err.retryable:
-                    raise DownloadError(f"download of {info.short} refused at byte {offset}: {err}") from err
-                error: Exception = err
-            except DownloadError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any stream error (grpc.RpcError, OSError) is retried
-                error = err
-            else:
+            hashed, error = self._fetch_from(info, part, offset, digest, progress)
+            if error is None:
                 if hashed == total:
                     break
-                if hashed > offset:  # the controller ended this turn (fetch_stream_s): go on from here
-                    logger.debug("download of %s: stream ended at byte %d of %d; resuming", info.short, hashed, total)
-                    continue
-                error = FetchError(f"stream ended at byte {hashed} of {total}")
-            now = part.stat().st_size if part.exists() else 0
-            if hashed != now:
-                hashed = -1  # a write was cut short: hash the prefix again before the next attempt
-            failures = 0 if now > offset else failures + 1
-            if failures >= self.attempts:
-                raise DownloadError(f"download of {info.short} failed {failures} times in a row at byte {now} "
-                                    f"of {total}: {error}") from error
-            delay = min(self.backoff_max_s, self.backoff_s * (2 ** max(0, failures - 1)))
-            logger.warning("download of %s interrupted at byte %d of %d (%s); resuming in %.1f s",
-                           info.short, now, total, error, delay)
-            if self.stop.wait(delay):
-                raise DownloadError(f"download of {info.short} cancelled")
+                continue  # the controller ended this turn (fetch_stream_s): go on from here
+            hashed, failures = self._back_off(info, part, offset, hashed, failures, error)
         return self._finish(info, part, digest, final)
+
+    def _fetch_from(self, info: ArtifactInfo, part: Path, offset: int, digest,
+                    progress: Callable[[int, int], None]) -> tuple[int, Exception | None]:
+        """One attempt from `offset`: the bytes now written and hashed, and the error that ended it
+        short (None when it made progress). Raises DownloadError when retrying cannot help."""
+        try:
+            hashed = self._attempt(info, part, offset, digest, progress)
+        except FetchError as err:
+            if not err.retryable:
+                raise DownloadError(f"download of {info.short} refused at byte {offset}: {err}") from err
+            return offset, err
+        except DownloadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any stream error (grpc.RpcError, OSError) is retried
+            return offset, err
+        if hashed == info.size_bytes or hashed > offset:
+            if hashed != info.size_bytes:
+                logger.debug("download of %s: stream ended at byte %d of %d; resuming",
+                             info.short, hashed, info.size_bytes)
+            return hashed, None
+        return hashed, FetchError(f"stream ended at byte {hashed} of {info.size_bytes}")
+
+    def _back_off(self, info: ArtifactInfo, part: Path, offset: int, hashed: int, failures: int,
+                  error: Exception) -> tuple[int, int]:
+        """After an attempt from `offset` failed with `error`: count the failures in a row without
+        progress (DownloadError at `attempts`), then wait out the backoff. Returns the bytes still
+        hashed (-1: hash the prefix again) and the failures in a row."""
+        total = info.size_bytes
+        now = part.stat().st_size if part.exists() else 0
+        if hashed != now:
+            hashed = -1  # a write was cut short: hash the prefix again before the next attempt
+        failures = 0 if now > offset else failures + 1
+        if failures >= self.attempts:
+            raise DownloadError(f"download of {info.short} failed {failures} times in a row at byte {now} "
+                                f"of {total}: {error}") from error
+        delay = min(self.backoff_max_s, self.backoff_s * (2 ** max(0, failures - 1)))
+        logger.warning("download of %s interrupted at byte %d of %d (%s); resuming in %.1f s",
+                       info.short, now, total, error, delay)
+        if self.stop.wait(delay):
+            raise DownloadError(f"download of {info.short} cancelled")
+        return hashed, failures
 
     def _attempt(self, info: ArtifactInfo, part: Path, offset: int, digest, progress) -> int:
         """One fetch call from `offset`, appending to `part`; returns the bytes now written (and hashed)."""
@@ -275,7 +304,9 @@ def check_device(info: ArtifactInfo, caps) -> None:
         raise EngineError(f"engine {info.short} does not say which TensorRT version and GPU compute "
                           "capability it was built for; refused")
     try:
-        check_compatible(info, caps, name=info.short)  # reads format, tensorrt_version, gpu_compute_capability
+        # check_compatible reads only format, tensorrt_version and gpu_compute_capability, which ArtifactInfo
+        # carries too; its signature names models' ArtifactManifest, the one type it is given elsewhere.
+        check_compatible(info, caps, name=info.short)  # type: ignore[arg-type]
     except IncompatibleArtifact as err:
         raise EngineError(str(err)) from err
 
@@ -327,10 +358,10 @@ def build_engine_cached(onnx_path: Path, info: ArtifactInfo) -> Path:
     print(build_engine_cached(p, ArtifactInfo('0' * 64, 1, p.name, 'onnx', 'fp16')))"`.
     """
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import probe_device, verify_artifact
+    from edgefleet.models.manifest import Precision, probe_device, verify_artifact
     from edgefleet.models.pipeline import cmd_engine
 
-    precision = info.precision if info.precision in ("fp16", "fp32") else "fp16"  # int8 needs calibration frames
+    precision: Precision = "fp32" if info.precision == "fp32" else "fp16"  # int8 needs calibration frames
     out = onnx_path.with_name(f"{onnx_path.stem}-{precision}.engine")
     if out.is_file():
         try:
@@ -339,6 +370,6 @@ def build_engine_cached(onnx_path: Path, info: ArtifactInfo) -> Path:
         except ModelError as err:
             logger.warning("cached engine %s is unusable (%s); building again", out, err)
     try:
-        return cmd_engine(onnx_path, out, precision).path
+        return cmd_engine(onnx_path, out, precision).artifact
     except ModelError as err:
         raise EngineError(f"building a TensorRT engine from {info.short} failed: {err}") from err

@@ -170,7 +170,7 @@ class DynamicBatcher:
                     self._cond.wait(0.5)
 
     def _take(self) -> list[_Entry]:
-        batch = []
+        batch: list[_Entry] = []
         while self._order and len(batch) < self.config.max_batch:
             entry = self._order.popleft()
             if entry.dropped:

@@ -341,7 +341,8 @@ def _assign(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray]:
     feasible = cost <= max_cost
     per_row, per_col = feasible.sum(1), feasible.sum(0)
     if per_row.max() <= 1 and per_col.max() <= 1:  # no conflicts at all: the common frame
-        return np.nonzero(feasible)
+        rows, cols = np.nonzero(feasible)
+        return rows, cols
     alone = feasible & (per_row == 1)[:, None] & (per_col == 1)[None, :]
     rows, cols = np.nonzero(alone)
     open_rows = np.flatnonzero((per_row > 0) & ~alone.any(1))

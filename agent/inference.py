@@ -245,13 +245,15 @@ class InferenceCore:
 
     def _run_batch(self, jobs: list[Job]) -> list[Done]:
         images = list(self._decoder.map(self._decode, jobs)) if len(jobs) > 1 else [self._decode(jobs[0])]
-        due = []  # indices of the jobs to detect on
+        due: list[int] = []  # indices of the jobs to detect on
+        due_images: list[np.ndarray] = []
         for i, (job, image) in enumerate(zip(jobs, images)):
             if isinstance(image, AgentError):
                 continue
             if job.stream is None or job.stream.scheduler.decide(image):
                 due.append(i)
-        detected = dict(zip(due, self.detect([images[i] for i in due]) if due else []))
+                due_images.append(image)
+        detected = dict(zip(due, self.detect(due_images) if due else []))
         names = self.names()
         now, wall = time.monotonic(), time.time()
         results = []
@@ -262,13 +264,12 @@ class InferenceCore:
                 results.append(Done(error=image, server_ms=(now - job.arrived) * 1000))
                 continue
             height, width = image.shape[:2]
-            dets = detected.get(i)
-            if job.stream is None:
-                dets = dets[dets.confidence >= self.publish_threshold]
+            if job.stream is None:  # a plain Detect: always detected on
+                dets = detected[i][detected[i].confidence >= self.publish_threshold]
                 results.append(Done(dets, dets.labels(names), np.zeros(len(dets), bool), width, height,
                                     server_ms=(now - job.arrived) * 1000))
                 continue
-            dets, predicted = job.stream.tracker.step(dets, self.publish_threshold)
+            dets, predicted = job.stream.tracker.step(detected.get(i), self.publish_threshold)
             labels = dets.labels(names)
             job.stream.frames += 1
             self.frames_served += 1

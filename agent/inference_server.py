@@ -219,7 +219,7 @@ class InferenceServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"inference-server-{next(self._ids)}",
                                         daemon=True)
         self._server: grpc.aio.Server | None = None
-        self._health = None
+        self._health = health.aio.HealthServicer()  # binds no event loop until it serves
 
     def _call(self, coro, timeout: float = 30.0):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -247,7 +247,6 @@ class InferenceServer:
             options=[("grpc.max_receive_message_length", limit)],
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.core), self._server)
-        self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
         port = (self._server.add_secure_port(self.listen, self.credentials) if self.credentials
@@ -262,7 +261,7 @@ class InferenceServer:
     def stop(self, grace: float = 2.0) -> None:
         if self._server is not None:
             try:
-                self._call(self._stop(grace), timeout=grace + 10)
+                self._call(self._stop(self._server, grace), timeout=grace + 10)
             finally:
                 self._server = None
         self.core.stop()
@@ -270,6 +269,6 @@ class InferenceServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
 
-    async def _stop(self, grace: float) -> None:
+    async def _stop(self, server: grpc.aio.Server, grace: float) -> None:
         await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
+        await server.stop(grace)

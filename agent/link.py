@@ -138,10 +138,12 @@ class Link:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The link's loop sleeps until one of these is set (from any thread, through `_call_soon`):
-        self._more: asyncio.Event | None = None  # there may be records to send (a commit, an ack)
-        self._queued: asyncio.Event | None = None  # a message joined `_outgoing`
-        self._stopping: asyncio.Event | None = None  # stop was asked
+        # The link's loop sleeps until one of these is set (from any thread, through `_call_soon`).
+        # An asyncio.Event binds to the loop that first waits on it (Python >= 3.10), so they are
+        # made here and the loop `start()` runs uses them:
+        self._more = asyncio.Event()  # there may be records to send (a commit, an ack)
+        self._queued = asyncio.Event()  # a message joined `_outgoing`
+        self._stopping = asyncio.Event()  # stop was asked
         self._forgot = False  # the pipeline's side dropped what it handed over: read the outbox
         self._identity_path = state_dir / "identity.json"
 
@@ -153,7 +155,12 @@ class Link:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._call_soon(lambda: (self._stopping.set(), self._more.set()))
+
+        def wake_all() -> None:
+            self._stopping.set()
+            self._more.set()
+
+        self._call_soon(wake_all)
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -195,7 +202,6 @@ class Link:
                 else api.insecure_channel(self.controller, options=options))
 
     async def _main(self) -> None:
-        self._more, self._queued, self._stopping = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._loop = asyncio.get_running_loop()
         if self._stop.is_set():  # asked before the loop ran: stop() found no loop to tell
             self._stopping.set()
@@ -273,7 +279,9 @@ class Link:
             return self.identity
         return None
 
-    def _metadata(self) -> tuple:
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.identity is None:  # the streams and fetches start after enrollment
+            raise EnrollmentError("not enrolled yet: no device token to call the controller with")
         return (("authorization", f"Bearer {self.identity.token}"),)
 
     def _note_unreachable(self, err: grpc.aio.AioRpcError) -> None:

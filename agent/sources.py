@@ -66,6 +66,8 @@ class VideoReader:
         self._cap = cap
 
     def read(self) -> np.ndarray | None:
+        if self._cap is None:  # not open, or closed under it (a stop whose join timed out): the end
+            return None
         ok, image = self._cap.read()
         return image if ok else None
 
