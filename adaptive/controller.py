@@ -332,15 +332,16 @@ def decide(state: ControllerState, reading: HealthReading, now: float, ladder: S
         return tracked, None
     window = _window(state, reading, now, ladder[state.rung], config)
     up_wait = state.up_wait_s if state.up_wait_s is not None else config.step_up_after_s
-    last_change_was_up = state.last_up_at is not None and state.changed_at == state.last_up_at
-    if last_change_was_up and now - state.last_up_at >= config.failed_up_window_s:
+    # when the last change was a step up: when it came (else None)
+    up_at = state.last_up_at if state.last_up_at is not None and state.changed_at == state.last_up_at else None
+    if up_at is not None and now - up_at >= config.failed_up_window_s:
         up_wait = config.step_up_after_s  # the last step up held: the next one may come as soon
     headroom_since, predicted = _headroom(state, reading, now, ladder, config, window)
     nxt = replace(tracked, ratios=window.ratios, drop_shares=window.shares, over_since=window.over_since,
                   hot_since=window.hot_since, headroom_since=headroom_since, up_wait_s=up_wait)
     down = _step_down_cause(state, reading, now, config, window) if state.rung < len(ladder) - 1 else None
     if down is not None:
-        failed_up = last_change_was_up and now - state.last_up_at < config.failed_up_window_s
+        failed_up = up_at is not None and now - up_at < config.failed_up_window_s
         wait = min(up_wait * config.up_backoff, config.max_up_wait_s) if failed_up else up_wait
         return _moved(nxt, state.rung + 1, now, wait, None, ladder, "down", *down)
     dwell_ok = now - state.changed_at >= config.min_dwell_s

@@ -287,7 +287,7 @@ def _choose_measured(candidates: Sequence[Candidate], options: PlanOptions) -> R
             break
     else:
         k = options.max_detect_interval
-        best = min(timed, key=lambda c: c.p95_ms)
+        best = min(timed, key=lambda c: c.p95_ms if c.p95_ms is not None else float("inf"))  # all timed
         reason = (f"nothing fits even detecting every {k} frames; the fastest candidate "
                   f"(p95 {best.p95_ms:.1f} ms); expect dropped frames")
     return RuntimePlan(best.model, best.model_path, best.artifact_sha256, best.backend, best.precision,

@@ -53,7 +53,7 @@ class FrameScheduler:
             raise ValueError(f"detect_interval must be >= 1, got {self.detect_interval}")
         if self.max_interval < self.detect_interval:
             raise ValueError(f"max_interval ({self.max_interval}) must be >= detect_interval ({self.detect_interval})")
-        self._since = None  # frames since the last detection; None before the first
+        self._since: int | None = None  # frames since the last detection; None before the first
 
     def should_detect(self, image: np.ndarray) -> bool:
         """Decide for the next frame; call `detected(image)` when it was detected."""
