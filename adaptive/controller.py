@@ -181,7 +181,7 @@ class HealthReading:
     frames_dropped: int = 0
     """Cumulative frames the sources dropped (the loop did not keep up)."""
     temperature_c: float | None = None
-    """Hottest thermal zone (adaptive.probe.hottest_c); None: unknown."""
+    """Hottest thermal zone (adaptive.readers.hottest_c); None: unknown."""
 
     @classmethod
     def from_sample(cls, sample: dict, temperature_c: float | None = None) -> HealthReading:

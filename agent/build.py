@@ -242,7 +242,7 @@ def _auto_plan(config: AgentConfig, profile: HardwareProfile,
     """Plan for this device, load the plan's detector, and the runtime controller over its ladder.
     With a deployed engine (`engine`, from active.json), it is the only model the ladder uses."""
     from edgefleet.adaptive.plan import make_controller
-    from edgefleet.adaptive.probe import hottest_c, read_thermal_zones
+    from edgefleet.adaptive.readers import hottest_c, read_thermal_zones
 
     from .options import Adaptation
 

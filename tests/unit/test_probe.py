@@ -9,7 +9,8 @@ import pytest
 from google.protobuf import json_format
 
 from edgefleet.adaptive.platforms import jetpack_for_l4t, jetson_module, rpi_generation
-from edgefleet.adaptive.probe import NVIDIA_SMI_QUERY, HardwareProfile, ThermalZone, hottest_c, probe
+from edgefleet.adaptive.probe import HardwareProfile, probe
+from edgefleet.adaptive.readers import NVIDIA_SMI_QUERY, ThermalZone, hottest_c
 from edgefleet.v1 import types_pb2
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "probe"
