@@ -252,8 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgefleet", description="edgefleet fleet controller and operator CLI")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(sub)
+    _add_secret_parsers(sub)
+    _add_query_parsers(sub)
 
+    from .cli_rollouts import add_rollout_commands
+
+    add_rollout_commands(sub)
+
+    p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
+    from edgefleet.models.pipeline import add_subcommands
+
+    add_subcommands(p.add_subparsers(dest="model_command", required=True))
+
+    for command in entry_points(group="edgefleet.commands"):  # e.g. `tui`, which lives outside fleet/
+        command.load()(sub)
+
+    _add_demo_parser(sub)
+    return parser
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     from .cli_rollouts import add_serve_arguments
+    from .retention import RetentionPolicy, days_arg
 
     p = sub.add_parser("serve", help="run the fleet controller")
     p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind (port 0 picks a free one)")
@@ -275,8 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
     p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True),
                    metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
-    from .retention import RetentionPolicy, days_arg
-
     p.add_argument("--retention-days", type=days_arg("--retention-days"), default=RetentionPolicy.detections_days,
                    metavar="DAYS", help="delete detections and events received more than DAYS ago, checked hourly "
                    f"(default {RetentionPolicy.detections_days}; 0 keeps them forever)")
@@ -287,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
+
+def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
+    """`enroll-key` and `operator-token`, each with create / revoke / list on the controller's database."""
     for name, noun, arg, create, revoke, list_ in (
         ("enroll-key", "enrollment key", "key",
          cmd_enroll_key_create, cmd_enroll_key_revoke, cmd_enroll_key_list),
@@ -309,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--db", type=Path, default=Path("var/fleet.db"),
                            help="the controller's SQLite file")
 
+
+def _add_query_parsers(sub: argparse._SubParsersAction) -> None:
+    """`devices` and `detections`: read from a running controller."""
     for name, func, help_ in (
         ("devices", cmd_devices, "list enrolled devices"),
         ("detections", cmd_detections, "show a device's stored detections"),
@@ -323,18 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stream", metavar="ID")
             p.add_argument("--limit", type=int, default=20)
 
-    from .cli_rollouts import add_rollout_commands
 
-    add_rollout_commands(sub)
-
-    p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
-    from edgefleet.models.pipeline import add_subcommands
-
-    add_subcommands(p.add_subparsers(dest="model_command", required=True))
-
-    for command in entry_points(group="edgefleet.commands"):  # e.g. `tui`, which lives outside fleet/
-        command.load()(sub)
-
+def _add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="controller + local agents on the sample videos, in the fleet TUI")
     p.add_argument("--agents", type=int, default=3, help="number of local agents (default 3)")
     p.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds (0: until Ctrl-C)")
@@ -343,7 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", action="store_true",
                    help="plain status lines instead of the TUI (the default when stdout is not a terminal)")
     p.set_defaults(func=cmd_demo)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
