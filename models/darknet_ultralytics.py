@@ -128,8 +128,19 @@ def to_ultralytics_layout(model: onnx.ModelProto, input_size: tuple[int, int] | 
     out.opset_import.append(helper.make_opsetid("", OPSET))
     out.ir_version = model.ir_version
 
-    ultralytics_meta = {
-        "description": f"{graph.name} (Darknet) decoded to the Ultralytics YOLOv8 detect layout by edgefleet",
+    del out.metadata_props[:]
+    ultralytics_meta = _ultralytics_metadata(graph.name, names, strides, (width, height), dims[1].dim_value)
+    helper.set_model_props(out, {**ultralytics_meta, **{f"darknet_{k}": v for k, v in meta.items()}})
+    onnx.checker.check_model(out)
+    return out
+
+
+def _ultralytics_metadata(graph_name: str, names: list[str], strides: list[int], input_size: tuple[int, int],
+                          channels: int) -> dict[str, str]:
+    """The metadata an Ultralytics detect export at batch 1 and a fixed `input_size` (width, height) carries."""
+    width, height = input_size
+    return {
+        "description": f"{graph_name} (Darknet) decoded to the Ultralytics YOLOv8 detect layout by edgefleet",
         "author": "edgefleet",
         "version": _ultralytics_version(),
         "stride": str(max(strides)),
@@ -138,10 +149,6 @@ def to_ultralytics_layout(model: onnx.ModelProto, input_size: tuple[int, int] | 
         "imgsz": str([height, width]),
         "names": str(dict(enumerate(names))),
         "args": str({"batch": 1, "half": False, "int8": False, "dynamic": False, "nms": False}),
-        "channels": str(dims[1].dim_value),
+        "channels": str(channels),
         "end2end": "False",
     }
-    del out.metadata_props[:]
-    helper.set_model_props(out, {**ultralytics_meta, **{f"darknet_{k}": v for k, v in meta.items()}})
-    onnx.checker.check_model(out)
-    return out

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from .base import DEFAULT_CONFIDENCE_THRESHOLD, DEFAULT_IOU_THRESHOLD
 from .errors import ModelError, ModelNotFound
 from .manifest import manifest_for_onnx, sha256_file, write_manifest
 from .yolo import box_iou, decode_end2end, decode_ultralytics, greedy_pairs, letterbox_batch, nms
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +112,38 @@ def build_untrained(cfg: str | Path, out_pt: str | Path, *, seed: int = 0, names
     head = net.model[-1]
     class_convs = [branch[-1] for branch in head.cv3]
     keep = {id(conv) for conv in class_convs} | {id(getattr(getattr(head, "dfl", None), "conv", None))}
+    _redraw_conv_weights(net, keep, seed)
+    batch, _ = letterbox_batch(calibration_frames or sample_frames(), (640, 640))
+    best = _best_class_logits(net, class_convs, batch)
+    scale, bias = _spread_class_scores(class_convs, best, passing_fraction)
+    nc = len(class_convs[0].bias)
+    net.names = {i: str(n) for i, n in enumerate(names)} if names else {i: str(i) for i in range(nc)}
+    if len(net.names) != nc:
+        raise ModelError(f"{cfg} has {nc} classes but {len(net.names)} names were given")
+    out_pt = Path(out_pt)
+    out_pt.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(out_pt))
+    logger.info("built %s from %s (seed %d): class-logit scale %.3g, bias %.3g", out_pt, cfg, seed, scale, bias)
+    return out_pt
+
+
+def _redraw_conv_weights(net: torch.nn.Module, keep: set[int], seed: int) -> None:
+    """Step 1 of `build_untrained`: every Conv2d not in `keep` (by id) gets Kaiming-normal weights."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, torch.nn.Conv2d) and id(module) not in keep:
                 std = (2.0 / module.weight[0].numel()) ** 0.5
                 module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-    batch, _ = letterbox_batch(calibration_frames or sample_frames(), (640, 640))
+
+
+def _best_class_logits(net: torch.nn.Module, class_convs: list, batch: np.ndarray) -> torch.Tensor:
+    """Step 2 of `build_untrained`: BatchNorm statistics recomputed from one train-mode pass over
+    `batch`; then, in eval mode, the best pre-bias class logit of every anchor (all heads, joined)."""
+    import torch
+
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     momenta = [m.momentum for m in norms]
     for norm in norms:
@@ -132,23 +161,22 @@ def build_untrained(cfg: str | Path, out_pt: str | Path, *, seed: int = 0, names
         net(torch.from_numpy(batch))  # best pre-bias class logit per anchor, with the new statistics
         for hook in hooks:
             hook.remove()
-        best = torch.cat(list(logits.values()))
+    return torch.cat(list(logits.values()))
+
+
+def _spread_class_scores(class_convs: list, best: torch.Tensor, passing_fraction: float) -> tuple[float, float]:
+    """Step 3 of `build_untrained`: scale the class convs and reset their biases so that `passing_fraction`
+    of the anchors' `best` logits score above 0.25 and the top one about 0.9; (scale, bias)."""
+    import torch
+
+    with torch.no_grad():
         cut, top = torch.quantile(best, torch.tensor([1.0 - passing_fraction, 1.0])).tolist()
         low, high = float(np.log(0.25 / 0.75)), float(np.log(0.9 / 0.1))
         scale = (high - low) / max(top - cut, 1e-6)
         for conv in class_convs:
             conv.weight.mul_(scale)
             conv.bias.fill_(low - scale * cut)
-    nc = len(class_convs[0].bias)
-    net.names = {i: str(n) for i, n in enumerate(names)} if names else {i: str(i) for i in range(nc)}
-    if len(net.names) != nc:
-        raise ModelError(f"{cfg} has {nc} classes but {len(net.names)} names were given")
-    out_pt = Path(out_pt)
-    out_pt.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(out_pt))
-    logger.info("built %s from %s (seed %d): class-logit scale %.3g, bias %.3g", out_pt, cfg, seed, scale,
-                low - scale * cut)
-    return out_pt
+    return scale, low - scale * cut
 
 
 def export_ultralytics(pt_or_yaml: str | Path, out_dir: str | Path, imgsz: int | tuple[int, int] = 640,
