@@ -33,25 +33,11 @@ DATA_FIXTURES = frozenset({"vtest", "bundled_model"})
 """A test that uses one of these (directly or through another fixture) is marked `data`."""
 
 
-MARKED_HERE = {
-    "tests/unit/test_models_backends.py::test_the_bundled_cache_carries_a_manifest_and_heals_a_bad_file": "data",
-    "tests/integration/test_metrics.py::test_a_bare_inference_service_serves_its_metrics": "data",
-    "tests/integration/test_security.py::test_operator_token_from_the_cli_works_until_revoked": "slow",
-    "tests/integration/test_security.py::test_enroll_key_create_list_revoke_with_the_cli_while_serving": "slow",
-    "tests/unit/test_sources.py::test_sources_sharing_an_event_set_it_on_each_frame_and_at_the_end": "slow",
-}
-"""Tests in modules being restructured now, marked here until their modules carry the marker themselves
-(test id without parameters -> marker); an entry whose test is gone is simply unused."""
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if DATA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.data)
-        marker = MARKED_HERE.get(item.nodeid.split("[", 1)[0])
-        if marker is not None:
-            item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,7 @@ def test_a_running_agent_serves_fps_and_its_plan(controller, vtest, tmp_path):
     assert agent.returncode == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.data
 def test_a_bare_inference_service_serves_its_metrics(tmp_path):
     """`edge-agent serve --metrics-listen` without a controller: the detector's timings and the plan."""
     from edgefleet.v1 import inference_pb2, inference_pb2_grpc

@@ -107,6 +107,7 @@ def test_a_device_cannot_publish_as_another_device(channel, control):
     assert ack.acked_sequence == 1
 
 
+@pytest.mark.slow
 def test_enroll_key_create_list_revoke_with_the_cli_while_serving(tmp_path):
     db = tmp_path / "fleet.db"
     ctl = ControllerThread(db, enroll_keys=())
@@ -136,6 +137,7 @@ def test_enroll_key_create_list_revoke_with_the_cli_while_serving(tmp_path):
         ctl.stop()
 
 
+@pytest.mark.slow
 def test_operator_token_from_the_cli_works_until_revoked(tmp_path):
     db = tmp_path / "fleet.db"
     ctl = ControllerThread(db)

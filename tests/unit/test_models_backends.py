@@ -219,6 +219,7 @@ def test_a_manifest_for_another_runtime_is_refused(model_with_manifest):
         create_detector({"type": "onnxruntime", "model": model_with_manifest})
 
 
+@pytest.mark.data
 def test_the_bundled_cache_carries_a_manifest_and_heals_a_bad_file(tmp_path):
     path = default_model(cache_dir=tmp_path)
     assert verify_artifact(path).layout == "darknet-yolo"

@@ -133,6 +133,7 @@ class Gate:
         self.released.release()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("live", [False, True])
 def test_sources_sharing_an_event_set_it_on_each_frame_and_at_the_end(live):
     """One event for several sources (the agent's streams): whichever delivers a frame, or a
