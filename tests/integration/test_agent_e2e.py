@@ -102,8 +102,9 @@ def test_records_go_out_in_one_message_per_commit_interval(vtest, tmp_path):
         counts = []
         for seconds in ("60", "0"):
             before = batches()
-            summary = summary_of(agent_run(ctl.address, vtest, tmp_path / f"agent-{seconds}", "--enroll-key", "efk_test",
-                                           "--max-frames", "40", "--commit-interval-s", seconds))
+            summary = summary_of(agent_run(ctl.address, vtest, tmp_path / f"agent-{seconds}",
+                                           "--enroll-key", "efk_test", "--max-frames", "40",
+                                           "--commit-interval-s", seconds))
             assert (summary["frames"], summary["outbox_left"]) == (40, 0)
             counts.append(batches() - before)
     finally:
@@ -179,7 +180,7 @@ def test_streams_share_one_detector_and_each_has_its_own_tracker(controller, vte
     assert any(p for points in tracks.values() for _, _, p in points), "skipped frames carry predicted boxes"
     for track_id, points in tracks.items():
         assert not points[0][2], f"track {track_id} was detected before it was predicted"
-        for (t0, box0, _), (t1, box1, p1) in pairwise(points):
+        for (_, box0, _), (t1, box1, p1) in pairwise(points):
             if p1:
                 assert iou(box0, box1) > 0.3, f"track {track_id}: the prediction on frame {t1} left the object"
 

@@ -21,9 +21,9 @@ def test_an_override_reaches_the_running_agent(controller, vtest, tmp_path):
     log = tmp_path / "agent.log"
     with log.open("w") as err:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address, "--source", str(vtest),
-             "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--name", "pinned-cam",
-             "--loop", "--threads", "1"],
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address,
+             "--source", str(vtest), "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test",
+             "--name", "pinned-cam", "--loop", "--threads", "1"],
             stdout=subprocess.DEVNULL, stderr=err)
     try:
         with open_channel(controller.address, token=controller.operator_token) as channel:

@@ -16,7 +16,6 @@ from edgefleet.models.backends import create_detector
 from edgefleet.models.detections import Detections
 from edgefleet.models.export import ExportMismatch, check_export
 
-from ..ultralytics_env import ultralytics_env, ultralytics_models  # noqa: F401 - pytest fixtures
 from .test_detector_parity import _sample, greedy_match, read_frames
 
 pytestmark = pytest.mark.slow

@@ -239,7 +239,8 @@ def test_an_onnx_gets_its_models_manifest_and_loads(tmp_path):
 
 @pytest.mark.parametrize(("make", "fields", "error"), [
     (lambda p: tiny_onnx(p), {"class_names": ("person",)}, "lists 1 classes \\(person, ...\\); the model has 2"),
-    (lambda p: p.write_bytes(b"\x00garbage" * 50) and p, {}, "is not a model this agent can run: .*not a readable ONNX"),
+    (lambda p: p.write_bytes(b"\x00garbage" * 50) and p, {},
+     "is not a model this agent can run: .*not a readable ONNX"),
 ])
 def test_sidecar_refuses_what_does_not_match(tmp_path, make, fields, error):
     path = make(tmp_path / "m.onnx")
@@ -303,7 +304,8 @@ BOX = dets((0, 0, 10, 10, .9, 0), (20, 20, 30, 30, .9, 1), (40, 0, 50, 10, .1, 0
 
 
 @pytest.mark.parametrize(("candidate", "params", "budget", "passed", "reason"), [
-    (Replay(BOX, 10), GateParams(0.9, 0.8), 0, True, "passed: 10 frames, p95 10.0 ms, 1.00x throughput, agreement 1.00"),
+    (Replay(BOX, 10), GateParams(0.9, 0.8), 0, True,
+     "passed: 10 frames, p95 10.0 ms, 1.00x throughput, agreement 1.00"),
     (Replay(BOX, 25), GateParams(0.9, 0.8), 0, False, "throughput 0.40x the current engine's \\(gate 0.90x"),
     (Replay(BOX, 25), GateParams(0.3, 0.8), 20, False, "p95 25.0 ms exceeds the plan's latency budget 20.0 ms"),
     (Replay(dets((0, 0, 10, 10, .9, 0)), 10), GateParams(0.9, 0.8), 0, False, "detection agreement 0.67"),

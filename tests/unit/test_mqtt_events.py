@@ -82,7 +82,10 @@ def test_counts_follow_active_tracks_and_end_all_ends_them():
     assert events.counts() == {}
 
 
-@pytest.mark.parametrize("value, expected", [("127.0.0.1:1883", ("127.0.0.1", 1883)), ("broker:8883", ("broker", 8883))])
+@pytest.mark.parametrize("value, expected", [
+    ("127.0.0.1:1883", ("127.0.0.1", 1883)),
+    ("broker:8883", ("broker", 8883)),
+])
 def test_parse_host_port(value, expected):
     assert parse_host_port(value) == expected
 
