@@ -12,6 +12,8 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -103,10 +105,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             await context.abort(status_for(err), str(err))
         return inference_pb2.DetectResponse(detections=detections_to_pb(done), width=done.width, height=done.height)
 
-    async def DetectStream(self, request_iterator, context):
+    async def DetectStream(self, request_iterator: AsyncIterator[inference_pb2.StreamFrame],
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.StreamResult]:
         peer = context.peer()
         streams: dict[str, ServedStream | AgentError] = {}
-        pending: asyncio.Queue = asyncio.Queue()
+        pending: asyncio.Queue[tuple[inference_pb2.StreamFrame, Future[Done] | AgentError] | None] = asyncio.Queue()
         room = asyncio.Semaphore(PENDING_PER_CALL)
 
         async def read() -> None:
@@ -130,7 +133,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 if isinstance(stream, ServedStream):
                     self.core.release(stream)
 
-    def _start(self, frame: inference_pb2.StreamFrame, streams: dict, peer: str):
+    def _start(self, frame: inference_pb2.StreamFrame, streams: dict, peer: str) -> Future[Done] | AgentError:
         """Check a frame and queue it: its Future, or the error it gets at once."""
         stream = streams.get(frame.stream_id)
         if stream is None:
@@ -151,12 +154,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         capture = frame.capture_time.ToNanoseconds() / 1e9 if frame.HasField("capture_time") else time.time()
         return self.core.submit(Job(payload, stream, frame.frame_index, capture))
 
-    async def _result(self, frame: inference_pb2.StreamFrame, started, streams: dict) -> inference_pb2.StreamResult:
+    async def _result(self, frame: inference_pb2.StreamFrame, started: Future[Done] | AgentError,
+                      streams: dict) -> inference_pb2.StreamResult:
         result = inference_pb2.StreamResult(stream_id=frame.stream_id, frame_index=frame.frame_index)
         if frame.HasField("capture_time"):
             result.capture_time.CopyFrom(frame.capture_time)
-        error = started if isinstance(started, BaseException) else None
-        if error is None:
+        error: BaseException | None = None
+        if isinstance(started, AgentError):
+            error = started
+        else:
             try:
                 done = await asyncio.wrap_future(started)
             except (AgentError, Exception) as err:  # noqa: BLE001 - a failed batch is this frame's error
