@@ -46,30 +46,57 @@ class EnrollResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., controller_public_key: _Optional[bytes] = ..., heartbeat_interval_s: _Optional[int] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "deployment", "result")
+    __slots__ = ("hello", "heartbeat", "deployment", "result", "config")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     deployment: _types_pb2.DeploymentStatus
     result: CommandResult
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., deployment: _Optional[_Union[_types_pb2.DeploymentStatus, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ...) -> None: ...
+    config: ConfigStatus
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., deployment: _Optional[_Union[_types_pb2.DeploymentStatus, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., config: _Optional[_Union[ConfigStatus, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_version", "profile", "plan", "streams", "started")
+    __slots__ = ("agent_version", "profile", "plan", "streams", "started", "labels", "config")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     profile: _types_pb2.HardwareProfile
     plan: _types_pb2.RuntimePlan
     streams: _containers.RepeatedScalarFieldContainer[str]
     started: _timestamp_pb2.Timestamp
-    def __init__(self, agent_version: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ..., streams: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    config: ConfigStatus
+    def __init__(self, agent_version: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ..., streams: _Optional[_Iterable[str]] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., config: _Optional[_Union[ConfigStatus, _Mapping]] = ...) -> None: ...
+
+class ConfigStatus(_message.Message):
+    __slots__ = ("applied_version", "refused_version", "errors", "applied_document", "how")
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    applied_version: int
+    refused_version: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    applied_document: str
+    how: str
+    def __init__(self, applied_version: _Optional[int] = ..., refused_version: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., applied_document: _Optional[str] = ..., how: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "health", "plan")
@@ -82,14 +109,16 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., health: _Optional[_Union[_types_pb2.HealthSample, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "ok", "error")
+    __slots__ = ("command_id", "ok", "error", "detail")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     ok: bool
     error: str
-    def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+    detail: str
+    def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
     __slots__ = ("accepted", "command")
@@ -110,20 +139,40 @@ class SessionAccepted(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ..., acked_sequence: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "deploy", "set_plan", "restart", "ping", "rollback")
+    __slots__ = ("command_id", "deploy", "set_plan", "restart", "ping", "rollback", "apply_config", "cancel_deployment")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_FIELD_NUMBER: _ClassVar[int]
     SET_PLAN_FIELD_NUMBER: _ClassVar[int]
     RESTART_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
+    APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     deploy: DeployArtifact
     set_plan: _types_pb2.SetPlan
     restart: Restart
     ping: Ping
     rollback: Rollback
-    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[DeployArtifact, _Mapping]] = ..., set_plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., restart: _Optional[_Union[Restart, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ...) -> None: ...
+    apply_config: ApplyConfig
+    cancel_deployment: CancelDeployment
+    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[DeployArtifact, _Mapping]] = ..., set_plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., restart: _Optional[_Union[Restart, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., cancel_deployment: _Optional[_Union[CancelDeployment, _Mapping]] = ...) -> None: ...
+
+class ApplyConfig(_message.Message):
+    __slots__ = ("version", "document")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    document: str
+    def __init__(self, version: _Optional[int] = ..., document: _Optional[str] = ...) -> None: ...
+
+class CancelDeployment(_message.Message):
+    __slots__ = ("rollout_id", "reason")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    reason: str
+    def __init__(self, rollout_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DeployArtifact(_message.Message):
     __slots__ = ("rollout_id", "artifact", "gate_fps_ratio", "gate_min_agreement", "gate_window_s", "expect_different_detections")

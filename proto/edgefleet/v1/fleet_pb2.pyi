@@ -18,6 +18,14 @@ class DeviceStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STALE: _ClassVar[DeviceStatus]
     OFFLINE: _ClassVar[DeviceStatus]
 
+class CommandState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COMMAND_STATE_UNSPECIFIED: _ClassVar[CommandState]
+    DONE: _ClassVar[CommandState]
+    REFUSED: _ClassVar[CommandState]
+    TIMED_OUT: _ClassVar[CommandState]
+    NOT_CONNECTED: _ClassVar[CommandState]
+
 class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLLOUT_STATE_UNSPECIFIED: _ClassVar[RolloutState]
@@ -27,10 +35,21 @@ class RolloutState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SUCCEEDED: _ClassVar[RolloutState]
     FAILED: _ClassVar[RolloutState]
     ABORTED: _ClassVar[RolloutState]
+
+class OnFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_FAILURE_UNSPECIFIED: _ClassVar[OnFailure]
+    ROLLBACK: _ClassVar[OnFailure]
+    HALT: _ClassVar[OnFailure]
 DEVICE_STATUS_UNSPECIFIED: DeviceStatus
 ONLINE: DeviceStatus
 STALE: DeviceStatus
 OFFLINE: DeviceStatus
+COMMAND_STATE_UNSPECIFIED: CommandState
+DONE: CommandState
+REFUSED: CommandState
+TIMED_OUT: CommandState
+NOT_CONNECTED: CommandState
 ROLLOUT_STATE_UNSPECIFIED: RolloutState
 PENDING: RolloutState
 RUNNING: RolloutState
@@ -38,10 +57,27 @@ PAUSED: RolloutState
 SUCCEEDED: RolloutState
 FAILED: RolloutState
 ABORTED: RolloutState
+ON_FAILURE_UNSPECIFIED: OnFailure
+ROLLBACK: OnFailure
+HALT: OnFailure
 
 class Device(_message.Message):
-    __slots__ = ("device_id", "hostname", "status", "enrolled", "last_seen", "agent_version", "profile", "plan", "health", "acked_sequence", "detections_stored", "streams", "labels", "plan_override", "connected")
+    __slots__ = ("device_id", "hostname", "status", "enrolled", "last_seen", "agent_version", "profile", "plan", "health", "acked_sequence", "detections_stored", "streams", "labels", "plan_override", "connected", "reported_labels", "operator_labels", "revoked", "config")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ReportedLabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class OperatorLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +99,10 @@ class Device(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PLAN_OVERRIDE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_LABELS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     hostname: str
     status: DeviceStatus
@@ -78,10 +118,38 @@ class Device(_message.Message):
     labels: _containers.ScalarMap[str, str]
     plan_override: _types_pb2.SetPlan
     connected: bool
-    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., enrolled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ..., health: _Optional[_Union[_types_pb2.HealthSample, _Mapping]] = ..., acked_sequence: _Optional[int] = ..., detections_stored: _Optional[int] = ..., streams: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., plan_override: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., connected: _Optional[bool] = ...) -> None: ...
+    reported_labels: _containers.ScalarMap[str, str]
+    operator_labels: _containers.ScalarMap[str, str]
+    revoked: bool
+    config: DeviceConfig
+    def __init__(self, device_id: _Optional[str] = ..., hostname: _Optional[str] = ..., status: _Optional[_Union[DeviceStatus, str]] = ..., enrolled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_version: _Optional[str] = ..., profile: _Optional[_Union[_types_pb2.HardwareProfile, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ..., health: _Optional[_Union[_types_pb2.HealthSample, _Mapping]] = ..., acked_sequence: _Optional[int] = ..., detections_stored: _Optional[int] = ..., streams: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., plan_override: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., connected: _Optional[bool] = ..., reported_labels: _Optional[_Mapping[str, str]] = ..., operator_labels: _Optional[_Mapping[str, str]] = ..., revoked: _Optional[bool] = ..., config: _Optional[_Union[DeviceConfig, _Mapping]] = ...) -> None: ...
+
+class DeviceConfig(_message.Message):
+    __slots__ = ("device_id", "desired_version", "desired_document", "desired_from", "applied_version", "applied_document", "refused_version", "errors", "in_sync", "how")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FROM_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    desired_version: int
+    desired_document: str
+    desired_from: str
+    applied_version: int
+    applied_document: str
+    refused_version: int
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    in_sync: bool
+    how: str
+    def __init__(self, device_id: _Optional[str] = ..., desired_version: _Optional[int] = ..., desired_document: _Optional[str] = ..., desired_from: _Optional[str] = ..., applied_version: _Optional[int] = ..., applied_document: _Optional[str] = ..., refused_version: _Optional[int] = ..., errors: _Optional[_Iterable[str]] = ..., in_sync: _Optional[bool] = ..., how: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
-    __slots__ = ("status", "selector")
+    __slots__ = ("status", "selector", "select")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,9 +159,11 @@ class ListDevicesRequest(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     status: DeviceStatus
     selector: _containers.ScalarMap[str, str]
-    def __init__(self, status: _Optional[_Union[DeviceStatus, str]] = ..., selector: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    select: str
+    def __init__(self, status: _Optional[_Union[DeviceStatus, str]] = ..., selector: _Optional[_Mapping[str, str]] = ..., select: _Optional[str] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
     __slots__ = ("devices",)
@@ -136,34 +206,165 @@ class SetPlanOverrideRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ...) -> None: ...
 
 class SendCommandRequest(_message.Message):
-    __slots__ = ("device_id", "restart_reason", "rollback_reason", "ping")
+    __slots__ = ("device_id", "select", "restart_reason", "rollback_reason", "ping", "timeout_ms")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     ROLLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
+    select: str
     restart_reason: str
     rollback_reason: str
     ping: bool
-    def __init__(self, device_id: _Optional[str] = ..., restart_reason: _Optional[str] = ..., rollback_reason: _Optional[str] = ..., ping: _Optional[bool] = ...) -> None: ...
+    timeout_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., select: _Optional[str] = ..., restart_reason: _Optional[str] = ..., rollback_reason: _Optional[str] = ..., ping: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class CommandOutcome(_message.Message):
+    __slots__ = ("device_id", "command_id", "state", "error", "detail", "round_trip_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ROUND_TRIP_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    command_id: str
+    state: CommandState
+    error: str
+    detail: str
+    round_trip_ms: float
+    def __init__(self, device_id: _Optional[str] = ..., command_id: _Optional[str] = ..., state: _Optional[_Union[CommandState, str]] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., round_trip_ms: _Optional[float] = ...) -> None: ...
 
 class SendCommandResponse(_message.Message):
-    __slots__ = ("command_id",)
+    __slots__ = ("command_id", "outcomes")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     command_id: str
-    def __init__(self, command_id: _Optional[str] = ...) -> None: ...
+    outcomes: _containers.RepeatedCompositeFieldContainer[CommandOutcome]
+    def __init__(self, command_id: _Optional[str] = ..., outcomes: _Optional[_Iterable[_Union[CommandOutcome, _Mapping]]] = ...) -> None: ...
+
+class SetDeviceLabelsRequest(_message.Message):
+    __slots__ = ("device_id", "set", "remove")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    set: _containers.ScalarMap[str, str]
+    remove: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., set: _Optional[_Mapping[str, str]] = ..., remove: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SetDesiredConfigRequest(_message.Message):
+    __slots__ = ("device_id", "select", "document", "clear", "timeout_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    select: str
+    document: str
+    clear: bool
+    timeout_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., select: _Optional[str] = ..., document: _Optional[str] = ..., clear: _Optional[bool] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class SetDesiredConfigResponse(_message.Message):
+    __slots__ = ("configs", "outcomes")
+    CONFIGS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    configs: _containers.RepeatedCompositeFieldContainer[DeviceConfig]
+    outcomes: _containers.RepeatedCompositeFieldContainer[CommandOutcome]
+    def __init__(self, configs: _Optional[_Iterable[_Union[DeviceConfig, _Mapping]]] = ..., outcomes: _Optional[_Iterable[_Union[CommandOutcome, _Mapping]]] = ...) -> None: ...
+
+class RevokeDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "reason")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    reason: str
+    def __init__(self, device_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RemoveDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "purge_data")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    PURGE_DATA_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    purge_data: bool
+    def __init__(self, device_id: _Optional[str] = ..., purge_data: _Optional[bool] = ...) -> None: ...
+
+class RemoveDeviceResponse(_message.Message):
+    __slots__ = ("device_id", "detections_deleted")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DETECTIONS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    detections_deleted: int
+    def __init__(self, device_id: _Optional[str] = ..., detections_deleted: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("id", "time", "token_id", "token_name", "role", "call", "target", "parameters", "ok", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    time: _timestamp_pb2.Timestamp
+    token_id: str
+    token_name: str
+    role: str
+    call: str
+    target: str
+    parameters: str
+    ok: bool
+    error: str
+    def __init__(self, id: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token_id: _Optional[str] = ..., token_name: _Optional[str] = ..., role: _Optional[str] = ..., call: _Optional[str] = ..., target: _Optional[str] = ..., parameters: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "limit")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class ListDetectionsRequest(_message.Message):
-    __slots__ = ("device_id", "stream_id", "after_sequence", "limit")
+    __slots__ = ("device_id", "stream_id", "after_sequence", "limit", "since", "until", "select", "labels")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     stream_id: str
     after_sequence: int
     limit: int
-    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    select: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., select: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListDetectionsResponse(_message.Message):
     __slots__ = ("frames", "total")
@@ -174,16 +375,18 @@ class ListDetectionsResponse(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class WatchDetectionsRequest(_message.Message):
-    __slots__ = ("device_id", "stream_id", "labels", "min_score")
+    __slots__ = ("device_id", "stream_id", "labels", "min_score", "select")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     stream_id: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     min_score: float
-    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ...) -> None: ...
+    select: str
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ..., select: _Optional[str] = ...) -> None: ...
 
 class WatchDetectionsResponse(_message.Message):
     __slots__ = ("frame", "dropped")
@@ -212,7 +415,7 @@ class ListArtifactsResponse(_message.Message):
     def __init__(self, artifacts: _Optional[_Iterable[_Union[_types_pb2.Artifact, _Mapping]]] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
-    __slots__ = ("artifact_sha256", "selector", "canary", "waves_percent", "gate_fps_ratio", "max_failures", "expect_different_detections")
+    __slots__ = ("artifact_sha256", "selector", "canary", "waves_percent", "gate_fps_ratio", "max_failures", "expect_different_detections", "select", "on_failure")
     class SelectorEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +430,8 @@ class CreateRolloutRequest(_message.Message):
     GATE_FPS_RATIO_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURES_FIELD_NUMBER: _ClassVar[int]
     EXPECT_DIFFERENT_DETECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     artifact_sha256: str
     selector: _containers.ScalarMap[str, str]
     canary: int
@@ -234,7 +439,9 @@ class CreateRolloutRequest(_message.Message):
     gate_fps_ratio: float
     max_failures: int
     expect_different_detections: bool
-    def __init__(self, artifact_sha256: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., canary: _Optional[int] = ..., waves_percent: _Optional[_Iterable[int]] = ..., gate_fps_ratio: _Optional[float] = ..., max_failures: _Optional[int] = ..., expect_different_detections: _Optional[bool] = ...) -> None: ...
+    select: str
+    on_failure: OnFailure
+    def __init__(self, artifact_sha256: _Optional[str] = ..., selector: _Optional[_Mapping[str, str]] = ..., canary: _Optional[int] = ..., waves_percent: _Optional[_Iterable[int]] = ..., gate_fps_ratio: _Optional[float] = ..., max_failures: _Optional[int] = ..., expect_different_detections: _Optional[bool] = ..., select: _Optional[str] = ..., on_failure: _Optional[_Union[OnFailure, str]] = ...) -> None: ...
 
 class RolloutDevice(_message.Message):
     __slots__ = ("device_id", "wave", "state", "reason")

@@ -60,6 +60,36 @@ class FleetControlStub:
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.SendCommandRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.SendCommandResponse.FromString,
                 _registered_method=True)
+        self.SetDeviceLabels = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/SetDeviceLabels',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.SetDeviceLabelsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.Device.FromString,
+                _registered_method=True)
+        self.SetDesiredConfig = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/SetDesiredConfig',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigResponse.FromString,
+                _registered_method=True)
+        self.GetDeviceConfig = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/GetDeviceConfig',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.GetDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceConfig.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/RevokeDevice',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.Device.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/RemoveDevice',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/ListAudit',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
         self.ListDetections = channel.unary_unary(
                 '/edgefleet.v1.FleetControl/ListDetections',
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListDetectionsRequest.SerializeToString,
@@ -143,6 +173,42 @@ class FleetControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SendCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeviceLabels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDesiredConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +305,36 @@ def add_FleetControlServicer_to_server(servicer, server):
                     servicer.SendCommand,
                     request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.SendCommandRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_fleet__pb2.SendCommandResponse.SerializeToString,
+            ),
+            'SetDeviceLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceLabels,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.SetDeviceLabelsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.Device.SerializeToString,
+            ),
+            'SetDesiredConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDesiredConfig,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigResponse.SerializeToString,
+            ),
+            'GetDeviceConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceConfig,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.GetDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceConfig.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.Device.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListAuditRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListAuditResponse.SerializeToString,
             ),
             'ListDetections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDetections,
@@ -426,6 +522,168 @@ class FleetControl:
             '/edgefleet.v1.FleetControl/SendCommand',
             edgefleet_dot_v1_dot_fleet__pb2.SendCommandRequest.SerializeToString,
             edgefleet_dot_v1_dot_fleet__pb2.SendCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/SetDeviceLabels',
+            edgefleet_dot_v1_dot_fleet__pb2.SetDeviceLabelsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDesiredConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/SetDesiredConfig',
+            edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.SetDesiredConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/GetDeviceConfig',
+            edgefleet_dot_v1_dot_fleet__pb2.GetDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.DeviceConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/RevokeDevice',
+            edgefleet_dot_v1_dot_fleet__pb2.RevokeDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/RemoveDevice',
+            edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.RemoveDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/ListAudit',
+            edgefleet_dot_v1_dot_fleet__pb2.ListAuditRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
