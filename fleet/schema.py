@@ -60,6 +60,20 @@ MIGRATIONS: tuple[Step, ...] = (
         ' "rollout_id" text, "message" text not null)',
         'create index "idx_events_time" on "events" ("time")',
     )),
+    Step("operator labels, revocation, desired configuration, token roles, audit", (
+        'alter table "devices" add column "operator_labels" text',
+        'alter table "devices" add column "revoked" real',  # when its token was revoked; null: never
+        'alter table "devices" add column "config_status" text',  # the agent's last ConfigStatus, as JSON
+        'create table "desired_configs" ('
+        ' "device_id" text primary key, "version" integer not null, "document" text not null,'
+        ' "set_from" text not null, "updated" real not null)',
+        # Tokens made before roles existed could call everything: they stay admin.
+        'alter table "operator_tokens" add column "role" text not null default \'admin\'',
+        'create table "audit" ('
+        ' "id" integer primary key, "time" real not null, "token_id" text, "token_name" text, "role" text,'
+        ' "call" text not null, "target" text, "parameters" text, "ok" integer not null, "error" text)',
+        'create index "idx_audit_time" on "audit" ("time")',
+    )),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

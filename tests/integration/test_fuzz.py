@@ -75,7 +75,11 @@ ANSWERS = {
     "ListArtifacts": {CODE.OK, *AUTH},
     "ListRollouts": {CODE.OK, *AUTH},
     **{name: {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, CODE.FAILED_PRECONDITION, *AUTH}
-       for name in ("CreateRollout", "GetRollout", "PauseRollout", "ResumeRollout", "AbortRollout", "SendCommand")},
+       for name in ("CreateRollout", "GetRollout", "PauseRollout", "ResumeRollout", "AbortRollout", "SendCommand",
+                    "SetDesiredConfig", "RevokeDevice", "RemoveDevice")},
+    "SetDeviceLabels": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
+    "GetDeviceConfig": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
+    "ListAudit": {CODE.OK, CODE.INVALID_ARGUMENT, *AUTH},
 }
 assert set(ANSWERS) == set(METHODS), "every RPC needs its row in the table"
 WATCHES = frozenset({"WatchFleet", "WatchDetections"})
