@@ -72,7 +72,7 @@ def test_a_first_step_that_fails_leaves_an_empty_file_at_version_0(tmp_path, mon
     monkeypatch.undo()
     FleetStore(path).close()
     assert layout(path)[:2] == (SCHEMA_VERSION, V2_TABLES | {"health_samples", "artifacts", "rollouts",
-                                                            "rollout_devices", "events"})
+                                                            "rollout_devices", "events", "desired_configs", "audit"})
 
 
 def test_a_database_newer_than_the_controller_is_refused_untouched(tmp_path):
