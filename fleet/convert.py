@@ -48,6 +48,7 @@ def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb
         health=from_dict(rec.health, types_pb2.HealthSample()),
         acked_sequence=rec.acked_sequence, detections_stored=rec.detections_stored,
         streams=rec.streams, labels=rec.labels, connected=connected,
+        reported_labels=rec.reported_labels, operator_labels=rec.operator_labels,
     )
     if rec.last_seen is not None:
         device.last_seen.CopyFrom(timestamp(rec.last_seen))

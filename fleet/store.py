@@ -22,6 +22,7 @@ from .detection_store import DetectionTables
 from .errors import InvalidArgument, NotFound, Unauthenticated
 from .history_store import HistoryTables
 from .rollout_store import RolloutTables
+from .selectors import Selector, check_label
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,16 @@ class DeviceRecord:
     plan: dict = field(default_factory=dict)
     health: dict = field(default_factory=dict)
     streams: list[str] = field(default_factory=list)
-    labels: dict = field(default_factory=dict)
+    reported_labels: dict = field(default_factory=dict)  # the device's own: --label, agent.yaml labels:
     acked_sequence: int = 0
     detections_stored: int = 0
     plan_override: dict = field(default_factory=dict)  # SetPlan as a dict; empty: none
+    operator_labels: dict = field(default_factory=dict)  # SetDeviceLabels'; they win over the device's own
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """What selectors match: the device's own labels overlaid by the operator's."""
+        return {**self.reported_labels, **self.operator_labels}
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class SecretRecord:
     name: str
     created: float
     revoked: bool
+    role: str = ""  # an operator token's role (viewer, operator, admin); empty for enrollment keys
 
 
 class FleetStore(DetectionTables, HistoryTables, RolloutTables):
@@ -119,8 +127,8 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     def list_enroll_keys(self) -> list[SecretRecord]:
         return self._list_secrets("enroll_keys")
 
-    def create_operator_token(self, name: str = "operator") -> str:
-        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name)
+    def create_operator_token(self, name: str = "operator", access: auth.Access = auth.DEFAULT_ACCESS) -> str:
+        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name, role=access.label)
 
     def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
         return self._revoke_secret("operator_tokens", "operator token", token_or_id)
@@ -128,10 +136,10 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     def list_operator_tokens(self) -> list[SecretRecord]:
         return self._list_secrets("operator_tokens")
 
-    def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None) -> str:
+    def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None, **columns) -> str:
         secret = secret or auth.new_secret(prefix)
         self.db.table(table).upsert(
-            {"key_hash": auth.hash_secret(secret), "name": name, "created": time.time(), "revoked": 0},
+            {"key_hash": auth.hash_secret(secret), "name": name, "created": time.time(), "revoked": 0, **columns},
             pk="key_hash",
         )
         return secret
@@ -158,10 +166,10 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         if row:
             return auth.Principal(auth.Role.DEVICE, row[0])
         row = self.db.execute(
-            "select key_hash from operator_tokens where key_hash = ? and revoked = 0", [token_hash]
+            "select key_hash, name, role from operator_tokens where key_hash = ? and revoked = 0", [token_hash]
         ).fetchone()
         if row:
-            return auth.Principal(auth.Role.OPERATOR, auth.secret_id(row[0]))
+            return auth.Principal(auth.Role.OPERATOR, auth.secret_id(row[0]), row[1] or "", auth.Access.parse(row[2]))
         return None
 
     # ---- enrollment ----
@@ -210,15 +218,43 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     # ---- sessions ----
 
     def record_hello(
-        self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str]
+        self, device_id: str, agent_version: str, profile: dict, plan: dict, streams: list[str],
+        labels: dict[str, str] | None = None,
     ) -> DeviceRecord:
+        """`labels`: the device's own labels as its Hello reports them; they replace the stored ones
+        (None leaves them), so a label dropped from the agent's flags or file is gone at its next start."""
         self._require(device_id)
-        self.db.table("devices").update(
-            device_id,
-            {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
-             "streams": json.dumps(streams), "last_seen": time.time()},
-        )
+        values = {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
+                  "streams": json.dumps(streams), "last_seen": time.time()}
+        if labels is not None:
+            values["labels"] = json.dumps(labels)
+        self.db.table("devices").update(device_id, values)
         return self._require(device_id)
+
+    def set_operator_labels(self, device_id: str, set_labels: dict[str, str], remove: list[str]) -> DeviceRecord:
+        """Set and remove the operator's labels of a device; InvalidArgument (nothing written) when a label
+        is malformed, a key is both set and removed, or a removed key is only the device's own label."""
+        device = self._require(device_id)
+        for key, value in set_labels.items():
+            check_label(key, value)
+        both = sorted(set(set_labels) & set(remove))
+        if both:
+            raise InvalidArgument(f"label {both[0]!r} is both set and removed; do one or the other")
+        own_only = sorted(k for k in remove if k not in device.operator_labels and k in device.reported_labels)
+        if own_only:
+            key = own_only[0]
+            raise InvalidArgument(
+                f"label {key}={device.reported_labels[key]} is the device's own (its --label or agent.yaml), not an "
+                f"operator label: change it on the device, or override it with `device label {device_id} {key}=...`")
+        labels = {k: v for k, v in device.operator_labels.items() if k not in remove} | set_labels
+        self.db.table("devices").update(device_id, {"operator_labels": json.dumps(labels)})
+        return self._require(device_id)
+
+    def devices_matching(self, selector: Selector) -> list[DeviceRecord]:
+        """The devices whose labels (the device's own overlaid by the operator's) the selector matches,
+        by device id; every device for an empty selector. Build the selector with `fleet.selectors`
+        (`parse_selector(text)`, or `combined(request.selector, request.select)` for a request)."""
+        return [device for device in self.list_devices() if selector.matches(device.labels)]
 
     def record_heartbeat(
         self, device_id: str, health: dict, plan: dict | None, *, now: float | None = None
@@ -267,7 +303,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
             device = self._require(device_id)
             values: dict = {} if available == "offline" else {"last_seen": now}
             if available is not None:
-                values["labels"] = json.dumps({**device.labels, "available": available})
+                values["labels"] = json.dumps({**device.reported_labels, "available": available})
             if health is not None:
                 values["health"] = json.dumps(health)
             if stream_id and stream_id not in device.streams:
@@ -346,11 +382,13 @@ def _device_from_row(row: dict) -> DeviceRecord:
         enrolled=row["enrolled"], agent_version=row["agent_version"] or "", last_seen=row["last_seen"],
         profile=json.loads(row["profile"] or "{}"), plan=json.loads(row["plan"] or "{}"),
         health=json.loads(row["health"] or "{}"), streams=json.loads(row["streams"] or "[]"),
-        labels=json.loads(row["labels"] or "{}"), acked_sequence=row["acked_sequence"] or 0,
+        reported_labels=json.loads(row["labels"] or "{}"), acked_sequence=row["acked_sequence"] or 0,
         detections_stored=row["detections_stored"] or 0,
         plan_override=json.loads(row["plan_override"] or "{}"),
+        operator_labels=json.loads(row.get("operator_labels") or "{}"),
     )
 
 
 def _secret_from_row(row: dict) -> SecretRecord:
-    return SecretRecord(auth.secret_id(row["key_hash"]), row["name"], row["created"], bool(row["revoked"]))
+    return SecretRecord(auth.secret_id(row["key_hash"]), row["name"], row["created"], bool(row["revoked"]),
+                        row.get("role") or "")
