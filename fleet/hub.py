@@ -1,11 +1,16 @@
-"""In-memory fan-out: open device sessions and their commands, live detections and fleet changes.
+"""In-memory fan-out: open device sessions, their commands and answers, live detections and fleet changes.
 
 A watcher gets a bounded queue. When it is full the newest item is dropped for that
 watcher only and counted, so a slow watcher never stalls ingest or other watchers.
+
+A command sent with `send_and_wait` waits for the device's CommandResult, which the gateway
+hands to `answered`; `close_streams` ends a device's open Session and PublishDetections
+streams (a revoked device must not keep talking on streams it opened before).
 """
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import time
@@ -26,6 +31,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COMMAND_QUEUE_SIZE = 64
+DEFAULT_COMMAND_TIMEOUT_S = 10.0
 
 
 @dataclass(eq=False)  # identity semantics: watchers live in a set
@@ -96,6 +102,47 @@ class Command:
     command_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
+class CommandState(enum.Enum):
+    """How a command ended for one device (edgefleet.v1.CommandState)."""
+
+    DONE = "done"
+    REFUSED = "refused"
+    TIMED_OUT = "timed out"
+    NOT_CONNECTED = "not connected"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One device's answer to a command, as the controller saw it; `round_trip_ms` is 0 unless it answered."""
+
+    device_id: str
+    command_id: str
+    state: CommandState
+    error: str = ""
+    detail: str = ""
+    round_trip_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.state is CommandState.DONE
+
+    def describe(self, action: str) -> str:
+        """The outcome in words, for the fleet events and the CLI."""
+        what = {CommandState.DONE: f"done in {self.round_trip_ms:.0f} ms",
+                CommandState.REFUSED: f"refused: {self.error}",
+                CommandState.TIMED_OUT: f"no answer: {self.error}",
+                CommandState.NOT_CONNECTED: "not sent: the device has no open Session"}[self.state]
+        detail = f" ({self.detail})" if self.detail and self.ok else ""
+        return f"{action} on {self.device_id}: {what}{detail}"
+
+
+@dataclass(frozen=True)
+class _Answer:
+    ok: bool
+    error: str
+    detail: str
+
+
 class Hub:
     def __init__(self, metrics: ControllerMetrics | None = None) -> None:
         def counter(stream: str) -> Callable[[], None] | None:
@@ -104,6 +151,8 @@ class Hub:
         self.detections: Topic[FrameRecord] = Topic(counter("detections"))
         self.fleet: Topic[FleetChange | RolloutChange] = Topic(counter("fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
+        self._pending: dict[tuple[str, str], asyncio.Future[_Answer]] = {}  # (device, command id) -> its answer
+        self._streams: dict[str, set[asyncio.Future[str]]] = {}  # device id -> its open streams' close signals
 
     # ---- sessions ----
 
@@ -114,11 +163,15 @@ class Hub:
         return commands
 
     def close_session(self, device_id: str, commands: asyncio.Queue) -> None:
+        """Forget a Session that ended; with the device's last one, its unanswered commands end too."""
         queues = self._sessions.get(device_id, [])
         if commands in queues:
             queues.remove(commands)
         if not queues:
             self._sessions.pop(device_id, None)
+            for (device, _), answer in list(self._pending.items()):
+                if device == device_id and not answer.done():
+                    answer.set_exception(ConnectionError("the device's Session closed before it answered"))
 
     def connected(self, device_id: str) -> bool:
         return device_id in self._sessions
@@ -133,6 +186,72 @@ class Hub:
             except asyncio.QueueFull:
                 logger.warning("session of %s is not reading commands; dropped %s", device_id, command.action)
         return delivered
+
+    # ---- answers ----
+
+    async def send_and_wait(self, device_id: str, command: Command,
+                            timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> Outcome:
+        """Send `command` to the device's open Session(s) and wait up to `timeout_s` for its CommandResult.
+
+        NOT_CONNECTED when no Session took it (nothing was sent); TIMED_OUT when no answer came in
+        time or the device disconnected first; DONE or REFUSED (with the device's reason) otherwise.
+        The round trip is measured here, from sending to the answer's arrival.
+        """
+        key = (device_id, command.command_id)
+        answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
+        self._pending[key] = answer
+        try:
+            sent = time.perf_counter()
+            if not self.send(device_id, command):
+                return Outcome(device_id, command.command_id, CommandState.NOT_CONNECTED)
+            try:
+                got = await asyncio.wait_for(asyncio.shield(answer), timeout_s)
+            except TimeoutError:
+                return Outcome(device_id, command.command_id, CommandState.TIMED_OUT,
+                               f"no answer within {timeout_s:g} s")
+            except ConnectionError as err:
+                return Outcome(device_id, command.command_id, CommandState.TIMED_OUT, str(err))
+            ms = (time.perf_counter() - sent) * 1000
+            state = CommandState.DONE if got.ok else CommandState.REFUSED
+            return Outcome(device_id, command.command_id, state, got.error, got.detail, ms)
+        finally:
+            self._pending.pop(key, None)
+            if answer.done() and not answer.cancelled():
+                answer.exception()  # retrieved: no "never retrieved" log for a late disconnect
+            else:
+                answer.cancel()
+
+    def answered(self, device_id: str, command_id: str, ok: bool, error: str = "", detail: str = "") -> bool:
+        """A CommandResult from the device's Session; False when nobody waits for it (fire-and-forget
+        commands, or one that timed out). Only the device the command went to can answer it."""
+        answer = self._pending.get((device_id, command_id))
+        if answer is None or answer.done():
+            return False
+        answer.set_result(_Answer(ok, error, detail))
+        return True
+
+    # ---- closing a device's streams ----
+
+    def stream_opened(self, device_id: str) -> asyncio.Future[str]:
+        """Register an open Session or PublishDetections stream of the device: the returned future gets
+        the reason when `close_streams` wants it to end. Call `stream_closed` when it ends."""
+        closing: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._streams.setdefault(device_id, set()).add(closing)
+        return closing
+
+    def stream_closed(self, device_id: str, closing: asyncio.Future[str]) -> None:
+        streams = self._streams.get(device_id, set())
+        streams.discard(closing)
+        if not streams:
+            self._streams.pop(device_id, None)
+
+    def close_streams(self, device_id: str, reason: str) -> int:
+        """Ask every open stream of the device to end with `reason` (UNAUTHENTICATED); how many there were."""
+        streams = self._streams.pop(device_id, set())
+        for closing in streams:
+            if not closing.done():
+                closing.set_result(reason)
+        return len(streams)
 
     # ---- fleet changes ----
 
