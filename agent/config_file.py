@@ -82,6 +82,12 @@ def read_config_file(path: Path, keys: dict[str, Key]) -> FileValues:
         raise ConfigError(f"--config {path}: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise ConfigError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    return read_config_text(path, text, keys)
+
+
+def read_config_text(path: Path, text: str, keys: dict[str, Key]) -> FileValues:
+    """`read_config_file` on text already read; `path` names it in messages (the controller's
+    desired configuration, agent.desired, is read this way as `desired config vN`)."""
     loader = yaml.SafeLoader(text)
     try:  # one parse: the nodes carry the lines that errors name, the values come from them
         root = loader.get_single_node()
