@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from .artifacts import SHA256, ArtifactFiles
+from .commands import Commands
 from .convert import (
     artifact_to_pb,
     device_to_pb,
@@ -22,10 +23,11 @@ from .convert import (
 )
 from .detection_store import FrameRecord
 from .errors import FailedPrecondition, InvalidArgument
-from .hub import Command, Hub
+from .hub import Hub
 from .presence import Presence
 from .rollout_store import ArtifactRecord
 from .rollouts import Rollouts
+from .selectors import combined
 from .signing import SigningKey
 from .store import DeviceRecord
 
@@ -55,6 +57,7 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         self.hub = hub
         self.presence = presence
         self.deployments = deployments
+        self.commands = Commands(db, hub)
 
     def _device_pb(self, record: DeviceRecord) -> fleet_pb2.Device:
         status = self.presence.status(record.last_seen)
@@ -63,15 +66,25 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
     # ---- devices ----
 
     async def ListDevices(self, request, context) -> fleet_pb2.ListDevicesResponse:
-        devices = []
-        for record in await self.db.list_devices():
-            device = self._device_pb(record)
-            if request.status and device.status != request.status:
-                continue
-            if any(record.labels.get(k) != v for k, v in request.selector.items()):
-                continue
-            devices.append(device)
+        """Every device the status and the selector (`selector` map and `select` expression) both match."""
+        selector = combined(request.selector, request.select)
+        devices = [self._device_pb(record) for record in await self.db.devices_matching(selector)]
+        if request.status:
+            devices = [device for device in devices if device.status == request.status]
         return fleet_pb2.ListDevicesResponse(devices=devices)
+
+    async def SetDeviceLabels(self, request, context) -> fleet_pb2.Device:
+        """Set and remove the device's operator labels (they win over its own); a fleet event says what changed."""
+        if not request.device_id:
+            raise InvalidArgument("device_id is empty")
+        if not request.set and not request.remove:
+            raise InvalidArgument("nothing to change: give labels to set, keys to remove, or both")
+        device = await self.db.set_operator_labels(request.device_id, dict(request.set), list(request.remove))
+        what = ", ".join([f"{k}={v}" for k, v in sorted(request.set.items())] + [f"-{k}" for k in request.remove])
+        await self.db.add_event("labels", f"operator labels of {device.device_id}: {what}", device.device_id)
+        self.hub.device_changed(device, f"labels of {device.hostname} ({device.device_id}) changed: {what}")
+        logger.info("operator labels of %s: %s", device.device_id, what)
+        return self._device_pb(device)
 
     async def GetDevice(self, request, context) -> fleet_pb2.Device:
         if not request.device_id:
@@ -105,33 +118,26 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         if not request.device_id:
             raise InvalidArgument("device_id is empty")
         override = _plan_override(request)
+        previous = (await self.db.get_device(request.device_id)).plan_override
         device = await self.db.set_plan_override(request.device_id, override)
-        sessions = self.hub.send(device.device_id, Command("set_plan", override or {"clear": True}))
-        what = "cleared" if not override else f"set ({sessions} open session(s) notified)"
+        what = "cleared" if not override else "set"
         logger.info("plan override for %s %s", device.device_id, what)
         self.hub.device_changed(device, f"plan override for {device.hostname} ({device.device_id}) {what}")
+        await self.commands.deliver_plan(device, override, previous)
         return self._device_pb(device)
 
     async def SendCommand(self, request, context) -> fleet_pb2.SendCommandResponse:
-        """Restart, roll back, or ping a device now, over its open Session(s)."""
-        if not request.device_id:
-            raise InvalidArgument("device_id is empty")
-        action = request.WhichOneof("action")
-        if action == "restart_reason":
-            command = Command("restart", {"reason": request.restart_reason})
-        elif action == "rollback_reason":
-            command = Command("rollback", {"reason": request.rollback_reason})
-        elif action == "ping":
-            command = Command("ping", {"sent": timestamp(time.time()).ToJsonString()})
-        else:
-            raise InvalidArgument("set one action: restart_reason, rollback_reason or ping")
-        device = await self.db.get_device(request.device_id)
-        if not self.hub.send(device.device_id, command):
-            raise FailedPrecondition(f"device {device.device_id} has no open Session; commands need one")
-        what = command.action + (f" ({command.payload['reason']})" if command.payload.get("reason") else "")
-        await self.db.add_event("command", f"{what} sent to {device.device_id}", device.device_id)
-        self.hub.device_changed(device, f"{what} sent to {device.hostname} ({device.device_id})")
-        return fleet_pb2.SendCommandResponse(command_id=command.command_id)
+        """Restart, roll back, or ping a device (or a selector's devices) and wait for each one's answer."""
+        return await self.commands.send(request)
+
+    async def RevokeDevice(self, request, context) -> fleet_pb2.Device:
+        """Refuse the device's token from now on and end its open streams; its data stays (fleet.commands)."""
+        return self._device_pb(await self.commands.revoke(request.device_id, request.reason))
+
+    async def RemoveDevice(self, request, context) -> fleet_pb2.RemoveDeviceResponse:
+        """Delete a revoked or disconnected device; with purge_data its detections, health and events too."""
+        deleted = await self.commands.remove(request.device_id, request.purge_data)
+        return fleet_pb2.RemoveDeviceResponse(device_id=request.device_id, detections_deleted=deleted)
 
     # ---- detections ----
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from edgefleet.common import convert as common
@@ -17,6 +18,7 @@ from .hub import Command, FleetChange, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec, RolloutState
 from .rollouts import Requirements, StatusReport
+from .selectors import parse_selector
 from .store import DeviceRecord
 
 
@@ -25,6 +27,50 @@ def to_dict(message: Message) -> dict:
         return json_format.MessageToDict(message, preserving_proto_field_name=True)
     except json_format.SerializeToJsonError as err:  # an invalid Timestamp inside, for one
         raise InvalidArgument(f"{message.DESCRIPTOR.name}: {err}") from err
+
+
+_INT64_TYPES = frozenset({
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64,
+})
+
+
+def to_json_dict(message: Message) -> dict:
+    """What every `--json` prints and the audit log stores: every field present (zeros and empty
+    lists too, so `class_id` 0 is there), and 64-bit integers as numbers. (Protobuf's JSON mapping
+    writes int64 as strings for JavaScript's sake; a reader of our output wants numbers.)"""
+    try:
+        data = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+    except json_format.SerializeToJsonError as err:
+        raise InvalidArgument(f"{message.DESCRIPTOR.name}: {err}") from err
+    _int64_as_numbers(message.DESCRIPTOR, data)
+    return data
+
+
+def _int64_as_numbers(descriptor: Descriptor, data: dict) -> None:
+    for field in descriptor.fields:
+        if field.name in data:
+            data[field.name] = _json_value(field, data[field.name])
+
+
+def _json_value(field: FieldDescriptor, value):
+    message_type = field.message_type
+    if message_type is not None and message_type.GetOptions().map_entry:
+        value_field = message_type.fields_by_name["value"]
+        return {k: _json_scalar(value_field, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_scalar(field, v) for v in value]
+    return _json_scalar(field, value)
+
+
+def _json_scalar(field: FieldDescriptor, value):
+    if field.type in _INT64_TYPES:
+        return int(value)
+    if field.message_type is not None and isinstance(value, dict) \
+            and not field.message_type.full_name.startswith("google.protobuf."):
+        _int64_as_numbers(field.message_type, value)
+    return value
 
 
 def from_dict(data: dict, message: Message) -> Message:
@@ -114,6 +160,7 @@ def rollout_spec(request: fleet_pb2.CreateRolloutRequest, gate_min_agreement: fl
         gate_fps_ratio=request.gate_fps_ratio or defaults.gate_fps_ratio,
         gate_min_agreement=gate_min_agreement, gate_window_s=gate_window_s,
         max_failures=request.max_failures, expect_different_detections=request.expect_different_detections,
+        select=str(parse_selector(request.select)),  # checked here: a bad expression is refused before anything
     )
 
 
@@ -125,7 +172,7 @@ def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
         spec=fleet_pb2.CreateRolloutRequest(
             artifact_sha256=record.artifact_sha256, selector=spec.selector, canary=spec.canary,
             waves_percent=spec.waves_percent, gate_fps_ratio=spec.gate_fps_ratio, max_failures=spec.max_failures,
-            expect_different_detections=spec.expect_different_detections,
+            expect_different_detections=spec.expect_different_detections, select=spec.select,
         ),
         devices=[fleet_pb2.RolloutDevice(device_id=d.device_id, wave=max(d.wave, 0), state=deploy_state_to_pb(d.state),
                                          reason=d.reason) for d in record.devices],

@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import grpc
 
@@ -21,6 +21,7 @@ from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
 from .metrics import ControllerMetrics
 from .rollouts import RolloutOptions, Rollouts
+from .selectors import check_label
 from .store import DeviceRecord
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             raise InvalidArgument("enroll_key is empty")
         device, token = await self.db.enroll(
             request.enroll_key, request.hardware_id, request.hostname or "device",
-            request.agent_version, to_dict(request.profile), dict(request.labels),
+            request.agent_version, to_dict(request.profile), _reported_labels(request.labels),
         )
         self.hub.device_changed(device, f"{device.hostname} enrolled as {device.device_id}")
         return agent_pb2.EnrollResponse(
@@ -74,7 +75,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             raise InvalidArgument(f"the first Session message must be hello, got {first.WhichOneof('body')}")
         hello = first.hello
         device = await self.db.record_hello(
-            device_id, hello.agent_version, to_dict(hello.profile), to_dict(hello.plan), list(hello.streams)
+            device_id, hello.agent_version, to_dict(hello.profile), to_dict(hello.plan), list(hello.streams),
+            labels=_reported_labels(hello.labels),
         )
         commands = self.hub.open_session(device_id)
         self.hub.device_changed(device, f"{device.hostname} ({device_id}) connected")
@@ -246,6 +248,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def _count_streams(self, state: str, change: int) -> None:
         self._fetch_count[state] += change
         self.metrics.artifact_streams.set(self._fetch_count[state], state=state)
+
+
+def _reported_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """A device's own labels (EnrollRequest, Hello), checked as the agent checks them: InvalidArgument otherwise."""
+    for key, value in labels.items():
+        check_label(key, value)
+    return dict(labels)
 
 
 async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:

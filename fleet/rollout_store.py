@@ -70,6 +70,7 @@ class RolloutSpec:
     gate_window_s: int = 20
     max_failures: int = 0
     expect_different_detections: bool = False
+    select: str = ""  # selector expression, with `selector` (fleet.selectors.combined)
 
 
 @dataclass

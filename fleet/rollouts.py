@@ -41,6 +41,7 @@ from .rollout_store import (
     RolloutSpec,
     RolloutState,
 )
+from .selectors import combined
 from .store import MQTT_HARDWARE_PREFIX, DeviceRecord
 
 logger = logging.getLogger(__name__)
@@ -180,10 +181,10 @@ class Rollouts:
     async def create(self, artifact_sha256: str, spec: RolloutSpec, requirements: Requirements) -> RolloutRecord:
         validate_spec(spec)
         await self.db.get_artifact(artifact_sha256)  # NotFound before anything is written
-        devices = [d for d in await self.db.list_devices()
-                   if all(d.labels.get(k) == v for k, v in spec.selector.items())]
+        selector = combined(spec.selector, spec.select)
+        devices = await self.db.devices_matching(selector)
         if not devices:
-            raise FailedPrecondition(f"no device matches the selector {spec.selector or '(all)'}")
+            raise FailedPrecondition(f"no device matches the selector {str(selector) or '(all)'}")
         skipped = {d.device_id: incompatibility(requirements, d) for d in devices}
         targets = sorted((d.device_id for d in devices if not skipped[d.device_id]),
                          key=lambda i: (not self.hub.connected(i), i))  # connected devices make the canary

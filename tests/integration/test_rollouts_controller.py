@@ -36,6 +36,7 @@ class ScriptedDevice:
         self.metadata = (("authorization", f"Bearer {self.enrolled.device_token}"),)
         self.stub = stub
         self.profile = profile
+        self.labels = labels or {}  # a real agent reports its labels at enroll and in every Hello
         self.commands: list[agent_pb2.Command] = []
         self._up: queue.Queue = queue.Queue()
         self.call = None
@@ -43,7 +44,8 @@ class ScriptedDevice:
 
     def connect(self) -> None:
         self._up = queue.Queue()
-        self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="t", profile=self.profile)))
+        self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="t", profile=self.profile,
+                                                                        labels=self.labels)))
         self.call = self.stub.Session(iter(self._up.get, None), metadata=self.metadata)
         threading.Thread(target=self._read, args=(self.call,), daemon=True).start()
         wait_for(lambda: self.accepted, 10, f"{self.id} accepted")

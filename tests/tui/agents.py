@@ -37,6 +37,7 @@ class SimAgent:
             agent_version="sim", profile=self.profile, labels=labels or {}), timeout=10)
         self.device_id = reply.device_id
         self.token = reply.device_token
+        self.labels = labels or {}  # a real agent reports its labels at enroll and in every Hello
         self.plan = plan
         self.streams = streams
         self.commands: queue.Queue = queue.Queue()
@@ -49,7 +50,8 @@ class SimAgent:
         """Open the Session: hello with profile, plan and streams; commands go to `self.commands`."""
         self._up = queue.Queue()
         self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(
-            agent_version="sim", profile=self.profile, plan=self.plan, streams=list(self.streams))))
+            agent_version="sim", profile=self.profile, plan=self.plan, streams=list(self.streams),
+            labels=self.labels)))
         call = self.stub.Session(iter(self._up.get, None), metadata=auth(self.token))
 
         def read() -> None:
