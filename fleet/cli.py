@@ -56,7 +56,7 @@ async def _serve(args) -> int:
     controller = Controller(
         args.db, args.listen, heartbeat_interval_s=args.heartbeat_interval,
         stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
-        mqtt=args.mqtt, mqtt_prefix=args.mqtt_prefix, metrics_listen=args.metrics_listen,
+        mqtt=_bridge_config(args), metrics_listen=args.metrics_listen,
         rollout_options=rollout_options(args),
         retention=RetentionPolicy(detections_days=args.retention_days, health_days=args.health_retention_days),
     )
@@ -75,6 +75,16 @@ async def _serve(args) -> int:
     await stop.wait()
     await controller.stop(grace=2.0)
     return 0
+
+
+def _bridge_config(args):
+    """serve's MQTT bridge settings (None without --mqtt); a setting that cannot work is a CliError."""
+    from .mqtt_bridge import bridge_config
+
+    try:
+        return bridge_config(args)
+    except ValueError as err:  # MqttSettingsError too
+        raise CliError(str(err)) from err
 
 
 def tune_gc_for_serving() -> None:
@@ -212,16 +222,18 @@ def _age(ts) -> str:
 
 
 def cmd_devices(args) -> int:
-    response = _call(args, "ListDevices", fleet_pb2.ListDevicesRequest())
+    from .cli_devices import labels_text, select_text
+
+    response = _call(args, "ListDevices", fleet_pb2.ListDevicesRequest(select=select_text(args)))
     if args.json:
         print(json.dumps([to_dict(d) for d in response.devices], indent=2))
         return 0
-    rows = [("DEVICE", "STATUS", "HOSTNAME", "PLATFORM", "FPS", "INFER p50", "STORED", "LAST SEEN")]
+    rows = [("DEVICE", "STATUS", "HOSTNAME", "PLATFORM", "FPS", "INFER p50", "STORED", "LAST SEEN", "LABELS")]
     for d in response.devices:
         rows.append((
             d.device_id, fleet_pb2.DeviceStatus.Name(d.status), d.hostname, d.profile.platform or "?",
             f"{d.health.fps:.1f}", f"{d.health.inference_ms_p50:.1f} ms", str(d.detections_stored),
-            _age(d.last_seen),
+            _age(d.last_seen), labels_text(d),
         ))
     print_table(rows)
     return 0
@@ -256,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_secret_parsers(sub)
     _add_query_parsers(sub)
 
+    from .cli_devices import add_device_commands
     from .cli_rollouts import add_rollout_commands
 
     add_rollout_commands(sub)
+    add_device_commands(sub)
 
     p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
     from edgefleet.models.pipeline import add_subcommands
@@ -274,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     from .cli_rollouts import add_serve_arguments
+    from .mqtt_bridge import add_bridge_arguments
     from .retention import RetentionPolicy, days_arg
 
     p = sub.add_parser("serve", help="run the fleet controller")
@@ -291,9 +306,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="mutual TLS: clients must present a certificate signed by this CA")
     p.add_argument("--enroll-key", action="append", metavar="KEY",
                    help="accept this enrollment key (repeatable); or create keys with `enroll-key create`")
-    p.add_argument("--mqtt", type=host_port_arg("--mqtt"), metavar="HOST:PORT",
-                   help="also bridge devices that speak MQTT only (edgefleet/+/available, stats, events)")
-    p.add_argument("--mqtt-prefix", default="edgefleet", metavar="TOPIC", help="topic prefix (default edgefleet)")
+    add_bridge_arguments(p)
     p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True),
                    metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
     p.add_argument("--retention-days", type=days_arg("--retention-days"), default=RetentionPolicy.detections_days,
@@ -343,6 +356,10 @@ def _add_query_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the controller")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
+        if name == "devices":
+            from .cli_devices import add_select_argument
+
+            add_select_argument(p, "list only the devices it matches")
         if name == "detections":
             p.add_argument("--device", required=True, metavar="ID")
             p.add_argument("--stream", metavar="ID")

@@ -1,9 +1,8 @@
-"""`edgefleet artifact …`, `edgefleet rollout …` and `edgefleet device …`: ship engines to the fleet.
+"""`edgefleet artifact …` and `edgefleet rollout …`: ship engines to the fleet (`device …` is fleet/cli_devices.py).
 
     edgefleet artifact push yolov8n.onnx                   # progress bar; prints the sha256
     edgefleet rollout create --artifact 3f2a… --select site=lab --canary 1 --waves 10,50,100 --wait
     edgefleet rollout status ro-1a2b3c4d --watch            # per-wave progress until it finishes
-    edgefleet device rollback cam-07-9f1e2d --reason "misses bikes"
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from edgefleet.v1 import fleet_pb2, types_pb2
 
 from .channel import add_connection_arguments
 from .cli import CliError, _call, control_stub, print_table
+from .cli_devices import add_select_argument, select_text
 from .convert import timestamp, to_dict
 from .rollouts import RolloutOptions
 
@@ -202,7 +202,7 @@ def cmd_rollout_create(args) -> int:
                        f"gate off), got {args.gate_fps_ratio:g}")
     request = fleet_pb2.CreateRolloutRequest(
         artifact_sha256=_resolve_artifact(args, args.artifact),
-        selector=dict(_key_values(args.select or (), "--select")),
+        select=select_text(args),
         canary=args.canary, waves_percent=waves, gate_fps_ratio=args.gate_fps_ratio, max_failures=args.max_failures,
         expect_different_detections=args.expect_different,
     )
@@ -284,21 +284,6 @@ def _print_rollout(rollout: fleet_pb2.Rollout, devices: bool = False) -> None:
         print(f"  {d.device_id:<28} wave {wave:<3} {state:<16} {d.reason}")
 
 
-# ---- device commands ----
-
-def _device_command(field: str):
-    def command(args) -> int:
-        request = fleet_pb2.SendCommandRequest(device_id=args.device)
-        if field == "ping":
-            request.ping = True
-        else:  # restart_reason or rollback_reason, one of the request's `action`
-            setattr(request, field, args.reason or "requested by an operator")
-        response = _call(args, "SendCommand", request)
-        print(f"sent {field.removesuffix('_reason')} to {args.device} (command {response.command_id})")
-        return 0
-    return command
-
-
 def _key_values(items, flag: str) -> Iterator[tuple[str, str]]:
     for item in items:
         key, sep, value = item.partition("=")
@@ -330,7 +315,7 @@ def add_rollout_commands(sub) -> None:
     commands = p.add_subparsers(dest="rollout_command", required=True)
     c = client(commands.add_parser("create", help="start a rollout"), cmd_rollout_create, None)
     c.add_argument("--artifact", required=True, metavar="SHA", help="sha256 (or a unique prefix) of a pushed artifact")
-    c.add_argument("--select", action="append", metavar="KEY=VALUE", help="only devices with this label (repeatable)")
+    add_select_argument(c, "only the devices it matches")
     c.add_argument("--canary", type=int, default=1, metavar="N", help="devices in the first wave (default 1)")
     c.add_argument("--waves", default="100", metavar="P,P,…",
                    help="cumulative percentages of the targets after the canary, ending at 100 (default 100)")
@@ -351,13 +336,3 @@ def add_rollout_commands(sub) -> None:
         c = client(commands.add_parser(verb, help=f"{verb} a rollout"), _rollout_action(method))
         c.add_argument("rollout", metavar="ID")
         c.add_argument("--reason", help="recorded with the event")
-
-    p = sub.add_parser("device", help="send a command to a device over its Session")
-    commands = p.add_subparsers(dest="device_command", required=True)
-    for verb, field, help_ in (("rollback", "rollback_reason", "return to the previous engine"),
-                               ("restart", "restart_reason", "restart the agent"),
-                               ("ping", "ping", "check the Session answers")):
-        c = client(commands.add_parser(verb, help=help_), _device_command(field))
-        c.add_argument("device", metavar="ID")
-        if field != "ping":
-            c.add_argument("--reason", help="recorded with the event")

@@ -18,15 +18,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from edgefleet.common.labels import NAME as _NAME
+from edgefleet.common.labels import VALUE as _VALUE
+from edgefleet.common.labels import label_problem, split_label
+
 from .errors import InvalidArgument
 
-_NAME = r"[A-Za-z0-9][A-Za-z0-9._/-]*"
-_VALUE = r"[A-Za-z0-9._/-]*"
 _REQUIREMENT = re.compile(
     rf"\s*(?:(?P<not>!)\s*(?P<absent>{_NAME})"
     rf"|(?P<key>{_NAME})\s*(?:(?P<op>==|=|!=)\s*(?P<value>{_VALUE})"
     rf"|\s+(?P<set_op>in|notin)\s*\((?P<values>[^()]*)\))?)\s*(?:,|$)")
-_LABEL_KEY = re.compile(rf"^{_NAME}$")
 _LABEL_VALUE = re.compile(rf"^{_VALUE}$")
 
 
@@ -113,16 +114,14 @@ def combined(equalities: Mapping[str, str], text: str) -> Selector:
 
 def check_label(key: str, value: str) -> None:
     """InvalidArgument unless `key=value` is a label a selector can name."""
-    if not _LABEL_KEY.match(key):
-        raise InvalidArgument(f"label key {key!r}: use letters, digits and -_./, starting with a letter or digit")
-    if not _LABEL_VALUE.match(value):
-        raise InvalidArgument(f"label {key}={value!r}: values use letters, digits and -_./ only")
+    problem = label_problem(key, value)
+    if problem:
+        raise InvalidArgument(problem)
 
 
 def parse_label(text: str) -> tuple[str, str]:
     """`K=V` as (K, V), checked; InvalidArgument otherwise."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise InvalidArgument(f"label {text!r}: write it as KEY=VALUE")
-    check_label(key.strip(), value.strip())
-    return key.strip(), value.strip()
+    try:
+        return split_label(text)
+    except ValueError as err:
+        raise InvalidArgument(str(err)) from err
