@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from edgefleet.adaptive.probe import HardwareProfile
     from edgefleet.models.base import Detector
 
+    from .desired import DesiredConfig
     from .engines import ActiveEngines, EngineRef
     from .inference import InferenceCore
     from .loop import FeedContext
@@ -63,6 +64,8 @@ def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] 
 
     from .sources import open_source
 
+    desired = _desired(config, source_factory or open_source) if config.controller is not None else None
+    config = desired.current if desired is not None else config
     if config.model is not None and not config.model.is_file():
         raise ConfigError(f"--model {config.model}: no such file")
     source_factory = source_factory or open_source
@@ -72,13 +75,13 @@ def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] 
         return _service_only(config)
     profile = profile or probe()
     cores: list[InferenceCore] = []  # serve: the served streams, one of the agent's feeds
-    agent = _agent(config, profile, source_factory, cores)
+    agent = _agent(config, profile, source_factory, cores, desired)
     metrics = _metrics(config, agent.health_dict, lambda: dataclasses.asdict(agent.plan))
     return BuiltAgent(agent, cores[0] if cores else None, agent.detector, metrics)
 
 
 def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callable[[str], Source],
-           cores: list[InferenceCore]) -> Agent:
+           cores: list[InferenceCore], desired: DesiredConfig | None = None) -> Agent:
     from .options import RunOptions
     from .supervisor import Agent
 
@@ -96,7 +99,37 @@ def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callab
     plan = dataclasses.replace(plan, artifact_sha256=engine.sha256 if engine else "")
     return Agent(options, detector, source_factory, profile, plan, adaptation=adaptation,
                  mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active,
-                 feeds=[lambda context: _served(config, context, cores)] if config.serving else ())
+                 feeds=[lambda context: _served(config, context, cores)] if config.serving else (), desired=desired)
+
+
+def _desired(config: AgentConfig, source_factory: Callable[[str], Source]) -> DesiredConfig:
+    """The controller's document kept in the state dir, over `config` (file and flags). One whose
+    sources or model fail on this device now is refused, and the agent starts on its own config:
+    a document must never keep a device from reaching the controller that can send a better one."""
+    from .desired import DesiredConfig
+    from .errors import SourceError
+
+    desired = DesiredConfig.at_start(config, _config_detector)
+    if desired.current is not config:
+        try:
+            if desired.current.model is not None and not desired.current.model.is_file():
+                raise ConfigError(f"model {desired.current.model}: no such file")
+            for spec in desired.current.source or []:
+                source_factory(spec)
+        except (ConfigError, SourceError) as err:
+            desired.fall_back(str(err))
+    return desired
+
+
+def _config_detector(config: AgentConfig) -> Detector:
+    """The detector a config names (--model, else the bundled one), for a document that changes it."""
+    from edgefleet.models.bundled import default_model
+    from edgefleet.models.errors import ModelError
+
+    try:
+        return load_detector(config.model or default_model(config.models_dir), config)
+    except ModelError as err:
+        raise ConfigError(f"model: {err}") from err
 
 
 def _served(config: AgentConfig, context: FeedContext, cores: list[InferenceCore]) -> InferenceCore:
@@ -301,9 +334,16 @@ def _mqtt_publisher(config: AgentConfig):
     """The --mqtt publisher (agent.mqtt), or None."""
     if config.mqtt_address is None:
         return None
+    from edgefleet.common.mqtt import MqttLogin, MqttSettingsError
+
     from .mqtt import MqttPublisher
 
-    return MqttPublisher(*config.mqtt_address, topic_prefix=config.mqtt_prefix)
+    try:
+        login = MqttLogin.from_settings(config.mqtt_username, config.mqtt_password_file, config.mqtt_tls_ca,
+                                        config.mqtt_tls_cert, config.mqtt_tls_key)
+    except MqttSettingsError as err:
+        raise ConfigError(str(err)) from err
+    return MqttPublisher(*config.mqtt_address, topic_prefix=config.mqtt_prefix, login=login)
 
 
 def _metrics(config: AgentConfig, health: Callable[[], dict], plan: Callable[[], dict]):

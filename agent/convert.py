@@ -16,7 +16,8 @@ from edgefleet.common.convert import timestamp
 from edgefleet.v1 import agent_pb2, types_pb2
 
 from .artifacts import ArtifactInfo, SignedArtifact
-from .engines import DeploymentStatus, DeployRequest
+from .desired import ApplyConfig, ConfigStatus
+from .engines import CancelDeployment, DeploymentStatus, DeployRequest
 from .health import HealthSample
 from .messages import Command, Hello, Ping, PlanOverride, Rollback, SetPlan, Unsupported
 from .shadow import GateParams
@@ -47,7 +48,12 @@ def health_to_pb(sample: HealthSample, time: float) -> types_pb2.HealthSample:
 
 def hello_to_pb(hello: Hello, agent_version: str) -> agent_pb2.Hello:
     return agent_pb2.Hello(agent_version=agent_version, profile=profile_to_pb(hello.profile),
-                           plan=plan_to_pb(hello.plan), streams=hello.streams, started=timestamp(hello.started))
+                           plan=plan_to_pb(hello.plan), streams=hello.streams, started=timestamp(hello.started),
+                           config=config_status_to_pb(hello.config))
+
+
+def config_status_to_pb(status: ConfigStatus) -> agent_pb2.ConfigStatus:
+    return agent_pb2.ConfigStatus(**asdict(status))
 
 
 def deployment_to_pb(status: DeploymentStatus) -> types_pb2.DeploymentStatus:
@@ -91,6 +97,11 @@ def command_from_pb(command: agent_pb2.Command) -> Command:
         return SetPlan(command.command_id, override_from_pb(command.set_plan))
     if action == "rollback":
         return Rollback(command.command_id, command.rollback.reason)
+    if action == "cancel_deployment":
+        cancel = command.cancel_deployment
+        return CancelDeployment(command.command_id, cancel.rollout_id, cancel.reason)
     if action == "ping":
         return Ping(command.command_id)
+    if action == "apply_config":
+        return ApplyConfig(command.command_id, command.apply_config.version, command.apply_config.document)
     return Unsupported(command.command_id, action or "none")

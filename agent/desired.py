@@ -18,17 +18,23 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import ValidationError
 
 from .config import AgentConfig
 from .config_file import ConfigFileError, FileValues, read_config_text
-from .errors import ConfigError
+from .errors import AgentError, ConfigError
 from .flags import GROUPS, file_keys, refusal
+
+if TYPE_CHECKING:
+    from edgefleet.models.base import Detector
+
+    from .supervisor import Agent
 
 logger = logging.getLogger(__name__)
 
@@ -189,15 +195,18 @@ class DesiredConfig:
     store: DesiredStore
     current: AgentConfig = field(init=False)
     status: ConfigStatus = field(default_factory=ConfigStatus)
+    load_detector: Callable[[AgentConfig], Detector] | None = None
+    """The detector of a config (agent.build): a document that changes the model loads it."""
 
     def __post_init__(self) -> None:
         self.current = self.base
 
     @classmethod
-    def at_start(cls, base: AgentConfig) -> DesiredConfig:
+    def at_start(cls, base: AgentConfig,
+                 load_detector: Callable[[AgentConfig], Detector] | None = None) -> DesiredConfig:
         """The persisted document over `base`, when it still passes (a changed agent.yaml may now
         conflict with it: then it is refused and the agent runs its file and flags)."""
-        desired = cls(base, DesiredStore(base.state_dir))
+        desired = cls(base, DesiredStore(base.state_dir), load_detector=load_detector)
         saved = desired.store.load()
         if saved is None:
             return desired
@@ -211,6 +220,14 @@ class DesiredConfig:
         desired.status = ConfigStatus(version, applied_document=document, how="at start")
         logger.info("running desired config v%d over agent.yaml and the flags", version)
         return desired
+
+    def fall_back(self, reason: str) -> None:
+        """The persisted document cannot run here (a source or model missing now): run file and flags."""
+        logger.warning("desired config v%d cannot start here (%s): running agent.yaml and the flags",
+                       self.status.applied_version, reason)
+        self.status = ConfigStatus(refused_version=self.status.applied_version,
+                                   errors=(f"desired config v{self.status.applied_version}: {reason}",))
+        self.current = self.base
 
     def prepare(self, command: ApplyConfig) -> Change:
         """What the document would change; DesiredConfigError when it is refused (nothing changes)."""
@@ -227,3 +244,55 @@ class DesiredConfig:
     def refused(self, command: ApplyConfig, errors: list[str]) -> ConfigStatus:
         self.status = replace(self.status, refused_version=command.version, errors=tuple(errors))
         return self.status
+
+
+# ---- applying a document to the running agent (on its loop thread) ----
+
+DETECTOR_SETTINGS = {"model", "threads", "rect", "models_dir"}
+
+
+def apply_document(agent: Agent, command: ApplyConfig) -> ConfigStatus:
+    """Refuse the document with every reason (nothing changes), or persist and apply it."""
+    desired = agent.desired
+    if desired is None:
+        return ConfigStatus(refused_version=command.version,
+                            errors=("this agent was built without an AgentConfig to apply a document over",))
+    try:
+        return _apply(agent, desired, command, desired.prepare(command))
+    except DesiredConfigError as err:
+        logger.warning("desired config v%d refused: %s", command.version, err)
+        return desired.refused(command, err.errors)
+
+
+def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: Change) -> ConfigStatus:
+    """What can fail first (the new loop's sources and detector, persisting), then the changes."""
+    from edgefleet.adaptive.schedule import MotionGate
+
+    config = change.config
+    options = replace(agent.options, sources=list(config.source or []), stream_ids=config.stream_ids,
+                      max_frames=config.max_frames, loop=config.loop, fallback_model=config.model)
+    loop = detector = None
+    try:
+        if change.loop:
+            # a rollout's engine stays in use: the config's model is then what a rollback returns to
+            if DETECTOR_SETTINGS & set(change.loop) and not agent.plan.artifact_sha256 and desired.load_detector:
+                detector = desired.load_detector(config)
+            loop = agent.make_loop(options, agent.loop.feeds)
+            loop.start()
+        status = desired.applied(command, change)  # persisted: the next start runs it too
+    except (AgentError, OSError) as err:
+        for part in (loop, detector):
+            if part is not None:
+                part.close()
+        raise DesiredConfigError([f"desired config v{command.version}: {err}"]) from err
+    if loop is not None:
+        agent.use_loop(loop, options, detector)
+    if "detect_interval" in change.live and agent.adapter is None:  # with --auto-plan the plan chooses it
+        agent.planned_interval = config.detect_interval
+        agent.loop.set_detect_interval(config.detect_interval)
+    if "motion_gate" in change.live:
+        agent.schedules.motion_gate = config.motion_gate
+        for stream in agent.loop.streams:
+            stream.scheduler.motion_gate = MotionGate(config.motion_gate) if config.motion_gate else None
+    logger.info("desired config v%d applied (%s)", command.version, status.how)
+    return status

@@ -24,7 +24,16 @@ from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.common.convert import frame_to_pb as record_to_pb
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
-from .convert import command_from_pb, deployment_to_pb, health_to_pb, hello_to_pb, plan_to_pb, profile_to_pb
+from .convert import (
+    command_from_pb,
+    config_status_to_pb,
+    deployment_to_pb,
+    health_to_pb,
+    hello_to_pb,
+    plan_to_pb,
+    profile_to_pb,
+)
+from .desired import ConfigStatus
 from .engines import DeploymentStatus
 from .errors import EnrollmentError, FetchError
 from .health import HealthSample
@@ -385,6 +394,10 @@ class Link:
                 break
             records.append(record)
         return records
+
+    def send_config(self, status: ConfigStatus) -> None:
+        """Queue a ConfigStatus (after an ApplyConfig); any thread."""
+        self._queue(agent_pb2.AgentMessage(config=config_status_to_pb(status)))
 
     def send_result(self, command_id: str, ok: bool, error: str = "") -> None:
         """Queue a CommandResult; any thread."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.adaptive.probe import HardwareProfile
 
-from .engines import DeployRequest
+from .desired import ApplyConfig, ConfigStatus
+from .engines import CancelDeployment, DeployRequest
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Hello:
     streams: list[str]
     started: float
     """When this run started (Unix seconds)."""
+    config: ConfigStatus = ConfigStatus()
+    """The controller's document it runs, or refused (agent.desired)."""
 
 
 @dataclass(frozen=True)
@@ -60,5 +63,5 @@ class Unsupported:
     action: str
 
 
-Command = DeployRequest | SetPlan | Rollback | Ping | Unsupported
+Command = DeployRequest | CancelDeployment | SetPlan | Rollback | Ping | ApplyConfig | Unsupported
 """A command from the controller, as the link hands it to the supervisor's queue."""

@@ -33,7 +33,16 @@ from edgefleet.models.base import Detector
 
 from .adapt import Adapter, RungHistory
 from .bytetrack import ByteTrack, ByteTrackConfig
-from .engines import ActiveEngines, DeploymentStatus, DeployRequest, EngineManager, Swap
+from .desired import ApplyConfig, ConfigStatus, DesiredConfig, apply_document
+from .engines import (
+    ActiveEngines,
+    CancelDeployment,
+    DeploymentStatus,
+    DeployRequest,
+    EngineManager,
+    Swap,
+    slot_turn,
+)
 from .errors import ConfigError, ControllerUnreachable
 from .health import HealthMonitor, HealthSample
 from .link import Link
@@ -70,7 +79,7 @@ class Agent:
                  profile: HardwareProfile, plan: DevicePlan, *, tracker_factory: Callable[[], ByteTrack] = ByteTrack,
                  adaptation: Adaptation | None = None, mqtt: MqttPublisher | None = None,
                  load_model: Callable[[Path], Detector] | None = None, active: ActiveEngines | None = None,
-                 feeds: Sequence[Callable[[FeedContext], Feed]] = ()):
+                 feeds: Sequence[Callable[[FeedContext], Feed]] = (), desired: DesiredConfig | None = None):
         """`tracker_factory()` makes each stream's own tracker (track ids count per stream);
         e.g. `functools.partial(ByteTrack, ByteTrackConfig(lost_track_buffer=60))`.
         With `adaptation`, `detector` must be the one for the controller's current rung, whose
@@ -79,8 +88,11 @@ class Agent:
         `load_model(path)` loads a deployed artifact's detector on the engine worker thread (default:
         models.load_detector with the tracker's low threshold); `active` is the engines' state
         (`<state_dir>/engines/active.json`, after `on_start()`), read here when not given.
-        `feeds` make the served streams (agent.inference.InferenceCore) from the agent's parts."""
+        `feeds` make the served streams (agent.inference.InferenceCore) from the agent's parts.
+        `desired` is the controller's configuration on this device (agent.desired; None: refused)."""
         self.options, self.profile, self.mqtt = options, profile, mqtt
+        self.desired = desired
+        self._source_factory, self._tracker_factory = source_factory, tracker_factory
         self.stop_event = threading.Event()
         self.health = HealthMonitor()
         self.slot = DetectorSlot(detector, self.health)
@@ -102,9 +114,7 @@ class Agent:
         self.recorder = Recorder(self.outbox, options.commit_interval_s, self._listeners())
         context = FeedContext(self.slot.detect_served, self.slot.names, self.health, self.schedules.new_scheduler,
                               options.publish_threshold, frozenset(options.stream_ids))
-        self.loop = FrameLoop(options, self.slot, self.schedules, self.health, self.recorder, source_factory,
-                              self.stop_event, tracker_factory=tracker_factory,
-                              feeds=[make(context) for make in feeds], observe=self.engines.observe)
+        self.loop = self.make_loop(options, [make(context) for make in feeds])
         self.history = RungHistory(lambda: self.recorder.counted)
 
     def _link(self) -> Link:
@@ -130,6 +140,7 @@ class Agent:
             latency_budget_ms=lambda: self.plan.latency_budget_ms,
             sample_every=options.gate_sample_every, publish_threshold=options.publish_threshold,
             download_max_bytes_per_s=options.download_mbps * 1e6,
+            current_turn=lambda: slot_turn(self.slot),  # the shadow test times both engines in turns
         )
 
     def _listeners(self) -> list[Callable]:
@@ -150,7 +161,8 @@ class Agent:
     # ---- reporting (any thread) ----
 
     def _hello(self) -> Hello:
-        return Hello(self.profile, self.plan, [s.stream_id for s in self.loop.streams], self.started)
+        return Hello(self.profile, self.plan, [s.stream_id for s in self.loop.streams], self.started,
+                     config=self.desired.status if self.desired is not None else ConfigStatus())
 
     def health_sample(self) -> HealthSample:
         """The current health sample; safe from any thread (the link and MQTT threads call it too)."""
@@ -283,10 +295,14 @@ class Agent:
             command = self.commands.get_nowait()
             if isinstance(command, DeployRequest):
                 self.engines.deploy(command)
+            elif isinstance(command, CancelDeployment):
+                self.engines.cancel(command.rollout_id, command.reason)
             elif isinstance(command, Rollback):
                 self.engines.rollback(command.command_id, command.reason)
             elif isinstance(command, Ping):
                 self.link.send_result(command.command_id, True)
+            elif isinstance(command, ApplyConfig):
+                self.apply_config(command)
             elif isinstance(command, SetPlan):
                 try:
                     self.apply_plan_override(command.override, now)
@@ -316,6 +332,42 @@ class Agent:
         logger.info("plan override: %s; %d rung(s) left to the controller, now %s",
                     "cleared" if override.clear else "applied", len(self.adapter.controller.ladder),
                     self.adapter.rung.label())
+
+    # ---- desired configuration (agent.desired) ----
+
+    def apply_config(self, command: ApplyConfig) -> ConfigStatus:
+        """The controller's document, on the loop thread (agent.desired.apply_document); its status goes up."""
+        status = apply_document(self, command)
+        if status.applied_version == command.version:
+            self._replan(f"desired config v{command.version} ({status.how})")
+        self.link.send_config(status)
+        return status
+
+    def make_loop(self, options: RunOptions, feeds: Sequence[Feed]) -> FrameLoop:
+        """A frame loop on `options` with this agent's detector, schedules, recorder and `feeds` (not started)."""
+        return FrameLoop(options, self.slot, self.schedules, self.health, self.recorder, self._source_factory,
+                         self.stop_event, tracker_factory=self._tracker_factory, feeds=feeds,
+                         observe=self.engines.observe)
+
+    def restart_loop(self, options: RunOptions | None = None) -> None:
+        """A new frame loop on `options` (default: the current ones), between ticks: new sources,
+        trackers and schedulers; the outbox, recorder, link and engines stay up, so records keep their
+        sequence. A SourceError leaves the old loop running."""
+        options = options or self.options
+        loop = self.make_loop(options, self.loop.feeds)
+        try:
+            loop.start()
+        except BaseException:
+            loop.close()  # the sources it did start
+            raise
+        self.use_loop(loop, options, None)
+
+    def use_loop(self, loop: FrameLoop, options: RunOptions, detector: Detector | None) -> None:
+        old, self.loop, self.options = self.loop, loop, options
+        old.close()  # its sources; the feeds (served streams) carry on in the new loop
+        if detector is not None:
+            self._use_detector(detector)
+        logger.info("frame loop restarted: streams %s", ", ".join(options.stream_ids) or "none")
 
     # ---- deployments (agent.engines) ----
 
