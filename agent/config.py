@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from edgefleet.common.addresses import parse_host_port
+from edgefleet.common.labels import label_problem
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -56,6 +57,9 @@ CONTROLLER_ONLY = ("enroll_key", "name", "state_dir", "tls_ca", "backoff_max_s",
                    "outbox_max_age_s", "commit_interval_s", "gate_sample_every", "download_mbps", "engine_confirm_s")
 """Settings of the agent's link, outbox and deployments: idle on a `serve` without a controller."""
 
+MQTT_LOGIN = ("mqtt_username", "mqtt_password_file", "mqtt_tls_ca", "mqtt_tls_cert", "mqtt_tls_key")
+"""How the agent logs in to the MQTT broker (common.mqtt.MqttLogin): idle without `mqtt`."""
+
 
 class AgentConfig(BaseModel):
     """The agent's settings, validated once at the edge (see the module's docstring)."""
@@ -72,6 +76,10 @@ class AgentConfig(BaseModel):
                                   metavar="DIR")
     enroll_key: Text | None = setting(None, "enrollment key; needed on the first run only", metavar="KEY")
     name: Text | None = setting(None, "name to enroll under (default: hostname)", metavar="NAME")
+    labels: dict[Text, Text] = setting({}, "a label of this device, reported at enrollment and at every connect; "
+                                           "selectors (devices, rollouts, commands) choose devices by them; "
+                                           "repeatable (file: labels: {site: lab})", metavar="KEY=VALUE",
+                                       flag="--label")
     backoff_max_s: float = setting(10.0, "while the controller is unreachable, retry with exponential backoff and "
                                          "jitter up to S seconds apart (default 10)", metavar="S", gt=0)
     drain_timeout: float = setting(30.0, "at the end, wait up to S seconds for the controller to acknowledge "
@@ -138,6 +146,14 @@ class AgentConfig(BaseModel):
                                       "counts, stats) to this MQTT broker (serve: needs --controller)",
                                 metavar="HOST:PORT")
     mqtt_prefix: Text = setting("edgefleet", "topic prefix for --mqtt (default edgefleet)", metavar="TOPIC")
+    mqtt_username: Text | None = setting(None, "log in to the MQTT broker as NAME (the password from "
+                                               "--mqtt-password-file or $EDGEFLEET_MQTT_PASSWORD)", metavar="NAME")
+    mqtt_password_file: FilePath | None = setting(None, "the MQTT password is this file's first line (never a flag: "
+                                                        "it would show in ps)", metavar="FILE")
+    mqtt_tls_ca: FilePath | None = setting(None, "speak TLS to the MQTT broker, trusting this CA", metavar="PEM")
+    mqtt_tls_cert: FilePath | None = setting(None, "a client certificate for the MQTT broker (with --mqtt-tls-key)",
+                                             metavar="PEM")
+    mqtt_tls_key: FilePath | None = setting(None, "the client certificate's private key", metavar="PEM")
 
     # ---- the inference service (serve) ----
     listen: Text | None = setting(None, "where clients call (port 0 picks one; the first stdout line names it)",
@@ -165,6 +181,15 @@ class AgentConfig(BaseModel):
                 parse_host_port(value, allow_port_zero=HOST_PORTS[info.field_name])
             except ValueError:
                 raise ValueError(f"--{info.field_name.replace('_', '-')} must be HOST:PORT, got {value!r}") from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            problem = label_problem(key, text)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @field_validator("mqtt_prefix")
@@ -217,6 +242,9 @@ class AgentConfig(BaseModel):
         given = self.model_fields_set
         notes = [f"--{name.replace('_', '-') if name != 'calibrate' else 'no-calibrate'} has no effect without "
                  "--auto-plan" for name in ("target_fps", "calibrate") if name in given and not self.auto_plan]
+        mqtt_idle = [f"--{name.replace('_', '-')}" for name in MQTT_LOGIN if name in given and not self.mqtt]
+        if mqtt_idle:
+            notes.append(f"{', '.join(mqtt_idle)}: no effect without --mqtt")
         if self.listen is not None and self.controller is None:
             idle = [f"--{name.replace('_', '-')}" for name in CONTROLLER_ONLY if name in given]
             if idle:

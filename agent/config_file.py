@@ -37,6 +37,8 @@ class Key:
     flag: str
     is_list: bool = False
     negated: bool = False
+    is_mapping: bool = False
+    """A mapping of names to values (`labels: {site: lab}`)."""
 
 
 @dataclass
@@ -151,6 +153,13 @@ class _Reader:
 
     def _value(self, key: str, value: Any, setting: Key) -> Any:
         """The value's shape (its type and bounds are the model's)."""
+        if setting.is_mapping:
+            if not isinstance(value, dict):
+                raise self.fail(key, f"must be a mapping (site: lab), got {kind_of(value)}")
+            for name, item in value.items():
+                if item is None or isinstance(item, (dict, list)):
+                    raise self.fail(key, f"{name}: must be a single value, got {kind_of(item)}")
+            return dict(value)
         if setting.is_list:
             values = value if isinstance(value, list) else [value]
             if not values:

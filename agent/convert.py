@@ -49,7 +49,7 @@ def health_to_pb(sample: HealthSample, time: float) -> types_pb2.HealthSample:
 def hello_to_pb(hello: Hello, agent_version: str) -> agent_pb2.Hello:
     return agent_pb2.Hello(agent_version=agent_version, profile=profile_to_pb(hello.profile),
                            plan=plan_to_pb(hello.plan), streams=hello.streams, started=timestamp(hello.started),
-                           config=config_status_to_pb(hello.config))
+                           config=config_status_to_pb(hello.config), labels=hello.labels)
 
 
 def config_status_to_pb(status: ConfigStatus) -> agent_pb2.ConfigStatus:

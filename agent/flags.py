@@ -17,12 +17,14 @@ import argparse
 import logging
 import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
+
+from edgefleet.common.labels import split_label
 
 from .config import AgentConfig
 from .config_file import ConfigFileError, FileValues, Key, kind_of, normal, read_config_file
@@ -31,14 +33,15 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 GROUPS: dict[str, tuple[str, ...]] = {
-    "the controller": ("controller", "tls_ca", "tls_cert", "tls_key", "state_dir", "enroll_key", "name",
+    "the controller": ("controller", "tls_ca", "tls_cert", "tls_key", "state_dir", "enroll_key", "name", "labels",
                        "backoff_max_s", "drain_timeout"),
     "local streams": ("source", "stream_id", "max_frames", "loop", "detect_interval", "motion_gate"),
     "the outbox": ("outbox_max_mb", "outbox_max_age_s", "commit_interval_s"),
     "the detector": ("threads", "rect", "models_dir", "model"),
     "planning": ("auto_plan", "target_fps", "calibrate"),
     "deployments": ("gate_sample_every", "download_mbps", "engine_confirm_s"),
-    "reporting": ("metrics_listen", "mqtt", "mqtt_prefix"),
+    "reporting": ("metrics_listen", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password_file", "mqtt_tls_ca",
+                  "mqtt_tls_cert", "mqtt_tls_key"),
     "the inference service": ("listen", "token", "max_batch", "batch_window_ms", "stream_queue", "max_frame_bytes",
                               "grace"),
 }
@@ -90,6 +93,8 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: st
     base, is_list = _base_type(info.annotation)
     if get_origin(base) is Literal:
         kwargs["choices"] = get_args(base)
+    elif get_origin(base) is dict:  # --label K=V, repeatable: (K, V) pairs that config_from makes a mapping
+        kwargs.update(type=_key_value(flag), metavar=extra.get("metavar"), action="append")
     elif base is bool:
         kwargs["action"] = "store_false" if flag.startswith("--no-") else "store_true"
     else:
@@ -114,14 +119,25 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
     parser.set_defaults(settings=tuple(names))
 
 
+def _key_value(flag: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type for `flag KEY=VALUE`: the (key, value) pair, checked as a label."""
+    def parse(text: str) -> tuple[str, str]:
+        try:
+            return split_label(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
 def file_keys(names: Sequence[str]) -> dict[str, Key]:
     """The keys a config file may use for the settings `names` (and the top-level ones)."""
     keys: dict[str, Key] = {}
     for name in (*names, *TOP_LEVEL):
-        flag, (_, is_list) = flag_of(name), _base_type(AgentConfig.model_fields[name].annotation)
-        keys[name] = Key(name, flag, is_list)
+        flag, (base, is_list) = flag_of(name), _base_type(AgentConfig.model_fields[name].annotation)
+        is_mapping = get_origin(base) is dict
+        keys[name] = Key(name, flag, is_list, is_mapping=is_mapping)
         if normal(flag) != name:  # the flag's own spelling, e.g. no-calibrate: true
-            keys[normal(flag)] = Key(name, flag, is_list, negated=flag.startswith("--no-"))
+            keys[normal(flag)] = Key(name, flag, is_list, negated=flag.startswith("--no-"), is_mapping=is_mapping)
     return keys
 
 
@@ -152,6 +168,8 @@ def config_from(args: argparse.Namespace, names: Sequence[str]) -> AgentConfig:
     values = dict(file.values)
     if "source" in given and "stream_id" not in given:
         values.pop("stream_id", None)  # the command line's streams replace the file's, ids and all
+    if "labels" in given:  # the command line's labels join the file's, a key given in both is the flag's
+        given["labels"] = {**(values.get("labels") or {}), **dict(given["labels"])}
     values.update(given)
     if "listen" in names and values.get("listen") is None:
         raise ConfigError("--listen is required: where clients call (HOST:PORT)")

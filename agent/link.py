@@ -263,9 +263,10 @@ class Link:
             raise EnrollmentError(
                 f"not enrolled with {self.controller} and no --enroll-key given"
             )
+        hello = self._hello()
         request = agent_pb2.EnrollRequest(
             enroll_key=self.enroll_key, hardware_id=self.hardware_id(), hostname=self.name,
-            agent_version=AGENT_VERSION, profile=profile_to_pb(self._hello().profile),
+            agent_version=AGENT_VERSION, profile=profile_to_pb(hello.profile), labels=hello.labels,
         )
         backoff = Backoff(maximum=self.backoff_max_s)
         while not self._stop.is_set():

@@ -7,7 +7,7 @@ turns them into protobuf and back; nothing else in the agent touches the wire ty
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.adaptive.probe import HardwareProfile
@@ -26,6 +26,8 @@ class Hello:
     """When this run started (Unix seconds)."""
     config: ConfigStatus = ConfigStatus()
     """The controller's document it runs, or refused (agent.desired)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The device's own labels (--label, agent.yaml labels:); also sent at enrollment."""
 
 
 @dataclass(frozen=True)

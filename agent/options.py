@@ -27,6 +27,8 @@ class RunOptions:
     state_dir: Path
     enroll_key: str | None = None
     name: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    """The device's own labels (--label, agent.yaml labels:), sent at enrollment and in every Hello."""
     stream_ids: list[str] = field(default_factory=list)  # default cam0, cam1, ...
     max_frames: int = 0          # per stream; 0: until the source ends
     loop: bool = False           # restart a finite source at its end (demo)
@@ -78,7 +80,8 @@ class RunOptions:
             raise ConfigError("the agent needs --controller")
         return cls(
             controller=config.controller, sources=list(config.source or []), state_dir=config.state_dir,
-            enroll_key=config.enroll_key, name=config.name or "", stream_ids=config.stream_ids,
+            enroll_key=config.enroll_key, name=config.name or "", labels=dict(config.labels),
+            stream_ids=config.stream_ids,
             max_frames=config.max_frames, loop=config.loop, detect_interval=config.detect_interval,
             motion_gate=config.motion_gate, drain_timeout=config.drain_timeout, backoff_max_s=config.backoff_max_s,
             outbox_max_mb=config.outbox_max_mb, outbox_max_age_s=config.outbox_max_age_s,

@@ -162,7 +162,8 @@ class Agent:
 
     def _hello(self) -> Hello:
         return Hello(self.profile, self.plan, [s.stream_id for s in self.loop.streams], self.started,
-                     config=self.desired.status if self.desired is not None else ConfigStatus())
+                     config=self.desired.status if self.desired is not None else ConfigStatus(),
+                     labels=dict(self.options.labels))
 
     def health_sample(self) -> HealthSample:
         """The current health sample; safe from any thread (the link and MQTT threads call it too)."""
