@@ -66,8 +66,7 @@ async def targets(db, device_id: str, select: str) -> list[DeviceRecord]:
         raise InvalidArgument("name one device (device_id) or a selector (select), not both or neither")
     if device_id:
         return [await db.get_device(device_id)]
-    selector = parse_selector(select)
-    devices = [d for d in await db.list_devices() if selector.matches(d.labels)]
+    devices = await db.devices_matching(parse_selector(select))
     if not devices:
         raise FailedPrecondition(f"no device matches the selector {select!r}")
     return devices
@@ -101,3 +100,53 @@ class Commands:
         await self.db.add_event("command", what, device.device_id)
         self.hub.device_changed(device, what)
         return outcome
+
+    async def deliver_plan(self, device: DeviceRecord, override: dict, previous: dict) -> None:
+        """Send a stored plan override (empty: cleared) to the connected device and wait for its answer.
+
+        Not connected: it goes down at the device's next Session (nothing to wait for). Refused: the
+        previous override is stored again, and FailedPrecondition carries the device's reason. No answer
+        in time: FailedPrecondition says so; the override stays stored and goes down again at the next
+        Session."""
+        if not self.hub.connected(device.device_id):
+            return
+        outcome = await self.send_and_wait(device, Command("set_plan", override or {"clear": True}))
+        if outcome.state is CommandState.REFUSED:
+            await self.db.set_plan_override(device.device_id, previous)
+            raise FailedPrecondition(f"device {device.device_id} refused the plan override: {outcome.error}; "
+                                     "its previous override stays")
+        if outcome.state is CommandState.TIMED_OUT:
+            raise FailedPrecondition(f"device {device.device_id} did not answer the plan override ({outcome.error}); "
+                                     "it is stored and goes down again when the device reconnects")
+
+    async def revoke(self, device_id: str, reason: str) -> DeviceRecord:
+        """Refuse the device's token from now on, end its open Session and PublishDetections streams
+        (UNAUTHENTICATED), keep its data. Revoking a revoked device again changes nothing."""
+        if not device_id:
+            raise InvalidArgument("device_id is empty")
+        device = await self.db.revoke_device(device_id)
+        why = f"device {device_id} was revoked" + (f" ({reason})" if reason else "")
+        closed = self.hub.close_streams(device_id, why + "; enroll it again with an enrollment key to return")
+        what = f"{device.hostname} ({device_id}) revoked" + (f": {reason}" if reason else "")
+        await self.db.add_event("device", what + f"; {closed} open stream(s) closed", device_id)
+        self.hub.device_changed(device, what)
+        logger.info("%s; %d open stream(s) closed", what, closed)
+        return device
+
+    async def remove(self, device_id: str, purge_data: bool) -> int:
+        """Delete the device; with `purge_data` its detections, health history and events too (how many
+        detections, returned). A connected device that is not revoked is refused: revoke it first (or
+        stop its agent), or it would be talking to a controller that no longer knows it."""
+        if not device_id:
+            raise InvalidArgument("device_id is empty")
+        device = await self.db.get_device(device_id)
+        if self.hub.connected(device_id) and device.revoked is None:
+            raise FailedPrecondition(f"device {device_id} is connected: revoke it first "
+                                     f"(edgefleet device revoke {device_id}) or stop its agent, then remove it")
+        deleted = await self.db.remove_device(device_id, purge_data)
+        what = f"{device.hostname} ({device_id}) removed" + (
+            f" with its data ({deleted} detection record(s) deleted)" if purge_data else "; its data is kept")
+        await self.db.add_event("device", what, "" if purge_data else device_id)
+        self.hub.device_removed(device_id, what)
+        logger.info("%s", what)
+        return deleted

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
+from . import audit
 from .artifacts import SHA256, ArtifactFiles
 from .commands import Commands
 from .convert import (
@@ -138,6 +139,9 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         """Delete a revoked or disconnected device; with purge_data its detections, health and events too."""
         deleted = await self.commands.remove(request.device_id, request.purge_data)
         return fleet_pb2.RemoveDeviceResponse(device_id=request.device_id, detections_deleted=deleted)
+
+    async def ListAudit(self, request, context) -> fleet_pb2.ListAuditResponse:
+        return await audit.list_audit(self.db, request)
 
     # ---- detections ----
 

@@ -14,7 +14,7 @@ from edgefleet.common.records import FrameRecord
 from edgefleet.v1 import agent_pb2, fleet_pb2, types_pb2
 
 from .errors import InvalidArgument
-from .hub import Command, FleetChange, RolloutChange
+from .hub import Command, DeviceRemoved, FleetChange, FleetNote, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec, RolloutState
 from .rollouts import Requirements, StatusReport
@@ -94,7 +94,7 @@ def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb
         health=from_dict(rec.health, types_pb2.HealthSample()),
         acked_sequence=rec.acked_sequence, detections_stored=rec.detections_stored,
         streams=rec.streams, labels=rec.labels, connected=connected,
-        reported_labels=rec.reported_labels, operator_labels=rec.operator_labels,
+        reported_labels=rec.reported_labels, operator_labels=rec.operator_labels, revoked=rec.revoked is not None,
     )
     if rec.last_seen is not None:
         device.last_seen.CopyFrom(timestamp(rec.last_seen))
@@ -118,10 +118,15 @@ def deploy_state_to_pb(state: DeployState) -> types_pb2.DeploymentStatus.State:
     return cast(types_pb2.DeploymentStatus.State, int(state))
 
 
-def fleet_change_to_pb(change: FleetChange | RolloutChange, presence: Presence) -> list[fleet_pb2.FleetEvent]:
+def fleet_change_to_pb(change: FleetChange | RolloutChange | FleetNote | DeviceRemoved,
+                       presence: Presence) -> list[fleet_pb2.FleetEvent]:
     """The device or rollout as it was at the change, then the change in words when it has some."""
     when = timestamp(change.time)
-    if isinstance(change, RolloutChange):
+    if isinstance(change, FleetNote):
+        return [fleet_pb2.FleetEvent(time=when, message=change.message)]
+    if isinstance(change, DeviceRemoved):
+        events = [fleet_pb2.FleetEvent(time=when, removed_device_id=change.device_id)]
+    elif isinstance(change, RolloutChange):
         events = [fleet_pb2.FleetEvent(time=when, rollout=rollout_to_pb(change.rollout))]
     else:
         status = presence.status(change.device.last_seen, now=change.time)

@@ -15,7 +15,7 @@ from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .artifacts import ArtifactFiles, chunk_size
 from .convert import command_to_pb, frame_from_pb, status_report, to_dict
-from .errors import InvalidArgument, NotFound, OutOfRange, PermissionDenied
+from .errors import InvalidArgument, NotFound, OutOfRange, PermissionDenied, Unauthenticated
 from .hub import Command, Hub
 from .ingest import PUBLISH_PIPELINE
 from .interceptors import current_device
@@ -79,6 +79,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             labels=_reported_labels(hello.labels),
         )
         commands = self.hub.open_session(device_id)
+        closing = self.hub.stream_opened(device_id)  # RevokeDevice ends the Session (fleet.commands)
         self.hub.device_changed(device, f"{device.hostname} ({device_id}) connected")
         logger.info("session opened: %s (%s)", device_id, hello.agent_version)
 
@@ -101,10 +102,11 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 yield command_to_pb(Command("set_plan", device.plan_override))
             for command in await self.rollouts.commands_for(device_id) if self.rollouts is not None else ():
                 yield command_to_pb(command)
-            async for command in _until_done(commands, reader):
+            async for command in _until_done(commands, reader, closing):
                 yield command_to_pb(command)
         finally:
             reader.cancel()
+            self.hub.stream_closed(device_id, closing)
             self.hub.close_session(device_id, commands)
             self.hub.device_changed(device, f"{device.hostname} ({device_id}) disconnected")
             logger.info("session closed: %s", device_id)
@@ -118,6 +120,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             result = up.result
             logger.info("%s: command %s %s", device_id, result.command_id,
                         "done" if result.ok else f"failed: {result.error}")
+            self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail)
         elif kind == "heartbeat":
             hb = up.heartbeat
             plan = to_dict(hb.plan) if hb.HasField("plan") else None
@@ -162,6 +165,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             finally:
                 queued.put_nowait(None)
 
+        closing = self.hub.stream_opened(device_id)  # RevokeDevice ends the stream after the batches queued
+        closing.add_done_callback(lambda _: queued.put_nowait(None))
         reader = asyncio.create_task(read(), name=f"publish-{device_id}")
         try:
             while (item := await queued.get()) is not None:
@@ -174,8 +179,11 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 self.metrics.duplicate_frames.inc(result.duplicates)
                 self.metrics.ack_latency.observe(time.perf_counter() - arrived)
                 yield agent_pb2.PublishAck(acked_sequence=result.acked_sequence, duplicates=result.duplicates)
+            if closing.done():
+                raise Unauthenticated(closing.result())
             await reader  # its error, if it ended with one
         finally:
+            self.hub.stream_closed(device_id, closing)
             reader.cancel()
             while not queued.empty():  # the stream went away: its queued batches may still commit
                 item = queued.get_nowait()
@@ -257,17 +265,21 @@ def _reported_labels(labels: Mapping[str, str]) -> dict[str, str]:
     return dict(labels)
 
 
-async def _until_done(commands: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[Command]:
-    """Commands from the queue until `reader` ends; then its error, if it had one, is raised."""
+async def _until_done(commands: asyncio.Queue, reader: asyncio.Task,
+                      closing: asyncio.Future[str]) -> AsyncIterator[Command]:
+    """Commands from the queue until `reader` ends; then its error, if it had one, is raised.
+    When `closing` gets a reason first (the device was revoked), Unauthenticated with it."""
     while True:
         getter = asyncio.ensure_future(commands.get())
         try:
-            await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if not getter.done():
                 getter.cancel()
         if getter.done() and not getter.cancelled():
             yield getter.result()
             continue
+        if closing.done():
+            raise Unauthenticated(closing.result())
         reader.result()
         return

@@ -94,6 +94,23 @@ class RolloutChange:
 
 
 @dataclass(frozen=True)
+class DeviceRemoved:
+    """A device that RemoveDevice deleted, and what happened in words."""
+
+    device_id: str
+    time: float
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class FleetNote:
+    """Something that happened in words only (an audited operator call): a fleet event message."""
+
+    time: float
+    message: str
+
+
+@dataclass(frozen=True)
 class Command:
     """A command for a device's Session: `action` names a `Command` oneof field, `payload` is its value."""
 
@@ -149,7 +166,7 @@ class Hub:
             return None if metrics is None else functools.partial(metrics.watcher_dropped.inc, stream=stream)
 
         self.detections: Topic[FrameRecord] = Topic(counter("detections"))
-        self.fleet: Topic[FleetChange | RolloutChange] = Topic(counter("fleet"))
+        self.fleet: Topic[FleetChange | RolloutChange | FleetNote | DeviceRemoved] = Topic(counter("fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
         self._pending: dict[tuple[str, str], asyncio.Future[_Answer]] = {}  # (device, command id) -> its answer
         self._streams: dict[str, set[asyncio.Future[str]]] = {}  # device id -> its open streams' close signals
@@ -258,5 +275,11 @@ class Hub:
     def device_changed(self, device: DeviceRecord, message: str = "") -> None:
         self.fleet.publish([FleetChange(device, self.connected(device.device_id), time.time(), message)])
 
+    def device_removed(self, device_id: str, message: str = "") -> None:
+        self.fleet.publish([DeviceRemoved(device_id, time.time(), message)])
+
     def rollout_changed(self, rollout: RolloutRecord, message: str = "") -> None:
         self.fleet.publish([RolloutChange(rollout, time.time(), message)])
+
+    def note(self, message: str) -> None:
+        self.fleet.publish([FleetNote(time.time(), message)])

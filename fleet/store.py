@@ -18,6 +18,8 @@ from pathlib import Path
 import sqlite_utils
 
 from . import auth, schema
+from .audit_store import AuditTables
+from .decommission_store import DecommissionTables
 from .detection_store import DetectionTables
 from .errors import InvalidArgument, NotFound, Unauthenticated
 from .history_store import HistoryTables
@@ -48,6 +50,7 @@ class DeviceRecord:
     detections_stored: int = 0
     plan_override: dict = field(default_factory=dict)  # SetPlan as a dict; empty: none
     operator_labels: dict = field(default_factory=dict)  # SetDeviceLabels'; they win over the device's own
+    revoked: float | None = None  # when its token was revoked (RevokeDevice); None: never, or enrolled again since
 
     @property
     def labels(self) -> dict[str, str]:
@@ -66,7 +69,7 @@ class SecretRecord:
     role: str = ""  # an operator token's role (viewer, operator, admin); empty for enrollment keys
 
 
-class FleetStore(DetectionTables, HistoryTables, RolloutTables):
+class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables):
     """`autocheckpoint=False` leaves WAL checkpoints to a `WalCheckpointer` (the controller's)."""
 
     def __init__(self, path: Path | str, *, autocheckpoint: bool = True):
@@ -159,10 +162,11 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
     def principal_for_token(self, token: str) -> auth.Principal | None:
         """The device or operator a bearer token belongs to; None when unknown or revoked.
 
-        A device's token is revoked by re-enrolling the device (which rotates it).
+        A device's token is revoked by re-enrolling the device (which rotates it) or by RevokeDevice.
         """
         token_hash = auth.hash_secret(token)
-        row = self.db.execute("select device_id from devices where token_hash = ?", [token_hash]).fetchone()
+        row = self.db.execute("select device_id from devices where token_hash = ? and revoked is null",
+                              [token_hash]).fetchone()
         if row:
             return auth.Principal(auth.Role.DEVICE, row[0])
         row = self.db.execute(
@@ -183,7 +187,8 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
         profile: dict,
         labels: dict,
     ) -> tuple[DeviceRecord, str]:
-        """Exchange an enrollment key for (device, token). Re-enrolling a box keeps its device id."""
+        """Exchange an enrollment key for (device, token). Re-enrolling a box keeps its device id,
+        also after RevokeDevice (which the new token ends: the hardware id is the key)."""
         if not hardware_id:
             raise InvalidArgument("hardware_id is empty")
         rows = list(self.db["enroll_keys"].rows_where("key_hash = ? and revoked = 0", [auth.hash_secret(enroll_key)]))
@@ -196,7 +201,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables):
             self.db.table("devices").update(
                 device_id,
                 {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
-                 "profile": json.dumps(profile), "labels": json.dumps(labels)},
+                 "profile": json.dumps(profile), "labels": json.dumps(labels), "revoked": None},
             )
         else:
             device_id = self._new_device_id(hostname)
@@ -386,6 +391,7 @@ def _device_from_row(row: dict) -> DeviceRecord:
         detections_stored=row["detections_stored"] or 0,
         plan_override=json.loads(row["plan_override"] or "{}"),
         operator_labels=json.loads(row.get("operator_labels") or "{}"),
+        revoked=row.get("revoked"),
     )
 
 

@@ -248,19 +248,6 @@ def test_a_restarted_controller_continues_and_resends_to_devices_that_reconnect(
         ctl.stop()
 
 
-def test_send_command_needs_an_open_session(channel, control):
-    device = ScriptedDevice(channel, "cam-a")
-    sent = control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.id, rollback_reason="bad"), timeout=5)
-    command = wait_for(lambda: [c for c in device.commands if c.command_id == sent.command_id], 10, "rollback")[0]
-    assert command.rollback.reason == "bad"
-    device.disconnect()
-    wait_for(lambda: not control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.id)).connected, 10,
-             "the session to close")
-    with pytest.raises(grpc.RpcError) as err:
-        control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.id, ping=True), timeout=5)
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
 def test_downloads_take_turns_for_the_controllers_fetch_slots(tmp_path):
     """--fetch-streams 1, --fetch-stream-s 0.3: a second download waits while the first sends; the
     first's stream ends cleanly when its turn is over, short of the end, and resumes from there."""

@@ -34,6 +34,10 @@ class RawSession:
     def next(self, timeout: float = 10) -> agent_pb2.ControllerMessage:
         return self.down.get(timeout=timeout)
 
+    def answer(self, command: agent_pb2.Command, ok: bool = True, error: str = "") -> None:
+        self._up.put(agent_pb2.AgentMessage(result=agent_pb2.CommandResult(
+            command_id=command.command_id, ok=ok, error=error)))
+
     def close(self) -> None:
         self._up.put(None)  # half-close: the controller ends the stream
         self._reader.join(10)
@@ -148,21 +152,25 @@ def test_plan_override_goes_down_the_open_session_and_again_on_reconnect(channel
     plan = types_pb2.SetPlan(max_input_size=320, min_detect_interval=2, max_detect_interval=6,
                              pinned=types_pb2.RuntimePlan(backend="onnxruntime"))
 
-    reply = control.SetPlanOverride(fleet_pb2.SetPlanOverrideRequest(device_id=device.device_id, plan=plan),
-                                    timeout=5)
-    assert reply.plan_override == plan
+    call = control.SetPlanOverride.future(fleet_pb2.SetPlanOverrideRequest(device_id=device.device_id, plan=plan),
+                                          timeout=5)
     command = session.next().command
     assert command.set_plan == plan and command.command_id
-    watch.message(f"plan override for cam-a ({device.device_id}) set (1 open session(s) notified)")
+    session.answer(command)  # the call waits for the connected device's answer
+    assert call.result().plan_override == plan
+    watch.message(f"plan override for cam-a ({device.device_id}) set")
+    watch.message(f"set_plan on {device.device_id}: done in")
     session.close()
 
     again = RawSession(channel, device.device_token)  # a device that reconnects gets the stored override
     assert again.next().command.set_plan == plan
 
-    reply = control.SetPlanOverride(fleet_pb2.SetPlanOverrideRequest(
+    call = control.SetPlanOverride.future(fleet_pb2.SetPlanOverrideRequest(
         device_id=device.device_id, plan=types_pb2.SetPlan(clear=True)), timeout=5)
-    assert not reply.HasField("plan_override")
-    assert again.next().command.set_plan == types_pb2.SetPlan(clear=True)
+    command = again.next().command
+    assert command.set_plan == types_pb2.SetPlan(clear=True)
+    again.answer(command)
+    assert not call.result().HasField("plan_override")
     again.close()
     got = control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
     assert not got.HasField("plan_override")

@@ -59,12 +59,19 @@ class SimAgent:
                 for message in call:
                     if message.WhichOneof("body") == "command":
                         self.commands.put(message.command)
+                        self._answer(message.command)
             except grpc.RpcError:
                 pass  # the controller went away or the test closed the session
 
         self._reader = threading.Thread(target=read, daemon=True)
         self._reader.start()
         return self
+
+    def _answer(self, command: agent_pb2.Command) -> None:
+        """Every command done at once, as a real agent answers (the controller waits for the answer)."""
+        if self._up is not None:
+            self._up.put(agent_pb2.AgentMessage(result=agent_pb2.CommandResult(
+                command_id=command.command_id, ok=True, detail="simulated")))
 
     def heartbeat(self, fps: float = 10.0, latency_ms: float = 50.0, temperature_c: float = 0.0,
                   detections_total: int = 0, outbox_depth: int = 0) -> None:
