@@ -54,6 +54,7 @@ def cmd_run(args) -> int:
     finally:
         built.close()
     print(json.dumps(agent.summary(result)), flush=True)
+    agent.check_restart()  # exit 75 for systemd after a restart command in exit mode (agent.restart)
     agent.check_delivered(result)  # after the summary: what ran is reported either way
     return 0
 
@@ -113,6 +114,7 @@ def cmd_serve(args) -> int:
                    mean_batch=round(stats.items / stats.batches, 2) if stats.batches else 0.0)
     print(json.dumps(summary), flush=True)
     if agent is not None and result is not None:
+        agent.check_restart()
         agent.check_delivered(result)
     return 0
 

@@ -27,6 +27,7 @@ from edgefleet.common.addresses import parse_host_port
 from edgefleet.common.labels import label_problem
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+RestartMode = Literal["auto", "exit", "in-process"]
 
 
 def _int_as_text(value: Any) -> Any:
@@ -53,7 +54,8 @@ def setting(default: Any, help: str, *, metavar: str | None = None, flag: str | 
 HOST_PORTS = {"controller": False, "mqtt": False, "metrics_listen": True, "listen": True}
 """The HOST:PORT settings, and whether port 0 (any free port, for a server) is allowed."""
 
-CONTROLLER_ONLY = ("enroll_key", "name", "state_dir", "tls_ca", "backoff_max_s", "drain_timeout", "outbox_max_mb",
+CONTROLLER_ONLY = ("enroll_key", "name", "state_dir", "tls_ca", "backoff_max_s", "drain_timeout", "restart_mode",
+                   "outbox_max_mb",
                    "outbox_max_age_s", "commit_interval_s", "gate_sample_every", "download_mbps", "engine_confirm_s")
 """Settings of the agent's link, outbox and deployments: idle on a `serve` without a controller."""
 
@@ -84,6 +86,12 @@ class AgentConfig(BaseModel):
                                          "jitter up to S seconds apart (default 10)", metavar="S", gt=0)
     drain_timeout: float = setting(30.0, "at the end, wait up to S seconds for the controller to acknowledge "
                                          "everything (default 30)", metavar="S", ge=0)
+    restart_mode: RestartMode = setting("auto", "how the controller's restart command restarts the agent: "
+                                                "in-process restarts the frame loop (sources, detector, trackers; "
+                                                "the outbox and link stay up), exit answers, drains and exits with "
+                                                "code 75 for systemd to start it again, auto (default) exits under "
+                                                "systemd (NOTIFY_SOCKET or INVOCATION_ID set) and restarts in "
+                                                "process elsewhere", metavar="MODE")
 
     # ---- local streams ----
     source: list[Text] | None = setting(None, "video file, image folder, camera index (0), rtsp:// or http:// URL, "

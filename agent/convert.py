@@ -19,7 +19,7 @@ from .artifacts import ArtifactInfo, SignedArtifact
 from .desired import ApplyConfig, ConfigStatus
 from .engines import CancelDeployment, DeploymentStatus, DeployRequest
 from .health import HealthSample
-from .messages import Command, Hello, Ping, PlanOverride, Rollback, SetPlan, Unsupported
+from .messages import Command, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
 from .shadow import GateParams
 
 
@@ -102,6 +102,8 @@ def command_from_pb(command: agent_pb2.Command) -> Command:
         return CancelDeployment(command.command_id, cancel.rollout_id, cancel.reason)
     if action == "ping":
         return Ping(command.command_id)
+    if action == "restart":
+        return Restart(command.command_id, command.restart.reason)
     if action == "apply_config":
         return ApplyConfig(command.command_id, command.apply_config.version, command.apply_config.document)
     return Unsupported(command.command_id, action or "none")

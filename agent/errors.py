@@ -26,6 +26,12 @@ class ControllerUnreachable(AgentError):
     exit_code = 4
 
 
+class RestartRequested(AgentError):
+    """The controller asked for a restart and the agent exits for its service manager to start it again
+    (`--restart-mode exit`, or auto under systemd); the shipped unit restarts on this code."""
+    exit_code = 75
+
+
 class EngineError(AgentError):
     """A deployment step that failed; the message is the reason the device reports."""
 

@@ -400,10 +400,10 @@ class Link:
         """Queue a ConfigStatus (after an ApplyConfig); any thread."""
         self._queue(agent_pb2.AgentMessage(config=config_status_to_pb(status)))
 
-    def send_result(self, command_id: str, ok: bool, error: str = "") -> None:
-        """Queue a CommandResult; any thread."""
+    def send_result(self, command_id: str, ok: bool, error: str = "", detail: str = "") -> None:
+        """Queue a CommandResult (`error` why it was refused, `detail` what was done); any thread."""
         self._queue(agent_pb2.AgentMessage(
-            result=agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error)))
+            result=agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error, detail=detail)))
 
     def _queue(self, message: agent_pb2.AgentMessage) -> None:
         self._outgoing.append(message)

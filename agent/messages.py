@@ -59,11 +59,17 @@ class Ping:
 
 
 @dataclass(frozen=True)
+class Restart:
+    command_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Unsupported:
     """A command this agent does not carry out (yet): its action's name, for the log."""
     command_id: str
     action: str
 
 
-Command = DeployRequest | CancelDeployment | SetPlan | Rollback | Ping | ApplyConfig | Unsupported
+Command = DeployRequest | CancelDeployment | SetPlan | Rollback | Ping | Restart | ApplyConfig | Unsupported
 """A command from the controller, as the link hands it to the supervisor's queue."""

@@ -62,6 +62,9 @@ class RunOptions:
     to store: a stored detection keeps meaning "scored at least 0.25", as before. 0 publishes
     every tracked row."""
     serving: bool = False
+    restart_mode: str = "auto"
+    """How a restart command restarts the agent: "in-process", "exit" (code 75, for systemd), or "auto"
+    (exit under systemd, in process elsewhere); see `Agent.restart`."""
     """`edge-agent serve`: served streams (agent.inference) feed the agent too, so it may have no
     --source and runs until stopped, not until its sources end."""
 
@@ -88,6 +91,7 @@ class RunOptions:
             commit_interval_s=config.commit_interval_s, credentials=credentials,
             gate_sample_every=config.gate_sample_every, engine_confirm_s=config.engine_confirm_s,
             download_mbps=config.download_mbps, fallback_model=config.model, serving=config.serving,
+            restart_mode=config.restart_mode,
         )
 
 

@@ -43,15 +43,16 @@ from .engines import (
     Swap,
     slot_turn,
 )
-from .errors import ConfigError, ControllerUnreachable
+from .errors import ConfigError, ControllerUnreachable, RestartRequested
 from .health import HealthMonitor, HealthSample
-from .link import Link
+from .link import AGENT_VERSION, Link
 from .loop import DetectorSlot, Feed, FeedContext, FrameLoop, Schedules
-from .messages import Command, Hello, Ping, PlanOverride, Rollback, SetPlan
+from .messages import Command, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
 from .options import Adaptation, RunOptions
 from .outbox import Outbox
 from .overrides import describe_override, override_interval
 from .recorder import Recorder
+from .restart import restart
 from .sources import Source
 from .watchdog import Watchdog
 
@@ -93,6 +94,10 @@ class Agent:
         self.options, self.profile, self.mqtt = options, profile, mqtt
         self.desired = desired
         self._source_factory, self._tracker_factory = source_factory, tracker_factory
+        self.load_model = load_model or _default_load
+        """Loads a model file as this agent's detectors are loaded (engines, a restart's reload)."""
+        self.restart_requested: RestartRequested | None = None
+        """Set by a restart command in exit mode (agent.restart): `run` ends, `check_restart` raises it."""
         self.stop_event = threading.Event()
         self.health = HealthMonitor()
         self.slot = DetectorSlot(detector, self.health)
@@ -300,17 +305,35 @@ class Agent:
                 self.engines.cancel(command.rollout_id, command.reason)
             elif isinstance(command, Rollback):
                 self.engines.rollback(command.command_id, command.reason)
-            elif isinstance(command, Ping):
-                self.link.send_result(command.command_id, True)
             elif isinstance(command, ApplyConfig):
                 self.apply_config(command)
-            elif isinstance(command, SetPlan):
-                try:
-                    self.apply_plan_override(command.override, now)
-                except LadderError as err:
-                    logger.error("plan override %s refused: %s", command.command_id, err)
             else:
-                logger.info("command %s (%s) is not supported by this agent yet", command.command_id, command.action)
+                self._answer(command, now)
+
+    def _answer(self, command: Ping | SetPlan | Restart | Unsupported, now: float) -> None:
+        """The commands answered here at once: ping, a plan override (or why it was refused), restart
+        (agent.restart), and those this agent does not know."""
+        if isinstance(command, Ping):
+            self.link.send_result(command.command_id, True, detail="pong")
+        elif isinstance(command, SetPlan):
+            try:
+                self.apply_plan_override(command.override, now)
+            except LadderError as err:
+                logger.error("plan override %s refused: %s", command.command_id, err)
+                self.link.send_result(command.command_id, False, error=str(err))
+                return
+            self.link.send_result(command.command_id, True, detail=self.plan.reason)
+        elif isinstance(command, Restart):
+            restart(self, command)
+        else:
+            logger.info("command %s (%s) is not supported by this agent", command.command_id, command.action)
+            self.link.send_result(command.command_id, False,
+                                  error=f"this agent ({AGENT_VERSION}) does not carry out {command.action!r}")
+
+    def check_restart(self) -> None:
+        """After `run`: raise RestartRequested when a restart command asked the agent to exit for systemd."""
+        if self.restart_requested is not None:
+            raise self.restart_requested
 
     def apply_plan_override(self, override: PlanOverride, now: float) -> None:
         """An operator's pin or bounds; `clear` returns to the device's own plan.

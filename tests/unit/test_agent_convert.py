@@ -19,7 +19,7 @@ from edgefleet.agent.convert import (
 )
 from edgefleet.agent.engines import DeploymentStatus, DeployRequest
 from edgefleet.agent.health import HealthSample, StreamHealth
-from edgefleet.agent.messages import Hello, Ping, PlanOverride, Rollback, SetPlan, Unsupported
+from edgefleet.agent.messages import Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
 from edgefleet.v1 import agent_pb2, types_pb2
 
 PROFILE_IN_EXTRA = {"platform_class", "model", "soc", "cpu_governor", "gpu_memory_bytes", "nvidia_driver_version",
@@ -91,8 +91,9 @@ def test_commands_become_plain_data():
     assert command_from_pb(agent_pb2.Command(command_id="c3", rollback=agent_pb2.Rollback(reason="r"))) == \
         Rollback("c3", "r")
     assert command_from_pb(agent_pb2.Command(command_id="c4", ping=agent_pb2.Ping())) == Ping("c4")
-    assert command_from_pb(agent_pb2.Command(command_id="c5", restart=agent_pb2.Restart())) == \
-        Unsupported("c5", "restart")
+    assert command_from_pb(agent_pb2.Command(command_id="c5", restart=agent_pb2.Restart(reason="r"))) == \
+        Restart("c5", "r")
+    assert command_from_pb(agent_pb2.Command(command_id="c7")) == Unsupported("c7", "none")
     deploy = command_from_pb(agent_pb2.Command(command_id="c6", deploy=agent_pb2.DeployArtifact(rollout_id="r9")))
     assert isinstance(deploy, DeployRequest) and (deploy.command_id, deploy.rollout_id) == ("c6", "r9")
 
