@@ -18,7 +18,9 @@ DEFAULT_CONTROLLER = "127.0.0.1:50051"
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """--controller, --token and the TLS flags that every FleetControl client command takes."""
-    parser.add_argument("--controller", default=DEFAULT_CONTROLLER, metavar="HOST:PORT")
+    parser.add_argument("--controller", default=os.environ.get("EDGEFLEET_CONTROLLER") or DEFAULT_CONTROLLER,
+                        metavar="HOST:PORT",
+                        help=f"the controller (default $EDGEFLEET_CONTROLLER, else {DEFAULT_CONTROLLER})")
     parser.add_argument("--token", default=os.environ.get("EDGEFLEET_TOKEN"),
                         help="operator token (default $EDGEFLEET_TOKEN)")
     parser.add_argument("--tls-ca", type=Path, metavar="PEM", help="dial with TLS, trusting this CA")

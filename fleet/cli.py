@@ -19,17 +19,14 @@ import grpc
 from edgefleet.common.addresses import host_port_arg
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
+from .auth import DEFAULT_ACCESS, Access
 from .channel import add_connection_arguments, open_channel
-from .convert import to_dict
+from .cli_common import CliError, existing_db, print_json, quiet_broken_pipe
 from .errors import FleetError
 from .tls import ClientTLS, ServerTLS
 
 logger = logging.getLogger("edgefleet")
 
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
 
 
 def _setup_logging(level: str) -> None:
@@ -128,7 +125,7 @@ def cmd_serve(args) -> int:
 def _with_store(args, action):
     from .store import FleetStore
 
-    store = FleetStore(args.db)
+    store = FleetStore(existing_db(args.db, args.create))
     try:
         return action(store)
     except FleetError as err:
@@ -137,14 +134,16 @@ def _with_store(args, action):
         store.close()
 
 
-def _print_secrets(records, as_json: bool) -> None:
+def _print_secrets(records, as_json: bool, roles: bool = False) -> None:
     if as_json:
-        print(json.dumps([r.__dict__ for r in records], indent=2))
+        print(json.dumps([{k: v for k, v in r.__dict__.items() if roles or k != "role"} for r in records], indent=2))
         return
-    print(f"{'ID':<12}  {'NAME':<16}  {'CREATED':<19}  STATE")
+    role = f"{'ROLE':<8}  " if roles else ""
+    print(f"{'ID':<12}  {'NAME':<16}  {role}{'CREATED':<19}  STATE")
     for r in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
-        print(f"{r.id:<12}  {r.name:<16}  {created:<19}  {'revoked' if r.revoked else 'active'}")
+        role = f"{r.role:<8}  " if roles else ""
+        print(f"{r.id:<12}  {r.name:<16}  {role}{created:<19}  {'revoked' if r.revoked else 'active'}")
 
 
 def cmd_enroll_key_create(args) -> int:
@@ -164,9 +163,11 @@ def cmd_enroll_key_list(args) -> int:
 
 
 def cmd_operator_token_create(args) -> int:
-    token = _with_store(args, lambda store: store.create_operator_token(args.name))
+    access = Access.parse(args.role)
+    token = _with_store(args, lambda store: store.create_operator_token(args.name, access))
     print(token)
-    print("store it now: only its hash is kept; use it as --token or EDGEFLEET_TOKEN", file=sys.stderr)
+    print(f"a {access.label} token; store it now: only its hash is kept; use it as --token or EDGEFLEET_TOKEN",
+          file=sys.stderr)
     return 0
 
 
@@ -177,7 +178,7 @@ def cmd_operator_token_revoke(args) -> int:
 
 
 def cmd_operator_token_list(args) -> int:
-    _print_secrets(_with_store(args, lambda store: store.list_operator_tokens()), args.json)
+    _print_secrets(_with_store(args, lambda store: store.list_operator_tokens()), args.json, roles=True)
     return 0
 
 
@@ -226,7 +227,7 @@ def cmd_devices(args) -> int:
 
     response = _call(args, "ListDevices", fleet_pb2.ListDevicesRequest(select=select_text(args)))
     if args.json:
-        print(json.dumps([to_dict(d) for d in response.devices], indent=2))
+        print_json(list(response.devices))
         return 0
     rows = [("DEVICE", "STATUS", "HOSTNAME", "PLATFORM", "FPS", "INFER p50", "STORED", "LAST SEEN", "LABELS")]
     for d in response.devices:
@@ -245,7 +246,7 @@ def cmd_detections(args) -> int:
     )
     response = _call(args, "ListDetections", request)
     if args.json:
-        print(json.dumps({"total": response.total, "frames": [to_dict(f) for f in response.frames]}, indent=2))
+        print_json({"total": response.total, "frames": list(response.frames)})
         return 0
     for f in response.frames:
         labels = ", ".join(f"{d.label}#{d.track_id} {d.score:.2f}" for d in f.detections) or "-"
@@ -267,12 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_secret_parsers(sub)
     _add_query_parsers(sub)
+    from .cli_audit import add_audit_command
 
+    add_audit_command(sub)
+
+    from .cli_config import add_config_commands
     from .cli_devices import add_device_commands
     from .cli_rollouts import add_rollout_commands
 
     add_rollout_commands(sub)
-    add_device_commands(sub)
+    add_config_commands(add_device_commands(sub))
 
     p = sub.add_parser("model", help="convert, export, build and verify model artifacts")
     from edgefleet.models.pipeline import add_subcommands
@@ -333,6 +338,11 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
         c = commands.add_parser("create", help="create one and print it (only its hash is stored)")
         c.add_argument("--name", default="default" if arg == "key" else "operator",
                        help="a label for it (shown by `list` and in the controller log)")
+        if arg == "token":
+            c.add_argument("--role", choices=[a.label for a in Access], default=DEFAULT_ACCESS.label,
+                           help="viewer: read and watch; operator: also commands, plan overrides, labels, "
+                                "configuration, artifacts, rollouts; admin: also revoke/remove devices and "
+                                f"read the audit log (default {DEFAULT_ACCESS.label})")
         c.set_defaults(func=create)
         c = commands.add_parser("revoke", help=f"refuse this {noun} from now on")
         c.add_argument(arg, metavar="ID", help=f"the id `list` shows, or the {noun} itself")
@@ -342,7 +352,9 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
         c.set_defaults(func=list_)
         for c in commands.choices.values():
             c.add_argument("--db", type=Path, default=Path("var/fleet.db"),
-                           help="the controller's SQLite file")
+                           help="the controller's SQLite file (default var/fleet.db); it must exist")
+            c.add_argument("--create", action="store_true",
+                           help="make the database when --db names no file yet (`serve` makes it too)")
 
 
 def _add_query_parsers(sub: argparse._SubParsersAction) -> None:
@@ -381,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     try:
-        return args.func(args)
+        return quiet_broken_pipe(lambda: args.func(args))
     except CliError as err:
         print(f"edgefleet: error: {err}", file=sys.stderr)
         return 2

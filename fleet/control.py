@@ -13,6 +13,7 @@ from .artifacts import SHA256, ArtifactFiles
 from .commands import Commands
 from .convert import (
     artifact_to_pb,
+    device_config_to_pb,
     device_to_pb,
     fleet_change_to_pb,
     frame_to_pb,
@@ -31,6 +32,8 @@ from .rollouts import Rollouts
 from .selectors import combined
 from .signing import SigningKey
 from .store import DeviceRecord
+from .twin import Twin
+from .twin_store import config_view
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +56,11 @@ class Deployments:
 
 
 class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
-    def __init__(self, db, hub: Hub, presence: Presence, deployments: Deployments | None = None):
+    def __init__(self, db, hub: Hub, presence: Presence, deployments: Deployments | None = None,
+                 twin: Twin | None = None):
         self.db = db
         self.hub = hub
+        self.twin = twin or Twin(db, hub)  # the server shares one with AgentGateway, which hears the answers
         self.presence = presence
         self.deployments = deployments
         self.commands = Commands(db, hub)
@@ -126,6 +131,16 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         self.hub.device_changed(device, f"plan override for {device.hostname} ({device.device_id}) {what}")
         await self.commands.deliver_plan(device, override, previous)
         return self._device_pb(device)
+
+    async def SetDesiredConfig(self, request, context) -> fleet_pb2.SetDesiredConfigResponse:
+        """Store the next version of a device's (or a selector's devices') configuration and send it (fleet.twin)."""
+        return await self.twin.set_request(request)
+
+    async def GetDeviceConfig(self, request, context) -> fleet_pb2.DeviceConfig:
+        """Desired vs reported: the document, what the device last said it runs or refused, in_sync."""
+        if not request.device_id:
+            raise InvalidArgument("device_id is empty")
+        return device_config_to_pb(config_view(await self.db.get_device(request.device_id)))
 
     async def SendCommand(self, request, context) -> fleet_pb2.SendCommandResponse:
         """Restart, roll back, or ping a device (or a selector's devices) and wait for each one's answer."""

@@ -20,6 +20,7 @@ from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSp
 from .rollouts import Requirements, StatusReport
 from .selectors import parse_selector
 from .store import DeviceRecord
+from .twin_store import DeviceConfigView, config_view, status_dict
 
 
 def to_dict(message: Message) -> dict:
@@ -100,7 +101,21 @@ def device_to_pb(rec: DeviceRecord, status: Status, connected: bool) -> fleet_pb
         device.last_seen.CopyFrom(timestamp(rec.last_seen))
     if rec.plan_override:
         device.plan_override.CopyFrom(from_dict(rec.plan_override, types_pb2.SetPlan()))
+    device.config.CopyFrom(device_config_to_pb(config_view(rec)))
     return device
+
+
+def device_config_to_pb(view: DeviceConfigView) -> fleet_pb2.DeviceConfig:
+    return fleet_pb2.DeviceConfig(
+        device_id=view.device_id, desired_version=view.desired_version, desired_document=view.desired_document,
+        desired_from=view.desired_from, applied_version=view.applied_version,
+        applied_document=view.applied_document, refused_version=view.refused_version, errors=view.errors,
+        in_sync=view.in_sync, how=view.how)
+
+
+def config_status_from_pb(pb: agent_pb2.ConfigStatus) -> dict:
+    """A device's ConfigStatus as fleet.twin stores it."""
+    return status_dict(pb.applied_version, pb.refused_version, list(pb.errors), pb.applied_document, pb.how)
 
 
 def status_to_pb(status: Status) -> fleet_pb2.DeviceStatus:

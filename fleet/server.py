@@ -8,6 +8,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +18,8 @@ from edgefleet.common.metrics import MetricsServer
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 from .artifacts import ArtifactFiles
-from .auth import Role
+from .audit import AuditLog
+from .auth import FLEET_CONTROL_ACCESS, Role
 from .control import Deployments, FleetControlServicer
 from .convert import deploy_command
 from .errors import ConfigError
@@ -32,6 +34,10 @@ from .rollouts import RolloutOptions, Rollouts
 from .signing import SigningKey
 from .store import FleetStore, WalCheckpointer
 from .tls import ServerTLS
+from .twin import Twin
+
+if TYPE_CHECKING:
+    from .mqtt_bridge import BridgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +112,7 @@ class Controller:
         stale_after_s: float | None = None,
         offline_after_s: float | None = None,
         tls: ServerTLS | None = None,
-        mqtt: tuple[str, int] | None = None,
-        mqtt_prefix: str = "edgefleet",
+        mqtt: BridgeConfig | None = None,
         rollout_options: RolloutOptions | None = None,
         metrics_listen: str | None = None,
         retention: RetentionPolicy | None = None,
@@ -138,7 +143,7 @@ class Controller:
         if mqtt is not None:
             from .mqtt_bridge import MqttBridge
 
-            self.bridge = MqttBridge(functools.partial(self.db.submit, "upsert_mqtt_device"), *mqtt, mqtt_prefix)
+            self.bridge = MqttBridge.from_config(functools.partial(self.db.submit, "upsert_mqtt_device"), mqtt)
 
     def _setup_deployments(self, options: RolloutOptions) -> None:
         self.rollout_options = options
@@ -160,17 +165,20 @@ class Controller:
             reflection.SERVICE_NAME: None,
         }
         public = frozenset({f"/{AGENT_GATEWAY}/Enroll"})  # the enrollment key in the request is the credential
-        interceptor = FleetInterceptor(self.db.principal_for_token, policy, public)
+        access = {f"/{FLEET_CONTROL}/{name}": call for name, call in FLEET_CONTROL_ACCESS.items()}
+        interceptor = FleetInterceptor(self.db.principal_for_token, policy, public, access,
+                                       AuditLog(self.db, self.hub.note))
         self.server = grpc.aio.server(interceptors=[interceptor], options=KEEPALIVE_POLICY)
+        twin = Twin(self.db, self.hub)  # desired configuration: set by FleetControl, answered over Sessions
         gateway = AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics,
                                        rollouts=self.rollouts, files=self.deployments.files,
                                        public_key=self.signing_key.public_bytes,
                                        fetch_streams=self.rollout_options.fetch_streams,
-                                       fetch_stream_s=self.rollout_options.fetch_stream_s)
+                                       fetch_stream_s=self.rollout_options.fetch_stream_s, twin=twin)
         self.rollouts.contact = gateway.fetch_contact
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, self.server)
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
-            FleetControlServicer(self.db, self.hub, self.presence, self.deployments), self.server
+            FleetControlServicer(self.db, self.hub, self.presence, self.deployments, twin=twin), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, HEALTH, reflection.SERVICE_NAME), self.server)

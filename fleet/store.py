@@ -25,6 +25,7 @@ from .errors import InvalidArgument, NotFound, Unauthenticated
 from .history_store import HistoryTables
 from .rollout_store import RolloutTables
 from .selectors import Selector, check_label
+from .twin_store import DEVICE_COLUMNS, DEVICE_FROM, ConfigTables, config_of_row
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class DeviceRecord:
     plan_override: dict = field(default_factory=dict)  # SetPlan as a dict; empty: none
     operator_labels: dict = field(default_factory=dict)  # SetDeviceLabels'; they win over the device's own
     revoked: float | None = None  # when its token was revoked (RevokeDevice); None: never, or enrolled again since
+    config: dict = field(default_factory=dict)  # desired configuration and the reported status (fleet.twin_store)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -69,7 +71,7 @@ class SecretRecord:
     role: str = ""  # an operator token's role (viewer, operator, admin); empty for enrollment keys
 
 
-class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables):
+class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables, ConfigTables):
     """`autocheckpoint=False` leaves WAL checkpoints to a `WalCheckpointer` (the controller's)."""
 
     def __init__(self, path: Path | str, *, autocheckpoint: bool = True):
@@ -325,7 +327,9 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
     # ---- reads ----
 
     def list_devices(self) -> list[DeviceRecord]:
-        return [_device_from_row(row) for row in self.db["devices"].rows_where(order_by="device_id")]
+        cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} order by device_id")
+        names = [c[0] for c in cursor.description]
+        return [_device_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
 
     def get_device(self, device_id: str) -> DeviceRecord:
         return self._require(device_id)
@@ -336,7 +340,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
 
     def _require(self, device_id: str) -> DeviceRecord:
         # plain SQL: this runs after every heartbeat, and sqlite-utils' Table.get reads the schema each time
-        cursor = self.db.conn.execute("select * from devices where device_id = ?", [device_id])
+        cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} where device_id = ?", [device_id])
         row = cursor.fetchone()
         if row is None:
             raise NotFound(f"device {device_id!r} is not enrolled")
@@ -391,7 +395,7 @@ def _device_from_row(row: dict) -> DeviceRecord:
         detections_stored=row["detections_stored"] or 0,
         plan_override=json.loads(row["plan_override"] or "{}"),
         operator_labels=json.loads(row.get("operator_labels") or "{}"),
-        revoked=row.get("revoked"),
+        revoked=row.get("revoked"), config=config_of_row(row),
     )
 
 

@@ -106,7 +106,7 @@ class ControllerThread:
     """A real Controller serving on 127.0.0.1:0 from its own event loop thread.
 
     `options` go to `Controller` (tls, stale_after_s, offline_after_s). `operator_token` is a
-    valid operator token for FleetControl calls.
+    valid operator token for FleetControl calls, with the admin role (it may call every one).
     """
 
     def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
@@ -116,7 +116,9 @@ class ControllerThread:
         self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s, **options)
         for key in enroll_keys:
             self.controller.store.create_enroll_key("test", key)
-        self.operator_token = self.controller.store.create_operator_token("test")
+        from edgefleet.fleet.auth import Access
+
+        self.operator_token = self.controller.store.create_operator_token("test", Access.ADMIN)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()

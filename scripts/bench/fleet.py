@@ -263,7 +263,7 @@ def run(args) -> dict:
     db = workdir / "fleet.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
-    key = fleet_cli("enroll-key", "create", "--db", str(db), "--name", "bench")
+    key = fleet_cli("enroll-key", "create", "--db", str(db), "--name", "bench", "--create")
     cfg = {
         "run_id": f"{os.getpid()}-{int(time.time())}", "fps": args.fps, "objects": args.objects,
         "batch": args.batch, "seconds": args.seconds, "warmup": args.warmup,

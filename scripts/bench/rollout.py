@@ -211,7 +211,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-rollout-bench-"))
     key = "efk_bench"
-    token = fleet_cli("operator-token", "create", "--db", str(workdir / "fleet.db"))
+    token = fleet_cli("operator-token", "create", "--db", str(workdir / "fleet.db"), "--create")
     flags = ["--fetch-streams", str(args.fetch_streams)] if args.fetch_streams else []
     started = start_controller(workdir, "--enroll-key", key, "--heartbeat-interval", "5", *flags,
                                log_level="warning")

@@ -50,7 +50,8 @@ def test_unknown_device_and_unreachable_controller_are_clear_errors(controller):
 
 def test_enroll_key_create_then_serve_accepts_it(tmp_path):
     db = tmp_path / "fleet.db"
-    proc = run_cli("edgefleet.fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab")
+    proc = run_cli("edgefleet.fleet.cli", "enroll-key", "create", "--db", str(db), "--name", "lab",
+                   "--create")
     assert proc.returncode == 0, proc.stderr
     key = proc.stdout.strip()
     assert key.startswith("efk_") and len(key) > 20

@@ -44,7 +44,8 @@ class Fleet:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token = subprocess.run(
-            [sys.executable, "-m", "edgefleet.fleet.cli", "operator-token", "create", "--db", str(self.db)],
+            [sys.executable, "-m", "edgefleet.fleet.cli", "operator-token", "create", "--db", str(self.db),
+             "--create"],
             cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
         self.metrics_port = free_port()
         self.controller = ControllerProcess(self.db, self.port, workdir, "--metrics-listen",

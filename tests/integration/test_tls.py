@@ -143,7 +143,8 @@ def test_mutual_tls_needs_a_client_certificate_from_the_client_ca(mtls_controlle
 @pytest.mark.slow  # the controller and each command are processes
 def test_serve_and_devices_cli_with_mutual_tls(tmp_path, pki):
     db = tmp_path / "fleet.db"
-    token = run_cli("edgefleet.fleet.cli", "operator-token", "create", "--db", str(db)).stdout.strip()
+    token = run_cli("edgefleet.fleet.cli", "operator-token", "create", "--db", str(db),
+                    "--create").stdout.strip()
     server = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.fleet.cli", "serve", "--listen", "127.0.0.1:0", "--db", str(db),
          "--tls-cert", str(pki.cert("server")), "--tls-key", str(pki.key("server")),

@@ -1,0 +1,97 @@
+"""What every `edgefleet` command shares: its user-facing error, JSON output, the controller's
+database opened without creating one by accident, time arguments, and a quiet end when the
+reader of stdout goes away (`edgefleet detections | head`)."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+
+from .convert import to_json_dict
+
+ENV_CONTROLLER = "EDGEFLEET_CONTROLLER"
+ENV_TOKEN = "EDGEFLEET_TOKEN"
+SIGPIPE_EXIT = 141
+"""What a shell reports for a program a closed pipe ended (128 + SIGPIPE), as `git log | head` does."""
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+# ---- output ----
+
+def print_json(value: Any) -> None:
+    """Messages (alone or in lists and dicts) as `to_json_dict` renders them: every field, numbers as numbers."""
+    print(json.dumps(_jsonable(value), indent=2))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Message):
+        return to_json_dict(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def quiet_broken_pipe(run: Callable[[], int]) -> int:
+    """`run()`; when stdout's reader has gone (`| head`), end quietly with 141 instead of a traceback.
+
+    Python's advice: point stdout at /dev/null so the flush at exit does not raise again."""
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return SIGPIPE_EXIT
+
+
+# ---- the controller's database ----
+
+def existing_db(path: Path, create: bool) -> Path:
+    """`path`, refusing to make a new database unless `create`: a mistyped or missing --db would
+    otherwise leave an empty controller database (and keys no controller reads) in the working folder."""
+    if create or path.exists():
+        return path
+    raise CliError(f"no controller database at {path}: pass the controller's --db, "
+                   "or --create to make a new one there")
+
+
+# ---- times ----
+
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def time_arg(flag: str, now: Callable[[], float] = time.time) -> Callable[[str], float]:
+    """An argparse type for a point in time: a duration ago (`90s`, `10m`, `2h`, `7d`) or an ISO 8601
+    time (`2026-05-01T12:00`, local time unless it names its zone); seconds since the epoch."""
+
+    def parse(text: str) -> float:
+        match = DURATION.match(text.strip())
+        if match:
+            return now() - float(match.group(1)) * UNIT_S[match.group(2)]
+        try:
+            return dt.datetime.fromisoformat(text.strip()).timestamp()
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is neither a duration (30s, 10m, 2h, 7d) "
+                           "nor an ISO time (2026-05-01T12:00:00)") from None
+
+    return parse
+
+
+def format_time(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
