@@ -76,6 +76,15 @@ class VideoReader:
             self._cap.release()
             self._cap = None
 
+    def probe(self) -> str:
+        """For a file, after `open()`: "" when a first frame decodes, else why not; the file is opened
+        again, so reading starts at its first frame."""
+        if self.read() is not None:
+            self.close()
+            self.open()
+            return ""
+        return "no frame can be decoded from it (not a video OpenCV can read, or empty)"
+
 
 class FolderReader:
     """Images in name order; unreadable files are skipped with a warning."""
@@ -98,6 +107,12 @@ class FolderReader:
 
     def close(self) -> None:
         pass
+
+    def probe(self) -> str:
+        """"" when an image decodes (reading then starts at the first file again), else why not."""
+        found = self.read() is not None
+        self._next = 0
+        return "" if found else f"none of its {len(self._files)} image file(s) can be decoded"
 
 
 class SyntheticReader:
@@ -163,8 +178,16 @@ class Source:
         self.error: str | None = None
 
     def start(self, notify: threading.Event | None = None) -> None:
+        """Open the source and start its reader; SourceError when it cannot be opened, or (a file or an
+        image folder) when it yields no frame at all. A live source is never probed: a camera that is
+        slow to send its first frame is not refused, it is waited for and reconnected."""
         self._notify = notify
         self._reader.open()  # raises SourceError with the reason
+        probe = getattr(self._reader, "probe", None)
+        why = probe() if probe is not None and not self.live else ""
+        if why:
+            self._reader.close()
+            raise SourceError(f"source {self.spec!r} yields no frame: {why}")
         self.state = "running"
         self._thread = threading.Thread(target=self._run, name=f"source:{self.spec}", daemon=True)
         self._thread.start()

@@ -71,6 +71,25 @@ def test_empty_folder_and_unreadable_video_are_refused(tmp_path):
         open_source(str(bad)).start()
 
 
+def test_files_that_decode_nothing_are_refused_at_start_and_good_ones_start_at_frame_zero(tmp_path):
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(SourceError, match="yields no frame: none of its 1 image file"):
+        open_source(str(garbage)).start()
+    video = tmp_path / "one.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for value in (50, 150):
+        writer.write(np.full((48, 64, 3), value, np.uint8))
+    writer.release()
+    source = open_source(str(video))
+    source.start()  # the probe read a frame and opened the file again
+    try:
+        frames = drain(source)
+    finally:
+        source.stop()
+    assert [f.index for f in frames] == [0, 1] and abs(int(frames[0].image[0, 0, 0]) - 50) < 10
+
+
 class FlakyStream:
     """A live stream that drops after `drop_after` frames and comes back on the next open."""
 
