@@ -57,19 +57,6 @@ def cmd_device_label(args) -> int:
     return 0
 
 
-def _device_command(field: str):
-    def command(args) -> int:
-        request = fleet_pb2.SendCommandRequest(device_id=resolve_device(args, args.device))
-        if field == "ping":
-            request.ping = True
-        else:  # restart_reason or rollback_reason, one of the request's `action`
-            setattr(request, field, args.reason or "requested by an operator")
-        response = _call(args, "SendCommand", request)
-        print(f"sent {field.removesuffix('_reason')} to {request.device_id} (command {response.command_id})")
-        return 0
-    return command
-
-
 def client(parser: argparse.ArgumentParser, func, timeout: float | None = 10.0) -> argparse.ArgumentParser:
     """`parser` with the controller's connection flags and --timeout, running `func`."""
     add_connection_arguments(parser)
@@ -89,13 +76,9 @@ def add_device_commands(sub: argparse._SubParsersAction) -> argparse._SubParsers
     c.add_argument("device", metavar="DEVICE", help="device id, or a unique prefix of one")
     c.add_argument("labels", nargs="*", metavar="KEY=VALUE", help="operator labels to set")
     c.add_argument("--remove", action="append", metavar="KEY", help="operator label to remove (repeatable)")
-    for verb, field, help_ in (("rollback", "rollback_reason", "return to the previous engine"),
-                               ("restart", "restart_reason", "restart the agent"),
-                               ("ping", "ping", "check the Session answers")):
-        c = client(commands.add_parser(verb, help=help_), _device_command(field))
-        c.add_argument("device", metavar="DEVICE", help="device id, or a unique prefix of one")
-        if field != "ping":
-            c.add_argument("--reason", help="recorded with the event")
+    from .cli_commands import add_command_commands  # restart, ping, rollback, plan, revoke, remove
+
+    add_command_commands(commands)
     return commands
 
 
