@@ -21,16 +21,21 @@ warmed-up detector back through `take_swap`. Status reports go out from either t
 Only one deployment runs at a time: a deploy of another rollout that arrives meanwhile is refused
 at once with FAILED("another deployment in progress ..."), so the controller's rollout state
 machine sees it immediately instead of a device that silently queues work.
+
+`cancel(rollout_id, reason)` (the controller's CancelDeployment, sent when a rollout is aborted or
+fails) stops that rollout's download, build, warm-up or shadow test, drops its swap if one is
+queued, and refuses the rollout's deploys from then on: no swap to it happens after a cancel.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -52,7 +57,7 @@ from .artifacts import (
     verify_artifact_signature,
 )
 from .errors import EngineError, GateFailed
-from .shadow import GateParams, ShadowGate
+from .shadow import CurrentTurn, GateParams, ShadowGate
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,27 @@ class DeployRequest:
     rollout_id: str
     artifact: SignedArtifact
     gate: GateParams = GateParams()
+
+
+def _check_stop(stop: threading.Event, before: str) -> None:
+    if stop.is_set():
+        raise EngineError(f"cancelled before {before}")
+
+
+@contextlib.contextmanager
+def slot_turn(slot) -> Iterator[Any]:
+    """The loop's detector slot (agent.loop.DetectorSlot) held for a shadow test's turn: yields the
+    detector the loop runs, which does not run meanwhile (the loop waits on the slot's lock)."""
+    with slot.lock:
+        yield slot.detector
+
+
+@dataclass(frozen=True)
+class CancelDeployment:
+    """The controller's CancelDeployment: stop what runs for the rollout and never swap to it."""
+    command_id: str
+    rollout_id: str
+    reason: str = ""
 
 
 # ---- the manager ----
@@ -96,6 +122,9 @@ class EngineManager:
     Ed25519 key from the identity (b"" when unknown); `latency_budget_ms()` the plan's budget (0: none);
     `fallback_model` what a rollback to the --model engine loads (None: the bundled model).
     `build(onnx_path, info)` makes a TensorRT engine on devices that have TensorRT (`needs_build`).
+    `current_turn()` enters the loop's detector slot and yields its detector (`slot_turn`): the
+    shadow test times the current engine and the candidate in turns on the same frames; without it
+    the gate compares the candidate with the loop's own timings (scripted tests only).
     """
 
     def __init__(self, state_dir: Path, *, fetch: Fetch, load: Callable[[Path], Any],
@@ -107,7 +136,8 @@ class EngineManager:
                  latency_budget_ms: Callable[[], float] = lambda: 0.0, sample_every: int = 5,
                  publish_threshold: float = 0.25, gate_min_samples: int = 10, gate_max_samples: int = 300,
                  confirm_after_s: float | None = None, download_backoff_s: float = 0.5,
-                 download_max_bytes_per_s: float = 0.0, progress_every_s: float = 1.0):
+                 download_max_bytes_per_s: float = 0.0, progress_every_s: float = 1.0,
+                 current_turn: CurrentTurn | None = None):
         if sample_every < 1:
             raise EngineError(f"sample_every must be >= 1, got {sample_every}")
         self.root = Path(state_dir) / "engines"
@@ -120,7 +150,10 @@ class EngineManager:
         self.gate_min_samples, self.gate_max_samples = gate_min_samples, gate_max_samples
         self.download_backoff_s, self.progress_every_s = download_backoff_s, progress_every_s
         self.download_max_bytes_per_s = download_max_bytes_per_s
+        self.current_turn = current_turn
         self._caps = caps
+        self._cancelled: dict[str, str] = {}
+        """rollout id -> why it was cancelled here: its deploys are refused from then on."""
         self._lock = threading.Lock()
         self._statuses: dict[str, DeploymentStatus] = self._load_statuses()
         self._latest: DeploymentStatus | None = None
@@ -198,6 +231,9 @@ class EngineManager:
     def deploy(self, request: DeployRequest) -> None:
         """Start a deployment, or answer a replayed one (the controller resends on every reconnect)."""
         info, rid = request.artifact.info, request.rollout_id
+        if rid in self._cancelled:
+            self._report(DeploymentStatus(rid, info.sha256, "FAILED", 0.0, self._cancelled[rid]))
+            return
         prior = self.status_of(rid)
         if prior is not None and prior.final and prior.artifact_sha256 == info.sha256:
             logger.info("rollout %s was already %s here; reporting it again", rid, prior.state)
@@ -221,6 +257,22 @@ class EngineManager:
         self._in_progress = request
         self._job_stop = threading.Event()
         self._submit(self._run_deploy, request, self._job_stop)
+
+    def cancel(self, rollout_id: str, reason: str = "") -> None:
+        """Stop what runs for the rollout (download, build, warm-up, shadow test) and never swap to it.
+
+        The worker checks the stop event under the lock before it queues a swap, so either the
+        swap is queued now (and dropped here) or it never will be. An engine already swapped in
+        stays: going back is a rollback, which the controller sends on its own."""
+        why = f"cancelled: {reason}" if reason else "cancelled by the controller"
+        with self._lock:
+            self._cancelled[rollout_id] = why
+            running = self._in_progress
+            if running is not None and running.rollout_id == rollout_id:
+                self._job_stop.set()
+        self._drop_pending_swaps(why, rollout_id)
+        logger.warning("rollout %s: %s%s", rollout_id, why,
+                       "" if running is not None and running.rollout_id == rollout_id else " (nothing in progress)")
 
     def rollback(self, command_id: str, reason: str = "") -> None:
         """Go back to the previous engine; cancels a deployment in progress first."""
@@ -300,18 +352,26 @@ class EngineManager:
         except Exception:
             logger.exception("reporting a command result failed")
 
-    def _drop_pending_swaps(self, reason: str) -> None:
+    def _drop_pending_swaps(self, reason: str, rollout_id: str | None = None) -> None:
+        """Drop the queued swaps (only the deploy of `rollout_id` when given), saying why."""
+        kept = []
         while True:
             try:
                 swap = self._swaps.get_nowait()
             except queue.Empty:
-                return
+                break
+            ours = swap.kind == "deploy" and swap.ref is not None and swap.ref.rollout_id == rollout_id
+            if rollout_id is not None and not ours:
+                kept.append(swap)
+                continue
             swap.detector.close()
             if swap.kind == "deploy":
                 self._in_progress = None
                 self._report(replace(swap.status, state="FAILED", reason=reason, progress=0.0))
             else:
                 self._result(swap.command_id, False, reason)
+        for swap in kept:
+            self._swaps.put(swap)
 
     def _run_deploy(self, request: DeployRequest, stop: threading.Event) -> None:
         info, rid = request.artifact.info, request.rollout_id
@@ -321,53 +381,67 @@ class EngineManager:
             self._report(DeploymentStatus(rid, info.sha256, state, progress, reason, dict(metrics or {})))
 
         try:
-            info.check()
-            status("VERIFYING")
-            verify_artifact_signature(self.public_key(), request.artifact)
-            check_device(info, self.caps)
-            status("DOWNLOADING")
-            downloader = Downloader(self.root, self.fetch, backoff_s=self.download_backoff_s, stop=stop,
-                                    max_bytes_per_s=self.download_max_bytes_per_s)
-            path = downloader.download(info, self._throttled(lambda fraction: status("DOWNLOADING", fraction)))
-            status("VERIFYING", 0.5)  # size and sha256 were checked as the bytes arrived
-            install_sidecar(path, info)
-            if needs_build(info, self.caps):
-                status("BUILDING")
-                path = self.build(path, info)
+            path = self._fetch_and_build(request, stop, status)
             status("WARMING_UP")
             try:
                 detector = self.load(path)
             except Exception as err:
                 raise EngineError(f"loading {info.short} failed: {err}") from err
-            status("SHADOW_TESTING")
-            gate = ShadowGate(detector, request.gate, latency_budget_ms=self.latency_budget_ms(),
-                              score_threshold=self.publish_threshold, min_samples=self.gate_min_samples,
-                              max_samples=self.gate_max_samples)
-            self.gate = gate
-            try:
-                verdict = gate.run(stop, self._throttled(lambda fraction: status("SHADOW_TESTING", fraction)))
-            finally:
-                self.gate = None
-            if not verdict.passed:
-                raise GateFailed(f"shadow test failed: {verdict.reason}", verdict.metrics)
+            _check_stop(stop, "warming up")
+            verdict = self._shadow_test(request, detector, stop, status)
             swap = Swap("deploy", detector, EngineRef(info.sha256, str(path), rid, Path(info.name).stem or info.name),
                         DeploymentStatus(rid, info.sha256, "ACTIVE", 1.0, verdict.reason, verdict.metrics),
                         f"rollout {rid}")
             with self._lock:
-                if stop.is_set():
-                    raise EngineError("cancelled before the swap")
+                _check_stop(stop, "the swap")
                 self._swaps.put(swap)  # the loop swaps it in between two ticks, then calls swapped()
             detector = None
         except Exception as err:
             if not isinstance(err, EngineError):
                 logger.exception("deployment %s failed", rid)
             reason = str(err) if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
-            if stop.is_set() and "cancel" not in reason:
-                reason = f"cancelled: {reason}"
+            if stop.is_set():
+                reason = self._cancelled.get(rid) or (reason if "cancel" in reason else f"cancelled: {reason}")
             if detector is not None:
                 detector.close()
             self._in_progress = None
             status("FAILED", 0.0, reason, getattr(err, "metrics", None))
+
+    def _fetch_and_build(self, request: DeployRequest, stop: threading.Event, status) -> Path:
+        """VERIFYING, DOWNLOADING, VERIFYING, BUILDING: the engine's file, ready to load."""
+        info = request.artifact.info
+        info.check()
+        status("VERIFYING")
+        verify_artifact_signature(self.public_key(), request.artifact)
+        check_device(info, self.caps)
+        status("DOWNLOADING")
+        downloader = Downloader(self.root, self.fetch, backoff_s=self.download_backoff_s, stop=stop,
+                                max_bytes_per_s=self.download_max_bytes_per_s)
+        path = downloader.download(info, self._throttled(lambda fraction: status("DOWNLOADING", fraction)))
+        _check_stop(stop, "the download")
+        status("VERIFYING", 0.5)  # size and sha256 were checked as the bytes arrived
+        install_sidecar(path, info)
+        if needs_build(info, self.caps):
+            status("BUILDING")
+            path = self.build(path, info)
+            _check_stop(stop, "the engine build")
+        return path
+
+    def _shadow_test(self, request: DeployRequest, detector, stop: threading.Event, status):
+        """SHADOW_TESTING: the gate's verdict on the candidate; raises GateFailed when it fails."""
+        status("SHADOW_TESTING")
+        gate = ShadowGate(detector, request.gate, latency_budget_ms=self.latency_budget_ms(),
+                          score_threshold=self.publish_threshold, min_samples=self.gate_min_samples,
+                          max_samples=self.gate_max_samples, current_turn=self.current_turn)
+        self.gate = gate
+        try:
+            verdict = gate.run(stop, self._throttled(lambda fraction: status("SHADOW_TESTING", fraction)))
+        finally:
+            self.gate = None
+        _check_stop(stop, "the shadow test's verdict")
+        if not verdict.passed:
+            raise GateFailed(f"shadow test failed: {verdict.reason}", verdict.metrics)
+        return verdict
 
     def _run_rollback(self, command_id: str, reason: str, target: EngineRef, replaces: EngineRef | None) -> None:
         failed = replaces or EngineRef("", "", "", "")

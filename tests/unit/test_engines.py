@@ -2,6 +2,7 @@
 active.json and the manager's deploy / rollback on its worker thread."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -9,6 +10,7 @@ import json
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -412,13 +414,20 @@ class Harness:
         self.reports: list[DeploymentStatus] = []
         self.results: list[tuple[str, bool, str]] = []
         self.detector = load_detector(current_model)
+        self.lock = threading.Lock()
         self.state_dir = tmp_path / "agent"
         self.manager = EngineManager(
             self.state_dir, fetch=self.store.fetch, load=lambda p: load_detector(p), report=self.reports.append,
             result=lambda *r: self.results.append(r), public_key=lambda: self.signer.public,
             fallback_model=current_model, caps=CPU, sample_every=1, gate_min_samples=5, progress_every_s=0,
-            **options)
+            current_turn=self.turn, **options)
         self.frames = [np.random.default_rng(i).integers(0, 255, (64, 96, 3), dtype=np.uint8) for i in range(8)]
+
+    @contextlib.contextmanager
+    def turn(self):
+        """The shadow test's turn: the 'loop' does not detect meanwhile (agent.engines.slot_turn)."""
+        with self.lock:
+            yield self.detector
 
     def request(self, model: Path, rollout: str = "r1", gate: GateParams | None = None, **fields):
         data = model.read_bytes()
@@ -432,7 +441,8 @@ class Harness:
         while time.monotonic() < deadline:
             frame = self.frames[i % len(self.frames)]
             i += 1
-            found = self.detector.detect_batch([frame])
+            with self.lock:
+                found = self.detector.detect_batch([frame])
             self.manager.observe([frame], found, self.detector.last_inference_ms)
             swap = self.manager.take_swap()
             if swap is not None:
@@ -539,6 +549,51 @@ def test_one_deployment_at_a_time_then_rollback(tmp_path):
     assert h.manager.active.current is None and h.manager.active.previous is None
     h.manager.rollback("cmd-again", "")
     assert h.results[-1] == ("cmd-again", False, "no previous engine to roll back to")
+    h.manager.close()
+
+
+def same_network(v1: Path, dst: Path) -> Path:
+    model = onnx.load(str(v1))
+    model.producer_version = dst.stem  # the same network, another file (another sha256)
+    onnx.save(model, dst)
+    return dst
+
+
+def test_a_cancel_stops_the_shadow_test_and_refuses_the_rollout_from_then_on(tmp_path):
+    v1 = tiny_onnx(tmp_path / "v1.onnx")
+    h = Harness(tmp_path, v1)
+    first = h.detector
+    request = h.request(same_network(v1, tmp_path / "v2.onnx"), gate=GateParams(0.2, 0.8, window_s=60))
+    h.manager.deploy(request)
+    h.loop(lambda: any(r.state == "SHADOW_TESTING" for r in h.reports))
+    h.manager.cancel("r1", "rollout r1 aborted by an operator")
+    h.loop(lambda: h.final())
+    assert h.final() == DeploymentStatus("r1", request.artifact.info.sha256, "FAILED", 0.0,
+                                         "cancelled: rollout r1 aborted by an operator", h.final().gate_metrics)
+    assert h.detector is first and not h.manager.busy and h.manager.active.current is None
+    # a deploy of the cancelled rollout arriving later (a replay, a command already in flight) never starts
+    count = len(h.reports)
+    h.manager.deploy(request)
+    assert h.reports[count:] == [replace(h.final(), gate_metrics={})] and not h.manager.busy
+    h.manager.close()
+
+
+def test_a_cancel_drops_a_swap_already_queued_and_keeps_other_rollouts(tmp_path):
+    v1 = tiny_onnx(tmp_path / "v1.onnx")
+    h = Harness(tmp_path, v1)
+    first = h.detector
+    h.manager.deploy(h.request(same_network(v1, tmp_path / "v2.onnx")))
+    deadline = time.monotonic() + 20
+    while h.manager._swaps.empty() and time.monotonic() < deadline:  # the loop feeds it, but takes no swap
+        with h.lock:
+            found = h.detector.detect_batch([h.frames[0]])
+        h.manager.observe([h.frames[0]], found, h.detector.last_inference_ms)
+        time.sleep(0.002)
+    h.manager.cancel("other-rollout", "not this one")
+    assert not h.manager._swaps.empty(), "a cancel of another rollout keeps this one's swap"
+    h.manager.cancel("r1", "aborted")
+    assert h.manager.take_swap() is None and h.detector is first
+    assert h.reports[-1].state == "FAILED" and h.reports[-1].reason == "cancelled: aborted"
     h.manager.close()
 
 
