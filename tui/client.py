@@ -134,12 +134,18 @@ class FleetClient:
         return device_from_pb(self._unary("SetPlanOverride", request))
 
     def restart(self, device_id: str, reason: str) -> str:
-        request = fleet_pb2.SendCommandRequest(device_id=device_id, restart_reason=reason)
-        return self._unary("SendCommand", request).command_id
+        return self._answered(fleet_pb2.SendCommandRequest(device_id=device_id, restart_reason=reason))
 
     def rollback(self, device_id: str, reason: str) -> str:
-        request = fleet_pb2.SendCommandRequest(device_id=device_id, rollback_reason=reason)
-        return self._unary("SendCommand", request).command_id
+        return self._answered(fleet_pb2.SendCommandRequest(device_id=device_id, rollback_reason=reason))
+
+    def _answered(self, request: fleet_pb2.SendCommandRequest) -> str:
+        """SendCommand, waiting for the device's answer: what it did, or ControllerError with why not."""
+        outcome = self._unary("SendCommand", request).outcomes[0]
+        if outcome.state != fleet_pb2.DONE:
+            raise ControllerError("SendCommand", fleet_pb2.CommandState.Name(outcome.state),
+                                  outcome.error or "the device has no open Session")
+        return outcome.detail
 
     # ---- detections ----
 

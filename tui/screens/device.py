@@ -18,6 +18,7 @@ from ..format import (
     age,
     clock_time,
     engine_text,
+    labels_text,
     number,
     override_text,
     plan_text,
@@ -125,7 +126,8 @@ class DeviceScreen(LiveScreen):
             f" · streams {streams}", "\n",
             ("Plan      ", "bold"), plan_text(plan), "\n",
             ("Engine    ", "bold"), engine_text(plan), budget, "\n",
-            ("Override  ", "bold"), override_text(device.override),
+            ("Override  ", "bold"), override_text(device.override), "\n",
+            ("Labels    ", "bold"), labels_text(device),
         ))
         history = self.fleet.state.history.get(self.device_id)
         health = device.health
@@ -240,9 +242,10 @@ class DeviceScreen(LiveScreen):
 
     def action_restart(self) -> None:
         device_id = self.device_id
-        body = f"Restart the agent on {device_id}?\n\nIts streams stop for a few seconds; nothing acknowledged is lost."
+        body = (f"Restart the agent on {device_id}?\n\nIts frame loop starts again with its sources and model "
+                "re-opened (under systemd the agent process restarts); nothing acknowledged is lost.")
         self.app.push_screen(ConfirmScreen("Restart agent", body, "Restart", danger=True), if_confirmed(lambda: (
-            self.fleet.act(f"Restart sent to {device_id}",
+            self.fleet.act(f"Restarted {device_id}",
                            lambda client: client.restart(device_id, "operator restart from the TUI")))))
 
     def action_rollback(self) -> None:
