@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from .config import AgentConfig
 from .config_file import ConfigFileError, FileValues, read_config_text
@@ -113,10 +113,11 @@ def document_keys() -> dict[str, Any]:
     return file_keys([name for names in GROUPS.values() for name in names])
 
 
-def read_document(version: int, document: str) -> FileValues:
-    """The document's settings; DesiredConfigError with every key it may not set, or its YAML mistake."""
+def read_document(version: int, document: str, origin: str = "") -> FileValues:
+    """The document's settings; DesiredConfigError with every key it may not set, or its YAML mistake.
+    Messages start with `origin` (default `desired config vN`), the line and the key."""
     try:
-        values = read_config_text(Path(f"desired config v{version}"), document, document_keys())
+        values = read_config_text(Path(origin or f"desired config v{version}"), document, document_keys())
     except ConfigFileError as err:
         raise DesiredConfigError([str(err)]) from err
     refused = [f"{values.locate(name)}: set on the device only: {why}"
@@ -124,6 +125,24 @@ def read_document(version: int, document: str) -> FileValues:
     if refused:
         raise DesiredConfigError(refused)
     return values
+
+
+def check_document(document: str) -> list[str]:
+    """What can be said of a document without the device's own config (the controller checks this
+    before it stores one): YAML, keys, device-only keys, each value's type and bounds. Settings
+    that conflict with the device's file or flags are the device's to refuse. [] when none."""
+    try:
+        values = read_document(0, document, origin="document")
+    except DesiredConfigError as err:
+        return err.errors
+    errors = []
+    for name, value in values.values.items():
+        info = AgentConfig.model_fields[name]
+        try:
+            TypeAdapter(cast(Any, Annotated[info.annotation, info])).validate_python(value, strict=True)
+        except ValidationError as err:
+            errors.append(str(refusal(err.errors()[0] | {"loc": (name,)}, values, set())))
+    return errors
 
 
 def merge(base: AgentConfig, values: FileValues) -> AgentConfig:

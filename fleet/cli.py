@@ -240,21 +240,6 @@ def cmd_devices(args) -> int:
     return 0
 
 
-def cmd_detections(args) -> int:
-    request = fleet_pb2.ListDetectionsRequest(
-        device_id=args.device, stream_id=args.stream or "", limit=args.limit
-    )
-    response = _call(args, "ListDetections", request)
-    if args.json:
-        print_json({"total": response.total, "frames": list(response.frames)})
-        return 0
-    for f in response.frames:
-        labels = ", ".join(f"{d.label}#{d.track_id} {d.score:.2f}" for d in f.detections) or "-"
-        print(f"seq {f.sequence:>6}  {f.stream_id}  frame {f.frame_index:>6}  {labels}")
-    print(f"({len(response.frames)} of {response.total} stored records)")
-    return 0
-
-
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -358,10 +343,12 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_query_parsers(sub: argparse._SubParsersAction) -> None:
-    """`devices` and `detections`: read from a running controller."""
+    """`devices` and `detections` (fleet.cli_detections): read from a running controller."""
+    from .cli_detections import add_detections_command
+
+    add_detections_command(sub)
     for name, func, help_ in (
         ("devices", cmd_devices, "list enrolled devices"),
-        ("detections", cmd_detections, "show a device's stored detections"),
     ):
         p = sub.add_parser(name, help=help_)
         add_connection_arguments(p)
@@ -372,10 +359,6 @@ def _add_query_parsers(sub: argparse._SubParsersAction) -> None:
             from .cli_devices import add_select_argument
 
             add_select_argument(p, "list only the devices it matches")
-        if name == "detections":
-            p.add_argument("--device", required=True, metavar="ID")
-            p.add_argument("--stream", metavar="ID")
-            p.add_argument("--limit", type=int, default=20)
 
 
 def _add_demo_parser(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from . import audit
+from . import audit, detection_queries
 from .artifacts import SHA256, ArtifactFiles
 from .commands import Commands
 from .convert import (
@@ -161,23 +161,18 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
     # ---- detections ----
 
     async def ListDetections(self, request, context) -> fleet_pb2.ListDetectionsResponse:
-        if not request.device_id:
-            raise InvalidArgument("device_id is empty")
-        limit = request.limit or 100
-        if limit > MAX_LIST_LIMIT:
-            raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}, got {limit}")
-        frames, total = await self.db.list_detections(
-            request.device_id, request.stream_id, request.after_sequence, limit
-        )
-        return fleet_pb2.ListDetectionsResponse(frames=[frame_to_pb(f) for f in frames], total=total)
+        """One device's, a selector's or every device's records, by time range and label (fleet.detection_queries)."""
+        return await detection_queries.list_detections(self.db, request)
 
     async def WatchDetections(self, request, context):
         if request.min_score < 0 or request.min_score > 1:
             raise InvalidArgument(f"min_score must be within 0..1, got {request.min_score}")
         labels = set(request.labels)
+        devices = detection_queries.DeviceSet(self.db, detection_queries.watch_selector(request))
+        await devices.refresh()
 
         def accepts(frame: FrameRecord) -> FrameRecord | None:
-            if request.device_id and frame.device_id != request.device_id:
+            if request.device_id and frame.device_id != request.device_id or not devices.admits(frame.device_id):
                 return None
             if request.stream_id and frame.stream_id != request.stream_id:
                 return None
@@ -193,8 +188,13 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         watcher = self.hub.detections.watch(accepts, maxsize=WATCH_QUEUE_SIZE)
         try:
             while True:
-                frame = await watcher.queue.get()
+                try:
+                    frame = await asyncio.wait_for(watcher.queue.get(), detection_queries.DEVICE_SET_REFRESH_S)
+                except TimeoutError:
+                    await devices.refresh()
+                    continue
                 yield fleet_pb2.WatchDetectionsResponse(frame=frame_to_pb(frame), dropped=watcher.dropped)
+                await devices.refresh()
         finally:
             self.hub.detections.unwatch(watcher)
 

@@ -14,7 +14,7 @@ import grpc
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .artifacts import ArtifactFiles, chunk_size
-from .convert import command_to_pb, frame_from_pb, status_report, to_dict
+from .convert import command_to_pb, config_status_from_pb, frame_from_pb, status_report, to_dict
 from .errors import InvalidArgument, NotFound, OutOfRange, PermissionDenied, Unauthenticated
 from .hub import Command, Hub
 from .ingest import PUBLISH_PIPELINE
@@ -23,6 +23,8 @@ from .metrics import ControllerMetrics
 from .rollouts import RolloutOptions, Rollouts
 from .selectors import check_label
 from .store import DeviceRecord
+from .twin import Twin, describe_status
+from .twin_store import config_view
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +33,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None, *,
                  rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b"",
                  fetch_streams: int = RolloutOptions.fetch_streams,
-                 fetch_stream_s: float = RolloutOptions.fetch_stream_s):
+                 fetch_stream_s: float = RolloutOptions.fetch_stream_s, twin: Twin | None = None):
         self.db = db
         self.hub = hub
+        self.twin = twin or Twin(db, hub)  # the server shares one with FleetControl, whose calls wait on answers
         self.heartbeat_interval_s = heartbeat_interval_s
         self.metrics = metrics or ControllerMetrics()  # counted either way; served only when configured
         self.rollouts = rollouts
@@ -78,6 +81,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             device_id, hello.agent_version, to_dict(hello.profile), to_dict(hello.plan), list(hello.streams),
             labels=_reported_labels(hello.labels),
         )
+        device = await self.twin.on_status(device_id, config_status_from_pb(hello.config))
         commands = self.hub.open_session(device_id)
         closing = self.hub.stream_opened(device_id)  # RevokeDevice ends the Session (fleet.commands)
         self.hub.device_changed(device, f"{device.hostname} ({device_id}) connected")
@@ -102,6 +106,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 yield command_to_pb(Command("set_plan", device.plan_override))
             for command in await self.rollouts.commands_for(device_id) if self.rollouts is not None else ():
                 yield command_to_pb(command)
+            if (pending := self.twin.pending(device)) is not None:  # a desired config set while it was away
+                yield command_to_pb(pending)
             async for command in _until_done(commands, reader, closing):
                 yield command_to_pb(command)
         finally:
@@ -121,6 +127,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             logger.info("%s: command %s %s", device_id, result.command_id,
                         "done" if result.ok else f"failed: {result.error}")
             self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail)
+        elif kind == "config":
+            device = await self.twin.on_status(device_id, config_status_from_pb(up.config))
+            self.hub.device_changed(device, f"{device.hostname} ({device_id}) {describe_status(config_view(device))}")
+            return device
         elif kind == "heartbeat":
             hb = up.heartbeat
             plan = to_dict(hb.plan) if hb.HasField("plan") else None
