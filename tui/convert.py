@@ -86,7 +86,8 @@ def device_from_pb(pb: fleet_pb2.Device) -> DeviceView:
         gpu_name=pb.profile.gpu_name, plan=plan_from_pb(pb.plan),
         override=override_from_pb(pb.plan_override) if pb.HasField("plan_override") else None,
         health=health_from_pb(pb.health, last_seen), streams=tuple(pb.streams),
-        labels=tuple(sorted(pb.labels.items())), connected=pb.connected,
+        labels=tuple(sorted(pb.labels.items())), operator_labels=tuple(sorted(pb.operator_labels)),
+        connected=pb.connected,
         detections_stored=pb.detections_stored, acked_sequence=pb.acked_sequence,
     )
 

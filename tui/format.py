@@ -92,6 +92,12 @@ def override_text(override: PlanOverride | None) -> str:
     return ", ".join(parts) or "none"
 
 
+def labels_text(device: DeviceView) -> str:
+    """`key=value` pairs, an operator's label marked `*` (it wins over the device's own); "none" without any."""
+    operator = set(device.operator_labels)
+    return " · ".join(f"{key}={value}{'*' if key in operator else ''}" for key, value in device.labels) or "none"
+
+
 def progress_bar(succeeded: int, failed: int, target: int, width: int = 24) -> Text:
     """`██████▒▒░░░░` — succeeded (green), failed (red), still to go (dim), `width` cells in all."""
     if target <= 0:

@@ -6,8 +6,13 @@ each screen redraws just that.
 from __future__ import annotations
 
 import collections
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from edgefleet.fleet.errors import FleetError
+from edgefleet.fleet.selectors import Selector, parse_selector
 
 from .coalesce import Batch
 from .views import STATUSES, Connection, DeviceView, EngineChange, EventEntry, Health, Plan, RolloutView
@@ -173,11 +178,32 @@ class FleetState:
 # ---- filter and sort, shared by the fleet table and its tests ----
 
 def matches(device: DeviceView, needle: str) -> bool:
-    """Case-insensitive substring over device id, hostname, platform and status."""
+    """A label selector (`site=lab,tier in (a,b),!legacy`) on the device's labels when the text is one;
+    otherwise a case-insensitive substring of device id, hostname, platform, status or a `key=value` label."""
     if not needle:
         return True
+    selector = label_selector(needle)
+    if selector is not None:
+        return selector.matches(dict(device.labels))
     needle = needle.lower()
-    return any(needle in value.lower() for value in (device.device_id, device.hostname, device.platform, device.status))
+    values = (device.device_id, device.hostname, device.platform, device.status,
+              *(f"{key}={value}" for key, value in device.labels))
+    return any(needle in value.lower() for value in values)
+
+
+_SELECTOR_SIGNS = re.compile(r"[=!]|\s(?:not)?in\s*\(")
+
+
+@functools.lru_cache(maxsize=64)  # the table asks once per device per redraw, with the same text
+def label_selector(text: str) -> Selector | None:
+    """The selector `text` is, when it reads as one (it has `=`, `!`, `in (` or `notin (`); None otherwise,
+    or while it is half typed (`site=(`), so the filter falls back to substrings instead of hiding everything."""
+    if not _SELECTOR_SIGNS.search(text):
+        return None
+    try:
+        return parse_selector(text)
+    except FleetError:
+        return None
 
 
 _STATUS_RANK = {"offline": 0, "stale": 1, "online": 2}

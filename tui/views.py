@@ -70,6 +70,9 @@ class DeviceView:
     health: Health | None = None
     streams: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    """The device's own labels overlaid by the operator's: what selectors match."""
+    operator_labels: tuple[str, ...] = ()
+    """The keys of `labels` an operator set (edgefleet device label); they win over the device's own."""
     connected: bool = False
     detections_stored: int = 0
     acked_sequence: int = 0

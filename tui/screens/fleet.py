@@ -27,7 +27,7 @@ class FleetScreen(FilterScreen):
         yield ConnectionBanner()
         yield FleetCounts(id="counts")
         yield FleetTable(id="fleet")
-        yield Input(placeholder="filter by name, platform or status (Enter keeps it, Esc clears)",
+        yield Input(placeholder="filter: name, platform, status, or labels site=lab,!legacy (Enter keeps, Esc clears)",
                     id="filter", compact=True)
         yield Footer()
 
