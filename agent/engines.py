@@ -258,12 +258,12 @@ class EngineManager:
         self._job_stop = threading.Event()
         self._submit(self._run_deploy, request, self._job_stop)
 
-    def cancel(self, rollout_id: str, reason: str = "") -> None:
+    def cancel(self, rollout_id: str, reason: str = "") -> str:
         """Stop what runs for the rollout (download, build, warm-up, shadow test) and never swap to it.
 
         The worker checks the stop event under the lock before it queues a swap, so either the
         swap is queued now (and dropped here) or it never will be. An engine already swapped in
-        stays: going back is a rollback, which the controller sends on its own."""
+        stays: going back is a rollback, which the controller sends on its own. Returns what it did."""
         why = f"cancelled: {reason}" if reason else "cancelled by the controller"
         with self._lock:
             self._cancelled[rollout_id] = why
@@ -271,8 +271,10 @@ class EngineManager:
             if running is not None and running.rollout_id == rollout_id:
                 self._job_stop.set()
         self._drop_pending_swaps(why, rollout_id)
-        logger.warning("rollout %s: %s%s", rollout_id, why,
-                       "" if running is not None and running.rollout_id == rollout_id else " (nothing in progress)")
+        stopped = running is not None and running.rollout_id == rollout_id
+        done = f"stopped the deployment of rollout {rollout_id}" if stopped else f"rollout {rollout_id} refused here"
+        logger.warning("rollout %s: %s (%s)", rollout_id, why, done)
+        return done
 
     def rollback(self, command_id: str, reason: str = "") -> None:
         """Go back to the previous engine; cancels a deployment in progress first."""

@@ -302,7 +302,8 @@ class Agent:
             if isinstance(command, DeployRequest):
                 self.engines.deploy(command)
             elif isinstance(command, CancelDeployment):
-                self.engines.cancel(command.rollout_id, command.reason)
+                self.link.send_result(command.command_id, True,
+                                      detail=self.engines.cancel(command.rollout_id, command.reason))
             elif isinstance(command, Rollback):
                 self.engines.rollback(command.command_id, command.reason)
             elif isinstance(command, ApplyConfig):
