@@ -12,7 +12,8 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, objects_from_json
 
@@ -198,15 +199,16 @@ class DetectionTables(StoreTables):
         return "[" + ", ".join(parts) + "]"
 
     def list_detections(
-        self, device_id: str, stream_id: str = "", after_sequence: int = 0, limit: int = 100
+        self, device_id: str, stream_id: str = "", after_sequence: int = 0, limit: int = 100,
+        *, since: float | None = None, until: float | None = None, labels: Sequence[str] = (),
     ) -> tuple[list[FrameRecord], int]:
-        device = self._require(device_id)
+        """One device's records in sequence order: after `after_sequence`, or the newest `limit`.
+
+        `since`/`until` bound the capture time (at or after, before); `labels` keeps the frames with an
+        object of those class labels, and of each frame only those objects."""
+        stored = self._stored_count(device_id)
         after_sequence = min(after_sequence, SQLITE_MAX_INT)  # no stored sequence is above it
-        where = "device_id = ?"
-        params: list[str | int] = [device_id]
-        if stream_id:
-            where += " and stream_id = ?"
-            params.append(stream_id)
+        where, params = _detection_filter([device_id], stream_id, since, until, labels)
         if after_sequence:
             sql = f"select * from detections where {where} and sequence > ? order by sequence limit ?"
             params += [after_sequence, limit]
@@ -214,10 +216,66 @@ class DetectionTables(StoreTables):
             sql = (f"select * from (select * from detections where {where} order by sequence desc limit ?)"
                    " order by sequence")
             params.append(limit)
+        return self._frames(sql, params, labels), stored
+
+    def _stored_count(self, device_id: str) -> int:
+        """How many records the device stores; for a device removed without --purge-data, the records
+        it left (kept until retention deletes them). NotFound when there is neither."""
+        try:
+            return self._require(device_id).detections_stored
+        except NotFound:
+            (left,) = self.db.execute("select count(*) from detections where device_id = ?", [device_id]).fetchone()
+            if not left:
+                raise
+            return int(left)
+
+    def list_detections_of(
+        self, device_ids: Sequence[str], stream_id: str = "", limit: int = 100,
+        *, since: float | None = None, until: float | None = None, labels: Sequence[str] = (),
+    ) -> tuple[list[FrameRecord], int]:
+        """The newest `limit` records of several devices (a selector's), oldest first by capture time,
+        and how many the devices store in all; filters as `list_detections`."""
+        if not device_ids:
+            return [], 0
+        where, params = _detection_filter(device_ids, stream_id, since, until, labels)
+        sql = (f"select * from (select * from detections where {where}"
+               " order by capture_time desc, device_id, sequence desc limit ?)"
+               " order by capture_time, device_id, sequence")
+        frames = self._frames(sql, [*params, limit], labels)
+        marks = ", ".join("?" * len(device_ids))
+        (total,) = self.db.execute(f"select coalesce(sum(detections_stored), 0) from devices"
+                                   f" where device_id in ({marks})", list(device_ids)).fetchone()
+        return frames, int(total)
+
+    def _frames(self, sql: str, params: list, labels: Sequence[str]) -> list[FrameRecord]:
         cursor = self.db.execute(sql, params)
         columns = [c[0] for c in cursor.description]
         frames = [_frame_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
-        return frames, device.detections_stored
+        if labels:
+            wanted = set(labels)
+            frames = [replace(f, objects=[o for o in f.objects if o.label in wanted]) for f in frames]
+        return frames
+
+
+def _detection_filter(device_ids: Sequence[str], stream_id: str, since: float | None, until: float | None,
+                      labels: Sequence[str]) -> tuple[str, list]:
+    """The `where` clause (and its parameters) the listing methods share."""
+    where = f"device_id in ({', '.join('?' * len(device_ids))})"
+    params: list = list(device_ids)
+    if stream_id:
+        where += " and stream_id = ?"
+        params.append(stream_id)
+    if since is not None:
+        where += " and capture_time >= ?"
+        params.append(since)
+    if until is not None:
+        where += " and capture_time < ?"
+        params.append(until)
+    if labels:  # the label is the third field of each stored object row (records.object_row)
+        where += (" and exists (select 1 from json_each(detections.objects) as o"
+                  f" where json_extract(o.value, '$[2]') in ({', '.join('?' * len(labels))}))")
+        params += list(labels)
+    return where, params
 
 
 def _take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], present: set[tuple[str, int]],
