@@ -89,7 +89,20 @@ def device_from_pb(pb: fleet_pb2.Device) -> DeviceView:
         labels=tuple(sorted(pb.labels.items())), operator_labels=tuple(sorted(pb.operator_labels)),
         connected=pb.connected,
         detections_stored=pb.detections_stored, acked_sequence=pb.acked_sequence,
+        config_drift=config_drift(pb.config),
     )
+
+
+def config_drift(config: fleet_pb2.DeviceConfig) -> str:
+    """The device screen's Config line: the applied version against the desired one ("" when none is set)."""
+    if not config.desired_version:
+        return ""
+    if config.in_sync:
+        return f"v{config.applied_version} applied, in sync ({config.how})"
+    text = f"v{config.applied_version} applied, v{config.desired_version} desired"
+    if config.refused_version == config.desired_version:
+        return f"{text}: refused: {'; '.join(config.errors)}"
+    return text + " (not applied yet)"
 
 
 def _state(value: int) -> str:

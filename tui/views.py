@@ -76,6 +76,8 @@ class DeviceView:
     connected: bool = False
     detections_stored: int = 0
     acked_sequence: int = 0
+    config_drift: str = ""
+    """Desired vs applied configuration (`v3 applied, in sync`, `v2 applied, v3 desired`); "" when none is set."""
 
 
 @dataclass(frozen=True)

@@ -80,3 +80,17 @@ def test_what_events_say():
     assert describe_status(View("d", 2, applied_version=2, how="live")) == "runs desired config v2 (live)"
     assert describe_status(View("d", 3, applied_version=2, refused_version=3, errors=("no such file",))) == \
         "refused desired config v3: no such file"
+
+
+@pytest.mark.parametrize("config, text", [
+    ({}, ""),
+    ({"desired_version": 2, "applied_version": 2, "in_sync": True, "how": "live"}, "v2 applied, in sync (live)"),
+    ({"desired_version": 3, "applied_version": 2}, "v2 applied, v3 desired (not applied yet)"),
+    ({"desired_version": 3, "applied_version": 2, "refused_version": 3, "errors": ["no such file"]},
+     "v2 applied, v3 desired: refused: no such file"),
+])
+def test_the_tui_shows_drift(config, text):
+    from edgefleet.tui.convert import config_drift
+    from edgefleet.v1 import fleet_pb2
+
+    assert config_drift(fleet_pb2.DeviceConfig(**config)) == text

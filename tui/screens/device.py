@@ -127,6 +127,8 @@ class DeviceScreen(LiveScreen):
             ("Plan      ", "bold"), plan_text(plan), "\n",
             ("Engine    ", "bold"), engine_text(plan), budget, "\n",
             ("Override  ", "bold"), override_text(device.override), "\n",
+            *((("Config    ", "bold"), (device.config_drift, "" if "in sync" in device.config_drift else "yellow"),
+               "\n") if device.config_drift else ()),
             ("Labels    ", "bold"), labels_text(device),
         ))
         history = self.fleet.state.history.get(self.device_id)
