@@ -285,8 +285,6 @@ def apply_document(agent: Agent, command: ApplyConfig) -> ConfigStatus:
 
 def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: Change) -> ConfigStatus:
     """What can fail first (the new loop's sources and detector, persisting), then the changes."""
-    from edgefleet.adaptive.schedule import MotionGate
-
     config = change.config
     options = replace(agent.options, sources=list(config.source or []), stream_ids=config.stream_ids,
                       max_frames=config.max_frames, loop=config.loop, fallback_model=config.model)
@@ -306,6 +304,20 @@ def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: C
         raise DesiredConfigError([f"desired config v{command.version}: {err}"]) from err
     if loop is not None:
         agent.use_loop(loop, options, detector)
+    if detector is not None:  # the plan names the model the loop runs now
+        width, height = detector.input_size
+        agent.plan = replace(agent.plan, model=Path(getattr(detector, "model_path", "") or config.model or "").stem,
+                             backend=type(detector).__module__.rsplit(".", 1)[-1], input_width=width,
+                             input_height=height)
+    _apply_live(agent, config, change)
+    logger.info("desired config v%d applied (%s)", command.version, status.how)
+    return status
+
+
+def _apply_live(agent: Agent, config: AgentConfig, change: Change) -> None:
+    """The settings the loop takes between two ticks."""
+    from edgefleet.adaptive.schedule import MotionGate
+
     if "detect_interval" in change.live and agent.adapter is None:  # with --auto-plan the plan chooses it
         agent.planned_interval = config.detect_interval
         agent.loop.set_detect_interval(config.detect_interval)
@@ -313,5 +325,3 @@ def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: C
         agent.schedules.motion_gate = config.motion_gate
         for stream in agent.loop.streams:
             stream.scheduler.motion_gate = MotionGate(config.motion_gate) if config.motion_gate else None
-    logger.info("desired config v%d applied (%s)", command.version, status.how)
-    return status

@@ -202,3 +202,23 @@ def test_a_document_set_while_the_device_is_away_reaches_it_after_a_controller_r
         agent.stop()
     finally:
         ctl.stop()
+
+
+def test_a_model_change_loads_the_detector_in_the_new_loop(fleet, vtest, tmp_path):
+    from edgefleet.models.bundled import default_model
+
+    model = tmp_path / "copy-of-bundled.onnx"
+    model.write_bytes(default_model().read_bytes())
+    agent = Agent(fleet.address, tmp_path / "agent", vtest)
+    try:
+        device_id = fleet.connected()
+        done = fleet.cli("device", "config", "set", device_id, "-", "--wait", "60", stdin=f"model: {model}\n")
+        assert done.returncode == 0, done.stderr
+        assert "applied (loop restarted)" in done.stdout
+        wait_for(lambda: fleet.device(device_id).plan.model == "copy-of-bundled", 30, "the plan's new model")
+        before = len(fleet.frames(device_id))
+        wait_for(lambda: len(fleet.frames(device_id)) > before + 10, 60, "frames from the new detector")
+    finally:
+        agent.stop()
+    frames = fleet.frames(device_id)
+    assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
