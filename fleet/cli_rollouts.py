@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from edgefleet.v1 import fleet_pb2, types_pb2
 
 from .channel import add_connection_arguments
 from .cli import CliError, _call, control_stub, print_table
+from .cli_common import print_json
 from .cli_devices import add_select_argument, select_text
-from .convert import timestamp, to_dict
+from .convert import timestamp
 from .rollouts import RolloutOptions
 
 UPLOAD_CHUNK = 1 << 20
@@ -155,7 +155,7 @@ def cmd_artifact_push(args) -> int:
         finally:
             progress.close()
     if args.json:
-        print(json.dumps(to_dict(artifact), indent=2))
+        print_json(artifact)
     else:
         m = artifact.manifest
         print(f"{m.sha256}  {m.name}  {m.format} {m.precision or ''} {m.input_width}x{m.input_height}  "
@@ -166,7 +166,7 @@ def cmd_artifact_push(args) -> int:
 def cmd_artifact_list(args) -> int:
     artifacts = _call(args, "ListArtifacts", fleet_pb2.ListArtifactsRequest()).artifacts
     if args.json:
-        print(json.dumps([to_dict(a) for a in artifacts], indent=2))
+        print_json(list(artifacts))
         return 0
     print_table([("SHA256", "NAME", "FORMAT", "INPUT", "SIZE")] + [
         (a.manifest.sha256[:16], a.manifest.name, f"{a.manifest.format} {a.manifest.precision}".strip(),
@@ -215,7 +215,7 @@ def cmd_rollout_create(args) -> int:
 def cmd_rollout_status(args) -> int:
     rollout = _call(args, "GetRollout", fleet_pb2.GetRolloutRequest(rollout_id=args.rollout))
     if args.json:
-        print(json.dumps(to_dict(rollout), indent=2))
+        print_json(rollout)
         return 0
     _print_rollout(rollout, devices=True)
     return _follow(args, rollout.rollout_id) if args.watch else 0
@@ -224,7 +224,7 @@ def cmd_rollout_status(args) -> int:
 def cmd_rollout_list(args) -> int:
     rollouts = _call(args, "ListRollouts", fleet_pb2.ListRolloutsRequest()).rollouts
     if args.json:
-        print(json.dumps([to_dict(r) for r in rollouts], indent=2))
+        print_json(list(rollouts))
         return 0
     print_table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [
         (r.rollout_id, fleet_pb2.RolloutState.Name(r.state), r.artifact_sha256[:12], _wave_text(r),

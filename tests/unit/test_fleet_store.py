@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet.fleet.auth import Principal, Role
+from edgefleet.fleet.auth import Access, Principal, Role
 from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord
 from edgefleet.fleet.errors import NotFound, Unauthenticated
 from edgefleet.fleet.store import SCHEMA_VERSION, FleetStore
@@ -61,7 +61,8 @@ def test_operator_tokens_are_stored_hashed_and_revocable(store):
     token = store.create_operator_token("alice")
     (listed,) = store.list_operator_tokens()
     assert token.startswith("efo_") and token not in repr(listed)
-    assert store.principal_for_token(token) == Principal(Role.OPERATOR, listed.id)
+    assert store.principal_for_token(token) == Principal(Role.OPERATOR, listed.id, "alice", Access.OPERATOR)
+    assert listed.role == "operator"  # the default role
     store.revoke_operator_token(listed.id)
     assert store.principal_for_token(token) is None
     assert store.list_operator_tokens()[0].revoked
@@ -82,6 +83,10 @@ def test_a_v1_database_is_migrated_and_keeps_its_devices(tmp_path):
         store.db.execute(f"drop table {table}")
     store.db.execute("drop index idx_detections_received")
     store.db.execute("alter table devices drop column plan_override")
+    for table in ("desired_configs", "audit"):  # and nothing of v4
+        store.db.execute(f"drop table {table}")
+    for column in ("operator_labels", "revoked", "config_status"):
+        store.db.execute(f"alter table devices drop column {column}")
     store.db.execute("PRAGMA user_version=1")
     store.close()
     store = FleetStore(tmp_path / "fleet.db")
