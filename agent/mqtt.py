@@ -9,6 +9,10 @@ Topics, under `<prefix>/` (default `edgefleet/`):
 - `<device>/<stream>/<label>`: how many tracks of that label are active now (retained).
 - `<device>/stats`: the health sample (the one the heartbeats carry), every `stats_every_s`.
 
+With `--mqtt-username` (the password from `--mqtt-password-file` or `$EDGEFLEET_MQTT_PASSWORD`) and
+`--mqtt-tls-ca [--mqtt-tls-cert --mqtt-tls-key]` it logs in and speaks TLS (`common.mqtt.MqttLogin`);
+a refused login or an untrusted broker certificate is logged with the reason, and retried.
+
 MQTT never slows the camera loop: paho's network thread does the I/O; events go at QoS 1 into
 paho's queue, bounded by `max_queued` (what does not fit is dropped and counted), counts and stats
 at QoS 0 (dropped and counted while disconnected). The gRPC link stays the durable path.
@@ -24,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
+
+from edgefleet.common.mqtt import ConnectReport, MqttLogin
 
 from .outbox import OutboxObject, OutboxRecord
 
@@ -151,8 +157,12 @@ class MqttPublisher:
 
     def __init__(self, host: str, port: int, topic_prefix: str = DEFAULT_PREFIX, *,
                  events: TrackEventsConfig | None = None, stats_every_s: float = 5.0, max_queued: int = 1000,
-                 keepalive_s: int = 10):
+                 keepalive_s: int = 10, login: MqttLogin | None = None):
         self.host, self.port = host, port
+        self.login = login or MqttLogin()
+        self._tls = self.login.tls_context()  # unreadable files are refused here, at start (MqttSettingsError)
+        self.report: ConnectReport | None = None
+        """Why the broker connection fails now (`report.last`), once connecting started."""
         self.prefix = topic_prefix.strip("/")
         self.events_config = events or TrackEventsConfig()
         self.stats_every_s = stats_every_s
@@ -220,19 +230,26 @@ class MqttPublisher:
         client.max_queued_messages_set(self.max_queued)
         client.will_set(self._topic("available"), "offline", qos=1, retain=True)
         client.reconnect_delay_set(1, 10)
+        self.login.configure(client, self._tls)
+        report = self.report = ConnectReport(logger, "mqtt", self.host, self.port, self.login, self._tls)
         client.on_connect = self._on_connect
+        client.on_connect_fail = report.on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.connect_async(self.host, self.port, keepalive=self.keepalive_s)
         client.loop_start()
         self._client = client
-        logger.info("mqtt: publishing as %s/%s to %s:%d", self.prefix, device_id, self.host, self.port)
+        logger.info("mqtt: publishing as %s/%s to %s:%d, %s", self.prefix, device_id, self.host, self.port,
+                    self.login.describe())
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            logger.warning("mqtt: broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            if self.report is not None:
+                self.report.refused(reason_code)
             return
         client.publish(self._topic("available"), "online", qos=1, retain=True)
         self.connected.set()
+        if self.report is not None:
+            self.report.connected()
         logger.info("mqtt: connected to %s:%d", self.host, self.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.mqtt_bridge import BridgeConfig
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ..conftest import ROOT, ControllerThread, free_port, require_program, wait_for
@@ -149,7 +150,8 @@ def test_agent_publishes_frigate_topics_and_its_last_will(broker, controller, vt
 
 
 def test_the_bridge_brings_mqtt_only_devices_into_the_fleet(broker, tmp_path):
-    ctl = ControllerThread(tmp_path / "fleet.db", mqtt=("127.0.0.1", broker))
+    ctl = ControllerThread(tmp_path / "fleet.db",
+                           mqtt=BridgeConfig("127.0.0.1", broker, allow=("porch-cam", "shed-*")))
     bridge = ctl.controller.bridge
     try:
         assert bridge.connected.wait(10), "the bridge did not connect"
@@ -169,6 +171,7 @@ def test_the_bridge_brings_mqtt_only_devices_into_the_fleet(broker, tmp_path):
             ("edgefleet/porch-cam/cam0/events", b'{"type": "exploded"}'),
             ("edgefleet/porch-cam/cam0/events", b"\xff\xfe\x00"),
             ("edgefleet/shed-cam/available", b"online"),  # after the malformed ones: still bridged
+            ("edgefleet/barn-cam/available", b"online"),  # no --mqtt-allow matches: ignored, not malformed
         ]
         for topic, payload in messages:
             pub.publish(topic, payload, qos=1).wait_for_publish(5)
@@ -185,7 +188,9 @@ def test_the_bridge_brings_mqtt_only_devices_into_the_fleet(broker, tmp_path):
             assert porch.health.fps == pytest.approx(7.5) and porch.health.frames_total == 30
             assert list(porch.streams) == ["cam0"]
             assert porch.status == fleet_pb2.ONLINE
+            assert "barn-cam" not in found
         assert wait_for(lambda: bridge.malformed == 5 or None, 10, "the malformed count")
+        assert bridge.ignored_devices == {"barn-cam"}
         assert bridge.connected.is_set(), "the bridge is still connected"
 
         pub.publish("edgefleet/porch-cam/available", b"offline", qos=1).wait_for_publish(5)

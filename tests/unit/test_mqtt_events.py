@@ -126,9 +126,22 @@ def test_parse_event_refuses(payload):
 ])
 def test_bridge_handle_applies(topic, payload, applied):
     calls = []
-    bridge = MqttBridge(lambda device_id, **kw: calls.append((device_id, kw)), "127.0.0.1", 1)
+    bridge = MqttBridge(lambda device_id, **kw: calls.append((device_id, kw)), "127.0.0.1", 1, allow=["dev-*"])
     bridge.handle(topic, payload)
     assert calls == [("dev-1", applied)]
+
+
+def test_bridge_accepts_only_allowed_devices():
+    calls = []
+    bridge = MqttBridge(lambda device_id, **kw: calls.append(device_id), "127.0.0.1", 1, allow=["porch-*", "shed"])
+    for device in ("porch-cam", "shed", "shed-2", "rogue"):
+        bridge.handle(f"edgefleet/{device}/available", b"online")
+    bridge.handle("edgefleet/rogue/available", b"online")
+    assert calls == ["porch-cam", "shed"]
+    assert bridge.ignored == 3 and bridge.ignored_devices == {"shed-2", "rogue"}
+    nobody = MqttBridge(lambda *a, **kw: pytest.fail("applied without --mqtt-allow"), "127.0.0.1", 1)
+    nobody.handle("edgefleet/porch-cam/available", b"online")
+    assert nobody.ignored == 1
 
 
 @pytest.mark.parametrize("topic, payload", [
@@ -139,6 +152,6 @@ def test_bridge_handle_applies(topic, payload, applied):
     ("edgefleet/dev-1/whatever", b"{}"),
 ])
 def test_bridge_handle_refuses(topic, payload):
-    bridge = MqttBridge(lambda *a, **kw: pytest.fail("applied a malformed message"), "127.0.0.1", 1)
+    bridge = MqttBridge(lambda *a, **kw: pytest.fail("applied a malformed message"), "127.0.0.1", 1, allow=["*"])
     with pytest.raises(MalformedMessage):
         bridge.handle(topic, payload)
