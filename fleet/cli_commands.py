@@ -119,7 +119,7 @@ def cmd_plan(args) -> int:
         raise
     what = "override cleared" if request.plan.clear else "override set"
     if device.connected:
-        print(f"{device_id}: {what}; the device applied it (plan: {device.plan.reason or 'its own'})")
+        print(f"{device_id}: {what}; the device applied it (its next heartbeat reports the plan it runs)")
     else:
         print(f"{device_id}: {what}; the device is not connected: it gets it when its next Session opens")
     return 0

@@ -1,0 +1,236 @@
+"""Commands that answer: SendCommand and SetPlanOverride against a real controller, with Sessions the test
+drives and with real `edge-agent` processes (ping, restart in process and by exit, rollback refused)."""
+from __future__ import annotations
+
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, types_pb2
+
+from ..conftest import ROOT, run_cli, wait_for
+from ..processes import outbox_state
+from .test_gateway import auth, enroll
+
+
+class AnsweringSession:
+    """A device's Session that answers each command with `answer(command) -> CommandResult | None` (None: silence)."""
+
+    def __init__(self, channel, token: str, answer):
+        self._up: queue.Queue = queue.Queue()
+        self._up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="test", streams=["cam0"])))
+        self._call = agent_pb2_grpc.AgentGatewayStub(channel).Session(iter(self._up.get, None), metadata=auth(token),
+                                                                       timeout=60)
+        self.commands: list[agent_pb2.Command] = []
+        self._answer = answer
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for message in self._call:
+                if message.WhichOneof("body") == "command":
+                    self.commands.append(message.command)
+                    result = self._answer(message.command)
+                    if result is not None:
+                        self._up.put(agent_pb2.AgentMessage(result=result))
+        except grpc.RpcError:
+            pass  # closed at the end of the test
+
+    def close(self) -> None:
+        self._up.put(None)
+
+
+def done(command):
+    return agent_pb2.CommandResult(command_id=command.command_id, ok=True, detail="did it")
+
+
+def connected(control, device_id: str) -> None:
+    wait_for(lambda: control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device_id), timeout=5).connected, 10,
+             f"{device_id}'s Session")
+
+
+def test_each_device_gets_its_own_outcome(channel, control):
+    fine, refusing, silent, offline = (enroll(channel, hardware_id=f"hw-{n}") for n in range(4))
+    sessions = [AnsweringSession(channel, fine.device_token, done),
+                AnsweringSession(channel, refusing.device_token, lambda c: agent_pb2.CommandResult(
+                    command_id=c.command_id, ok=False, error="no previous engine to roll back to")),
+                AnsweringSession(channel, silent.device_token, lambda c: None)]
+    for device in (fine, refusing, silent):
+        connected(control, device.device_id)
+    outcomes = {}
+    for device in (fine, refusing, silent, offline):
+        reply = control.SendCommand(fleet_pb2.SendCommandRequest(device_id=device.device_id, rollback_reason="test",
+                                                                 timeout_ms=300), timeout=10)
+        (outcomes[device.device_id],) = reply.outcomes
+        assert reply.command_id == reply.outcomes[0].command_id
+    assert outcomes[fine.device_id].state == fleet_pb2.DONE and outcomes[fine.device_id].detail == "did it"
+    assert outcomes[fine.device_id].round_trip_ms > 0
+    assert (outcomes[refusing.device_id].state, outcomes[refusing.device_id].error) == (
+        fleet_pb2.REFUSED, "no previous engine to roll back to")
+    assert outcomes[silent.device_id].state == fleet_pb2.TIMED_OUT
+    assert "no answer within 0.3 s" in outcomes[silent.device_id].error
+    assert outcomes[offline.device_id].state == fleet_pb2.NOT_CONNECTED
+    assert [c.rollback.reason for c in sessions[0].commands] == ["test"]
+    for session in sessions:
+        session.close()
+
+
+def test_a_selector_sends_to_every_device_it_matches_at_once(channel, control):
+    devices = [enroll(channel, hardware_id=f"hw-{n}") for n in range(3)]
+    sessions = [AnsweringSession(channel, d.device_token, done) for d in devices]
+    for device in devices:
+        connected(control, device.device_id)
+    for device in devices[:2]:
+        control.SetDeviceLabels(fleet_pb2.SetDeviceLabelsRequest(device_id=device.device_id, set={"site": "lab"}),
+                                timeout=5)
+    reply = control.SendCommand(fleet_pb2.SendCommandRequest(select="site=lab", ping=True), timeout=10)
+    assert sorted(o.device_id for o in reply.outcomes) == sorted(d.device_id for d in devices[:2])
+    assert all(o.state == fleet_pb2.DONE for o in reply.outcomes)
+    assert not sessions[2].commands
+    for request, code in ((fleet_pb2.SendCommandRequest(select="site=yard", ping=True), "FAILED_PRECONDITION"),
+                          (fleet_pb2.SendCommandRequest(device_id=devices[0].device_id, select="site=lab", ping=True),
+                           "INVALID_ARGUMENT"),
+                          (fleet_pb2.SendCommandRequest(device_id=devices[0].device_id), "INVALID_ARGUMENT")):
+        with pytest.raises(grpc.RpcError) as err:
+            control.SendCommand(request, timeout=5)
+        assert err.value.code().name == code
+    for session in sessions:
+        session.close()
+
+
+def test_a_refused_plan_override_leaves_the_previous_one(channel, control):
+    device = enroll(channel)
+    refuse = {"now": False}
+
+    def answer(command):
+        if refuse["now"]:
+            return agent_pb2.CommandResult(command_id=command.command_id, ok=False, error="no rung fits 96")
+        return done(command)
+
+    session = AnsweringSession(channel, device.device_token, answer)
+    connected(control, device.device_id)
+    bounded = types_pb2.SetPlan(min_detect_interval=3)
+    assert control.SetPlanOverride(fleet_pb2.SetPlanOverrideRequest(
+        device_id=device.device_id, plan=bounded), timeout=15).plan_override == bounded
+    refuse["now"] = True
+    with pytest.raises(grpc.RpcError) as err:
+        control.SetPlanOverride(fleet_pb2.SetPlanOverrideRequest(
+            device_id=device.device_id, plan=types_pb2.SetPlan(max_input_size=96)), timeout=15)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "refused the plan override: no rung fits 96" in err.value.details()
+    assert control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.device_id),
+                             timeout=5).plan_override == bounded
+    session.close()
+
+
+# ---- real agents ----
+
+def start_agent(controller, state_dir: Path, source: Path, log: Path, *extra: str) -> subprocess.Popen:
+    with log.open("a") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", controller.address,
+             "--source", str(source), "--loop", "--state-dir", str(state_dir), "--enroll-key", "efk_test",
+             "--name", "cmd-cam", "--threads", "1", *extra], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+
+
+def stop(agent: subprocess.Popen) -> int:
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+    try:
+        return agent.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        return agent.wait(10)
+
+
+def device_cli(controller, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("edgefleet.fleet.cli", "device", *args, "--controller", controller.address,
+                   "--token", controller.operator_token, timeout=60)
+
+
+def acked(control, device_id: str) -> int:
+    return control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device_id), timeout=5).acked_sequence
+
+
+def frames_of(control, device_id: str) -> list:
+    return list(control.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device_id, limit=10_000),
+                                       timeout=10).frames)
+
+
+def the_agent(control) -> str:
+    devices = wait_for(lambda: control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices, 120,
+                       "the agent to enroll")
+    device_id = devices[0].device_id
+    wait_for(lambda: acked(control, device_id) >= 10, 120, "the agent's first detections")
+    connected(control, device_id)
+    return device_id
+
+
+@pytest.mark.slow
+def test_ping_rollback_plan_and_restart_in_process_on_a_real_agent(controller, control, vtest, tmp_path):
+    log = tmp_path / "agent.log"
+    agent = start_agent(controller, tmp_path / "agent", vtest, log, "--restart-mode", "in-process")
+    try:
+        device_id = the_agent(control)
+        pinged = device_cli(controller, "ping", device_id[:8])
+        assert pinged.returncode == 0, pinged.stdout + pinged.stderr
+        assert pinged.stdout.startswith(f"{device_id}: answered in ") and pinged.stdout.rstrip().endswith("ms (pong)")
+
+        rollback = device_cli(controller, "rollback", device_id, "--reason", "test")  # it never swapped engines
+        assert rollback.returncode == 1
+        assert f"{device_id}: refused: no previous engine to roll back to" in rollback.stdout
+
+        plan = device_cli(controller, "plan", device_id, "--min-interval", "3")
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        assert f"{device_id}: override set; the device applied it" in plan.stdout
+        wait_for(lambda: control.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device_id), timeout=5).plan.reason
+                 == "operator override: bounded to detect every >= 3", 30, "the plan it runs now")
+
+        before = acked(control, device_id)
+        restarted = device_cli(controller, "restart", device_id, "--reason", "test")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert "(loop restarted in process)" in restarted.stdout
+        wait_for(lambda: acked(control, device_id) >= before + 30, 120, "frames after the restart")
+        assert agent.poll() is None  # the same process
+        frames = frames_of(control, device_id)
+        assert [f.sequence for f in frames] == list(range(1, len(frames) + 1)), "no record lost, none twice"
+        restarts = [f.sequence for f in frames if f.frame_index == 0]
+        assert restarts[0] == 1 and any(s > before for s in restarts)  # the source opened again, at its start
+        assert "frame loop restarted" in log.read_text()
+    finally:
+        code = stop(agent)
+    assert code == 0, log.read_text()[-3000:]
+    assert outbox_state(tmp_path / "agent")[0] == []  # everything acknowledged
+    offline = device_cli(controller, "ping", device_id)
+    assert offline.returncode == 1 and f"{device_id}: not connected" in offline.stdout
+
+
+@pytest.mark.slow
+def test_restart_in_exit_mode_ends_the_process_with_75_and_a_new_one_carries_on(controller, control, vtest,
+                                                                                tmp_path):
+    """The test plays systemd: it starts the agent again when it exits with 75 (RestartForceExitStatus=75)."""
+    log = tmp_path / "agent.log"
+    agent = start_agent(controller, tmp_path / "agent", vtest, log, "--restart-mode", "exit")
+    try:
+        device_id = the_agent(control)
+        restarted = device_cli(controller, "restart", device_id)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert f"{device_id}: done in " in restarted.stdout and "(exiting for systemd to restart)" in restarted.stdout
+        assert agent.wait(timeout=90) == 75, log.read_text()[-3000:]
+        assert outbox_state(tmp_path / "agent")[0] == []  # drained before it exited
+        before = acked(control, device_id)
+        agent = start_agent(controller, tmp_path / "agent", vtest, log, "--restart-mode", "exit")
+        wait_for(lambda: acked(control, device_id) >= before + 20, 120, "frames from the restarted agent")
+        devices = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices
+        assert [d.device_id for d in devices] == [device_id]  # the same enrollment
+        frames = frames_of(control, device_id)
+        assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
+    finally:
+        code = stop(agent)
+    assert code == 0, log.read_text()[-3000:]
