@@ -14,7 +14,8 @@ serves afterwards.
 | Enroll                      | INVALID_ARGUMENT (empty key or hardware id), UNAUTHENTICATED (key)  |
 | Session                     | INVALID_ARGUMENT (first message not hello), NOT_FOUND, AUTH         |
 | PublishDetections           | INVALID_ARGUMENT (sequence), NOT_FOUND, AUTH (another device's id)  |
-| ListDevices, WatchFleet     | AUTH                                                                |
+| ListDevices                 | INVALID_ARGUMENT (a selector that cannot be read), AUTH             |
+| WatchFleet                  | AUTH                                                                |
 | GetDevice, SetPlanOverride  | INVALID_ARGUMENT, NOT_FOUND, AUTH                                   |
 | ListDetections              | INVALID_ARGUMENT (device id, limit), NOT_FOUND, AUTH                |
 | WatchDetections             | INVALID_ARGUMENT (min_score), AUTH                                  |
@@ -64,7 +65,7 @@ ANSWERS = {
     "Enroll": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.UNAUTHENTICATED},
     "Session": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
     "PublishDetections": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
-    "ListDevices": {CODE.OK, *AUTH},
+    "ListDevices": {CODE.OK, CODE.INVALID_ARGUMENT, *AUTH},
     "WatchFleet": {CODE.OK, *AUTH},
     "GetDevice": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
     "SetPlanOverride": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
@@ -350,7 +351,8 @@ EXAMPLES = {  # per RPC; the sum with the raw-bytes and wrong-token tests is the
     "GetDevice": 1200, "ListDevices": 300, "SetPlanOverride": 1200, "ListDetections": 1200,
     "WatchFleet": 5, "ListArtifacts": 5, "ListRollouts": 5,  # empty requests: one case is all there is
     "WatchDetections": 150, "Session": 800, "PublishDetections": 1000,
-    "SendCommand": 200, "FetchArtifact": 200, "UploadArtifact": 200,
+    "SendCommand": 200, "FetchArtifact": 200, "UploadArtifact": 200, "SetDeviceLabels": 300,
+    "SetDesiredConfig": 300, "GetDeviceConfig": 300,
     "CreateRollout": 300, "GetRollout": 200, "PauseRollout": 150, "ResumeRollout": 150, "AbortRollout": 150,
     "Enroll": 1200,  # last: every new hardware id is one more device for the listing RPCs to walk
 }
