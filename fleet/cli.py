@@ -22,6 +22,7 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from .auth import DEFAULT_ACCESS, Access
 from .channel import add_connection_arguments, open_channel
 from .cli_common import CliError, existing_db, print_json, quiet_broken_pipe
+from .connect_errors import explain_unavailable
 from .errors import FleetError
 from .tls import ClientTLS, ServerTLS
 
@@ -190,8 +191,8 @@ def control_stub(args, what: str):
     if not args.token:
         raise CliError("no operator token: pass --token or set EDGEFLEET_TOKEN "
                        "(made by `edgefleet operator-token create`)")
+    tls = None
     try:
-        tls = None
         if args.tls_ca or args.tls_cert or args.tls_key:
             tls = ClientTLS(args.tls_ca, args.tls_cert, args.tls_key)
         with open_channel(args.controller, token=args.token, tls=tls) as channel:
@@ -200,7 +201,8 @@ def control_stub(args, what: str):
         raise CliError(str(err)) from err
     except grpc.RpcError as err:
         if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise CliError(f"cannot reach the controller at {args.controller}: {err.details()}") from err
+            why = explain_unavailable(args.controller, err.details() or "", tls)
+            raise CliError(f"cannot reach the controller at {args.controller}: {why}") from err
         raise CliError(f"{what}: {err.code().name}: {err.details()}") from err
 
 
@@ -232,7 +234,8 @@ def cmd_devices(args) -> int:
     rows = [("DEVICE", "STATUS", "HOSTNAME", "PLATFORM", "FPS", "INFER p50", "STORED", "LAST SEEN", "LABELS")]
     for d in response.devices:
         rows.append((
-            d.device_id, fleet_pb2.DeviceStatus.Name(d.status), d.hostname, d.profile.platform or "?",
+            d.device_id, "REVOKED" if d.revoked else fleet_pb2.DeviceStatus.Name(d.status), d.hostname,
+            d.profile.platform or "?",
             f"{d.health.fps:.1f}", f"{d.health.inference_ms_p50:.1f} ms", str(d.detections_stored),
             _age(d.last_seen), labels_text(d),
         ))

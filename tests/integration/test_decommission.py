@@ -152,6 +152,8 @@ def test_cli_revoke_and_remove(controller, channel, control):
     revoked = run_cli("edgefleet.fleet.cli", "device", "revoke", device.device_id[:8], "--reason", "retired", *ops)
     assert revoked.returncode == 0, revoked.stderr
     assert f"{device.device_id}: revoked" in revoked.stdout and "(3 detection records)" in revoked.stdout
+    listed = run_cli("edgefleet.fleet.cli", "devices", *ops)
+    assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [[device.device_id, "REVOKED"]]
     removed = run_cli("edgefleet.fleet.cli", "device", "remove", device.device_id, "--purge-data", *ops)
     assert removed.returncode == 0, removed.stderr
     assert f"{device.device_id}: removed; 3 detection records" in removed.stdout

@@ -354,6 +354,7 @@ EXAMPLES = {  # per RPC; the sum with the raw-bytes and wrong-token tests is the
     "SendCommand": 200, "FetchArtifact": 200, "UploadArtifact": 200, "SetDeviceLabels": 300,
     "SetDesiredConfig": 300, "GetDeviceConfig": 300,
     "CreateRollout": 300, "GetRollout": 200, "PauseRollout": 150, "ResumeRollout": 150, "AbortRollout": 150,
+    "RevokeDevice": 150, "RemoveDevice": 150, "ListAudit": 150,
     "Enroll": 1200,  # last: every new hardware id is one more device for the listing RPCs to walk
 }
 RAW_EXAMPLES = 1200
@@ -368,6 +369,8 @@ def test_generated_requests_get_only_documented_codes(fleet, rpc):
     def answers(requests):
         if rpc == "Enroll" and requests[0].hardware_id == FUZZ_HARDWARE_ID:
             requests[0].hardware_id += "-not"
+        if rpc in ("RevokeDevice", "RemoveDevice") and requests[0].device_id == fleet.device_id:
+            requests[0].device_id += "-not"  # the fixture's device serves the other RPCs' cases
         check(fleet, rpc, requests)
 
     answers()
