@@ -294,9 +294,10 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         """A device that speaks MQTT only, as `fleet.mqtt_bridge` hears it: created on first sight
         (hardware id `mqtt:<id>`, no token: it can never open a gRPC session), then kept current.
         `available` goes to its labels; anything but `offline` counts as seen. A device enrolled
-        over gRPC is left alone (its session is the truth): returns None."""
-        row = self.db.execute("select hardware_id from devices where device_id = ?", [device_id]).fetchone()
-        if row is not None and not row[0].startswith(MQTT_HARDWARE_PREFIX):
+        over gRPC is left alone (its session is the truth), and so is a revoked MQTT-only device (it
+        stays as it was until removed): returns None."""
+        row = self.db.execute("select hardware_id, revoked from devices where device_id = ?", [device_id]).fetchone()
+        if row is not None and (not row[0].startswith(MQTT_HARDWARE_PREFIX) or row[1] is not None):
             return None
         now, conn = time.time(), self.db.conn
 

@@ -145,6 +145,13 @@ def test_an_mqtt_only_device_joins_and_stays_current(store):
     assert store.principal_for_token("mqtt:garage-cam") is None, "an MQTT-only device has no token"
 
 
+def test_mqtt_leaves_a_revoked_mqtt_only_device_alone(store):
+    store.upsert_mqtt_device("garage-cam", available="online")
+    store.revoke_device("garage-cam")
+    assert store.upsert_mqtt_device("garage-cam", health={"fps": 1.0}) is None
+    assert store.get_device("garage-cam").health == {}, "the bridge stops updating it until it is removed"
+
+
 def test_mqtt_leaves_a_grpc_enrolled_device_alone(store):
     device, _ = enroll(store)
     assert store.upsert_mqtt_device(device.device_id, available="offline", health={"fps": 1.0}) is None
