@@ -310,3 +310,27 @@ def test_a_real_agent_with_a_wrong_password_says_so_and_keeps_reporting(secure_b
 def test_the_tls_context_verifies_the_broker(pki):
     context = MqttLogin(tls_ca=pki.cert("ca")).tls_context()
     assert context is not None and context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_the_agent_takes_the_mqtt_login_from_its_config_file(tmp_path):
+    from edgefleet.agent.cli import build_parser
+    from edgefleet.agent.flags import parse_args
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("controller: ctl:50051\nsources: [cam.mp4]\nmqtt: broker:8883\nmqtt-username: cam-07\n"
+                    "mqtt_password_file: /etc/edgefleet/mqtt.password\nmqtt-tls-ca: ca.pem\n")
+    config = parse_args(build_parser(), ["run", "--config", str(path), "--mqtt-username", "cam-08"]).config
+    assert (config.mqtt_username, config.mqtt_password_file, config.mqtt_tls_ca) == (
+        "cam-08", Path("/etc/edgefleet/mqtt.password"), Path("ca.pem")), "the flag wins over the file"
+    idle = parse_args(build_parser(), ["run", "--controller", "ctl:50051", "--source", "cam.mp4",
+                                       "--mqtt-username", "cam"]).config
+    assert idle.notes() == ["--mqtt-username: no effect without --mqtt"]
+
+
+def test_the_agent_exits_2_before_enrolling_when_its_password_file_cannot_be_read(tmp_path, vtest):
+    proc = run_cli("edgefleet.agent.cli", "run", "--controller", f"127.0.0.1:{free_port()}", "--source", str(vtest),
+                   "--state-dir", str(tmp_path / "agent"), "--enroll-key", "efk_test", "--mqtt", "127.0.0.1:1883",
+                   "--mqtt-username", "cam", "--mqtt-password-file", str(tmp_path / "missing"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--mqtt-password-file {tmp_path / 'missing'}: No such file or directory" in proc.stderr
+    assert not (tmp_path / "agent" / "identity.json").exists()
