@@ -71,6 +71,7 @@ class FleetApp(App[None]):
         self._probing = False
         self._last_tick = float("-inf")
         self.exit_after_s = exit_after_s
+        self.exit_reason = ""  # why the app ended by itself (the controller refused the token)
 
     def on_mount(self) -> None:
         self.feed.start()
@@ -94,6 +95,10 @@ class FleetApp(App[None]):
         if not self.is_running:  # shutting down: the screens' widgets may be gone already
             return None
         batch = self.coalescer.drain()
+        if batch and batch.connection is not None and batch.connection.state == "refused":
+            self.exit_reason = batch.connection.error
+            self.exit(return_code=2, message=f"edgefleet tui: error: {self.exit_reason}")
+            return None
         now = self.clock()
         tick = not now - 1.0 < self._last_tick <= now
         if not batch and not tick:

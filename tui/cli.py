@@ -68,7 +68,7 @@ def run_app(address: str, token: str, tls=None, log_file: Path | None = None, du
     app = FleetApp(address, token, tls, exit_after_s=duration_s or None)
     with log_off_the_terminal(log_file):
         app.run()
-    return 0
+    return app.return_code or 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,7 +88,22 @@ def run(args: argparse.Namespace) -> int:
     except FleetError as err:
         print(f"edgefleet tui: error: {err}", file=sys.stderr)
         return 2
+    refused = _refusal(args.controller, args.token, tls)
+    if refused is not None:  # before the screen: a bad token is one line and exit 2, not a banner forever
+        print(f"edgefleet tui: error: the controller at {args.controller} refused the operator token: "
+              f"{refused.code}: {refused.details}", file=sys.stderr)
+        return 2
     return run_app(args.controller, args.token, tls, args.log_file, args.duration)
+
+
+def _refusal(address: str, token: str, tls):
+    from .client import FleetClient
+
+    client = FleetClient(address, token, tls, timeout=5.0)
+    try:
+        return client.refusal()
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.connect_errors import explain_unavailable
 from edgefleet.fleet.tls import ClientTLS
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
@@ -53,9 +54,13 @@ class Stream(Protocol[T_co]):
     def cancel(self) -> None: ...
 
 
-def controller_error(method: str, err: grpc.RpcError) -> ControllerError:
+def controller_error(method: str, err: grpc.RpcError, address: str = "", tls: ClientTLS | None = None
+                     ) -> ControllerError:
+    """The TUI's error for a failed call; a connection failure says why when it can (a TLS mismatch)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = (err.details() if hasattr(err, "details") else "") or ""
+    if code == grpc.StatusCode.UNAVAILABLE and address:
+        details = explain_unavailable(address, details, tls)
     cls: type[ControllerError]
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         cls = Unavailable
@@ -100,17 +105,29 @@ class FleetClient:
     def __init__(self, address: str, token: str, tls: ClientTLS | None = None, timeout: float = 10.0):
         self.address = address
         self.timeout = timeout
+        self.tls = tls
         self._channel = open_channel(address, token=token, tls=tls, options=CHANNEL_OPTIONS)
         self._stub = fleet_pb2_grpc.FleetControlStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
+    def refusal(self) -> Refused | None:
+        """Why the controller refuses this client's token (asked once, with ListDevices); None when it
+        takes it, or cannot be reached now (the app shows that outage and keeps retrying)."""
+        try:
+            self.list_devices()
+        except Refused as err:
+            return err
+        except ControllerError:
+            return None
+        return None
+
     def _unary(self, method: str, request):
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as err:
-            raise controller_error(method, err) from err
+            raise controller_error(method, err, self.address, self.tls) from err
 
     # ---- devices ----
 

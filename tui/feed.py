@@ -95,6 +95,9 @@ class _StreamThread:
                     self._stream = None
             if self._stop.is_set():
                 return
+            if isinstance(error, Refused):  # retrying cannot help: the token stays what it is
+                self._refused(error)
+                return
             if time.monotonic() - started > self.backoff.max_s:
                 self.backoff.reset()  # it was up for a while: this is a fresh outage
             delay = self.backoff.next()
@@ -106,6 +109,9 @@ class _StreamThread:
 
     def _lost(self, err: ControllerError, delay: float) -> None:
         logger.info("%s: %s; retrying in %.1f s", self.name, err, delay)
+
+    def _refused(self, err: ControllerError) -> None:
+        logger.error("%s: the controller refused the operator token: %s; not retrying", self.name, err)
 
 
 class FleetFeed(_StreamThread):
@@ -143,6 +149,13 @@ class FleetFeed(_StreamThread):
                     continue
                 dropped = item.total
             self.sink.put(item)
+
+    def _refused(self, err: ControllerError) -> None:
+        """Tell the app, which exits with the reason (a revoked or too weak token is not an outage)."""
+        super()._refused(err)
+        self.sink.put(Connection("refused", self.client.address,
+                                 f"the controller at {self.client.address} refused the operator token: "
+                                 f"{err.code}: {err.details}"))
 
     def _lost(self, err: ControllerError, delay: float) -> None:
         super()._lost(err, delay)

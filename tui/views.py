@@ -223,7 +223,7 @@ class FrameView:
 class Connection:
     """Where the fleet feed stands. `retry_at` is a `time.time()` when `state` is "lost"."""
 
-    state: str  # "connecting", "connected", "lost"
+    state: str  # "connecting", "connected", "lost", "refused" (the app exits with `error`)
     address: str
     error: str = ""
     attempt: int = 0

@@ -175,3 +175,51 @@ def test_secret_commands_do_not_create_a_database(tmp_path):
     listed = run_cli("edgefleet.fleet.cli", "enroll-key", "list", "--db", str(missing), "--json")
     assert len(json.loads(listed.stdout)) == 1
 
+
+
+def test_tui_with_a_refused_token_exits_with_the_reason(fleet):
+    proc = run_cli("edgefleet.fleet.cli", "tui", env={**fleet.env, "EDGEFLEET_TOKEN": "efo_not-a-token"}, timeout=60)
+    assert proc.returncode == 2
+    assert f"the controller at {fleet.address} refused the operator token: UNAUTHENTICATED" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def tls_fleet(tmp_path_factory):
+    """A TLS controller, a mutual-TLS one and a plaintext one, with the test PKI (tests/integration/test_tls.py)."""
+    from edgefleet.fleet.tls import ServerTLS
+
+    from .test_tls import Pki
+
+    root = tmp_path_factory.mktemp("tls-mismatch")
+    pki = Pki(root)
+    server = (pki.cert("server"), pki.key("server"))
+    controllers = {"tls": ControllerThread(root / "tls.db", tls=ServerTLS(*server)),
+                   "mtls": ControllerThread(root / "mtls.db", tls=ServerTLS(*server, pki.cert("ca"))),
+                   "plain": ControllerThread(root / "plain.db")}
+    yield pki, controllers
+    for ctl in controllers.values():
+        ctl.stop()
+
+
+@pytest.mark.parametrize(("server", "client", "says"), [
+    ("plain", ["--tls-ca", "ca"], "the controller does not speak TLS (it serves plaintext)"),
+    ("tls", ["--tls-ca", "other-ca"], "the controller's certificate is not signed by the CA in {other-ca}"),
+    ("tls", [], "it may serve TLS; pass --tls-ca"),
+    ("mtls", ["--tls-ca", "ca"], "it may require mutual TLS and refuse no client certificate"),
+    ("mtls", ["--tls-ca", "ca", "--tls-cert", "rogue-client", "--tls-key", "rogue-client"],
+     "refuse the client certificate {rogue-client}"),
+])
+def test_a_tls_mismatch_says_what_is_wrong(tls_fleet, server, client, says):
+    pki, controllers = tls_fleet
+    ctl = controllers[server]
+    flags: list[str] = []
+    for flag, name in zip(client[::2], client[1::2]):
+        flags += [flag, str(pki.key(name) if flag == "--tls-key" else pki.cert(name))]
+    proc = run_cli("edgefleet.fleet.cli", "devices", "--controller", ctl.address, "--token", ctl.operator_token,
+                   "--timeout", "5", *flags)
+    assert proc.returncode == 2
+    for name in ("other-ca", "rogue-client"):
+        says = says.replace("{" + name + "}", str(pki.cert(name)))
+    assert f"cannot reach the controller at {ctl.address}: " in proc.stderr
+    assert says in proc.stderr, proc.stderr
+    assert "Socket closed" not in proc.stderr and "Traceback" not in proc.stderr

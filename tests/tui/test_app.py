@@ -384,16 +384,40 @@ def test_events_screen_logs_the_fleet_and_filters(controller, agents):
     asyncio.run(scenario())
 
 
-def test_a_refused_token_says_so_in_the_banner(controller):
+def test_a_refused_token_ends_the_app_with_the_reason(controller):
+    """Retrying cannot make a token valid: the app exits 2 saying why, instead of a banner forever."""
     async def scenario():
         app = FleetApp(controller.address, "efo_not-a-token")
         async with app.run_test() as pilot:
-            banner = app.screen.query_one("ConnectionBanner", Static)
-            await until(pilot, lambda: "refused the operator token (UNAUTHENTICATED" in str(banner.render()),
-                        "the refused-token banner")
-            assert rows(app) == []
+            await until(pilot, lambda: app.return_code is not None, "the app to exit")
+        assert app.return_code == 2
+        assert "refused the operator token: UNAUTHENTICATED: unknown or revoked token" in app.exit_reason
 
     asyncio.run(scenario())
+
+
+def test_a_token_revoked_while_watching_ends_the_app(tmp_path):
+    """The token is revoked, the controller restarts: the reconnect is refused and the app ends saying so."""
+    first = ControllerThread(tmp_path / "fleet.db")
+    token = first.controller.store.create_operator_token("doomed")
+    second = None
+
+    async def scenario():
+        nonlocal second
+        app = FleetApp(first.address, token)
+        async with app.run_test() as pilot:
+            await until(pilot, lambda: app.state.connection.state == "connected", "the first connection")
+            first.controller.store.revoke_operator_token(token)
+            await asyncio.to_thread(first.stop)
+            second = await asyncio.to_thread(ControllerThread, tmp_path / "fleet.db", 1, (), first.address)
+            await until(pilot, lambda: app.return_code is not None, "the app to exit", timeout=30)
+        assert app.return_code == 2 and "UNAUTHENTICATED" in app.exit_reason
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        if second is not None:
+            second.stop()
 
 
 @pytest.mark.slow
