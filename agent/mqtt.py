@@ -254,8 +254,8 @@ class MqttPublisher:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if not self._stop.is_set():
-            logger.warning("mqtt: disconnected from %s:%d (%s); reconnecting", self.host, self.port, reason_code)
+        if not self._stop.is_set() and self.report is not None:
+            self.report.dropped(reason_code)
 
     # ---- from the loop thread ----
 

@@ -140,8 +140,8 @@ def failure_text(host: str, port: int, login: MqttLogin, context: ssl.SSLContext
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if context is not None:
-                with context.wrap_socket(sock, server_hostname=host):
-                    pass
+                with context.wrap_socket(sock, server_hostname=host) as tls:
+                    _await_alert(tls)
     except ssl.SSLCertVerificationError as err:
         if err.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
             return f"the MQTT broker's certificate at {where} does not name {host!r}: {err.verify_message}"
@@ -150,12 +150,25 @@ def failure_text(host: str, port: int, login: MqttLogin, context: ssl.SSLContext
     except ConnectionRefusedError:
         return f"nothing accepts connections at {where}: is the MQTT broker running, and is this its port?"
     except (ssl.SSLError, ConnectionResetError) as err:
+        if "certificate required" in str(err).lower() or "CERTIFICATE_REQUIRED" in str(err):
+            return (f"the MQTT broker at {where} requires a client certificate signed by a CA it trusts: "
+                    "give --mqtt-tls-cert and --mqtt-tls-key")
         if context is None:
             return f"cannot reach the MQTT broker at {where}: {_why(err)}"
         return _handshake_failure(host, port, err, timeout)
     except OSError as err:
         return f"cannot reach the MQTT broker at {where}: {_why(err)}"
     return f"connecting to the MQTT broker at {where} failed (it answered a new connection just now); retrying"
+
+
+def _await_alert(tls: ssl.SSLSocket, wait_s: float = 1.0) -> None:
+    """With TLS 1.3 a broker refuses a missing client certificate after the handshake, in an alert: read
+    briefly for it (a broker that accepted the handshake says nothing until the client's CONNECT)."""
+    tls.settimeout(wait_s)
+    try:
+        tls.recv(1)
+    except TimeoutError:
+        pass
 
 
 def _handshake_failure(host: str, port: int, err: Exception, timeout: float) -> str:
@@ -191,20 +204,35 @@ class ConnectReport:
         self.logger, self.who = logger, who
         self.host, self.port, self.login, self.context = host, port, login, context
         self.last: str | None = None
+        self._up = False
+        self._refused = False
 
     def refused(self, reason: object) -> str:
         """A CONNACK refusal (from paho's `on_connect`)."""
+        self._refused = True
         return self._report(refusal_text(reason, self.login))
 
     def failed(self) -> str:
         """A connection that failed before the broker answered (paho's `on_connect_fail`)."""
+        self._refused = False
         return self._report(failure_text(self.host, self.port, self.login, self.context))
+
+    def dropped(self, reason: object) -> None:
+        """paho's `on_disconnect`: a connection that was up went down, or one went down before the broker
+        accepted it (a TLS alert after the handshake, e.g. a client certificate the broker requires)."""
+        if self._up:
+            self._up = False
+            self.logger.warning("%s: disconnected from %s:%d (%s); reconnecting", self.who, self.host, self.port,
+                                reason)
+        elif not self._refused:  # a refusal was said already; this is its connection closing
+            self.failed()
 
     def on_connect_fail(self, client: Any, userdata: Any) -> None:
         """paho's `on_connect_fail` callback (on its network thread)."""
         self.failed()
 
     def connected(self) -> None:
+        self._up, self._refused = True, False
         if self.last is not None:
             self.logger.info("%s: connected to %s:%d after: %s", self.who, self.host, self.port, self.last)
         self.last = None

@@ -174,6 +174,7 @@ class MqttBridge:
         self.ignored_devices: set[str] = set()
         """Their device ids, the first MAX_IGNORED_IDS of them (each is logged once)."""
         self.connected = threading.Event()
+        self._stopping = False
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         context = self.login.tls_context()
         self.login.configure(self._client, context)
@@ -204,6 +205,7 @@ class MqttBridge:
         return any(fnmatch.fnmatchcase(device_id, pattern) for pattern in self.allow)
 
     def stop(self) -> None:
+        self._stopping = True
         self._client.disconnect()
         self._client.loop_stop()
         logger.info("mqtt bridge: stopped; %d message(s), %d malformed", self.received, self.malformed)
@@ -227,6 +229,8 @@ class MqttBridge:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        if not self._stopping:
+            self.report.dropped(reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
         # paho ends its network thread on an exception from a callback: nothing may escape here

@@ -2,6 +2,7 @@
 TLS listener (certificates made here), real agent and controller processes, the bridge's trust rule."""
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -64,22 +65,23 @@ def pki(tmp_path_factory) -> Pki:
     return Pki(tmp_path_factory.mktemp("mqtt-pki"))
 
 
-@pytest.fixture
-def secure_broker(tmp_path, pki) -> Iterator[SecureBroker]:
+@contextlib.contextmanager
+def running_broker(root: Path, pki: Pki, *listener: str) -> Iterator[SecureBroker]:
+    """mosquitto with the USERS' password file and one TLS listener (plus the `listener` lines)."""
     require_program("the mosquitto broker", MOSQUITTO is not None and Path(MOSQUITTO_PASSWD).exists(),
                     "apt-get install mosquitto mosquitto-clients (or: make test-broker, which installs it)")
-    passwords = tmp_path / "mosquitto.passwd"
+    passwords = root / "mosquitto.passwd"
     for i, (user, password) in enumerate(USERS.items()):
         subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if i == 0 else []), "-b", str(passwords), user, password],
                        check=True, capture_output=True)
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
+    conf = root / "mosquitto.conf"
     conf.write_text("\n".join([
         f"user {getpass.getuser()}",  # as root mosquitto would switch to a user that cannot read tmp_path
         "per_listener_settings false", "allow_anonymous false", f"password_file {passwords}", "persistence false",
         f"listener {port} 127.0.0.1", f"cafile {pki.cert('ca')}", f"certfile {pki.cert('server')}",
-        f"keyfile {pki.key('server')}", ""]))
-    log_path = tmp_path / "mosquitto.log"
+        f"keyfile {pki.key('server')}", *listener, ""]))
+    log_path = root / "mosquitto.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
 
@@ -91,10 +93,23 @@ def secure_broker(tmp_path, pki) -> Iterator[SecureBroker]:
 
     try:
         wait_for(listening, 10, "mosquitto to listen")
-        yield SecureBroker(port, pki, tmp_path)
+        yield SecureBroker(port, pki, root)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def secure_broker(tmp_path, pki) -> Iterator[SecureBroker]:
+    with running_broker(tmp_path, pki) as broker:
+        yield broker
+
+
+@pytest.fixture
+def certificate_broker(tmp_path, pki) -> Iterator[SecureBroker]:
+    """One that also requires a client certificate signed by the CA."""
+    with running_broker(tmp_path, pki, "require_certificate true") as broker:
+        yield broker
 
 
 def test_the_broker_really_refuses_anonymous_and_plaintext_clients(secure_broker):
@@ -154,6 +169,22 @@ def test_a_broker_certificate_the_ca_did_not_sign_is_refused_with_the_reason(sec
         publisher.stop()
     assert f"certificate at 127.0.0.1:{secure_broker.port} is not trusted by the CA in {login.tls_ca}" in said, said
     assert "--mqtt-tls-ca" in said
+
+
+def test_a_broker_that_requires_a_client_certificate(certificate_broker, pki):
+    without = MqttPublisher("127.0.0.1", certificate_broker.port, login=certificate_broker.login("cam"))
+    with_cert = MqttLogin("bridge", USERS["bridge"], pki.cert("ca"), pki.cert("client"), pki.key("client"))
+    bridge = MqttBridge(lambda *a, **kw: None, "127.0.0.1", certificate_broker.port, login=with_cert)
+    without.start(lambda: "dev-1")
+    bridge.start()
+    try:
+        said = wait_for(lambda: without.report and without.report.last, 15, "the publisher's TLS failure")
+        assert bridge.connected.wait(15), f"the bridge with a client certificate did not log in: {bridge.report.last}"
+    finally:
+        without.stop()
+        bridge.stop()
+    assert said.startswith(f"the MQTT broker at 127.0.0.1:{certificate_broker.port} requires a client certificate")
+    assert not without.connected.is_set()
 
 
 def test_tls_to_a_plaintext_broker_says_so(broker, pki):
