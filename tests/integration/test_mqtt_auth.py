@@ -21,6 +21,7 @@ import pytest
 
 from edgefleet.agent.mqtt import MqttPublisher
 from edgefleet.common.mqtt import PASSWORD_ENV, MqttLogin
+from edgefleet.fleet.auth import Access
 from edgefleet.fleet.mqtt_bridge import BridgeConfig, MqttBridge
 from edgefleet.fleet.store import FleetStore
 
@@ -234,7 +235,7 @@ def test_serve_bridges_only_allowed_devices_over_tls_with_a_password(secure_brok
     """The real `edgefleet serve`: password from the environment, TLS, `--mqtt-allow porch-*`."""
     db = tmp_path / "fleet.db"
     store = FleetStore(db)
-    token = store.create_operator_token("test")
+    token = store.create_operator_token("test", Access.ADMIN)
     store.close()
     monkeypatch.setenv(PASSWORD_ENV, USERS["bridge"])
     ctl = ControllerProcess(db, free_port(), tmp_path, "--mqtt", f"127.0.0.1:{secure_broker.port}",
@@ -247,16 +248,26 @@ def test_serve_bridges_only_allowed_devices_over_tls_with_a_password(secure_brok
             pub.publish(f"edgefleet/{device}/available", b"online", qos=1, retain=True).wait_for_publish(5)
             pub.publish(f"edgefleet/{device}/stats", stats, qos=1).wait_for_publish(5)
 
-        def listed():
+        def listed(device: str = "porch-cam"):
             out = run_cli("edgefleet.fleet.cli", "devices", "--controller", ctl.address, "--json",
                           env={"EDGEFLEET_TOKEN": token}, timeout=30)
             assert out.returncode == 0, out.stderr
-            return "porch-cam" in out.stdout and out.stdout
+            return device in out.stdout and {d["device_id"]: d for d in json.loads(out.stdout)}
 
         shown = wait_for(listed, 30, "porch-cam in `edgefleet devices`")
         assert "rogue-cam" not in shown, "a device no --mqtt-allow matches joined the fleet"
-        assert "6.5" in shown, "its stats reached the store"
+        assert shown["porch-cam"]["health"]["fps"] == 6.5, "its stats reached the store"
         wait_for(lambda: "ignoring MQTT device 'rogue-cam'" in ctl.log(), 10, "the ignored device in the log")
+
+        # revoked, an allowed MQTT-only device is no longer updated
+        revoke = run_cli("edgefleet.fleet.cli", "device", "revoke", "porch-cam", "--controller", ctl.address,
+                         env={"EDGEFLEET_TOKEN": token}, timeout=30)
+        assert revoke.returncode == 0, revoke.stderr
+        pub.publish("edgefleet/porch-cam/stats", json.dumps({"fps": 9.25, "streams": []}).encode(),
+                    qos=1).wait_for_publish(5)
+        pub.publish("edgefleet/porch-two/available", b"online", qos=1).wait_for_publish(5)  # heard after it
+        shown = wait_for(lambda: listed("porch-two"), 30, "porch-two in `edgefleet devices`")
+        assert shown["porch-cam"]["health"]["fps"] == 6.5, "a revoked MQTT-only device was updated"
         assert USERS["bridge"] not in ctl.log(), "the password is never logged"
     finally:
         pub.disconnect()
