@@ -225,7 +225,7 @@ class Hub:
                 got = await asyncio.wait_for(asyncio.shield(answer), timeout_s)
             except TimeoutError:
                 return Outcome(device_id, command.command_id, CommandState.TIMED_OUT,
-                               f"no answer within {timeout_s:g} s")
+                               f"timed out after {timeout_s:g} s")
             except ConnectionError as err:
                 return Outcome(device_id, command.command_id, CommandState.TIMED_OUT, str(err))
             ms = (time.perf_counter() - sent) * 1000

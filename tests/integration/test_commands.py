@@ -74,7 +74,7 @@ def test_each_device_gets_its_own_outcome(channel, control):
     assert (outcomes[refusing.device_id].state, outcomes[refusing.device_id].error) == (
         fleet_pb2.REFUSED, "no previous engine to roll back to")
     assert outcomes[silent.device_id].state == fleet_pb2.TIMED_OUT
-    assert "no answer within 0.3 s" in outcomes[silent.device_id].error
+    assert "timed out after 0.3 s" in outcomes[silent.device_id].error
     assert outcomes[offline.device_id].state == fleet_pb2.NOT_CONNECTED
     assert [c.rollback.reason for c in sessions[0].commands] == ["test"]
     for session in sessions:

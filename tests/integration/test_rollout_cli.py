@@ -51,7 +51,7 @@ def test_push_create_pause_resume_abort_and_ping(controller, channel):
     assert {d["device_id"] for d in status["devices"]} == {c.id for c in cams}
 
     pinged = ops(controller, "device", "ping", cams[0].id, "--timeout", "1")  # a scripted device never answers
-    assert pinged.returncode == 1 and f"{cams[0].id}: no answer: no answer within 1 s" in pinged.stdout
+    assert pinged.returncode == 1 and f"{cams[0].id}: no answer: timed out after 1 s" in pinged.stdout
     assert wait_for(lambda: [c for c in cams[0].commands if c.ping], 10, "the ping on the device's Session")
 
 

@@ -61,7 +61,7 @@ def test_silence_times_out_and_a_late_answer_is_ignored():
         return outcome, late, hub
 
     outcome, late, hub = run(scenario())
-    assert (outcome.state, outcome.error) == (CommandState.TIMED_OUT, "no answer within 0.05 s")
+    assert (outcome.state, outcome.error) == (CommandState.TIMED_OUT, "timed out after 0.05 s")
     assert late is False and not hub._pending
 
 
