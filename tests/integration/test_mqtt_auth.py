@@ -70,7 +70,7 @@ def pki(tmp_path_factory) -> Pki:
 def running_broker(root: Path, pki: Pki, *listener: str) -> Iterator[SecureBroker]:
     """mosquitto with the USERS' password file and one TLS listener (plus the `listener` lines)."""
     require_program("the mosquitto broker", MOSQUITTO is not None and Path(MOSQUITTO_PASSWD).exists(),
-                    "apt-get install mosquitto mosquitto-clients (or: make test-broker, which installs it)")
+                    "apt-get install mosquitto (it has mosquitto_passwd; or: make test-broker, which installs it)")
     passwords = root / "mosquitto.passwd"
     for i, (user, password) in enumerate(USERS.items()):
         subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if i == 0 else []), "-b", str(passwords), user, password],
