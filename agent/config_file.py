@@ -90,7 +90,10 @@ def read_config_file(path: Path, keys: dict[str, Key]) -> FileValues:
 def read_config_text(path: Path, text: str, keys: dict[str, Key]) -> FileValues:
     """`read_config_file` on text already read; `path` names it in messages (the controller's
     desired configuration, agent.desired, is read this way as `desired config vN`)."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as err:  # a character YAML does not allow, found before parsing starts
+        raise ConfigFileError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
     try:  # one parse: the nodes carry the lines that errors name, the values come from them
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

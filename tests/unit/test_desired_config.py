@@ -151,3 +151,8 @@ def test_wire_forms():
     status = ConfigStatus(4, 5, ("why",), "loop: true\n", "live")
     assert config_status_to_pb(status) == agent_pb2.ConfigStatus(
         applied_version=4, refused_version=5, errors=["why"], applied_document="loop: true\n", how="live")
+
+
+def test_a_character_yaml_does_not_allow_is_a_refusal_not_a_crash():
+    with pytest.raises(DesiredConfigError, match=r"desired config v2: not valid YAML: unacceptable character #x001b"):
+        read_document(2, "\x1bdetect-interval: 2\n")
