@@ -205,6 +205,7 @@ def cmd_rollout_create(args) -> int:
         select=select_text(args),
         canary=args.canary, waves_percent=waves, gate_fps_ratio=args.gate_fps_ratio, max_failures=args.max_failures,
         expect_different_detections=args.expect_different,
+        on_failure=fleet_pb2.HALT if args.on_failure == "halt" else fleet_pb2.ROLLBACK,
     )
     rollout = _call(args, "CreateRollout", request)
     print(f"rollout {rollout.rollout_id} created")
@@ -226,8 +227,8 @@ def cmd_rollout_list(args) -> int:
     if args.json:
         print_json(list(rollouts))
         return 0
-    print_table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [
-        (r.rollout_id, fleet_pb2.RolloutState.Name(r.state), r.artifact_sha256[:12], _wave_text(r),
+    print_table([("ROLLOUT", "STATE", "ARTIFACT", "WAVE", "ACTIVE", "FAILED")] + [  # newest first
+        (r.rollout_id, rollout_state_text(r.state), r.artifact_sha256[:12], _wave_text(r),
          f"{sum(w.succeeded for w in r.waves)}/{sum(w.target for w in r.waves)}", str(sum(w.failed for w in r.waves)))
         for r in rollouts
     ])
@@ -267,11 +268,44 @@ def _wave_text(rollout: fleet_pb2.Rollout) -> str:
     return f"{current.index + 1}/{len(rollout.waves)}"
 
 
+def rollout_state_text(state: int) -> str:
+    """A rollout's (or a wave's) state in words: "running", "aborted"."""
+    try:
+        return fleet_pb2.RolloutState.Name(state).lower()  # type: ignore[arg-type]
+    except ValueError:
+        return f"state {state}"
+
+
+def device_state_text(device: fleet_pb2.RolloutDevice) -> str:
+    """A device's state in a rollout in words: "pending" before it reported, "shadow testing",
+    "rolled back", "skipped" for a device that cannot run the artifact."""
+    if device.reason.startswith("skipped:"):
+        return "skipped"
+    if device.state == types_pb2.DeploymentStatus.STATE_UNSPECIFIED:
+        return "pending"
+    try:
+        return types_pb2.DeploymentStatus.State.Name(device.state).lower().replace("_", " ")  # type: ignore[arg-type]
+    except ValueError:
+        return f"state {device.state}"
+
+
+def _wave_summary(rollout: fleet_pb2.Rollout, wave: fleet_pb2.Wave) -> str:
+    """`wave 2: 1/2 ok, 1 rolled back (failed)`; a wave the rollout ended before is "not started"."""
+    rolled_back = sum(1 for d in rollout.devices if d.wave == wave.index and not d.reason.startswith("skipped:")
+                      and d.state == types_pb2.DeploymentStatus.ROLLED_BACK)
+    counts = [f"{wave.succeeded}/{wave.target} ok"]
+    counts += [f"{wave.failed - rolled_back} failed"] if wave.failed > rolled_back else []
+    counts += [f"{rolled_back} rolled back"] if rolled_back else []
+    state = rollout_state_text(wave.state)
+    if wave.state == fleet_pb2.PENDING and rollout.state in FINISHED:
+        state = "not started"
+    return f"wave {wave.index + 1}: {', '.join(counts)} ({state})"
+
+
 def _summary(rollout: fleet_pb2.Rollout) -> str:
-    waves = "  ".join(f"wave {w.index + 1}: {w.succeeded}/{w.target} ok" + (f" {w.failed} failed" if w.failed else "")
-                      + f" ({fleet_pb2.RolloutState.Name(w.state).lower()})" for w in rollout.waves)
+    waves = "  ".join(_wave_summary(rollout, w) for w in rollout.waves)
     reason = f" — {rollout.reason}" if rollout.reason else ""
-    return f"{rollout.rollout_id} {fleet_pb2.RolloutState.Name(rollout.state)}  {waves}{reason}"
+    return f"{rollout.rollout_id} {rollout_state_text(rollout.state)}  {waves}{reason}"
 
 
 def _print_rollout(rollout: fleet_pb2.Rollout, devices: bool = False) -> None:
@@ -279,7 +313,7 @@ def _print_rollout(rollout: fleet_pb2.Rollout, devices: bool = False) -> None:
     if not devices:
         return
     for d in rollout.devices:
-        state = "skipped" if d.reason.startswith("skipped:") else types_pb2.DeploymentStatus.State.Name(d.state)
+        state = device_state_text(d)
         wave = "-" if state == "skipped" else str(d.wave + 1)
         print(f"  {d.device_id:<28} wave {wave:<3} {state:<16} {d.reason}")
 
@@ -325,14 +359,18 @@ def add_rollout_commands(sub) -> None:
                    help="devices that may fail after the canary before the rollout halts (default 0)")
     c.add_argument("--expect-different", action="store_true",
                    help="the new model is meant to detect differently: skip the agreement check")
+    c.add_argument("--on-failure", choices=("rollback", "halt"), default="rollback",
+                   help="when the rollout fails or is aborted: rollback sends the devices that switched back to "
+                        "their previous engine, halt leaves them on the new one (default rollback)")
     c.add_argument("--wait", action="store_true", help="follow it until it finishes (exit 1 unless it succeeds)")
-    c = client(commands.add_parser("status", help="one rollout, per wave and per device"), cmd_rollout_status, None)
-    c.add_argument("rollout", metavar="ID")
-    c.add_argument("--watch", action="store_true", help="follow it until it finishes")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
-    c = client(commands.add_parser("list", help="all rollouts"), cmd_rollout_list)
+    for verb in ("get", "status"):
+        c = client(commands.add_parser(verb, help="one rollout, per wave and per device"), cmd_rollout_status, None)
+        c.add_argument("rollout", metavar="ID", help="its id, or a unique prefix of it")
+        c.add_argument("--watch", action="store_true", help="follow it until it finishes")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+    c = client(commands.add_parser("list", help="all rollouts, newest first"), cmd_rollout_list)
     c.add_argument("--json", action="store_true", help="machine-readable output")
     for verb, method in (("pause", "PauseRollout"), ("resume", "ResumeRollout"), ("abort", "AbortRollout")):
         c = client(commands.add_parser(verb, help=f"{verb} a rollout"), _rollout_action(method))
-        c.add_argument("rollout", metavar="ID")
+        c.add_argument("rollout", metavar="ID", help="its id, or a unique prefix of it")
         c.add_argument("--reason", help="recorded with the event")

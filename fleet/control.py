@@ -251,7 +251,7 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
     async def GetRollout(self, request, context) -> fleet_pb2.Rollout:
         if not request.rollout_id:
             raise InvalidArgument("rollout_id is empty")
-        return rollout_to_pb(await self.db.get_rollout(request.rollout_id))
+        return rollout_to_pb(await self.db.find_rollout(request.rollout_id))  # an id or a unique prefix
 
     async def ListRollouts(self, request, context) -> fleet_pb2.ListRolloutsResponse:
         return fleet_pb2.ListRolloutsResponse(rollouts=[rollout_to_pb(r) for r in await self.db.list_rollouts()])

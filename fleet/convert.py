@@ -17,7 +17,7 @@ from .errors import InvalidArgument
 from .hub import Command, DeviceRemoved, FleetChange, FleetNote, RolloutChange
 from .presence import Presence, Status
 from .rollout_store import ArtifactRecord, DeployState, RolloutRecord, RolloutSpec, RolloutState
-from .rollouts import Requirements, StatusReport
+from .rollouts import Requirements, StatusReport, wave_counts, wave_state
 from .selectors import parse_selector
 from .store import DeviceRecord
 from .twin_store import DeviceConfigView, config_view, status_dict
@@ -181,7 +181,21 @@ def rollout_spec(request: fleet_pb2.CreateRolloutRequest, gate_min_agreement: fl
         gate_min_agreement=gate_min_agreement, gate_window_s=gate_window_s,
         max_failures=request.max_failures, expect_different_detections=request.expect_different_detections,
         select=str(parse_selector(request.select)),  # checked here: a bad expression is refused before anything
+        on_failure=on_failure_from_pb(request.on_failure),
     )
+
+
+ON_FAILURE_TO_PB = {"rollback": fleet_pb2.ROLLBACK, "halt": fleet_pb2.HALT}
+
+
+def on_failure_from_pb(value: int) -> str:
+    """CreateRolloutRequest.on_failure as RolloutSpec's word; UNSPECIFIED is "rollback"."""
+    if value == fleet_pb2.ON_FAILURE_UNSPECIFIED:
+        return "rollback"
+    for word, number in ON_FAILURE_TO_PB.items():
+        if number == value:
+            return word
+    raise InvalidArgument(f"on_failure {value} is not an OnFailure (ROLLBACK or HALT)")
 
 
 def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
@@ -193,22 +207,15 @@ def rollout_to_pb(record: RolloutRecord) -> fleet_pb2.Rollout:
             artifact_sha256=record.artifact_sha256, selector=spec.selector, canary=spec.canary,
             waves_percent=spec.waves_percent, gate_fps_ratio=spec.gate_fps_ratio, max_failures=spec.max_failures,
             expect_different_detections=spec.expect_different_detections, select=spec.select,
+            on_failure=ON_FAILURE_TO_PB[spec.on_failure],
         ),
         devices=[fleet_pb2.RolloutDevice(device_id=d.device_id, wave=max(d.wave, 0), state=deploy_state_to_pb(d.state),
                                          reason=d.reason) for d in record.devices],
     )
     for index in range(record.waves):
-        devices = record.in_wave(index)
-        succeeded = sum(1 for d in devices if d.state == DeployState.ACTIVE)
-        failed = sum(1 for d in devices if d.state in (DeployState.FAILED, DeployState.ROLLED_BACK))
-        if index > record.wave:
-            state = fleet_pb2.PENDING
-        elif index < record.wave or succeeded + failed == len(devices):
-            state = fleet_pb2.SUCCEEDED if not failed or record.state != fleet_pb2.FAILED else fleet_pb2.FAILED
-        else:
-            state = rollout_state_to_pb(record.state)
-        rollout.waves.append(fleet_pb2.Wave(index=index, target=len(devices), succeeded=succeeded, failed=failed,
-                                            state=state))
+        succeeded, failed = wave_counts(record, index)
+        rollout.waves.append(fleet_pb2.Wave(index=index, target=len(record.in_wave(index)), succeeded=succeeded,
+                                            failed=failed, state=rollout_state_to_pb(wave_state(record, index))))
     return rollout
 
 

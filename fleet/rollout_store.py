@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from .errors import NotFound
+from .errors import InvalidArgument, NotFound
 from .tables import StoreTables
 
 
@@ -71,6 +71,12 @@ class RolloutSpec:
     max_failures: int = 0
     expect_different_detections: bool = False
     select: str = ""  # selector expression, with `selector` (fleet.selectors.combined)
+    on_failure: str = "rollback"
+    """When the rollout fails or is aborted: "rollback" sends the devices that switched back to their
+    previous engine, "halt" leaves them on the new one (ON_FAILURE_POLICIES)."""
+
+
+ON_FAILURE_POLICIES = ("rollback", "halt")
 
 
 @dataclass
@@ -196,9 +202,29 @@ class RolloutTables(StoreTables):
             raise NotFound(f"no rollout {rollout_id!r} (edgefleet rollout list)")
         return self._rollout_from_row(dict(zip(_ROLLOUT_COLUMNS, row)))
 
+    def find_rollout(self, id_or_prefix: str) -> RolloutRecord:
+        """What an operator names: the rollout with this id, or the one whose id starts with it
+        (as artifacts take a sha256 prefix). NotFound / InvalidArgument (ambiguous) say which."""
+        row = self.db.execute("select * from rollouts where rollout_id = ?", [id_or_prefix]).fetchone()
+        if row is None:
+            row = self._rollout_by_prefix(id_or_prefix)
+        return self._rollout_from_row(dict(zip(_ROLLOUT_COLUMNS, row)))
+
+    def _rollout_by_prefix(self, prefix: str):
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.db.execute("select * from rollouts where rollout_id like ? escape '\\' order by created desc"
+                               " limit 6", [escaped + "%"]).fetchall() if prefix else []
+        if not rows:
+            raise NotFound(f"no rollout {prefix!r} (edgefleet rollout list shows them)")
+        if len(rows) > 1:
+            ids = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
+            raise InvalidArgument(f"rollout id prefix {prefix!r} is ambiguous: it matches {ids}; give more of the id")
+        return rows[0]
+
     def list_rollouts(self, states: tuple[RolloutState, ...] = ()) -> list[RolloutRecord]:
+        """Newest first."""
         where = f"state in ({', '.join('?' * len(states))})" if states else None
-        rows = self.db["rollouts"].rows_where(where, [int(s) for s in states], order_by="created")
+        rows = self.db["rollouts"].rows_where(where, [int(s) for s in states], order_by="created desc")
         return [self._rollout_from_row(row) for row in rows]
 
     def rollout_counts(self) -> dict[RolloutState, int]:

@@ -6,7 +6,15 @@
                  │ failures in later waves > --max-failures         ──▶ FAILED
                  │ the last wave passed                             ──▶ SUCCEEDED
                pause/resume: a paused rollout lets the running wave finish but starts no new one
-               abort: no new commands; devices mid-deployment finish on their own
+               abort ──▶ ABORTED
+
+When a rollout ends FAILED or ABORTED, the devices of its started waves that have not switched
+get CancelDeployment (the agent stops the download, build or shadow test and never swaps to it),
+and with --on-failure rollback (the default) those that switched get Rollback: they go back to
+their previous engine and report ROLLED_BACK. Until they do, their reason says "rolling back".
+A device that switches after the end anyway (its cancel crossed its swap) is sent Rollback when
+its ACTIVE arrives; one that was away is sent it when its Session opens again, unless a newer
+rollout has reached it since. With --on-failure halt they keep the new engine.
 
 A device decides on its own whether the new engine is good (`agent.engines`: load, warm-up,
 shadow gate against the running engine on live frames); the controller only counts verdicts,
@@ -33,6 +41,7 @@ from pathlib import Path
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .hub import Command, Hub
 from .rollout_store import (
+    ON_FAILURE_POLICIES,
     SKIPPED_WAVE,
     ArtifactRecord,
     DeployState,
@@ -47,6 +56,14 @@ from .store import MQTT_HARDWARE_PREFIX, DeviceRecord
 logger = logging.getLogger(__name__)
 
 IN_FLIGHT = (RolloutState.RUNNING, RolloutState.PAUSED)
+ENDED_BADLY = (RolloutState.FAILED, RolloutState.ABORTED)
+ALREADY_RUNNING = "already running this artifact"
+"""The reason of an agent's ACTIVE when it ran the artifact before the rollout: nothing to roll back."""
+ROLLING_BACK = "rolling back"
+"""How a switched device's reason starts once the controller sent it Rollback, until it reports."""
+
+
+PAST = {"pause": "paused", "resume": "resumed", "abort": "aborted"}
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,42 @@ def plan_waves(device_ids: list[str], canary: int, waves_percent: tuple[int, ...
     return waves
 
 
+def cancel_command(rollout: RolloutRecord) -> Command:
+    return Command("cancel_deployment", {"rollout_id": rollout.rollout_id,
+                                         "reason": f"rollout {rollout.rollout_id} {rollout.state.name.lower()}"})
+
+
+def rollback_command(rollout: RolloutRecord) -> Command:
+    return Command("rollback", {"reason": f"rollout {rollout.rollout_id} {rollout.state.name.lower()} "
+                                          "(--on-failure rollback)"})
+
+
+def state_text(state: DeployState) -> str:
+    """A device's state in words: "pending" before it started, "shadow testing", "rolled back"."""
+    return "pending" if state == DeployState.WAITING else state.name.lower().replace("_", " ")
+
+
+def wave_counts(rollout: RolloutRecord, index: int) -> tuple[int, int]:
+    """(succeeded, failed) of a wave: devices ACTIVE, and devices FAILED or ROLLED_BACK."""
+    devices = rollout.in_wave(index)
+    return (sum(1 for d in devices if d.state == DeployState.ACTIVE),
+            sum(1 for d in devices if d.state in (DeployState.FAILED, DeployState.ROLLED_BACK)))
+
+
+def wave_state(rollout: RolloutRecord, index: int) -> RolloutState:
+    """A wave's state, as its counts say: PENDING before it started (also when the rollout ended
+    before it), the rollout's own state while some of its devices are at work, then SUCCEEDED
+    without failures, FAILED with failures that failed the rollout (or the canary's)."""
+    if index > rollout.wave:
+        return RolloutState.PENDING
+    succeeded, failed = wave_counts(rollout, index)
+    if succeeded + failed < len(rollout.in_wave(index)):
+        return rollout.state
+    if not failed:
+        return RolloutState.SUCCEEDED
+    return RolloutState.FAILED if index == 0 or rollout.state in ENDED_BADLY else RolloutState.SUCCEEDED
+
+
 def validate_spec(spec: RolloutSpec) -> None:
     if spec.canary < 1:
         raise InvalidArgument(f"canary must be >= 1 device, got {spec.canary}")
@@ -141,6 +194,8 @@ def validate_spec(spec: RolloutSpec) -> None:
         raise InvalidArgument(f"gate_min_agreement must be within 0..1, got {spec.gate_min_agreement}")
     if spec.max_failures < 0:
         raise InvalidArgument(f"max_failures must be >= 0, got {spec.max_failures}")
+    if spec.on_failure not in ON_FAILURE_POLICIES:
+        raise InvalidArgument(f"on_failure must be one of {', '.join(ON_FAILURE_POLICIES)}, got {spec.on_failure!r}")
 
 
 class Rollouts:
@@ -212,24 +267,31 @@ class Rollouts:
         return await self._operator(rollout_id, "pause", (RolloutState.RUNNING,), RolloutState.PAUSED, reason)
 
     async def resume(self, rollout_id: str, reason: str = "") -> RolloutRecord:
-        await self._operator(rollout_id, "resume", (RolloutState.PAUSED,), RolloutState.RUNNING, reason)
+        rollout_id = (await self._operator(rollout_id, "resume", (RolloutState.PAUSED,), RolloutState.RUNNING,
+                                           reason)).rollout_id
         async with self._lock:
             await self._advance(rollout_id)
         return await self.db.get_rollout(rollout_id)
 
     async def abort(self, rollout_id: str, reason: str = "") -> RolloutRecord:
+        """ABORTED: its devices' deployments are cancelled, and with on_failure "rollback" those that
+        switched go back to their previous engine."""
         return await self._operator(rollout_id, "abort", (RolloutState.PENDING, *IN_FLIGHT),
                                     RolloutState.ABORTED, reason)
 
     async def _operator(self, rollout_id: str, verb: str, allowed: tuple[RolloutState, ...], to: RolloutState,
                         reason: str) -> RolloutRecord:
+        """`rollout_id` may be a unique prefix of the id (the store's find_rollout)."""
         async with self._lock:
-            rollout = await self.db.get_rollout(rollout_id)
+            rollout = await self.db.find_rollout(rollout_id)
+            rollout_id = rollout.rollout_id
             if rollout.state not in allowed:
                 raise FailedPrecondition(f"rollout {rollout_id} is {rollout.state.name.lower()}: cannot {verb} it")
-            said = f"{verb}d by an operator" + (f": {reason}" if reason else "")
-            rollout = await self.db.update_rollout(
-                rollout_id, state=to, reason=said if to == RolloutState.ABORTED else rollout.reason)
+            said = f"{PAST[verb]} by an operator" + (f": {reason}" if reason else "")
+            if to == RolloutState.ABORTED:
+                await self._finish(rollout, to, said)
+                return await self.db.get_rollout(rollout_id)
+            rollout = await self.db.update_rollout(rollout_id, state=to)
             await self._event(rollout, f"rollout {rollout_id} {said}")
             return rollout
 
@@ -243,6 +305,23 @@ class Rollouts:
             device = rollout.device(device_id)
             if 0 <= device.wave <= rollout.wave and not device.state.final:
                 commands.append(self.deploy_command(rollout, await self.db.get_artifact(rollout.artifact_sha256)))
+        return commands + await self._unfinished_endings(device_id)
+
+    async def _unfinished_endings(self, device_id: str) -> list[Command]:
+        """For a device back after a rollout of it failed or was aborted: CancelDeployment when it was
+        still at work on it, Rollback when it was sent one and has not answered (only while that
+        rollout is the newest that reached the device)."""
+        ended = [r for r in await self.db.rollouts_of_device(device_id, ENDED_BADLY)
+                 if 0 <= r.device(device_id).wave <= r.wave]
+        newest = max((r.created for r in await self.db.rollouts_of_device(device_id, tuple(RolloutState))
+                      if 0 <= r.device(device_id).wave <= r.wave), default=0.0)
+        commands = []
+        for rollout in ended:
+            device = rollout.device(device_id)
+            if not device.state.final:
+                commands.append(cancel_command(rollout))
+            elif device.reason.startswith(ROLLING_BACK) and rollout.created >= newest:
+                commands.append(rollback_command(rollout))
         return commands
 
     async def on_status(self, device_id: str, report: StatusReport) -> None:
@@ -267,8 +346,10 @@ class Rollouts:
                 return
             said = f": {report.reason}" if report.reason else ""  # `device` is in `rollout`: both current
             await self._event(rollout, f"{device_id}: rollout {rollout.rollout_id} wave {device.wave + 1} "
-                                       f"{report.state.name.lower()}{said}", device_id)
-            if report.state.final:
+                                       f"{state_text(report.state)}{said}", device_id)
+            if report.state == DeployState.ACTIVE and rollout.state in ENDED_BADLY:
+                await self._send_back(rollout, [device])  # it switched after the end: its cancel came too late
+            elif report.state.final:
                 await self._advance(rollout.rollout_id)
 
     # ---- transitions ----
@@ -310,10 +391,39 @@ class Rollouts:
             await self._start_wave(rollout, rollout.wave + 1)
 
     async def _finish(self, rollout: RolloutRecord, state: RolloutState, reason: str) -> None:
+        """End the rollout; when it failed or was aborted, cancel what its devices still do for it and,
+        with on_failure "rollback", send the devices that switched back (the reason says how many)."""
+        started = [d for d in rollout.devices if 0 <= d.wave <= rollout.wave]
+        busy = [d for d in started if not d.state.final]
+        switched = [d for d in started if d.state == DeployState.ACTIVE and d.reason != ALREADY_RUNNING]
+        if state in ENDED_BADLY:
+            reason += f"; {len(busy)} device(s) told to stop their deployment" if busy else ""
+            if switched and rollout.spec.on_failure == "rollback":
+                reason += f"; {len(switched)} device(s) that switched sent back to their previous engine"
+            elif switched:
+                reason += f"; {len(switched)} device(s) keep the new engine (--on-failure halt)"
         rollout = await self.db.update_rollout(rollout.rollout_id, state=state, reason=reason)
         active = sum(1 for d in rollout.devices if d.state == DeployState.ACTIVE)
         await self._event(rollout, f"rollout {rollout.rollout_id} {state.name.lower()}"
                                    + (f": {reason}" if reason else "") + f" ({active} device(s) on the new engine)")
+        if state in ENDED_BADLY:
+            for device in busy:
+                self.hub.send(device.device_id, cancel_command(rollout))
+            await self._send_back(rollout, switched)
+
+    async def _send_back(self, rollout: RolloutRecord, devices: list[RolloutDeviceRecord]) -> None:
+        """Rollback to each device (on_failure "rollback"); its reason says so until it reports ROLLED_BACK."""
+        devices = [d for d in devices if d.reason != ALREADY_RUNNING]
+        if rollout.spec.on_failure != "rollback" or not devices:
+            return
+        for device in devices:
+            sent = self.hub.send(device.device_id, rollback_command(rollout)) > 0
+            device.reason = (f"{ROLLING_BACK}: rollout {rollout.state.name.lower()}"
+                             + ("" if sent else "; sent when it connects"))
+            await self.db.update_rollout_device(rollout.rollout_id, device)
+        rollout = await self.db.get_rollout(rollout.rollout_id)
+        await self._event(rollout, f"rollout {rollout.rollout_id}: Rollback sent to "
+                                   f"{', '.join(d.device_id for d in devices)} (--on-failure rollback)")
 
     async def _watch_timeouts(self) -> None:
         while True:

@@ -43,12 +43,25 @@ def test_push_create_pause_resume_abort_and_ping(controller, channel):
     created = ops(controller, "rollout", "create", "--artifact", sha[:10], "--waves", "100")
     assert created.returncode == 0, created.stderr
     rollout_id = created.stdout.split()[1]
-    for verb, state in (("pause", "PAUSED"), ("resume", "RUNNING"), ("abort", "ABORTED")):
+    for verb, state in (("pause", "paused"), ("resume", "running"), ("abort", "aborted")):
         acted = ops(controller, "rollout", verb, rollout_id, "--reason", f"{verb} from a test")
         assert acted.returncode == 0 and f"{rollout_id} {state}" in acted.stdout, acted.stdout + acted.stderr
     status = json.loads(ops(controller, "rollout", "status", rollout_id, "--json").stdout)
     assert status["state"] == "ABORTED" and "abort from a test" in status["reason"]
     assert {d["device_id"] for d in status["devices"]} == {c.id for c in cams}
+    shown = ops(controller, "rollout", "get", rollout_id[:6])  # a unique prefix, as artifacts take
+    assert shown.returncode == 0, shown.stderr
+    assert f"{rollout_id} aborted" in shown.stdout and "aborted by an operator: abort from a test" in shown.stdout
+    assert "wave 1: 0/1 ok (aborted)" in shown.stdout and "wave 2: 0/1 ok (not started)" in shown.stdout
+    lines = [line.split() for line in shown.stdout.splitlines()[1:]]
+    assert [line[3] for line in lines] == ["pending", "pending"], shown.stdout  # never STATE_UNSPECIFIED
+    halted = ops(controller, "rollout", "create", "--artifact", sha[:10], "--on-failure", "halt")
+    assert halted.returncode == 0, halted.stderr
+    listed = json.loads(ops(controller, "rollout", "list", "--json").stdout)
+    assert [r["rollout_id"] for r in listed][1:] == [rollout_id]  # newest first
+    assert listed[0]["spec"]["on_failure"] == "HALT"
+    missing = ops(controller, "rollout", "get", "ro-nope")
+    assert missing.returncode != 0 and "no rollout 'ro-nope'" in missing.stderr
 
     pinged = ops(controller, "device", "ping", cams[0].id, "--timeout", "1")  # a scripted device never answers
     assert pinged.returncode == 1 and f"{cams[0].id}: no answer: timed out after 1 s" in pinged.stdout
@@ -81,4 +94,4 @@ def test_create_wait_follows_the_rollout_to_its_end(controller, channel):
         stop.set()
         answering.join(5)
     assert proc.returncode == 0, out + err
-    assert "SUCCEEDED" in out.splitlines()[-1] and "wave 2: 1/1 ok" in out.splitlines()[-1]
+    assert "succeeded" in out.splitlines()[-1] and "wave 2: 1/1 ok" in out.splitlines()[-1]
