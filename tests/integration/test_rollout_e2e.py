@@ -93,9 +93,10 @@ class Fleet:
 
         return self.call("UploadArtifact", messages()).manifest.sha256
 
-    def rollout(self, sha: str, **spec) -> str:
-        request = fleet_pb2.CreateRolloutRequest(artifact_sha256=sha, canary=1, waves_percent=[100],
-                                                 gate_fps_ratio=0.5, **spec)
+    def rollout(self, sha: str, gate_fps_ratio: float = 0.5, **spec) -> str:
+        spec.setdefault("canary", 1)
+        request = fleet_pb2.CreateRolloutRequest(artifact_sha256=sha, waves_percent=[100],
+                                                 gate_fps_ratio=gate_fps_ratio, **spec)
         return self.call("CreateRollout", request).rollout_id
 
     def get(self, rollout_id: str) -> fleet_pb2.Rollout:
@@ -140,7 +141,7 @@ def models(tmp_path_factory):
     """The bundled detector in variants: new bytes of the same model, slower, and broken ones."""
     folder = tmp_path_factory.mktemp("models")
     bundled = default_model()
-    made = {f"same-{i}": variant_onnx(bundled, folder / f"same-{i}.onnx", f"variant {i}") for i in range(6)}
+    made = {f"same-{i}": variant_onnx(bundled, folder / f"same-{i}.onnx", f"variant {i}") for i in range(8)}
     made["slow"] = slow_onnx(bundled, folder / "slow.onnx", size=1024, matmuls=12)
     made["warmup-fails"] = warmup_failing_onnx(bundled, folder / "warmup-fails.onnx")
     garbage = folder / "garbage.onnx"
@@ -256,3 +257,42 @@ def test_05_a_controller_killed_mid_rollout_continues(fleet, models):
     rollout = fleet.finished(rollout_id, timeout=180)
     assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
     wait_for(lambda: all(sha == s for s in engines_of(fleet).values()), 60, "both agents on the new engine")
+
+
+def test_06_the_model_the_devices_run_passes_the_default_gate_on_cpu(fleet, models):
+    """The bundled model in new bytes, at the default --gate-fps-ratio 0.9: the shadow test takes
+    turns with the running engine on these CPU-only devices, so the same network measures ~1.0x."""
+    sha = fleet.push(models["same-6"])
+    rollout = fleet.finished(fleet.rollout(sha, gate_fps_ratio=0.9))
+    assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
+    assert [d.state for d in rollout.devices if d.device_id in {x.device_id for x in fleet.devices().values()}
+            and not d.reason.startswith("skipped")] == [types_pb2.DeploymentStatus.ACTIVE] * 2
+    wait_for(lambda: set(engines_of(fleet).values()) == {sha}, 30, "both plans naming the new engine")
+
+
+def test_07_abort_during_a_shadow_test_stops_it_and_no_device_swaps(fleet, models):
+    """cam-a samples one frame in 40 for its shadow test (a long window); the abort lands in it.
+    cam-b may pass its short one first: it is then sent back (--on-failure rollback)."""
+    fleet.kill_agent("cam-a")
+    fleet.start_agent("cam-a", "--gate-sample-every", "40")
+    wait_for(lambda: fleet.devices()["cam-a"].connected, 60, "cam-a back")
+    before = engines_of(fleet)
+    sha = fleet.push(models["same-7"])
+    rollout_id = fleet.rollout(sha, gate_fps_ratio=0.9, canary=2)
+    cam_a = fleet.devices()["cam-a"].device_id
+    state_of = {d.device_id: d for d in fleet.get(rollout_id).devices}
+    assert cam_a in state_of
+    wait_for(lambda: next(d for d in fleet.get(rollout_id).devices if d.device_id == cam_a).state
+             == types_pb2.DeploymentStatus.SHADOW_TESTING, 120, "cam-a's shadow test")
+    aborted = fleet.call("AbortRollout", fleet_pb2.RolloutRef(rollout_id=rollout_id, reason="wrong model"))
+    assert aborted.state == fleet_pb2.ABORTED and aborted.reason.startswith("aborted by an operator: wrong model")
+    cancelled = wait_for(lambda: (d := next(d for d in fleet.get(rollout_id).devices if d.device_id == cam_a))
+                         .state == types_pb2.DeploymentStatus.FAILED and d, 30, "cam-a to stop its shadow test")
+    assert cancelled.reason == f"cancelled: rollout {rollout_id} aborted", cancelled.reason
+    assert "cancelled: rollout" in fleet.log("cam-a")
+    # every device is back on (or never left) the engine it had; nobody ends on the new one
+    wait_for(lambda: engines_of(fleet) == before, 60, "both agents on the engine they had")
+    final = fleet.get(rollout_id)
+    assert types_pb2.DeploymentStatus.ACTIVE not in {d.state for d in final.devices}
+    still_detecting(fleet)
+    assert engines_of(fleet) == before
