@@ -271,7 +271,7 @@ def _wave_text(rollout: fleet_pb2.Rollout) -> str:
 def rollout_state_text(state: int) -> str:
     """A rollout's (or a wave's) state in words: "running", "aborted"."""
     try:
-        return fleet_pb2.RolloutState.Name(state).lower()  # type: ignore[arg-type]
+        return fleet_pb2.RolloutState.Name(state).lower()
     except ValueError:
         return f"state {state}"
 
@@ -284,7 +284,7 @@ def device_state_text(device: fleet_pb2.RolloutDevice) -> str:
     if device.state == types_pb2.DeploymentStatus.STATE_UNSPECIFIED:
         return "pending"
     try:
-        return types_pb2.DeploymentStatus.State.Name(device.state).lower().replace("_", " ")  # type: ignore[arg-type]
+        return types_pb2.DeploymentStatus.State.Name(device.state).lower().replace("_", " ")
     except ValueError:
         return f"state {device.state}"
 
