@@ -105,7 +105,8 @@ class Change:
     def how(self) -> str:
         """`live`, `loop restarted`, `unchanged`, with `; at next start: KEYS` when some wait for it."""
         how = "loop restarted" if self.loop else "live" if self.live else "unchanged"
-        return how + (f"; at next start: {', '.join(self.next_start)}" if self.next_start else "")
+        later = ", ".join(name.replace("_", "-") for name in self.next_start)  # as agent.yaml spells them
+        return how + (f"; at next start: {later}" if later else "")
 
 
 def document_keys() -> dict[str, Any]:
