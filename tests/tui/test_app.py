@@ -330,7 +330,10 @@ def test_rollouts_screen_follows_waves_and_device_reports(controller, control):
             rest[1].report(rid, sha, State.FAILED, "shadow test failed: fps ratio 0.41 < 0.90")
             await until(pilot, lambda: device_rows(app)[rest[1].device_id][1] == "failed", "the failure")
             assert device_rows(app)[rest[1].device_id][2] == "shadow test failed: fps ratio 0.41 < 0.90"
-            assert device_rows(app)[rest[0].device_id] == ("2", "active", "")
+            # the rollout failed: the switched device is sent back (--on-failure rollback, the default)
+            await until(pilot, lambda: device_rows(app)[rest[0].device_id] == ("2", "active",
+                                                                              "rolling back: rollout failed"),
+                        "the switched device told to roll back")
             detail = app.screen.query_one("#rollout-detail", Static)
             await until(pilot, lambda: "1 device(s) failed, more than --max-failures 0" in str(detail.render()),
                         "the rollout's reason")
