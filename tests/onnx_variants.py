@@ -51,3 +51,19 @@ def warmup_failing_onnx(src: Path, dst: Path) -> Path:
             prop.value = "64"
     onnx.save(model, dst)
     return dst
+
+
+def blind_onnx(src: Path, dst: Path) -> Path:
+    """`src` that finds nothing: every head's logits become -30 (objectness ~1e-13), whatever the
+    frame. On an empty scene it agrees with the real model (both find nothing); on people it does not."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    graph.initializer.extend([numpy_helper.from_array(np.zeros((), np.float32), "blind_zero"),
+                              numpy_helper.from_array(np.full((), -30.0, np.float32), "blind_logit")])
+    for output in [o.name for o in graph.output]:
+        producer = next(n for n in graph.node if output in n.output)
+        producer.output[list(producer.output).index(output)] = f"{output}_seen"
+        graph.node.extend([helper.make_node("Mul", [f"{output}_seen", "blind_zero"], [f"{output}_zero"]),
+                           helper.make_node("Add", [f"{output}_zero", "blind_logit"], [output])])
+    onnx.save(model, dst)
+    return dst

@@ -24,7 +24,7 @@ from edgefleet.models.bundled import default_model
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from ..conftest import ROOT, free_port, wait_for
-from ..onnx_variants import slow_onnx, variant_onnx, warmup_failing_onnx
+from ..onnx_variants import blind_onnx, slow_onnx, variant_onnx, warmup_failing_onnx
 from ..processes import ControllerProcess
 from .test_rollouts_controller import ScriptedDevice
 
@@ -53,11 +53,11 @@ class Fleet:
         self.agents: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
-    def start_agent(self, name: str, *extra: str) -> None:
+    def start_agent(self, name: str, *extra: str, source: str = "") -> None:
         self.logs[name] = self.workdir / f"{name}.log"
         self.agents[name] = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address,
-             "--source", str(self.vtest), "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY,
+             "--source", source or str(self.vtest), "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY,
              "--name", name, "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))
 
@@ -144,6 +144,7 @@ def models(tmp_path_factory):
     made = {f"same-{i}": variant_onnx(bundled, folder / f"same-{i}.onnx", f"variant {i}") for i in range(8)}
     made["slow"] = slow_onnx(bundled, folder / "slow.onnx", size=1024, matmuls=12)
     made["warmup-fails"] = warmup_failing_onnx(bundled, folder / "warmup-fails.onnx")
+    made["blind"] = blind_onnx(bundled, folder / "blind.onnx")
     garbage = folder / "garbage.onnx"
     garbage.write_bytes(os.urandom(1 << 20))
     made["garbage"] = garbage
@@ -296,3 +297,32 @@ def test_07_abort_during_a_shadow_test_stops_it_and_no_device_swaps(fleet, model
     assert types_pb2.DeploymentStatus.ACTIVE not in {d.state for d in final.devices}
     still_detecting(fleet)
     assert engines_of(fleet) == before
+
+
+def test_08_a_wave_that_fails_after_the_canary_switched_sends_the_canary_back(fleet, models):
+    """Two more agents, labelled group=rb: rb-0 watches an empty scene, rb-1 the sample video. The
+    candidate finds nothing: on rb-0 (the canary, first by id) it agrees with the running engine and
+    switches; on rb-1 it misses every person and fails the agreement gate, so the rollout fails and
+    (--on-failure rollback, the default) rb-0 goes back to the engine it had."""
+    fleet.start_agent("rb-0-empty", "--label", "group=rb", source="synthetic://320x240?objects=0&frames=0")
+    fleet.start_agent("rb-1-video", "--label", "group=rb")
+    wait_for(lambda: all(n in fleet.devices() and fleet.devices()[n].connected
+                         and fleet.devices()[n].health.frames_total > 0 for n in ("rb-0-empty", "rb-1-video")),
+             120, "the two rb agents detecting")
+    before = {n: fleet.devices()[n].plan.artifact_sha256 for n in ("rb-0-empty", "rb-1-video")}
+    sha = fleet.push(models["blind"])
+    rollout_id = fleet.rollout(sha, select="group=rb")
+    rollout = fleet.finished(rollout_id, timeout=180)
+    assert rollout.state == fleet_pb2.FAILED, rollout.reason
+    ids = {fleet.devices()[n].device_id: n for n in before}
+    states = {ids[d.device_id]: d for d in rollout.devices}
+    assert set(states) == set(before)  # the selector chose the two rb devices only
+    assert states["rb-1-video"].state == types_pb2.DeploymentStatus.FAILED
+    assert "agreement" in states["rb-1-video"].reason, states["rb-1-video"].reason
+    canary = wait_for(lambda: (d := next(d for d in fleet.get(rollout_id).devices if ids[d.device_id] == "rb-0-empty"))
+                      .state == types_pb2.DeploymentStatus.ROLLED_BACK and d, 60, "the canary rolled back")
+    assert canary.wave == 0
+    wait_for(lambda: {n: fleet.devices()[n].plan.artifact_sha256 for n in before} == before, 60,
+             "both rb agents on the engine they had")
+    assert "rolled back" in fleet.get(rollout_id).reason or "sent back" in fleet.get(rollout_id).reason, \
+        fleet.get(rollout_id).reason
