@@ -91,6 +91,13 @@ def read_config_text(path: Path, text: str, keys: dict[str, Key]) -> FileValues:
     """`read_config_file` on text already read; `path` names it in messages (the controller's
     desired configuration, agent.desired, is read this way as `desired config vN`)."""
     try:
+        return _read_config_text(path, text, keys)
+    except RecursionError as err:  # lists or mappings nested thousands deep: no config is shaped so
+        raise ConfigFileError(f"{path}: not valid YAML: nested too deeply") from err
+
+
+def _read_config_text(path: Path, text: str, keys: dict[str, Key]) -> FileValues:
+    try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as err:  # a character YAML does not allow, found before parsing starts
         raise ConfigFileError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err

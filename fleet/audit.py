@@ -27,7 +27,7 @@ from edgefleet.v1 import fleet_pb2
 
 from .audit_store import DEFAULT_LIMIT, AuditRecord
 from .auth import Principal
-from .convert import timestamp, to_json_dict
+from .convert import time_field, timestamp, to_json_dict
 from .errors import FleetError, InvalidArgument
 from .interceptors import status_for
 
@@ -181,7 +181,7 @@ async def list_audit(db, request: fleet_pb2.ListAuditRequest) -> fleet_pb2.ListA
     limit = request.limit or DEFAULT_LIMIT
     if limit > MAX_LIMIT:
         raise InvalidArgument(f"limit must be <= {MAX_LIMIT}, got {limit}")
-    since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
+    since = time_field(request, "since") or 0.0
     records = await db.list_audit(since, limit)
     return fleet_pb2.ListAuditResponse(entries=[audit_to_pb(r) for r in records])
 

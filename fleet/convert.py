@@ -235,3 +235,13 @@ def status_report(pb: types_pb2.DeploymentStatus) -> StatusReport:
         raise InvalidArgument("deployment.rollout_id is empty")
     return StatusReport(pb.rollout_id, pb.artifact_sha256, DeployState(pb.state), pb.progress, pb.reason,
                         dict(pb.gate_metrics))
+
+
+def time_field(request: Message, name: str) -> float | None:
+    """A request's Timestamp field `name` in seconds; None when unset; InvalidArgument out of range."""
+    if not request.HasField(name):
+        return None
+    value = getattr(request, name)
+    if not -62135596800 <= value.seconds <= 253402300799 or not 0 <= value.nanos < 10**9:  # 0001..9999 UTC
+        raise InvalidArgument(f"{name} is not a valid time (seconds {value.seconds}, nanos {value.nanos})")
+    return value.seconds + value.nanos / 1e9

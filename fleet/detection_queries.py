@@ -12,17 +12,13 @@ from dataclasses import dataclass
 
 from edgefleet.v1 import fleet_pb2
 
-from .convert import frame_to_pb
+from .convert import frame_to_pb, time_field
 from .errors import InvalidArgument
 from .selectors import Selector, parse_selector
 
 MAX_LIST_LIMIT = 10_000
 DEVICE_SET_REFRESH_S = 5.0
 """A selector watch re-reads which devices match this often: labels change, devices enroll."""
-
-
-def _seconds(request, name: str) -> float | None:
-    return getattr(request, name).ToNanoseconds() / 1e9 if request.HasField(name) else None
 
 
 def _selector(request) -> Selector | None:
@@ -36,7 +32,7 @@ async def list_detections(db, request: fleet_pb2.ListDetectionsRequest) -> fleet
     limit = request.limit or 100
     if limit > MAX_LIST_LIMIT:
         raise InvalidArgument(f"limit must be <= {MAX_LIST_LIMIT}, got {limit}")
-    since, until = _seconds(request, "since"), _seconds(request, "until")
+    since, until = time_field(request, "since"), time_field(request, "until")
     if since is not None and until is not None and until <= since:
         raise InvalidArgument(f"until ({request.until.ToJsonString()}) must be after since "
                               f"({request.since.ToJsonString()})")

@@ -57,7 +57,8 @@ class Fleet:
         self.logs[name] = self.workdir / f"{name}.log"
         self.agents[name] = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address,
-             "--source", source or str(self.vtest), "--loop", "--state-dir", str(self.workdir / name), "--enroll-key", KEY,
+             "--source", source or str(self.vtest), "--loop", "--state-dir", str(self.workdir / name),
+             "--enroll-key", KEY,
              "--name", name, "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))
 
