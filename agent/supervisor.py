@@ -361,11 +361,15 @@ class Agent:
     # ---- desired configuration (agent.desired) ----
 
     def apply_config(self, command: ApplyConfig) -> ConfigStatus:
-        """The controller's document, on the loop thread (agent.desired.apply_document); its status goes up."""
+        """The controller's document, on the loop thread (agent.desired.apply_document): its status goes up
+        (what the controller stores), then the command's answer like every command's (what a caller waits for)."""
         status = apply_document(self, command)
-        if status.applied_version == command.version:
+        applied = status.applied_version == command.version
+        if applied:
             self._replan(f"desired config v{command.version} ({status.how})")
         self.link.send_config(status)
+        self.link.send_result(command.command_id, applied, error="; ".join(status.errors) if not applied else "",
+                              detail=status.how if applied else "")
         return status
 
     def make_loop(self, options: RunOptions, feeds: Sequence[Feed]) -> FrameLoop:

@@ -86,7 +86,10 @@ def cmd_config_set(args) -> int:
         if outcome.state == fleet_pb2.DONE:
             print(f"{outcome.device_id}: applied ({outcome.detail}) in {outcome.round_trip_ms:.0f} ms")
             continue
-        failed += outcome.state != fleet_pb2.NOT_CONNECTED
+        if outcome.state == fleet_pb2.NOT_CONNECTED:
+            print(f"{outcome.device_id}: {state}: offline: it gets the document when it connects", file=sys.stderr)
+            continue
+        failed += 1
         print(f"{outcome.device_id}: {state}: {outcome.error}", file=sys.stderr)
     if not args.wait:
         print("sent to the connected devices; `edgefleet device config get DEVICE` shows what each applied")

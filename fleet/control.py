@@ -56,11 +56,10 @@ class Deployments:
 
 
 class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
-    def __init__(self, db, hub: Hub, presence: Presence, deployments: Deployments | None = None,
-                 twin: Twin | None = None):
+    def __init__(self, db, hub: Hub, presence: Presence, deployments: Deployments | None = None):
         self.db = db
         self.hub = hub
-        self.twin = twin or Twin(db, hub)  # the server shares one with AgentGateway, which hears the answers
+        self.twin = Twin(db, hub)
         self.presence = presence
         self.deployments = deployments
         self.commands = Commands(db, hub)

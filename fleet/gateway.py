@@ -33,10 +33,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, db, hub: Hub, heartbeat_interval_s: int, metrics: ControllerMetrics | None = None, *,
                  rollouts: Rollouts | None = None, files: ArtifactFiles | None = None, public_key: bytes = b"",
                  fetch_streams: int = RolloutOptions.fetch_streams,
-                 fetch_stream_s: float = RolloutOptions.fetch_stream_s, twin: Twin | None = None):
+                 fetch_stream_s: float = RolloutOptions.fetch_stream_s):
         self.db = db
         self.hub = hub
-        self.twin = twin or Twin(db, hub)  # the server shares one with FleetControl, whose calls wait on answers
+        self.twin = Twin(db, hub)
         self.heartbeat_interval_s = heartbeat_interval_s
         self.metrics = metrics or ControllerMetrics()  # counted either way; served only when configured
         self.rollouts = rollouts

@@ -34,7 +34,6 @@ from .rollouts import RolloutOptions, Rollouts
 from .signing import SigningKey
 from .store import FleetStore, WalCheckpointer
 from .tls import ServerTLS
-from .twin import Twin
 
 if TYPE_CHECKING:
     from .mqtt_bridge import BridgeConfig
@@ -169,16 +168,15 @@ class Controller:
         interceptor = FleetInterceptor(self.db.principal_for_token, policy, public, access,
                                        AuditLog(self.db, self.hub.note))
         self.server = grpc.aio.server(interceptors=[interceptor], options=KEEPALIVE_POLICY)
-        twin = Twin(self.db, self.hub)  # desired configuration: set by FleetControl, answered over Sessions
         gateway = AgentGatewayServicer(self.db, self.hub, self.heartbeat_interval_s, self.metrics,
                                        rollouts=self.rollouts, files=self.deployments.files,
                                        public_key=self.signing_key.public_bytes,
                                        fetch_streams=self.rollout_options.fetch_streams,
-                                       fetch_stream_s=self.rollout_options.fetch_stream_s, twin=twin)
+                                       fetch_stream_s=self.rollout_options.fetch_stream_s)
         self.rollouts.contact = gateway.fetch_contact
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(gateway, self.server)
         fleet_pb2_grpc.add_FleetControlServicer_to_server(
-            FleetControlServicer(self.db, self.hub, self.presence, self.deployments, twin=twin), self.server
+            FleetControlServicer(self.db, self.hub, self.presence, self.deployments), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((*SERVICES, HEALTH, reflection.SERVICE_NAME), self.server)

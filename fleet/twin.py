@@ -8,7 +8,8 @@ device runs (ConfigStatus), and a desired version it has neither applied nor ref
 again; the documents live in the database, so a restarted controller does the same.
 
 The device answers each ApplyConfig with a ConfigStatus (applied or refused, with the reasons),
-stored as the device's `config_status`; a call with `timeout_ms` waits for these answers.
+stored as the device's `config_status`, and with the CommandResult every command gets, which a call
+with `timeout_ms` waits for (`Hub.send_and_wait`).
 `clear` stores an empty document as the next version: the device goes back to its own agent.yaml
 and flags (an empty document means exactly that on the device).
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from edgefleet.agent.desired import check_document
@@ -29,7 +29,7 @@ from edgefleet.v1 import fleet_pb2
 from .commands import outcome_to_pb, targets, timeout_of
 from .convert import device_config_to_pb
 from .errors import InvalidArgument
-from .hub import Command, CommandState, Hub, Outcome
+from .hub import Command, Hub, Outcome
 from .twin_store import DeviceConfigView, config_view
 
 if TYPE_CHECKING:
@@ -68,13 +68,11 @@ def check_request(document: str, clear: bool) -> str:
 
 
 class Twin:
-    """SetDesiredConfig's delivery and answers: shared by FleetControl (sets, waits) and
-    AgentGateway (hellos and ConfigStatus messages), so an answer reaches the call that waits for it."""
+    """SetDesiredConfig's delivery (FleetControl) and the devices' ConfigStatus (AgentGateway)."""
 
     def __init__(self, db, hub: Hub):
         self.db = db
         self.hub = hub
-        self._waiting: dict[tuple[str, int], list[asyncio.Future[DeviceConfigView]]] = {}
 
     async def set_request(self, request: fleet_pb2.SetDesiredConfigRequest) -> fleet_pb2.SetDesiredConfigResponse:
         """SetDesiredConfig: checked, stored per device, sent; with timeout_ms, each device's answer."""
@@ -99,44 +97,13 @@ class Twin:
             for view in views:
                 self.hub.send(view.device_id, apply_command(view))
             return views, []
-        outcomes = await asyncio.gather(*(self._send_and_wait(view, timeout_s) for view in views))
+        outcomes = await asyncio.gather(*(self.hub.send_and_wait(view.device_id, apply_command(view), timeout_s)
+                                          for view in views))
         return views, list(outcomes)
 
-    async def _send_and_wait(self, view: DeviceConfigView, timeout_s: float) -> Outcome:
-        command = apply_command(view)
-        key = (view.device_id, view.desired_version)
-        answer: asyncio.Future[DeviceConfigView] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(answer)
-        sent = time.perf_counter()
-        try:
-            if not self.hub.send(view.device_id, command):
-                return Outcome(view.device_id, command.command_id, CommandState.NOT_CONNECTED,
-                               "offline: it gets the document when it connects")
-            try:
-                got = await asyncio.wait_for(answer, timeout_s)
-            except TimeoutError:
-                return Outcome(view.device_id, command.command_id, CommandState.TIMED_OUT,
-                               f"no ConfigStatus within {timeout_s:g} s")
-        finally:
-            waiters = self._waiting.get(key, [])
-            if answer in waiters:
-                waiters.remove(answer)
-            if not waiters:
-                self._waiting.pop(key, None)
-        ms = (time.perf_counter() - sent) * 1000
-        if got.applied_version == view.desired_version:
-            return Outcome(view.device_id, command.command_id, CommandState.DONE, "", got.how, ms)
-        return Outcome(view.device_id, command.command_id, CommandState.REFUSED, "; ".join(got.errors), "", ms)
-
     async def on_status(self, device_id: str, status: dict) -> DeviceRecord:
-        """A ConfigStatus from the device (hello or after an ApplyConfig): stored, and the calls waiting for it told."""
-        record = await self.db.record_config_status(device_id, status)
-        view = config_view(record)
-        for version in {view.applied_version, view.refused_version} - {0}:
-            for waiter in self._waiting.get((device_id, version), []):
-                if not waiter.done():
-                    waiter.set_result(view)
-        return record
+        """A ConfigStatus from the device (hello or after an ApplyConfig), stored."""
+        return await self.db.record_config_status(device_id, status)
 
     def pending(self, device: DeviceRecord) -> Command | None:
         """The ApplyConfig a device that just said hello still needs (None: it runs or refused the desired version)."""
