@@ -167,7 +167,7 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         if request.min_score < 0 or request.min_score > 1:
             raise InvalidArgument(f"min_score must be within 0..1, got {request.min_score}")
         labels = set(request.labels)
-        devices = detection_queries.DeviceSet(self.db, detection_queries.watch_selector(request))
+        devices = detection_queries.DeviceSet(self.db, detection_queries.request_selector(request))
         await devices.refresh()
 
         def accepts(frame: FrameRecord) -> FrameRecord | None:

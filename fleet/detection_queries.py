@@ -21,7 +21,7 @@ DEVICE_SET_REFRESH_S = 5.0
 """A selector watch re-reads which devices match this often: labels change, devices enroll."""
 
 
-def _selector(request) -> Selector | None:
+def request_selector(request: fleet_pb2.ListDetectionsRequest | fleet_pb2.WatchDetectionsRequest) -> Selector | None:
     """The request's selector; None when it names a device or asks for every device."""
     if request.device_id and request.select:
         raise InvalidArgument("set device_id or select, not both")
@@ -36,7 +36,7 @@ async def list_detections(db, request: fleet_pb2.ListDetectionsRequest) -> fleet
     if since is not None and until is not None and until <= since:
         raise InvalidArgument(f"until ({request.until.ToJsonString()}) must be after since "
                               f"({request.since.ToJsonString()})")
-    selector = _selector(request)
+    selector = request_selector(request)
     filters = {"since": since, "until": until, "labels": list(request.labels)}
     if request.device_id:
         frames, total = await db.list_detections(request.device_id, request.stream_id, request.after_sequence,
@@ -67,7 +67,3 @@ class DeviceSet:
 
     def admits(self, device_id: str) -> bool:
         return self.selector is None or device_id in self.ids
-
-
-def watch_selector(request: fleet_pb2.WatchDetectionsRequest) -> Selector | None:
-    return _selector(request)
