@@ -328,9 +328,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
     # ---- reads ----
 
     def list_devices(self) -> list[DeviceRecord]:
-        cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} order by device_id")
-        names = [c[0] for c in cursor.description]
-        return [_device_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+        return self._devices()
 
     def get_device(self, device_id: str) -> DeviceRecord:
         return self._require(device_id)
@@ -340,12 +338,19 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         return dict(self.db.execute("select device_id, last_seen from devices").fetchall())
 
     def _require(self, device_id: str) -> DeviceRecord:
-        # plain SQL: this runs after every heartbeat, and sqlite-utils' Table.get reads the schema each time
-        cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} where device_id = ?", [device_id])
-        row = cursor.fetchone()
-        if row is None:
+        found = self._devices("where device_id = ?", [device_id])
+        if not found:
             raise NotFound(f"device {device_id!r} is not enrolled")
-        return _device_from_row(dict(zip((c[0] for c in cursor.description), row)))
+        return found[0]
+
+    def _devices(self, where: str = "", params: list[str] | None = None) -> list[DeviceRecord]:
+        """Devices with their desired configuration, by device id.
+
+        Plain SQL: `_require` runs after every heartbeat, and sqlite-utils' Table.get reads the schema each time."""
+        cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} {where} order by device_id",
+                                      params or [])
+        names = [c[0] for c in cursor.description]
+        return [_device_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
 
 
 class WalCheckpointer:
