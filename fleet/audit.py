@@ -27,7 +27,7 @@ from edgefleet.v1 import fleet_pb2
 
 from .audit_store import DEFAULT_LIMIT, AuditRecord
 from .auth import Principal
-from .convert import time_field, timestamp, to_json_dict
+from .convert import fit_answer, time_field, timestamp, to_json_dict
 from .errors import FleetError, InvalidArgument
 from .interceptors import status_for
 
@@ -183,7 +183,8 @@ async def list_audit(db, request: fleet_pb2.ListAuditRequest) -> fleet_pb2.ListA
         raise InvalidArgument(f"limit must be <= {MAX_LIMIT}, got {limit}")
     since = time_field(request, "since") or 0.0
     records = await db.list_audit(since, limit)
-    return fleet_pb2.ListAuditResponse(entries=[audit_to_pb(r) for r in records])
+    entries, omitted = fit_answer([audit_to_pb(r) for r in records], keep_newest=True)
+    return fleet_pb2.ListAuditResponse(entries=entries, omitted=omitted)
 
 
 def audit_to_pb(record: AuditRecord) -> fleet_pb2.AuditEntry:

@@ -16,7 +16,8 @@ def cmd_audit(args) -> int:
     request = fleet_pb2.ListAuditRequest(limit=args.limit)
     if args.since is not None:
         request.since.CopyFrom(timestamp(args.since))
-    entries = list(_call(args, "ListAudit", request).entries)
+    response = _call(args, "ListAudit", request)
+    entries = list(response.entries)
     if args.json:
         print_json(entries)
         return 0
@@ -26,6 +27,8 @@ def cmd_audit(args) -> int:
                      e.target or "-", "ok" if e.ok else e.error or "failed", e.parameters))
     print_table(rows)
     print(f"({len(entries)} entries)")
+    if response.omitted:
+        print(f"({response.omitted} older entries left out to keep the answer small: narrow --since or --limit)")
     return 0
 
 

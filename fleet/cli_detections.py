@@ -66,6 +66,9 @@ class Printer:
         self.frames(response.frames)
         if self.fmt == "table":
             print(f"({len(response.frames)} of {response.total} stored records)")
+        if response.omitted:
+            print(f"({response.omitted} records left out to keep the answer small: narrow --since/--until or"
+                  " --limit)", file=sys.stderr)
 
 
 def table_line(frame: types_pb2.FrameDetections, show_device: bool) -> str:

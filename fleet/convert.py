@@ -1,7 +1,7 @@
 """Protobuf <-> domain conversions. Protobuf types stop here: the store never sees them."""
 from __future__ import annotations
 
-from typing import cast
+from typing import TypeVar, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -21,6 +21,26 @@ from .rollouts import Requirements, StatusReport, wave_counts, wave_state
 from .selectors import parse_selector
 from .store import DeviceRecord
 from .twin_store import DeviceConfigView, config_view, status_dict
+
+MessageT = TypeVar("MessageT", bound=Message)
+ANSWER_BUDGET_BYTES = 3 * 1024 * 1024
+"""A listing's answer stays under this, well inside gRPC's default 4 MiB receive limit."""
+
+
+def fit_answer(items: list[MessageT], keep_newest: bool) -> tuple[list[MessageT], int]:
+    """`items` (oldest first) cut to fit ANSWER_BUDGET_BYTES, and how many were left out: the oldest
+    when `keep_newest`, else the newest (a page read forward from a cursor continues where it ends)."""
+    order = reversed(items) if keep_newest else iter(items)
+    kept: list[MessageT] = []
+    size = 0
+    for item in order:
+        size += item.ByteSize() + 8  # the field's tag and length
+        if size > ANSWER_BUDGET_BYTES and kept:
+            break
+        kept.append(item)
+    if keep_newest:
+        kept.reverse()
+    return kept, len(items) - len(kept)
 
 
 def to_dict(message: Message) -> dict:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from edgefleet.v1 import fleet_pb2
 
-from .convert import frame_to_pb, time_field
+from .convert import fit_answer, frame_to_pb, time_field
 from .errors import InvalidArgument
 from .selectors import Selector, parse_selector
 
@@ -47,7 +47,8 @@ async def list_detections(db, request: fleet_pb2.ListDetectionsRequest) -> fleet
         devices = await db.devices_matching(selector or Selector())
         frames, total = await db.list_detections_of([d.device_id for d in devices], request.stream_id, limit,
                                                     **filters)
-    return fleet_pb2.ListDetectionsResponse(frames=[frame_to_pb(f) for f in frames], total=total)
+    answer, omitted = fit_answer([frame_to_pb(f) for f in frames], keep_newest=not request.after_sequence)
+    return fleet_pb2.ListDetectionsResponse(frames=answer, total=total, omitted=omitted)
 
 
 @dataclass

@@ -8,6 +8,7 @@ import threading
 import grpc
 import pytest
 
+from edgefleet.fleet.audit_store import AuditRecord
 from edgefleet.fleet.auth import FLEET_CONTROL_ACCESS, Access
 from edgefleet.fleet.channel import open_channel
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
@@ -162,3 +163,22 @@ def test_list_audit_since_and_limit(fleet):
     with pytest.raises(grpc.RpcError) as err:
         control.ListAudit(fleet_pb2.ListAuditRequest(limit=10_001), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_listing_too_big_for_one_answer_keeps_the_newest_and_counts_the_rest(tmp_path):
+    ctl = ControllerThread(tmp_path / "fleet.db")
+    try:
+        token = ctl.controller.store.create_operator_token("admin-ann", Access.ADMIN)
+        big = json.dumps({"truncated": "x" * 16_000})
+        for i in range(300):  # 300 rows of 16 kB: more than one 4 MiB answer holds
+            ctl.controller.store.add_audit(AuditRecord(time=1000.0 + i, token_id="t", token_name="ann",
+                                                       role="admin", call="SetDeviceLabels", target=f"dev-{i}",
+                                                       parameters=big, ok=True))
+        control = fleet_pb2_grpc.FleetControlStub(open_channel(ctl.address, token=token))
+        answer = control.ListAudit(fleet_pb2.ListAuditRequest(limit=1000), timeout=10)
+        assert 0 < len(answer.entries) < 300
+        assert answer.omitted == 300 - len(answer.entries)
+        assert answer.entries[-1].target == "dev-299"  # the newest stays; the oldest are left out
+        assert [e.target for e in answer.entries] == [f"dev-{i}" for i in range(answer.omitted, 300)]
+    finally:
+        ctl.stop()

@@ -341,10 +341,12 @@ class ListAuditRequest(_message.Message):
     def __init__(self, since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListAuditResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "omitted")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
+    omitted: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., omitted: _Optional[int] = ...) -> None: ...
 
 class ListDetectionsRequest(_message.Message):
     __slots__ = ("device_id", "stream_id", "after_sequence", "limit", "since", "until", "select", "labels")
@@ -367,12 +369,14 @@ class ListDetectionsRequest(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., select: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListDetectionsResponse(_message.Message):
-    __slots__ = ("frames", "total")
+    __slots__ = ("frames", "total", "omitted")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedCompositeFieldContainer[_types_pb2.FrameDetections]
     total: int
-    def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+    omitted: int
+    def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ..., total: _Optional[int] = ..., omitted: _Optional[int] = ...) -> None: ...
 
 class WatchDetectionsRequest(_message.Message):
     __slots__ = ("device_id", "stream_id", "labels", "min_score", "select")
