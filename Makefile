@@ -42,10 +42,10 @@ demo: setup
 test: setup-test test-broker
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Tests marked neither slow nor data (tests/conftest.py says how they are marked): synthetic frames,
-# real servers on loopback; needs only the dev venv, never fetches samples or converts the model.
+# Tests marked neither slow, data nor postgres (tests/conftest.py says how they are marked): synthetic
+# frames, real servers on loopback; needs only the dev venv, never fetches samples or converts the model.
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -m "not slow and not data" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not data and not postgres" $(PYTEST_ARGS)
 
 # The gates: ruff on everything, mypy on the packages (through scripts/typecheck.sh, which lays
 # them out as edgefleet.* for it), module and function sizes (scripts/check_sizes.py). All run;
@@ -57,8 +57,9 @@ check: $(DEV_STAMP)
 	$(BIN)/python scripts/check_sizes.py || status=1; \
 	exit $$status
 
-# The MQTT tests start their own mosquitto; installed here when missing (Debian, root or sudo),
-# on a fresh machine and an existing venv alike. Without it those tests skip, saying why (fail when CI is set).
+# The MQTT tests start their own mosquitto, the PostgreSQL tests their own cluster; installed here when
+# missing (Debian, root or sudo), on a fresh machine and an existing venv alike. Without them those tests
+# skip, saying why (fail when CI is set).
 test-broker:
 	@scripts/setup-host.sh --test-broker
 

@@ -13,20 +13,23 @@ if [ "${1:-}" = "--test-broker" ]; then
     [ -x /usr/sbin/sshd ] || wanted+=(openssh-server)
     command -v rsync >/dev/null || wanted+=(rsync)
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || wanted+=(mosquitto)
+    # postgresql: the PostgreSQL store's tests start a throwaway cluster (initdb, pg_ctl) from its programs.
+    command -v pg_ctl >/dev/null || compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || wanted+=(postgresql)
     if [ ${#wanted[@]} -eq 0 ]; then
         exit 0
     fi
     sudo=()
     [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
     if command -v apt-get >/dev/null && { [ ${#sudo[@]} -eq 0 ] || sudo -n true 2>/dev/null; }; then
-        echo "setup-host: installing ${wanted[*]} (the MQTT tests start their own broker, the flash test its own sshd)"
+        echo "setup-host: installing ${wanted[*]} (the MQTT tests start their own broker, the flash test its own sshd," \
+             "the PostgreSQL tests their own cluster)"
         if "${sudo[@]}" apt-get update -qq \
             && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${wanted[@]}"; then
             exit 0
         fi
     fi
-    echo "setup-host: note: ${wanted[*]} not installed: the MQTT tests (mosquitto) and the flash test" \
-         "(openssh-server) skip, or fail when CI is set (Debian/Ubuntu: sudo apt-get install ${wanted[*]})" >&2
+    echo "setup-host: note: ${wanted[*]} not installed: the MQTT tests (mosquitto), the flash test" \
+         "(openssh-server) and the PostgreSQL tests (postgresql) skip, or fail when CI is set (Debian/Ubuntu: sudo apt-get install ${wanted[*]})" >&2
     exit 0
 fi
 

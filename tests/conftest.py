@@ -31,6 +31,8 @@ pytest_plugins = ["tests.ultralytics_env"]  # its session fixtures, for the test
 
 DATA_FIXTURES = frozenset({"vtest", "bundled_model"})
 """A test that uses one of these (directly or through another fixture) is marked `data`."""
+POSTGRES_FIXTURES = frozenset({"pg_cluster", "pg_url"})
+"""A test that uses one of these is marked `postgres`: it needs PostgreSQL's server programs."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects
@@ -38,6 +40,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if DATA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.data)
+        if POSTGRES_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +104,25 @@ def require_program(what: str, found: bool, install_hint: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI is set: a missing program fails the test instead of skipping it)", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the session (tests/pg_cluster.py); each test takes a database."""
+    from .pg_cluster import INSTALL_HINT, PgCluster, server_bin
+
+    require_program("PostgreSQL (initdb, pg_ctl)", server_bin() is not None, INSTALL_HINT)
+    cluster = PgCluster(free_port()).start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster) -> str:
+    """A fresh, empty database on the session's cluster: its postgresql:// URL."""
+    url = pg_cluster.database()
+    yield url
+    pg_cluster.drop(url)
 
 
 class ControllerThread:

@@ -1,0 +1,10 @@
+"""Detections: idempotent group-committed ingest, listings, day partitions (PostgreSQL).
+
+The methods of the SQLite store's mixin of the same name, with the same results and errors."""
+from __future__ import annotations
+
+from .base import PgTables
+
+
+class PgDetectionTables(PgTables):
+    """Methods `PgStore` gains."""

@@ -1,0 +1,10 @@
+"""Health history and event retention (PostgreSQL).
+
+The methods of the SQLite store's mixin of the same name, with the same results and errors."""
+from __future__ import annotations
+
+from .base import PgTables
+
+
+class PgHistoryTables(PgTables):
+    """Methods `PgStore` gains."""
