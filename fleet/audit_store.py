@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from .tables import StoreTables
 
 DEFAULT_LIMIT = 100
+AUDIT_COLUMNS = ("time", "token_id", "token_name", "role", "call", "target", "parameters", "ok", "error")
+"""The columns `add_audit` writes, in `audit_values` order."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,8 @@ class AuditTables(StoreTables):
 
     def add_audit(self, record: AuditRecord) -> int:
         cursor = self.db.execute(
-            "insert into audit (time, token_id, token_name, role, call, target, parameters, ok, error)"
-            " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [record.time, record.token_id, record.token_name, record.role, record.call, record.target,
-             record.parameters, int(record.ok), record.error],
+            f"insert into audit ({', '.join(AUDIT_COLUMNS)}) values ({', '.join('?' * len(AUDIT_COLUMNS))})",
+            audit_values(record),
         )
         return int(cursor.lastrowid or 0)
 
@@ -41,10 +41,16 @@ class AuditTables(StoreTables):
             [since, limit],
         )
         columns = [c[0] for c in cursor.description]
-        return [_record_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
+        return [audit_record_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
 
 
-def _record_from_row(row: dict) -> AuditRecord:
+def audit_record_from_row(row: dict) -> AuditRecord:
     return AuditRecord(row["time"], row["token_id"] or "", row["token_name"] or "", row["role"] or "",
                        row["call"], row["target"] or "", row["parameters"] or "{}", bool(row["ok"]),
                        row["error"] or "", row["id"])
+
+
+def audit_values(record: AuditRecord) -> list:
+    """The record as the values of AUDIT_COLUMNS."""
+    return [record.time, record.token_id, record.token_name, record.role, record.call, record.target,
+            record.parameters, int(record.ok), record.error]

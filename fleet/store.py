@@ -156,10 +156,10 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         if not self.db.execute(f"update {table} set revoked = 1 where {where}", params).rowcount:
             raise NotFound(f"no {what} with id {secret_or_id!r}")
         (row,) = self.db.table(table).rows_where(where, params)
-        return _secret_from_row(row)
+        return secret_from_row(row)
 
     def _list_secrets(self, table: str) -> list[SecretRecord]:
-        return [_secret_from_row(row) for row in self.db.table(table).rows_where(order_by="created")]
+        return [secret_from_row(row) for row in self.db.table(table).rows_where(order_by="created")]
 
     def principal_for_token(self, token: str) -> auth.Principal | None:
         """The device or operator a bearer token belongs to; None when unknown or revoked.
@@ -197,30 +197,16 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         if not rows:
             raise Unauthenticated("unknown or revoked enrollment key")
         token = auth.new_secret(auth.DEVICE_TOKEN_PREFIX)
+        values = enrollment_values(token, hostname, agent_version, profile, labels)
         existing = list(self.db["devices"].rows_where("hardware_id = ?", [hardware_id]))
         if existing:  # one statement either way: nothing to group
             device_id = existing[0]["device_id"]
-            self.db.table("devices").update(
-                device_id,
-                {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
-                 "profile": json.dumps(profile), "labels": json.dumps(labels), "revoked": None},
-            )
+            self.db.table("devices").update(device_id, values)
         else:
-            device_id = self._new_device_id(hostname)
-            self.db.table("devices").insert(
-                {
-                    "device_id": device_id, "hostname": hostname, "hardware_id": hardware_id,
-                    "enrolled": time.time(), "token_hash": auth.hash_secret(token),
-                    "agent_version": agent_version, "profile": json.dumps(profile),
-                    "labels": json.dumps(labels), "plan": "{}", "health": "{}", "streams": "[]",
-                }
-            )
+            device_id = new_device_id(hostname)
+            self.db.table("devices").insert(new_device_row(device_id, hardware_id, time.time(), values))
         logger.info("enrolled %s (%s) with key %r", device_id, hostname, rows[0]["name"])
         return self.get_device(device_id), token
-
-    def _new_device_id(self, hostname: str) -> str:
-        base = "".join(c if c.isalnum() or c == "-" else "-" for c in hostname.lower()).strip("-")[:24] or "device"
-        return f"{base}-{uuid.uuid4().hex[:6]}"
 
     # ---- sessions ----
 
@@ -231,29 +217,14 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         """`labels`: the device's own labels as its Hello reports them; they replace the stored ones
         (None leaves them), so a label dropped from the agent's flags or file is gone at its next start."""
         self._require(device_id)
-        values = {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
-                  "streams": json.dumps(streams), "last_seen": time.time()}
-        if labels is not None:
-            values["labels"] = json.dumps(labels)
+        values = hello_values(agent_version, profile, plan, streams, labels, time.time())
         self.db.table("devices").update(device_id, values)
         return self._require(device_id)
 
     def set_operator_labels(self, device_id: str, set_labels: dict[str, str], remove: list[str]) -> DeviceRecord:
         """Set and remove the operator's labels of a device; InvalidArgument (nothing written) when a label
         is malformed, a key is both set and removed, or a removed key is only the device's own label."""
-        device = self._require(device_id)
-        for key, value in set_labels.items():
-            check_label(key, value)
-        both = sorted(set(set_labels) & set(remove))
-        if both:
-            raise InvalidArgument(f"label {both[0]!r} is both set and removed; do one or the other")
-        own_only = sorted(k for k in remove if k not in device.operator_labels and k in device.reported_labels)
-        if own_only:
-            key = own_only[0]
-            raise InvalidArgument(
-                f"label {key}={device.reported_labels[key]} is the device's own (its --label or agent.yaml), not an "
-                f"operator label: change it on the device, or override it with `device label {device_id} {key}=...`")
-        labels = {k: v for k, v in device.operator_labels.items() if k not in remove} | set_labels
+        labels = operator_labels_after(self._require(device_id), set_labels, remove)
         self.db.table("devices").update(device_id, {"operator_labels": json.dumps(labels)})
         return self._require(device_id)
 
@@ -269,14 +240,13 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         """Keep the device's latest health (and plan), and append the health to its history as one
         raw sample (resolution 0) stamped with the controller's clock, in the same transaction."""
         now = time.time() if now is None else now
-        sets, params = "health = ?, last_seen = ?", [json.dumps(health), now]
-        if plan:
-            sets += ", plan = ?"
-            params.append(json.dumps(plan))
+        values = heartbeat_values(health, plan, now)
+        sets = ", ".join(f"{column} = ?" for column in values)
         conn = self.db.conn
 
         def write() -> None:
-            if not conn.execute(f"update devices set {sets} where device_id = ?", [*params, device_id]).rowcount:
+            if not conn.execute(f"update devices set {sets} where device_id = ?",
+                                [*values.values(), device_id]).rowcount:
                 raise NotFound(f"device {device_id!r} is not enrolled")
             conn.execute(self._HEALTH_INSERT, [device_id, now, 0, *self._health_values(health)])
 
@@ -297,25 +267,16 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         over gRPC is left alone (its session is the truth), and so is a revoked MQTT-only device (it
         stays as it was until removed): returns None."""
         row = self.db.execute("select hardware_id, revoked from devices where device_id = ?", [device_id]).fetchone()
-        if row is not None and (not row[0].startswith(MQTT_HARDWARE_PREFIX) or row[1] is not None):
+        if row is not None and not bridge_may_update(row[0], row[1]):
             return None
         now, conn = time.time(), self.db.conn
 
         def write() -> None:  # plain SQL: sqlite-utils' table methods would commit half-way
             if row is None:
-                conn.execute(
-                    "insert into devices (device_id, hostname, hardware_id, enrolled, token_hash, agent_version,"
-                    " profile, plan, health, streams, labels) values (?, ?, ?, ?, ?, '', '{}', '{}', '{}', '[]', ?)",
-                    [device_id, device_id, MQTT_HARDWARE_PREFIX + device_id, now, MQTT_HARDWARE_PREFIX + device_id,
-                     json.dumps({"transport": "mqtt"})])
-            device = self._require(device_id)
-            values: dict = {} if available == "offline" else {"last_seen": now}
-            if available is not None:
-                values["labels"] = json.dumps({**device.reported_labels, "available": available})
-            if health is not None:
-                values["health"] = json.dumps(health)
-            if stream_id and stream_id not in device.streams:
-                values["streams"] = json.dumps([*device.streams, stream_id])
+                new = mqtt_device_row(device_id, now)
+                conn.execute(f"insert into devices ({', '.join(new)}) values ({', '.join('?' * len(new))})",
+                             list(new.values()))
+            values = mqtt_changes(self._require(device_id), now, available, health, stream_id)
             if values:
                 conn.execute(f"update devices set {', '.join(f'{column} = ?' for column in values)}"
                              " where device_id = ?", [*values.values(), device_id])
@@ -350,7 +311,7 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
         cursor = self.db.conn.execute(f"select {DEVICE_COLUMNS} from {DEVICE_FROM} {where} order by device_id",
                                       params or [])
         names = [c[0] for c in cursor.description]
-        return [_device_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
+        return [device_from_row(dict(zip(names, row))) for row in cursor.fetchall()]
 
 
 class WalCheckpointer:
@@ -391,7 +352,8 @@ class WalCheckpointer:
             conn.close()
 
 
-def _device_from_row(row: dict) -> DeviceRecord:
+def device_from_row(row: dict) -> DeviceRecord:
+    """A device read with `twin_store.DEVICE_COLUMNS` (JSON columns as text) as its record."""
     return DeviceRecord(
         device_id=row["device_id"], hostname=row["hostname"], hardware_id=row["hardware_id"],
         enrolled=row["enrolled"], agent_version=row["agent_version"] or "", last_seen=row["last_seen"],
@@ -405,6 +367,88 @@ def _device_from_row(row: dict) -> DeviceRecord:
     )
 
 
-def _secret_from_row(row: dict) -> SecretRecord:
+def secret_from_row(row: dict) -> SecretRecord:
     return SecretRecord(auth.secret_id(row["key_hash"]), row["name"], row["created"], bool(row["revoked"]),
                         row.get("role") or "")
+
+
+# ---- what both backends write: pure functions of the arguments (fleet.pg.devices uses them too) ----
+
+
+def new_device_id(hostname: str) -> str:
+    """A new device's id: its hostname in lower case, letters, digits and dashes only, and a random suffix."""
+    base = "".join(c if c.isalnum() or c == "-" else "-" for c in hostname.lower()).strip("-")[:24] or "device"
+    return f"{base}-{uuid.uuid4().hex[:6]}"
+
+
+def enrollment_values(token: str, hostname: str, agent_version: str, profile: dict, labels: dict) -> dict:
+    """The columns every enrollment writes, a first one or again: the new token's hash, what the box
+    says of itself, and no revocation."""
+    return {"token_hash": auth.hash_secret(token), "hostname": hostname, "agent_version": agent_version,
+            "profile": json.dumps(profile), "labels": json.dumps(labels), "revoked": None}
+
+
+def new_device_row(device_id: str, hardware_id: str, enrolled: float, values: dict) -> dict:
+    """The row a first enrollment inserts: `enrollment_values` and what only a new device has."""
+    return {"device_id": device_id, "hardware_id": hardware_id, "enrolled": enrolled, **values,
+            "plan": "{}", "health": "{}", "streams": "[]"}
+
+
+def hello_values(agent_version: str, profile: dict, plan: dict, streams: list[str], labels: dict[str, str] | None,
+                 now: float) -> dict:
+    """The columns a Hello sets (`labels` None: the stored ones stay)."""
+    values = {"agent_version": agent_version, "profile": json.dumps(profile), "plan": json.dumps(plan),
+              "streams": json.dumps(streams), "last_seen": now}
+    if labels is not None:
+        values["labels"] = json.dumps(labels)
+    return values
+
+
+def heartbeat_values(health: dict, plan: dict | None, now: float) -> dict:
+    """The columns a heartbeat sets: its health, the time, and its plan when it carries one."""
+    values: dict = {"health": json.dumps(health), "last_seen": now}
+    if plan:
+        values["plan"] = json.dumps(plan)
+    return values
+
+
+def operator_labels_after(device: DeviceRecord, set_labels: dict[str, str], remove: list[str]) -> dict[str, str]:
+    """The device's operator labels once `set_labels` are set and `remove` removed; InvalidArgument when a label
+    is malformed, a key is both set and removed, or a removed key is only the device's own label."""
+    for key, value in set_labels.items():
+        check_label(key, value)
+    both = sorted(set(set_labels) & set(remove))
+    if both:
+        raise InvalidArgument(f"label {both[0]!r} is both set and removed; do one or the other")
+    own_only = sorted(k for k in remove if k not in device.operator_labels and k in device.reported_labels)
+    if own_only:
+        key = own_only[0]
+        raise InvalidArgument(
+            f"label {key}={device.reported_labels[key]} is the device's own (its --label or agent.yaml), not an "
+            f"operator label: change it on the device, or override it with `device label {device.device_id} {key}=...`")
+    return {k: v for k, v in device.operator_labels.items() if k not in remove} | set_labels
+
+
+def bridge_may_update(hardware_id: str, revoked: float | None) -> bool:
+    """Whether the MQTT bridge keeps this existing device current: only an MQTT-only one that is not revoked."""
+    return hardware_id.startswith(MQTT_HARDWARE_PREFIX) and revoked is None
+
+
+def mqtt_device_row(device_id: str, now: float) -> dict:
+    """The row of an MQTT-only device the bridge sees first: hardware id and token hash `mqtt:<id>`."""
+    return {"device_id": device_id, "hostname": device_id, "hardware_id": MQTT_HARDWARE_PREFIX + device_id,
+            "enrolled": now, "token_hash": MQTT_HARDWARE_PREFIX + device_id, "agent_version": "", "profile": "{}",
+            "plan": "{}", "health": "{}", "streams": "[]", "labels": json.dumps({"transport": "mqtt"})}
+
+
+def mqtt_changes(device: DeviceRecord, now: float, available: str | None, health: dict | None,
+                 stream_id: str | None) -> dict:
+    """The columns of an MQTT-only device that what the bridge heard changes (see `upsert_mqtt_device`)."""
+    values: dict = {} if available == "offline" else {"last_seen": now}
+    if available is not None:
+        values["labels"] = json.dumps({**device.reported_labels, "available": available})
+    if health is not None:
+        values["health"] = json.dumps(health)
+    if stream_id and stream_id not in device.streams:
+        values["streams"] = json.dumps([*device.streams, stream_id])
+    return values

@@ -69,6 +69,12 @@ def status_dict(applied_version: int, refused_version: int, errors: list[str], a
             "applied_document": applied_document, "how": how}
 
 
+def next_desired_version(view: DeviceConfigView) -> int:
+    """The version a new desired document gets: above every version the device was sent or reported, so
+    versions only go up, also past what it reports from an earlier controller."""
+    return max(view.desired_version, view.applied_version, view.refused_version) + 1
+
+
 class ConfigTables(StoreTables):
     """FleetStore's desired_configs table and devices.config_status."""
 
@@ -78,8 +84,7 @@ class ConfigTables(StoreTables):
 
         def write() -> None:
             for device_id in device_ids:
-                view = config_view(self._require(device_id))
-                version = max(view.desired_version, view.applied_version, view.refused_version) + 1
+                version = next_desired_version(config_view(self._require(device_id)))
                 conn.execute(
                     'insert into desired_configs (device_id, version, document, set_from, updated)'
                     ' values (?, ?, ?, ?, ?) on conflict (device_id) do update set version = excluded.version,'
@@ -95,5 +100,3 @@ class ConfigTables(StoreTables):
                                     [json.dumps(status), device_id]).rowcount:
             raise NotFound(f"device {device_id!r} is not enrolled")
         return self._require(device_id)
-
-
