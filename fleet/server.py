@@ -1,12 +1,10 @@
 """The controller process: one grpc.aio server with both services, health and reflection."""
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +16,7 @@ from edgefleet.common.metrics import MetricsServer
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 from .artifacts import ArtifactFiles
+from .async_store import AsyncStore, open_store
 from .audit import AuditLog
 from .auth import FLEET_CONTROL_ACCESS, Role
 from .control import Deployments, FleetControlServicer
@@ -25,7 +24,6 @@ from .convert import deploy_command
 from .errors import ConfigError
 from .gateway import AgentGatewayServicer
 from .hub import Hub
-from .ingest import IngestWriter
 from .interceptors import FleetInterceptor
 from .metrics import ControllerMetrics
 from .presence import Presence, PresenceMonitor
@@ -48,50 +46,6 @@ KEEPALIVE_POLICY = (("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000
                     ("grpc.keepalive_permit_without_calls", 1))
 """Accept the agents' keepalive pings (every 30 s, agent.link.KEEPALIVE) even on a quiet connection;
 gRPC's default expects at most one every 5 minutes and closes the connection of a client that pings more."""
-
-
-class AsyncStore:
-    """Runs FleetStore methods on one dedicated thread: serialised SQLite, free event loop.
-
-    `ingest` group-commits detection batches on that same thread (`fleet.ingest`): many
-    devices' batches per transaction. Start it in the event loop; stop it before `close()`.
-    """
-
-    slow_call_s = 0.25
-    """A store call that holds the store's thread longer is logged (with how long it waited for
-    the thread): every other call, ingest's group commits included, waited behind it."""
-
-    def __init__(self, store: FleetStore):
-        self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-db")
-        self.ingest = IngestWriter(self)
-
-    def __getattr__(self, name: str):
-        method = getattr(self.store, name)
-
-        async def call(*args, **kwargs):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self._timed, name, method, time.perf_counter(), args, kwargs)
-
-        return call
-
-    def submit(self, name: str, *args, **kwargs):
-        """Run a store method on the store's thread from any thread (the MQTT bridge); a Future."""
-        return self._pool.submit(self._timed, name, getattr(self.store, name), time.perf_counter(), args, kwargs)
-
-    def _timed(self, name: str, method, queued: float, args: tuple, kwargs: dict):
-        started = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            took = time.perf_counter() - started
-            if took > self.slow_call_s:
-                logger.warning("store call %s held the store's thread %.0f ms (after waiting %.0f ms for it)",
-                               name, 1000 * took, 1000 * (started - queued))
-
-    def close(self) -> None:
-        self._pool.submit(self.store.close).result()
-        self._pool.shutdown(wait=True)
 
 
 class Controller:
@@ -122,8 +76,8 @@ class Controller:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.presence = Presence.for_heartbeat(heartbeat_interval_s, stale_after_s, offline_after_s)
         self.tls = tls
-        self.store = FleetStore(db_path, autocheckpoint=False)
-        self.checkpointer = WalCheckpointer(db_path)
+        self.store = open_store(str(db_path), autocheckpoint=False)
+        self.checkpointer = WalCheckpointer(db_path) if isinstance(self.store, FleetStore) else None
         self.db = AsyncStore(self.store)
         self.metrics = ControllerMetrics(self._device_statuses)
         try:
@@ -142,7 +96,8 @@ class Controller:
         if mqtt is not None:
             from .mqtt_bridge import MqttBridge
 
-            self.bridge = MqttBridge.from_config(functools.partial(self.db.submit, "upsert_mqtt_device"), mqtt)
+            upsert = functools.partial(self.db.submit, self.db.store.upsert_mqtt_device)
+            self.bridge = MqttBridge.from_config(upsert, mqtt)
 
     def _setup_deployments(self, options: RolloutOptions) -> None:
         self.rollout_options = options
@@ -191,7 +146,8 @@ class Controller:
         self.db.ingest.start()  # before serving: the first PublishDetections needs it
         await self.server.start()
         self.monitor.start()
-        self.checkpointer.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         await self.rollouts.start()
         self.retention.start()
         if self.bridge is not None:
@@ -205,7 +161,7 @@ class Controller:
 
     def _device_statuses(self) -> dict[str, int]:
         """Devices per status name; runs on the scraping thread, reads on the store's thread."""
-        last_seen = self.db.submit("last_seen_by_device").result(timeout=5)
+        last_seen = self.db.submit(self.db.store.last_seen_by_device).result(timeout=5)
         now = time.time()
         return dict(collections.Counter(self.presence.status(seen, now).value for seen in last_seen.values()))
 
@@ -229,5 +185,6 @@ class Controller:
         await self.monitor.stop()
         await self.rollouts.stop()
         self.db.close()
-        self.checkpointer.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         logger.info("controller stopped")
