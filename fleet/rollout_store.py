@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import json
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgument, NotFound
@@ -148,7 +149,7 @@ class RolloutTables(StoreTables):
     def get_artifact(self, sha256: str) -> ArtifactRecord:
         record = self.find_artifact(sha256)
         if record is None:
-            raise NotFound(f"no artifact with sha256 {sha256!r} (edgefleet artifact list)")
+            raise no_artifact(sha256)
         return record
 
     def list_artifacts(self) -> list[ArtifactRecord]:
@@ -169,57 +170,40 @@ class RolloutTables(StoreTables):
         def write() -> None:
             conn = self.db.conn
             conn.execute(
-                f"insert into rollouts ({', '.join(_ROLLOUT_COLUMNS)}) values ({', '.join('?' * 8)})",
-                [rollout.rollout_id, rollout.artifact_sha256, int(rollout.state), json.dumps(rollout.spec.__dict__),
-                 rollout.wave, rollout.created, rollout.updated, rollout.reason],
+                f"insert into rollouts ({', '.join(ROLLOUT_COLUMNS)}) values ({', '.join('?' * 8)})",
+                rollout_values(rollout),
             )
-            rows = [_device_row(rollout.rollout_id, d) for d in rollout.devices]
-            conn.executemany(f"insert into rollout_devices ({', '.join(_DEVICE_COLUMNS)}) values "
-                             f"({', '.join('?' * len(_DEVICE_COLUMNS))})",
-                             [[r[c] for c in _DEVICE_COLUMNS] for r in rows])
+            rows = [device_row(rollout.rollout_id, d) for d in rollout.devices]
+            conn.executemany(f"insert into rollout_devices ({', '.join(DEVICE_COLUMNS)}) values "
+                             f"({', '.join('?' * len(DEVICE_COLUMNS))})",
+                             [[r[c] for c in DEVICE_COLUMNS] for r in rows])
 
         self._transaction(write)
         return self.get_rollout(rollout.rollout_id)
 
     def update_rollout(self, rollout_id: str, *, state: RolloutState | None = None, wave: int | None = None,
                        reason: str | None = None) -> RolloutRecord:
-        values: dict = {"updated": time.time()}
-        if state is not None:
-            values["state"] = int(state)
-        if wave is not None:
-            values["wave"] = wave
-        if reason is not None:
-            values["reason"] = reason
-        self.db.table("rollouts").update(rollout_id, values)
+        self.db.table("rollouts").update(rollout_id, rollout_changes(state, wave, reason))
         return self.get_rollout(rollout_id)
 
     def update_rollout_device(self, rollout_id: str, device: RolloutDeviceRecord) -> None:
-        self.db.table("rollout_devices").upsert(_device_row(rollout_id, device), pk=("rollout_id", "device_id"))
+        self.db.table("rollout_devices").upsert(device_row(rollout_id, device), pk=("rollout_id", "device_id"))
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord:
         row = self.db.execute("select * from rollouts where rollout_id = ?", [rollout_id]).fetchone()
         if row is None:
-            raise NotFound(f"no rollout {rollout_id!r} (edgefleet rollout list)")
-        return self._rollout_from_row(dict(zip(_ROLLOUT_COLUMNS, row)))
+            raise no_rollout(rollout_id)
+        return self._rollout_from_row(dict(zip(ROLLOUT_COLUMNS, row)))
 
     def find_rollout(self, id_or_prefix: str) -> RolloutRecord:
         """What an operator names: the rollout with this id, or the one whose id starts with it
         (as artifacts take a sha256 prefix). NotFound / InvalidArgument (ambiguous) say which."""
         row = self.db.execute("select * from rollouts where rollout_id = ?", [id_or_prefix]).fetchone()
         if row is None:
-            row = self._rollout_by_prefix(id_or_prefix)
-        return self._rollout_from_row(dict(zip(_ROLLOUT_COLUMNS, row)))
-
-    def _rollout_by_prefix(self, prefix: str):
-        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self.db.execute("select * from rollouts where rollout_id like ? escape '\\' order by created desc"
-                               " limit 6", [escaped + "%"]).fetchall() if prefix else []
-        if not rows:
-            raise NotFound(f"no rollout {prefix!r} (edgefleet rollout list shows them)")
-        if len(rows) > 1:
-            ids = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
-            raise InvalidArgument(f"rollout id prefix {prefix!r} is ambiguous: it matches {ids}; give more of the id")
-        return rows[0]
+            rows = self.db.execute("select * from rollouts where rollout_id like ? escape '\\' order by created desc"
+                                   " limit 6", [like_prefix(id_or_prefix)]).fetchall() if id_or_prefix else []
+            row = only_prefix_match(id_or_prefix, rows)
+        return self._rollout_from_row(dict(zip(ROLLOUT_COLUMNS, row)))
 
     def list_rollouts(self, states: tuple[RolloutState, ...] = ()) -> list[RolloutRecord]:
         """Newest first."""
@@ -241,19 +225,9 @@ class RolloutTables(StoreTables):
         return [self.get_rollout(i) for i in ids]
 
     def _rollout_from_row(self, row: dict) -> RolloutRecord:
-        spec = json.loads(row["spec"])
-        spec["waves_percent"] = tuple(spec["waves_percent"])
-        devices = [
-            RolloutDeviceRecord(r["device_id"], r["wave"], DeployState(r["state"]), r["reason"] or "",
-                                json.loads(r["gate_metrics"] or "{}"), r["updated"] or 0.0)
-            for r in self.db["rollout_devices"].rows_where("rollout_id = ?", [row["rollout_id"]],
-                                                            order_by="wave < 0, wave, device_id")
-        ]
-        return RolloutRecord(
-            rollout_id=row["rollout_id"], artifact_sha256=row["artifact_sha256"], state=RolloutState(row["state"]),
-            spec=RolloutSpec(**spec), wave=row["wave"], created=row["created"], updated=row["updated"],
-            reason=row["reason"] or "", devices=devices,
-        )
+        devices = self.db["rollout_devices"].rows_where("rollout_id = ?", [row["rollout_id"]],
+                                                        order_by="wave < 0, wave, device_id")
+        return rollout_from_rows(row, devices)
 
     # ---- events ----
 
@@ -279,14 +253,82 @@ class RolloutTables(StoreTables):
         if where:
             sql += " where " + " and ".join(where)
         rows = self.db.execute(f"select * from ({sql} order by id desc limit ?) order by id", [*params, limit])
-        return [EventRecord(i, t, k, m, d or "", r or "") for i, t, k, m, d, r in rows.fetchall()]
+        return [event_from_row(row) for row in rows.fetchall()]
 
 
-_ROLLOUT_COLUMNS = ("rollout_id", "artifact_sha256", "state", "spec", "wave", "created", "updated", "reason")
-_DEVICE_COLUMNS = ("rollout_id", "device_id", "wave", "state", "reason", "gate_metrics", "updated")
+# Pure helpers: the PostgreSQL store (fleet.pg.rollouts) shares them.
+
+ROLLOUT_COLUMNS = ("rollout_id", "artifact_sha256", "state", "spec", "wave", "created", "updated", "reason")
+DEVICE_COLUMNS = ("rollout_id", "device_id", "wave", "state", "reason", "gate_metrics", "updated")
+EVENT_COLUMNS = ("id", "time", "kind", "message", "device_id", "rollout_id")
 
 
-def _device_row(rollout_id: str, device: RolloutDeviceRecord) -> dict:
+def no_artifact(sha256: str) -> NotFound:
+    return NotFound(f"no artifact with sha256 {sha256!r} (edgefleet artifact list)")
+
+
+def no_rollout(rollout_id: str) -> NotFound:
+    return NotFound(f"no rollout {rollout_id!r} (edgefleet rollout list)")
+
+
+def rollout_values(rollout: RolloutRecord) -> list:
+    """The `ROLLOUT_COLUMNS` of a new rollout's row, in order."""
+    return [rollout.rollout_id, rollout.artifact_sha256, int(rollout.state), json.dumps(rollout.spec.__dict__),
+            rollout.wave, rollout.created, rollout.updated, rollout.reason]
+
+
+def rollout_changes(state: RolloutState | None, wave: int | None, reason: str | None) -> dict:
+    """The columns `update_rollout` sets: `updated` (now) and those given."""
+    values: dict = {"updated": time.time()}
+    if state is not None:
+        values["state"] = int(state)
+    if wave is not None:
+        values["wave"] = wave
+    if reason is not None:
+        values["reason"] = reason
+    return values
+
+
+def device_row(rollout_id: str, device: RolloutDeviceRecord) -> dict:
     return {"rollout_id": rollout_id, "device_id": device.device_id, "wave": device.wave,
             "state": int(device.state), "reason": device.reason, "gate_metrics": json.dumps(device.gate_metrics),
             "updated": device.updated or time.time()}
+
+
+def rollout_from_rows(row: dict, device_rows: Iterable[dict]) -> RolloutRecord:
+    """A rollout from its row and its devices' rows (in the order they are listed: the canary wave first,
+    skipped devices last)."""
+    spec = json.loads(row["spec"])
+    spec["waves_percent"] = tuple(spec["waves_percent"])
+    devices = [
+        RolloutDeviceRecord(r["device_id"], r["wave"], DeployState(r["state"]), r["reason"] or "",
+                            json.loads(r["gate_metrics"] or "{}"), r["updated"] or 0.0)
+        for r in device_rows
+    ]
+    return RolloutRecord(
+        rollout_id=row["rollout_id"], artifact_sha256=row["artifact_sha256"], state=RolloutState(row["state"]),
+        spec=RolloutSpec(**spec), wave=row["wave"], created=row["created"], updated=row["updated"],
+        reason=row["reason"] or "", devices=devices,
+    )
+
+
+def like_prefix(prefix: str) -> str:
+    """A LIKE pattern (escape character \\) matching the strings that start with `prefix`."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def only_prefix_match(prefix: str, rows: Sequence[Sequence]) -> Sequence:
+    """The one row (rollout id first) an id prefix matched, newest first in `rows` (at most 6 of them);
+    NotFound when none did, InvalidArgument naming them when several did."""
+    if not rows:
+        raise NotFound(f"no rollout {prefix!r} (edgefleet rollout list shows them)")
+    if len(rows) > 1:
+        ids = ", ".join(r[0] for r in rows[:5]) + (", …" if len(rows) > 5 else "")
+        raise InvalidArgument(f"rollout id prefix {prefix!r} is ambiguous: it matches {ids}; give more of the id")
+    return rows[0]
+
+
+def event_from_row(row: Sequence) -> EventRecord:
+    """An event from its `EVENT_COLUMNS`, in order."""
+    event_id, when, kind, message, device_id, rollout_id = row
+    return EventRecord(event_id, when, kind, message, device_id or "", rollout_id or "")
