@@ -55,9 +55,7 @@ class Upload:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            target = self.store.path(digest)
-            target.parent.mkdir(exist_ok=True)
-            os.replace(self.path, target)
+            self.store.publish(self.path, digest)
         except BaseException:
             self.discard()
             raise
@@ -84,9 +82,21 @@ class ArtifactFiles:
     def upload(self, max_bytes: int) -> Upload:
         return Upload(self, max_bytes)
 
+    def publish(self, complete: Path, sha256: str) -> None:
+        """Move a complete, verified and fsync'd file (in `incoming/`) to its address."""
+        target = self.path(sha256)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(complete, target)
+
+    def prepare(self, sha256: str) -> None:
+        """Make the artifact's bytes ready to `open`: nothing to do here, where a file at its address
+        is always whole. A subclass that fetches or checks them first does it here; it blocks, so
+        async code calls it in a thread before `open`, which calls it too."""
+
     @contextlib.contextmanager
     def open(self, sha256: str) -> Iterator[tuple[int, int]]:
         """(file descriptor, size) of a stored artifact, for `os.pread`s of one chunk each."""
+        self.prepare(sha256)
         try:
             fd = os.open(self.path(sha256), os.O_RDONLY)
         except FileNotFoundError as err:
