@@ -21,7 +21,7 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from .auth import DEFAULT_ACCESS, Access
 from .channel import add_connection_arguments, open_channel
-from .cli_common import CliError, existing_db, print_json, quiet_broken_pipe
+from .cli_common import CliError, db_arg, existing_db, print_json, quiet_broken_pipe
 from .connect_errors import explain_unavailable
 from .errors import FleetError
 from .tls import ClientTLS, ServerTLS
@@ -124,9 +124,12 @@ def cmd_serve(args) -> int:
 # ---- secrets, straight in the controller's database (run on the controller host) ----
 
 def _with_store(args, action):
-    from .store import FleetStore
+    from .async_store import open_store
 
-    store = FleetStore(existing_db(args.db, args.create))
+    try:
+        store = open_store(existing_db(args.db, args.create))
+    except (OSError, RuntimeError, FleetError) as err:  # PostgreSQL away, psycopg missing, a newer schema
+        raise CliError(str(err)) from err
     try:
         return action(store)
     except FleetError as err:
@@ -286,7 +289,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("serve", help="run the fleet controller")
     p.add_argument("--listen", default="0.0.0.0:50051", help="HOST:PORT to bind (port 0 picks a free one)")
-    p.add_argument("--db", type=Path, default=Path("var/fleet.db"), help="SQLite file for fleet state")
+    db_arg(p)
     p.add_argument("--heartbeat-interval", type=int, default=5, metavar="S",
                    help="seconds between agent heartbeats")
     p.add_argument("--stale-after", type=float, metavar="S",
@@ -339,8 +342,7 @@ def _add_secret_parsers(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.set_defaults(func=list_)
         for c in commands.choices.values():
-            c.add_argument("--db", type=Path, default=Path("var/fleet.db"),
-                           help="the controller's SQLite file (default var/fleet.db); it must exist")
+            db_arg(c)
             c.add_argument("--create", action="store_true",
                            help="make the database when --db names no file yet (`serve` makes it too)")
 

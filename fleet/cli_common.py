@@ -61,12 +61,25 @@ def quiet_broken_pipe(run: Callable[[], int]) -> int:
 
 # ---- the controller's database ----
 
-def existing_db(path: Path, create: bool) -> Path:
-    """`path`, refusing to make a new database unless `create`: a mistyped or missing --db would
-    otherwise leave an empty controller database (and keys no controller reads) in the working folder."""
-    if create or path.exists():
-        return path
-    raise CliError(f"no controller database at {path}: pass the controller's --db, "
+DEFAULT_DB = "var/fleet.db"
+DB_HELP = ("the controller's database: a SQLite file (default var/fleet.db) or a postgresql:// URL "
+           "(default: $EDGEFLEET_DB when set)")
+
+
+def db_arg(p) -> None:
+    """--db for `serve` and the secrets commands: $EDGEFLEET_DB, else var/fleet.db; the flag wins."""
+    p.add_argument("--db", default=os.environ.get("EDGEFLEET_DB") or DEFAULT_DB, metavar="PATH|URL", help=DB_HELP)
+
+
+def existing_db(db: str, create: bool) -> str:
+    """`db`, refusing to make a new SQLite file unless `create`: a mistyped or missing --db would
+    otherwise leave an empty controller database (and keys no controller reads) in the working folder.
+    A postgresql:// URL names a server database, made by whoever runs it (the schema is made on first use)."""
+    from .pg.base import is_postgres_url
+
+    if create or is_postgres_url(db) or Path(db).exists():
+        return db
+    raise CliError(f"no controller database at {db}: pass the controller's --db, "
                    "or --create to make a new one there")
 
 

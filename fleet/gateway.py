@@ -183,7 +183,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 arrived, frames, committed = item
                 result = await committed
                 slots.release()
-                self.hub.detections.publish(frames)
+                self.hub.frames_committed(device_id, frames)
                 self.metrics.frames_ingested.inc(len(frames))
                 self.metrics.detections_ingested.inc(sum(len(f.objects) for f in frames))
                 self.metrics.duplicate_frames.inc(result.duplicates)
@@ -216,6 +216,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         self.files.path(request.sha256)  # InvalidArgument for a malformed sha256
         if not await self.db.device_may_fetch(device_id, request.sha256):
             raise PermissionDenied(f"device {device_id!r} is in no rollout of artifact {request.sha256[:12]}")
+        await asyncio.to_thread(self.files.prepare, request.sha256)  # a replica's first fetch reads the database
         with self.files.open(request.sha256) as (_, total):  # refused before waiting: gone, or a bad offset
             if request.offset > total:
                 raise OutOfRange(f"offset {request.offset} is past the end of artifact {request.sha256[:12]} "

@@ -6,6 +6,10 @@ watcher only and counted, so a slow watcher never stalls ingest or other watcher
 A command sent with `send_and_wait` waits for the device's CommandResult, which the gateway
 hands to `answered`; `close_streams` ends a device's open Session and PublishDetections
 streams (a revoked device must not keep talking on streams it opened before).
+
+With several controller replicas (`fleet.replicas`), a device's Session may be open on another one:
+the Hub's `peers` forward commands there and answers back, and carry fleet changes, committed frames
+and stream closings to the other replicas' Hubs, which publish them to their own watchers.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .detection_store import FrameRecord
+from .replicas import Peers
 from .rollout_store import RolloutRecord
 from .store import DeviceRecord
 
@@ -47,17 +52,28 @@ class Topic(Generic[T]):
     `on_drop`, when given, is called once per item dropped for a full watcher (a metrics counter).
     """
 
-    def __init__(self, on_drop: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_drop: Callable[[], None] | None = None,
+                 on_watched: Callable[[bool], None] | None = None) -> None:
         self._watchers: set[Watcher[T]] = set()
         self._on_drop = on_drop
+        self._on_watched = on_watched  # called when the watchers go from none to some (True) and back
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._watchers)
 
     def watch(self, accepts: Callable[[T], T | None] = lambda item: item, maxsize: int = 256) -> Watcher[T]:
         watcher = Watcher(accepts, asyncio.Queue(maxsize=maxsize))
         self._watchers.add(watcher)
+        if len(self._watchers) == 1 and self._on_watched is not None:
+            self._on_watched(True)
         return watcher
 
     def unwatch(self, watcher: Watcher[T]) -> None:
-        self._watchers.discard(watcher)
+        if watcher in self._watchers:
+            self._watchers.discard(watcher)
+            if not self._watchers and self._on_watched is not None:
+                self._on_watched(False)
 
     def publish(self, items: Iterable[T]) -> None:
         items = list(items)
@@ -161,15 +177,19 @@ class _Answer:
 
 
 class Hub:
-    def __init__(self, metrics: ControllerMetrics | None = None) -> None:
+    """`peers`: the other controller replicas (`fleet.replicas.Peers`: none, for a lone controller)."""
+
+    def __init__(self, metrics: ControllerMetrics | None = None, peers: Peers | None = None) -> None:
         def counter(stream: str) -> Callable[[], None] | None:
             return None if metrics is None else functools.partial(metrics.watcher_dropped.inc, stream=stream)
 
-        self.detections: Topic[FrameRecord] = Topic(counter("detections"))
+        self.peers = peers or Peers()
+        self.detections: Topic[FrameRecord] = Topic(counter("detections"), self.peers.watching_detections)
         self.fleet: Topic[FleetChange | RolloutChange | FleetNote | DeviceRemoved] = Topic(counter("fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
         self._pending: dict[tuple[str, str], asyncio.Future[_Answer]] = {}  # (device, command id) -> its answer
         self._streams: dict[str, set[asyncio.Future[str]]] = {}  # device id -> its open streams' close signals
+        self._forwarded: dict[tuple[str, str], str] = {}  # (device, command id) -> the replica waiting for it
 
     # ---- sessions ----
 
@@ -177,6 +197,8 @@ class Hub:
         """Register an open Session; the returned queue receives the commands sent to the device."""
         commands: asyncio.Queue = asyncio.Queue(maxsize=COMMAND_QUEUE_SIZE)
         self._sessions.setdefault(device_id, []).append(commands)
+        if len(self._sessions[device_id]) == 1:
+            self.peers.session_opened(device_id)
         return commands
 
     def close_session(self, device_id: str, commands: asyncio.Queue) -> None:
@@ -184,17 +206,45 @@ class Hub:
         queues = self._sessions.get(device_id, [])
         if commands in queues:
             queues.remove(commands)
-        if not queues:
-            self._sessions.pop(device_id, None)
-            for (device, _), answer in list(self._pending.items()):
-                if device == device_id and not answer.done():
-                    answer.set_exception(ConnectionError("the device's Session closed before it answered"))
+        if queues:
+            return
+        if self._sessions.pop(device_id, None) is not None:
+            self.peers.session_closed(device_id)
+        gone = "the device's Session closed before it answered"
+        for key in [key for key in self._forwarded if key[0] == device_id]:
+            self._answer_forwarded(key, False, gone, "")
+        for (device, _), answer in list(self._pending.items()):
+            if device == device_id and not answer.done():
+                answer.set_exception(ConnectionError(gone))
 
     def connected(self, device_id: str) -> bool:
-        return device_id in self._sessions
+        """A Session of the device is open here or on another replica."""
+        return device_id in self._sessions or self.peers.session_of(device_id) is not None
 
     def send(self, device_id: str, command: Command) -> int:
-        """Queue the command on every open Session of the device; returns how many took it."""
+        """Queue the command on every open Session of the device, or forward it to the replica that holds
+        its Session; returns how many took it (a forwarded command counts once)."""
+        if device_id not in self._sessions:
+            replica = self.peers.session_of(device_id)
+            if replica is None:
+                return 0
+            self.peers.forward_command(replica, device_id, command)
+            return 1
+        return self._send_local(device_id, command)
+
+    def deliver_forwarded(self, device_id: str, command: Command, origin: str) -> None:
+        """A command another replica forwarded to the device's Session here; its answer goes back there."""
+        key = (device_id, command.command_id)
+        self._forwarded[key] = origin
+        if not self._send_local(device_id, command):
+            self._answer_forwarded(key, False, "the device's Session moved to another controller replica", "")
+
+    def _answer_forwarded(self, key: tuple[str, str], ok: bool, error: str, detail: str) -> None:
+        origin = self._forwarded.pop(key, None)
+        if origin is not None:
+            self.peers.forward_answer(origin, key[0], key[1], ok, error, detail)
+
+    def _send_local(self, device_id: str, command: Command) -> int:
         delivered = 0
         for commands in self._sessions.get(device_id, []):
             try:
@@ -242,6 +292,9 @@ class Hub:
         """A CommandResult from the device's Session; False when nobody waits for it (fire-and-forget
         commands, or one that timed out). Only the device the command went to can answer it."""
         answer = self._pending.get((device_id, command_id))
+        if answer is None and (device_id, command_id) in self._forwarded:
+            self._answer_forwarded((device_id, command_id), ok, error, detail)
+            return True
         if answer is None or answer.done():
             return False
         answer.set_result(_Answer(ok, error, detail))
@@ -263,7 +316,12 @@ class Hub:
             self._streams.pop(device_id, None)
 
     def close_streams(self, device_id: str, reason: str) -> int:
-        """Ask every open stream of the device to end with `reason` (UNAUTHENTICATED); how many there were."""
+        """Ask every open stream of the device to end with `reason` (UNAUTHENTICATED), here and on the other
+        replicas; how many there were here."""
+        self.peers.close_streams(device_id, reason)
+        return self.close_local_streams(device_id, reason)
+
+    def close_local_streams(self, device_id: str, reason: str) -> int:
         streams = self._streams.pop(device_id, set())
         for closing in streams:
             if not closing.done():
@@ -272,14 +330,45 @@ class Hub:
 
     # ---- fleet changes ----
 
-    def device_changed(self, device: DeviceRecord, message: str = "") -> None:
-        self.fleet.publish([FleetChange(device, self.connected(device.device_id), time.time(), message)])
+    # Each change is published to this replica's watchers and announced to the other replicas, which
+    # publish it to theirs (`fleet.replicas.Replica`); `local_only` is for what every replica sees for
+    # itself (presence, which each one computes from the shared last-seen times).
+
+    def device_changed(self, device: DeviceRecord, message: str = "", *, local_only: bool = False) -> None:
+        self.publish_device(device, message)
+        if not local_only:
+            self.peers.announce("device", device_id=device.device_id, message=message)
 
     def device_removed(self, device_id: str, message: str = "") -> None:
-        self.fleet.publish([DeviceRemoved(device_id, time.time(), message)])
+        self.publish_removed(device_id, message)
+        self.peers.announce("removed", device_id=device_id, message=message)
 
     def rollout_changed(self, rollout: RolloutRecord, message: str = "") -> None:
-        self.fleet.publish([RolloutChange(rollout, time.time(), message)])
+        self.publish_rollout(rollout, message)
+        self.peers.announce("rollout", rollout_id=rollout.rollout_id, message=message)
 
     def note(self, message: str) -> None:
+        self.publish_note(message)
+        self.peers.announce("note", message=message)
+
+    def frames_committed(self, device_id: str, frames: list[FrameRecord]) -> None:
+        self.detections.publish(frames)
+        if frames:
+            sequences = [f.sequence for f in frames]
+            self.peers.frames_committed(device_id, min(sequences), max(sequences))
+
+    def publish_device(self, device: DeviceRecord, message: str = "") -> None:
+        self.fleet.publish([FleetChange(device, self.connected(device.device_id), time.time(), message)])
+
+    def publish_removed(self, device_id: str, message: str = "") -> None:
+        self.fleet.publish([DeviceRemoved(device_id, time.time(), message)])
+
+    def publish_rollout(self, rollout: RolloutRecord, message: str = "") -> None:
+        self.fleet.publish([RolloutChange(rollout, time.time(), message)])
+
+    def publish_note(self, message: str) -> None:
         self.fleet.publish([FleetNote(time.time(), message)])
+
+    @property
+    def watching_detections(self) -> bool:
+        return self.detections.watched

@@ -123,4 +123,4 @@ class PresenceMonitor:
                 continue
             device = await self.db.get_device(device_id)
             logger.info("%s is %s (was %s)", device_id, status.name, before.name)
-            self.hub.device_changed(device, f"{device.hostname} ({device_id}) is {status.name}")
+            self.hub.device_changed(device, f"{device.hostname} ({device_id}) is {status.name}", local_only=True)

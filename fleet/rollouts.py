@@ -214,7 +214,8 @@ class Rollouts:
         self.check_every_s = check_every_s
         self.on_change = on_change
         self.contact: Callable[[str], float] = lambda device_id: 0.0
-        self._lock = asyncio.Lock()  # one transition at a time: statuses, timeouts and operators interleave
+        # One transition at a time: statuses, timeouts and operators interleave, on this replica and others.
+        self._lock = hub.peers.lock
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -254,7 +255,7 @@ class Rollouts:
                     for i, r in sorted(skipped.items()) if r]
         rollout = RolloutRecord(f"ro-{uuid.uuid4().hex[:8]}", artifact_sha256, RolloutState.RUNNING, spec, 0,
                                 now, now, devices=records)
-        async with self._lock:
+        async with self._lock():
             rollout = await self.db.insert_rollout(rollout)
             skipped_n = sum(1 for d in rollout.devices if d.skipped)
             await self._event(rollout, f"rollout {rollout.rollout_id} of {artifact_sha256[:12]} created: "
@@ -269,7 +270,7 @@ class Rollouts:
     async def resume(self, rollout_id: str, reason: str = "") -> RolloutRecord:
         rollout_id = (await self._operator(rollout_id, "resume", (RolloutState.PAUSED,), RolloutState.RUNNING,
                                            reason)).rollout_id
-        async with self._lock:
+        async with self._lock():
             await self._advance(rollout_id)
         return await self.db.get_rollout(rollout_id)
 
@@ -282,7 +283,7 @@ class Rollouts:
     async def _operator(self, rollout_id: str, verb: str, allowed: tuple[RolloutState, ...], to: RolloutState,
                         reason: str) -> RolloutRecord:
         """`rollout_id` may be a unique prefix of the id (the store's find_rollout)."""
-        async with self._lock:
+        async with self._lock():
             rollout = await self.db.find_rollout(rollout_id)
             rollout_id = rollout.rollout_id
             if rollout.state not in allowed:
@@ -325,7 +326,7 @@ class Rollouts:
         return commands
 
     async def on_status(self, device_id: str, report: StatusReport) -> None:
-        async with self._lock:
+        async with self._lock():
             try:
                 rollout = await self.db.get_rollout(report.rollout_id)
             except NotFound:  # an agent reporting on a rollout this controller never had (another db?)

@@ -6,7 +6,7 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +26,10 @@ from .gateway import AgentGatewayServicer
 from .hub import Hub
 from .interceptors import FleetInterceptor
 from .metrics import ControllerMetrics
+from .pg.base import is_postgres_url
+from .pg.peers import PgPeers
 from .presence import Presence, PresenceMonitor
+from .replicas import Peers
 from .retention import RetentionPolicy, RetentionSweeper
 from .rollouts import RolloutOptions, Rollouts
 from .signing import SigningKey
@@ -35,6 +38,7 @@ from .tls import ServerTLS
 
 if TYPE_CHECKING:
     from .mqtt_bridge import BridgeConfig
+    from .pg.store import PgStore
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +89,8 @@ class Controller:
         except ValueError as err:
             raise ConfigError(f"metrics_listen: {err}") from err
         self.metrics_port: int | None = None
-        self.hub = Hub(self.metrics)
+        self.peers = PgPeers(str(db_path), listen) if is_postgres_url(str(db_path)) else Peers()
+        self.hub = Hub(self.metrics, self.peers)
         self.health = health.aio.HealthServicer()
         self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
         self._setup_deployments(rollout_options or RolloutOptions())
@@ -100,13 +105,29 @@ class Controller:
             self.bridge = MqttBridge.from_config(upsert, mqtt)
 
     def _setup_deployments(self, options: RolloutOptions) -> None:
+        """Beside a SQLite file, the signing key and artifacts live next to it. On PostgreSQL every replica
+        must sign with the same key (--signing-key, one file for all), and artifact bytes live in the
+        database, each replica caching them under --artifacts-dir (default ~/.cache/edgefleet/artifacts)."""
         self.rollout_options = options
-        home = Path(self.db_path).resolve().parent
-        self.signing_key = SigningKey.load_or_create(options.signing_key or home / "signing-key.pem")
+        files: ArtifactFiles
+        if isinstance(self.peers, PgPeers):
+            if options.signing_key is None:
+                raise ConfigError("--signing-key is required with a PostgreSQL database: every controller replica "
+                                  "must sign artifacts with the same Ed25519 key (a missing file is created at the "
+                                  "first start: give that same file to every replica)")
+            self.signing_key = SigningKey.load_or_create(options.signing_key)
+            from .pg.artifacts import DatabaseBackedArtifactFiles
+
+            cache = options.artifacts_dir or Path.home() / ".cache" / "edgefleet" / "artifacts"
+            files = DatabaseBackedArtifactFiles(cache, cast("PgStore", self.store))
+        else:
+            home = Path(self.db_path).resolve().parent
+            self.signing_key = SigningKey.load_or_create(options.signing_key or home / "signing-key.pem")
+            files = ArtifactFiles(options.artifacts_dir or home / "artifacts")
         self.rollouts = Rollouts(self.db, self.hub, deploy_command, device_timeout_s=options.device_timeout_s,
                                  on_change=self.metrics.set_rollouts)
         self.deployments = Deployments(
-            ArtifactFiles(options.artifacts_dir or home / "artifacts"), self.signing_key, self.rollouts,
+            files, self.signing_key, self.rollouts,
             max_artifact_bytes=options.max_artifact_mb << 20, gate_min_agreement=options.gate_min_agreement,
             gate_window_s=options.gate_window_s,
         )
@@ -148,8 +169,8 @@ class Controller:
         self.monitor.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
-        await self.rollouts.start()
-        self.retention.start()
+        self.peers.on_leader(self._lead)
+        await self.peers.start(self.hub, self.db)
         if self.bridge is not None:
             self.bridge.start()
         for service in ("", *SERVICES):
@@ -158,6 +179,15 @@ class Controller:
         logger.info("controller listening on %s (port %d, %s), db %s",
                     self.listen, self.port, transport, self.db_path)
         return self.port
+
+    async def _lead(self, leader: bool) -> None:
+        """The leader's jobs: rollout timeouts and retention run on one replica at a time."""
+        if leader:
+            await self.rollouts.start()
+            self.retention.start()
+        else:
+            await self.retention.stop()
+            await self.rollouts.stop()
 
     def _device_statuses(self) -> dict[str, int]:
         """Devices per status name; runs on the scraping thread, reads on the store's thread."""
@@ -181,9 +211,8 @@ class Controller:
         await self.server.stop(grace)
         self.server = None
         await self.db.ingest.stop()  # commits what the drained streams queued
-        await self.retention.stop()
+        await self.peers.stop()  # the leader's jobs (rollout timeouts, retention) stop with it
         await self.monitor.stop()
-        await self.rollouts.stop()
         self.db.close()
         if self.checkpointer is not None:
             self.checkpointer.stop()

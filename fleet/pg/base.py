@@ -38,9 +38,13 @@ def open_pool(url: str, *, min_size: int = 2, max_size: int = 8,
         import psycopg
         import psycopg_pool
     except ImportError as err:
-        raise RuntimeError(f"the PostgreSQL store needs psycopg: {INSTALL_HINT}") from err
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the PostgreSQL store needs psycopg: {INSTALL_HINT}") from err
+    # check: a connection is tried before it is lent, so the calls after a PostgreSQL restart get new ones.
     pool = psycopg_pool.ConnectionPool(url, min_size=min_size, max_size=max_size, timeout=timeout_s, open=False,
-                                       kwargs={"autocommit": True}, name="edgefleet-store")
+                                       kwargs={"autocommit": True}, name="edgefleet-store",
+                                       check=psycopg_pool.ConnectionPool.check_connection)
     try:
         pool.open(wait=True, timeout=timeout_s)
     except (psycopg.Error, psycopg_pool.PoolTimeout) as err:

@@ -2,7 +2,8 @@
 
 The same tables as the SQLite file (fleet/schema.py), in PostgreSQL's types, plus what several
 replicas share: `replicas` (who is alive), `sessions` (which replica holds a device's stream) and
-`artifact_chunks` (artifact bytes every replica can serve). Detections are partitioned by day of
+`artifact_chunks` (artifact bytes every replica can serve) and `relay` (replica messages too big
+for a notification). Detections are partitioned by day of
 capture time (`detections_pYYYYMMDD`, created ahead and dropped whole by retention), with a default
 partition for frames whose capture time falls outside every day made so far (a device whose clock
 is years off). The primary key (device_id, sequence, capture_time) keeps storage idempotent: a
@@ -67,6 +68,8 @@ MIGRATIONS: tuple[Step, ...] = (
         " last_beat double precision not null)",
         "create table sessions ("
         " device_id text primary key, replica_id text not null, since double precision not null)",
+        "create table relay ("
+        " id bigint generated always as identity primary key, body text not null, created double precision not null)",
     )),
 )
 
