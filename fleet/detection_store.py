@@ -24,6 +24,11 @@ from .tables import StoreTables
 logger = logging.getLogger(__name__)
 
 
+DETECTION_COLUMNS = ("device_id", "sequence", "stream_id", "frame_index", "capture_time", "received", "n_objects",
+                     "objects")
+"""The columns of `detections`, in the order of the rows `frame_rows` makes."""
+
+
 @dataclass(frozen=True)
 class StoreResult:
     acked_sequence: int
@@ -64,7 +69,7 @@ class DetectionTables(StoreTables):
             try:
                 if device_id not in acked:
                     raise NotFound(f"device {device_id!r} is not enrolled")
-                valid.append((i, device_id, self._frame_rows(device_id, frames, now)))
+                valid.append((i, device_id, frame_rows(device_id, frames, now)))
             except (InvalidArgument, NotFound) as err:
                 results[i] = err
         try:
@@ -113,21 +118,6 @@ class DetectionTables(StoreTables):
             present.update((device_id, sequence) for device_id, sequence in json.loads(text))
         return present
 
-    def _frame_rows(self, device_id: str, frames: list[FrameRecord], now: float) -> list[tuple]:
-        rows = []
-        objects_json = self._objects_json
-        top = SQLITE_MAX_INT  # the wire allows uint64
-        for frame in frames:
-            if not 1 <= frame.sequence <= top:
-                raise InvalidArgument(f"frames[].sequence must be in 1..{top}, got {frame.sequence}")
-            if not 0 <= frame.frame_index <= top:
-                raise InvalidArgument(f"frames[].frame_index must be in 0..{top}, got {frame.frame_index}")
-            rows.append((
-                device_id, frame.sequence, frame.stream_id, frame.frame_index, frame.capture_time, now,
-                len(frame.objects), objects_json(frame.objects),
-            ))
-        return rows
-
     def _commit_frames(self, valid: list[tuple[int, str, list[tuple]]], acked: dict[str, int], now: float,
                        results: list) -> None:
         """One transaction for the validated batches; fills their slots in `results` once it commits.
@@ -146,7 +136,7 @@ class DetectionTables(StoreTables):
         def work() -> None:  # under the write lock (BEGIN IMMEDIATE): nothing changes between the check and the insert
             present = self._stored_keys([(row[0], row[1]) for _, _, rows in valid for row in rows])
             for i, device_id, rows in valid:
-                result = _take_new_rows(device_id, rows, acked, present, new_rows)
+                result = take_new_rows(device_id, rows, acked, present, new_rows)
                 if rows:
                     stored_by_device[device_id] = stored_by_device.get(device_id, 0) + result.stored
                 done.append((i, result))
@@ -175,28 +165,8 @@ class DetectionTables(StoreTables):
     def _insert_frames_sql(n_rows: int) -> str:
         """One INSERT of `n_rows` rows: one SQLite step, where `executemany` takes one per row and
         hands the GIL to the event loop thread and back around each (slow when that one is busy)."""
-        return ("insert or ignore into detections (device_id, sequence, stream_id, frame_index, capture_time,"
-                " received, n_objects, objects) values " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n_rows))
-
-    @staticmethod
-    def _objects_json(objects: list[ObjectRecord]) -> str:
-        """`json.dumps([_object_to_json(o) for o in objects])`, the same values, ~4x faster.
-
-        ".5f" and ".2f" round exactly as `round(v, 5)` and `round(v, 2)` do (both round the
-        binary value correctly), so `json.loads` reads back the very same floats; a non-finite
-        number takes the `json.dumps` path (which writes NaN/Infinity).
-        """
-        quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
-        parts = []
-        for o in objects:
-            x1, y1, x2, y2 = o.xyxy
-            score = o.score
-            total = score + x1 + y1 + x2 + y2
-            if total - total != 0.0:  # inf or nan somewhere
-                return json.dumps([object_row(obj) for obj in objects])
-            parts.append(f"[{o.track_id:d}, {o.class_id:d}, {quote(o.label)}, {score:.5f}, "
-                         f"[{x1:.2f}, {y1:.2f}, {x2:.2f}, {y2:.2f}], {1 if o.predicted else 0}]")
-        return "[" + ", ".join(parts) + "]"
+        return (f"insert or ignore into detections ({', '.join(DETECTION_COLUMNS)}) values "
+                + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n_rows))
 
     def list_detections(
         self, device_id: str, stream_id: str = "", after_sequence: int = 0, limit: int = 100,
@@ -250,7 +220,7 @@ class DetectionTables(StoreTables):
     def _frames(self, sql: str, params: list, labels: Sequence[str]) -> list[FrameRecord]:
         cursor = self.db.execute(sql, params)
         columns = [c[0] for c in cursor.description]
-        frames = [_frame_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
+        frames = [frame_from_row(dict(zip(columns, row))) for row in cursor.fetchall()]
         if labels:
             wanted = set(labels)
             frames = [replace(f, objects=[o for o in f.objects if o.label in wanted]) for f in frames]
@@ -278,8 +248,45 @@ def _detection_filter(device_ids: Sequence[str], stream_id: str, since: float | 
     return where, params
 
 
-def _take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], present: set[tuple[str, int]],
-                   new_rows: list[tuple]) -> StoreResult:
+def frame_rows(device_id: str, frames: list[FrameRecord], now: float) -> list[tuple]:
+    """The batch's rows of `detections` (`DETECTION_COLUMNS`), received `now`; InvalidArgument for a
+    sequence or frame index out of range."""
+    rows = []
+    top = SQLITE_MAX_INT  # the wire allows uint64
+    for frame in frames:
+        if not 1 <= frame.sequence <= top:
+            raise InvalidArgument(f"frames[].sequence must be in 1..{top}, got {frame.sequence}")
+        if not 0 <= frame.frame_index <= top:
+            raise InvalidArgument(f"frames[].frame_index must be in 0..{top}, got {frame.frame_index}")
+        rows.append((
+            device_id, frame.sequence, frame.stream_id, frame.frame_index, frame.capture_time, now,
+            len(frame.objects), objects_json(frame.objects),
+        ))
+    return rows
+
+
+def objects_json(objects: list[ObjectRecord]) -> str:
+    """`json.dumps([object_row(o) for o in objects])`, the same values, ~4x faster.
+
+    ".5f" and ".2f" round exactly as `round(v, 5)` and `round(v, 2)` do (both round the
+    binary value correctly), so `json.loads` reads back the very same floats; a non-finite
+    number takes the `json.dumps` path (which writes NaN/Infinity).
+    """
+    quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+    parts = []
+    for o in objects:
+        x1, y1, x2, y2 = o.xyxy
+        score = o.score
+        total = score + x1 + y1 + x2 + y2
+        if total - total != 0.0:  # inf or nan somewhere
+            return json.dumps([object_row(obj) for obj in objects])
+        parts.append(f"[{o.track_id:d}, {o.class_id:d}, {quote(o.label)}, {score:.5f}, "
+                     f"[{x1:.2f}, {y1:.2f}, {x2:.2f}, {y2:.2f}], {1 if o.predicted else 0}]")
+    return "[" + ", ".join(parts) + "]"
+
+
+def take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], present: set[tuple[str, int]],
+                  new_rows: list[tuple]) -> StoreResult:
     """Append the device's rows that are neither stored (`present`) nor repeated to `new_rows`; advance
     its entry in `acked` to its highest sequence; what `store_frames` answers for the batch."""
     if not rows:
@@ -298,7 +305,8 @@ def _take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], pre
     return StoreResult(acked_sequence=acked[device_id], stored=stored, duplicates=len(rows) - stored)
 
 
-def _frame_from_row(row: dict) -> FrameRecord:
+def frame_from_row(row: dict) -> FrameRecord:
+    """A row of `detections` (a dict by column name) as the record it stored."""
     return FrameRecord(
         stream_id=row["stream_id"], sequence=row["sequence"], frame_index=row["frame_index"],
         capture_time=row["capture_time"], objects=objects_from_json(row["objects"]), device_id=row["device_id"],

@@ -12,6 +12,14 @@ SQLITE_MAX_INT = 2**63 - 1
 """SQLite's largest integer; uint64 fields on the wire can exceed it."""
 
 
+def check_health_tiers(raw_keep_s: float, minute_keep_s: float, keep_s: float | None) -> None:
+    """InvalidArgument unless the tiers' ages nest (`rollup_health`): no tier outlives a coarser one."""
+    if not 0 <= raw_keep_s <= minute_keep_s <= (minute_keep_s if keep_s is None else keep_s):
+        raise InvalidArgument(
+            f"health tiers must nest: raw_keep_s {raw_keep_s} <= minute_keep_s {minute_keep_s} <= keep_s {keep_s}"
+        )
+
+
 class HistoryTables(StoreTables):
     """Methods `FleetStore` gains."""
 
@@ -52,10 +60,7 @@ class HistoryTables(StoreTables):
 
         Returns {"rolled": rows rolled up, "written": bucket rows written, "expired": rows deleted}.
         """
-        if not 0 <= raw_keep_s <= minute_keep_s <= (minute_keep_s if keep_s is None else keep_s):
-            raise InvalidArgument(
-                f"health tiers must nest: raw_keep_s {raw_keep_s} <= minute_keep_s {minute_keep_s} <= keep_s {keep_s}"
-            )
+        check_health_tiers(raw_keep_s, minute_keep_s, keep_s)
         conn = self.db.conn
         columns = ", ".join(self._HEALTH_MEANS + self._HEALTH_MAXIMA)
         aggregates = ", ".join([f"avg({c})" for c in self._HEALTH_MEANS] + [f"max({c})" for c in self._HEALTH_MAXIMA])
