@@ -44,6 +44,7 @@ class Peers:
 
     def __init__(self, replica_id: str | None = None) -> None:
         self.replica_id = replica_id or new_replica_id()
+        self.address = ""  # HOST:PORT it serves on, once it does
         self.leader = True
         self._lock = asyncio.Lock()
         self._on_leader: list[LeaderHook] = []

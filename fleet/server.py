@@ -89,7 +89,7 @@ class Controller:
         except ValueError as err:
             raise ConfigError(f"metrics_listen: {err}") from err
         self.metrics_port: int | None = None
-        self.peers = PgPeers(str(db_path), listen) if is_postgres_url(str(db_path)) else Peers()
+        self.peers = PgPeers(str(db_path)) if is_postgres_url(str(db_path)) else Peers()
         self.hub = Hub(self.metrics, self.peers)
         self.health = health.aio.HealthServicer()
         self.monitor = PresenceMonitor(self.db, self.hub, self.presence)
@@ -169,6 +169,7 @@ class Controller:
         self.monitor.start()
         if self.checkpointer is not None:
             self.checkpointer.start()
+        self.peers.address = f"{self.listen.rsplit(':', 1)[0]}:{self.port}"
         self.peers.on_leader(self._lead)
         await self.peers.start(self.hub, self.db)
         if self.bridge is not None:

@@ -54,10 +54,10 @@ async def connect(url: str) -> psycopg.AsyncConnection:
 
 
 class PgPeers(Peers):
-    def __init__(self, url: str, address: str = "", replica_id: str | None = None) -> None:
+    def __init__(self, url: str, replica_id: str | None = None) -> None:
         super().__init__(replica_id)
         self.leader = False
-        self.url, self.address = url, address
+        self.url = url
         self.replica: Replica | None = None
         self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
         self._alive: set[str] = set()
