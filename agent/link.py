@@ -4,13 +4,18 @@ Runs an asyncio loop on its own thread so detection never waits on the network. 
 pipeline only writes the outbox; this side reads it, sends in sequence order, and deletes
 rows when the controller acknowledges them. When the controller is away it retries with
 exponential backoff and jitter while the outbox keeps everything.
+
+The controller may be several replicas (agent.controllers): the link is connected to one at a
+time, Session and PublishDetections on one channel. When that connection is lost (the Session
+ends, the detection stream fails with UNAVAILABLE, CANCELLED or DEADLINE_EXCEEDED, the keepalive
+times out) it tries the others, the lost one last, and resends everything not yet acknowledged
+to the one it reaches: the outbox holds it, and storage is idempotent on (device, sequence).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import threading
 import time
@@ -24,6 +29,7 @@ from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.common.convert import frame_to_pb as record_to_pb
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
+from .controllers import Endpoint, same_controller, saved_controller
 from .convert import (
     command_from_pb,
     config_status_to_pb,
@@ -40,50 +46,20 @@ from .health import HealthSample
 from .identity import Identity, load_identity, save_identity
 from .messages import Command, Hello
 from .outbox import Outbox, OutboxRecord
+from .replicas import Backoff, Replicas, connect, describe, first_set
 
 logger = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
-
-KEEPALIVE = (("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
-             ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0))
-"""Ping the controller every 30 s of silence and drop the connection after 10 s without an answer:
-a link that dies without a FIN or RST (a cellular NAT forgetting its mapping) is otherwise only
-noticed when TCP gives up, many minutes later. The controller permits it (fleet.server)."""
 
 FRESH_MAX = 1024
 """Committed records the link keeps in memory to send (Link.committed); older ones it reads back
 from the outbox (a controller away for a while, a backlog)."""
 IDLE_WAIT_S = 0.5
 """The publishing stream's longest sleep with nothing to send (commits, acks and stop wake it sooner)."""
-
-
-class Backoff:
-    """Exponential backoff with jitter: the n-th delay is uniform in [c/2, c], c = min(maximum,
-    initial * 2**n) ("equal jitter": never under half the ceiling, so a fleet that lost its
-    controller spreads its reconnects without any agent hammering it)."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 10.0):
-        self.initial, self.maximum = initial, maximum
-        self.attempt = 0
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.initial * (2 ** self.attempt))
-        self.attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-
-async def _first_set(timeout: float, *events: asyncio.Event) -> None:
-    """Wait until one of `events` is set, at most `timeout` seconds."""
-    waiters = [asyncio.create_task(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Errors of the detection stream that mean the connection is gone, not only the stream: the link
+moves on to another replica (the Session ending, however it ends, means so too)."""
 
 
 class Link:
@@ -99,11 +75,14 @@ class Link:
     between heartbeats (at most 256 wait while it is down, the oldest dropped first). After each
     (re)connect, right after the hello, the link re-sends `deployment()` (the latest deployment
     status, or None), so a restarted controller learns where the device is. `fetch_artifact` is a
-    blocking FetchArtifact call for worker threads, on its own channel.
+    blocking FetchArtifact call for worker threads, on its own channel to the replica connected to.
 
     `committed(records)` hands over records the pipeline has just committed (any thread): the
     link sends them from memory when they follow on what it sent last, sparing the outbox a read
-    and a JSON parse per record; after a reconnect, a gap or a backlog it reads the outbox."""
+    and a JSON parse per record; after a reconnect, a gap or a backlog it reads the outbox.
+
+    `controller` is the setting as AgentConfig keeps it (one HOST:PORT, or several comma-separated);
+    `endpoint` is the replica the link is connected to now (None: none)."""
 
     def __init__(
         self,
@@ -123,6 +102,7 @@ class Link:
         backoff_max_s: float = 10.0,
     ):
         self.controller = controller
+        self.replicas = Replicas(controller, backoff_max_s, credentials)
         self.state_dir = state_dir
         self.outbox_path = outbox_path
         self.enroll_key = enroll_key
@@ -134,16 +114,13 @@ class Link:
         self._deployment = deployment
         self._outgoing: deque[agent_pb2.AgentMessage] = deque(maxlen=256)
         self._fresh: deque[OutboxRecord] = deque(maxlen=FRESH_MAX)
-        self._credentials = credentials
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.backoff_max_s = backoff_max_s
         self.heartbeat_interval_s = 5.0
         self.identity: Identity | None = None
         self.fatal: Exception | None = None
-        self.connected = threading.Event()
         self.acked_sequence = 0
-        self.last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -155,6 +132,21 @@ class Link:
         self._stopping = asyncio.Event()  # stop was asked
         self._forgot = False  # the pipeline's side dropped what it handed over: read the outbox
         self._identity_path = state_dir / "identity.json"
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while a replica has accepted the Session."""
+        return self.replicas.connected
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """The replica connected to now (None: none)."""
+        return self.replicas.endpoint
+
+    @property
+    def last_error(self) -> str:
+        """Why the last connection was lost or the last attempt to connect failed ("" while connected)."""
+        return self.replicas.last_error
 
     # ---- thread ----
 
@@ -191,58 +183,82 @@ class Link:
 
     async def _wait_stop(self, seconds: float) -> bool:
         """Sleep up to `seconds`; True when stop was requested."""
-        await _first_set(seconds, self._stopping)
+        await first_set(seconds, self._stopping)
         return self._stop.is_set()
-
-    def channel_options(self) -> list[tuple[str, int]]:
-        """gRPC's own reconnect backoff, bounded like ours. Its defaults (1 s, growing 1.6x up to
-        120 s) pace the channel's connection attempts underneath our retries: after an outage of a
-        minute or two a restarted controller would wait up to two minutes for its agents."""
-        maximum_ms = max(1000, int(self.backoff_max_s * 1000))
-        return [("grpc.initial_reconnect_backoff_ms", min(500, maximum_ms)),
-                ("grpc.min_reconnect_backoff_ms", min(500, maximum_ms)),
-                ("grpc.max_reconnect_backoff_ms", maximum_ms),
-                *KEEPALIVE]
-
-    def _channel(self, api=grpc):
-        """A channel to the controller (`api`: grpc, or grpc.aio), pinging it as KEEPALIVE says."""
-        options = self.channel_options()
-        return (api.secure_channel(self.controller, self._credentials, options=options) if self._credentials
-                else api.insecure_channel(self.controller, options=options))
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._stop.is_set():  # asked before the loop ran: stop() found no loop to tell
             self._stopping.set()
+        self.identity = self._load_identity()
+        if self.identity is None and not self.enroll_key:
+            raise EnrollmentError(f"not enrolled with {self.controller} and no --enroll-key given")
         outbox = Outbox(self.outbox_path, durable=False)  # its commits are acks (see Outbox)
         try:
-            async with self._channel(grpc.aio) as channel:
-                stub = agent_pb2_grpc.AgentGatewayStub(channel)
-                identity = await self._ensure_identity(stub)
-                if identity is None:
-                    return
-                tasks = [
-                    asyncio.create_task(self._session_forever(stub), name="session"),
-                    asyncio.create_task(self._publish_forever(stub, outbox), name="publish"),
-                ]
-                stopping = asyncio.create_task(self._stopping.wait())
-                await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                # Let both streams close in order (a last heartbeat, pending acks) before cancelling.
-                _, pending = await asyncio.wait(tasks, timeout=3.0)
-                for task in pending:
-                    task.cancel()
-                results = await asyncio.gather(*tasks, return_exceptions=True)
-                for result in results:
-                    if isinstance(result, EnrollmentError):
-                        raise result
+            await self.replicas.run(lambda endpoint: self._connection(endpoint, outbox), self._wait_stop,
+                                    self._stop.is_set)
         finally:
             outbox.close()
+
+    # ---- connections, one replica at a time ----
+
+    async def _connection(self, endpoint: Endpoint, outbox: Outbox) -> bool:
+        """Connect to `endpoint`, enroll if need be, and run the streams until the connection is
+        lost or stop; whether the Session was accepted on it."""
+        replicas = self.replicas
+        async with replicas.channel(endpoint, grpc.aio) as channel:
+            if await connect(channel, replicas.connect_timeout_s) == "timeout":
+                replicas.unreachable(str(endpoint), f"no connection within {replicas.connect_timeout_s:g} s")
+                return False
+            stub = agent_pb2_grpc.AgentGatewayStub(channel)
+            try:
+                if self.identity is None:
+                    await self._enroll(stub, endpoint)
+                return await self._streams(stub, outbox, endpoint)
+            except grpc.aio.AioRpcError as err:
+                replicas.unreachable(str(endpoint), describe(err))
+                return False
+
+    async def _streams(self, stub, outbox: Outbox, endpoint: Endpoint) -> bool:
+        """Session first; once accepted, PublishDetections beside it, until either says the
+        connection is lost or stop (then both close in order: a last heartbeat, pending acks)."""
+        accepted, ended = asyncio.Event(), asyncio.Event()
+        session = asyncio.create_task(self._session(stub, accepted, ended), name="session")
+        await first_set(self.replicas.accept_timeout_s, accepted, ended, self._stopping)
+        if not accepted.is_set():
+            session.cancel()
+            (result,) = await asyncio.gather(session, return_exceptions=True)
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+            if not self._stop.is_set():
+                self.replicas.unreachable(str(endpoint), result if isinstance(result, str) else
+                                          f"the Session was not accepted within {self.replicas.accept_timeout_s:g} s")
+            return False
+        self.replicas.on_connected(endpoint)
+        tasks = [session, asyncio.create_task(self._publish_forever(stub, outbox), name="publish")]
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        _, pending = await asyncio.wait(tasks, timeout=3.0 if self._stop.is_set() else 0)
+        for task in pending:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+        if not self._stop.is_set():
+            self.replicas.on_lost(endpoint, next((r for r in results if isinstance(r, str)), "the connection ended"))
+        return True
 
     # ---- enrollment ----
 
     def _load_identity(self) -> Identity | None:
-        return load_identity(self._identity_path, self.controller)
+        """The saved identity, when it was saved for a controller setting that shares an address
+        with this one (replicas added or removed keep it)."""
+        saved = saved_controller(self._identity_path)
+        if saved is None or not same_controller(saved, self.replicas.rotation.addresses):
+            return None
+        return load_identity(self._identity_path, saved)
 
     def _save_identity(self, identity: Identity) -> None:
         save_identity(self._identity_path, identity)
@@ -255,57 +271,36 @@ class Link:
         # Several agents on one box (demo, multi-camera servers) are told apart by state dir.
         return f"{machine_id}:{self.state_dir.resolve()}"
 
-    async def _ensure_identity(self, stub) -> Identity | None:
-        self.identity = self._load_identity()
-        if self.identity is not None:
-            return self.identity
-        if not self.enroll_key:
-            raise EnrollmentError(
-                f"not enrolled with {self.controller} and no --enroll-key given"
-            )
+    async def _enroll(self, stub, endpoint: Endpoint) -> None:
+        """Enroll with the replica at `endpoint`; a refused key raises EnrollmentError, another
+        error (the replica is away) grpc.aio.AioRpcError."""
         hello = self._hello()
         request = agent_pb2.EnrollRequest(
             enroll_key=self.enroll_key, hardware_id=self.hardware_id(), hostname=self.name,
             agent_version=AGENT_VERSION, profile=profile_to_pb(hello.profile), labels=hello.labels,
         )
-        backoff = Backoff(maximum=self.backoff_max_s)
-        while not self._stop.is_set():
-            try:
-                response = await stub.Enroll(request, timeout=10)
-            except grpc.aio.AioRpcError as err:
-                if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
-                    raise EnrollmentError(
-                        f"enrollment refused by {self.controller} ({err.code().name}): {err.details()}"
-                    ) from err
-                self._note_unreachable(err)
-                if await self._wait_stop(backoff.next_delay()):
-                    return None
-                continue
-            self.identity = Identity(response.device_id, response.device_token, self.controller,
-                                     bytes(response.controller_public_key))
-            self.heartbeat_interval_s = float(response.heartbeat_interval_s or self.heartbeat_interval_s)
-            self._save_identity(self.identity)
-            logger.info("enrolled as %s", response.device_id)
-            return self.identity
-        return None
+        try:
+            response = await stub.Enroll(request, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                raise EnrollmentError(f"enrollment refused by {endpoint} ({err.code().name}): {err.details()}") from err
+            raise
+        self.identity = Identity(response.device_id, response.device_token, self.controller,
+                                 bytes(response.controller_public_key))
+        self.heartbeat_interval_s = float(response.heartbeat_interval_s or self.heartbeat_interval_s)
+        self._save_identity(self.identity)
+        logger.info("enrolled as %s with %s", response.device_id, endpoint)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         if self.identity is None:  # the streams and fetches start after enrollment
             raise EnrollmentError("not enrolled yet: no device token to call the controller with")
         return (("authorization", f"Bearer {self.identity.token}"),)
 
-    def _note_unreachable(self, err: grpc.aio.AioRpcError) -> None:
-        message = f"{err.code().name}: {err.details()}"
-        if message != self.last_error:
-            logger.warning("controller %s: %s; retrying with backoff", self.controller, message)
-        self.last_error = message
-        self.connected.clear()
-
     def _check_auth(self, err: grpc.aio.AioRpcError) -> None:
         if err.code() == grpc.StatusCode.UNAUTHENTICATED:
             self._identity_path.unlink(missing_ok=True)
             raise EnrollmentError(
-                f"device token refused by {self.controller} ({err.code().name}): {err.details()}; "
+                f"device token refused by {self.endpoint or self.controller} ({err.code().name}): {err.details()}; "
                 "enroll again with --enroll-key"
             ) from err
 
@@ -325,7 +320,7 @@ class Link:
                 self._queued.clear()  # a message queued from now on wakes the wait below
                 while self._outgoing:
                     yield self._outgoing.popleft()
-                await _first_set(left, self._queued, self._stopping)
+                await first_set(left, self._queued, self._stopping)
             while self._outgoing:
                 yield self._outgoing.popleft()
             stopping = self._stop.is_set()
@@ -337,25 +332,25 @@ class Link:
                 plan_sent = version
             yield agent_pb2.AgentMessage(heartbeat=heartbeat)
 
-    async def _session_forever(self, stub) -> None:
-        backoff = Backoff(maximum=self.backoff_max_s)
-        while not self._stop.is_set():
-            try:
-                call = stub.Session(self._session_messages(), metadata=self._metadata())
-                async for message in call:
-                    kind = message.WhichOneof("body")
-                    if kind == "accepted":
-                        self.heartbeat_interval_s = float(message.accepted.heartbeat_interval_s or 5)
-                        self.connected.set()
-                        backoff.reset()
-                        logger.info("session open as %s", message.accepted.device_id)
-                    elif kind == "command":
-                        self._on_command(command_from_pb(message.command))  # the loop thread applies it
-            except grpc.aio.AioRpcError as err:
-                self._check_auth(err)
-                self._note_unreachable(err)
-            if await self._wait_stop(backoff.next_delay()):
-                return
+    async def _session(self, stub, accepted: asyncio.Event, ended: asyncio.Event) -> str | None:
+        """One Session stream: sets `accepted` when the controller accepts it, `ended` when it ends;
+        returns why it ended (None: stop). A refused token raises EnrollmentError."""
+        try:
+            call = stub.Session(self._session_messages(), metadata=self._metadata())
+            async for message in call:
+                kind = message.WhichOneof("body")
+                if kind == "accepted":
+                    self.heartbeat_interval_s = float(message.accepted.heartbeat_interval_s or 5)
+                    accepted.set()
+                    logger.info("session open as %s", message.accepted.device_id)
+                elif kind == "command":
+                    self._on_command(command_from_pb(message.command))  # the loop thread applies it
+        except grpc.aio.AioRpcError as err:
+            self._check_auth(err)
+            return None if self._stop.is_set() else f"Session {describe(err)}"
+        finally:
+            ended.set()
+        return None if self._stop.is_set() else "the controller ended the Session"
 
     # ---- messages from other threads, artifacts ----
 
@@ -423,7 +418,10 @@ class Link:
             raise FetchError("not enrolled yet: no device token to fetch artifacts with")
         final = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
                  grpc.StatusCode.INVALID_ARGUMENT)
-        with self._channel() as channel:
+        endpoint = self.replicas.first_endpoint()
+        if endpoint is None:
+            raise FetchError(f"no address of controller {self.controller} resolves")
+        with self.replicas.channel(endpoint) as channel:
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             request = agent_pb2.FetchArtifactRequest(sha256=sha256, offset=offset, chunk_size=chunk_size)
             try:
@@ -434,18 +432,23 @@ class Link:
 
     # ---- detections ----
 
-    async def _publish_forever(self, stub, outbox: Outbox) -> None:
+    async def _publish_forever(self, stub, outbox: Outbox) -> str | None:
+        """PublishDetections, reopened with backoff on this connection after errors that leave it
+        up; returns why the connection is lost (LOST), or None on stop."""
         backoff = Backoff(maximum=self.backoff_max_s)
         while not self._stop.is_set():
             try:
                 await self._publish_once(stub, outbox, backoff)
             except grpc.aio.AioRpcError as err:
                 self._check_auth(err)
-                self._note_unreachable(err)
+                if err.code() in LOST:
+                    return None if self._stop.is_set() else f"PublishDetections {describe(err)}"
+                logger.warning("detection stream: %s; reopening", describe(err))
             except (asyncio.InvalidStateError, grpc.aio.UsageError, asyncio.TimeoutError) as err:
                 logger.warning("detection stream ended: %r; reopening", err)
             if await self._wait_stop(backoff.next_delay()):
-                return
+                return None
+        return None
 
     async def _publish_once(self, stub, outbox: Outbox, backoff: Backoff) -> None:
         """One PublishDetections stream: resend everything unacknowledged, then send what the
@@ -472,7 +475,7 @@ class Link:
                     return
                 if sent - self.acked_sequence >= self.max_in_flight:
                     self._more.clear()  # an ack wakes the wait
-                    await _first_set(IDLE_WAIT_S, self._more)
+                    await first_set(IDLE_WAIT_S, self._more)
                     continue
                 after = max(sent, self.acked_sequence)
                 self._more.clear()  # a commit from now on wakes the wait below
@@ -482,7 +485,7 @@ class Link:
                     records = outbox.pending(after_sequence=after, limit=self.batch_size)
                     behind = len(records) == self.batch_size
                 if not records:
-                    await _first_set(IDLE_WAIT_S, self._more)
+                    await first_set(IDLE_WAIT_S, self._more)
                     continue
                 await call.write(agent_pb2.DetectionBatch(frames=[record_to_pb(r) for r in records]))
                 sent = records[-1].sequence
