@@ -26,6 +26,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from edgefleet.common.addresses import parse_host_port
 from edgefleet.common.labels import label_problem
 
+from .controllers import controller_text
+
 LogLevel = Literal["debug", "info", "warning", "error"]
 RestartMode = Literal["auto", "exit", "in-process"]
 
@@ -44,14 +46,17 @@ FilePath = Annotated[Path, BeforeValidator(_text_as_path)]
 
 
 def setting(default: Any, help: str, *, metavar: str | None = None, flag: str | None = None,
-            **bounds: Any) -> Any:
+            joined: bool = False, **bounds: Any) -> Any:
     """A field that is also a flag: `help` and `metavar` for --help, `flag` when it is not
-    `--<name-with-dashes>` (e.g. `--no-calibrate` for `calibrate`)."""
+    `--<name-with-dashes>` (e.g. `--no-calibrate` for `calibrate`); `joined`: a config file may
+    give the value as a list, joined with commas (`controller: [a:50051, b:50051]`)."""
     extra: dict[str, Any] = {k: v for k, v in (("metavar", metavar), ("flag", flag)) if v is not None}
+    if joined:
+        extra["joined"] = True
     return Field(default, description=help, json_schema_extra=extra or None, **bounds)
 
 
-HOST_PORTS = {"controller": False, "mqtt": False, "metrics_listen": True, "listen": True}
+HOST_PORTS = {"mqtt": False, "metrics_listen": True, "listen": True}
 """The HOST:PORT settings, and whether port 0 (any free port, for a server) is allowed."""
 
 CONTROLLER_ONLY = ("enroll_key", "name", "state_dir", "tls_ca", "backoff_max_s", "drain_timeout", "restart_mode",
@@ -70,7 +75,9 @@ class AgentConfig(BaseModel):
 
     # ---- the controller ----
     controller: Text | None = setting(None, "the controller to report to (required by run; serve reports only "
-                                            "with it)", metavar="HOST:PORT")
+                                            "with it); its replicas as HOST:PORT,HOST:PORT, or a name whose DNS "
+                                            "records are the replicas: the agent moves to another when it loses one",
+                                      metavar="HOST:PORT", joined=True)
     tls_ca: FilePath | None = setting(None, "dial the controller with TLS, trusting this CA", metavar="PEM")
     tls_cert: FilePath | None = setting(None, "this device's certificate, for mutual TLS", metavar="PEM")
     tls_key: FilePath | None = setting(None, "this device's private key, for mutual TLS", metavar="PEM")
@@ -190,6 +197,16 @@ class AgentConfig(BaseModel):
             except ValueError:
                 raise ValueError(f"--{info.field_name.replace('_', '-')} must be HOST:PORT, got {value!r}") from None
         return value
+
+    @field_validator("controller")
+    @classmethod
+    def _controller(cls, value: str | None) -> str | None:
+        """One or more HOST:PORT, as `a:50051,b:50051` (agent.controllers); the first one that is not
+        is named in the error."""
+        try:
+            return None if value is None else controller_text(value)
+        except ValueError as err:
+            raise ValueError(f"--controller {err}") from None
 
     @field_validator("labels")
     @classmethod

@@ -39,6 +39,8 @@ class Key:
     negated: bool = False
     is_mapping: bool = False
     """A mapping of names to values (`labels: {site: lab}`)."""
+    joined: bool = False
+    """One text that a list may give, joined with commas (`controller: [a:50051, b:50051]`)."""
 
 
 @dataclass
@@ -170,6 +172,10 @@ class _Reader:
                 if item is None or isinstance(item, (dict, list)):
                     raise self.fail(key, f"{name}: must be a single value, got {kind_of(item)}")
             return dict(value)
+        if setting.joined and isinstance(value, list):
+            if not value:
+                raise self.fail(key, "is an empty list")
+            return ",".join(str(self._scalar(key, v)) for v in value)
         if setting.is_list:
             values = value if isinstance(value, list) else [value]
             if not values:

@@ -133,11 +133,13 @@ def file_keys(names: Sequence[str]) -> dict[str, Key]:
     """The keys a config file may use for the settings `names` (and the top-level ones)."""
     keys: dict[str, Key] = {}
     for name in (*names, *TOP_LEVEL):
-        flag, (base, is_list) = flag_of(name), _base_type(AgentConfig.model_fields[name].annotation)
-        is_mapping = get_origin(base) is dict
-        keys[name] = Key(name, flag, is_list, is_mapping=is_mapping)
+        info = AgentConfig.model_fields[name]
+        flag, (base, is_list) = flag_of(name), _base_type(info.annotation)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        shape = {"is_mapping": get_origin(base) is dict, "joined": bool(extra.get("joined"))}
+        keys[name] = Key(name, flag, is_list, **shape)
         if normal(flag) != name:  # the flag's own spelling, e.g. no-calibrate: true
-            keys[normal(flag)] = Key(name, flag, is_list, negated=flag.startswith("--no-"), is_mapping=is_mapping)
+            keys[normal(flag)] = Key(name, flag, is_list, negated=flag.startswith("--no-"), **shape)
     return keys
 
 
