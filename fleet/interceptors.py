@@ -174,12 +174,15 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
                 return response
             except FleetError as err:
                 failure = err
+                if audited is not None:  # recorded before the caller hears the refusal, as a success is
+                    await audited.finish(response, failure)
+                    failure = _RECORDED
                 await self._abort(context, err, method)
             except BaseException as err:
                 failure = err
                 raise
             finally:
-                if audited is not None:
+                if audited is not None and failure is not _RECORDED:
                     await audited.finish(response, failure)
 
         return wrapped
@@ -198,16 +201,22 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
                     yield response
             except FleetError as err:
                 failure = err
+                if audited is not None:
+                    await audited.finish(None, failure)
+                    failure = _RECORDED
                 await self._abort(context, err, method)
             except BaseException as err:
                 failure = err
                 raise
             finally:
-                if audited is not None:
+                if audited is not None and failure is not _RECORDED:
                     await audited.finish(None, failure)
 
         return wrapped
 
+
+_RECORDED = RuntimeError("recorded in the audit log already")
+"""Marks a refusal whose audit row was written before the refusal was sent."""
 
 MAX_DETAILS_BYTES = 1024
 """Error details echo the caller's input; gRPC refuses trailers above 8-16 KiB and would turn the
