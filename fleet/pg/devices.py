@@ -13,7 +13,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .. import auth
 from ..audit_store import AUDIT_COLUMNS, DEFAULT_LIMIT, AuditRecord, audit_record_from_row, audit_values
@@ -57,8 +58,8 @@ MERGED_LABELS = ("(coalesce(nullif(devices.labels, ''), '{}')::jsonb"
 """`DeviceRecord.labels` in SQL: the device's own labels overlaid by the operator's."""
 
 
-def insert_sql(table: str, columns: Any) -> str:
-    """`insert into table (columns) values (%s, ...)` for an iterable of column names."""
+def insert_sql(table: str, columns: Iterable[str]) -> str:
+    """`insert into table (columns) values (%s, ...)`."""
     names = list(columns)
     return f"insert into {table} ({', '.join(names)}) values ({', '.join(['%s'] * len(names))})"
 
