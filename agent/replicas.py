@@ -165,7 +165,7 @@ class Replicas:
         elif lost[0].target == endpoint.target:
             logger.info("connected to controller %s again", endpoint)
         else:
-            logger.warning("connected to controller %s, switched from %s (%s)", endpoint, lost[0], lost[1])
+            logger.warning("connected to controller %s, switched from %s: %s", endpoint, lost[0], lost[1])
         self.rotation.connected(endpoint)
         self.endpoint = endpoint
         self._failures.clear()

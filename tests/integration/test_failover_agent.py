@@ -95,7 +95,7 @@ def test_agent_moves_to_the_other_controller_address_and_stores_every_frame_once
         assert produced == summary["acked_sequence"] == outbox_state(state)[1]
         assert summary["outbox_left"] == 0
         assert_exactly_once(db, produced, summary["device_id"])
-        switched = re.findall(r"connected to controller (\S+), switched from (\S+) \((.+)\)", stderr)
+        switched = re.findall(r"connected to controller (\S+), switched from (\S+): (.+)", stderr)
         assert [(to, gone) for to, gone, _ in switched] == [
             (proxies[1 - first].address, proxies[first].address), (proxies[first].address, proxies[1 - first].address)]
         assert "Traceback" not in stderr
