@@ -12,6 +12,7 @@ and fails if it converts the bundled model: the fast tier stays self-contained.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -132,10 +133,11 @@ class ControllerThread:
     valid operator token for FleetControl calls, with the admin role (it may call every one).
     """
 
-    def __init__(self, db_path: Path, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
+    def __init__(self, db_path: Path | str, heartbeat_interval_s: int = 1, enroll_keys=("efk_test",),
                  listen: str = "127.0.0.1:0", **options):
         from edgefleet.fleet.server import Controller
 
+        db_path, options = _on_test_backend(db_path, options)
         self.controller = Controller(db_path, listen, heartbeat_interval_s=heartbeat_interval_s, **options)
         for key in enroll_keys:
             self.controller.store.create_enroll_key("test", key)
@@ -155,6 +157,32 @@ class ControllerThread:
         self.run(self.controller.stop(grace=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+
+
+_shared_cluster = None
+_databases: dict[str, str] = {}  # SQLite path -> its PostgreSQL stand-in, so a restarted controller finds its data
+
+
+def _on_test_backend(db_path: Path | str, options: dict) -> tuple[Path | str, dict]:
+    """EDGEFLEET_TEST_BACKEND=postgres runs every ControllerThread on a fresh PostgreSQL database instead of
+    its SQLite file (a development aid: tests that read the SQLite file themselves fail there)."""
+    global _shared_cluster
+    if os.environ.get("EDGEFLEET_TEST_BACKEND") != "postgres" or str(db_path).startswith("postgresql://"):
+        return db_path, options
+    from edgefleet.fleet.rollouts import RolloutOptions
+
+    from .pg_cluster import PgCluster
+
+    if _shared_cluster is None:
+        _shared_cluster = PgCluster(free_port()).start()
+    home = Path(db_path).parent
+    rollout = options.get("rollout_options") or RolloutOptions()
+    options = {**options, "rollout_options": dataclasses.replace(
+        rollout, signing_key=rollout.signing_key or home / "signing-key.pem",
+        artifacts_dir=rollout.artifacts_dir or home / "artifacts")}
+    if str(db_path) not in _databases:
+        _databases[str(db_path)] = _shared_cluster.database()
+    return _databases[str(db_path)], options
 
 
 @pytest.fixture
