@@ -32,6 +32,7 @@ class PgStore(PgDeviceTables, PgDetectionTables, PgHistoryTables, PgRolloutTable
         self.pool = open_pool(url, min_size=min(2, pool_size), max_size=pool_size)
         try:
             migrate(self.pool, self.where)
+            self.maintain_partitions()
         except BaseException:
             self.pool.close()
             raise
