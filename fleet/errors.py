@@ -32,3 +32,7 @@ class OutOfRange(FleetError):
 
 class ConfigError(FleetError):
     """A setting that cannot work (a missing certificate, thresholds out of order); names the setting."""
+
+
+class Unavailable(FleetError):
+    """The fleet database cannot be reached now (PostgreSQL restarting, every connection busy): retry."""

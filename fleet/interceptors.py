@@ -38,6 +38,7 @@ from .errors import (
     OutOfRange,
     PermissionDenied,
     Unauthenticated,
+    Unavailable,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +55,22 @@ STATUS = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     OutOfRange: grpc.StatusCode.OUT_OF_RANGE,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+
+def as_refusal(err: BaseException) -> FleetError | None:
+    """What the caller is told for `err`: a FleetError as it is; a database that cannot be reached as
+    Unavailable (UNAVAILABLE: clients retry, agents keep their outbox); anything else None (a bug: UNKNOWN)."""
+    if isinstance(err, FleetError):
+        return err
+    if type(err).__module__.startswith("psycopg"):  # psycopg, psycopg_pool: installed when it raised
+        import psycopg
+        import psycopg_pool
+
+        if isinstance(err, (psycopg.OperationalError, psycopg_pool.PoolTimeout)):
+            return Unavailable(f"the fleet database cannot be reached now: {err}")
+    return None
 
 
 def status_for(err: FleetError) -> grpc.StatusCode:
@@ -100,8 +116,11 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
         try:
             principal = await self._principal(method, metadata)
             self._check_access(method, principal)
-        except FleetError as err:
-            return principal, err
+        except Exception as err:  # noqa: BLE001 - refused when it says why, raised when it is a bug
+            refusal = as_refusal(err)
+            if refusal is None:
+                raise
+            return principal, refusal
         return principal, None
 
     async def _principal(self, method: str, metadata) -> Principal | None:
@@ -172,15 +191,14 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
                 current_device.set(device_id)
                 response = await behavior(_decoded(request, streaming, audited), context)
                 return response
-            except FleetError as err:
-                failure = err
-                if audited is not None:  # recorded before the caller hears the refusal, as a success is
-                    await audited.finish(response, failure)
-                    failure = _RECORDED
-                await self._abort(context, err, method)
             except BaseException as err:
-                failure = err
-                raise
+                failure, refused = err, as_refusal(err)
+                if refused is None:
+                    raise
+                if audited is not None:  # recorded before the caller hears the refusal, as a success is
+                    await audited.finish(response, refused)
+                    failure = _RECORDED
+                await self._abort(context, refused, method)
             finally:
                 if audited is not None and failure is not _RECORDED:
                     await audited.finish(response, failure)
@@ -199,15 +217,14 @@ class FleetInterceptor(grpc.aio.ServerInterceptor):
                 current_device.set(device_id)
                 async for response in behavior(_decoded(request, streaming, audited), context):
                     yield response
-            except FleetError as err:
-                failure = err
-                if audited is not None:
-                    await audited.finish(None, failure)
-                    failure = _RECORDED
-                await self._abort(context, err, method)
             except BaseException as err:
-                failure = err
-                raise
+                failure, refused = err, as_refusal(err)
+                if refused is None:
+                    raise
+                if audited is not None:
+                    await audited.finish(None, refused)
+                    failure = _RECORDED
+                await self._abort(context, refused, method)
             finally:
                 if audited is not None and failure is not _RECORDED:
                     await audited.finish(None, failure)
