@@ -250,18 +250,18 @@ class PgPeers(Peers):
 
     async def _beat(self, conn: psycopg.AsyncConnection, beats: int) -> None:
         now = time.time()
-        await conn.execute(
-            "insert into replicas (replica_id, address, started, last_beat) values (%s, %s, %s, %s)"
-            " on conflict (replica_id) do update set last_beat = excluded.last_beat",
-            [self.replica_id, self.address, self.started, now])
-        cursor = await conn.execute("select replica_id from replicas where last_beat > %s", [now - ALIVE_S])
-        self._alive = {row[0] for row in await cursor.fetchall()}
         if not self.leader:
             cursor = await conn.execute("select pg_try_advisory_lock(%s)", [LEADER_LOCK])
             row = await cursor.fetchone()
             if row and row[0]:
                 logger.info("replica %s leads: it drives rollout timeouts and retention", self.replica_id)
                 await self._set_leader(True)
+        await conn.execute(  # `leader` is for people and tests to read; the lock is what counts
+            "insert into replicas (replica_id, address, started, last_beat, leader) values (%s, %s, %s, %s, %s)"
+            " on conflict (replica_id) do update set last_beat = excluded.last_beat, leader = excluded.leader,"
+            " address = excluded.address", [self.replica_id, self.address, self.started, now, self.leader])
+        cursor = await conn.execute("select replica_id from replicas where last_beat > %s", [now - ALIVE_S])
+        self._alive = {row[0] for row in await cursor.fetchall()}
         if self.leader and beats % 10 == 0:  # tidy up after replicas that died
             await conn.execute("delete from sessions where replica_id not in"
                                " (select replica_id from replicas where last_beat > %s)", [now - ALIVE_S])

@@ -65,7 +65,7 @@ MIGRATIONS: tuple[Step, ...] = (
         "create index on audit (time)",
         "create table replicas ("
         " replica_id text primary key, address text not null, started double precision not null,"
-        " last_beat double precision not null)",
+        " last_beat double precision not null, leader boolean not null default false)",
         "create table sessions ("
         " device_id text primary key, replica_id text not null, since double precision not null)",
         "create table relay ("

@@ -68,6 +68,9 @@ def test_a_command_sent_to_one_replica_reaches_a_device_on_the_other(replicas):
         (outcome,) = reply.outcomes
         assert (outcome.state, outcome.detail) == (fleet_pb2.DONE, "did it"), outcome
         assert [c.WhichOneof("action") for c in session.commands] == ["ping"]
+        on_a, on_b = (c.GetDevice(fleet_pb2.GetDeviceRequest(device_id=device.device_id), timeout=5)
+                      for c in (control_a, control_of(b)))
+        assert (on_a.status, on_a.connected) == (on_b.status, on_b.connected) == (fleet_pb2.ONLINE, True)
     finally:
         session.close()
     wait_for(lambda: not connected_on(control_a, device.device_id), 5, "replica A to see the Session end")
@@ -106,7 +109,8 @@ def test_watch_detections_on_one_replica_gets_frames_committed_on_the_other(repl
     watch = control_of(a).WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device.device_id), timeout=30)
     threading.Thread(target=collect, args=(watch, lambda r: got.append(r.frame.sequence)),
                      daemon=True).start()
-    time.sleep(0.5)  # the watch opens and replica A tells B it watches
+    wait_for(lambda: b.controller.peers.replica.wants_detections(time.time(), 15), 5,
+             "replica B to hear that A watches detections")  # frames committed before that are not A's to see
     gateway_b = agent_pb2_grpc.AgentGatewayStub(channel_b)
     acks = list(gateway_b.PublishDetections(iter([batch(1, 2, 3), batch(4, 5)]),
                                             metadata=auth(device.device_token), timeout=10))
