@@ -28,13 +28,15 @@ class ControllerProcess:
 
 
 def start_controller(workdir: Path, *serve_args: str, log_level: str = "info",
-                     launcher: list[str] | None = None) -> ControllerProcess:
-    """`serve` on 127.0.0.1 (any free port, metrics on) with `workdir/fleet.db`, its log in
-    `workdir/controller.log`; returns once it said where it listens. `launcher` replaces
-    `python -m edgefleet.fleet.cli` (a profiling wrapper that takes the same arguments)."""
-    args = ["--log-level", log_level, "serve", "--db", str(workdir / "fleet.db"), "--listen", "127.0.0.1:0",
+                     launcher: list[str] | None = None, db: str | None = None,
+                     log_name: str = "controller.log") -> ControllerProcess:
+    """`serve` on 127.0.0.1 (any free port, metrics on) with `db` (default `workdir/fleet.db`; a
+    postgresql:// URL for a replica), its log in `workdir/<log_name>`; returns once it said where it
+    listens. `launcher` replaces `python -m edgefleet.fleet.cli` (a profiling wrapper that takes the
+    same arguments)."""
+    args = ["--log-level", log_level, "serve", "--db", db or str(workdir / "fleet.db"), "--listen", "127.0.0.1:0",
             "--metrics-listen", "127.0.0.1:0", *serve_args]
-    log = (workdir / "controller.log").open("w")
+    log = (workdir / log_name).open("w")
     proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "edgefleet.fleet.cli"]), *args],
                             stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT, env=ENV)
     address = metrics = ""
@@ -42,13 +44,13 @@ def start_controller(workdir: Path, *serve_args: str, log_level: str = "info",
     while time.monotonic() < deadline and not (address and metrics):
         line = proc.stdout.readline()
         if not line:
-            raise SystemExit(f"controller exited: see {workdir / 'controller.log'}")
+            raise SystemExit(f"controller exited: see {workdir / log_name}")
         if m := re.search(r"listening on (\S+:\d+)", line):
             address = m.group(1)
         if m := re.search(r"metrics on (http://\S+/metrics)", line):
             metrics = m.group(1)
     if not (address and metrics):
-        raise SystemExit(f"controller did not say where it listens: see {workdir / 'controller.log'}")
+        raise SystemExit(f"controller did not say where it listens: see {workdir / log_name}")
     return ControllerProcess(proc, address, metrics)
 
 

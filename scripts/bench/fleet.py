@@ -1,24 +1,31 @@
 #!/usr/bin/env python3
-"""Fleet ingest at scale: simulated agents over real gRPC against a real controller process.
+"""Fleet ingest at scale: simulated agents over real gRPC against real controller processes.
 
     python scripts/bench/fleet.py [--agents 1000] [--procs 8] [--seconds 30] [--warmup 5] [--fps 4]
                                   [--objects 5] [--batch 8] [--heartbeat-interval 5] [--workdir DIR]
+                                  [--db postgres|postgresql://…] [--replicas N]
                                   [--profile] [--out var/bench/fleet.json]
 
-1. A controller in its own process (`python -m edgefleet.fleet.cli serve`, metrics on) with a fresh
-   SQLite file and an enrollment key made by `python -m edgefleet.fleet.cli enroll-key create`.
-2. `--procs` worker processes, each running its share of `--agents` on one asyncio loop.
-   Every agent has its own channel (TCP connection), enrolls, opens a Session (hello, then
-   heartbeats at the controller's interval) and a PublishDetections stream, and sends a batch
-   of `--batch` frames every batch/fps seconds, `--objects` moving, tracked objects per frame.
+1. The database: a fresh SQLite file (default); with `--db postgres` a throwaway PostgreSQL cluster
+   (tests/pg_cluster.py, destroyed after the run); with `--db postgresql://…` that database, which
+   must hold no detections. An enrollment key made by `python -m edgefleet.fleet.cli enroll-key create`.
+2. `--replicas` controllers (`python -m edgefleet.fleet.cli serve`, metrics on), each in its own
+   process on that database (more than one needs PostgreSQL), started one after the other.
+3. `--procs` worker processes, each running its share of `--agents` on one asyncio loop.
+   Every agent has its own channel (TCP connection) to one replica (agent i to replica i mod N),
+   enrolls, opens a Session (hello, then heartbeats at the controller's interval) and a
+   PublishDetections stream, and sends a batch of `--batch` frames every batch/fps seconds,
+   `--objects` moving, tracked objects per frame.
    Publish->ack latency: from writing a batch to the ack that covers its last sequence.
-3. After `--warmup` seconds, a steady window of `--seconds`: detections committed in it (from
-   the store's `received` times), ack latency percentiles (agent side, and the controller's
-   own histogram), the controller's CPU (percent of one core) and RSS (psutil).
-4. The agents stop sending and wait for their last acks; the controller stops; the SQLite file
-   is checked exactly: every acked (device, sequence) present once, nothing unsent present,
+4. After `--warmup` seconds, a steady window of `--seconds`: detections committed in it (from
+   the store's `received` times), ack latency percentiles (agent side, and the controllers' own
+   histograms summed), the controllers' CPU (percent of one core, summed over replicas; CPU
+   seconds per million detections committed in the window) and RSS (psutil); for PostgreSQL on
+   this host, its server processes' CPU the same way; the detections' bytes on disk per million.
+5. The agents stop sending and wait for their last acks; the controllers stop; the database is
+   checked exactly: every acked (device, sequence) present once, nothing unsent present,
    every stored frame holding the objects sent.
-`--profile` runs the controller under cProfile (event loop thread and store thread) and
+`--profile` runs each controller under cProfile (event loop thread and store threads) and
 writes the top functions to the workdir. Writes JSON (stdout, or --out); prints a summary.
 """
 from __future__ import annotations
@@ -31,7 +38,6 @@ import os
 import platform
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -42,7 +48,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto"), str(Path(__file__).resolve().parent)]
 
-from controller import fleet_cli, scrape, start_controller  # (scripts/bench/controller.py)
+from controller import ControllerProcess, fleet_cli, scrape, start_controller  # (scripts/bench/controller.py)
+from fleet_db import BenchDatabase, check_store, open_database  # (scripts/bench/fleet_db.py)
 from report import write_report  # (scripts/bench/report.py)
 from sim_fleet import worker_main  # (scripts/bench/sim_fleet.py)
 
@@ -128,106 +135,69 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, max(0, math.ceil(q / 100 * len(values)) - 1))]
 
 
-# ---- checks on the store ----
-
-def check_store(db: Path, agents: list[dict], objects: int, window: tuple[float, float]) -> dict:
-    """Exact: per device, the stored sequences against what the agent sent and what was acked."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        stored: dict[str, list[int]] = collections.defaultdict(list)
-        rows = 0
-        bad_objects = 0
-        for device_id, sequence, n_objects in conn.execute(
-                "select device_id, sequence, n_objects from detections order by device_id, sequence"):
-            stored[device_id].append(sequence)
-            rows += 1
-            bad_objects += n_objects != objects
-        counters = dict(conn.execute("select device_id, acked_sequence from devices").fetchall())
-        stored_counts = dict(conn.execute("select device_id, detections_stored from devices").fetchall())
-        lost = duplicated = unexpected = unacked = ack_mismatch = 0
-        for agent in agents:
-            sequences = stored.pop(agent["device_id"], [])
-            present = set(sequences)
-            duplicated += len(sequences) - len(present)
-            lost += sum(1 for s in range(1, agent["acked"] + 1) if s not in present)
-            unexpected += sum(1 for s in present if not 1 <= s <= agent["sent"])
-            unacked += agent["sent"] - agent["acked"]
-            if agent["device_id"] and (counters.get(agent["device_id"], 0) != agent["acked"]
-                                       or stored_counts.get(agent["device_id"], 0) != len(sequences)):
-                ack_mismatch += 1
-        unexpected += sum(len(v) for v in stored.values())  # devices no agent of this run was
-        start, end = window
-        frames_w, dets_w = conn.execute(
-            "select count(*), coalesce(sum(n_objects), 0) from detections where received >= ? and received < ?",
-            [start, end]).fetchone()
-        per_second = [d for _, d in conn.execute(
-            "select cast(received as int) s, sum(n_objects) from detections where received >= ? and received < ?"
-            " group by s order by s", [math.ceil(start), math.floor(end)])]
-        first, last, total_dets = conn.execute(
-            "select min(received), max(received), coalesce(sum(n_objects), 0) from detections").fetchone()
-    finally:
-        conn.close()
-    return {
-        "rows": rows, "lost": lost, "duplicated": duplicated, "unexpected": unexpected,
-        "sent_but_unacked": unacked, "device_counter_mismatches": ack_mismatch,
-        "frames_with_wrong_object_count": bad_objects,
-        "window": {"frames": frames_w, "detections": dets_w, "seconds": end - start,
-                   "detections_per_s": round(dets_w / (end - start), 1),
-                   "frames_per_s": round(frames_w / (end - start), 1),
-                   "detections_per_s_min_1s": min(per_second) if per_second else None,
-                   "detections_per_s_max_1s": max(per_second) if per_second else None},
-        "whole_run": {"detections": total_dets,
-                      "detections_per_s": round(total_dets / (last - first), 1) if first and last > first else None},
-    }
-
-
 # ---- the run ----
 
 @dataclass
 class Measured:
-    """What the run sampled over the window: the controller's RSS throughout; at the window's start and
-    end, the controller's and the workers' CPU seconds and the controller's ack histogram."""
-    rss: list[int] = field(default_factory=list)
-    cpu_at: dict[str, float] = field(default_factory=dict)
+    """What the run sampled over the window: each replica's RSS throughout; at the window's start and end,
+    each replica's, the workers' and the database server's CPU seconds, the replicas' ack histograms
+    (summed) and the detections' size and write-ahead log position."""
+    rss: list[list[int]] = field(default_factory=list)
+    cpu_at: dict[str, list[float]] = field(default_factory=dict)
     workers_cpu: dict[str, float] = field(default_factory=dict)
+    db_cpu: dict[str, float | None] = field(default_factory=dict)
+    db_bytes: dict[str, int | None] = field(default_factory=dict)
+    wal: dict[str, int | None] = field(default_factory=dict)
     hist: dict[str, dict] = field(default_factory=dict)
     host_cpu: float | None = None
 
 
-def measure(ctl, procs: list, metrics_url: str | None, db: Path, start: float,
-            window: tuple[float, float]) -> Measured:
-    """Sample until the window has ended, printing progress every 5 s."""
+def cpu_s(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def summed_histogram(urls: list[str]) -> dict[float, float]:
+    total: dict[float, float] = collections.defaultdict(float)
+    for url in urls:
+        for bound, count in scrape_ack_histogram(url).items():
+            total[bound] += count
+    return dict(total)
+
+
+def mark(measured: Measured, name: str, ctls: list, workers: list, urls: list[str], db: BenchDatabase) -> None:
+    """Everything sampled at the window's start or end, under `name`."""
     import psutil
 
-    measured = Measured()
+    measured.cpu_at[name] = [cpu_s(c) for c in ctls]
+    measured.workers_cpu[name] = sum(cpu_s(w) for w in workers)
+    measured.db_cpu[name] = db.server_cpu_s()
+    measured.db_bytes[name] = db.detections_bytes()
+    measured.wal[name] = db.wal_position()
+    measured.hist[name] = summed_histogram(urls)
+    if name == "start":
+        psutil.cpu_percent(None)
+    else:
+        measured.host_cpu = psutil.cpu_percent(None)
 
-    def ctl_cpu() -> float:
-        t = ctl.cpu_times()
-        return t.user + t.system
 
-    def workers_cpu_now() -> float:
-        return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
-
+def measure(ctls: list, workers: list, urls: list[str], db: BenchDatabase, start: float,
+            window: tuple[float, float]) -> Measured:
+    """Sample until the window has ended, printing progress every 5 s."""
+    measured = Measured(rss=[[] for _ in ctls])
     marks = [("start", window[0]), ("end", window[1])]
-    progress_db = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     while marks or time.time() < window[1] + 0.5:
         now = time.time()
         if marks and now >= marks[0][1]:
-            name, _ = marks.pop(0)
-            measured.cpu_at[name], measured.workers_cpu[name] = ctl_cpu(), workers_cpu_now()
-            measured.hist[name] = scrape_ack_histogram(metrics_url) if metrics_url else {}
-            if name == "start":
-                psutil.cpu_percent(None)
-            else:
-                measured.host_cpu = psutil.cpu_percent(None)
+            mark(measured, marks.pop(0)[0], ctls, workers, urls, db)
             continue
-        measured.rss.append(ctl.memory_info().rss)
+        for samples, ctl in zip(measured.rss, ctls):
+            samples.append(ctl.memory_info().rss)
         if int(now) % 5 == 0:
-            n = progress_db.execute("select max(rowid) from detections").fetchone()[0] or 0
-            print(f"  t={now - start:5.1f}s  {n} frames committed  controller rss "
-                  f"{measured.rss[-1] / 2**20:.0f} MiB", file=sys.stderr)
+            rss = sum(samples[-1] for samples in measured.rss)
+            print(f"  t={now - start:5.1f}s  {db.frames_committed()} frames committed  controller rss "
+                  f"{rss / 2**20:.0f} MiB", file=sys.stderr)
         time.sleep(min(1.0, max(0.05, (marks[0][1] - time.time()) if marks else 1.0)))
-    progress_db.close()
     return measured
 
 
@@ -244,41 +214,45 @@ def collect_agents(results, workers: list, timeout: float) -> tuple[list[dict], 
     return agents, failures
 
 
-def stop_all(workers: list, controller: subprocess.Popen) -> None:
+def stop_all(workers: list, controllers: list[subprocess.Popen]) -> None:
     for w in workers:
         if w.is_alive():
             w.kill()
-    controller.send_signal(signal.SIGTERM)
-    try:
-        controller.wait(60)
-    except subprocess.TimeoutExpired:
-        controller.kill()
+    for controller in controllers:
+        controller.send_signal(signal.SIGTERM)
+    for controller in controllers:
+        try:
+            controller.wait(60)
+        except subprocess.TimeoutExpired:
+            controller.kill()
 
 
-def run(args) -> dict:
+def replica_files(k: int) -> tuple[str, str]:
+    """Replica k's log and profile file names in the workdir (replica 0 keeps the single controller's names)."""
+    suffix = f"-{k}" if k else ""
+    return f"controller{suffix}.log", f"controller{suffix}.prof.txt"
+
+
+def start_replicas(args, workdir: Path, db: BenchDatabase) -> list[ControllerProcess]:
+    """`--replicas` controllers on the database, one after the other (the first migrates the schema and
+    makes the signing key the others load)."""
+    serve_args = ["--heartbeat-interval", str(args.heartbeat_interval)]
+    started = []
+    for k in range(args.replicas):
+        log_name, prof_name = replica_files(k)
+        extra = []
+        if db.backend == "postgresql":
+            extra = ["--signing-key", str(workdir / "signing-key.pem"), "--artifacts-dir", str(workdir / f"cache-{k}")]
+        launcher = [sys.executable, __file__, "--_controller", str(workdir / prof_name), "--"]
+        started.append(start_controller(workdir, *serve_args, *extra, db=db.serve_arg, log_name=log_name,
+                                        launcher=launcher if args.profile else None))
+    return started
+
+
+def run_agents(args, cfg: dict, ctls: list, urls: list[str], db: BenchDatabase, controllers: list):
+    """The workers: connect every agent, publish through warm-up and window, measure, collect their reports."""
     import psutil
 
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    db = workdir / "fleet.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    key = fleet_cli("enroll-key", "create", "--db", str(db), "--name", "bench", "--create")
-    cfg = {
-        "run_id": f"{os.getpid()}-{int(time.time())}", "fps": args.fps, "objects": args.objects,
-        "batch": args.batch, "seconds": args.seconds, "warmup": args.warmup,
-        "heartbeat_interval": args.heartbeat_interval, "enroll_key": key,
-        "connect_concurrency": 16, "ready_timeout": 120 + args.agents / 5, "drain_timeout": 30.0,
-    }
-    loadavg_before = os.getloadavg()
-    launcher = [sys.executable, __file__, "--_controller", str(workdir / "controller.prof.txt"), "--"]
-    started = start_controller(workdir, "--heartbeat-interval", str(cfg["heartbeat_interval"]),
-                               launcher=launcher if args.profile else None)
-    controller, address, metrics_url = started.proc, started.address, started.metrics_url
-    cfg["address"] = address
-    ctl = psutil.Process(controller.pid)
-    print(f"controller pid {controller.pid} on {address}; {args.agents} agents in {args.procs} processes",
-          file=sys.stderr)
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
@@ -296,18 +270,99 @@ def run(args) -> dict:
         start_at.value = start
         go.set()
         window = (start + args.warmup, start + args.warmup + args.seconds)
-        measured = measure(ctl, [psutil.Process(w.pid) for w in workers], metrics_url, db, start, window)
+        measured = measure(ctls, [psutil.Process(w.pid) for w in workers], urls, db, start, window)
         agents, failures = collect_agents(results, workers, cfg["drain_timeout"] + 60)
     finally:
         go.set()
-        stop_all(workers, controller)
-    rss, cpu_at, workers_cpu, hist = measured.rss, measured.cpu_at, measured.workers_cpu, measured.hist
-    store = check_store(db, agents, args.objects, window)
+        stop_all(workers, controllers)
+    return agents, failures, measured, window, connect_s
+
+
+def run(args) -> dict:
+    import psutil
+
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    db = open_database(args.db, workdir)
+    try:
+        key = fleet_cli("enroll-key", "create", "--db", db.serve_arg, "--name", "bench", "--create")
+        cfg = {
+            "run_id": f"{os.getpid()}-{int(time.time())}", "fps": args.fps, "objects": args.objects,
+            "batch": args.batch, "seconds": args.seconds, "warmup": args.warmup,
+            "heartbeat_interval": args.heartbeat_interval, "enroll_key": key,
+            "connect_concurrency": 16, "ready_timeout": 120 + args.agents / 5, "drain_timeout": 30.0,
+        }
+        loadavg_before = os.getloadavg()
+        started = start_replicas(args, workdir, db)
+        cfg["addresses"] = [c.address for c in started]
+        print(f"controller pid {', '.join(str(c.proc.pid) for c in started)} on {', '.join(cfg['addresses'])} "
+              f"({db.backend}); {args.agents} agents in {args.procs} processes", file=sys.stderr)
+        agents, failures, measured, window, connect_s = run_agents(
+            args, cfg, [psutil.Process(c.proc.pid) for c in started], [c.metrics_url for c in started], db,
+            [c.proc for c in started])
+        store = check_store(db, agents, args.objects, window)
+        db_bytes_end = db.detections_bytes()
+    finally:
+        db.close()
+    return report(args, workdir, agents, failures, measured, window, connect_s, store, loadavg_before) | {
+        "database": database_report(db, measured, store, db_bytes_end, window)}
+
+
+def per_million(amount: float | None, detections: int) -> float | None:
+    return None if amount is None or not detections else round(amount * 1e6 / detections, 1)
+
+
+def database_report(db: BenchDatabase, measured: Measured, store: dict, bytes_end: int | None,
+                    window: tuple[float, float]) -> dict:
+    """The database's side: its server's CPU over the window (PostgreSQL on this host) and disk per million
+    detections (grown over the window; held at the end over every detection of the run)."""
+    dets_w, seconds = store["window"]["detections"], window[1] - window[0]
+    cpu, size, wal = measured.db_cpu, measured.db_bytes, measured.wal
+    server_cpu = None if cpu["start"] is None or cpu["end"] is None else cpu["end"] - cpu["start"]
+
+    def grew(d: dict) -> int | None:
+        return None if d["start"] is None or d["end"] is None else d["end"] - d["start"]
+
+    return {
+        "backend": db.backend,
+        "server_cpu_percent_of_one_core": None if server_cpu is None else round(100 * server_cpu / seconds, 1),
+        "server_cpu_s_per_million_detections": per_million(server_cpu, dets_w),
+        "detections_bytes_end": bytes_end,
+        "detections_bytes_per_million_detections": per_million(bytes_end, store["whole_run"]["detections"]),
+        "detections_bytes_growth_per_million_detections_window": per_million(grew(size), dets_w),
+        "wal_bytes_per_million_detections_window": per_million(grew(wal), dets_w),
+    }
+
+
+def controller_report(workdir: Path, measured: Measured, seconds: float, dets_w: int) -> dict:
+    """The controllers' side, summed over the replicas, and each replica's own figures."""
+    replicas = []
+    for k, (start, end) in enumerate(zip(measured.cpu_at["start"], measured.cpu_at["end"])):
+        log_name, prof_name = replica_files(k)
+        ingest = re.findall(r"ingest writer stopped: (.*)", (workdir / log_name).read_text(errors="replace"))
+        rss = measured.rss[k]
+        replicas.append({
+            "cpu_percent_of_one_core": round(100 * (end - start) / seconds, 1), "cpu_s": end - start,
+            "rss_mib_max": round(max(rss) / 2**20, 1) if rss else None,
+            "rss_mib_end": round(rss[-1] / 2**20, 1) if rss else None,
+            "ingest": ingest[-1] if ingest else None, "gc": _gc_lines(workdir / prof_name)})
+    cpu = sum(r.pop("cpu_s") for r in replicas)
+    first = replicas[0]
+    return {
+        "cpu_percent_of_one_core": round(100 * cpu / seconds, 1),
+        "rss_mib_max": round(sum(r["rss_mib_max"] or 0 for r in replicas), 1) if first["rss_mib_max"] else None,
+        "rss_mib_end": round(sum(r["rss_mib_end"] or 0 for r in replicas), 1) if first["rss_mib_end"] else None,
+        "ingest": first["ingest"], "gc": first["gc"],
+        "cpu_s_per_million_detections": per_million(cpu, dets_w),
+    } | ({"replicas": replicas} if len(replicas) > 1 else {})
+
+
+def report(args, workdir: Path, agents: list[dict], failures: list[str], measured: Measured,
+           window: tuple[float, float], connect_s: float, store: dict, loadavg_before: tuple) -> dict:
+    workers_cpu, hist = measured.workers_cpu, measured.hist
     in_window = [lat for a in agents for written, lat in a["latencies"] if window[0] <= written < window[1]]
     lag = [x for a in agents for written_lag in [a["send_lag"]] for x in written_lag]
     seconds = window[1] - window[0]
-    ctl_log = (workdir / "controller.log").read_text(errors="replace")
-    ingest = re.findall(r"ingest writer stopped: (.*)", ctl_log)
     connected_end = sum(1 for a in agents
                         if a["connected_at"] and (a["failed_at"] is None or a["failed_at"] >= window[1]))
     return {
@@ -315,7 +370,8 @@ def run(args) -> dict:
         "config": {"agents": args.agents, "procs": args.procs, "seconds": args.seconds, "warmup": args.warmup,
                    "fps": args.fps, "objects": args.objects, "batch": args.batch,
                    "heartbeat_interval_s": args.heartbeat_interval, "profile": args.profile,
-                   "offered_detections_per_s": args.agents * args.fps * args.objects},
+                   "offered_detections_per_s": args.agents * args.fps * args.objects,
+                   "db": "sqlite" if not args.db else "postgresql", "replicas": args.replicas},
         "workdir": str(workdir),
         "agents": {"connected": sum(1 for a in agents if a["connected_at"]),
                    "connected_through_window": connected_end, "connect_s": round(connect_s, 1),
@@ -333,13 +389,7 @@ def run(args) -> dict:
             "controller_histogram_p99_le": _ms(histogram_quantile(0.99, hist.get("start", {}), hist.get("end", {}))),
             "agent_send_lag_p99": _ms(percentile(lag, 99)),
         },
-        "controller": {
-            "cpu_percent_of_one_core": round(100 * (cpu_at["end"] - cpu_at["start"]) / seconds, 1),
-            "rss_mib_max": round(max(rss) / 2**20, 1) if rss else None,
-            "rss_mib_end": round(rss[-1] / 2**20, 1) if rss else None,
-            "ingest": ingest[-1] if ingest else None,
-            "gc": _gc_lines(workdir / "controller.prof.txt"),
-        },
+        "controller": controller_report(workdir, measured, seconds, store["window"]["detections"]),
         "agents_cpu_percent_of_one_core": round(100 * (workers_cpu["end"] - workers_cpu["start"]) / seconds, 1),
         "host_cpu_percent_all_cores": measured.host_cpu,
         "host_loadavg_1m": {"before": round(loadavg_before[0], 2), "after": round(os.getloadavg()[0], 2)},
@@ -361,8 +411,12 @@ def _ms(seconds: float | None) -> float | None:
     return math.inf if math.isinf(seconds) else round(1000 * seconds, 1)
 
 
+def _mb(n: float | None) -> float | None:
+    return None if n is None else round(n / 1e6, 1)
+
+
 def summary(r: dict) -> str:
-    c, lat, ctl, integ = r["committed"], r["ack_latency_ms"], r["controller"], r["integrity"]
+    c, lat, ctl, integ, d = r["committed"], r["ack_latency_ms"], r["controller"], r["integrity"], r["database"]
     lines = [
         (f"agents: {r['agents']['connected']}/{r['config']['agents']} connected "
          f"({r['agents']['connected_through_window']} through the window, {r['agents']['failed']} failed)"),
@@ -374,7 +428,12 @@ def summary(r: dict) -> str:
         (f"controller: {ctl['cpu_percent_of_one_core']}% of one core, rss max {ctl['rss_mib_max']} MiB; "
          f"agents {r['agents_cpu_percent_of_one_core']}% of one core; host {r['host_cpu_percent_all_cores']}% "
          f"(load average before {r['host_loadavg_1m']['before']}, after {r['host_loadavg_1m']['after']})"),
-        f"ingest: {ctl['ingest']}",
+        (f"CPU-s per million detections: controllers {ctl['cpu_s_per_million_detections']}, "
+         f"database server {d['server_cpu_s_per_million_detections']} ({d['backend']}, "
+         f"{r['config']['replicas']} replica(s)); detections on disk "
+         f"{_mb(d['detections_bytes_per_million_detections'])} MB per million"),
+        *(f"ingest{f' (replica {k})' if 'replicas' in ctl else ''}: {rep['ingest']}"
+          for k, rep in enumerate(ctl.get("replicas", [ctl]))),
         (f"integrity: {integ['rows']} rows, lost {integ['lost']}, duplicated {integ['duplicated']}, "
          f"unexpected {integ['unexpected']}, unacked at end {integ['sent_but_unacked']}, "
          f"ack-reported duplicates {integ['ack_reported_duplicates']}"),
@@ -394,12 +453,19 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=5, help="detections per frame")
     parser.add_argument("--batch", type=int, default=8, help="frames per DetectionBatch")
     parser.add_argument("--heartbeat-interval", type=int, default=5, help="the controller's heartbeat interval (s)")
-    parser.add_argument("--workdir", help="controller db and log (default: a new temporary folder)")
-    parser.add_argument("--profile", action="store_true", help="cProfile the controller (workdir/controller.prof.txt)")
+    parser.add_argument("--workdir", help="controller db and logs (default: a new temporary folder)")
+    parser.add_argument("--db", metavar="postgres|URL",
+                        help="postgres: a throwaway PostgreSQL cluster for the run; postgresql://…: that (empty) "
+                             "database (default: a SQLite file in the workdir)")
+    parser.add_argument("--replicas", type=int, default=1, help="controller processes on the database (PostgreSQL)")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the controllers (workdir/controller.prof.txt, controller-1.prof.txt, …)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.agents < 1 or args.procs < 1 or args.batch < 1 or args.fps <= 0 or args.objects < 0:
         parser.error("--agents, --procs, --batch must be >= 1, --fps > 0, --objects >= 0")
+    if args.replicas < 1 or (args.replicas > 1 and not args.db):
+        parser.error("--replicas must be >= 1, and more than one needs --db postgres or a postgresql:// URL")
     args.procs = min(args.procs, args.agents)
     result = run(args)
     write_report(result, args.out)

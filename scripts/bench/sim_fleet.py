@@ -1,8 +1,9 @@
 """Simulated agents for scripts/bench/fleet.py: real gRPC device clients, many per process.
 
-Each agent has its own channel (TCP connection), enrolls, opens a Session (hello, then heartbeats
-at the controller's interval) and a PublishDetections stream, and sends a batch of frames at a
-fixed rate, each with moving, tracked objects; it records publish->ack latency per batch.
+Each agent has its own channel (TCP connection) to one controller replica (agent i to replica
+i mod N), enrolls, opens a Session (hello, then heartbeats at the controller's interval) and a
+PublishDetections stream, and sends a batch of frames at a fixed rate, each with moving, tracked
+objects; it records publish->ack latency per batch.
 """
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ class SimAgent:
                                           detections=detections)
         frame.capture_time.FromNanoseconds(int(capture_time * 1e9))
         return frame
+
+    def address(self, addresses: list[str]) -> str:
+        """The controller replica this agent talks to: agent i to replica i mod N, the fleet spread evenly."""
+        return addresses[self.index % len(addresses)]
 
     def metadata(self) -> tuple:
         return (("authorization", f"Bearer {self.token}"),)
@@ -219,7 +224,7 @@ async def _worker(indices: list[int], cfg: dict, ready, go, start_at) -> list[di
     async def connect(agent: SimAgent) -> None:
         async with gate:
             try:
-                await agent.connect(cfg["address"], cfg["enroll_key"])
+                await agent.connect(agent.address(cfg["addresses"]), cfg["enroll_key"])
             except Exception as err:  # noqa: BLE001 - counted as an agent that never connected
                 agent._fail(f"connect: {err!r}")
 
