@@ -8,8 +8,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from edgefleet.fleet.auth import Access, Principal, Role
+from edgefleet.fleet.detection_store import FrameRecord, ObjectRecord
 from edgefleet.fleet.errors import InvalidArgument, NotFound, Unauthenticated
 from edgefleet.fleet.selectors import combined, parse_selector
+
+
+def frames(*sequences: int) -> list[FrameRecord]:
+    return [FrameRecord("cam0", seq, seq - 1, 1000.0 + seq, [ObjectRecord(1, 0, "person", 0.8, (1, 2, 3, 4))])
+            for seq in sequences]
 
 
 def enroll(store, hardware_id: str = "hw-1", hostname: str = "cam-host", labels: dict | None = None):
@@ -270,6 +276,23 @@ def test_a_removed_device_is_gone_with_its_desired_configuration(store):
     again, _ = enroll(store)  # the same box again: a new device, no desired configuration
     assert again.device_id != device.device_id and again.config == {}
     assert store.get_device(keep.device_id).config["desired_version"] == 1
+
+
+def test_removing_with_purge_deletes_its_detections_and_events_and_without_leaves_them(store):
+    kept, _ = enroll(store, "hw-kept")
+    purged, _ = enroll(store, "hw-purged")
+    for device in (kept, purged):
+        store.store_frames(device.device_id, frames(1, 2))
+        store.record_heartbeat(device.device_id, {"fps": 3.0}, None)
+        store.add_event("device", "went online", device_id=device.device_id)
+    assert store.remove_device(kept.device_id, purge_data=False) == 0
+    assert store.remove_device(purged.device_id, purge_data=True) == 2
+    assert [f.sequence for f in store.list_detections(kept.device_id)[0]] == [1, 2], "left until retention"
+    with pytest.raises(NotFound):
+        store.list_detections(purged.device_id)
+    assert [e.message for e in store.list_events(device_id=kept.device_id)] == ["went online"]
+    assert store.list_events(device_id=purged.device_id) == []
+    assert store.list_devices() == []
 
 
 # ---- PostgreSQL: replicas at once ----
