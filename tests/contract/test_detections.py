@@ -73,6 +73,18 @@ def test_a_replay_with_another_capture_time_is_still_a_duplicate(store):
     assert stored_sequences(store, device) == [1, 2, 3]
 
 
+def test_a_device_back_under_its_id_finds_the_frames_it_left_stored(store):
+    """Removed without --purge-data, its frames stay; a device of the same id (MQTT-only devices keep
+    theirs) starts from acked sequence 0, and its resent frames are duplicates all the same."""
+    device = store.upsert_mqtt_device("garage-cam").device_id
+    store.store_frames(device, frames(1, 2, 3))
+    store.remove_device(device, purge_data=False)
+    store.upsert_mqtt_device("garage-cam")
+    assert store.store_frames(device, frames(2, 3, 4)) == StoreResult(4, 1, 2)
+    assert stored_sequences(store, device) == [1, 2, 3, 4]
+    assert counters(store, device) == (4, 1)
+
+
 def test_store_frames_refuses_unknown_devices_and_bad_sequences(store):
     device = enroll(store)
     with pytest.raises(NotFound, match="'nope' is not enrolled"):
