@@ -184,9 +184,10 @@ class Replica:
         if not self.hub.watching_detections:
             return
         first, last = int(message["first"]), int(message["last"])
-        frames, _ = await self.db.list_detections(message["device_id"], after_sequence=first - 1,
-                                                  limit=min(last - first + 1, 10_000))
-        self.hub.detections.publish(frames)
+        # after_sequence 0 asks for the newest records: for a device's first frames read enough of them
+        limit = min(last - first + 1, 10_000) if first > 1 else 10_000
+        frames, _ = await self.db.list_detections(message["device_id"], after_sequence=first - 1, limit=limit)
+        self.hub.detections.publish([f for f in frames if first <= f.sequence <= last])
 
     async def _watching(self, message: dict) -> None:
         if message["watching"]:

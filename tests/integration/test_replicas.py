@@ -116,7 +116,7 @@ def test_watch_detections_on_one_replica_gets_frames_committed_on_the_other(repl
                                             metadata=auth(device.device_token), timeout=10))
     assert acks[-1].acked_sequence == 5
     try:
-        wait_for(lambda: sorted(got) == [1, 2, 3, 4, 5], 5, "the frames on replica A's watch")
+        wait_for(lambda: sorted(got) == [1, 2, 3, 4, 5], 5, "the frames on replica A's watch, each once")
     finally:
         watch.cancel()
 
