@@ -47,7 +47,7 @@ MAX_NOTIFY_BYTES = 7900
 OUTBOX_SIZE = 10_000
 
 
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
               "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"}
 """TCP keepalives both ways: this replica notices a vanished server within ~11 s, and the server ends the
 session of a vanished replica (a host gone without closing its connections) within ~25 s, and the
