@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import auth
 from .audit_store import DEFAULT_LIMIT, AuditRecord
@@ -35,15 +35,14 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def open_store(db: str, *, autocheckpoint: bool = True) -> FleetStore:
-    """The store `db` names: a postgresql:// URL (a `PgStore`, typed as the FleetStore whose methods it has:
-    tests/contract checks both), or the path of the SQLite file."""
+def open_store(db: str, *, autocheckpoint: bool = True) -> FleetStore | PgStore:
+    """The store `db` names: a postgresql:// URL, or the path of the SQLite file."""
     from .pg.base import is_postgres_url
 
     if is_postgres_url(db):
         from .pg.store import PgStore
 
-        return cast(FleetStore, PgStore(db))
+        return PgStore(db)
     return FleetStore(db, autocheckpoint=autocheckpoint)
 
 
@@ -53,7 +52,7 @@ class AsyncStore:
     thread): with SQLite every other call, ingest's group commits included, waited behind it."""
 
     def __init__(self, store: FleetStore | PgStore):
-        self.store = cast(FleetStore, store)  # PgStore has the same methods (tests/contract checks both)
+        self.store = store
         self.threads = getattr(store, "pool_size", 1)
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="fleet-db")
         self.ingest = IngestWriter(self)
