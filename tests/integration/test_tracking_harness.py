@@ -94,6 +94,7 @@ def test_coasting_a_missed_detection_makes_up_for_the_frames_not_detected(scene)
     assert tracking.evaluate(gt, tracking.run_interval(scene.detections, 1)) == every_frame  # nothing to coast
 
 
+@pytest.mark.data  # Ultralytics' tracker comes with the test extra, not the fast tier's dev venv
 def test_every_tracker_is_scored_on_the_rows_it_tracked(scene):
     makers = {tracking.Ours.name: tracking.Ours, "ultralytics": tracking.UltralyticsByteTrack,
               "trackers": tracking.RoboflowTrackers}
