@@ -207,8 +207,10 @@ class Link:
         lost or stop; whether the Session was accepted on it."""
         replicas = self.replicas
         async with replicas.channel(endpoint, grpc.aio) as channel:
-            if await connect(channel, replicas.connect_timeout_s) == "timeout":
-                replicas.unreachable(str(endpoint), f"no connection within {replicas.connect_timeout_s:g} s")
+            state = await connect(channel, replicas.connect_wait_s, self._stopping)
+            if state in ("timeout", "stopped"):
+                if state == "timeout":
+                    replicas.unreachable(str(endpoint), f"no connection within {replicas.connect_timeout_s:g} s")
                 return False
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
             try:

@@ -33,9 +33,14 @@ noticed when TCP gives up, many minutes later. The controller permits it (fleet.
 CONNECT_TIMEOUT_S = 3.0
 """With other endpoints to try, how long one may take to connect (TCP and TLS) before the link moves
 on: a replica gone without refusing (a dead route, a blackholed address) must not keep the agent
-from the others (with one endpoint the link waits as long as gRPC tries)."""
+from the others. With one endpoint in the round the link waits as long as gRPC tries."""
 ACCEPT_TIMEOUT_S = 10.0
 """With other endpoints to try, how long a connected replica may take to accept the Session."""
+GRPC_CONNECT_TIMEOUT_S = 20.0
+"""gRPC's default time for one connection attempt, kept with a single endpoint."""
+PATIENCE_DOUBLINGS = 3
+"""Each round that reached nothing doubles both timeouts, up to 2**3 times (24 s, 80 s): a link slow
+enough to miss them (a satellite or congested cellular link) still connects at a later round."""
 
 
 class Backoff:
@@ -66,9 +71,10 @@ async def first_set(timeout: float | None, *events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-async def connect(channel: grpc.aio.Channel, timeout: float | None) -> Literal["ready", "failed", "timeout"]:
-    """Let `channel` connect: ready, failed (its calls now fail at once, saying why), or no answer
-    within `timeout` seconds (None: as long as gRPC tries)."""
+async def connect(channel: grpc.aio.Channel, timeout: float | None,
+                  stopping: asyncio.Event) -> Literal["ready", "failed", "timeout", "stopped"]:
+    """Let `channel` connect: ready, failed (its calls now fail at once, saying why), no answer
+    within `timeout` seconds (None: as long as gRPC tries), or `stopping` was set meanwhile."""
     async def settle() -> grpc.ChannelConnectivity:
         state = channel.get_state(try_to_connect=True)
         while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE,
@@ -77,11 +83,15 @@ async def connect(channel: grpc.aio.Channel, timeout: float | None) -> Literal["
             state = channel.get_state(try_to_connect=True)
         return state
 
+    settled, stop = asyncio.create_task(settle()), asyncio.create_task(stopping.wait())
     try:
-        state = await asyncio.wait_for(settle(), timeout)
-    except asyncio.TimeoutError:
-        return "timeout"
-    return "ready" if state == grpc.ChannelConnectivity.READY else "failed"
+        await asyncio.wait([settled, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        settled.cancel()
+        stop.cancel()
+    if not settled.cancelled() and settled.done():
+        return "ready" if settled.result() == grpc.ChannelConnectivity.READY else "failed"
+    return "stopped" if stopping.is_set() else "timeout"
 
 
 def describe(err: grpc.aio.AioRpcError) -> str:
@@ -104,6 +114,8 @@ class Replicas:
         self.last_error = ""
         self._lost: tuple[Endpoint, str] | None = None  # the connection lost last, and why
         self._failures: dict[str, str] = {}  # the last failure to connect to each endpoint, logged once
+        self._alone = True  # the round has a single endpoint: nothing to move on to
+        self._failed_rounds = 0  # rounds in a row that reached nothing
 
     @property
     def several(self) -> bool:
@@ -112,19 +124,28 @@ class Replicas:
 
     @property
     def connect_timeout_s(self) -> float | None:
-        return CONNECT_TIMEOUT_S if self.several else None
+        """How long the endpoint tried now may take to connect (None: as long as gRPC tries)."""
+        return None if self._alone else CONNECT_TIMEOUT_S * 2 ** min(self._failed_rounds, PATIENCE_DOUBLINGS)
 
     @property
     def accept_timeout_s(self) -> float | None:
-        return ACCEPT_TIMEOUT_S if self.several else None
+        """How long the endpoint connected to may take to accept the Session (None: no limit)."""
+        return None if self._alone else ACCEPT_TIMEOUT_S * 2 ** min(self._failed_rounds, PATIENCE_DOUBLINGS)
+
+    @property
+    def connect_wait_s(self) -> float | None:
+        """How long the link waits for a channel to connect: a little past gRPC's own deadline
+        (`channel_options`), so that gRPC fails the attempt first and says why."""
+        return None if self.connect_timeout_s is None else self.connect_timeout_s + 1.0
 
     def channel_options(self) -> list[tuple[str, int]]:
-        """gRPC's own reconnect backoff, bounded like ours. Its defaults (1 s, growing 1.6x up to
-        120 s) pace the channel's connection attempts underneath our retries: after an outage of a
-        minute or two a restarted controller would wait up to two minutes for its agents."""
+        """gRPC's own reconnect backoff, bounded like ours (its defaults, 1 s growing 1.6x up to
+        120 s, would pace a channel's connection attempts underneath our retries), and the time one
+        attempt may take: gRPC reads it from grpc.min_reconnect_backoff_ms (its minimum connect
+        timeout): the round's connect timeout, else gRPC's default of 20 s."""
         maximum_ms = max(1000, int(self.backoff_max_s * 1000))
         return [("grpc.initial_reconnect_backoff_ms", min(500, maximum_ms)),
-                ("grpc.min_reconnect_backoff_ms", min(500, maximum_ms)),
+                ("grpc.min_reconnect_backoff_ms", int(1000 * (self.connect_timeout_s or GRPC_CONNECT_TIMEOUT_S))),
                 ("grpc.max_reconnect_backoff_ms", maximum_ms),
                 *KEEPALIVE]
 
@@ -143,14 +164,18 @@ class Replicas:
         backoff = Backoff(maximum=self.backoff_max_s)
         while not stopped():
             endpoints, problems = await asyncio.to_thread(self.rotation.round)
+            self._alone = len(endpoints) == 1
             for address, problem in problems:
                 self.unreachable(address, problem)
             for endpoint in endpoints:
                 if await connection(endpoint):
                     backoff.reset()  # it was connected: the next round starts soon
+                    self._failed_rounds = 0
                     break
                 if stopped():
                     return
+            else:
+                self._failed_rounds += 1
             if await wait_stop(backoff.next_delay()):
                 return
 

@@ -5,6 +5,7 @@ agent produced is stored exactly once. The link in process: a dead address first
 checked against the name an endpoint was resolved from."""
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 import time
@@ -137,6 +138,51 @@ def test_a_dead_address_in_the_list_is_passed_over_for_enrollment_and_the_sessio
         lk.stop()
     assert controller.controller.store.list_devices()[0].device_id == lk.identity.device_id
     assert lk.identity.controller == f"{dead},{controller.address}"
+
+
+def test_an_address_that_accepts_and_never_answers_is_passed_over(controller, tmp_path, caplog):
+    """A stalled proxy takes the TCP connection and forwards nothing (a replica that hangs): tried
+    first, it fails to connect, and the link moves on to the live controller."""
+    stalled = TcpProxy(("127.0.0.1", controller.port)).start()
+    stalled.stall()
+    lk = link(f"{stalled.address},{controller.address}", tmp_path)
+    rotation = lk.replicas.rotation
+    rotation.connected(next(e for e in rotation.round()[0] if e.target == controller.address))  # it comes last
+    try:
+        connect(lk)
+        assert lk.connected.is_set(), lk.last_error
+        assert lk.endpoint is not None and lk.endpoint.target == controller.address
+    finally:
+        lk.stop()
+        stalled.stop()
+    assert stalled.accepted >= 1, "the stalled address was tried first"
+    assert f"controller {stalled.address}: " in caplog.text
+
+
+@pytest.mark.parametrize("to, timeout, stop, expected", [
+    ("controller", None, False, "ready"),
+    ("refused", None, False, "failed"),
+    ("stalled", 0.3, False, "timeout"),  # before gRPC's own wait for the server's first frame ends
+    ("stalled", None, True, "stopped"),
+])
+def test_connecting_a_channel_says_how_it_went(controller, to, timeout, stop, expected):
+    from edgefleet.agent.replicas import connect as connect_channel
+
+    stalled = TcpProxy(("127.0.0.1", controller.port)).start()
+    stalled.stall()
+    target = {"controller": controller.address, "refused": f"127.0.0.1:{free_port()}", "stalled": stalled.address}[to]
+
+    async def attempt() -> str:
+        stopping = asyncio.Event()
+        if stop:
+            asyncio.get_running_loop().call_later(0.3, stopping.set)
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await connect_channel(channel, timeout, stopping)
+
+    try:
+        assert asyncio.run(attempt()) == expected
+    finally:
+        stalled.stop()
 
 
 def _certificates(root: Path, dns_names: list[str]) -> tuple[Path, Path, Path]:

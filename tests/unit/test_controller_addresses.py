@@ -2,6 +2,7 @@
 DNS records; the order the link tries them in; the identity kept when replicas are added."""
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 from pathlib import Path
@@ -17,6 +18,7 @@ from edgefleet.agent.health import HealthSample
 from edgefleet.agent.identity import Identity, save_identity
 from edgefleet.agent.link import Link
 from edgefleet.agent.messages import Hello
+from edgefleet.agent.replicas import Replicas
 
 
 @pytest.mark.parametrize("value, text", [
@@ -201,3 +203,42 @@ def test_the_identity_holds_while_the_setting_shares_an_address_with_the_saved_o
     assert (identity is not None) == kept
     if kept:
         assert (identity.device_id, identity.token) == ("dev-1", "tok")
+
+
+# ---- rounds, backoff and timeouts ----
+
+def run_rounds(replicas: Replicas, outcomes: list[bool]) -> list[tuple[str, float | None, float | None] | float]:
+    """Run `replicas` with a connection that answers `outcomes` in turn (then stops): what happened,
+    in order: each attempt as (target, connect timeout, accept timeout), each wait as its seconds."""
+    events: list = []
+
+    async def connection(endpoint: Endpoint) -> bool:
+        events.append((endpoint.target, replicas.connect_timeout_s, replicas.accept_timeout_s))
+        return outcomes.pop(0)
+
+    async def wait_stop(seconds: float) -> bool:
+        events.append(seconds)
+        return not outcomes
+
+    asyncio.run(replicas.run(connection, wait_stop, lambda: False))
+    return events
+
+
+def test_a_round_tries_every_endpoint_without_waiting_and_the_backoff_grows_between_rounds():
+    replicas = Replicas("127.0.0.1:5001,127.0.0.1:5002", backoff_max_s=2.0)
+    events = run_rounds(replicas, [False, False, False, False, False, False, True, False, True])
+    attempts = [e for e in events if isinstance(e, tuple)]
+    waits = [e for e in events if not isinstance(e, tuple)]
+    shape = "".join("a" if isinstance(e, tuple) else "w" for e in events)  # attempts and waits
+    assert shape == "aaw" * 3 + "aw" + "aaw"  # three rounds that failed, one connection, the round after it
+    assert {a[0] for a in attempts[:2]} == {a[0] for a in attempts[2:4]} == {"127.0.0.1:5001", "127.0.0.1:5002"}
+    assert 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0 and 1.0 <= waits[2] <= 2.0  # rounds that failed
+    assert [a[1:] for a in attempts[:7]] == [(3.0, 10.0)] * 2 + [(6.0, 20.0)] * 2 + [(12.0, 40.0)] * 2 + [(24.0, 80.0)]
+    assert 0.25 <= waits[3] <= 0.5, "after a connection that was lost, the next round starts soon"
+    assert attempts[7][0] != attempts[6][0], "the endpoint lost is tried last"
+    assert attempts[7][1:] == (3.0, 10.0), "and the timeouts are short again"
+
+
+def test_a_single_endpoint_waits_as_long_as_grpc_tries():
+    events = run_rounds(Replicas("127.0.0.1:5001", backoff_max_s=1.0), [False, False, True])
+    assert [e for e in events if isinstance(e, tuple)] == [("127.0.0.1:5001", None, None)] * 3
