@@ -48,7 +48,7 @@ HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVICES = (AGENT_GATEWAY, FLEET_CONTROL)
 KEEPALIVE_POLICY = (("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
                     ("grpc.keepalive_permit_without_calls", 1))
-"""Accept the agents' keepalive pings (every 30 s, agent.link.KEEPALIVE) even on a quiet connection;
+"""Accept the agents' keepalive pings (every 30 s, agent.replicas.KEEPALIVE) even on a quiet connection;
 gRPC's default expects at most one every 5 minutes and closes the connection of a client that pings more."""
 
 
