@@ -71,7 +71,41 @@ class SecretRecord:
     role: str = ""  # an operator token's role (viewer, operator, admin); empty for enrollment keys
 
 
-class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables, ConfigTables):
+class SecretMethods:
+    """Enrollment keys and operator tokens, as both stores offer them; each store writes its own table rows
+    (`_create_secret`, `_revoke_secret`, `_list_secrets`)."""
+
+    def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
+        return self._create_secret("enroll_keys", auth.ENROLL_KEY_PREFIX, name, key)
+
+    def revoke_enroll_key(self, key_or_id: str) -> SecretRecord:
+        """Refuse the key from now on; devices already enrolled with it keep their tokens."""
+        return self._revoke_secret("enroll_keys", "enrollment key", key_or_id)
+
+    def list_enroll_keys(self) -> list[SecretRecord]:
+        return self._list_secrets("enroll_keys")
+
+    def create_operator_token(self, name: str = "operator", access: auth.Access = auth.DEFAULT_ACCESS) -> str:
+        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name, role=access.label)
+
+    def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
+        return self._revoke_secret("operator_tokens", "operator token", token_or_id)
+
+    def list_operator_tokens(self) -> list[SecretRecord]:
+        return self._list_secrets("operator_tokens")
+
+    def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None, **columns) -> str:
+        raise NotImplementedError
+
+    def _revoke_secret(self, table: str, what: str, secret_or_id: str) -> SecretRecord:
+        raise NotImplementedError
+
+    def _list_secrets(self, table: str) -> list[SecretRecord]:
+        raise NotImplementedError
+
+
+class FleetStore(SecretMethods, DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables,
+                 ConfigTables):
     """`autocheckpoint=False` leaves WAL checkpoints to a `WalCheckpointer` (the controller's)."""
 
     def __init__(self, path: Path | str, *, autocheckpoint: bool = True):
@@ -121,25 +155,6 @@ class FleetStore(DetectionTables, HistoryTables, RolloutTables, DecommissionTabl
                 logger.info("migrated fleet schema to v%d (%s) in %s", target, step.summary, self.path)
 
     # ---- secrets: enrollment keys and operator tokens ----
-
-    def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
-        return self._create_secret("enroll_keys", auth.ENROLL_KEY_PREFIX, name, key)
-
-    def revoke_enroll_key(self, key_or_id: str) -> SecretRecord:
-        """Refuse the key from now on; devices already enrolled with it keep their tokens."""
-        return self._revoke_secret("enroll_keys", "enrollment key", key_or_id)
-
-    def list_enroll_keys(self) -> list[SecretRecord]:
-        return self._list_secrets("enroll_keys")
-
-    def create_operator_token(self, name: str = "operator", access: auth.Access = auth.DEFAULT_ACCESS) -> str:
-        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name, role=access.label)
-
-    def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
-        return self._revoke_secret("operator_tokens", "operator token", token_or_id)
-
-    def list_operator_tokens(self) -> list[SecretRecord]:
-        return self._list_secrets("operator_tokens")
 
     def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None, **columns) -> str:
         secret = secret or auth.new_secret(prefix)

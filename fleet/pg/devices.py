@@ -24,6 +24,7 @@ from ..history_store import HistoryTables
 from ..selectors import Requirement, Selector
 from ..store import (
     DeviceRecord,
+    SecretMethods,
     SecretRecord,
     bridge_may_update,
     device_from_row,
@@ -93,29 +94,10 @@ def selector_sql(selector: Selector) -> tuple[str, list, Selector]:
     return ("where " + " and ".join(conditions) if conditions else ""), params, Selector(tuple(rest))
 
 
-class PgDeviceTables(PgTables):
+class PgDeviceTables(SecretMethods, PgTables):
     """Methods `PgStore` gains: the devices, enroll_keys, operator_tokens, desired_configs and audit tables."""
 
     # ---- secrets: enrollment keys and operator tokens ----
-
-    def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
-        return self._create_secret("enroll_keys", auth.ENROLL_KEY_PREFIX, name, key)
-
-    def revoke_enroll_key(self, key_or_id: str) -> SecretRecord:
-        """Refuse the key from now on; devices already enrolled with it keep their tokens."""
-        return self._revoke_secret("enroll_keys", "enrollment key", key_or_id)
-
-    def list_enroll_keys(self) -> list[SecretRecord]:
-        return self._list_secrets("enroll_keys")
-
-    def create_operator_token(self, name: str = "operator", access: auth.Access = auth.DEFAULT_ACCESS) -> str:
-        return self._create_secret("operator_tokens", auth.OPERATOR_TOKEN_PREFIX, name, role=access.label)
-
-    def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
-        return self._revoke_secret("operator_tokens", "operator token", token_or_id)
-
-    def list_operator_tokens(self) -> list[SecretRecord]:
-        return self._list_secrets("operator_tokens")
 
     def _create_secret(self, table: str, prefix: str, name: str, secret: str | None = None, **columns) -> str:
         """Store the secret's hash; a secret stored before is named, dated and valid again (an upsert)."""
