@@ -35,6 +35,15 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
+def checkout() -> dict:
+    """The commit measured, and what the work tree changed under the packages the controller runs."""
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    changed = git("status", "--short", "--", "fleet", "common", "proto")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_under_fleet_common_proto": changed.splitlines()}
+
+
 def run_cell(args, label: str, db: str | None, replicas: int, agents: int) -> dict:
     """One fleet.py run; its report, or what went wrong."""
     name = f"{label.lower()}-x{replicas}-{agents}"
@@ -50,7 +59,7 @@ def run_cell(args, label: str, db: str | None, replicas: int, agents: int) -> di
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     sys.stderr.write(proc.stderr[-1500:])
     cell = {"name": name, "setup": label, "replicas": replicas, "agents": agents, "exit_code": proc.returncode,
-            "wall_s": round(time.time() - started, 1), "command": " ".join(argv[1:])}
+            "wall_s": round(time.time() - started, 1), "git": checkout(), "command": " ".join(argv[1:])}
     if out.exists():
         cell["report"] = json.loads(out.read_text())
     else:
