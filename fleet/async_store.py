@@ -25,7 +25,7 @@ from .errors import InvalidArgument, NotFound
 from .ingest import IngestWriter
 from .rollout_store import ArtifactRecord, EventRecord, RolloutDeviceRecord, RolloutRecord, RolloutState
 from .selectors import Selector
-from .store import DeviceRecord, FleetStore, SecretRecord
+from .store import DeviceRecord, FleetStore
 
 if TYPE_CHECKING:
     from .pg.store import PgStore
@@ -95,12 +95,6 @@ class AsyncStore:
     ) -> EventRecord:
         return await self._call(self.store.add_event, kind, message, device_id, rollout_id, when)
 
-    async def create_enroll_key(self, name: str = "default", key: str | None = None) -> str:
-        return await self._call(self.store.create_enroll_key, name, key)
-
-    async def create_operator_token(self, name: str = "operator", access: auth.Access = auth.DEFAULT_ACCESS) -> str:
-        return await self._call(self.store.create_operator_token, name, access)
-
     async def delete_detections_before(self, cutoff: float, limit: int = 10_000) -> int:
         return await self._call(self.store.delete_detections_before, cutoff, limit)
 
@@ -117,9 +111,6 @@ class AsyncStore:
         self, enroll_key: str, hardware_id: str, hostname: str, agent_version: str, profile: dict, labels: dict
     ) -> tuple[DeviceRecord, str]:
         return await self._call(self.store.enroll, enroll_key, hardware_id, hostname, agent_version, profile, labels)
-
-    async def find_artifact(self, sha256: str) -> ArtifactRecord | None:
-        return await self._call(self.store.find_artifact, sha256)
 
     async def find_rollout(self, id_or_prefix: str) -> RolloutRecord:
         return await self._call(self.store.find_rollout, id_or_prefix)
@@ -189,15 +180,6 @@ class AsyncStore:
     async def list_devices(self) -> list[DeviceRecord]:
         return await self._call(self.store.list_devices)
 
-    async def list_enroll_keys(self) -> list[SecretRecord]:
-        return await self._call(self.store.list_enroll_keys)
-
-    async def list_events(self, rollout_id: str = "", device_id: str = "", limit: int = 100) -> list[EventRecord]:
-        return await self._call(self.store.list_events, rollout_id, device_id, limit)
-
-    async def list_operator_tokens(self) -> list[SecretRecord]:
-        return await self._call(self.store.list_operator_tokens)
-
     async def list_rollouts(self, states: tuple[RolloutState, ...] = ()) -> list[RolloutRecord]:
         return await self._call(self.store.list_rollouts, states)
 
@@ -229,12 +211,6 @@ class AsyncStore:
     async def revoke_device(self, device_id: str) -> DeviceRecord:
         return await self._call(self.store.revoke_device, device_id)
 
-    async def revoke_enroll_key(self, key_or_id: str) -> SecretRecord:
-        return await self._call(self.store.revoke_enroll_key, key_or_id)
-
-    async def revoke_operator_token(self, token_or_id: str) -> SecretRecord:
-        return await self._call(self.store.revoke_operator_token, token_or_id)
-
     async def rollout_counts(self) -> dict[RolloutState, int]:
         return await self._call(self.store.rollout_counts)
 
@@ -262,9 +238,6 @@ class AsyncStore:
     async def set_plan_override(self, device_id: str, override: dict) -> DeviceRecord:
         return await self._call(self.store.set_plan_override, device_id, override)
 
-    async def store_frames(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
-        return await self._call(self.store.store_frames, device_id, frames)
-
     async def store_frames_many(
         self, batches: list[tuple[str, list[FrameRecord]]]
     ) -> list[StoreResult | InvalidArgument | NotFound]:
@@ -277,10 +250,3 @@ class AsyncStore:
 
     async def update_rollout_device(self, rollout_id: str, device: RolloutDeviceRecord) -> None:
         return await self._call(self.store.update_rollout_device, rollout_id, device)
-
-    async def upsert_mqtt_device(
-        self, device_id: str, *, available: str | None = None, health: dict | None = None, stream_id: str | None = None
-    ) -> DeviceRecord | None:
-        return await self._call(
-            self.store.upsert_mqtt_device, device_id, available=available, health=health, stream_id=stream_id
-        )

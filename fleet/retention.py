@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -172,10 +172,10 @@ class RetentionSweeper:
         policy = self.policy
         cutoff = policy.detections_cutoff(now)
         if cutoff is not None:
-            report.detections = await self._delete_in_chunks("delete_detections_before", cutoff, report)
+            report.detections = await self._delete_in_chunks(self.db.delete_detections_before, cutoff, report)
         cutoff = policy.events_cutoff(now)
         if cutoff is not None and not self._stop.is_set():
-            report.events = await self._delete_in_chunks("delete_events_before", cutoff, report)
+            report.events = await self._delete_in_chunks(self.db.delete_events_before, cutoff, report)
         raw_keep_s, minute_keep_s, keep_s = policy.health_keep_s()
         for device_id in await self.db.last_seen_by_device():
             if self._stop.is_set():
@@ -201,12 +201,13 @@ class RetentionSweeper:
         )
         return report
 
-    async def _delete_in_chunks(self, method: str, cutoff: float, report: SweepReport) -> int:
+    async def _delete_in_chunks(self, delete: Callable[[float, int], Awaitable[int]], cutoff: float,
+                                report: SweepReport) -> int:
         total = 0
         limit = self.policy.chunk_rows
         while not self._stop.is_set():
             started = time.monotonic()
-            deleted = await getattr(self.db, method)(cutoff, limit)
+            deleted = await delete(cutoff, limit)
             report.chunks += 1
             report.longest_chunk_s = max(report.longest_chunk_s, time.monotonic() - started)
             total += deleted
