@@ -126,6 +126,17 @@ def pg_url(pg_cluster) -> str:
     pg_cluster.drop(url)
 
 
+@pytest.fixture
+def pg_replicas(pg_url) -> list:
+    """Two PgStores on one fresh database: two controller replicas' stores (`pg_url` is that database)."""
+    from edgefleet.fleet.pg.store import PgStore
+
+    stores = [PgStore(pg_url), PgStore(pg_url)]
+    yield stores
+    for store in stores:
+        store.close()
+
+
 class ControllerThread:
     """A real Controller serving on 127.0.0.1:0 from its own event loop thread.
 

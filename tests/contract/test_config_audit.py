@@ -12,7 +12,7 @@ from edgefleet.fleet.errors import NotFound
 from edgefleet.fleet.twin import Twin
 from edgefleet.fleet.twin_store import config_view, status_dict
 
-from .test_devices import replicas, wait_for_lock_waiters  # noqa: F401 (replicas is a fixture)
+from .test_devices import wait_for_lock_waiters
 
 
 def enroll_two(store) -> list[str]:
@@ -101,12 +101,12 @@ def test_the_audit_window_is_the_newest_since_a_time_oldest_first(store):
     assert len(store.list_audit(limit=-1)) == 10
 
 
-def test_two_replicas_setting_one_devices_document_at_once_get_two_versions(replicas):  # noqa: F811
+def test_two_replicas_setting_one_devices_document_at_once_get_two_versions(pg_replicas, pg_url):
     """Both calls read the device's versions while another transaction holds its row: each must read
     what the other wrote, or both store version 1 and one document is lost unnoticed."""
     import psycopg
 
-    a, b, url = replicas
+    (a, b), url = pg_replicas, pg_url
     device_id, other = enroll_two(a)
     with ThreadPoolExecutor(2) as pool, psycopg.connect(url, autocommit=True) as holder:
         holder.execute("begin")

@@ -300,22 +300,12 @@ def test_several_devices_newest_by_capture_time_then_device_id_bytewise(store):
 # ---- PostgreSQL: replicas at once ----
 
 
-@pytest.fixture
-def replicas(pg_url):
-    """Two PgStores on one database (two controller replicas)."""
-    from edgefleet.fleet.pg.store import PgStore
 
-    stores = [PgStore(pg_url), PgStore(pg_url)]
-    yield stores
-    for s in stores:
-        s.close()
-
-
-def test_two_replicas_storing_the_same_batches_at_once_store_them_once(replicas):
+def test_two_replicas_storing_the_same_batches_at_once_store_them_once(pg_replicas):
     """Both replicas commit the same groups (three devices, overlapping batches, in opposite orders) at the
     same moment, round after round: each frame is stored once, and between them the two answers of a batch
     count it once as stored and once as a duplicate."""
-    a, b = replicas
+    a, b = pg_replicas
     devices = [enroll(a, f"hw-{i}") for i in range(3)]
     start = threading.Barrier(2)
 
@@ -336,14 +326,14 @@ def test_two_replicas_storing_the_same_batches_at_once_store_them_once(replicas)
         assert counters(b, device) == (200, 200)
 
 
-def test_a_replica_waits_for_another_storing_the_same_device_then_finds_its_frames(replicas, pg_url):
+def test_a_replica_waits_for_another_storing_the_same_device_then_finds_its_frames(pg_replicas, pg_url):
     """A replica's group commit holds the device while two more arrive with the same frames: they wait, then
     both answer the frames as duplicates (their check ran after the first committed)."""
     import psycopg
 
     from .test_devices import wait_for_lock_waiters
 
-    a, b = replicas
+    a, b = pg_replicas
     device = enroll(a)
     with ThreadPoolExecutor(2) as pool, psycopg.connect(pg_url, autocommit=True) as holder:
         holder.execute("begin")
@@ -378,8 +368,8 @@ def test_a_failing_shared_transaction_is_retried_batch_by_batch_on_postgres(pg_u
         store.close()
 
 
-def test_a_stream_id_postgresql_cannot_hold_is_an_invalid_argument(replicas):
-    store, _ = replicas
+def test_a_stream_id_postgresql_cannot_hold_is_an_invalid_argument(pg_replicas):
+    store, _ = pg_replicas
     device = enroll(store)
     results = store.store_frames_many([(device, frames(1, stream="cam\x000")), (device, frames(2))])
     assert isinstance(results[0], InvalidArgument) and "stream_id must not contain NUL" in str(results[0])

@@ -298,16 +298,6 @@ def test_removing_with_purge_deletes_its_detections_and_events_and_without_leave
 # ---- PostgreSQL: replicas at once ----
 
 
-@pytest.fixture
-def replicas(pg_url):
-    """Two PgStores on one database (two controller replicas), and the URL."""
-    from edgefleet.fleet.pg.store import PgStore
-
-    stores = [PgStore(pg_url), PgStore(pg_url)]
-    yield (*stores, pg_url)
-    for store in stores:
-        store.close()
-
 
 def wait_for_lock_waiters(url: str, count: int, timeout_s: float = 10.0) -> None:
     """Until `count` sessions of this database wait for a lock (read from a connection of its own: inside a
@@ -326,9 +316,9 @@ def wait_for_lock_waiters(url: str, count: int, timeout_s: float = 10.0) -> None
             time.sleep(0.02)
 
 
-def test_two_replicas_enrolling_one_box_at_once_make_one_device(replicas):
+def test_two_replicas_enrolling_one_box_at_once_make_one_device(pg_replicas):
     """Many enrollments of the same hardware id, from two replicas' threads at once: one device, one token."""
-    a, b, _ = replicas
+    a, b = pg_replicas
     key = a.create_enroll_key()
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: (a, b)[i % 2].enroll(key, "hw-same", "cam", "v", {}, {}), range(16)))
@@ -337,14 +327,14 @@ def test_two_replicas_enrolling_one_box_at_once_make_one_device(replicas):
     assert sum(a.principal_for_token(token) is not None for _, token in results) == 1
 
 
-def test_an_enrollment_waits_for_one_in_flight_and_updates_its_device(replicas):
+def test_an_enrollment_waits_for_one_in_flight_and_updates_its_device(pg_replicas, pg_url):
     """A replica's enrollment of the box is uncommitted while two more start: they wait on the unique
     hardware id, then update its row (a check before inserting would have seen no row, and failed)."""
     import psycopg
 
     from edgefleet.fleet.store import enrollment_values, new_device_row
 
-    a, b, url = replicas
+    (a, b), url = pg_replicas, pg_url
     key = a.create_enroll_key()
     row = new_device_row("first-000000", "hw-same", 1.0, enrollment_values("efd_first", "cam", "v", {}, {}))
     with ThreadPoolExecutor(2) as pool, psycopg.connect(url, autocommit=True) as holder:
@@ -361,12 +351,12 @@ def test_an_enrollment_waits_for_one_in_flight_and_updates_its_device(replicas):
     assert b.principal_for_token("efd_first") is None
 
 
-def test_two_replicas_changing_labels_at_once_keep_both_changes(replicas):
+def test_two_replicas_changing_labels_at_once_keep_both_changes(pg_replicas, pg_url):
     """Both calls read the labels while another transaction holds the row: each must read after the other
     wrote, or one's label is lost."""
     import psycopg
 
-    a, b, url = replicas
+    (a, b), url = pg_replicas, pg_url
     device_id = enroll_id(a, "cam", {})
     with ThreadPoolExecutor(2) as pool, psycopg.connect(url, autocommit=True) as holder:
         holder.execute("begin")

@@ -254,16 +254,6 @@ def test_a_sweep_removes_what_the_policy_says_in_chunks(store_factory):
 # ---- PostgreSQL: day partitions ----
 
 
-@pytest.fixture
-def replicas(pg_url):
-    """Two PgStores on one database (two controller replicas)."""
-    from edgefleet.fleet.pg.store import PgStore
-
-    stores = [PgStore(pg_url), PgStore(pg_url)]
-    yield stores
-    for s in stores:
-        s.close()
-
 
 def partitions(store) -> list[str]:
     return sorted(name for (name,) in sql(store, "select c.relname from pg_inherits as i join pg_class as c"
@@ -276,10 +266,10 @@ def day_names(first: str, days: int) -> list[str]:
     return [f"detections_p{time.strftime('%Y%m%d', time.gmtime(start + k * DAY))}" for k in range(days)]
 
 
-def test_the_days_around_now_have_partitions_made_once_by_either_replica(replicas):
+def test_the_days_around_now_have_partitions_made_once_by_either_replica(pg_replicas):
     """A store makes yesterday's to next week's partitions when it opens; for another `now`, two replicas
     asked at the same moment make each missing one once between them."""
-    a, b = replicas
+    a, b = pg_replicas
     today = time.strftime("%Y%m%d", time.gmtime(time.time() - DAY))
     assert set(day_names(today, 9)) <= set(partitions(a))
     start = threading.Barrier(2)
@@ -294,8 +284,8 @@ def test_the_days_around_now_have_partitions_made_once_by_either_replica(replica
     assert a.maintain_partitions(T0) == [] and b.maintain_partitions(T0) == []
 
 
-def test_a_day_whose_frames_sit_in_the_default_partition_gets_none(replicas, caplog):
-    a, _ = replicas
+def test_a_day_whose_frames_sit_in_the_default_partition_gets_none(pg_replicas, caplog):
+    a, _ = pg_replicas
     device = enroll(a)
     a.store_frames(device, frames(1, 2, capture_base=T0 + 3 * DAY))  # 2023-11-17: no partition yet
     with caplog.at_level(logging.WARNING, logger="edgefleet.fleet.pg.detections"):
@@ -305,10 +295,10 @@ def test_a_day_whose_frames_sit_in_the_default_partition_gets_none(replicas, cap
     assert [f.sequence for f in a.list_detections(device)[0]] == [1, 2]
 
 
-def test_retention_drops_whole_expired_days_and_deletes_the_rest_row_by_row(replicas):
+def test_retention_drops_whole_expired_days_and_deletes_the_rest_row_by_row(pg_replicas):
     """Days whose every frame was received before the cutoff go whole (their records counted off their
     devices); a day with one frame received since stays, and the expired frames elsewhere go by rows."""
-    a, b = replicas
+    a, b = pg_replicas
     a.maintain_partitions(T0)  # 2023-11-13 .. 2023-11-21
     one, two = enroll(a, "hw-1"), enroll(a, "hw-2")
     store_old_frames(a, one, 15, received=T0, capture_base=T0)  # 2023-11-14

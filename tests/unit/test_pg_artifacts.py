@@ -17,19 +17,11 @@ MIB = 1 << 20
 LOGGER = "edgefleet.fleet.pg.artifacts"
 
 
-@pytest.fixture
-def stores(pg_url):
-    """Two replicas' stores on one database."""
-    opened = [PgStore(pg_url), PgStore(pg_url)]
-    yield opened
-    for store in opened:
-        store.close()
-
 
 @pytest.fixture
-def replicas(stores, tmp_path):
+def replicas(pg_replicas, tmp_path):
     """Two replicas' artifact files: each its own cache folder, one database."""
-    return [DatabaseBackedArtifactFiles(tmp_path / name, store) for name, store in zip("ab", stores)]
+    return [DatabaseBackedArtifactFiles(tmp_path / name, store) for name, store in zip("ab", pg_replicas)]
 
 
 def upload(files: DatabaseBackedArtifactFiles, data: bytes, piece: int = 300_000) -> str:
@@ -55,11 +47,11 @@ def chunk_rows(store: PgStore, sha256: str) -> list[tuple[int, int]]:
         "select index, length(data) as n from artifact_chunks where sha256 = %s order by index", [sha256])]
 
 
-def test_an_upload_to_one_replica_is_served_byte_identical_by_the_other(replicas, stores):
+def test_an_upload_to_one_replica_is_served_byte_identical_by_the_other(replicas, pg_replicas):
     a, b = replicas
     data = os.urandom(3 * MIB + 12345)
     sha256 = upload(a, data)
-    assert chunk_rows(stores[0], sha256) == [(0, MIB), (1, MIB), (2, MIB), (3, 12345)]
+    assert chunk_rows(pg_replicas[0], sha256) == [(0, MIB), (1, MIB), (2, MIB), (3, 12345)]
     assert not b.path(sha256).exists()
     assert served(b, sha256) == data
     assert b.path(sha256).read_bytes() == data  # cached: later fetches read the file
@@ -67,12 +59,12 @@ def test_an_upload_to_one_replica_is_served_byte_identical_by_the_other(replicas
     assert list(b.incoming.iterdir()) == []
 
 
-def test_the_same_artifact_uploaded_to_both_replicas_is_kept_once(replicas, stores, caplog):
+def test_the_same_artifact_uploaded_to_both_replicas_is_kept_once(replicas, pg_replicas, caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     data = os.urandom(MIB + 1)
     assert upload(replicas[0], data) == upload(replicas[1], data)
     sha256 = hashlib.sha256(data).hexdigest()
-    assert chunk_rows(stores[1], sha256) == [(0, MIB), (1, 1)]
+    assert chunk_rows(pg_replicas[1], sha256) == [(0, MIB), (1, 1)]
     assert [r.getMessage() for r in caplog.records] == [f"artifact {sha256[:12]}: bytes written to the database",
                                                         f"artifact {sha256[:12]}: the database had its bytes already"]
     assert served(replicas[1], sha256) == data
@@ -101,7 +93,7 @@ def test_concurrent_fetches_of_a_missing_artifact_read_the_database_once(replica
 
 
 @pytest.mark.parametrize("restarted", [False, True], ids=["same-process", "after-a-restart"])
-def test_a_corrupted_cache_file_is_not_served(replicas, stores, tmp_path, caplog, restarted):
+def test_a_corrupted_cache_file_is_not_served(replicas, pg_replicas, tmp_path, caplog, restarted):
     a, b = replicas
     data = os.urandom(MIB + 99)
     sha256 = upload(a, data)
@@ -111,7 +103,7 @@ def test_a_corrupted_cache_file_is_not_served(replicas, stores, tmp_path, caplog
         file.seek(MIB)
         file.write(bytes([data[MIB] ^ 0xFF]))
     if restarted:
-        b = DatabaseBackedArtifactFiles(tmp_path / "b", stores[1])
+        b = DatabaseBackedArtifactFiles(tmp_path / "b", pg_replicas[1])
     caplog.set_level(logging.INFO, logger=LOGGER)
     assert served(b, sha256) == data
     assert cached.read_bytes() == data
@@ -135,10 +127,10 @@ def test_an_artifact_the_database_lacks_is_not_found(replicas):
     assert list(b.incoming.iterdir()) == []
 
 
-def test_bytes_in_the_database_that_do_not_hash_to_their_name_are_not_served(replicas, stores):
+def test_bytes_in_the_database_that_do_not_hash_to_their_name_are_not_served(replicas, pg_replicas):
     _, b = replicas
     sha256 = hashlib.sha256(b"the real bytes").hexdigest()
-    assert stores[0].store_artifact_bytes(sha256, [b"other ", b"bytes"])
+    assert pg_replicas[0].store_artifact_bytes(sha256, [b"other ", b"bytes"])
     with pytest.raises(CorruptArtifact, match="the database's 11 bytes hash to"):
         with b.open(sha256):
             pass
