@@ -184,8 +184,10 @@ class Hub:
             return None if metrics is None else functools.partial(metrics.watcher_dropped.inc, stream=stream)
 
         self.peers = peers or Peers()
-        self.detections: Topic[FrameRecord] = Topic(counter("detections"), self.peers.watching_detections)
-        self.fleet: Topic[FleetChange | RolloutChange | FleetNote | DeviceRemoved] = Topic(counter("fleet"))
+        self.detections: Topic[FrameRecord] = Topic(counter("detections"),
+                                                    functools.partial(self.peers.watching, "detections"))
+        self.fleet: Topic[FleetChange | RolloutChange | FleetNote | DeviceRemoved] = Topic(
+            counter("fleet"), functools.partial(self.peers.watching, "fleet"))
         self._sessions: dict[str, list[asyncio.Queue]] = {}  # device id -> one command queue per open Session
         self._pending: dict[tuple[str, str], asyncio.Future[_Answer]] = {}  # (device, command id) -> its answer
         self._streams: dict[str, set[asyncio.Future[str]]] = {}  # device id -> its open streams' close signals
@@ -335,9 +337,14 @@ class Hub:
     # itself (presence, which each one computes from the shared last-seen times).
 
     def device_changed(self, device: DeviceRecord, message: str = "", *, local_only: bool = False) -> None:
+        """`message` empty: a routine change (a heartbeat), told to the other replicas' fleet watchers in batches."""
         self.publish_device(device, message)
-        if not local_only:
+        if local_only:
+            return
+        if message:
             self.peers.announce("device", device_id=device.device_id, message=message)
+        else:
+            self.peers.device_touched(device.device_id)
 
     def device_removed(self, device_id: str, message: str = "") -> None:
         self.publish_removed(device_id, message)
@@ -368,7 +375,3 @@ class Hub:
 
     def publish_note(self, message: str) -> None:
         self.fleet.publish([FleetNote(time.time(), message)])
-
-    @property
-    def watching_detections(self) -> bool:
-        return self.detections.watched

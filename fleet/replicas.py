@@ -8,8 +8,9 @@ NOTIFY) and holds the leader lease. The `Hub` asks its `Peers`:
 - which replica holds a device's Session (`session_of`), to send a command there (`forward_command`)
   and route the device's answer back to the replica that waits for it (`forward_answer`);
 - to tell the others what its own watchers see (`announce`: a device changed or was removed, a
-  rollout changed, an audited call), so WatchFleet on any replica shows the whole fleet, and which
-  frames it committed (`frames_committed`) while another replica has a detections watcher;
+  rollout changed, an audited call), so WatchFleet on any replica shows the whole fleet; routine
+  device changes (heartbeats, `device_touched`) and committed frames (`frames_committed`) only while
+  another replica watches the fleet or detections, the former batched once a second;
 - to end a revoked device's streams wherever they are (`close_streams`).
 
 `Replica.handle` is the receiving side, shared by every transport: it turns a peer's message into
@@ -102,8 +103,16 @@ class Peers:
     def frames_committed(self, device_id: str, first: int, last: int) -> None:
         """Frames `first..last` of the device are committed (for the other replicas' detection watchers)."""
 
-    def watching_detections(self, watching: bool) -> None:
-        """This replica's WatchDetections watchers went from none to some (True) or back (False)."""
+    def device_touched(self, device_id: str) -> None:
+        """A routine change of the device (a heartbeat): told to the replicas that watch the fleet, batched."""
+
+    def watching(self, topic: str, watching: bool) -> None:
+        """This replica's watchers of `topic` (TOPICS) went from none to some (True) or back (False)."""
+
+
+TOPICS = ("fleet", "detections")
+"""What a replica may watch: WatchFleet's changes, WatchDetections' frames. Routine device changes and
+committed frames go only to the replicas that watch them."""
 
 
 class Replica:
@@ -115,10 +124,11 @@ class Replica:
         self.db = db
         self.replica_id = replica_id
         self.sessions: dict[str, str] = {}  # device id -> the other replica holding its Session
-        self.detection_watchers: dict[str, float] = {}  # replica id -> when it said it watches
+        self.watchers: dict[str, dict[str, float]] = {t: {} for t in TOPICS}  # topic -> replica -> when it said so
 
-    def wants_detections(self, now: float, fresh_s: float) -> bool:
-        return any(now - said < fresh_s for said in self.detection_watchers.values())
+    def wants(self, topic: str, now: float, fresh_s: float) -> bool:
+        """Another replica said, less than `fresh_s` ago, that it watches `topic`."""
+        return any(now - said < fresh_s for said in self.watchers[topic].values())
 
     async def handle(self, message: dict) -> None:
         sender = message.get("from")
@@ -133,8 +143,8 @@ class Replica:
 
     def _handlers(self) -> dict[str, Callable[[dict], Awaitable[None]]]:
         return {"session": self._session, "cmd": self._command, "answer": self._answer, "close": self._close,
-                "device": self._device, "removed": self._removed, "rollout": self._rollout, "note": self._note,
-                "frames": self._frames, "watching": self._watching}
+                "device": self._device, "devices": self._devices, "removed": self._removed,
+                "rollout": self._rollout, "note": self._note, "frames": self._frames, "watching": self._watching}
 
     def _for_me(self, message: dict) -> bool:
         return message.get("to") == self.replica_id
@@ -170,6 +180,15 @@ class Replica:
             return
         self.hub.publish_device(device, message.get("message", ""))
 
+    async def _devices(self, message: dict) -> None:
+        """Routine changes of these devices (heartbeats) since the sender's last such message."""
+        if not self.hub.fleet.watched:
+            return
+        ids = set(message["ids"])
+        for device in await self.db.list_devices():
+            if device.device_id in ids:
+                self.hub.publish_device(device)
+
     async def _removed(self, message: dict) -> None:
         self.hub.publish_removed(message["device_id"], message.get("message", ""))
 
@@ -181,7 +200,7 @@ class Replica:
         self.hub.publish_note(message["message"])
 
     async def _frames(self, message: dict) -> None:
-        if not self.hub.watching_detections:
+        if not self.hub.detections.watched:
             return
         first, last = int(message["first"]), int(message["last"])
         # after_sequence 0 asks for the newest records: for a device's first frames read enough of them
@@ -190,7 +209,10 @@ class Replica:
         self.hub.detections.publish([f for f in frames if first <= f.sequence <= last])
 
     async def _watching(self, message: dict) -> None:
+        watchers = self.watchers.get(message["topic"])
+        if watchers is None:
+            return
         if message["watching"]:
-            self.detection_watchers[message["from"]] = time.time()
+            watchers[message["from"]] = time.time()
         else:
-            self.detection_watchers.pop(message["from"], None)
+            watchers.pop(message["from"], None)

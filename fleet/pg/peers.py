@@ -69,6 +69,8 @@ class PgPeers(Peers):
         self._outbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(OUTBOX_SIZE)
         self._alive: set[str] = set()
         self._heard: dict[str, float] = {}
+        self._touched: set[str] = set()  # devices whose routine changes the next beat tells
+        self.dropped = 0  # messages that found the outbox full
         self._listening = asyncio.Event()
         self._lock_conn: psycopg.AsyncConnection | None = None
         self._tasks: list[asyncio.Task] = []
@@ -135,11 +137,15 @@ class PgPeers(Peers):
         self._post({"k": "close", "device_id": device_id, "reason": reason})
 
     def frames_committed(self, device_id: str, first: int, last: int) -> None:
-        if self.replica is not None and self.replica.wants_detections(time.time(), WATCHING_FRESH_S):
+        if self.replica is not None and self.replica.wants("detections", time.time(), WATCHING_FRESH_S):
             self._post({"k": "frames", "device_id": device_id, "first": first, "last": last})
 
-    def watching_detections(self, watching: bool) -> None:
-        self._post({"k": "watching", "watching": watching})
+    def device_touched(self, device_id: str) -> None:
+        if self.replica is not None and self.replica.wants("fleet", time.time(), WATCHING_FRESH_S):
+            self._touched.add(device_id)
+
+    def watching(self, topic: str, watching: bool) -> None:
+        self._post({"k": "watching", "topic": topic, "watching": watching})
 
     @contextlib.asynccontextmanager
     async def lock(self) -> AsyncIterator[None]:
@@ -159,14 +165,19 @@ class PgPeers(Peers):
     # ---- the connections ----
 
     def _post(self, message: dict) -> None:
-        self._queue("notify", {"from": self.replica_id, **message})
+        """Queue a message for the others; none when no other replica is alive (a replica that starts
+        reads the sessions from the table, and says itself what it watches)."""
+        if self._alive - {self.replica_id} or any(self._is_alive(r) for r in self._heard):
+            self._queue("notify", {"from": self.replica_id, **message})
 
     def _queue(self, what: str, item: Any) -> None:
         try:
             self._outbox.put_nowait((what, item))
         except asyncio.QueueFull:
-            logger.error("replica %s: %d messages wait for PostgreSQL; dropped a %s", self.replica_id,
-                         OUTBOX_SIZE, what)
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.error("replica %s: %d messages wait for PostgreSQL; %d dropped so far (this one a %s)",
+                             self.replica_id, OUTBOX_SIZE, self.dropped, what)
 
     async def _send(self) -> None:
         item: tuple[str, Any] | None = None
@@ -274,5 +285,11 @@ class PgPeers(Peers):
                                " (select replica_id from replicas where last_beat > %s)", [now - ALIVE_S])
             await conn.execute("delete from replicas where last_beat < %s", [now - 3600])
             await conn.execute("delete from relay where created < %s", [now - 60])
-        if self.replica is not None and self.replica.hub.watching_detections and beats % 5 == 0:
-            self.watching_detections(True)
+        if self._touched:
+            self._post({"k": "devices", "ids": sorted(self._touched)})
+            self._touched = set()
+        if self.replica is not None and beats % 5 == 0:  # say it again: a replica started since must hear it
+            for topic, watched in (("fleet", self.replica.hub.fleet.watched),
+                                   ("detections", self.replica.hub.detections.watched)):
+                if watched:
+                    self.watching(topic, True)

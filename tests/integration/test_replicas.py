@@ -7,6 +7,7 @@ tests/integration/test_failover.py.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pytest
 
 from edgefleet.fleet.channel import open_channel
 from edgefleet.fleet.rollouts import RolloutOptions
-from edgefleet.v1 import agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from edgefleet.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from ..conftest import ControllerThread, wait_for
 from .test_commands import AnsweringSession, done
@@ -109,7 +110,7 @@ def test_watch_detections_on_one_replica_gets_frames_committed_on_the_other(repl
     watch = control_of(a).WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device.device_id), timeout=30)
     threading.Thread(target=collect, args=(watch, lambda r: got.append(r.frame.sequence)),
                      daemon=True).start()
-    wait_for(lambda: b.controller.peers.replica.wants_detections(time.time(), 15), 5,
+    wait_for(lambda: b.controller.peers.replica.wants("detections", time.time(), 15), 5,
              "replica B to hear that A watches detections")  # frames committed before that are not A's to see
     gateway_b = agent_pb2_grpc.AgentGatewayStub(channel_b)
     acks = list(gateway_b.PublishDetections(iter([batch(1, 2, 3), batch(4, 5)]),
@@ -142,3 +143,32 @@ def test_one_replica_leads_and_another_takes_over_when_it_stops(replicas):
     leader.stop()
     wait_for(lambda: other.controller.peers.leader, 10, "the other replica to lead")
     assert time.monotonic() - stopped < 5
+
+
+def test_heartbeats_on_one_replica_reach_a_fleet_watch_on_the_other_in_batches(replicas):
+    a, b = replicas
+    channel_b = grpc.insecure_channel(b.address)
+    device = enroll(channel_b)
+    seen: list[fleet_pb2.FleetEvent] = []
+    watch = control_of(a).WatchFleet(fleet_pb2.WatchFleetRequest(), timeout=30)
+    threading.Thread(target=collect, args=(watch, seen.append), daemon=True).start()
+    wait_for(lambda: b.controller.peers.replica.wants("fleet", time.time(), 15), 5,
+             "replica B to hear that A watches the fleet")
+    up: queue.Queue = queue.Queue()
+    up.put(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_version="test", streams=["cam0"])))
+    session = agent_pb2_grpc.AgentGatewayStub(channel_b).Session(iter(up.get, None),
+                                                                 metadata=auth(device.device_token), timeout=30)
+    threading.Thread(target=collect, args=(session, lambda _: None), daemon=True).start()
+    try:
+        for n in range(1, 4):
+            up.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(seq=n, health=types_pb2.HealthSample(
+                fps=10.0 * n))))
+
+        def fps_seen():
+            return {round(e.device.health.fps) for e in seen if e.WhichOneof("body") == "device"
+                    and e.device.device_id == device.device_id}
+
+        wait_for(lambda: 30 in fps_seen(), 5, "the last heartbeat's health on replica A's watch")
+    finally:
+        up.put(None)
+        watch.cancel()
