@@ -30,6 +30,7 @@ from .controllers import controller_text
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 RestartMode = Literal["auto", "exit", "in-process"]
+Pace = Literal["fast", "realtime"]
 
 
 def _int_as_text(value: Any) -> Any:
@@ -108,6 +109,12 @@ class AgentConfig(BaseModel):
                                                  "(default cam0, cam1, ...)", metavar="ID")
     max_frames: int = setting(0, "stop each stream after N frames (0: at the source's end)", metavar="N", ge=0)
     loop: bool = setting(False, "restart a file source when it ends")
+    pace: Pace = setting("fast", "how file sources play: fast (default) gives every frame as fast as the agent "
+                                 "takes them; realtime plays a video at its frame rate (25 fps when the file "
+                                 "states none) and an image folder at --folder-fps, as a camera would, dropping "
+                                 "and counting the frames the agent is too slow to take", metavar="PACE")
+    folder_fps: float = setting(1.0, "images a second from an image folder at --pace realtime (default 1)",
+                                metavar="FPS", gt=0, le=240)
     detect_interval: int = setting(1, "detect on every Nth frame of a stream; the tracker predicts in between "
                                       "(default 1)", metavar="N", ge=1)
     motion_gate: float = setting(0.0, "skip detection while the scene is static (mean pixel change below T of "

@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 GROUPS: dict[str, tuple[str, ...]] = {
     "the controller": ("controller", "tls_ca", "tls_cert", "tls_key", "state_dir", "enroll_key", "name", "labels",
                        "backoff_max_s", "drain_timeout", "restart_mode"),
-    "local streams": ("source", "stream_id", "max_frames", "loop", "detect_interval", "motion_gate"),
+    "local streams": ("source", "stream_id", "max_frames", "loop", "pace", "folder_fps", "detect_interval",
+                      "motion_gate"),
     "the outbox": ("outbox_max_mb", "outbox_max_age_s", "commit_interval_s"),
     "the detector": ("threads", "rect", "models_dir", "model"),
     "planning": ("auto_plan", "target_fps", "calibrate"),

@@ -1,7 +1,11 @@
 """Frame sources: a reader thread per source, so decoding overlaps detection.
 
 Files, image folders and synthetic scenes give every frame (the reader waits for the
-consumer, a few frames ahead). Live sources (camera index, RTSP/HTTP URL) keep only the
+consumer, a few frames ahead) at pace "fast", the default. At pace "realtime" a video file plays at
+its frame rate and an image folder at `folder_fps`, as a camera would: the reader delivers each
+frame at its time on a clock started with the first, keeps only the newest frame for the consumer,
+and counts the ones the consumer was too slow to take (`frames_dropped`); synthetic scenes stay
+fast. Live sources (camera index, RTSP/HTTP URL) keep only the
 newest frame, count the ones the consumer never saw, and reconnect with backoff when the
 stream fails; frame indices keep counting across reconnects.
 
@@ -18,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, urlparse
 
 import cv2
@@ -29,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+Pace = Literal["fast", "realtime"]
+FALLBACK_FPS = 25.0
+"""The rate a realtime video file plays at when its container gives none, or one outside 1-240."""
 
 
 @dataclass
@@ -75,6 +84,11 @@ class VideoReader:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+    def fps(self) -> float:
+        """The frame rate the container states (CAP_PROP_FPS), after `open()`; 0 when it states none."""
+        value = self._cap.get(cv2.CAP_PROP_FPS) if self._cap is not None else 0.0
+        return float(value) if value == value else 0.0  # NaN: none
 
     def probe(self) -> str:
         """For a file, after `open()`: "" when a first frame decodes, else why not; the file is opened
@@ -157,9 +171,14 @@ class Source:
     thread can wait for whichever of several sources has something first."""
 
     def __init__(self, spec: str, reader, live: bool, prefetch: int = 4,
-                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0):
+                 reconnect_initial_s: float = 0.5, reconnect_max_s: float = 10.0, fps: float = 0.0):
+        """`fps` > 0 (a file or folder at pace realtime): frame i is delivered at i/fps seconds after the
+        first, and only the newest frame is kept for the consumer, as from a live source; the source is
+        still not live (it ends, and --loop restarts it, rather than reconnecting)."""
         self.spec = spec
         self.live = live
+        self.fps = fps
+        self._latest_only = live or fps > 0
         self._reader = reader
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -200,6 +219,7 @@ class Source:
 
     def _run(self) -> None:
         index = 0
+        started = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
@@ -213,6 +233,8 @@ class Source:
                         continue
                     break
                 self.frames_read += 1
+                if self.fps > 0 and self._stop.wait(max(0.0, started + index / self.fps - time.monotonic())):
+                    break
                 self._deliver(Frame(index, image, time.time()))
                 index += 1
         finally:
@@ -249,7 +271,7 @@ class Source:
         return False
 
     def _deliver(self, frame: Frame | None) -> None:
-        if self.live:
+        if self._latest_only:
             with self._cond:
                 if frame is None:
                     self._ended = True
@@ -270,7 +292,7 @@ class Source:
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         """The next frame, or None at the end. Raises TimeoutError when none is ready in time."""
-        if self.live:
+        if self._latest_only:
             with self._cond:
                 if not self._cond.wait_for(lambda: self._latest is not None or self._ended, timeout):
                     raise TimeoutError(f"source {self.spec!r}: no frame within {timeout}s")
@@ -302,8 +324,26 @@ def _synthetic(spec: str) -> SyntheticReader:
     return SyntheticReader(spec, width, height, query.get("objects", 5), query.get("frames", 300), query.get("seed", 0))
 
 
-def open_source(spec: str) -> Source:
-    """A Source for a camera index, URL, video file, image folder/file or synthetic scene."""
+def _video_fps(reader: VideoReader) -> float:
+    """The file's frame rate for pace realtime (opens and closes it): FALLBACK_FPS when the container
+    states none or a rate no camera has, with a warning."""
+    reader.open()
+    try:
+        fps = reader.fps()
+    finally:
+        reader.close()
+    if 1.0 <= fps <= 240.0:
+        return fps
+    logger.warning("source %s: frame rate %r is missing or implausible; playing at %.0f fps",
+                   reader.spec, fps, FALLBACK_FPS)
+    return FALLBACK_FPS
+
+
+def open_source(spec: str, pace: Pace = "fast", folder_fps: float = 1.0) -> Source:
+    """A Source for a camera index, URL, video file, image folder/file or synthetic scene.
+
+    `pace` applies to files and folders only: "fast" gives every frame as fast as it is read,
+    "realtime" plays a video at its frame rate and a folder at `folder_fps` images a second."""
     spec = spec.strip()
     if not spec:
         raise SourceError("source is empty")
@@ -321,5 +361,6 @@ def open_source(spec: str) -> Source:
             p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SourceError(f"source {spec!r}: folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return Source(spec, FolderReader(spec, files), live=False)
-    return Source(spec, VideoReader(spec, str(path)), live=False)
+        return Source(spec, FolderReader(spec, files), live=False, fps=folder_fps if pace == "realtime" else 0.0)
+    reader = VideoReader(spec, str(path))
+    return Source(spec, reader, live=False, fps=_video_fps(reader) if pace == "realtime" else 0.0)
