@@ -71,8 +71,8 @@ def _start_agent(i: int, source: Path, address: str, workdir: Path, threads: int
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
-         "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name, "--drain-timeout", "10",
-         "--threads", str(threads)],
+         "--pace", "realtime", "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name,
+         "--drain-timeout", "10", "--threads", str(threads)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     return DemoAgent(name, source, proc, log)
