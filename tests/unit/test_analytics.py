@@ -1,0 +1,124 @@
+"""The zone and line evaluator: crossings both ways, jitter, polylines, predicted frames, dwell, occupancy, counts."""
+import numpy as np
+import pytest
+
+from agent.analytics import Analytics, LineCrossing, MinuteCounts, StreamEvaluator, Totals, ZoneEvent
+from agent.errors import ConfigError
+from agent.zones import StreamAnalytics
+
+SIZE = (1000, 1000)
+
+
+def box_at(x, y, w=40, h=100):
+    """A box whose bottom centre is (x, y)."""
+    return [x - w / 2, y - h, x + w / 2, y]
+
+
+def evaluator(totals=None, **kw):
+    return StreamEvaluator("cam0", StreamAnalytics.model_validate({"units": "pixels", **kw}), totals=totals)
+
+
+def walk(ev, paths, labels=None, start=0, t0=1000.0, fps=10.0):
+    """Feed per-frame positions {track: (x, y)} (a list per frame); all events."""
+    events = []
+    for i, frame in enumerate(paths):
+        ids = np.array(list(frame), np.int64)
+        xyxy = np.array([box_at(*frame[t]) for t in frame], float).reshape(-1, 4)
+        lab = [(labels or {}).get(t, "person") for t in frame]
+        events += ev.update(start + i, t0 + (start + i) / fps, xyxy, ids, lab, SIZE)
+    return events
+
+
+DOOR = {"door": {"points": [[100, 500], [900, 500]], "margin": 0.01}}  # margin ~14 px
+
+
+def test_a_line_counts_each_crossing_once_in_both_directions():
+    ev = evaluator(lines=DOOR)
+    down = [{1: (500, y)} for y in range(400, 601, 20)]
+    events = walk(ev, down + down[::-1])
+    crossings = [e for e in events if isinstance(e, LineCrossing)]
+    assert [(c.direction, c.track_id, c.segment) for c in crossings] == [("in", 1, 0), ("out", 1, 0)]
+
+
+def test_jitter_on_the_line_counts_nothing_and_a_real_crossing_once():
+    ev = evaluator(lines=DOOR)
+    jitter = [{1: (500, 500 + d)} for d in [-30, -20, -8, 6, -5, 9, -10, 12, -3, 8, 4] * 3]
+    assert walk(ev, jitter) == []
+    events = walk(ev, [{1: (500, 560)}, {1: (500, 490)}, {1: (500, 510)}, {1: (500, 495)}], start=len(jitter))
+    assert [e.direction for e in events] == ["in"]
+
+
+def test_without_a_margin_jitter_counts_every_wobble():
+    ev = evaluator(lines={"door": {"points": [[100, 500], [900, 500]], "margin": 0}})
+    events = walk(ev, [{1: (500, 500 + d)} for d in [-5, 5, -5, 5]])
+    assert [e.direction for e in events] == ["in", "out", "in"]
+
+
+def test_passing_beyond_the_end_of_a_segment_is_no_crossing():
+    ev = evaluator(lines=DOOR)
+    assert walk(ev, [{1: (950, 400)}, {1: (950, 600)}, {1: (500, 600)}]) == []
+
+
+def test_a_polyline_counts_once_per_segment_crossed():
+    ev = evaluator(lines={"fence": {"points": [[100, 500], [500, 500], [500, 900]]}})
+    events = walk(ev, [{1: (300, 400)}, {1: (300, 600)}, {1: (700, 700)}])
+    assert [(e.segment, e.direction) for e in events] == [(0, "in"), (1, "out")]
+
+
+def test_class_filters_count_only_their_labels():
+    ev = evaluator(lines={"door": {"points": [[100, 500], [900, 500]], "labels": ["bicycle"]}})
+    events = walk(ev, [{1: (300, 400), 2: (600, 400)}, {1: (300, 600), 2: (600, 600)}], labels={2: "bicycle"})
+    assert [(e.track_id, e.label) for e in events] == [(2, "bicycle")]
+
+
+def test_zone_enter_exit_dwell_and_occupancy():
+    ev = evaluator(zones={"shop": {"polygon": [[200, 200], [800, 200], [800, 800], [200, 800]]}})
+    frames = [{1: (100, 500), 2: (500, 500)}, {1: (300, 500), 2: (500, 500)}] + [{1: (300, 500), 2: (500, 500)}] * 8
+    frames += [{1: (900, 500), 2: (500, 500)}]
+    events = [e for e in walk(ev, frames) if isinstance(e, ZoneEvent)]
+    assert [(e.kind, e.track_id, e.occupancy) for e in events] == [("enter", 2, 1), ("enter", 1, 2), ("exit", 1, 1)]
+    assert events[2].dwell_s == pytest.approx(0.9)  # frames 1..10 at 10 fps
+    assert ev.occupancy() == {"shop": 1}
+
+
+def test_a_lost_track_leaves_its_zones_at_its_last_time():
+    ev = StreamEvaluator("cam0", StreamAnalytics.model_validate(
+        {"units": "pixels", "zones": {"shop": {"polygon": [[200, 200], [800, 200], [800, 800], [200, 800]]}}}),
+        lost_frames=5, totals=None)
+    walk(ev, [{1: (500, 500)}] * 3)
+    events = walk(ev, [{}] * 7, start=3)
+    assert [(e.kind, e.frame_index, e.dwell_s) for e in events] == [("exit", 2, pytest.approx(0.2))]
+    assert ev.occupancy() == {"shop": 0}
+
+
+def test_predicted_rows_count_like_detected_ones_and_a_returning_track_keeps_its_side():
+    """The evaluator sees the tracker's rows, predicted or not; a track gone for a few frames and back
+    on the other side (within lost_frames) still counts its crossing."""
+    ev = evaluator(lines=DOOR)
+    events = walk(ev, [{1: (500, 400)}, {}, {}, {1: (500, 600)}])
+    assert [e.direction for e in events] == ["in"]
+
+
+def test_totals_and_minute_counts():
+    totals = Totals()
+    ev = evaluator(totals, lines=DOOR, zones={"shop": {"polygon": [[0, 0], [1000, 0], [1000, 450], [0, 450]]}})
+    events = walk(ev, [{1: (500, 400), 2: (600, 600)}, {1: (500, 600), 2: (600, 400)}], t0=119.95)
+    crossings, entries, occupancy = totals.snapshot()
+    assert crossings == {("cam0", "door", "person", "in"): 1, ("cam0", "door", "person", "out"): 1}
+    assert entries == {("cam0", "shop", "person"): 2} and occupancy == {("cam0", "shop"): 1}
+    counts = MinuteCounts()
+    counts.add(events)  # frame 0 at 119.95 s (minute 60), frame 1 at 120.05 s (minute 120)
+    assert [(r.minute, r.kind, r.name, r.direction, r.count) for r in counts.take(now=120.0)] == [
+        (60, "zone", "shop", "enter", 1)]
+    assert {(r.minute, r.kind, r.name, r.direction, r.count) for r in counts.take()} == {
+        (120, "line", "door", "in", 1), (120, "line", "door", "out", 1), (120, "zone", "shop", "enter", 1)}
+    assert counts.take() == []
+
+
+def test_analytics_skips_streams_without_shapes_and_refuses_pixels_outside_the_frame():
+    a = Analytics({"cam0": StreamAnalytics.model_validate({"units": "pixels", "lines": DOOR}),
+                   "cam1": StreamAnalytics()}, totals=None)
+    assert list(a.evaluators) == ["cam0"]
+    a.update("cam1", 0, 0.0, (640, 480), np.zeros((0, 4)), np.zeros(0, np.int64), [])
+    with pytest.raises(ConfigError, match="stream 'cam0': line 'door': point \\(100, 500\\) is outside the 640x480"):
+        a.update("cam0", 0, 0.0, (640, 480), np.zeros((0, 4)), np.zeros(0, np.int64), [])
