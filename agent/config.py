@@ -21,12 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgefleet.common.addresses import parse_host_port
 from edgefleet.common.labels import label_problem
 
 from .controllers import controller_text
+from .zones import StreamAnalytics
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 RestartMode = Literal["auto", "exit", "in-process"]
@@ -193,6 +194,10 @@ class AgentConfig(BaseModel):
     grace: float = setting(2.0, "on SIGTERM/SIGINT, let open calls finish for up to S seconds (default 2)",
                            metavar="S", ge=0)
 
+    # ---- zones and lines (config file only) ----
+    analytics: dict[Text, StreamAnalytics] = Field(
+        default_factory=dict, description="per local stream id: its zones and lines (agent.zones, docs/zones.md)")
+
     log_level: LogLevel = "info"
 
     @field_validator(*HOST_PORTS)
@@ -224,6 +229,23 @@ class AgentConfig(BaseModel):
                 raise ValueError(problem)
         return value
 
+    @field_validator("analytics", mode="before")
+    @classmethod
+    def _analytics(cls, value: Any) -> Any:
+        """Each stream's zones and lines (agent.zones), a fault named with its stream."""
+        if not isinstance(value, dict):
+            return value
+        settings = {}
+        for sid, setting in value.items():
+            try:
+                settings[sid] = StreamAnalytics.model_validate(setting)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+                raise ValueError(f"stream {sid!r}: {where + ': ' if where else ''}{message}") from None
+        return settings
+
     @field_validator("mqtt_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
@@ -248,6 +270,9 @@ class AgentConfig(BaseModel):
             return f"{len(self.stream_id)} --stream-id for {len(self.source or [])} --source; give one each"
         if self.stream_id is not None and len(set(self.stream_id)) != len(self.stream_id):
             return f"--stream-id values must be unique, got {self.stream_id}"
+        unknown = sorted(set(self.analytics) - set(self.stream_ids))
+        if unknown:
+            return f"analytics: {unknown[0]!r} is not a local stream (streams: {', '.join(self.stream_ids) or 'none'})"
         return None
 
     def _serve_problem(self) -> str | None:

@@ -2,7 +2,8 @@
 
 Every flag of the subcommand is a key, spelled without its leading dashes, with dashes or
 underscores (`detect-interval: 2`, `detect_interval: 2`); `sources:` lists the streams, each a
-plain string or `{uri: …, stream_id: …}`. This module reads the file's structure (keys, lists,
+plain string or `{uri: …, stream_id: …}`; `analytics:` (no flag) gives each stream's zones
+and lines (agent.zones). This module reads the file's structure (keys, lists,
 where each key is); the values' types and bounds are AgentConfig's (agent.config), checked with
 the command line's values, so that a mistake in either is said the same way.
 
@@ -41,6 +42,8 @@ class Key:
     """A mapping of names to values (`labels: {site: lab}`)."""
     joined: bool = False
     """One text that a list may give, joined with commas (`controller: [a:50051, b:50051]`)."""
+    structured: bool = False
+    """A mapping whose values are mappings, checked by the model (`analytics: {cam0: {zones: …}}`)."""
 
 
 @dataclass
@@ -151,7 +154,8 @@ class _Reader:
             if setting.field in self.result.where:
                 raise self.fail(key, f"sets the same flag ({setting.flag}) as key "
                                      f"{self.result.where[setting.field][0]!r}")
-            self._set(key, setting, self._value(key, value, setting))
+            self._set(key, setting, self._structured(key, value) if setting.structured else
+                      self._value(key, value, setting))
         return self.result
 
     def _set(self, key: str, setting: Key, value: Any) -> None:
@@ -184,6 +188,11 @@ class _Reader:
         value = self._scalar(key, value)
         if setting.negated and isinstance(value, bool):
             return not value
+        return value
+
+    def _structured(self, key: str, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping of stream ids to settings, got {kind_of(value)}")
         return value
 
     def _scalar(self, key: str, value: Any) -> Any:

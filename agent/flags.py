@@ -36,7 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "the controller": ("controller", "tls_ca", "tls_cert", "tls_key", "state_dir", "enroll_key", "name", "labels",
                        "backoff_max_s", "drain_timeout", "restart_mode"),
     "local streams": ("source", "stream_id", "max_frames", "loop", "pace", "folder_fps", "detect_interval",
-                      "motion_gate"),
+                      "motion_gate", "analytics"),
     "the outbox": ("outbox_max_mb", "outbox_max_age_s", "commit_interval_s"),
     "the detector": ("threads", "rect", "models_dir", "model"),
     "planning": ("auto_plan", "target_fps", "calibrate"),
@@ -53,6 +53,10 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "serve": ("the inference service", "the controller", "local streams", "the outbox", "the detector",
               "deployments", "reporting"),
 }
+
+FILE_ONLY = ("analytics",)
+"""Settings with no flag, only a config file key (their values are structured: agent.zones); in GROUPS
+for the commands that take them."""
 
 TOP_LEVEL = ("log_level",)
 """Settings whose flag is the top-level parser's (`edge-agent --log-level debug run ...`); keys in files too."""
@@ -115,7 +119,8 @@ def add_config_flags(parser: argparse.ArgumentParser, command: str) -> None:
     for title in COMMAND_GROUPS[command]:
         group = parser.add_argument_group(title)
         for name in GROUPS[title]:
-            add_flag(group, name)
+            if name not in FILE_ONLY:
+                add_flag(group, name)
             names.append(name)
     parser.set_defaults(settings=tuple(names))
 
@@ -134,6 +139,9 @@ def file_keys(names: Sequence[str]) -> dict[str, Key]:
     """The keys a config file may use for the settings `names` (and the top-level ones)."""
     keys: dict[str, Key] = {}
     for name in (*names, *TOP_LEVEL):
+        if name in FILE_ONLY:
+            keys[name] = Key(name, name, structured=True)
+            continue
         info = AgentConfig.model_fields[name]
         flag, (base, is_list) = flag_of(name), _base_type(info.annotation)
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
@@ -204,7 +212,7 @@ def refusal(error: ErrorDetails, file: FileValues, from_flags: set[str]) -> Conf
     message = _message(error, name)
     if name is None:
         return ConfigError(message)
-    if name in file.where and name not in from_flags:
+    if name in file.where and name not in from_flags or name in FILE_ONLY:
         return ConfigFileError(f"{file.locate(name)}: {message}")
     flag = flag_of(name)
     return ConfigError(message if message.startswith(flag) else f"{flag} {message}")

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from agent.analytics import Analytics, LineCrossing, MinuteCounts, StreamEvaluator, Totals, ZoneEvent
-from agent.errors import ConfigError
-from agent.zones import StreamAnalytics
+from edgefleet.agent.analytics import Analytics, LineCrossing, MinuteCounts, StreamEvaluator, Totals, ZoneEvent
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.zones import StreamAnalytics
 
 SIZE = (1000, 1000)
 

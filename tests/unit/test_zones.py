@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from agent.zones import StreamAnalytics, contains, polygon_problem, polyline_problem, reference_points
+from edgefleet.agent.zones import StreamAnalytics, contains, polygon_problem, polyline_problem, reference_points
 
 SQUARE = [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]
 
@@ -73,3 +73,34 @@ def test_polyline_problems_and_reference_points():
     boxes = np.array([[10, 20, 30, 60]], float)
     assert reference_points(boxes, "bottom-centre").tolist() == [[20, 60]]
     assert reference_points(boxes, "centre").tolist() == [[20, 40]]
+
+
+def _run_config(tmp_path, text):
+    from edgefleet.agent.cli import build_parser
+    from edgefleet.agent.flags import parse_args
+    path = tmp_path / "agent.yaml"
+    path.write_text("controller: localhost:1\nsource: synthetic://640x480\n" + text)
+    return parse_args(build_parser(), ["run", "--config", str(path)]).config
+
+
+def test_agent_yaml_analytics_are_read_per_stream(tmp_path):
+    config = _run_config(tmp_path, "analytics:\n  cam0:\n    lines: {door: {points: [[0.2, 0.7], [0.8, 0.7]]}}\n")
+    assert config.analytics["cam0"].lines["door"].points == [(0.2, 0.7), (0.8, 0.7)]
+
+
+@pytest.mark.parametrize("text, fault", [
+    ("analytics:\n  cam0:\n    zones: {e: {polygon: [[0, 0], [1, 1], [1, 0], [0, 1]]}}\n",
+     "agent.yaml:3: analytics: stream 'cam0': zone 'e': is self-intersecting (edge 1 crosses edge 3)"),
+    ("analytics:\n  cam0:\n    lines: {door: {points: [[0.2, 0.7], [0.2, 0.7]]}}\n",
+     "agent.yaml:3: analytics: stream 'cam0': line 'door': segment 1 has zero length"),
+    ("analytics:\n  cam0:\n    lines: {door: {points: [[0.2, 0.7], [1.2, 0.7]]}}\n",
+     "agent.yaml:3: analytics: stream 'cam0': line 'door': point (1.2, 0.7) is outside the frame"),
+    ("analytics:\n  cam7:\n    lines: {door: {points: [[0.2, 0.7], [0.8, 0.7]]}}\n",
+     "analytics: 'cam7' is not a local stream (streams: cam0)"),
+    ("analytics: [cam0]\n", "agent.yaml:3: analytics: must be a mapping of stream ids to settings, got a list"),
+])
+def test_agent_yaml_refuses_malformed_analytics_with_the_file_line_and_fault(tmp_path, capsys, text, fault):
+    with pytest.raises(SystemExit) as exit_:
+        _run_config(tmp_path, text)
+    assert exit_.value.code == 2
+    assert fault in capsys.readouterr().err
