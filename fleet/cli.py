@@ -260,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_secret_parsers(sub)
     _add_query_parsers(sub)
     from .cli_audit import add_audit_command
+    from .cli_detect import add_detect_command
 
     add_audit_command(sub)
+    add_detect_command(sub)
 
     from .cli_config import add_config_commands
     from .cli_devices import add_device_commands
