@@ -31,6 +31,7 @@ from edgefleet.adaptive.schedule import FrameScheduler, MotionGate
 from edgefleet.models.base import Detector, Prepared
 from edgefleet.models.detections import Detections
 
+from .analytics import Analytics
 from .bytetrack import ByteTrack
 from .health import HealthMonitor, StreamHealth
 from .options import RunOptions
@@ -162,6 +163,8 @@ class FrameLoop:
                                self._frame_ready) for sid, spec in zip(options.stream_ids, options.sources)]
         self._preparer: ThreadPoolExecutor | None = None
         self._ahead: Ahead | None = None
+        self.analytics = Analytics(getattr(options, "analytics", {}))
+        """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
 
     def start(self) -> None:
         """Start the sources (a SourceError before anything else starts) and, for files, the prepare thread."""
@@ -264,6 +267,8 @@ class FrameLoop:
             # detections, or None: the tracker predicts this frame's boxes (rows marked predicted)
             dets, predicted = stream.tracker.step(detections.get(id(stream)), self.options.publish_threshold)
             labels = dets.labels(names)
+            self.analytics.update(stream.stream_id, frame.index, frame.capture_time, frame.image.shape[1::-1],
+                                  dets.xyxy, dets.tracker_id, labels)
             records.append(OutboxRecord.of_frame(stream.stream_id, frame.index, frame.capture_time, dets, labels,
                                                  predicted))
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)

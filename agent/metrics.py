@@ -4,27 +4,31 @@ Every value comes from the health sample the link already sends with each heartb
 (`Agent.health_sample()`, safe to call off the loop thread: the link and MQTT threads do)
 and from `Agent.plan`, which the loop replaces, never mutates. The families are built by a
 prometheus_client collector on each scrape; the endpoint is `edgefleet.common.metrics`'s.
+The zone and line families are read from agent.analytics' running totals (`TOTALS`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import GaugeMetricFamily
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from edgefleet.common.metrics import MetricsServer, ScrapeCollector, render
+
+from .analytics import TOTALS, Totals
 
 
 class AgentMetrics:
     """Gauges built from `health()` and `plan()` on each scrape, in a registry of their own."""
 
-    def __init__(self, health: Callable[[], dict], plan: Callable[[], dict]):
+    def __init__(self, health: Callable[[], dict], plan: Callable[[], dict], totals: Totals = TOTALS):
         self._health = health
         self._plan = plan
+        self._totals = totals
         self.registry = CollectorRegistry()
         self.registry.register(ScrapeCollector(self._families))
 
-    def _families(self) -> list[GaugeMetricFamily]:
+    def _families(self) -> list[Metric]:
         sample = self._health()
         plan = self._plan()
         inference_ms = GaugeMetricFamily("edgefleet_agent_inference_ms",
@@ -48,7 +52,25 @@ class AgentMetrics:
             GaugeMetricFamily("edgefleet_agent_outbox_depth", "Committed frames not yet acked by the controller.",
                               value=sample.get("outbox_depth", 0)),
             plan_info,
+            *self._zone_families(),
         ]
+
+    def _zone_families(self) -> list[Metric]:
+        """Line crossings and zone entries since start, and each zone's occupancy now (agent.analytics)."""
+        crossings, entries, occupancy = self._totals.snapshot()
+        crossed = CounterMetricFamily("edgefleet_agent_crossings", "Line crossings counted since start.",
+                                      labels=["stream", "line", "label", "direction"])
+        for key, count in sorted(crossings.items()):
+            crossed.add_metric(list(key), count)
+        entered = CounterMetricFamily("edgefleet_agent_zone_entries", "Zone entries counted since start.",
+                                      labels=["stream", "zone", "label"])
+        for key, count in sorted(entries.items()):
+            entered.add_metric(list(key), count)
+        inside = GaugeMetricFamily("edgefleet_agent_zone_occupancy", "Tracked objects in each zone now.",
+                                   labels=["stream", "zone"])
+        for key, count in sorted(occupancy.items()):
+            inside.add_metric(list(key), count)
+        return [crossed, entered, inside]
 
     def render(self) -> str:
         return render(self.registry)

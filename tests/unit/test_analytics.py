@@ -122,3 +122,15 @@ def test_analytics_skips_streams_without_shapes_and_refuses_pixels_outside_the_f
     a.update("cam1", 0, 0.0, (640, 480), np.zeros((0, 4)), np.zeros(0, np.int64), [])
     with pytest.raises(ConfigError, match="stream 'cam0': line 'door': point \\(100, 500\\) is outside the 640x480"):
         a.update("cam0", 0, 0.0, (640, 480), np.zeros((0, 4)), np.zeros(0, np.int64), [])
+
+
+def test_the_agent_metrics_report_crossings_entries_and_occupancy():
+    from edgefleet.agent.metrics import AgentMetrics
+    totals = Totals()
+    ev = evaluator(totals, lines=DOOR, zones={"shop": {"polygon": [[0, 0], [1000, 0], [1000, 450], [0, 450]]}})
+    walk(ev, [{1: (500, 400)}, {1: (500, 600)}, {1: (500, 400)}, {1: (500, 600)}])
+    text = AgentMetrics(lambda: {}, lambda: {}, totals).render()
+    assert 'edgefleet_agent_crossings_total{direction="in",label="person",line="door",stream="cam0"} 2.0' in text
+    assert 'edgefleet_agent_crossings_total{direction="out",label="person",line="door",stream="cam0"} 1.0' in text
+    assert 'edgefleet_agent_zone_entries_total{label="person",stream="cam0",zone="shop"} 2.0' in text
+    assert 'edgefleet_agent_zone_occupancy{stream="cam0",zone="shop"} 0.0' in text
