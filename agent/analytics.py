@@ -3,9 +3,10 @@
 `StreamEvaluator.update(frame_index, capture_time, xyxy, track_ids, labels)` takes one frame's tracked
 rows, detected or predicted alike, and returns what happened on it:
 
-- `ZoneEvent` enter/exit: an object's reference point went more than the zone's margin inside
-  (enter) or outside (exit) its polygon; an exit carries the dwell (seconds of capture time since
-  the enter), both carry the zone's occupancy after the event. A track not seen for `lost_frames`
+- `ZoneEvent` enter/exit: an object's reference point went more than the zone's margin (a fraction
+  of the object's box height, agent.zones) inside (enter) or outside (exit) its polygon; an exit
+  carries the dwell (seconds of capture time since the enter), both carry the zone's occupancy
+  after the event. A track not seen for `lost_frames`
   frames leaves every zone it was in, at the time it was last seen.
 - `LineCrossing`: the point went from more than the margin on one side of a segment to more than
   the margin on the other, and its path between the two (from where it was last beyond the margin)
@@ -264,8 +265,9 @@ class StreamEvaluator:
             return []
         depth = state.zone.signed_distance(reference_points(xyxy, state.zone.point))
         inside = state.inside[rows]
-        entering = rows[~inside & (depth > state.zone.margin)]
-        leaving = rows[inside & (depth < -state.zone.margin)]
+        margin = state.zone.margin * (xyxy[:, 3] - xyxy[:, 1])
+        entering = rows[~inside & (depth > margin)]
+        leaving = rows[inside & (depth < -margin)]
         events: list[Event] = []
         for row in leaving.tolist():
             state.inside[row] = False
@@ -287,7 +289,8 @@ class StreamEvaluator:
         line = state.line
         points = reference_points(xyxy, line.point)
         distance = line.signed_distances(points)                                   # (m, segments)
-        side = np.where(distance > line.margin, 1, np.where(distance < -line.margin, -1, 0)).astype(np.int8)
+        margin = (line.margin * (xyxy[:, 3] - xyxy[:, 1]))[:, None]
+        side = np.where(distance > margin, 1, np.where(distance < -margin, -1, 0)).astype(np.int8)
         before = state.side[rows]
         flipped = (side != 0) & (before != 0) & (side != before)
         events: list[Event] = []

@@ -10,8 +10,9 @@ Fractions are checked here; pixels against the frame size when the stream's firs
 
 Each zone and line has a class filter (`labels`, empty: every class), the object's reference point
 (`point`: bottom-centre, the default, where a person or car touches the ground; or centre), and a
-`margin`: how far (fraction of the frame's diagonal) the point must be beyond a line or a zone's edge
-for its side to change, so that a point jittering on the line counts nothing.
+`margin`: how far the point must be beyond a line or a zone's edge for its side to change, as a
+fraction of the object's own box height (a detector's box jitter grows with the box), so that a
+point jittering on the line counts nothing. scripts/bench/analytics.py measured the default.
 
 Plain Python and numpy, no shapely: the checks are segment intersections over a few dozen points, and
 the per-frame work (agent.analytics) is vectorised over the objects with numpy.
@@ -28,8 +29,8 @@ Units = Literal["fraction", "pixels"]
 RefPoint = Literal["bottom-centre", "centre"]
 Point = tuple[float, float]
 
-DEFAULT_MARGIN = 0.01
-"""The default hysteresis band: 1 % of the frame's diagonal (about 8 px at 640x480)."""
+DEFAULT_MARGIN = 0.05
+"""The default hysteresis band: 5 % of the object's box height (5 px for a 100 px tall person)."""
 
 
 class Shape(BaseModel):
@@ -38,7 +39,7 @@ class Shape(BaseModel):
 
     labels: list[str] = Field(default_factory=list)
     point: RefPoint = "bottom-centre"
-    margin: float = Field(DEFAULT_MARGIN, ge=0, le=0.25)
+    margin: float = Field(DEFAULT_MARGIN, ge=0, le=1)
 
 
 class ZoneSetting(Shape):
@@ -81,7 +82,6 @@ class StreamAnalytics(BaseModel):
         """The zones and lines in source pixels for a `width` x `height` frame; ValueError naming the
         zone or line whose pixel coordinates fall outside it."""
         scale = np.array([width, height], float) if self.units == "fraction" else np.ones(2)
-        diagonal = float(np.hypot(width, height))
         zones, lines = [], []
         for kind, name, setting, points in self._shapes():
             xy = np.asarray(points, float) * scale
@@ -91,9 +91,9 @@ class StreamAnalytics(BaseModel):
                                  f"{width}x{height} frame")
             filters = frozenset(setting.labels)
             if kind == "zone":
-                zones.append(Zone(name, xy, filters, setting.point, setting.margin * diagonal))
+                zones.append(Zone(name, xy, filters, setting.point, setting.margin))
             else:
-                lines.append(Line(name, xy, filters, setting.point, setting.margin * diagonal))
+                lines.append(Line(name, xy, filters, setting.point, setting.margin))
         return zones, lines
 
     def _shapes(self) -> list[tuple[str, str, Shape, list[Point]]]:
@@ -103,7 +103,7 @@ class StreamAnalytics(BaseModel):
 
 @dataclass(frozen=True)
 class Zone:
-    """A zone in source pixels: its polygon (n, 2), class filter, reference point and margin in pixels."""
+    """A zone in source pixels: its polygon (n, 2), class filter, reference point and margin (of box heights)."""
     name: str
     polygon: np.ndarray
     labels: frozenset[str]
@@ -119,7 +119,7 @@ class Zone:
 
 @dataclass(frozen=True)
 class Line:
-    """A polyline in source pixels: its points (n, 2), class filter, reference point and margin in pixels.
+    """A polyline in source pixels: its points (n, 2), class filter, reference point and margin (of box heights).
 
     Segment i runs from point i to point i+1. A point's side of it is the sign of the cross product
     (b - a) x (p - a): in image coordinates (y down) positive is on the right of a->b as seen on screen.

@@ -29,7 +29,7 @@ def walk(ev, paths, labels=None, start=0, t0=1000.0, fps=10.0):
     return events
 
 
-DOOR = {"door": {"points": [[100, 500], [900, 500]], "margin": 0.01}}  # margin ~14 px
+DOOR = {"door": {"points": [[100, 500], [900, 500]], "margin": 0.15}}  # 15 px for these 100 px boxes
 
 
 def test_a_line_counts_each_crossing_once_in_both_directions():

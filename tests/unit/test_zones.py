@@ -19,7 +19,7 @@ def test_a_valid_stream_setting_scales_fractions_to_pixels():
     assert zones[0].polygon.tolist() == [[64, 48], [320, 48], [320, 240], [64, 240]]
     assert zones[0].labels == frozenset({"person"}) and zones[0].point == "bottom-centre"
     assert lines[0].points.tolist() == [[128, 336], [512, 336]]
-    assert lines[0].margin == pytest.approx(0.01 * 800)
+    assert lines[0].margin == 0.05  # of the object's box height
 
 
 @pytest.mark.parametrize("zone, fault", [
