@@ -10,6 +10,7 @@ without a controller gets the core alone, on its own detector and health counter
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def build_agent(config: AgentConfig, *, source_factory: Callable[[str], Source] 
     config = desired.current if desired is not None else config
     if config.model is not None and not config.model.is_file():
         raise ConfigError(f"--model {config.model}: no such file")
-    source_factory = source_factory or open_source
+    source_factory = source_factory or functools.partial(open_source, pace=config.pace, folder_fps=config.folder_fps)
     for spec in config.source or []:
         source_factory(spec)  # fail on a bad source before loading the model
     if config.controller is None:
