@@ -15,6 +15,9 @@ Detections per frame, at the rates in the spec:
 - `false_positive_rate` x (objects in view) clutter boxes per frame (Poisson), anywhere, with
   scores 0.1..0.7 (some of them high enough to start tracks).
 Rows come sorted by score, as after NMS. Everything is class 0.
+
+Zones and lines (`LINES`, `ZONES`, `analytics_layout`): five lines across the walkway and five zones
+along it; `true_events` gives the exact crossings and visits of a scene's ground truth.
 """
 from __future__ import annotations
 
@@ -191,6 +194,36 @@ def _clip(xyxy: np.ndarray, frame_box: np.ndarray) -> np.ndarray:
 
 def _in_frame(xyxy: np.ndarray, frame_box: np.ndarray) -> np.ndarray:
     return (xyxy[:, 2] > 0) & (xyxy[:, 0] < frame_box[2])
+
+
+LINES = {f"x{int(x * 100)}": [[x, 0.02], [x, 0.98]] for x in (0.15, 0.3, 0.5, 0.7)} | {
+    "zigzag": [[0.82, 0.02], [0.88, 0.5], [0.82, 0.98]]}
+"""Five counting lines across the walkway (the walkers cross them going left or right), one a polyline."""
+ZONES = {f"z{i}": [[x, 0.1], [x + 0.1, 0.1], [x + 0.12, 0.9], [x - 0.02, 0.9]]
+         for i, x in enumerate((0.05, 0.22, 0.4, 0.58, 0.76))}
+"""Five zones (trapezia) along the walkway, between and around the lines."""
+
+
+def analytics_layout(labels: list[str] | None = None, margin: float | None = None) -> dict:
+    """The zones and lines of the scenes, as an agent.yaml `analytics:` stream entry (fractions)."""
+    extra: dict = {"labels": labels or []} | ({} if margin is None else {"margin": margin})
+    return {"zones": {name: {"polygon": polygon, **extra} for name, polygon in ZONES.items()},
+            "lines": {name: {"points": points, **extra} for name, points in LINES.items()}}
+
+
+def true_events(scene: Scene, fps: float = 30.0) -> list:
+    """The scene's exact zone visits and line crossings: the evaluator (agent.analytics) on the ground
+    truth's boxes with no hysteresis margin and no forgetting (an object hidden behind a pillar is
+    the same object when it shows again). Times are frame / fps."""
+    from edgefleet.agent.analytics import StreamEvaluator
+    from edgefleet.agent.zones import StreamAnalytics
+
+    evaluator = StreamEvaluator("scene", StreamAnalytics.model_validate(analytics_layout(margin=0.0)),
+                                lost_frames=10 ** 9, totals=None)
+    events = []
+    for t, (ids, xyxy) in enumerate(zip(scene.gt_ids, scene.gt_xyxy)):
+        events += evaluator.update(t, t / fps, xyxy, ids, ["person"] * len(ids), (scene.spec.width, scene.spec.height))
+    return events
 
 
 def describe(scene: Scene) -> dict:

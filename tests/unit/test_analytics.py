@@ -134,3 +134,33 @@ def test_the_agent_metrics_report_crossings_entries_and_occupancy():
     assert 'edgefleet_agent_crossings_total{direction="out",label="person",line="door",stream="cam0"} 1.0' in text
     assert 'edgefleet_agent_zone_entries_total{label="person",stream="cam0",zone="shop"} 2.0' in text
     assert 'edgefleet_agent_zone_occupancy{stream="cam0",zone="shop"} 0.0' in text
+
+
+def _bench():
+    """scripts/bench/analytics.py and scenes.py, imported as the benchmark runs them."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    bench_dir = Path(__file__).resolve().parents[2] / "scripts" / "bench"
+    if str(bench_dir) not in sys.path:
+        sys.path.insert(0, str(bench_dir))
+    spec = importlib.util.spec_from_file_location("bench_analytics", bench_dir / "analytics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_benchmark_meets_the_line_targets_on_one_scene_and_its_scoring_sees_double_counts():
+    bench = _bench()
+    scene = bench.make_scene(bench.SceneSpec(objects=50, frames=600, seed=0))
+    truth = bench.true_events(scene)
+    for interval, target in ((1, 0.98), (3, 0.95)):
+        events, rows, _ = bench.replay(scene, interval, 30.0)
+        lines = bench.score_lines(scene, truth, events, rows)
+        assert lines["true_crossings"] >= 50
+        assert lines["matched"] >= target * lines["true_crossings"], (interval, lines)
+        assert lines["double"] <= 0.01 * lines["true_crossings"], (interval, lines)
+    doubled = bench.score_lines(scene, truth, events + events, rows)  # every count twice: the scoring must say so
+    assert doubled["double"] >= lines["matched"]
+    zones = bench.score_zones(scene, truth, events, rows)
+    assert zones["dwell_matched_n"] >= 0.9 * zones["true_visits"]

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Zone and line accuracy and cost on synthetic scenes with exact ground truth (agent.analytics).
+
+    python scripts/bench/analytics.py [--objects 10,50,200] [--frames 600] [--seeds 0,1] [--crowd-seeds 0]
+                                      [--intervals 1,2,3,4] [--fps 30] [--detector-calls 10] [--out FILE]
+
+Each scene (scripts/bench/scenes.py) has the five lines and five zones of `scenes.analytics_layout`;
+its true crossings and visits come from the ground truth's exact boxes (`scenes.true_events`). The
+agent's path is replayed on the scene's detections: ByteTrack with detections on every k-th frame
+and predictions between, the rows the agent would publish (score >= the publish threshold), then
+the evaluator as the loop runs it (default margin and lost-track frames).
+
+Accuracy per (objects, interval), over the seeds:
+- `line_accuracy`: counted crossings matched to a true crossing of the same object, line segment
+  and direction within `MATCH_FRAMES` frames (one to one) / true crossings. A counted crossing's
+  object is the ground-truth box its tracked box overlaps most on that frame (IoU >= 0.3);
+- `double_counts`: counted crossings left over with the same object, segment and direction as a
+  true one (counted twice) / true crossings; `spurious`: the other left-over counts (another
+  direction, or no true crossing there) / true crossings;
+- zone dwell: per true visit (enter to exit), the dwell of the counted visits of the same object
+  and zone that overlap it, summed; `dwell_abs_error_s` the mean absolute difference over true
+  visits that have one, `dwell_matched` the share of true visits that have one.
+Cost per frame (interval 1, 5 zones + 5 lines): the evaluator's update (`analytics_us`), the tracker
+step (`track_us`) and the bundled detector's call on a frame of the scene's size (`detect_ms`, the
+median of `--detector-calls`), measured in the same run; `share_i1` = analytics / (detect + track +
+analytics), the loop's frame time at interval 1; `share_i3` with the detector's time divided by 3.
+Writes JSON to --out (or stdout) and markdown tables to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from report import write_report  # (scripts/bench/report.py)
+from scenes import Scene, SceneSpec, analytics_layout, make_scene, true_events  # (scripts/bench/scenes.py)
+
+from edgefleet.agent.analytics import LineCrossing, StreamEvaluator, ZoneEvent
+from edgefleet.agent.bytetrack import ByteTrack
+from edgefleet.agent.zones import StreamAnalytics
+from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD
+
+MATCH_FRAMES = 90
+"""A counted crossing matches a true one of the same object, segment and direction at most this many frames apart."""
+
+
+def replay(scene: Scene, interval: int, fps: float,
+           margin: float | None = None) -> tuple[list, list[tuple[np.ndarray, np.ndarray]], dict]:
+    """The agent's events on `scene` at detect interval `interval`; its tracked rows per frame; the
+    per-frame seconds of the tracker and of the evaluator."""
+    tracker = ByteTrack()
+    layout = StreamAnalytics.model_validate(analytics_layout(margin=margin))
+    evaluator = StreamEvaluator("scene", layout, totals=None)
+    size = (scene.spec.width, scene.spec.height)
+    events, rows, track_s, analytics_s = [], [], [], []
+    clock = time.perf_counter
+    for t, dets in enumerate(scene.detections):
+        start = clock()
+        out, _ = tracker.step(dets if t % interval == 0 else None, DEFAULT_CONFIDENCE_THRESHOLD)
+        tracked = clock()
+        events += evaluator.update(t, t / fps, out.xyxy, out.tracker_id, ["person"] * len(out), size)
+        done = clock()
+        track_s.append(tracked - start)
+        analytics_s.append(done - tracked)
+        rows.append((out.tracker_id, out.xyxy))
+    return events, rows, {"track_s": track_s, "analytics_s": analytics_s}
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area - inter, 1e-9)
+
+
+def true_object(scene: Scene, rows: list, frame: int, track_id: int) -> int | None:
+    """The ground-truth id a tracked row overlaps most on `frame` (IoU >= 0.3), or None."""
+    ids, xyxy = rows[frame]
+    box = xyxy[ids == track_id]
+    gt_ids, gt_xyxy = scene.gt_ids[frame], scene.gt_xyxy[frame]
+    if not len(box) or not len(gt_ids):
+        return None
+    iou = _iou(box[0], gt_xyxy.astype(float))
+    return int(gt_ids[int(np.argmax(iou))]) if iou.max() >= 0.3 else None
+
+
+def score_lines(scene: Scene, truth: list, events: list, rows: list) -> dict:
+    every = [e for e in truth if isinstance(e, LineCrossing)]
+    true = [e for e in every if _seen(scene, e)]
+    open_ = {i: e for i, e in enumerate(every)}
+    matched = matched_seen = doubles = spurious = 0
+    for e in (e for e in events if isinstance(e, LineCrossing)):
+        obj = true_object(scene, rows, e.frame_index, e.track_id)
+        key = (obj, e.line, e.segment, e.direction)
+        hit = next((i for i, t in open_.items() if (t.track_id, t.line, t.segment, t.direction) == key
+                    and abs(t.frame_index - e.frame_index) <= MATCH_FRAMES), None)
+        if hit is not None:
+            matched += 1
+            matched_seen += _seen(scene, open_.pop(hit))
+        elif any((t.track_id, t.line, t.segment, t.direction) == key for t in every):
+            doubles += 1
+        else:
+            spurious += 1
+    return {"true_crossings": len(true), "matched": matched_seen, "double": doubles, "spurious": spurious,
+            "all_true_crossings": len(every), "all_matched": matched}
+
+
+def _seen(scene: Scene, crossing: LineCrossing) -> bool:
+    """Whether a true crossing is scored: its object was in view on the frames before and after it (not
+    behind a pillar), and it is not in the scene's first or last `MATCH_FRAMES` frames (objects start
+    mid-walk; a count needs the margin passed)."""
+    f = crossing.frame_index
+    return (MATCH_FRAMES <= f < len(scene) - MATCH_FRAMES
+            and crossing.track_id in scene.gt_ids[f - 1] and crossing.track_id in scene.gt_ids[f])
+
+
+def _visits(events: list, key) -> list[tuple]:
+    """(object, zone, enter frame, exit frame, dwell s) of each closed visit, `key(event)` naming the object."""
+    entered, visits = {}, []
+    for e in (e for e in events if isinstance(e, ZoneEvent)):
+        if e.kind == "enter":
+            entered[(e.track_id, e.zone)] = e
+        elif (e.track_id, e.zone) in entered:
+            start = entered.pop((e.track_id, e.zone))
+            visits.append((key(start), e.zone, start.frame_index, e.frame_index, e.dwell_s))
+    return visits
+
+
+def score_zones(scene: Scene, truth: list, events: list, rows: list) -> dict:
+    true = _visits(truth, lambda e: e.track_id)
+    counted = _visits(events, lambda e: true_object(scene, rows, e.frame_index, e.track_id))
+    errors = []
+    for obj, zone, start, end, dwell in true:
+        overlapping = [v[4] for v in counted if v[0] == obj and v[1] == zone and v[2] <= end and v[3] >= start]
+        if overlapping:
+            errors.append(abs(sum(overlapping) - dwell))
+    return {"true_visits": len(true), "dwell_matched_n": len(errors), "dwell_error_sum_s": float(sum(errors))}
+
+
+def detector_ms(width: int, height: int, calls: int) -> float:
+    """The bundled detector's median call on a frame of this size (noise on grey: no objects to find)."""
+    from edgefleet.models import load_default_detector
+
+    detector = load_default_detector()
+    image = np.clip(np.random.default_rng(0).normal(110, 30, (height, width, 3)), 0, 255).astype(np.uint8)
+    detector.detect(image)  # warm-up
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        detector.detect(image)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[int], intervals: list[int],
+          fps: float, detect_ms: float, margin: float | None = None) -> dict:
+    rows = []
+    for n in objects:
+        totals: dict[int, dict] = {k: {} for k in intervals}
+        cost: dict[str, list[float]] = {"track_s": [], "analytics_s": []}
+        for seed in (crowd_seeds if n >= 100 else seeds):
+            scene = make_scene(SceneSpec(objects=n, frames=frames, seed=seed))
+            truth = true_events(scene, fps)
+            for k in intervals:
+                events, tracked, timing = replay(scene, k, fps, margin)
+                for part in (score_lines(scene, truth, events, tracked), score_zones(scene, truth, events, tracked)):
+                    for name, value in part.items():
+                        totals[k][name] = totals[k].get(name, 0) + value
+                if k == 1:
+                    for name in cost:
+                        cost[name] += timing[name]
+        for k in intervals:
+            rows.append(_accuracy_row(n, k, totals[k]))
+        rows[-len(intervals)]["cost"] = _cost(cost, detect_ms)
+    return {"rows": rows}
+
+
+def _accuracy_row(objects: int, interval: int, t: dict) -> dict:
+    crossings = max(t["true_crossings"], 1)
+    return {"objects": objects, "interval": interval, "true_crossings": t["true_crossings"],
+            "line_accuracy": round(t["matched"] / crossings, 4), "double_counts": round(t["double"] / crossings, 4),
+            "spurious": round(t["spurious"] / crossings, 4), "all_true_crossings": t["all_true_crossings"],
+            "all_accuracy": round(t["all_matched"] / max(t["all_true_crossings"], 1), 4),
+            "true_visits": t["true_visits"],
+            "dwell_matched": round(t["dwell_matched_n"] / max(t["true_visits"], 1), 4),
+            "dwell_abs_error_s": round(t["dwell_error_sum_s"] / max(t["dwell_matched_n"], 1), 3)}
+
+
+def _cost(cost: dict[str, list[float]], detect_ms: float) -> dict:
+    analytics_us = float(np.mean(cost["analytics_s"]) * 1e6)
+    track_us = float(np.mean(cost["track_s"]) * 1e6)
+    frame_i1 = detect_ms * 1000 + track_us + analytics_us
+    frame_i3 = detect_ms * 1000 / 3 + track_us + analytics_us
+    return {"analytics_us": round(analytics_us, 1), "track_us": round(track_us, 1), "detect_ms": round(detect_ms, 2),
+            "share_i1": round(analytics_us / frame_i1, 4), "share_i3": round(analytics_us / frame_i3, 4)}
+
+
+def markdown(report: dict) -> str:
+    lines = ["| objects | interval | true crossings | counted right | double | spurious | all crossings | "
+             "all counted right | true visits | dwell matched | dwell error (s) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['objects']} | {r['interval']} | {r['true_crossings']} | {r['line_accuracy']:.1%} | "
+                     f"{r['double_counts']:.1%} | {r['spurious']:.1%} | {r['all_true_crossings']} | "
+                     f"{r['all_accuracy']:.1%} | {r['true_visits']} | "
+                     f"{r['dwell_matched']:.1%} | {r['dwell_abs_error_s']:.2f} |")
+    lines += ["", "| objects | analytics µs/frame | tracker µs/frame | detector ms/call | share at interval 1 | "
+              "share at interval 3 |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        if "cost" in r:
+            c = r["cost"]
+            lines.append(f"| {r['objects']} | {c['analytics_us']:.0f} | {c['track_us']:.0f} | {c['detect_ms']:.1f} | "
+                         f"{c['share_i1']:.2%} | {c['share_i3']:.2%} |")
+    return "\n".join(lines)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--objects", default="10,50,200")
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--seeds", default="0,1", help="seeds of scenes under 100 objects")
+    parser.add_argument("--crowd-seeds", default="0", help="seeds of scenes with 100 objects or more")
+    parser.add_argument("--intervals", default="1,2,3,4")
+    parser.add_argument("--fps", type=float, default=30.0, help="the scenes' frame rate (capture times, dwell)")
+    parser.add_argument("--detector-calls", type=int, default=10)
+    parser.add_argument("--margin", type=float, help="the zones' and lines' margin (default: agent.zones')")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    spec = SceneSpec(objects=1)
+    detect_ms = detector_ms(spec.width, spec.height, args.detector_calls) if args.detector_calls else 0.0
+    report = bench(_ints(args.objects), args.frames, _ints(args.seeds), _ints(args.crowd_seeds),
+                   _ints(args.intervals), args.fps, detect_ms, args.margin)
+    report.update(layout=analytics_layout(margin=args.margin), match_frames=MATCH_FRAMES,
+                  machine=platform.processor() or platform.machine(), wall_s=round(time.perf_counter() - started, 1))
+    print(markdown(report), file=sys.stderr)
+    write_report(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
