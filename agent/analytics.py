@@ -233,12 +233,16 @@ class StreamEvaluator:
         events: list[Event] = self._forget(frame_index)
         codes = _codes(labels)
         xyxy = np.asarray(xyxy, float).reshape(-1, 4)
+        points = {"bottom-centre": reference_points(xyxy, "bottom-centre"), "centre": reference_points(xyxy, "centre")}
+        heights = xyxy[:, 3] - xyxy[:, 1]
         for zone in self._zones:
             keep = _allowed(codes, zone.zone.labels)
-            events += self._zone(zone, frame_index, capture_time, rows[keep], xyxy[keep])
+            events += self._zone(zone, frame_index, capture_time, rows[keep], points[zone.zone.point][keep],
+                                 heights[keep])
         for line in self._lines:
             keep = _allowed(codes, line.line.labels)
-            events += self._line(line, frame_index, capture_time, rows[keep], xyxy[keep])
+            events += self._line(line, frame_index, capture_time, rows[keep], points[line.line.point][keep],
+                                 heights[keep])
         if self.totals is not None:
             self.totals.add(events, {(self.stream, k): v for k, v in self.occupancy().items()})
         return events
@@ -259,13 +263,13 @@ class StreamEvaluator:
             slots.release(row)
         return events
 
-    def _zone(self, state: _ZoneState, frame_index: int, time: float, rows: np.ndarray,
-              xyxy: np.ndarray) -> list[Event]:
+    def _zone(self, state: _ZoneState, frame_index: int, time: float, rows: np.ndarray, points: np.ndarray,
+              heights: np.ndarray) -> list[Event]:
         if not len(rows):
             return []
-        depth = state.zone.signed_distance(reference_points(xyxy, state.zone.point))
+        depth = state.zone.signed_distance(points)
         inside = state.inside[rows]
-        margin = state.zone.margin * (xyxy[:, 3] - xyxy[:, 1])
+        margin = state.zone.margin * heights
         entering = rows[~inside & (depth > margin)]
         leaving = rows[inside & (depth < -margin)]
         events: list[Event] = []
@@ -282,14 +286,13 @@ class StreamEvaluator:
         return ZoneEvent(self.stream, state.zone.name, kind, int(self._slots.track[row]), self._slots.label[row],
                          frame_index, time, dwell, int(np.count_nonzero(state.inside)))
 
-    def _line(self, state: _LineState, frame_index: int, time: float, rows: np.ndarray,
-              xyxy: np.ndarray) -> list[Event]:
+    def _line(self, state: _LineState, frame_index: int, time: float, rows: np.ndarray, points: np.ndarray,
+              heights: np.ndarray) -> list[Event]:
         if not len(rows):
             return []
         line = state.line
-        points = reference_points(xyxy, line.point)
         distance = line.signed_distances(points)                                   # (m, segments)
-        margin = (line.margin * (xyxy[:, 3] - xyxy[:, 1]))[:, None]
+        margin = (line.margin * heights)[:, None]
         side = np.where(distance > margin, 1, np.where(distance < -margin, -1, 0)).astype(np.int8)
         before = state.side[rows]
         flipped = (side != 0) & (before != 0) & (side != before)

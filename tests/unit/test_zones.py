@@ -104,3 +104,13 @@ def test_agent_yaml_refuses_malformed_analytics_with_the_file_line_and_fault(tmp
         _run_config(tmp_path, text)
     assert exit_.value.code == 2
     assert fault in capsys.readouterr().err
+
+
+def test_a_zones_signed_distance_agrees_with_ray_casting_and_edge_distances():
+    from edgefleet.agent.zones import Zone, boundary_distance
+    u_shape = np.array([(0, 0), (3, 0), (3, 3), (2, 3), (2, 1), (1, 1), (1, 3), (0, 3)], float) * 100
+    points = np.random.default_rng(0).uniform(-50, 350, (500, 2))
+    expected = np.where(contains(u_shape, points), 1, -1) * boundary_distance(u_shape, points)
+    got = Zone("u", u_shape, frozenset(), "centre", 0.0).signed_distance(points)
+    assert np.allclose(got, expected)
+    assert (got > 0).sum() > 100 and (got < 0).sum() > 100
