@@ -169,28 +169,74 @@ class _Slots:
         self.free.append(row)
 
 
-class _ZoneState:
-    def __init__(self, zone: Zone, capacity: int):
-        self.zone = zone
-        self.inside = np.zeros(capacity, bool)
-        self.since = np.zeros(capacity)
+def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
+    """`array` with zero rows added up to `capacity` rows."""
+    return np.concatenate([array, np.zeros((capacity - len(array), *array.shape[1:]), array.dtype)])
+
+
+def _point_y(points: dict[str, np.ndarray], centre: np.ndarray) -> np.ndarray:
+    """(m, k): each object's reference y for k columns, each column's point bottom-centre or centre."""
+    bottom = points["bottom-centre"][:, 1:2]
+    return np.where(centre[None], points["centre"][:, 1:2], bottom) if centre.any() else bottom
+
+
+class _Zones:
+    """Every zone of a stream, their edges side by side (one pass for all), and per track row: inside, since when."""
+
+    def __init__(self, zones: list[Zone], capacity: int):
+        self.zones = zones
+        self.starts = np.cumsum([0] + [len(z.polygon) for z in zones[:-1]])
+        self.a = np.concatenate([z.polygon for z in zones]) if zones else np.zeros((0, 2))
+        self.d = np.concatenate([np.roll(z.polygon, -1, axis=0) - z.polygon for z in zones]) if zones else self.a
+        self.length2 = np.maximum((self.d * self.d).sum(-1), 1e-12)
+        self.slope = self.d[:, 0] / np.where(self.d[:, 1] == 0, 1.0, self.d[:, 1])
+        edges = [len(z.polygon) for z in zones]
+        self.edge_centre = np.repeat([z.point == "centre" for z in zones], edges).astype(bool)
+        self.margin = np.array([z.margin for z in zones])
+        self.inside = np.zeros((capacity, len(zones)), bool)
+        self.since = np.zeros((capacity, len(zones)))
 
     def grow(self, capacity: int) -> None:
-        extra = capacity - len(self.inside)
-        self.inside = np.concatenate([self.inside, np.zeros(extra, bool)])
-        self.since = np.concatenate([self.since, np.zeros(extra)])
+        self.inside, self.since = _grown(self.inside, capacity), _grown(self.since, capacity)
+
+    def depth(self, points: dict[str, np.ndarray]) -> np.ndarray:
+        """(m, zones): each object's signed distance to each zone's boundary, positive inside."""
+        rx = points["centre"][:, 0:1] - self.a[None, :, 0]
+        ry = _point_y(points, self.edge_centre) - self.a[None, :, 1]
+        straddles = (ry < 0) != (ry < self.d[None, :, 1])
+        crossings = (straddles & (rx < ry * self.slope[None])).astype(np.int32)
+        inside = np.add.reduceat(crossings, self.starts, axis=1) % 2 == 1
+        t = np.clip((rx * self.d[None, :, 0] + ry * self.d[None, :, 1]) / self.length2[None], 0.0, 1.0)
+        distance2 = (rx - t * self.d[None, :, 0]) ** 2 + (ry - t * self.d[None, :, 1]) ** 2
+        distance = np.sqrt(np.minimum.reduceat(distance2, self.starts, axis=1))
+        return np.where(inside, distance, -distance)
 
 
-class _LineState:
-    def __init__(self, line: Line, capacity: int):
-        self.line = line
-        self.side = np.zeros((capacity, line.segments), np.int8)       # -1 left, +1 right, 0 not yet known
-        self.anchor = np.zeros((capacity, line.segments, 2))            # where the side was last confirmed
+class _Lines:
+    """Every segment of every line of a stream side by side, and per track row and segment: the side it
+    was last confirmed on (-1 left, +1 right, 0 not yet known) and where."""
+
+    def __init__(self, lines: list[Line], capacity: int):
+        self.lines = lines
+        self.line_of = np.repeat(np.arange(len(lines)), [ln.segments for ln in lines])
+        self.index = np.concatenate([np.arange(ln.segments) for ln in lines]) if lines else np.zeros(0, int)
+        self.a = np.concatenate([ln.points[:-1] for ln in lines]) if lines else np.zeros((0, 2))
+        self.b = np.concatenate([ln.points[1:] for ln in lines]) if lines else np.zeros((0, 2))
+        d = self.b - self.a
+        self.unit = d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)[:, None]
+        self.centre = np.array([lines[i].point == "centre" for i in self.line_of], bool)
+        self.margin = np.array([lines[i].margin for i in self.line_of])
+        self.side = np.zeros((capacity, len(self.a)), np.int8)
+        self.anchor = np.zeros((capacity, len(self.a), 2))
 
     def grow(self, capacity: int) -> None:
-        extra = capacity - len(self.side)
-        self.side = np.concatenate([self.side, np.zeros((extra, self.line.segments), np.int8)])
-        self.anchor = np.concatenate([self.anchor, np.zeros((extra, self.line.segments, 2))])
+        self.side, self.anchor = _grown(self.side, capacity), _grown(self.anchor, capacity)
+
+    def sides(self, x: np.ndarray, y: np.ndarray, heights: np.ndarray) -> np.ndarray:
+        """(m, segments): the side each object's point is on, beyond the margin (0: within it)."""
+        distance = self.unit[None, :, 0] * (y - self.a[None, :, 1]) - self.unit[None, :, 1] * (x - self.a[None, :, 0])
+        margin = heights[:, None] * self.margin[None]
+        return np.where(distance > margin, 1, np.where(distance < -margin, -1, 0)).astype(np.int8)
 
 
 class StreamEvaluator:
@@ -203,12 +249,13 @@ class StreamEvaluator:
                  totals: Totals | None = TOTALS):
         self.stream, self.setting, self.lost_frames, self.totals = stream, setting, lost_frames, totals
         self._slots = _Slots()
-        self._zones: list[_ZoneState] = []
-        self._lines: list[_LineState] = []
+        self._zones = _Zones([], 0)
+        self._lines = _Lines([], 0)
         self._size: tuple[int, int] | None = None
 
     def occupancy(self) -> dict[str, int]:
-        return {z.zone.name: int(np.count_nonzero(z.inside)) for z in self._zones}
+        counts = np.count_nonzero(self._zones.inside, axis=0)
+        return {z.name: int(n) for z, n in zip(self._zones.zones, counts)}
 
     def update(self, frame_index: int, capture_time: float, xyxy: np.ndarray, track_ids: np.ndarray,
                labels: list[str], size: tuple[int, int]) -> list[Event]:
@@ -217,32 +264,30 @@ class StreamEvaluator:
         if self._size is None:
             self._size = size
             zones, lines = self.setting.geometry(*size)
-            self._zones = [_ZoneState(z, self._slots.capacity) for z in zones]
-            self._lines = [_LineState(ln, self._slots.capacity) for ln in lines]
-        rows, grew = self._slots.rows(np.asarray(track_ids, np.int64))
-        if grew:
-            for zone in self._zones:
-                zone.grow(self._slots.capacity)
-            for line in self._lines:
-                line.grow(self._slots.capacity)
+            self._zones, self._lines = _Zones(zones, self._slots.capacity), _Lines(lines, self._slots.capacity)
         slots = self._slots
+        rows, grew = slots.rows(np.asarray(track_ids, np.int64))
+        if grew:
+            self._zones.grow(slots.capacity)
+            self._lines.grow(slots.capacity)
         slots.last_frame[rows] = frame_index
         slots.last_time[rows] = capture_time
         for row, label in zip(rows.tolist(), labels):
             slots.label[row] = label
         events: list[Event] = self._forget(frame_index)
-        codes = _codes(labels)
-        xyxy = np.asarray(xyxy, float).reshape(-1, 4)
-        points = {"bottom-centre": reference_points(xyxy, "bottom-centre"), "centre": reference_points(xyxy, "centre")}
-        heights = xyxy[:, 3] - xyxy[:, 1]
-        for zone in self._zones:
-            keep = _allowed(codes, zone.zone.labels)
-            events += self._zone(zone, frame_index, capture_time, rows[keep], points[zone.zone.point][keep],
-                                 heights[keep])
-        for line in self._lines:
-            keep = _allowed(codes, line.line.labels)
-            events += self._line(line, frame_index, capture_time, rows[keep], points[line.line.point][keep],
-                                 heights[keep])
+        if len(rows):
+            codes = _codes(labels)
+            xyxy = np.asarray(xyxy, float).reshape(-1, 4)
+            points = {"bottom-centre": reference_points(xyxy, "bottom-centre"),
+                      "centre": reference_points(xyxy, "centre")}
+            heights = xyxy[:, 3] - xyxy[:, 1]
+            if self._zones.zones:
+                allowed = np.stack([_allowed(codes, z.labels) for z in self._zones.zones], axis=1)
+                events += self._zone_events(frame_index, capture_time, rows, points, heights, allowed)
+            if self._lines.lines:
+                allowed = np.stack([_allowed(codes, ln.labels) for ln in self._lines.lines], axis=1)
+                events += self._crossings(frame_index, capture_time, rows, points, heights,
+                                          allowed[:, self._lines.line_of])
         if self.totals is not None:
             self.totals.add(events, {(self.stream, k): v for k, v in self.occupancy().items()})
         return events
@@ -253,59 +298,56 @@ class StreamEvaluator:
         gone = np.nonzero((slots.track >= 0) & (slots.last_frame < frame_index - self.lost_frames))[0]
         events: list[Event] = []
         for row in gone.tolist():
-            for zone in self._zones:
-                if zone.inside[row]:
-                    zone.inside[row] = False
-                    events.append(self._zone_event(zone, "exit", row, int(slots.last_frame[row]),
-                                                   float(slots.last_time[row])))
-            for line in self._lines:
-                line.side[row] = 0
+            for z in np.nonzero(self._zones.inside[row])[0].tolist():
+                self._zones.inside[row, z] = False
+                events.append(self._zone_event(z, "exit", row, int(slots.last_frame[row]),
+                                               float(slots.last_time[row])))
+            self._lines.side[row] = 0
             slots.release(row)
         return events
 
-    def _zone(self, state: _ZoneState, frame_index: int, time: float, rows: np.ndarray, points: np.ndarray,
-              heights: np.ndarray) -> list[Event]:
-        if not len(rows):
-            return []
-        depth = state.zone.signed_distance(points)
-        inside = state.inside[rows]
-        margin = state.zone.margin * heights
-        entering = rows[~inside & (depth > margin)]
-        leaving = rows[inside & (depth < -margin)]
+    def _zone_events(self, frame_index: int, time: float, rows: np.ndarray, points: dict[str, np.ndarray],
+                     heights: np.ndarray, allowed: np.ndarray) -> list[Event]:
+        zones = self._zones
+        depth = zones.depth(points)
+        margin = heights[:, None] * zones.margin[None]
+        inside = zones.inside[rows]
         events: list[Event] = []
-        for row in leaving.tolist():
-            state.inside[row] = False
-            events.append(self._zone_event(state, "exit", row, frame_index, time))
-        for row in entering.tolist():
-            state.inside[row], state.since[row] = True, time
-            events.append(self._zone_event(state, "enter", row, frame_index, time))
+        for kind, (i, z) in [("exit", np.nonzero(allowed & inside & (depth < -margin))),
+                             ("enter", np.nonzero(allowed & ~inside & (depth > margin)))]:
+            for row, zone in zip(rows[i].tolist(), z.tolist()):
+                zones.inside[row, zone] = kind == "enter"
+                if kind == "enter":
+                    zones.since[row, zone] = time
+                events.append(self._zone_event(zone, kind, row, frame_index, time))
         return events
 
-    def _zone_event(self, state: _ZoneState, kind: str, row: int, frame_index: int, time: float) -> ZoneEvent:
-        dwell = max(0.0, time - float(state.since[row])) if kind == "exit" else 0.0
-        return ZoneEvent(self.stream, state.zone.name, kind, int(self._slots.track[row]), self._slots.label[row],
-                         frame_index, time, dwell, int(np.count_nonzero(state.inside)))
+    def _zone_event(self, zone: int, kind: str, row: int, frame_index: int, time: float) -> ZoneEvent:
+        zones = self._zones
+        dwell = max(0.0, time - float(zones.since[row, zone])) if kind == "exit" else 0.0
+        return ZoneEvent(self.stream, zones.zones[zone].name, kind, int(self._slots.track[row]),
+                         self._slots.label[row], frame_index, time, dwell, int(np.count_nonzero(zones.inside[:, zone])))
 
-    def _line(self, state: _LineState, frame_index: int, time: float, rows: np.ndarray, points: np.ndarray,
-              heights: np.ndarray) -> list[Event]:
-        if not len(rows):
-            return []
-        line = state.line
-        distance = line.signed_distances(points)                                   # (m, segments)
-        margin = (line.margin * heights)[:, None]
-        side = np.where(distance > margin, 1, np.where(distance < -margin, -1, 0)).astype(np.int8)
-        before = state.side[rows]
-        flipped = (side != 0) & (before != 0) & (side != before)
+    def _crossings(self, frame_index: int, time: float, rows: np.ndarray, points: dict[str, np.ndarray],
+                   heights: np.ndarray, allowed: np.ndarray) -> list[Event]:
+        lines = self._lines
+        x = points["centre"][:, 0:1]
+        y = _point_y(points, lines.centre)
+        side = np.where(allowed, lines.sides(x, y, heights), 0).astype(np.int8)
+        before = lines.side[rows]
         events: list[Event] = []
-        for i, seg in zip(*np.nonzero(flipped)):
+        for i, seg in zip(*np.nonzero((side != 0) & (before != 0) & (side != before))):
             row = int(rows[i])
-            if segments_cross(state.anchor[row, seg], points[i], line.points[seg], line.points[seg + 1]):
-                events.append(LineCrossing(self.stream, line.name, int(seg), "in" if side[i, seg] > 0 else "out",
-                                           int(self._slots.track[row]), self._slots.label[row], frame_index, time))
-        confirmed = side != 0
-        r, s = np.nonzero(confirmed)
-        state.side[rows[r], s] = side[r, s]
-        state.anchor[rows[r], s] = points[r]
+            here = np.array([x[i, 0], y[i, seg if y.shape[1] > 1 else 0]])
+            if segments_cross(lines.anchor[row, seg], here, lines.a[seg], lines.b[seg]):
+                line = lines.lines[lines.line_of[seg]]
+                events.append(LineCrossing(self.stream, line.name, int(lines.index[seg]),
+                                           "in" if side[i, seg] > 0 else "out", int(self._slots.track[row]),
+                                           self._slots.label[row], frame_index, time))
+        r, s = np.nonzero(side)
+        lines.side[rows[r], s] = side[r, s]
+        lines.anchor[rows[r], s, 0] = x[r, 0]
+        lines.anchor[rows[r], s, 1] = y[r, s if y.shape[1] > 1 else 0]
         return events
 
 
