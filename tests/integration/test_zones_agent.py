@@ -69,3 +69,15 @@ def _crossings(samples: dict[str, float], direction: str) -> float:
 
 def _zone_samples(samples: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in samples.items() if "crossings" in k or "zone_" in k}
+
+
+def test_pixel_coordinates_outside_the_frame_stop_the_agent_at_the_first_frame(controller, tmp_path):
+    config = tmp_path / "agent.yaml"
+    config.write_text("analytics:\n  cam0:\n    units: pixels\n    lines: {door: {points: [[10, 400], [900, 400]]}}\n")
+    agent = subprocess.run(
+        [sys.executable, "-m", "edgefleet.agent.cli", "run", "--config", str(config), "--controller",
+         controller.address, "--source", "synthetic://640x480?objects=3", "--state-dir", str(tmp_path / "agent"),
+         "--enroll-key", "efk_test", "--name", "pixel-cam", "--max-frames", "20"],
+        capture_output=True, text=True, timeout=120)
+    assert agent.returncode == 2, agent.stderr[-3000:]
+    assert "analytics of stream 'cam0': line 'door': point (900, 400) is outside the 640x480 frame" in agent.stderr
