@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +103,30 @@ class Totals:
 
 TOTALS = Totals()
 """The agent's totals: the loop's evaluators add to it, agent.metrics reads it."""
+
+
+class EventHub:
+    """Who hears each tick's events as they happen (agent.mqtt), on the loop's thread: a listener
+    must not block."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[str, list[Event], dict[str, int]], None]] = []
+
+    def subscribe(self, listener: Callable[[str, list[Event], dict[str, int]], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[str, list[Event], dict[str, int]], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def publish(self, stream: str, events: list[Event], occupancy: dict[str, int]) -> None:
+        """`listener(stream, events, occupancy)` for each listener (`occupancy`: zone -> objects in it now)."""
+        for listener in list(self._listeners):
+            listener(stream, events, occupancy)
+
+
+HUB = EventHub()
+"""The agent's event hub: the loop's `Analytics` publishes to it, the MQTT publisher listens."""
 
 
 class MinuteCounts:
@@ -374,10 +399,11 @@ class Analytics:
     to take), owned by the frame loop. A stream without zones or lines costs nothing."""
 
     def __init__(self, settings: dict[str, StreamAnalytics], max_events: int = 10_000,
-                 totals: Totals | None = TOTALS):
+                 totals: Totals | None = TOTALS, hub: EventHub | None = HUB):
         self.evaluators = {sid: StreamEvaluator(sid, s, totals=totals) for sid, s in settings.items()
                            if s.zones or s.lines}
         self.counts = MinuteCounts()
+        self.hub = hub
         self.max_events = max_events
         self.events: list[Event] = []
         self.events_dropped = 0
@@ -392,6 +418,8 @@ class Analytics:
         except ValueError as err:  # pixel coordinates outside this stream's frames: known at its first frame
             raise ConfigError(f"analytics of stream {stream!r}: {err}") from None
         if events:
+            if self.hub is not None:
+                self.hub.publish(stream, events, evaluator.occupancy())
             self.counts.add(events)
             self.events += events
             over = len(self.events) - self.max_events

@@ -8,6 +8,10 @@ Topics, under `<prefix>/` (default `edgefleet/`):
   one track's life as Frigate reports an event's (see `TrackEvents`).
 - `<device>/<stream>/<label>`: how many tracks of that label are active now (retained).
 - `<device>/stats`: the health sample (the one the heartbeats carry), every `stats_every_s`.
+- `<device>/<stream>/zones/<zone>`: a zone event (agent.analytics.ZoneEvent as JSON: `kind` enter or
+  exit, `dwell_s`, `occupancy`, ...); `<device>/<stream>/zones/<zone>/occupancy`: objects in the zone
+  now (retained); `<device>/<stream>/lines/<line>`: a crossing (LineCrossing as JSON: `direction` in or
+  out, `segment`, ...). Published as the loop evaluates them (agent.analytics.HUB), not after commit.
 
 With `--mqtt-username` (the password from `--mqtt-password-file` or `$EDGEFLEET_MQTT_PASSWORD`) and
 `--mqtt-tls-ca [--mqtt-tls-cert --mqtt-tls-key]` it logs in and speaks TLS (`common.mqtt.MqttLogin`);
@@ -25,12 +29,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.common.mqtt import ConnectReport, MqttLogin
 
+from .analytics import HUB, Event, LineCrossing
 from .outbox import OutboxObject, OutboxRecord
 
 logger = logging.getLogger(__name__)
@@ -173,6 +178,7 @@ class MqttPublisher:
         self.connected = threading.Event()
         self._streams: dict[str, TrackEvents] = {}
         self._counts: dict[tuple[str, str], int] = {}
+        self._occupancy: dict[tuple[str, str], int] = {}  # (stream, zone): last published
         self._client: mqtt.Client | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -183,11 +189,13 @@ class MqttPublisher:
 
     def start(self, device_id: Callable[[], str | None], health: Callable[[], dict] | None = None) -> None:
         self._device_fn, self._health_fn = device_id, health
+        HUB.subscribe(self.on_analytics)
         self._thread = threading.Thread(target=self._stats_loop, name="mqtt-stats", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 2.0) -> None:
         """End the active tracks, publish `offline`, disconnect."""
+        HUB.unsubscribe(self.on_analytics)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -272,6 +280,16 @@ class MqttPublisher:
                     record.stream_id, self.events_config, self.device_id or "")
             self._publish_events(record.stream_id, tracker.step(record.objects, record.capture_time))
             self._publish_counts(record.stream_id, tracker)
+
+    def on_analytics(self, stream_id: str, events: list[Event], occupancy: dict[str, int]) -> None:
+        """A tick's zone events and line crossings of a stream (agent.analytics.HUB); never blocks."""
+        for event in events:
+            kind, name = ("lines", event.line) if isinstance(event, LineCrossing) else ("zones", event.zone)
+            self._publish(self._topic(stream_id, kind, name.translate(TOPIC_UNSAFE)), json.dumps(asdict(event)), qos=1)
+        for zone, count in occupancy.items():
+            topic = self._topic(stream_id, "zones", zone.translate(TOPIC_UNSAFE), "occupancy")
+            if self._occupancy.get((stream_id, zone)) != count and self._publish(topic, str(count), qos=0, retain=True):
+                self._occupancy[(stream_id, zone)] = count
 
     def _publish_events(self, stream_id: str, events: list[dict]) -> None:
         for event in events:

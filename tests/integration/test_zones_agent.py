@@ -1,5 +1,6 @@
-"""A real `edge-agent run` on vtest.avi with a counting line and a zone in agent.yaml, against a real
-controller: its Prometheus endpoint reports the line's crossings and the zone's entries and occupancy."""
+"""Zones and lines with real processes: an `edge-agent run` on vtest.avi with a counting line and a zone in
+agent.yaml reports the line's crossings and the zone's entries and occupancy on its Prometheus endpoint;
+pixel coordinates outside the frame stop it; the MQTT publisher sends the events to a real mosquitto."""
 from __future__ import annotations
 
 import subprocess
@@ -13,12 +14,10 @@ from edgefleet.agent.options import RunOptions
 
 from ..conftest import free_port
 from .test_metrics import scrape
+from .test_mqtt import broker  # noqa: F401, F811  (the fixture: a mosquitto of the test's own)
 
-pytestmark = [
-    pytest.mark.slow, pytest.mark.data,
-    pytest.mark.skipif("analytics" not in RunOptions.__dataclass_fields__,
-                       reason="RunOptions does not carry agent.yaml's analytics to the loop yet"),
-]
+needs_options = pytest.mark.skipif("analytics" not in RunOptions.__dataclass_fields__,
+                                   reason="RunOptions does not carry agent.yaml's analytics to the loop yet")
 
 CONFIG = """\
 analytics:
@@ -28,6 +27,9 @@ analytics:
 """
 
 
+@needs_options
+@pytest.mark.slow
+@pytest.mark.data
 def test_an_agent_counts_line_crossings_and_zone_entries(controller, vtest, tmp_path):
     port = free_port()
     config = tmp_path / "agent.yaml"
@@ -71,6 +73,8 @@ def _zone_samples(samples: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in samples.items() if "crossings" in k or "zone_" in k}
 
 
+@needs_options
+@pytest.mark.slow
 def test_pixel_coordinates_outside_the_frame_stop_the_agent_at_the_first_frame(controller, tmp_path):
     config = tmp_path / "agent.yaml"
     config.write_text("analytics:\n  cam0:\n    units: pixels\n    lines: {door: {points: [[10, 400], [900, 400]]}}\n")
@@ -81,3 +85,43 @@ def test_pixel_coordinates_outside_the_frame_stop_the_agent_at_the_first_frame(c
         capture_output=True, text=True, timeout=120)
     assert agent.returncode == 2, agent.stderr[-3000:]
     assert "analytics of stream 'cam0': line 'door': point (900, 400) is outside the 640x480 frame" in agent.stderr
+
+
+def test_zone_events_crossings_and_occupancy_reach_a_real_mosquitto(broker):  # noqa: F811
+    """The MQTT publisher hears the loop's Analytics (agent.analytics.HUB) and publishes each event
+    on its zone's or line's topic, and the zone's occupancy retained."""
+    import json
+
+    import numpy as np
+
+    from edgefleet.agent.analytics import Analytics
+    from edgefleet.agent.mqtt import MqttPublisher
+    from edgefleet.agent.zones import StreamAnalytics
+
+    from ..conftest import wait_for
+    from .test_mqtt import Recorder
+
+    recorder = Recorder(broker)
+    publisher = MqttPublisher("127.0.0.1", broker)
+    publisher.start(lambda: "dev1")
+    try:
+        wait_for(publisher.connected.is_set, 10, "the publisher to connect")
+        analytics = Analytics({"cam0": StreamAnalytics.model_validate({
+            "units": "pixels", "lines": {"door": {"points": [[100, 500], [900, 500]]}},
+            "zones": {"shop": {"polygon": [[0, 0], [1000, 0], [1000, 450], [0, 450]]}}})}, totals=None)
+        for i, y in enumerate([400, 420, 600, 620]):  # inside the shop, then down across the door
+            analytics.update("cam0", i, 1000.0 + i, (1000, 1000), np.array([[480, y - 100, 520, y]], float),
+                             np.array([7]), ["person"])
+        crossing = wait_for(lambda: recorder.get("edgefleet/dev1/cam0/lines/door"), 10, "the crossing")
+        assert json.loads(crossing[0]) | {"time": 0} == {
+            "stream": "cam0", "line": "door", "segment": 0, "direction": "in", "track_id": 7, "label": "person",
+            "frame_index": 2, "time": 0}
+        zone = wait_for(lambda: len(recorder.get("edgefleet/dev1/cam0/zones/shop")) == 2
+                        and recorder.get("edgefleet/dev1/cam0/zones/shop"), 10, "enter and exit")
+        assert [(e["kind"], e["occupancy"], e["dwell_s"]) for e in map(json.loads, zone)] == [
+            ("enter", 1, 0.0), ("exit", 0, 2.0)]
+        wait_for(lambda: recorder.get("edgefleet/dev1/cam0/zones/shop/occupancy") == ["1", "0"], 10,
+                 "the occupancy, 1 then 0")
+    finally:
+        publisher.stop()
+        recorder.close()
