@@ -130,10 +130,13 @@ HUB = EventHub()
 
 
 class MinuteCounts:
-    """Events folded into per-minute rows; `take(now)` hands over the minutes that have ended."""
+    """Events folded into per-minute rows; `take(now)` hands over the minutes that have ended. Rows
+    nobody takes are kept up to `max_rows`, then the oldest go (counted in `dropped`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_rows: int = 100_000) -> None:
         self._counts: Counter[tuple[int, str, str, str, str, str]] = Counter()
+        self.max_rows = max_rows
+        self.dropped = 0
 
     def add(self, events: list[Event]) -> None:
         for e in events:
@@ -142,6 +145,10 @@ class MinuteCounts:
                 self._counts[(minute, e.stream, "line", e.line, e.label, e.direction)] += 1
             elif e.kind == "enter":
                 self._counts[(minute, e.stream, "zone", e.zone, e.label, "enter")] += 1
+        if len(self._counts) > self.max_rows:
+            for key in sorted(self._counts)[:len(self._counts) - self.max_rows]:
+                del self._counts[key]
+                self.dropped += 1
 
     def take(self, now: float | None = None) -> list[CountRow]:
         """The rows of minutes that ended before `now` (every row when None), removed from here."""

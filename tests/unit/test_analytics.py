@@ -113,6 +113,9 @@ def test_totals_and_minute_counts():
     assert {(r.minute, r.kind, r.name, r.direction, r.count) for r in counts.take()} == {
         (120, "line", "door", "in", 1), (120, "line", "door", "out", 1), (120, "zone", "shop", "enter", 1)}
     assert counts.take() == []
+    bounded = MinuteCounts(max_rows=2)
+    bounded.add(events)
+    assert [(r.minute, r.kind) for r in bounded.take()] == [(120, "line"), (120, "zone")] and bounded.dropped == 2
 
 
 def test_analytics_skips_streams_without_shapes_and_refuses_pixels_outside_the_frame():
