@@ -163,7 +163,7 @@ class FrameLoop:
                                self._frame_ready) for sid, spec in zip(options.stream_ids, options.sources)]
         self._preparer: ThreadPoolExecutor | None = None
         self._ahead: Ahead | None = None
-        self.analytics = Analytics(getattr(options, "analytics", {}))
+        self.analytics = Analytics(options.analytics)
         """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
 
     def start(self) -> None:

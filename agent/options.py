@@ -12,6 +12,7 @@ from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
 from .config import AgentConfig
 from .errors import ConfigError
+from .zones import StreamAnalytics
 
 CONTROL_EVERY_S = 1.0
 """How often the runtime controller gets a health reading (its timers assume about once a second)."""
@@ -67,6 +68,8 @@ class RunOptions:
     (exit under systemd, in process elsewhere); see `Agent.restart`."""
     """`edge-agent serve`: served streams (agent.inference) feed the agent too, so it may have no
     --source and runs until stopped, not until its sources end."""
+    analytics: dict[str, StreamAnalytics] = field(default_factory=dict)
+    """Per local stream id: its zones and lines (agent.yaml `analytics:`, agent.zones), evaluated by the loop."""
 
     def __post_init__(self) -> None:
         if not self.stream_ids:
@@ -91,7 +94,7 @@ class RunOptions:
             commit_interval_s=config.commit_interval_s, credentials=credentials,
             gate_sample_every=config.gate_sample_every, engine_confirm_s=config.engine_confirm_s,
             download_mbps=config.download_mbps, fallback_model=config.model, serving=config.serving,
-            restart_mode=config.restart_mode,
+            restart_mode=config.restart_mode, analytics=dict(config.analytics),
         )
 
 

@@ -10,14 +10,10 @@ import urllib.error
 
 import pytest
 
-from edgefleet.agent.options import RunOptions
-
 from ..conftest import free_port
+from ..unit.test_engines import tiny_onnx
 from .test_metrics import scrape
 from .test_mqtt import broker  # noqa: F401, F811  (the fixture: a mosquitto of the test's own)
-
-needs_options = pytest.mark.skipif("analytics" not in RunOptions.__dataclass_fields__,
-                                   reason="RunOptions does not carry agent.yaml's analytics to the loop yet")
 
 CONFIG = """\
 analytics:
@@ -27,7 +23,6 @@ analytics:
 """
 
 
-@needs_options
 @pytest.mark.slow
 @pytest.mark.data
 def test_an_agent_counts_line_crossings_and_zone_entries(controller, vtest, tmp_path):
@@ -73,7 +68,6 @@ def _zone_samples(samples: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in samples.items() if "crossings" in k or "zone_" in k}
 
 
-@needs_options
 @pytest.mark.slow
 def test_pixel_coordinates_outside_the_frame_stop_the_agent_at_the_first_frame(controller, tmp_path):
     config = tmp_path / "agent.yaml"
@@ -81,7 +75,8 @@ def test_pixel_coordinates_outside_the_frame_stop_the_agent_at_the_first_frame(c
     agent = subprocess.run(
         [sys.executable, "-m", "edgefleet.agent.cli", "run", "--config", str(config), "--controller",
          controller.address, "--source", "synthetic://640x480?objects=3", "--state-dir", str(tmp_path / "agent"),
-         "--enroll-key", "efk_test", "--name", "pixel-cam", "--max-frames", "20"],
+         "--enroll-key", "efk_test", "--name", "pixel-cam", "--max-frames", "20",
+         "--model", str(tiny_onnx(tmp_path / "tiny.onnx"))],
         capture_output=True, text=True, timeout=120)
     assert agent.returncode == 2, agent.stderr[-3000:]
     assert "analytics of stream 'cam0': line 'door': point (900, 400) is outside the 640x480 frame" in agent.stderr
