@@ -214,7 +214,10 @@ def run_rounds(replicas: Replicas, outcomes: list[bool]) -> list[tuple[str, floa
 
     async def connection(endpoint: Endpoint) -> bool:
         events.append((endpoint.target, replicas.connect_timeout_s, replicas.accept_timeout_s))
-        return outcomes.pop(0)
+        accepted = outcomes.pop(0)
+        if accepted:  # as the link does when a Session is accepted: the rotation learns where it is
+            replicas.on_connected(endpoint)
+        return accepted
 
     async def wait_stop(seconds: float) -> bool:
         events.append(seconds)
