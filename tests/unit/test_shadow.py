@@ -99,7 +99,7 @@ class LoopThread:
 def model(tmp_path_factory) -> Path:
     """A tiny real detector made a few milliseconds heavy, so its time per frame is measurable."""
     folder = tmp_path_factory.mktemp("shadow")
-    return slow_onnx(tiny_onnx(folder / "tiny.onnx"), folder / "model.onnx", size=192, matmuls=4)
+    return slow_onnx(tiny_onnx(folder / "tiny.onnx"), folder / "model.onnx", size=384, matmuls=4)
 
 
 FRAMES = [np.random.default_rng(i).integers(0, 255, (96, 128, 3), dtype=np.uint8) for i in range(8)]
