@@ -20,11 +20,23 @@ def check_health_tiers(raw_keep_s: float, minute_keep_s: float, keep_s: float | 
         )
 
 
+HEALTH_RESOLUTIONS_S = (0, 60, 3600)
+"""Tiers of `health_samples`: raw heartbeats, 1-minute and 1-hour rows (see `HistoryTables.rollup_health`)."""
+
+
+def history_tiers(since: float, until: float, resolution_s: int | None) -> tuple[int, ...]:
+    """The tiers a `health_history` request reads, finest first; InvalidArgument for a bad range or tier."""
+    if until < since:
+        raise InvalidArgument(f"until ({until}) is before since ({since})")
+    if resolution_s is not None and resolution_s not in HEALTH_RESOLUTIONS_S:
+        raise InvalidArgument(f"resolution_s must be one of {HEALTH_RESOLUTIONS_S}, got {resolution_s!r}")
+    return HEALTH_RESOLUTIONS_S if resolution_s is None else (resolution_s,)
+
+
 class HistoryTables(StoreTables):
     """Methods `FleetStore` gains."""
 
-    HEALTH_RESOLUTIONS_S = (0, 60, 3600)
-    """Tiers of `health_samples`: raw heartbeats, 1-minute and 1-hour rows (see `rollup_health`)."""
+    HEALTH_RESOLUTIONS_S = HEALTH_RESOLUTIONS_S
     _HEALTH_MEANS = ("fps", "detect_fps", "inference_ms_p95", "latency_ms_p95", "cpu_percent", "temperature_c")
     _HEALTH_MAXIMA = ("frames_dropped", "outbox_depth")
     _HEALTH_INSERT = (
@@ -144,11 +156,7 @@ class HistoryTables(StoreTables):
         rows before the oldest raw sample, hour rows before the oldest minute row.
         """
         self._require(device_id)
-        if until < since:
-            raise InvalidArgument(f"until ({until}) is before since ({since})")
-        if resolution_s is not None and resolution_s not in self.HEALTH_RESOLUTIONS_S:
-            raise InvalidArgument(f"resolution_s must be one of {self.HEALTH_RESOLUTIONS_S}, got {resolution_s!r}")
-        tiers = self.HEALTH_RESOLUTIONS_S if resolution_s is None else (resolution_s,)
+        tiers = history_tiers(since, until, resolution_s)
         rows: list[dict] = []
         upper = until
         for tier in tiers:

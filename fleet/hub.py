@@ -361,8 +361,7 @@ class Hub:
     def frames_committed(self, device_id: str, frames: list[FrameRecord]) -> None:
         self.detections.publish(frames)
         if frames:
-            sequences = [f.sequence for f in frames]
-            self.peers.frames_committed(device_id, min(sequences), max(sequences))
+            self.peers.frames_committed(device_id, frames)
 
     def publish_device(self, device: DeviceRecord, message: str = "") -> None:
         self.fleet.publish([FleetChange(device, self.connected(device.device_id), time.time(), message)])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .async_store import AsyncStore
+    from .detection_store import FrameRecord
     from .hub import Command, Hub
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class Peers:
     def close_streams(self, device_id: str, reason: str) -> None:
         """End the device's streams on the other replicas."""
 
-    def frames_committed(self, device_id: str, first: int, last: int) -> None:
-        """Frames `first..last` of the device are committed (for the other replicas' detection watchers)."""
+    def frames_committed(self, device_id: str, frames: list[FrameRecord]) -> None:
+        """The device's `frames` are committed (for the other replicas' detection watchers)."""
 
     def device_touched(self, device_id: str) -> None:
         """A routine change of the device (a heartbeat): told to the replicas that watch the fleet, batched."""

@@ -15,8 +15,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from ..errors import InvalidArgument
-from ..history_store import HistoryTables, check_health_tiers
+from ..history_store import HistoryTables, check_health_tiers, history_tiers
 from .base import PgTables
 from .detections import (
     BY_DEVICE_ID,
@@ -101,11 +100,7 @@ class PgHistoryTables(PgTables):
         """The device's health rows with `since <= time < until`, oldest first, each part of the range from
         the finest tier that holds it, or from tier `resolution_s` only (`HistoryTables.health_history`)."""
         self._require(device_id)
-        if until < since:
-            raise InvalidArgument(f"until ({until}) is before since ({since})")
-        if resolution_s is not None and resolution_s not in self.HEALTH_RESOLUTIONS_S:
-            raise InvalidArgument(f"resolution_s must be one of {self.HEALTH_RESOLUTIONS_S}, got {resolution_s!r}")
-        tiers = self.HEALTH_RESOLUTIONS_S if resolution_s is None else (resolution_s,)
+        tiers = history_tiers(since, until, resolution_s)
         rows: list[dict] = []
         upper = until
         with self.pool.connection() as conn:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from ..async_store import AsyncStore
+    from ..detection_store import FrameRecord
     from ..hub import Command, Hub
 
 logger = logging.getLogger(__name__)
@@ -136,9 +137,10 @@ class PgPeers(Peers):
     def close_streams(self, device_id: str, reason: str) -> None:
         self._post({"k": "close", "device_id": device_id, "reason": reason})
 
-    def frames_committed(self, device_id: str, first: int, last: int) -> None:
+    def frames_committed(self, device_id: str, frames: list[FrameRecord]) -> None:
         if self.replica is not None and self.replica.wants("detections", time.time(), WATCHING_FRESH_S):
-            self._post({"k": "frames", "device_id": device_id, "first": first, "last": last})
+            sequences = [f.sequence for f in frames]
+            self._post({"k": "frames", "device_id": device_id, "first": min(sequences), "last": max(sequences)})
 
     def device_touched(self, device_id: str) -> None:
         if self.replica is not None and self.replica.wants("fleet", time.time(), WATCHING_FRESH_S):

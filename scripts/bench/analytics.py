@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_report  # (scripts/bench/report.py)
-from scenes import Scene, SceneSpec, analytics_layout, make_scene, true_events  # (scripts/bench/scenes.py)
+from scenes import Scene, SceneSpec, analytics_layout, int_list, make_scene, true_events  # (scripts/bench/scenes.py)
 
 from edgefleet.agent.analytics import LineCrossing, StreamEvaluator, ZoneEvent
 from edgefleet.agent.bytetrack import ByteTrack
@@ -222,10 +222,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", default="10,50,200")
@@ -241,8 +237,8 @@ def main() -> None:
     started = time.perf_counter()
     spec = SceneSpec(objects=1)
     detect_ms = detector_ms(spec.width, spec.height, args.detector_calls) if args.detector_calls else 0.0
-    report = bench(_ints(args.objects), args.frames, _ints(args.seeds), _ints(args.crowd_seeds),
-                   _ints(args.intervals), args.fps, detect_ms, args.margin)
+    report = bench(int_list(args.objects), args.frames, int_list(args.seeds), int_list(args.crowd_seeds),
+                   int_list(args.intervals), args.fps, detect_ms, args.margin)
     report.update(layout=analytics_layout(margin=args.margin), match_frames=MATCH_FRAMES,
                   machine=platform.processor() or platform.machine(), wall_s=round(time.perf_counter() - started, 1))
     print(markdown(report), file=sys.stderr)

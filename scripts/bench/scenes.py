@@ -234,3 +234,8 @@ if __name__ == "__main__":
     import json
     for n in (10, 50, 200):
         print(json.dumps(describe(make_scene(SceneSpec(objects=n)))))
+
+
+def int_list(text: str) -> list[int]:
+    """A comma-separated list of numbers as the benchmarks take them: "10,50,200" -> [10, 50, 200]."""
+    return [int(x) for x in text.split(",") if x]

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from report import write_report  # (scripts/bench/report.py)
-from scenes import Scene, SceneSpec, describe, make_scene  # (scripts/bench/scenes.py)
+from scenes import Scene, SceneSpec, describe, int_list, make_scene  # (scripts/bench/scenes.py)
 
 from edgefleet.agent.bytetrack import ByteTrack, ByteTrackConfig
 from edgefleet.models.detections import Detections
@@ -356,10 +356,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", default="10,50,200")
@@ -378,13 +374,13 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     interval_config = dataclasses.replace(OURS, coast_missed_detections=args.coast_missed_detections)
-    report = bench(_ints(args.objects), args.frames, _ints(args.seeds), _ints(args.crowd_seeds), args.repeats,
-                   _ints(args.intervals), [p for p in args.peers.split(",") if p], interval_config)
+    report = bench(int_list(args.objects), args.frames, int_list(args.seeds), int_list(args.crowd_seeds), args.repeats,
+                   int_list(args.intervals), [p for p in args.peers.split(",") if p], interval_config)
     report["interval_config"] = dataclasses.asdict(interval_config)
     if args.video_frames:
         detections = video_detections(args.video, args.video_frames)
         report["skip_fidelity"] = {"video": args.video.name, "frames": len(detections),
-                                   "intervals": skip_fidelity(detections, _ints(args.intervals), interval_config)}
+                                   "intervals": skip_fidelity(detections, int_list(args.intervals), interval_config)}
     report["wall_s"] = round(time.perf_counter() - started, 1)
     print(markdown(report), file=sys.stderr)
     write_report(report, args.out)
