@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.common.records import CountRow
+
 from .errors import ConfigError
 from .zones import Line, StreamAnalytics, Zone, reference_points, segments_cross
 
@@ -63,19 +65,6 @@ class LineCrossing:
 
 
 Event = ZoneEvent | LineCrossing
-
-
-@dataclass(frozen=True)
-class CountRow:
-    """Events of one minute: `minute` is its start (epoch seconds, a multiple of 60); `kind` zone
-    (direction "enter") or line (direction "in"/"out")."""
-    stream: str
-    minute: int
-    kind: str
-    name: str
-    label: str
-    direction: str
-    count: int
 
 
 class Totals:

@@ -61,3 +61,95 @@ def object_row(obj: ObjectRecord) -> list:
 def objects_from_json(text: str) -> list[ObjectRecord]:
     """The objects of a stored row (a JSON list of `object_row`s)."""
     return [ObjectRecord(t, c, label, s, tuple(box), bool(p)) for t, c, label, s, box, p in json.loads(text)]
+
+
+# ---- objects, counts, snapshots: the outbox's other records (proto: ObjectEvent, CountBatch, SnapshotRecord) ----
+
+@dataclass
+class TrackedObject:
+    """One track over its life on one stream (agent.objects keeps it; the controller stores the newest
+    state by `last_seen`). Times are unix seconds, boxes and points source pixels."""
+
+    object_id: str
+    stream_id: str
+    track_id: int
+    label: str
+    class_id: int
+    first_seen: float
+    last_seen: float
+    best_score: float
+    best_box: tuple[float, float, float, float]
+    path: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, time)
+    zones: list[str] = field(default_factory=list)
+    crossings: list[tuple[str, str, float]] = field(default_factory=list)  # (line, direction, time)
+    frames: int = 0
+    ended: bool = False
+    has_snapshot: bool = False
+    device_id: str = ""
+
+
+@dataclass
+class ObjectEventRecord:
+    """`type` "new", "update" or "end", and the object's state then."""
+
+    type: str
+    object: TrackedObject
+    sequence: int = 0
+
+    @property
+    def stream_id(self) -> str:
+        return self.object.stream_id
+
+    @property
+    def capture_time(self) -> float:
+        return self.object.last_seen
+
+
+@dataclass(frozen=True)
+class CountRow:
+    """Events of one minute: `minute` is its start (epoch seconds, a multiple of 60); `kind` zone
+    (direction "enter") or line (direction "in"/"out")."""
+    stream: str
+    minute: int
+    kind: str
+    name: str
+    label: str
+    direction: str
+    count: int
+
+
+@dataclass
+class CountRecord:
+    """Counts since the agent's previous CountRecord; the controller adds them up."""
+
+    rows: list[CountRow]
+    sequence: int = 0
+    device_id: str = ""
+
+    @property
+    def stream_id(self) -> str:
+        return self.rows[0].stream if self.rows else ""
+
+    @property
+    def capture_time(self) -> float:
+        return float(max(r.minute for r in self.rows)) if self.rows else 0.0
+
+
+@dataclass
+class SnapshotRecord:
+    """A JPEG: an object's best crop ("crop"), its annotated downscaled frame ("frame"), or a stream's
+    latest annotated frame ("live", answered to CaptureFrame, never in the outbox)."""
+
+    stream_id: str
+    object_id: str
+    kind: str
+    label: str
+    capture_time: float
+    jpeg: bytes
+    score: float = 0.0
+    sequence: int = 0
+    device_id: str = ""
+
+
+Record = FrameRecord | ObjectEventRecord | CountRecord | SnapshotRecord
+"""Anything the outbox holds and PublishDetections carries, each with its own sequence."""

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from edgefleet.v1 import types_pb2 as edgefleet_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/agent.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x65\x64gefleet/v1/types.proto\"\xf9\x01\n\rEnrollRequest\x12\x12\n\nenroll_key\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12.\n\x07profile\x18\x05 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.edgefleet.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x1d\n\x15\x63ontroller_public_key\x18\x03 \x01(\x0c\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\r\"\xfd\x01\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12\x34\n\ndeployment\x18\x03 \x01(\x0b\x32\x1e.edgefleet.v1.DeploymentStatusH\x00\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.CommandResultH\x00\x12,\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1a.edgefleet.v1.ConfigStatusH\x00\x42\x06\n\x04\x62ody\"\xc1\x02\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12.\n\x07profile\x18\x02 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\'\n\x04plan\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.RuntimePlan\x12\x0f\n\x07streams\x18\x04 \x03(\t\x12+\n\x07started\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.edgefleet.v1.Hello.LabelsEntry\x12*\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x1a.edgefleet.v1.ConfigStatus\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x0c\x43onfigStatus\x12\x17\n\x0f\x61pplied_version\x18\x01 \x01(\x04\x12\x17\n\x0frefused_version\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x18\n\x10\x61pplied_document\x18\x04 \x01(\t\x12\x0b\n\x03how\x18\x05 \x01(\t\"m\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12*\n\x06health\x18\x02 \x01(\x0b\x32\x1a.edgefleet.v1.HealthSample\x12\'\n\x04plan\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.RuntimePlan\"N\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"x\n\x11\x43ontrollerMessage\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.edgefleet.v1.SessionAcceptedH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.edgefleet.v1.CommandH\x00\x42\x06\n\x04\x62ody\"Z\n\x0fSessionAccepted\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63ked_sequence\x18\x03 \x01(\x04\"\xec\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12.\n\x06\x64\x65ploy\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.DeployArtifactH\x00\x12)\n\x08set_plan\x18\x03 \x01(\x0b\x32\x15.edgefleet.v1.SetPlanH\x00\x12(\n\x07restart\x18\x04 \x01(\x0b\x32\x15.edgefleet.v1.RestartH\x00\x12\"\n\x04ping\x18\x05 \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x12*\n\x08rollback\x18\x06 \x01(\x0b\x32\x16.edgefleet.v1.RollbackH\x00\x12\x31\n\x0c\x61pply_config\x18\x07 \x01(\x0b\x32\x19.edgefleet.v1.ApplyConfigH\x00\x12;\n\x11\x63\x61ncel_deployment\x18\x08 \x01(\x0b\x32\x1e.edgefleet.v1.CancelDeploymentH\x00\x42\x08\n\x06\x61\x63tion\"0\n\x0b\x41pplyConfig\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelDeployment\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xbe\x01\n\x0e\x44\x65ployArtifact\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12(\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.Artifact\x12\x16\n\x0egate_fps_ratio\x18\x03 \x01(\x02\x12\x1a\n\x12gate_min_agreement\x18\x04 \x01(\x02\x12\x15\n\rgate_window_s\x18\x05 \x01(\r\x12#\n\x1b\x65xpect_different_detections\x18\x06 \x01(\x08\"\x19\n\x07Restart\x12\x0e\n\x06reason\x18\x01 \x01(\t\"0\n\x04Ping\x12(\n\x04sent\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x08Rollback\x12\x0e\n\x06reason\x18\x01 \x01(\t\"?\n\x0e\x44\x65tectionBatch\x12-\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.FrameDetections\"8\n\nPublishAck\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\"J\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xc4\x02\n\x0c\x41gentGateway\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12J\n\x07Session\x12\x1a.edgefleet.v1.AgentMessage\x1a\x1f.edgefleet.v1.ControllerMessage(\x01\x30\x01\x12O\n\x11PublishDetections\x12\x1c.edgefleet.v1.DetectionBatch\x1a\x18.edgefleet.v1.PublishAck(\x01\x30\x01\x12R\n\rFetchArtifact\x12\".edgefleet.v1.FetchArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gefleet/v1/agent.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x65\x64gefleet/v1/types.proto\"\xf9\x01\n\rEnrollRequest\x12\x12\n\nenroll_key\x18\x01 \x01(\t\x12\x13\n\x0bhardware_id\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12.\n\x07profile\x18\x05 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.edgefleet.v1.EnrollRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"v\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x1d\n\x15\x63ontroller_public_key\x18\x03 \x01(\x0c\x12\x1c\n\x14heartbeat_interval_s\x18\x04 \x01(\r\"\xfd\x01\n\x0c\x41gentMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12\x34\n\ndeployment\x18\x03 \x01(\x0b\x32\x1e.edgefleet.v1.DeploymentStatusH\x00\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1b.edgefleet.v1.CommandResultH\x00\x12,\n\x06\x63onfig\x18\x05 \x01(\x0b\x32\x1a.edgefleet.v1.ConfigStatusH\x00\x42\x06\n\x04\x62ody\"\xc1\x02\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12.\n\x07profile\x18\x02 \x01(\x0b\x32\x1d.edgefleet.v1.HardwareProfile\x12\'\n\x04plan\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.RuntimePlan\x12\x0f\n\x07streams\x18\x04 \x03(\t\x12+\n\x07started\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.edgefleet.v1.Hello.LabelsEntry\x12*\n\x06\x63onfig\x18\x07 \x01(\x0b\x32\x1a.edgefleet.v1.ConfigStatus\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x0c\x43onfigStatus\x12\x17\n\x0f\x61pplied_version\x18\x01 \x01(\x04\x12\x17\n\x0frefused_version\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x18\n\x10\x61pplied_document\x18\x04 \x01(\t\x12\x0b\n\x03how\x18\x05 \x01(\t\"m\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12*\n\x06health\x18\x02 \x01(\x0b\x32\x1a.edgefleet.v1.HealthSample\x12\'\n\x04plan\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.RuntimePlan\"x\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12(\n\x08snapshot\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.Snapshot\"x\n\x11\x43ontrollerMessage\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.edgefleet.v1.SessionAcceptedH\x00\x12(\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x15.edgefleet.v1.CommandH\x00\x42\x06\n\x04\x62ody\"Z\n\x0fSessionAccepted\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\r\x12\x16\n\x0e\x61\x63ked_sequence\x18\x03 \x01(\x04\"\xa1\x03\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12.\n\x06\x64\x65ploy\x18\x02 \x01(\x0b\x32\x1c.edgefleet.v1.DeployArtifactH\x00\x12)\n\x08set_plan\x18\x03 \x01(\x0b\x32\x15.edgefleet.v1.SetPlanH\x00\x12(\n\x07restart\x18\x04 \x01(\x0b\x32\x15.edgefleet.v1.RestartH\x00\x12\"\n\x04ping\x18\x05 \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x12*\n\x08rollback\x18\x06 \x01(\x0b\x32\x16.edgefleet.v1.RollbackH\x00\x12\x31\n\x0c\x61pply_config\x18\x07 \x01(\x0b\x32\x19.edgefleet.v1.ApplyConfigH\x00\x12;\n\x11\x63\x61ncel_deployment\x18\x08 \x01(\x0b\x32\x1e.edgefleet.v1.CancelDeploymentH\x00\x12\x33\n\rcapture_frame\x18\t \x01(\x0b\x32\x1a.edgefleet.v1.CaptureFrameH\x00\x42\x08\n\x06\x61\x63tion\"4\n\x0c\x43\x61ptureFrame\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x11\n\tmax_width\x18\x02 \x01(\r\"0\n\x0b\x41pplyConfig\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x10\n\x08\x64ocument\x18\x02 \x01(\t\"6\n\x10\x43\x61ncelDeployment\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xbe\x01\n\x0e\x44\x65ployArtifact\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12(\n\x08\x61rtifact\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.Artifact\x12\x16\n\x0egate_fps_ratio\x18\x03 \x01(\x02\x12\x1a\n\x12gate_min_agreement\x18\x04 \x01(\x02\x12\x15\n\rgate_window_s\x18\x05 \x01(\r\x12#\n\x1b\x65xpect_different_detections\x18\x06 \x01(\x08\"\x19\n\x07Restart\x12\x0e\n\x06reason\x18\x01 \x01(\t\"0\n\x04Ping\x12(\n\x04sent\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1a\n\x08Rollback\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xc6\x01\n\x0e\x44\x65tectionBatch\x12-\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.FrameDetections\x12*\n\x07objects\x18\x02 \x03(\x0b\x32\x19.edgefleet.v1.ObjectEvent\x12(\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x18.edgefleet.v1.CountBatch\x12/\n\tsnapshots\x18\x04 \x03(\x0b\x32\x1c.edgefleet.v1.SnapshotRecord\"Z\n\x0bObjectEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04type\x18\x02 \x01(\t\x12+\n\x06object\x18\x03 \x01(\x0b\x32\x1b.edgefleet.v1.TrackedObject\"D\n\nCountBatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12$\n\x04rows\x18\x02 \x03(\x0b\x32\x16.edgefleet.v1.CountRow\"L\n\x0eSnapshotRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12(\n\x08snapshot\x18\x02 \x01(\x0b\x32\x16.edgefleet.v1.Snapshot\"8\n\nPublishAck\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x04\x12\x12\n\nduplicates\x18\x02 \x01(\x04\"J\n\x14\x46\x65tchArtifactRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nchunk_size\x18\x03 \x01(\r\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xc4\x02\n\x0c\x41gentGateway\x12\x43\n\x06\x45nroll\x12\x1b.edgefleet.v1.EnrollRequest\x1a\x1c.edgefleet.v1.EnrollResponse\x12J\n\x07Session\x12\x1a.edgefleet.v1.AgentMessage\x1a\x1f.edgefleet.v1.ControllerMessage(\x01\x30\x01\x12O\n\x11PublishDetections\x12\x1c.edgefleet.v1.DetectionBatch\x1a\x18.edgefleet.v1.PublishAck(\x01\x30\x01\x12R\n\rFetchArtifact\x12\".edgefleet.v1.FetchArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,33 +54,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT']._serialized_start=1174
   _globals['_HEARTBEAT']._serialized_end=1283
   _globals['_COMMANDRESULT']._serialized_start=1285
-  _globals['_COMMANDRESULT']._serialized_end=1363
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1365
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1485
-  _globals['_SESSIONACCEPTED']._serialized_start=1487
-  _globals['_SESSIONACCEPTED']._serialized_end=1577
-  _globals['_COMMAND']._serialized_start=1580
-  _globals['_COMMAND']._serialized_end=1944
-  _globals['_APPLYCONFIG']._serialized_start=1946
-  _globals['_APPLYCONFIG']._serialized_end=1994
-  _globals['_CANCELDEPLOYMENT']._serialized_start=1996
-  _globals['_CANCELDEPLOYMENT']._serialized_end=2050
-  _globals['_DEPLOYARTIFACT']._serialized_start=2053
-  _globals['_DEPLOYARTIFACT']._serialized_end=2243
-  _globals['_RESTART']._serialized_start=2245
-  _globals['_RESTART']._serialized_end=2270
-  _globals['_PING']._serialized_start=2272
-  _globals['_PING']._serialized_end=2320
-  _globals['_ROLLBACK']._serialized_start=2322
-  _globals['_ROLLBACK']._serialized_end=2348
-  _globals['_DETECTIONBATCH']._serialized_start=2350
-  _globals['_DETECTIONBATCH']._serialized_end=2413
-  _globals['_PUBLISHACK']._serialized_start=2415
-  _globals['_PUBLISHACK']._serialized_end=2471
-  _globals['_FETCHARTIFACTREQUEST']._serialized_start=2473
-  _globals['_FETCHARTIFACTREQUEST']._serialized_end=2547
-  _globals['_ARTIFACTCHUNK']._serialized_start=2549
-  _globals['_ARTIFACTCHUNK']._serialized_end=2614
-  _globals['_AGENTGATEWAY']._serialized_start=2617
-  _globals['_AGENTGATEWAY']._serialized_end=2941
+  _globals['_COMMANDRESULT']._serialized_end=1405
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1407
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1527
+  _globals['_SESSIONACCEPTED']._serialized_start=1529
+  _globals['_SESSIONACCEPTED']._serialized_end=1619
+  _globals['_COMMAND']._serialized_start=1622
+  _globals['_COMMAND']._serialized_end=2039
+  _globals['_CAPTUREFRAME']._serialized_start=2041
+  _globals['_CAPTUREFRAME']._serialized_end=2093
+  _globals['_APPLYCONFIG']._serialized_start=2095
+  _globals['_APPLYCONFIG']._serialized_end=2143
+  _globals['_CANCELDEPLOYMENT']._serialized_start=2145
+  _globals['_CANCELDEPLOYMENT']._serialized_end=2199
+  _globals['_DEPLOYARTIFACT']._serialized_start=2202
+  _globals['_DEPLOYARTIFACT']._serialized_end=2392
+  _globals['_RESTART']._serialized_start=2394
+  _globals['_RESTART']._serialized_end=2419
+  _globals['_PING']._serialized_start=2421
+  _globals['_PING']._serialized_end=2469
+  _globals['_ROLLBACK']._serialized_start=2471
+  _globals['_ROLLBACK']._serialized_end=2497
+  _globals['_DETECTIONBATCH']._serialized_start=2500
+  _globals['_DETECTIONBATCH']._serialized_end=2698
+  _globals['_OBJECTEVENT']._serialized_start=2700
+  _globals['_OBJECTEVENT']._serialized_end=2790
+  _globals['_COUNTBATCH']._serialized_start=2792
+  _globals['_COUNTBATCH']._serialized_end=2860
+  _globals['_SNAPSHOTRECORD']._serialized_start=2862
+  _globals['_SNAPSHOTRECORD']._serialized_end=2938
+  _globals['_PUBLISHACK']._serialized_start=2940
+  _globals['_PUBLISHACK']._serialized_end=2996
+  _globals['_FETCHARTIFACTREQUEST']._serialized_start=2998
+  _globals['_FETCHARTIFACTREQUEST']._serialized_end=3072
+  _globals['_ARTIFACTCHUNK']._serialized_start=3074
+  _globals['_ARTIFACTCHUNK']._serialized_end=3139
+  _globals['_AGENTGATEWAY']._serialized_start=3142
+  _globals['_AGENTGATEWAY']._serialized_end=3466
 # @@protoc_insertion_point(module_scope)

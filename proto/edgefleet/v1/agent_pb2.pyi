@@ -109,16 +109,18 @@ class Heartbeat(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., health: _Optional[_Union[_types_pb2.HealthSample, _Mapping]] = ..., plan: _Optional[_Union[_types_pb2.RuntimePlan, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
-    __slots__ = ("command_id", "ok", "error", "detail")
+    __slots__ = ("command_id", "ok", "error", "detail", "snapshot")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     ok: bool
     error: str
     detail: str
-    def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    snapshot: _types_pb2.Snapshot
+    def __init__(self, command_id: _Optional[str] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., snapshot: _Optional[_Union[_types_pb2.Snapshot, _Mapping]] = ...) -> None: ...
 
 class ControllerMessage(_message.Message):
     __slots__ = ("accepted", "command")
@@ -139,7 +141,7 @@ class SessionAccepted(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[int] = ..., acked_sequence: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "deploy", "set_plan", "restart", "ping", "rollback", "apply_config", "cancel_deployment")
+    __slots__ = ("command_id", "deploy", "set_plan", "restart", "ping", "rollback", "apply_config", "cancel_deployment", "capture_frame")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     DEPLOY_FIELD_NUMBER: _ClassVar[int]
     SET_PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class Command(_message.Message):
     ROLLBACK_FIELD_NUMBER: _ClassVar[int]
     APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
     CANCEL_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FRAME_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     deploy: DeployArtifact
     set_plan: _types_pb2.SetPlan
@@ -156,7 +159,16 @@ class Command(_message.Message):
     rollback: Rollback
     apply_config: ApplyConfig
     cancel_deployment: CancelDeployment
-    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[DeployArtifact, _Mapping]] = ..., set_plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., restart: _Optional[_Union[Restart, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., cancel_deployment: _Optional[_Union[CancelDeployment, _Mapping]] = ...) -> None: ...
+    capture_frame: CaptureFrame
+    def __init__(self, command_id: _Optional[str] = ..., deploy: _Optional[_Union[DeployArtifact, _Mapping]] = ..., set_plan: _Optional[_Union[_types_pb2.SetPlan, _Mapping]] = ..., restart: _Optional[_Union[Restart, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., rollback: _Optional[_Union[Rollback, _Mapping]] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., cancel_deployment: _Optional[_Union[CancelDeployment, _Mapping]] = ..., capture_frame: _Optional[_Union[CaptureFrame, _Mapping]] = ...) -> None: ...
+
+class CaptureFrame(_message.Message):
+    __slots__ = ("stream_id", "max_width")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    max_width: int
+    def __init__(self, stream_id: _Optional[str] = ..., max_width: _Optional[int] = ...) -> None: ...
 
 class ApplyConfig(_message.Message):
     __slots__ = ("version", "document")
@@ -209,10 +221,42 @@ class Rollback(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class DetectionBatch(_message.Message):
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "objects", "counts", "snapshots")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTS_FIELD_NUMBER: _ClassVar[int]
     frames: _containers.RepeatedCompositeFieldContainer[_types_pb2.FrameDetections]
-    def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectEvent]
+    counts: _containers.RepeatedCompositeFieldContainer[CountBatch]
+    snapshots: _containers.RepeatedCompositeFieldContainer[SnapshotRecord]
+    def __init__(self, frames: _Optional[_Iterable[_Union[_types_pb2.FrameDetections, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[ObjectEvent, _Mapping]]] = ..., counts: _Optional[_Iterable[_Union[CountBatch, _Mapping]]] = ..., snapshots: _Optional[_Iterable[_Union[SnapshotRecord, _Mapping]]] = ...) -> None: ...
+
+class ObjectEvent(_message.Message):
+    __slots__ = ("sequence", "type", "object")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    type: str
+    object: _types_pb2.TrackedObject
+    def __init__(self, sequence: _Optional[int] = ..., type: _Optional[str] = ..., object: _Optional[_Union[_types_pb2.TrackedObject, _Mapping]] = ...) -> None: ...
+
+class CountBatch(_message.Message):
+    __slots__ = ("sequence", "rows")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    rows: _containers.RepeatedCompositeFieldContainer[_types_pb2.CountRow]
+    def __init__(self, sequence: _Optional[int] = ..., rows: _Optional[_Iterable[_Union[_types_pb2.CountRow, _Mapping]]] = ...) -> None: ...
+
+class SnapshotRecord(_message.Message):
+    __slots__ = ("sequence", "snapshot")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    snapshot: _types_pb2.Snapshot
+    def __init__(self, sequence: _Optional[int] = ..., snapshot: _Optional[_Union[_types_pb2.Snapshot, _Mapping]] = ...) -> None: ...
 
 class PublishAck(_message.Message):
     __slots__ = ("acked_sequence", "duplicates")

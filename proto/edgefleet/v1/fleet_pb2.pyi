@@ -400,6 +400,118 @@ class WatchDetectionsResponse(_message.Message):
     dropped: int
     def __init__(self, frame: _Optional[_Union[_types_pb2.FrameDetections, _Mapping]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
+class ListObjectsRequest(_message.Message):
+    __slots__ = ("device_id", "select", "stream_id", "label", "zone", "line", "since", "until", "limit", "page_token", "active")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ZONE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    select: str
+    stream_id: str
+    label: str
+    zone: str
+    line: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    limit: int
+    page_token: str
+    active: bool
+    def __init__(self, device_id: _Optional[str] = ..., select: _Optional[str] = ..., stream_id: _Optional[str] = ..., label: _Optional[str] = ..., zone: _Optional[str] = ..., line: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class ListObjectsResponse(_message.Message):
+    __slots__ = ("objects", "next_page_token")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[_types_pb2.TrackedObject]
+    next_page_token: str
+    def __init__(self, objects: _Optional[_Iterable[_Union[_types_pb2.TrackedObject, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CountObjectsRequest(_message.Message):
+    __slots__ = ("device_id", "select", "stream_id", "kind", "name", "label", "direction", "since", "until", "bucket", "group_by")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SELECT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    GROUP_BY_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    select: str
+    stream_id: str
+    kind: str
+    name: str
+    label: str
+    direction: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    bucket: str
+    group_by: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, device_id: _Optional[str] = ..., select: _Optional[str] = ..., stream_id: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., label: _Optional[str] = ..., direction: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., bucket: _Optional[str] = ..., group_by: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CountBucket(_message.Message):
+    __slots__ = ("start", "device_id", "stream_id", "group", "kind", "name", "label", "direction", "count")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    device_id: str
+    stream_id: str
+    group: str
+    kind: str
+    name: str
+    label: str
+    direction: str
+    count: int
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., group: _Optional[str] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., label: _Optional[str] = ..., direction: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class CountObjectsResponse(_message.Message):
+    __slots__ = ("buckets", "total")
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    buckets: _containers.RepeatedCompositeFieldContainer[CountBucket]
+    total: int
+    def __init__(self, buckets: _Optional[_Iterable[_Union[CountBucket, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class GetSnapshotRequest(_message.Message):
+    __slots__ = ("object_id", "kind", "device_id")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    kind: str
+    device_id: str
+    def __init__(self, object_id: _Optional[str] = ..., kind: _Optional[str] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class GetFrameRequest(_message.Message):
+    __slots__ = ("device_id", "stream_id", "max_width", "timeout_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    stream_id: str
+    max_width: int
+    timeout_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., max_width: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
 class UploadArtifactRequest(_message.Message):
     __slots__ = ("manifest", "chunk")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]

@@ -100,6 +100,26 @@ class FleetControlStub:
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsResponse.FromString,
                 _registered_method=True)
+        self.ListObjects = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/ListObjects',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListObjectsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListObjectsResponse.FromString,
+                _registered_method=True)
+        self.CountObjects = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/CountObjects',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.CountObjectsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.CountObjectsResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/GetSnapshot',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_types__pb2.Snapshot.FromString,
+                _registered_method=True)
+        self.GetFrame = channel.unary_unary(
+                '/edgefleet.v1.FleetControl/GetFrame',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.GetFrameRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_types__pb2.Snapshot.FromString,
+                _registered_method=True)
         self.UploadArtifact = channel.stream_unary(
                 '/edgefleet.v1.FleetControl/UploadArtifact',
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.UploadArtifactRequest.SerializeToString,
@@ -227,6 +247,34 @@ class FleetControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListObjects(self, request, context):
+        """---- objects, counts, pictures ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountObjects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """An object's stored snapshot. NOT_FOUND when the object or its picture is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFrame(self, request, context):
+        """A stream's latest annotated frame, asked of the device now (CaptureFrame). UNAVAILABLE when
+        the device is not connected, DEADLINE_EXCEEDED when it does not answer in time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadArtifact(self, request_iterator, context):
         """---- artifacts ----
         First message carries the manifest (sha256 may be empty), then chunks.
@@ -345,6 +393,26 @@ def add_FleetControlServicer_to_server(servicer, server):
                     servicer.WatchDetections,
                     request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsResponse.SerializeToString,
+            ),
+            'ListObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObjects,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListObjectsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListObjectsResponse.SerializeToString,
+            ),
+            'CountObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountObjects,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.CountObjectsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.CountObjectsResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_types__pb2.Snapshot.SerializeToString,
+            ),
+            'GetFrame': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFrame,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.GetFrameRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_types__pb2.Snapshot.SerializeToString,
             ),
             'UploadArtifact': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadArtifact,
@@ -738,6 +806,114 @@ class FleetControl:
             '/edgefleet.v1.FleetControl/WatchDetections',
             edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsRequest.SerializeToString,
             edgefleet_dot_v1_dot_fleet__pb2.WatchDetectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/ListObjects',
+            edgefleet_dot_v1_dot_fleet__pb2.ListObjectsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.ListObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/CountObjects',
+            edgefleet_dot_v1_dot_fleet__pb2.CountObjectsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.CountObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/GetSnapshot',
+            edgefleet_dot_v1_dot_fleet__pb2.GetSnapshotRequest.SerializeToString,
+            edgefleet_dot_v1_dot_types__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFrame(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetControl/GetFrame',
+            edgefleet_dot_v1_dot_fleet__pb2.GetFrameRequest.SerializeToString,
+            edgefleet_dot_v1_dot_types__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,

@@ -264,3 +264,99 @@ class DeploymentStatus(_message.Message):
     reason: str
     gate_metrics: _containers.ScalarMap[str, float]
     def __init__(self, rollout_id: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., state: _Optional[_Union[DeploymentStatus.State, str]] = ..., progress: _Optional[float] = ..., reason: _Optional[str] = ..., gate_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class PathPoint(_message.Message):
+    __slots__ = ("x", "y", "time")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ObjectCrossing(_message.Message):
+    __slots__ = ("line", "direction", "time")
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    line: str
+    direction: str
+    time: _timestamp_pb2.Timestamp
+    def __init__(self, line: _Optional[str] = ..., direction: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TrackedObject(_message.Message):
+    __slots__ = ("object_id", "device_id", "stream_id", "track_id", "label", "class_id", "first_seen", "last_seen", "best_score", "best_box", "path", "zones", "crossings", "frames", "ended", "has_snapshot")
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACK_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    BEST_BOX_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    ZONES_FIELD_NUMBER: _ClassVar[int]
+    CROSSINGS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    HAS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    object_id: str
+    device_id: str
+    stream_id: str
+    track_id: int
+    label: str
+    class_id: int
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    best_score: float
+    best_box: Box
+    path: _containers.RepeatedCompositeFieldContainer[PathPoint]
+    zones: _containers.RepeatedScalarFieldContainer[str]
+    crossings: _containers.RepeatedCompositeFieldContainer[ObjectCrossing]
+    frames: int
+    ended: bool
+    has_snapshot: bool
+    def __init__(self, object_id: _Optional[str] = ..., device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., track_id: _Optional[int] = ..., label: _Optional[str] = ..., class_id: _Optional[int] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., best_score: _Optional[float] = ..., best_box: _Optional[_Union[Box, _Mapping]] = ..., path: _Optional[_Iterable[_Union[PathPoint, _Mapping]]] = ..., zones: _Optional[_Iterable[str]] = ..., crossings: _Optional[_Iterable[_Union[ObjectCrossing, _Mapping]]] = ..., frames: _Optional[int] = ..., ended: _Optional[bool] = ..., has_snapshot: _Optional[bool] = ...) -> None: ...
+
+class CountRow(_message.Message):
+    __slots__ = ("stream_id", "minute", "kind", "name", "label", "direction", "count")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MINUTE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    minute: int
+    kind: str
+    name: str
+    label: str
+    direction: str
+    count: int
+    def __init__(self, stream_id: _Optional[str] = ..., minute: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., label: _Optional[str] = ..., direction: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("device_id", "stream_id", "object_id", "kind", "label", "time", "jpeg", "sha256", "score")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    JPEG_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    stream_id: str
+    object_id: str
+    kind: str
+    label: str
+    time: _timestamp_pb2.Timestamp
+    jpeg: bytes
+    sha256: str
+    score: float
+    def __init__(self, device_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., object_id: _Optional[str] = ..., kind: _Optional[str] = ..., label: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., jpeg: _Optional[bytes] = ..., sha256: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
