@@ -261,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query_parsers(sub)
     from .cli_audit import add_audit_command
     from .cli_detect import add_detect_command
+    from .cli_objects import add_object_commands
 
     add_audit_command(sub)
     add_detect_command(sub)
+    add_object_commands(sub)
 
     from .cli_config import add_config_commands
     from .cli_devices import add_device_commands
