@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from edgefleet.common.addresses import host_port_arg
-from edgefleet.common.annotate import Drawn, annotate
+from edgefleet.common.annotate import Box, draw
 
 from .cli_common import CliError
 
@@ -271,8 +271,8 @@ class _Saver:
         self._writer: cv2.VideoWriter | None = None
 
     def add(self, image: np.ndarray, result: FrameResult) -> None:
-        drawn = annotate(image, [Drawn((d.box["x1"], d.box["y1"], d.box["x2"], d.box["y2"]),
-                                       f"{d.label} {d.score:.2f}", d.class_id) for d in result.detections])
+        drawn = draw(image, [Box((d.box["x1"], d.box["y1"], d.box["x2"], d.box["y2"]), d.label, d.score, d.track_id)
+                             for d in result.detections])
         if self.is_image:
             if not cv2.imwrite(str(self.path), drawn):
                 raise CliError(f"--save {self.path}: cannot write an image there (a known image suffix?)")
