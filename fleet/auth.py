@@ -72,6 +72,10 @@ FLEET_CONTROL_ACCESS: dict[str, CallAccess] = {
     "GetDeviceConfig": _READ,
     "ListDetections": _READ,
     "WatchDetections": _READ,
+    "ListObjects": _READ,
+    "CountObjects": _READ,
+    "GetSnapshot": _READ,
+    "GetFrame": _READ,  # asks the device for a picture, changes nothing
     "ListArtifacts": _READ,
     "GetRollout": _READ,
     "ListRollouts": _READ,

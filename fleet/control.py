@@ -6,9 +6,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+import grpc
+
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from . import audit, detection_queries
+from . import audit, detection_queries, objects_api
 from .artifacts import SHA256, ArtifactFiles
 from .commands import Commands
 from .convert import (
@@ -196,6 +198,27 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
                 await devices.refresh()
         finally:
             self.hub.detections.unwatch(watcher)
+
+    # ---- objects, counts, pictures (fleet.objects_api) ----
+
+    async def ListObjects(self, request, context) -> fleet_pb2.ListObjectsResponse:
+        """Tracked objects, newest first, by device or selector, stream, label, zone, line, time; paged."""
+        return await objects_api.list_objects(self.db, request)
+
+    async def CountObjects(self, request, context) -> fleet_pb2.CountObjectsResponse:
+        """Zone entries and line crossings summed by time bucket and the request's grouping, with their total."""
+        return await objects_api.count_objects(self.db, request)
+
+    async def GetSnapshot(self, request, context) -> types_pb2.Snapshot:
+        return await objects_api.get_snapshot(self.db, request)
+
+    async def GetFrame(self, request, context) -> types_pb2.Snapshot:
+        """A stream's latest annotated frame, asked of the device now (CaptureFrame) wherever its Session is."""
+        try:
+            return await objects_api.get_frame(self.db, self.hub, request)
+        except objects_api.FrameTimedOut as err:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(err))
+            raise  # abort raises; this line is for the type checker
 
     # ---- artifacts ----
 

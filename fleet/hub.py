@@ -14,14 +14,19 @@ and stream closings to the other replicas' Hubs, which publish them to their own
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import enum
 import functools
+import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from edgefleet.common.records import SnapshotRecord
 
 from .detection_store import FrameRecord
 from .replicas import Peers
@@ -154,6 +159,7 @@ class Outcome:
     error: str = ""
     detail: str = ""
     round_trip_ms: float = 0.0
+    snapshot: SnapshotRecord | None = None  # CaptureFrame's picture, device_id filled
 
     @property
     def ok(self) -> bool:
@@ -174,6 +180,34 @@ class _Answer:
     ok: bool
     error: str
     detail: str
+    snapshot: SnapshotRecord | None = None
+
+
+FORWARDED_SNAPSHOT = "\x00snapshot:"
+"""How a forwarded answer carries a picture to the replica that waits for it: its `detail` is this prefix
+and a JSON object with the detail and the snapshot (base64 JPEG). Peers carry `detail` as text of any size
+(PgPeers moves a message too big for a notification through its relay table)."""
+
+
+def pack_forwarded(detail: str, snapshot: SnapshotRecord | None) -> str:
+    if snapshot is None:
+        return detail
+    fields = {**dataclasses.asdict(snapshot), "jpeg": base64.b64encode(snapshot.jpeg).decode("ascii")}
+    return FORWARDED_SNAPSHOT + json.dumps({"detail": detail, "snapshot": fields})
+
+
+def unpack_forwarded(detail: str) -> tuple[str, SnapshotRecord | None]:
+    """`pack_forwarded` undone; a plain detail comes back as it is, with no snapshot."""
+    if not detail.startswith(FORWARDED_SNAPSHOT):
+        return detail, None
+    try:
+        packed = json.loads(detail[len(FORWARDED_SNAPSHOT):])
+        fields = packed["snapshot"]
+        fields["jpeg"] = base64.b64decode(fields["jpeg"])
+        return packed["detail"], SnapshotRecord(**fields)
+    except (ValueError, KeyError, TypeError) as err:
+        logger.warning("a forwarded answer's snapshot could not be read: %s", err)
+        return "", None
 
 
 class Hub:
@@ -214,7 +248,7 @@ class Hub:
             self.peers.session_closed(device_id)
         gone = "the device's Session closed before it answered"
         for key in [key for key in self._forwarded if key[0] == device_id]:
-            self._answer_forwarded(key, False, gone, "")
+            self._answer_forwarded(key, False, gone, "", None)
         for (device, _), answer in list(self._pending.items()):
             if device == device_id and not answer.done():
                 answer.set_exception(ConnectionError(gone))
@@ -239,12 +273,14 @@ class Hub:
         key = (device_id, command.command_id)
         self._forwarded[key] = origin
         if not self._send_local(device_id, command):
-            self._answer_forwarded(key, False, "the device's Session moved to another controller replica", "")
+            self._answer_forwarded(key, False, "the device's Session moved to another controller replica", "",
+                                   None)
 
-    def _answer_forwarded(self, key: tuple[str, str], ok: bool, error: str, detail: str) -> None:
+    def _answer_forwarded(self, key: tuple[str, str], ok: bool, error: str, detail: str,
+                          snapshot: SnapshotRecord | None) -> None:
         origin = self._forwarded.pop(key, None)
         if origin is not None:
-            self.peers.forward_answer(origin, key[0], key[1], ok, error, detail)
+            self.peers.forward_answer(origin, key[0], key[1], ok, error, pack_forwarded(detail, snapshot))
 
     def _send_local(self, device_id: str, command: Command) -> int:
         delivered = 0
@@ -282,7 +318,7 @@ class Hub:
                 return Outcome(device_id, command.command_id, CommandState.TIMED_OUT, str(err))
             ms = (time.perf_counter() - sent) * 1000
             state = CommandState.DONE if got.ok else CommandState.REFUSED
-            return Outcome(device_id, command.command_id, state, got.error, got.detail, ms)
+            return Outcome(device_id, command.command_id, state, got.error, got.detail, ms, got.snapshot)
         finally:
             self._pending.pop(key, None)
             if answer.done() and not answer.cancelled():
@@ -290,16 +326,23 @@ class Hub:
             else:
                 answer.cancel()
 
-    def answered(self, device_id: str, command_id: str, ok: bool, error: str = "", detail: str = "") -> bool:
-        """A CommandResult from the device's Session; False when nobody waits for it (fire-and-forget
-        commands, or one that timed out). Only the device the command went to can answer it."""
+    def answered(self, device_id: str, command_id: str, ok: bool, error: str = "", detail: str = "",
+                 snapshot: SnapshotRecord | None = None) -> bool:
+        """A CommandResult from the device's Session (or another replica's forwarded answer, whose
+        `detail` may carry a snapshot: `pack_forwarded`); False when nobody waits for it (fire-and-forget
+        commands, or one that timed out). Only the device the command went to can answer it; a
+        snapshot's device_id is that device's."""
+        if snapshot is None:
+            detail, snapshot = unpack_forwarded(detail)
+        if snapshot is not None:
+            snapshot = dataclasses.replace(snapshot, device_id=device_id)
         answer = self._pending.get((device_id, command_id))
         if answer is None and (device_id, command_id) in self._forwarded:
-            self._answer_forwarded((device_id, command_id), ok, error, detail)
+            self._answer_forwarded((device_id, command_id), ok, error, detail, snapshot)
             return True
         if answer is None or answer.done():
             return False
-        answer.set_result(_Answer(ok, error, detail))
+        answer.set_result(_Answer(ok, error, detail, snapshot))
         return True
 
     # ---- closing a device's streams ----

@@ -31,7 +31,7 @@ def test_every_fleet_control_method_has_a_role():
 def test_the_table_reads_as_documented():
     """Reads are for viewers, changes for operators, decommissioning and the audit log for admins."""
     by_access = {a: sorted(n for n, c in FLEET_CONTROL_ACCESS.items() if c.minimum == a) for a in Access}
-    assert all(n.startswith(("List", "Get", "Watch")) for n in by_access[Access.VIEWER])
+    assert all(n.startswith(("List", "Get", "Watch", "Count")) for n in by_access[Access.VIEWER])
     assert by_access[Access.ADMIN] == ["ListAudit", "RemoveDevice", "RevokeDevice"]
     assert all(FLEET_CONTROL_ACCESS[n].mutating for n in by_access[Access.OPERATOR])
 

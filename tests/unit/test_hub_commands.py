@@ -1,9 +1,15 @@
-"""Hub.send_and_wait: each command ends in exactly one outcome, and only its device can answer it."""
+"""Hub.send_and_wait: each command ends in exactly one outcome, and only its device can answer it; an
+answer's snapshot (CaptureFrame) reaches the waiting call, across controller replicas too."""
 from __future__ import annotations
 
 import asyncio
+import json
 
-from edgefleet.fleet.hub import Command, CommandState, Hub
+import pytest
+
+from edgefleet.common.records import SnapshotRecord
+from edgefleet.fleet.hub import FORWARDED_SNAPSHOT, Command, CommandState, Hub, pack_forwarded, unpack_forwarded
+from edgefleet.fleet.replicas import Peers, Replica
 
 
 def run(coro):
@@ -103,3 +109,95 @@ def test_close_streams_signals_every_open_stream_of_the_device_only():
     assert closed == 2 and again == 0
     assert session.result() == publish.result() == "device d1 was revoked"
     assert not other.done()
+
+
+# ---- CaptureFrame: the answer carries a picture, here and across replicas ----
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 40 + b"\xff\xd9"  # > 8,000 bytes: past a notification's size
+
+
+def live(jpeg: bytes = JPEG) -> SnapshotRecord:
+    return SnapshotRecord("cam0", "", "live", "", 1_700_000_000.25, jpeg, 0.0, 0, device_id="forged")
+
+
+def test_an_answers_snapshot_reaches_the_waiting_call_with_the_answering_devices_id():
+    async def scenario():
+        hub = Hub()
+        commands = hub.open_session("d1")
+        waiting = asyncio.create_task(hub.send_and_wait("d1", Command("capture_frame", {}), timeout_s=5))
+        command = await commands.get()
+        hub.answered("d1", command.command_id, True, snapshot=live())
+        return await waiting
+
+    outcome = run(scenario())
+    assert outcome.state is CommandState.DONE and outcome.snapshot is not None
+    assert (outcome.snapshot.jpeg, outcome.snapshot.device_id, outcome.snapshot.kind) == (JPEG, "d1", "live")
+
+
+class LinkedPeers(Peers):
+    """Two replicas in one process: each message goes through JSON (as PgPeers sends it) to the other's
+    `Replica.handle`, the receiving side every transport shares."""
+
+    def __init__(self, replica_id: str) -> None:
+        super().__init__(replica_id)
+        self.other: LinkedPeers | None = None
+        self.replica: Replica | None = None
+
+    def _post(self, message: dict) -> None:
+        text = json.dumps({"from": self.replica_id, **message})
+        assert self.other is not None and self.other.replica is not None
+        asyncio.get_running_loop().create_task(self.other.replica.handle(json.loads(text)))
+
+    def session_of(self, device_id: str) -> str | None:
+        return self.replica.sessions.get(device_id) if self.replica else None
+
+    def session_opened(self, device_id: str) -> None:
+        self._post({"k": "session", "device_id": device_id, "open": True})
+
+    def forward_command(self, replica_id: str, device_id: str, command: Command) -> None:
+        self._post({"k": "cmd", "to": replica_id, "device_id": device_id, "action": command.action,
+                    "payload": command.payload, "command_id": command.command_id})
+
+    def forward_answer(self, replica_id: str, device_id: str, command_id: str, ok: bool, error: str,
+                       detail: str) -> None:
+        self._post({"k": "answer", "to": replica_id, "device_id": device_id, "command_id": command_id, "ok": ok,
+                    "error": error, "detail": detail})
+
+
+def linked_hubs() -> tuple[Hub, Hub]:
+    a, b = LinkedPeers("r-a"), LinkedPeers("r-b")
+    a.other, b.other = b, a
+    hubs = Hub(peers=a), Hub(peers=b)
+    a.replica, b.replica = Replica(hubs[0], None, "r-a"), Replica(hubs[1], None, "r-b")  # type: ignore[arg-type]
+    return hubs
+
+
+@pytest.mark.parametrize("ok, detail, snapshot", [
+    (True, "frame of cam0", live()),
+    (True, "pong", None),
+    (False, "", None),
+])
+def test_an_answer_forwarded_between_replicas_keeps_its_snapshot_and_detail(ok, detail, snapshot):
+    async def scenario():
+        near, far = linked_hubs()
+        commands = far.open_session("d1")  # the device's Session is on the other replica
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(near.send_and_wait("d1", Command("capture_frame", {"stream_id": "cam0"}), 5))
+        command = await asyncio.wait_for(commands.get(), 5)
+        far.answered("d1", command.command_id, ok, "" if ok else "no such stream: cam9", detail, snapshot)
+        return command, await waiting
+
+    command, outcome = run(scenario())
+    assert command.payload == {"stream_id": "cam0"}
+    assert outcome.state is (CommandState.DONE if ok else CommandState.REFUSED)
+    assert outcome.detail == detail and outcome.error == ("" if ok else "no such stream: cam9")
+    if snapshot is None:
+        assert outcome.snapshot is None
+    else:
+        assert outcome.snapshot == SnapshotRecord("cam0", "", "live", "", 1_700_000_000.25, JPEG, 0.0, 0, "d1")
+
+
+def test_a_plain_detail_is_not_mistaken_for_a_packed_one():
+    assert unpack_forwarded("loop restarted in process") == ("loop restarted in process", None)
+    assert unpack_forwarded(pack_forwarded("x", None)) == ("x", None)
+    assert unpack_forwarded(FORWARDED_SNAPSHOT + "{not json") == ("", None)
