@@ -90,21 +90,55 @@ UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def time_arg(flag: str, now: Callable[[], float] = time.time) -> Callable[[str], float]:
-    """An argparse type for a point in time: a duration ago (`90s`, `10m`, `2h`, `7d`) or an ISO 8601
-    time (`2026-05-01T12:00`, local time unless it names its zone); seconds since the epoch."""
+    """An argparse type for a point in time: a duration ago (`90s`, `10m`, `2h`, `7d`), `today` (local
+    midnight) or an ISO 8601 time (`2026-05-01T12:00`, local time unless it names its zone); seconds
+    since the epoch."""
 
     def parse(text: str) -> float:
         match = DURATION.match(text.strip())
         if match:
             return now() - float(match.group(1)) * UNIT_S[match.group(2)]
+        if text.strip() == "today":
+            return local_midnight(now())
         try:
             return dt.datetime.fromisoformat(text.strip()).timestamp()
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is neither a duration (30s, 10m, 2h, 7d) "
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is neither a duration (30s, 10m, 2h, 7d), today, "
                            "nor an ISO time (2026-05-01T12:00:00)") from None
 
     return parse
 
 
+def local_midnight(seconds: float) -> float:
+    """The start of the local day `seconds` falls in."""
+    day = dt.datetime.fromtimestamp(seconds).date()
+    return dt.datetime.combine(day, dt.time()).timestamp()
+
+
 def format_time(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+# ---- files ----
+
+def write_output(path: str, data: bytes, force: bool) -> str:
+    """Write `data` to `path` (`-`: stdout) and say where it went. An existing file is kept unless
+    `force` (a picture written over a picture is lost); the write goes through a temporary file beside
+    it, so a reader never sees half a JPEG."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return "stdout"
+    target = Path(path)
+    if target.is_dir():
+        raise CliError(f"{path} is a folder: name the file to write (e.g. {target / 'picture.jpg'})")
+    if target.exists() and not force:
+        raise CliError(f"{path} exists: pass --force to replace it")
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(target)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise CliError(f"cannot write {path}: {err.strerror or err}") from err
+    return str(target)
