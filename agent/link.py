@@ -26,7 +26,8 @@ from pathlib import Path
 import grpc
 
 from edgefleet.adaptive.plan import DevicePlan
-from edgefleet.common.convert import frame_to_pb as record_to_pb
+from edgefleet.common.convert import batch_to_pb
+from edgefleet.common.records import Record
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .controllers import Endpoint, same_controller, saved_controller
@@ -45,16 +46,16 @@ from .errors import EnrollmentError, FetchError
 from .health import HealthSample
 from .identity import Identity, load_identity, save_identity
 from .messages import Command, Hello
-from .outbox import Outbox, OutboxRecord
+from .outbox import Outbox
 from .replicas import Backoff, Replicas, connect, describe, first_set
+from .sending import FRESH_MAX, Fresh, within_bytes
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["AGENT_VERSION", "FRESH_MAX", "Link"]
+
 AGENT_VERSION = "0.1.0"
 
-FRESH_MAX = 1024
-"""Committed records the link keeps in memory to send (Link.committed); older ones it reads back
-from the outbox (a controller away for a while, a backlog)."""
 IDLE_WAIT_S = 0.5
 """The publishing stream's longest sleep with nothing to send (commits, acks and stop wake it sooner)."""
 LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -79,7 +80,9 @@ class Link:
 
     `committed(records)` hands over records the pipeline has just committed (any thread): the
     link sends them from memory when they follow on what it sent last, sparing the outbox a read
-    and a JSON parse per record; after a reconnect, a gap or a backlog it reads the outbox.
+    and a JSON parse per record; after a reconnect, a gap or a backlog it reads the outbox. Records
+    are of every kind (frames, object events, counts, snapshots), each batch under MAX_BATCH_BYTES
+    (agent.sending).
 
     `controller` is the setting as AgentConfig keeps it (one HOST:PORT, or several comma-separated);
     `endpoint` is the replica the link is connected to now (None: none)."""
@@ -113,7 +116,7 @@ class Link:
         self._plan = plan
         self._deployment = deployment
         self._outgoing: deque[agent_pb2.AgentMessage] = deque(maxlen=256)
-        self._fresh: deque[OutboxRecord] = deque(maxlen=FRESH_MAX)
+        self._fresh = Fresh()
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.backoff_max_s = backoff_max_s
@@ -130,7 +133,6 @@ class Link:
         self._more = asyncio.Event()  # there may be records to send (a commit, an ack)
         self._queued = asyncio.Event()  # a message joined `_outgoing`
         self._stopping = asyncio.Event()  # stop was asked
-        self._forgot = False  # the pipeline's side dropped what it handed over: read the outbox
         self._identity_path = state_dir / "identity.json"
 
     @property
@@ -360,38 +362,16 @@ class Link:
         """Queue a deployment's status; any thread."""
         self._queue(agent_pb2.AgentMessage(deployment=deployment_to_pb(status)))
 
-    def committed(self, records: list[OutboxRecord]) -> None:
+    def committed(self, records: list[Record]) -> None:
         """Records the pipeline has just committed to the outbox, in sequence order (any thread);
         [] forgets those handed over before (the outbox dropped records: read it instead)."""
-        if records:
-            self._fresh.extend(records)
-        else:
-            self._fresh.clear()
-            self._forgot = True
-        self._wake()
+        self._fresh.committed(records)
+        self._call_soon(lambda: self._more.set())  # wake the publishing stream
 
-    def _wake(self) -> None:
-        """Wake the publishing stream (any thread): records were committed."""
-        self._call_soon(lambda: self._more.set())
-
-    def _take_fresh(self, after: int) -> list[OutboxRecord]:
-        """Up to a batch of handed-over records continuing right after sequence `after`, or []
-        (then the outbox has them). Only the link thread takes; a record the pipeline's side
-        evicted meanwhile shows as a gap, never as a record skipped."""
-        records: list[OutboxRecord] = []
-        while len(records) < self.batch_size:
-            try:
-                record = self._fresh.popleft()
-            except IndexError:
-                break
-            expected = (records[-1].sequence if records else after) + 1
-            if record.sequence < expected:
-                continue  # already sent (read from the outbox, or before a reconnect)
-            if record.sequence > expected:
-                self._fresh.appendleft(record)
-                break
-            records.append(record)
-        return records
+    def _take_fresh(self, after: int) -> list[Record]:
+        """Up to a batch of handed-over records continuing right after sequence `after`, or [] (then the
+        outbox has them); only the link thread takes (agent.sending.Fresh)."""
+        return self._fresh.take(after, self.batch_size)
 
     def send_config(self, status: ConfigStatus) -> None:
         """Queue a ConfigStatus (after an ApplyConfig); any thread."""
@@ -482,14 +462,16 @@ class Link:
                 after = max(sent, self.acked_sequence)
                 self._more.clear()  # a commit from now on wakes the wait below
                 records = self._take_fresh(after)
-                if not records and (behind or self._forgot or self._fresh):  # (a gap at the memory's head)
-                    self._forgot = False
+                if not records and (behind or self._fresh.forgot or self._fresh):  # (a gap at the memory's head)
+                    self._fresh.forgot = False
                     records = outbox.pending(after_sequence=after, limit=self.batch_size)
-                    behind = len(records) == self.batch_size
+                    fit = within_bytes(records)
+                    behind = fit < len(records) or len(records) == self.batch_size
+                    del records[fit:]
                 if not records:
                     await first_set(IDLE_WAIT_S, self._more)
                     continue
-                await call.write(agent_pb2.DetectionBatch(frames=[record_to_pb(r) for r in records]))
+                await call.write(batch_to_pb(records))
                 sent = records[-1].sequence
                 self.connected.set()
             await call.done_writing()

@@ -28,12 +28,13 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.common.mqtt import ConnectReport, MqttLogin
+from edgefleet.common.records import Record
 
 from .analytics import HUB, Event, LineCrossing
 from .outbox import OutboxObject, OutboxRecord
@@ -267,13 +268,15 @@ class MqttPublisher:
 
     # ---- from the loop thread ----
 
-    def on_frames(self, records: list[OutboxRecord]) -> None:
+    def on_frames(self, records: Sequence[Record]) -> None:
         """Feed committed frames; publishes their events and changed label counts. Never blocks.
         Before the device id is known nothing is tracked, so every track's first event is `new`."""
         if self._client is None:
             self.counters.dropped += len(records)
             return
         for record in records:
+            if not isinstance(record, OutboxRecord):
+                continue  # object events, counts and snapshots (snapshots: below)
             tracker = self._streams.get(record.stream_id)
             if tracker is None:
                 tracker = self._streams[record.stream_id] = TrackEvents(

@@ -1,4 +1,5 @@
-"""The durable outbox: a frame's detections are committed here before they count as produced.
+"""The durable outbox: every record (a frame's detections, an object event, counts, a snapshot) is
+committed here before it counts as produced.
 
 Sequences are assigned here, per device, from 1, and never reused (AUTOINCREMENT keeps
 counting after deletes). Rows leave only when the controller acknowledges a sequence it
@@ -9,6 +10,11 @@ fill the device's disk: each commit that takes it past a bound deletes the oldes
 in the same transaction, and counts them (`dropped`, and `dropped_total()` across runs). The
 cost of a commit stays proportional to what it drops, never to what the outbox holds: the byte
 total is kept by triggers in `outbox_meta`, and the oldest rows are found by their sequence.
+
+Each row has a `kind`: "frame" rows keep their objects as JSON (`objects`), the other kinds
+("object", "counts", "snapshot") keep their protobuf message serialized (`payload`, converted by
+common.convert), so that `pending()` gives back `Record`s of the kind that went in. Outbox files
+written before the other kinds existed get the two columns on open (every old row is a frame).
 """
 from __future__ import annotations
 
@@ -21,7 +27,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, objects_from_json
+from edgefleet.common.convert import (
+    count_row_from_pb,
+    count_row_to_pb,
+    object_from_pb,
+    object_to_pb,
+    snapshot_from_pb,
+    snapshot_to_pb,
+)
+from edgefleet.common.records import (
+    CountRecord,
+    FrameRecord,
+    ObjectEventRecord,
+    ObjectRecord,
+    Record,
+    SnapshotRecord,
+    object_row,
+    objects_from_json,
+)
+from edgefleet.v1 import agent_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +54,7 @@ RECORD_OVERHEAD_BYTES = 64
 index bookkeeping), in the byte count `max_bytes` bounds."""
 
 _RECORD_BYTES = ("length(cast({r}.objects as blob)) + length(cast({r}.stream_id as blob)) + "
-                 + str(RECORD_OVERHEAD_BYTES))
+                 "coalesce(length({r}.payload), 0) + " + str(RECORD_OVERHEAD_BYTES))
 """SQL for one record's bytes; `{r}` is the row's alias (outbox, new, old)."""
 
 DROP_WARNING_EVERY_S = 60.0
@@ -38,8 +62,12 @@ DROP_WARNING_EVERY_S = 60.0
 
 
 OutboxRecord = FrameRecord
-"""The agent's name for the shared record (its `sequence` is assigned here, its `device_id` stays empty)."""
+"""The agent's name for a frame's record (its `sequence` is assigned here, its `device_id` stays empty)."""
 OutboxObject = ObjectRecord
+
+KINDS: dict[type, str] = {FrameRecord: "frame", ObjectEventRecord: "object", CountRecord: "counts",
+                          SnapshotRecord: "snapshot"}
+"""Each record type's `kind` in the outbox."""
 
 
 class Outbox:
@@ -72,8 +100,10 @@ class Outbox:
             self._conn.execute(
                 "create table if not exists outbox ("
                 " sequence integer primary key autoincrement, stream_id text not null,"
-                " frame_index integer not null, capture_time real not null, objects text not null)"
+                " frame_index integer not null, capture_time real not null, objects text not null,"
+                " kind text not null default 'frame', payload blob)"
             )
+            self._add_kinds()
             self._conn.execute("create table if not exists outbox_meta (key text primary key, value integer not null)")
             # Outboxes written before the bounds existed: count what they hold, once.
             self._conn.execute(
@@ -91,16 +121,27 @@ class Outbox:
             self._conn.execute("rollback")
             raise
 
+    def _add_kinds(self) -> None:
+        """An outbox from before the other record kinds: add `kind` and `payload` (every row it holds is
+        a frame, with no payload) and make the byte triggers count payloads (inside the open's transaction)."""
+        columns = {row[1] for row in self._conn.execute("pragma table_info(outbox)")}
+        if "kind" in columns:
+            return
+        self._conn.execute("alter table outbox add column kind text not null default 'frame'")
+        self._conn.execute("alter table outbox add column payload blob")
+        self._conn.execute("drop trigger if exists outbox_bytes_insert")
+        self._conn.execute("drop trigger if exists outbox_bytes_delete")
+
     def close(self) -> None:
         if self.dropped:
             logger.warning("outbox %s: dropped %d record(s) in all to stay within its bounds (%s)",
                            self.path, self.dropped, self.describe_bounds())
         self._conn.close()
 
-    def append(self, record: FrameRecord) -> int:
+    def append(self, record: Record) -> int:
         return self.append_many([record])[0]
 
-    def append_many(self, records: list[FrameRecord]) -> list[int]:
+    def append_many(self, records: list[Record]) -> list[int]:
         """Commit several records in one transaction (one fsync); returns their sequences, which
         are also set on the records, whose scores and boxes are rounded in place to what is stored
         (so a record sent from memory equals the copy a resend reads back).
@@ -186,27 +227,34 @@ class Outbox:
                   f"{self.max_age_s:g} s old" if self.max_age_s else ""]
         return ", ".join(b for b in bounds if b) or "none"
 
-    def _insert(self, record: FrameRecord) -> int:
-        for o in record.objects:
-            x1, y1, x2, y2 = (round(float(v), 2) for v in o.xyxy)
-            o.score, o.xyxy = round(float(o.score), 5), (x1, y1, x2, y2)
-        objects = json.dumps([object_row(o) for o in record.objects])
+    def _insert(self, record: Record) -> int:
+        objects, frame_index, payload = "", 0, None
+        if isinstance(record, FrameRecord):
+            for o in record.objects:
+                x1, y1, x2, y2 = (round(float(v), 2) for v in o.xyxy)
+                o.score, o.xyxy = round(float(o.score), 5), (x1, y1, x2, y2)
+            objects, frame_index = json.dumps([object_row(o) for o in record.objects]), record.frame_index
+        else:
+            payload = payload_of(record)
         cursor = self._conn.execute(
-            "insert into outbox (stream_id, frame_index, capture_time, objects) values (?, ?, ?, ?)",
-            (record.stream_id, record.frame_index, record.capture_time, objects),
+            "insert into outbox (stream_id, frame_index, capture_time, objects, kind, payload)"
+            " values (?, ?, ?, ?, ?, ?)",
+            (record.stream_id, frame_index, record.capture_time, objects, KINDS[type(record)], payload),
         )
         assert cursor.lastrowid is not None  # an INSERT sets it
         record.sequence = cursor.lastrowid
         return record.sequence
 
-    def pending(self, after_sequence: int = 0, limit: int = 64) -> list[FrameRecord]:
+    def pending(self, after_sequence: int = 0, limit: int = 64) -> list[Record]:
+        """Up to `limit` records after `after_sequence`, in sequence order, each of the type it went in as."""
         rows = self._conn.execute(
-            "select sequence, stream_id, frame_index, capture_time, objects from outbox"
+            "select sequence, stream_id, frame_index, capture_time, objects, kind, payload from outbox"
             " where sequence > ? order by sequence limit ?",
             (after_sequence, limit),
         ).fetchall()
-        return [FrameRecord(stream_id, seq, frame_index, capture_time, objects_from_json(objs))
-                for seq, stream_id, frame_index, capture_time, objs in rows]
+        return [FrameRecord(stream_id, seq, frame_index, capture_time, objects_from_json(objs)) if kind == "frame"
+                else record_of(kind, payload, seq)
+                for seq, stream_id, frame_index, capture_time, objs, kind, payload in rows]
 
     def ack(self, upto_sequence: int) -> int:
         """Forget everything the controller has committed; returns how many rows left."""
@@ -239,15 +287,15 @@ class OutboxWriter:
     thread (a full disk) stops it, and the next `put()` or `flush()` raises it. While the writer
     runs, only it uses `outbox`."""
 
-    def __init__(self, outbox: Outbox, on_committed: Callable[[list[FrameRecord], int], None]):
+    def __init__(self, outbox: Outbox, on_committed: Callable[[list[Record], int], None]):
         self.outbox = outbox
         self._on_committed = on_committed
-        self._queue: queue.SimpleQueue[list[FrameRecord] | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Record] | threading.Event | None] = queue.SimpleQueue()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
-    def put(self, records: list[FrameRecord]) -> None:
+    def put(self, records: list[Record]) -> None:
         self._raise_error()
         self._queue.put(records)
 
@@ -269,7 +317,7 @@ class OutboxWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            records: list[FrameRecord] = []
+            records: list[Record] = []
             flushed: list[threading.Event] = []
             item = self._queue.get()
             while True:  # everything queued meanwhile joins this commit
@@ -292,3 +340,24 @@ class OutboxWriter:
                     self._error = err
             for event in flushed:
                 event.set()
+
+
+def payload_of(record: ObjectEventRecord | CountRecord | SnapshotRecord) -> bytes:
+    """A record other than a frame as its serialized message (its sequence left out: the row has it)."""
+    if isinstance(record, ObjectEventRecord):
+        return agent_pb2.ObjectEvent(type=record.type, object=object_to_pb(record.object)).SerializeToString()
+    if isinstance(record, CountRecord):
+        return agent_pb2.CountBatch(rows=[count_row_to_pb(r) for r in record.rows]).SerializeToString()
+    return agent_pb2.SnapshotRecord(snapshot=snapshot_to_pb(record)).SerializeToString()
+
+
+def record_of(kind: str, payload: bytes, sequence: int) -> Record:
+    """The record a row of `kind` keeps in `payload` (`payload_of`), with its sequence."""
+    if kind == "object":
+        event = agent_pb2.ObjectEvent.FromString(payload)
+        return ObjectEventRecord(event.type, object_from_pb(event.object), sequence)
+    if kind == "counts":
+        return CountRecord([count_row_from_pb(r) for r in agent_pb2.CountBatch.FromString(payload).rows], sequence)
+    if kind == "snapshot":
+        return snapshot_from_pb(agent_pb2.SnapshotRecord.FromString(payload).snapshot, sequence)
+    raise ValueError(f"outbox row {sequence}: unknown kind {kind!r}")

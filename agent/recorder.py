@@ -1,18 +1,22 @@
 """The loop's records on their way into the outbox: grouped, committed on the writer's thread, counted.
 
-The loop adds each tick's records; every `commit_interval_s` (RunOptions) the group goes to the
-outbox writer (agent.outbox.OutboxWriter), which commits it on its own thread. A record counts
-as produced once committed: then the listeners get it (the link sends it from memory, MQTT
-publishes its events), still on the writer's thread.
+Records are of every kind the outbox keeps (common.records.Record: frames, object events, counts,
+snapshots); `frames` and `detections` count the frames only. The loop adds each tick's records;
+every `commit_interval_s` (RunOptions) the group goes to the outbox writer
+(agent.outbox.OutboxWriter), which commits it on its own thread. A record counts as produced once
+committed: then the listeners get it (the link sends it from memory, MQTT publishes its events and
+snapshots), still on the writer's thread.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 
-from .outbox import Outbox, OutboxRecord, OutboxWriter
+from edgefleet.common.records import FrameRecord, Record
 
-Listener = Callable[[list[OutboxRecord], int], None]
+from .outbox import Outbox, OutboxWriter
+
+Listener = Callable[[list[Record], int], None]
 """`listener(records, dropped)` after each commit, on the writer's thread (`dropped`: the oldest
 records the outbox dropped in that commit to stay within its bounds)."""
 
@@ -25,10 +29,12 @@ class Recorder:
         self._listeners = list(listeners)
         self.dropped_before = outbox.dropped_total() - outbox.dropped
         """Records the outbox dropped in earlier runs of this device."""
-        self.frames = self.detections = 0  # committed
+        self.frames = self.detections = 0  # frames committed, and their objects
+        self.records = 0
+        """Records of every kind committed."""
         self.depth = 0
         """Committed records not yet acknowledged, as counted on commits (read back now and then)."""
-        self._pending: list[OutboxRecord] = []
+        self._pending: list[Record] = []
         self._handed_over = 0  # records given to the writer
         self._last_commit = time.monotonic()
         self._writer: OutboxWriter | None = None
@@ -46,12 +52,16 @@ class Recorder:
         """Records produced so far, committed or not."""
         return self._handed_over + len(self._pending)
 
-    def add(self, records: list[OutboxRecord]) -> None:
+    def add(self, records: Sequence[Record]) -> None:
         if records:
             self._pending += records
 
+    def due(self) -> bool:
+        """Whether `commit_interval_s` has passed since the last commit."""
+        return time.monotonic() - self._last_commit >= self.commit_interval_s
+
     def commit_if_due(self) -> None:
-        if self._pending and time.monotonic() - self._last_commit >= self.commit_interval_s:
+        if self._pending and self.due():
             self.commit()
 
     def commit(self) -> None:
@@ -68,13 +78,15 @@ class Recorder:
         if self._writer is not None:
             self._writer.flush()
 
-    def _committed(self, records: list[OutboxRecord], dropped: int) -> None:
+    def _committed(self, records: list[Record], dropped: int) -> None:
         for listener in self._listeners:
             listener(records, dropped)
-        self.frames += len(records)
-        self.detections += sum(len(r.objects) for r in records)
+        frames = [r for r in records if isinstance(r, FrameRecord)]
+        self.frames += len(frames)
+        self.detections += sum(len(r.objects) for r in frames)
+        self.records += len(records)
         self.depth += len(records) - dropped
-        if self.frames % 50 < len(records):
+        if self.records % 50 < len(records):
             self.depth = self.outbox.depth()
 
     def drain(self, timeout_s: float, failed: Callable[[], bool]) -> int:

@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 
 import pytest
 
-from edgefleet.agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxWriter
-from edgefleet.common.records import FrameRecord, ObjectRecord
+from edgefleet.agent import sending
+from edgefleet.agent.outbox import RECORD_OVERHEAD_BYTES, Outbox, OutboxWriter, payload_of
+from edgefleet.agent.sending import Fresh, within_bytes
+from edgefleet.common.convert import batch_to_pb
+from edgefleet.common.records import (
+    CountRecord,
+    CountRow,
+    FrameRecord,
+    ObjectEventRecord,
+    ObjectRecord,
+    Record,
+    SnapshotRecord,
+    TrackedObject,
+)
 
 
 def record(frame_index: int, n_objects: int = 1) -> FrameRecord:
@@ -240,3 +253,125 @@ def test_writer_raises_its_error_on_the_next_call(outbox):
     with pytest.raises(OSError, match="No space left"):
         writer.put([record(1)])
     writer.close()
+
+
+# ---- every record kind: object events, counts and snapshots beside frames ----
+
+def tracked(object_id: str = "1000-abc123", **changes) -> TrackedObject:
+    obj = TrackedObject(object_id, "cam0", 7, "person", 0, 1000.0, 1002.5, 0.875, (10.0, 20.0, 50.0, 120.0),
+                        path=[(30.0, 120.0, 1000.0), (32.0, 121.0, 1002.5)], zones=["shop"],
+                        crossings=[("door", "in", 1001.0)], frames=12)
+    return dataclasses.replace(obj, **changes)
+
+
+def mixed() -> list[Record]:
+    return [
+        record(0, n_objects=2),
+        ObjectEventRecord("new", tracked()),
+        CountRecord([CountRow("cam0", 960, "line", "door", "person", "in", 3),
+                     CountRow("cam0", 960, "zone", "shop", "person", "enter", 1)]),
+        SnapshotRecord("cam0", "1000-abc123", "crop", "person", 1002.5, b"\xff\xd8jpeg" * 100, 0.875),
+        record(1),
+        ObjectEventRecord("end", tracked(ended=True, has_snapshot=True)),
+    ]
+
+
+def without_sequence(rec: Record) -> Record:
+    return dataclasses.replace(rec, sequence=0)
+
+
+def test_every_kind_comes_back_as_it_went_in_in_sequence_order(tmp_path):
+    box = Outbox(tmp_path / "o.db")
+    records = mixed()
+    assert box.append_many(records) == [1, 2, 3, 4, 5, 6]
+    box.close()
+    box = Outbox(tmp_path / "o.db")  # a restart: the link resends from the outbox
+    again = box.pending(limit=10)
+    assert [type(r) for r in again] == [type(r) for r in records]
+    assert [r.sequence for r in again] == [1, 2, 3, 4, 5, 6]
+    assert [without_sequence(r) for r in again] == [without_sequence(r) for r in records]
+    assert box.pending(after_sequence=3, limit=1)[0].jpeg == records[3].jpeg
+    box.ack(4)
+    assert [type(r).__name__ for r in box.pending()] == ["FrameRecord", "ObjectEventRecord"]
+    box.close()
+
+
+def test_payload_bytes_count_in_the_bound_and_a_snapshot_pushes_the_oldest_out(tmp_path):
+    snapshot = SnapshotRecord("cam0", "1000-abc123", "frame", "person", 1003.0, bytes(50_000))
+    box = Outbox(tmp_path / "o.db", max_bytes=60_000)
+    box.append_many([record(i) for i in range(100)])  # 100 frames of ~150 bytes: all fit
+    assert box.dropped == 0 and box.depth() == 100
+    before = box.size_bytes()
+    box.append(snapshot)
+    # the snapshot's 50,000 bytes (and its row) count: the oldest frames go to stay within 60,000
+    assert box.size_bytes() <= 60_000
+    assert box.size_bytes() >= 50_000
+    assert box.dropped == 100 + 1 - box.depth() > 0
+    assert box.pending(after_sequence=100, limit=1)[0].jpeg == snapshot.jpeg
+    assert before > box.size_bytes() - 50_000
+    box.ack(101)
+    assert box.size_bytes() == 0 and box.depth() == 0
+    box.close()
+
+
+def test_an_outbox_from_before_the_other_kinds_gets_them_in_place(tmp_path):
+    path = tmp_path / "old.db"
+    box = Outbox(path)
+    box.append_many([record(0), record(1, n_objects=3)])
+    size = box.size_bytes()
+    box.close()
+    conn = sqlite3.connect(path)  # as the outbox of the previous version made it
+    conn.execute("create table old as select sequence, stream_id, frame_index, capture_time, objects from outbox")
+    conn.execute("drop table outbox")
+    conn.execute("create table outbox (sequence integer primary key autoincrement, stream_id text not null,"
+                 " frame_index integer not null, capture_time real not null, objects text not null)")
+    conn.execute("insert into outbox select * from old")
+    conn.execute("drop table old")
+    conn.execute("create trigger outbox_bytes_insert after insert on outbox begin update outbox_meta set value ="
+                 " value + length(cast(new.objects as blob)) where key = 'bytes'; end")
+    conn.commit()
+    conn.close()
+    box = Outbox(path)
+    assert [(type(r).__name__, r.sequence, len(r.objects)) for r in box.pending()] == [
+        ("FrameRecord", 1, 1), ("FrameRecord", 2, 3)]
+    snapshot = SnapshotRecord("cam0", "x", "crop", "person", 1003.0, bytes(1000))
+    assert box.append(snapshot) == 3
+    payload = len(payload_of(snapshot))  # the serialized message: the JPEG and its fields
+    assert payload > 1000
+    assert box.size_bytes() == size + payload + len(b"cam0") + RECORD_OVERHEAD_BYTES  # the new trigger counts it
+    box.close()
+    assert {row[1] for row in sqlite3.connect(path).execute("pragma table_info(outbox)")} >= {"kind", "payload"}
+
+
+def test_the_writer_hands_every_kind_to_its_listener(outbox):
+    seen: list[list] = []
+    writer = OutboxWriter(outbox, lambda records, dropped: seen.append([type(r).__name__ for r in records]))
+    writer.put(mixed()[:4])
+    writer.flush()
+    writer.close()
+    assert seen == [["FrameRecord", "ObjectEventRecord", "CountRecord", "SnapshotRecord"]]
+
+
+# ---- what the link sends: batches under a byte cap ----
+
+def test_a_batch_stays_under_its_byte_cap_and_a_big_record_goes_alone():
+    frames = [record(i, n_objects=2) for i in range(10)]
+    big = SnapshotRecord("cam0", "x", "frame", "person", 1.0, bytes(90_000))
+    assert within_bytes(frames, max_bytes=10_000) == 10
+    assert within_bytes([*frames[:3], big, *frames[3:]], max_bytes=10_000) == 3
+    assert within_bytes([big, *frames], max_bytes=10_000) == 1
+    assert within_bytes([], max_bytes=10_000) == 0
+    for rec in mixed():  # the estimate is never below what the message takes on the wire
+        rec.sequence = 1 << 40
+        assert sending.record_bytes(rec) >= batch_to_pb([rec]).ByteSize()
+
+
+def test_fresh_records_are_taken_within_the_byte_cap_and_the_rest_waits():
+    fresh = Fresh()
+    snaps = [SnapshotRecord("cam0", str(i), "crop", "person", 1.0, bytes(40_000), sequence=i + 1) for i in range(5)]
+    fresh.committed(snaps)
+    taken = fresh.take(0, limit=64, max_bytes=100_000)
+    assert [r.sequence for r in taken] == [1, 2]
+    assert [r.sequence for r in fresh.take(2, limit=64, max_bytes=100_000)] == [3, 4]
+    assert [r.sequence for r in fresh.take(4, limit=64, max_bytes=100_000)] == [5]
+    assert within_bytes(snaps) == 5  # the default cap (1 MiB) takes them all
