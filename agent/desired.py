@@ -53,7 +53,7 @@ DEVICE_ONLY: dict[str, str] = {
 
 LIVE = ("detect_interval", "motion_gate")
 """Settings the loop takes between two ticks."""
-LOOP = ("source", "stream_id", "max_frames", "loop", "model", "threads", "rect", "models_dir")
+LOOP = ("source", "stream_id", "max_frames", "loop", "model", "threads", "rect", "models_dir", "analytics")
 """Settings that need a new frame loop (sources, trackers, detector); the outbox and link stay up."""
 
 
@@ -139,8 +139,9 @@ def check_document(document: str) -> list[str]:
     errors = []
     for name, value in values.values.items():
         info = AgentConfig.model_fields[name]
-        try:
-            TypeAdapter(cast(Any, Annotated[info.annotation, info])).validate_python(value, strict=True)
+        try:  # strict: "5" is no number; a mapping (analytics) is checked by its own models, points as lists
+            TypeAdapter(cast(Any, Annotated[info.annotation, info])).validate_python(
+                value, strict=not isinstance(value, dict))
         except ValidationError as err:
             errors.append(str(refusal(err.errors()[0] | {"loc": (name,)}, values, set())))
     return errors
@@ -288,7 +289,8 @@ def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: C
     """What can fail first (the new loop's sources and detector, persisting), then the changes."""
     config = change.config
     options = replace(agent.options, sources=list(config.source or []), stream_ids=config.stream_ids,
-                      max_frames=config.max_frames, loop=config.loop, fallback_model=config.model)
+                      max_frames=config.max_frames, loop=config.loop, fallback_model=config.model,
+                      analytics=dict(config.analytics))
     loop = detector = None
     try:
         if change.loop:

@@ -140,6 +140,30 @@ def test_a_new_stream_restarts_the_loop_without_a_gap_in_the_outbox(fleet, vtest
     assert fleet.config(device_id).how == "loop restarted"
 
 
+def test_zones_and_lines_set_from_the_controller_restart_the_loop_and_count(fleet, vtest, tmp_path):
+    """A counting line reaches a running device through its desired configuration (no ssh): the loop
+    restarts with it, and the device counts on it; a zero-length line is refused by the controller, which
+    checks the shapes as the device would."""
+    from .test_metrics import scrape
+
+    port = free_port()
+    agent = Agent(fleet.address, tmp_path / "agent", vtest, "--metrics-listen", f"127.0.0.1:{port}")
+    try:
+        device_id = fleet.connected()
+        bad = "analytics:\n  cam0:\n    lines: {door: {points: [[0.5, 0.5], [0.5, 0.5]]}}\n"
+        refused = fleet.cli("device", "config", "set", device_id, "-", "--wait", "60", stdin=bad)
+        assert refused.returncode == 2 and "zero length" in refused.stderr, refused.stdout + refused.stderr
+        document = "analytics:\n  cam0:\n    lines: {middle: {points: [[0.0, 0.6], [1.0, 0.6]], labels: [person]}}\n"
+        done = fleet.cli("device", "config", "set", device_id, "-", "--wait", "60", stdin=document)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "applied (loop restarted)" in done.stdout
+        key = 'edgefleet_agent_crossings_total{direction="%s",label="person",line="middle",stream="cam0"}'
+        wait_for(lambda: sum(scrape(port).get(key % d, 0.0) for d in ("in", "out")) >= 1, 180,
+                 "a crossing of the line the controller set")
+    finally:
+        agent.stop()
+
+
 def test_a_refused_document_keeps_the_old_config_running_and_says_why(fleet, vtest, tmp_path):
     agent = Agent(fleet.address, tmp_path / "agent", vtest, "--detect-interval", "2")
     try:

@@ -17,6 +17,7 @@ from edgefleet.agent.desired import (
     DesiredConfigError,
     DesiredStore,
     changes,
+    check_document,
     merge,
     read_document,
 )
@@ -156,3 +157,10 @@ def test_wire_forms():
 def test_a_character_yaml_does_not_allow_is_a_refusal_not_a_crash():
     with pytest.raises(DesiredConfigError, match=r"desired config v2: not valid YAML: unacceptable character #x001b"):
         read_document(2, "\x1bdetect-interval: 2\n")
+
+
+def test_the_controller_checks_zones_and_lines_as_the_device_does_and_still_refuses_a_quoted_number():
+    line = "analytics:\n  cam0:\n    lines: {door: {points: [[0.1, 0.6], [0.9, 0.6]]}}\n"
+    assert check_document(line) == []
+    assert "zero length" in " ".join(check_document(line.replace("[0.9, 0.6]", "[0.1, 0.6]")))
+    assert check_document("detect-interval: '5'\n"), "a string is no interval, even one that reads as a number"
