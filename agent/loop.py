@@ -3,8 +3,11 @@
 Each tick takes the frames that are ready (one per stream at most; decoding runs on each
 source's reader thread, beside inference), runs the detector once on the frames due for
 detection (every `detect_interval`-th frame of a stream, see adaptive.schedule), and hands
-each stream's tracker its detections, or nothing so that it predicts. The records go to the
-`Recorder` (agent.recorder), which hands them to the outbox writer's thread in groups. With
+each stream's tracker its detections, or nothing so that it predicts. Each local stream's tracked
+rows then go to its zones and lines (agent.analytics) and its objects (agent.objects), whose events
+join the frames' records. The records go to the `Recorder` (agent.recorder), which hands them to
+the outbox writer's thread in groups; each group also gets one `CountRecord` with the minute counts
+since the previous group, so counts are as durable as frames. With
 file sources, the next tick's frames are letterboxed on a prepare thread while the current
 inference runs (`FrameLoop._look_ahead`).
 
@@ -28,12 +31,14 @@ from typing import Protocol
 import numpy as np
 
 from edgefleet.adaptive.schedule import FrameScheduler, MotionGate
+from edgefleet.common.records import CountRecord, Record
 from edgefleet.models.base import Detector, Prepared
 from edgefleet.models.detections import Detections
 
 from .analytics import Analytics
 from .bytetrack import ByteTrack
 from .health import HealthMonitor, StreamHealth
+from .objects import StreamObjects
 from .options import RunOptions
 from .outbox import OutboxRecord
 from .recorder import Recorder
@@ -165,6 +170,8 @@ class FrameLoop:
         self._ahead: Ahead | None = None
         self.analytics = Analytics(options.analytics)
         """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
+        self.objects = {s.stream_id: StreamObjects(s.stream_id, options.objects) for s in self.streams}
+        """Each local stream's tracked objects (agent.objects), after its zones and lines."""
 
     def start(self) -> None:
         """Start the sources (a SourceError before anything else starts) and, for files, the prepare thread."""
@@ -192,14 +199,25 @@ class FrameLoop:
             self.recorder.add(self._process(ready, ahead))
         for feed in self.feeds:
             self.recorder.add(feed.take_records())
-        self.recorder.commit_if_due()
+        if self.recorder.due():
+            self.recorder.add(self._counts())
+            self.recorder.commit_if_due()
 
     def finish(self) -> None:
-        """After the last tick: the feeds' last records, and everything committed."""
+        """After the last tick: the feeds' last records, every live object ended, the counts, and
+        everything committed."""
         for feed in self.feeds:
             self.recorder.add(feed.take_records())
+        for objects in self.objects.values():
+            self.recorder.add(objects.end_all())
+        self.recorder.add(self._counts())
         self.recorder.commit()
         self.recorder.flush()
+
+    def _counts(self) -> list[CountRecord]:
+        """The minute counts since the last take, as one record (none when there are none)."""
+        rows = self.analytics.counts.take(None)
+        return [CountRecord(rows)] if rows else []
 
     def set_detect_interval(self, interval: int) -> None:
         """Every stream, local and served, detects every `interval`-th frame from now on (and new ones too)."""
@@ -256,23 +274,31 @@ class FrameLoop:
         """The frames of `ready` due for detection (each stream's scheduler decides, and counts)."""
         return [(stream, frame) for stream, frame in ready if stream.scheduler.decide(frame.image)]
 
-    def _process(self, ready: list[tuple[Stream, Frame]], ahead: Ahead | None = None) -> list[OutboxRecord]:
+    def _process(self, ready: list[tuple[Stream, Frame]], ahead: Ahead | None = None) -> list[Record]:
         """One tick: detect on the frames due (prepared ahead when `ahead` has them), track, records."""
         due = ahead.due if ahead is not None else self._schedule(ready)
         detections = self._detect(due, ahead) if due else {}
-        records = []
+        records: list[Record] = []
         names = self.slot.detector.names
         now = time.time()
         for stream, frame in ready:
             # detections, or None: the tracker predicts this frame's boxes (rows marked predicted)
             dets, predicted = stream.tracker.step(detections.get(id(stream)), self.options.publish_threshold)
             labels = dets.labels(names)
-            self.analytics.update(stream.stream_id, frame.index, frame.capture_time, frame.image.shape[1::-1],
-                                  dets.xyxy, dets.tracker_id, labels)
             records.append(OutboxRecord.of_frame(stream.stream_id, frame.index, frame.capture_time, dets, labels,
                                                  predicted))
+            records += self._analyse(stream.stream_id, frame, dets, labels, predicted)
             self.health.record_frame((now - frame.capture_time) * 1000, labels, detected=id(stream) in detections)
         return records
+
+    def _analyse(self, stream_id: str, frame: Frame, dets: Detections, labels: list[str],
+                 predicted: np.ndarray) -> list[Record]:
+        """A local stream's tracked frame through its zones and lines, then its objects: their events."""
+        self.analytics.update(stream_id, frame.index, frame.capture_time, frame.image.shape[1::-1], dets.xyxy,
+                              dets.tracker_id, labels)
+        return list(self.objects[stream_id].update(frame.capture_time, dets.xyxy, dets.tracker_id, dets.class_id,
+                                                   labels, dets.confidence, predicted, self.analytics.take_events(),
+                                                   frame.image))
 
     def _detect(self, due: list[tuple[Stream, Frame]], ahead: Ahead | None) -> dict[int, Detections]:
         """The detector's call on the frames due: stream (by id) -> its detections."""

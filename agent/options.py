@@ -12,6 +12,7 @@ from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 
 from .config import AgentConfig
 from .errors import ConfigError
+from .objects import ObjectSettings
 from .zones import StreamAnalytics
 
 CONTROL_EVERY_S = 1.0
@@ -70,6 +71,8 @@ class RunOptions:
     --source and runs until stopped, not until its sources end."""
     analytics: dict[str, StreamAnalytics] = field(default_factory=dict)
     """Per local stream id: its zones and lines (agent.yaml `analytics:`, agent.zones), evaluated by the loop."""
+    objects: ObjectSettings = field(default_factory=ObjectSettings)
+    """When a track is an object and when its events go out (agent.objects)."""
 
     def __post_init__(self) -> None:
         if not self.stream_ids:
