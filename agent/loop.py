@@ -38,6 +38,7 @@ from edgefleet.models.detections import Detections
 from .analytics import Analytics
 from .bytetrack import ByteTrack
 from .health import HealthMonitor, StreamHealth
+from .latest import LatestFrame
 from .objects import StreamObjects
 from .options import RunOptions
 from .outbox import OutboxRecord
@@ -172,6 +173,9 @@ class FrameLoop:
         """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
         self.objects = {s.stream_id: StreamObjects(s.stream_id, options.objects) for s in self.streams}
         """Each local stream's tracked objects (agent.objects), after its zones and lines."""
+        self.latest: dict[str, LatestFrame] = {}
+        """Each local stream's latest frame and its tracked boxes (agent.latest), replaced every tick, for
+        CaptureFrame; read from any thread."""
 
     def start(self) -> None:
         """Start the sources (a SourceError before anything else starts) and, for files, the prepare thread."""
@@ -294,6 +298,9 @@ class FrameLoop:
     def _analyse(self, stream_id: str, frame: Frame, dets: Detections, labels: list[str],
                  predicted: np.ndarray) -> list[Record]:
         """A local stream's tracked frame through its zones and lines, then its objects: their events."""
+        track_ids = dets.tracker_id if dets.tracker_id is not None else np.zeros(len(dets), np.int64)
+        self.latest[stream_id] = LatestFrame(stream_id, frame.index, frame.capture_time, frame.image, dets.xyxy,
+                                             track_ids, labels, dets.confidence)
         self.analytics.update(stream_id, frame.index, frame.capture_time, frame.image.shape[1::-1], dets.xyxy,
                               dets.tracker_id, labels)
         return list(self.objects[stream_id].update(frame.capture_time, dets.xyxy, dets.tracker_id, dets.class_id,

@@ -226,3 +226,5 @@ def test_the_loop_commits_object_events_and_counts_beside_the_frames(tmp_path):
                                                                                  [("middle", "in")])
     assert [(c.kind, c.name, c.label, c.direction, c.count) for c in counts] == [("line", "middle", "person", "in", 1)]
     assert [r.sequence for r in records] == list(range(1, len(records) + 1))
+    latest = agent.loop.latest["cam0"]
+    assert (latest.frame_index, latest.image.shape, latest.track_ids.tolist()) == (39, (480, 640, 3), [1])
