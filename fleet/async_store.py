@@ -18,11 +18,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgefleet.common.records import Record, SnapshotRecord, TrackedObject
+
 from . import auth
 from .audit_store import DEFAULT_LIMIT, AuditRecord
 from .detection_store import FrameRecord, StoreResult
 from .errors import InvalidArgument, NotFound
 from .ingest import IngestWriter
+from .object_queries import CountBucketRow, CountQuery, ObjectQuery
 from .rollout_store import ArtifactRecord, EventRecord, RolloutDeviceRecord, RolloutRecord, RolloutState
 from .selectors import Selector
 from .store import DeviceRecord, FleetStore
@@ -239,9 +242,29 @@ class AsyncStore:
         return await self._call(self.store.set_plan_override, device_id, override)
 
     async def store_frames_many(
-        self, batches: list[tuple[str, list[FrameRecord]]]
+        self, batches: list[tuple[str, list[Record]]]
     ) -> list[StoreResult | InvalidArgument | NotFound]:
         return await self._call(self.store.store_frames_many, batches)
+
+    # ---- objects, counts, snapshots (fleet.object_store) ----
+
+    async def list_objects(self, query: ObjectQuery) -> list[TrackedObject]:
+        return await self._call(self.store.list_objects, query)
+
+    async def count_objects(self, query: CountQuery) -> list[CountBucketRow]:
+        return await self._call(self.store.count_objects, query)
+
+    async def get_snapshot(self, object_id: str, kind: str = "crop", device_id: str = "") -> SnapshotRecord:
+        return await self._call(self.store.get_snapshot, object_id, kind, device_id)
+
+    async def delete_objects_before(self, cutoff: float, limit: int = 10_000) -> int:
+        return await self._call(self.store.delete_objects_before, cutoff, limit)
+
+    async def delete_counts_before(self, cutoff: float, limit: int = 10_000) -> int:
+        return await self._call(self.store.delete_counts_before, cutoff, limit)
+
+    async def delete_snapshots_before(self, cutoff: float, limit: int = 10_000) -> int:
+        return await self._call(self.store.delete_snapshots_before, cutoff, limit)
 
     async def update_rollout(
         self, rollout_id: str, *, state: RolloutState | None = None, wave: int | None = None, reason: str | None = None

@@ -13,48 +13,50 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from edgefleet.common.records import FrameRecord, ObjectRecord, object_row, objects_from_json
+from edgefleet.common.records import FrameRecord, ObjectRecord, Record  # noqa: F401  (ObjectRecord: re-exported)
 
 from .errors import InvalidArgument, NotFound
+from .frame_rows import (  # noqa: F401  (re-exported: the names the stores and tests import from here)
+    DETECTION_COLUMNS,
+    StoreResult,
+    frame_from_row,
+    frame_rows,
+    objects_json,
+    take_new_rows,
+)
 from .history_store import SQLITE_MAX_INT
+from .object_rows import ALL_FRAMES, FramePolicy, GroupWrites, ParsedBatch, parse_batch, take_batch
 from .tables import StoreTables
 
 logger = logging.getLogger(__name__)
 
 
-DETECTION_COLUMNS = ("device_id", "sequence", "stream_id", "frame_index", "capture_time", "received", "n_objects",
-                     "objects")
-"""The columns of `detections`, in the order of the rows `frame_rows` makes."""
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    acked_sequence: int
-    stored: int
-    duplicates: int
-
-
 class DetectionTables(StoreTables):
     """Methods `FleetStore` gains."""
 
-    def store_frames(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
+    frames_policy: FramePolicy = ALL_FRAMES
+    """Which frames become rows of `detections` (`serve --store-frames`); the others are acked all the same."""
+
+    def store_frames(self, device_id: str, frames: Sequence[Record]) -> StoreResult:
         """Commit a batch; idempotent on (device id, sequence). Acks the highest committed sequence.
 
         The agent sends in ascending order on one stream, so once this batch is committed every
         sequence up to its highest is either in the store or was never produced.
         """
-        (result,) = self.store_frames_many([(device_id, frames)])
+        (result,) = self.store_frames_many([(device_id, list(frames))])
         if isinstance(result, Exception):
             raise result
         return result
 
     def store_frames_many(
-        self, batches: list[tuple[str, list[FrameRecord]]]
+        self, batches: list[tuple[str, list[Record]]]
     ) -> list[StoreResult | InvalidArgument | NotFound]:
         """Commit many devices' batches in one transaction (`fleet.ingest`'s group commit).
 
+        A batch holds any records (`common.records.Record`: frames, object events, counts, snapshots),
+        written as `fleet.object_rows` says; frames only as `frames_policy` keeps them.
         One result per batch, in order: what `store_frames` would have returned for it alone
         (batches of one device see each other in order), or the error it would have raised.
         Every batch is validated before the transaction, so a bad one (unknown device, bad
@@ -64,12 +66,12 @@ class DetectionTables(StoreTables):
         now = time.time()
         results: list = [None] * len(batches)
         acked = self._acked_sequences({device_id for device_id, _ in batches})
-        valid: list[tuple[int, str, list[tuple]]] = []
-        for i, (device_id, frames) in enumerate(batches):
+        valid: list[tuple[int, str, ParsedBatch]] = []
+        for i, (device_id, records) in enumerate(batches):
             try:
                 if device_id not in acked:
                     raise NotFound(f"device {device_id!r} is not enrolled")
-                valid.append((i, device_id, frame_rows(device_id, frames, now)))
+                valid.append((i, device_id, parse_batch(device_id, records, now, self.frames_policy)))
             except (InvalidArgument, NotFound) as err:
                 results[i] = err
         try:
@@ -118,28 +120,26 @@ class DetectionTables(StoreTables):
             present.update((device_id, sequence) for device_id, sequence in json.loads(text))
         return present
 
-    def _commit_frames(self, valid: list[tuple[int, str, list[tuple]]], acked: dict[str, int], now: float,
+    def _commit_frames(self, valid: list[tuple[int, str, ParsedBatch]], acked: dict[str, int], now: float,
                        results: list) -> None:
         """One transaction for the validated batches; fills their slots in `results` once it commits.
 
         An explicit BEGIN: the connection is in autocommit mode (isolation_level=None), where
         `with conn:` opens no transaction and every inserted row would commit on its own.
         A few statements per group, whatever its size (which rows are duplicates: one query;
-        the new rows: one INSERT per 400; the devices: one UPDATE per 300), because each SQLite
-        step gives the GIL away: one statement per row costs milliseconds per row under load.
+        the new rows: one INSERT per 100; objects, counts and snapshots: one statement per chunk of
+        each; the devices: one UPDATE per 300), because each SQLite step gives the GIL away: one
+        statement per row costs milliseconds per row under load.
         """
         conn = self.db.conn
         done: list[tuple[int, StoreResult]] = []
-        new_rows: list[tuple] = []
-        stored_by_device: dict[str, int] = {}
+        writes = GroupWrites()
 
         def work() -> None:  # under the write lock (BEGIN IMMEDIATE): nothing changes between the check and the insert
-            present = self._stored_keys([(row[0], row[1]) for _, _, rows in valid for row in rows])
-            for i, device_id, rows in valid:
-                result = take_new_rows(device_id, rows, acked, present, new_rows)
-                if rows:
-                    stored_by_device[device_id] = stored_by_device.get(device_id, 0) + result.stored
-                done.append((i, result))
+            present = self._stored_keys([(row[0], row[1]) for _, _, batch in valid for row in batch.frame_rows])
+            for i, device_id, batch in valid:
+                done.append((i, take_batch(device_id, batch, acked, present, writes)))
+            new_rows = writes.frame_rows
             before = conn.total_changes
             for start in range(0, len(new_rows), 100):  # 100 rows: 800 parameters, under SQLite's oldest limit
                 chunk = new_rows[start:start + 100]
@@ -147,7 +147,8 @@ class DetectionTables(StoreTables):
             if conn.total_changes - before != len(new_rows):  # never acknowledge a row that is not there
                 raise sqlite3.IntegrityError(
                     f"stored {conn.total_changes - before} of {len(new_rows)} new detection rows")
-            devices = list(stored_by_device.items())
+            self._write_objects(writes, now)
+            devices = [(d, writes.frames_stored.get(d, 0)) for d in writes.touched]
             for start in range(0, len(devices), 300):
                 chunk = devices[start:start + 300]
                 conn.execute(
@@ -248,66 +249,3 @@ def _detection_filter(device_ids: Sequence[str], stream_id: str, since: float | 
     return where, params
 
 
-def frame_rows(device_id: str, frames: list[FrameRecord], now: float) -> list[tuple]:
-    """The batch's rows of `detections` (`DETECTION_COLUMNS`), received `now`; InvalidArgument for a
-    sequence or frame index out of range."""
-    rows = []
-    top = SQLITE_MAX_INT  # the wire allows uint64
-    for frame in frames:
-        if not 1 <= frame.sequence <= top:
-            raise InvalidArgument(f"frames[].sequence must be in 1..{top}, got {frame.sequence}")
-        if not 0 <= frame.frame_index <= top:
-            raise InvalidArgument(f"frames[].frame_index must be in 0..{top}, got {frame.frame_index}")
-        rows.append((
-            device_id, frame.sequence, frame.stream_id, frame.frame_index, frame.capture_time, now,
-            len(frame.objects), objects_json(frame.objects),
-        ))
-    return rows
-
-
-def objects_json(objects: list[ObjectRecord]) -> str:
-    """`json.dumps([object_row(o) for o in objects])`, the same values, ~4x faster.
-
-    ".5f" and ".2f" round exactly as `round(v, 5)` and `round(v, 2)` do (both round the
-    binary value correctly), so `json.loads` reads back the very same floats; a non-finite
-    number takes the `json.dumps` path (which writes NaN/Infinity).
-    """
-    quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
-    parts = []
-    for o in objects:
-        x1, y1, x2, y2 = o.xyxy
-        score = o.score
-        total = score + x1 + y1 + x2 + y2
-        if total - total != 0.0:  # inf or nan somewhere
-            return json.dumps([object_row(obj) for obj in objects])
-        parts.append(f"[{o.track_id:d}, {o.class_id:d}, {quote(o.label)}, {score:.5f}, "
-                     f"[{x1:.2f}, {y1:.2f}, {x2:.2f}, {y2:.2f}], {1 if o.predicted else 0}]")
-    return "[" + ", ".join(parts) + "]"
-
-
-def take_new_rows(device_id: str, rows: list[tuple], acked: dict[str, int], present: set[tuple[str, int]],
-                  new_rows: list[tuple]) -> StoreResult:
-    """Append the device's rows that are neither stored (`present`) nor repeated to `new_rows`; advance
-    its entry in `acked` to its highest sequence; what `store_frames` answers for the batch."""
-    if not rows:
-        return StoreResult(acked[device_id], 0, 0)
-    lowest = min(r[1] for r in rows)
-    if lowest > acked[device_id] + 1 and acked[device_id]:
-        logger.warning("device %s skipped sequences %d..%d", device_id, acked[device_id] + 1, lowest - 1)
-    stored = 0
-    for row in rows:
-        key = (device_id, row[1])
-        if key not in present:  # a replay, or a repeat within this group, is a duplicate
-            present.add(key)
-            new_rows.append(row)
-            stored += 1
-    acked[device_id] = max(acked[device_id], max(r[1] for r in rows))
-    return StoreResult(acked_sequence=acked[device_id], stored=stored, duplicates=len(rows) - stored)
-
-
-def frame_from_row(row: dict) -> FrameRecord:
-    """A row of `detections` (a dict by column name) as the record it stored."""
-    return FrameRecord(
-        stream_id=row["stream_id"], sequence=row["sequence"], frame_index=row["frame_index"],
-        capture_time=row["capture_time"], objects=objects_from_json(row["objects"]), device_id=row["device_id"],
-    )

@@ -11,10 +11,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import grpc
 
+from edgefleet.common.convert import InvalidFrame, batch_records
+from edgefleet.common.records import FrameRecord, ObjectEventRecord, Record
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .artifacts import ArtifactFiles, chunk_size
-from .convert import command_to_pb, config_status_from_pb, frame_from_pb, status_report, to_dict
+from .convert import command_to_pb, config_status_from_pb, status_report, to_dict
 from .errors import InvalidArgument, NotFound, OutOfRange, PermissionDenied, Unauthenticated
 from .hub import Command, Hub
 from .ingest import PUBLISH_PIPELINE
@@ -146,6 +148,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                                 context: grpc.aio.ServicerContext) -> AsyncIterator[agent_pb2.PublishAck]:
         """Each batch joins the next group commit (`fleet.ingest`); its ack goes down once that commits.
 
+        A batch's records of every kind (frames, object events, counts, snapshots) are stored together;
+        only its frames go on to WatchDetections (`Hub.frames_committed`), whether `--store-frames`
+        keeps them or not.
+
         Up to `PUBLISH_PIPELINE` batches of a stream wait for commits at once: the next one is read
         and queued while the one before commits, so under load a device is not held to one batch
         per commit. Batches are queued in stream order and the writer commits in queue order, so
@@ -153,7 +159,7 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
         acks of the batches before it.
         """
         device_id = current_device.get()
-        queued: asyncio.Queue = asyncio.Queue()  # (arrival time, frames, commit future); None: no more
+        queued: asyncio.Queue = asyncio.Queue()  # (arrival time, its frames, commit future); None: no more
         slots = asyncio.Semaphore(PUBLISH_PIPELINE)
 
         async def read() -> None:
@@ -165,13 +171,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                     if batch is None:
                         return
                     arrived = time.perf_counter()
-                    frames = [frame_from_pb(f) for f in batch.frames]
-                    for frame in frames:
-                        if frame.device_id and frame.device_id != device_id:
-                            claimed = frame.device_id if len(frame.device_id) <= 64 else frame.device_id[:64] + "..."
-                            raise PermissionDenied(f"device {device_id!r} cannot publish as {claimed!r}")
-                        frame.device_id = device_id
-                    queued.put_nowait((arrived, frames, self.db.ingest.enqueue(device_id, frames)))
+                    records = _own_records(device_id, batch)
+                    frames = records if len(records) == len(batch.frames) else [
+                        r for r in records if type(r) is FrameRecord]
+                    queued.put_nowait((arrived, frames, self.db.ingest.enqueue(device_id, records)))
             finally:
                 queued.put_nowait(None)
 
@@ -183,7 +186,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
                 arrived, frames, committed = item
                 result = await committed
                 slots.release()
-                self.hub.frames_committed(device_id, frames)
+                if frames:  # only frames go on to WatchDetections and the other replicas
+                    self.hub.frames_committed(device_id, frames)
                 self.metrics.frames_ingested.inc(len(frames))
                 self.metrics.detections_ingested.inc(sum(len(f.objects) for f in frames))
                 self.metrics.duplicate_frames.inc(result.duplicates)
@@ -267,6 +271,22 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
     def _count_streams(self, state: str, change: int) -> None:
         self._fetch_count[state] += change
         self.metrics.artifact_streams.set(self._fetch_count[state], state=state)
+
+
+def _own_records(device_id: str, batch: agent_pb2.DetectionBatch) -> list[Record]:
+    """The batch's records (`common.convert.batch_records`), each the device's own: InvalidArgument for one
+    no record can hold, PermissionDenied for one that names another device."""
+    try:
+        records = batch_records(batch)
+    except InvalidFrame as err:
+        raise InvalidArgument(str(err)) from err
+    for rec in records:
+        holder = rec.object if isinstance(rec, ObjectEventRecord) else rec
+        if holder.device_id and holder.device_id != device_id:
+            claimed = holder.device_id if len(holder.device_id) <= 64 else holder.device_id[:64] + "..."
+            raise PermissionDenied(f"device {device_id!r} cannot publish as {claimed!r}")
+        holder.device_id = device_id
+    return records
 
 
 def _reported_labels(labels: Mapping[str, str]) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """Group commit for detection batches: many devices' batches, one SQLite transaction.
 
+A batch is a device's records of any kind (`common.records.Record`: frames, object events, counts,
+snapshots), as `PublishDetections` received them; the store sorts them out (`fleet.object_rows`).
+
 Each PublishDetections handler `submit()`s its batch and awaits its own result. One writer
 task takes everything queued since its last commit and runs `FleetStore.store_frames_many`
 on the store's thread: one transaction for all of them. Then it resolves each caller's
@@ -19,7 +22,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .detection_store import FrameRecord, StoreResult
+from edgefleet.common.records import Record
+
+from .detection_store import StoreResult
 from .errors import FailedPrecondition
 
 logger = logging.getLogger(__name__)
@@ -29,13 +34,14 @@ PUBLISH_PIPELINE = 4
 a device catch up faster after a stall; each one is memory held until it commits."""
 
 MAX_GROUP_FRAMES = 8192
-"""Frames per transaction at most. Raising it makes fewer, longer commits (each ack waits for the
-whole group); lowering it shortens the longest wait but commits more often under load."""
+"""Records (frames and the others) per transaction at most. Raising it makes fewer, longer commits (each ack
+waits for the whole group); lowering it shortens the longest wait but commits more often under load."""
 
 
 @dataclass
 class IngestStats:
-    """What the writer did so far: its groups, batches, frames, and time spent committing."""
+    """What the writer did so far: its groups, batches, records (`frames`: of every kind), and time spent
+    committing."""
 
     groups: int = 0
     batches: int = 0
@@ -56,7 +62,7 @@ class IngestStats:
 @dataclass
 class _Pending:
     device_id: str
-    frames: list[FrameRecord]
+    frames: list[Record]
     future: asyncio.Future = field(repr=False)
 
 
@@ -103,7 +109,7 @@ class IngestWriter:
             self._task = None
             logger.info("ingest writer stopped: %s", self.stats.summary())
 
-    async def submit(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
+    async def submit(self, device_id: str, frames: list[Record]) -> StoreResult:
         """Queue one device's batch for the next group commit; its result once committed.
 
         Raises what `store_frames` would raise for this batch alone (NotFound, InvalidArgument).
@@ -112,7 +118,7 @@ class IngestWriter:
         """
         return await self.enqueue(device_id, frames)
 
-    def enqueue(self, device_id: str, frames: list[FrameRecord]) -> asyncio.Future:
+    def enqueue(self, device_id: str, frames: list[Record]) -> asyncio.Future:
         """`submit` without the wait: the batch is queued now (batches commit in the order they
         were queued), the future resolves once its group committed."""
         if not self.running:

@@ -74,6 +74,32 @@ MIGRATIONS: tuple[Step, ...] = (
         ' "call" text not null, "target" text, "parameters" text, "ok" integer not null, "error" text)',
         'create index "idx_audit_time" on "audit" ("time")',
     )),
+    Step("objects, counts, snapshots", (
+        # zones, lines (names of the lines crossed), crossings, path and best_box: JSON text
+        'create table "objects" ('
+        ' "device_id" text not null, "object_id" text not null, "stream_id" text not null, "track_id" integer,'
+        ' "label" text not null, "class_id" integer, "first_seen" real not null, "last_seen" real not null,'
+        ' "best_score" real, "best_box" text, "path" text, "zones" text, "lines" text, "crossings" text,'
+        ' "frames" integer, "ended" integer not null default 0, "has_snapshot" integer not null default 0,'
+        ' "updated" real, primary key ("device_id", "object_id"))',
+        'create index "idx_objects_last_seen" on "objects" ("last_seen", "device_id", "object_id")',
+        'create index "idx_objects_device_id_last_seen" on "objects" ("device_id", "last_seen")',
+        'create index "idx_objects_label_last_seen" on "objects" ("label", "last_seen")',
+        'create table "object_counts" ('
+        ' "device_id" text not null, "stream_id" text not null, "minute" integer not null, "kind" text not null,'
+        ' "name" text not null, "label" text not null, "direction" text not null, "count" integer not null,'
+        ' primary key ("device_id", "stream_id", "minute", "kind", "name", "label", "direction"))',
+        'create index "idx_object_counts_minute" on "object_counts" ("minute")',
+        'create table "snapshots" ('
+        ' "sha256" text primary key, "jpeg" blob not null, "size" integer not null, "created" real not null)',
+        'create table "object_snapshots" ('
+        ' "device_id" text not null, "object_id" text not null, "kind" text not null, "sha256" text not null,'
+        ' "time" real not null, "label" text, "score" real, "stream_id" text,'
+        ' primary key ("device_id", "object_id", "kind", "sha256"))',
+        'create index "idx_object_snapshots_object_id" on "object_snapshots" ("object_id", "kind")',
+        'create index "idx_object_snapshots_sha256" on "object_snapshots" ("sha256")',
+        'create index "idx_object_snapshots_time" on "object_snapshots" ("time")',
+    )),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

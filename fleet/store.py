@@ -23,6 +23,7 @@ from .decommission_store import DecommissionTables
 from .detection_store import DetectionTables
 from .errors import InvalidArgument, NotFound, Unauthenticated
 from .history_store import HistoryTables
+from .object_store import ObjectTables
 from .rollout_store import RolloutTables
 from .selectors import Selector, check_label
 from .twin_store import DEVICE_COLUMNS, DEVICE_FROM, ConfigTables, config_of_row
@@ -104,8 +105,8 @@ class SecretMethods:
         raise NotImplementedError
 
 
-class FleetStore(SecretMethods, DetectionTables, HistoryTables, RolloutTables, DecommissionTables, AuditTables,
-                 ConfigTables):
+class FleetStore(SecretMethods, DetectionTables, ObjectTables, HistoryTables, RolloutTables, DecommissionTables,
+                 AuditTables, ConfigTables):
     """`autocheckpoint=False` leaves WAL checkpoints to a `WalCheckpointer` (the controller's)."""
 
     def __init__(self, path: Path | str, *, autocheckpoint: bool = True):

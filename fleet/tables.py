@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, TypeVar
 import sqlite_utils
 
 if TYPE_CHECKING:
+    from .object_rows import GroupWrites
     from .store import DeviceRecord
 
 T = TypeVar("T")
@@ -38,6 +39,10 @@ class StoreTables:
                 conn.execute("rollback")
             raise
         return result
+
+    def _write_objects(self, writes: GroupWrites, now: float) -> None:
+        """Objects, counts and pictures of a group commit; `ObjectTables` writes them."""
+        raise NotImplementedError
 
     def _require(self, device_id: str) -> DeviceRecord:
         """The enrolled device, or NotFound; `FleetStore` reads it."""

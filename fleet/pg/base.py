@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import psycopg
     import psycopg_pool
 
+    from ..object_rows import GroupWrites
     from ..store import DeviceRecord
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,10 @@ class PgTables:
             return conn.execute(sql, params).rowcount
         with self.pool.connection() as pooled:
             return pooled.execute(sql, params).rowcount
+
+    def _write_objects(self, conn: psycopg.Connection, writes: GroupWrites, now: float) -> None:
+        """Objects, counts and pictures of a group commit, inside its transaction; `fleet.pg.objects` writes them."""
+        raise NotImplementedError
 
     def _require(self, device_id: str, conn: psycopg.Connection | None = None) -> DeviceRecord:
         """The enrolled device, or NotFound; `fleet.pg.devices` reads it."""

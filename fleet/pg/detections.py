@@ -29,16 +29,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..detection_store import (
-    DETECTION_COLUMNS,
-    FrameRecord,
-    StoreResult,
-    frame_from_row,
-    frame_rows,
-    take_new_rows,
-)
+from edgefleet.common.records import FrameRecord, Record
+
 from ..errors import InvalidArgument, NotFound
+from ..frame_rows import DETECTION_COLUMNS, StoreResult, frame_from_row
 from ..history_store import SQLITE_MAX_INT
+from ..object_rows import ALL_FRAMES, FramePolicy, GroupWrites, ParsedBatch, parse_batch, take_batch
 from .base import PgTables
 
 if TYPE_CHECKING:
@@ -74,12 +70,15 @@ _STAGED: weakref.WeakSet = weakref.WeakSet()
 """Pooled connections whose session has the staging table (a connection made anew has not)."""
 
 
+EMPTY = ParsedBatch([], [])
+
+
 class Batch(NamedTuple):
-    """One device's batch in a group: its slot in the results, and its rows (None: refused already)."""
+    """One device's batch in a group: its slot in the results, and its records (None: refused already)."""
 
     slot: int
     device_id: str
-    rows: list[tuple] | None
+    rows: ParsedBatch | None
 
 
 def partition_name(day: int) -> str:
@@ -105,12 +104,13 @@ def maintained_days(now: float) -> list[int]:
     return [today + k * DAY_S for k in range(-PARTITIONS_BEHIND, PARTITIONS_AHEAD + 1)]
 
 
-def pg_frame_rows(device_id: str, frames: list[FrameRecord], now: float) -> list[tuple]:
-    """`frame_rows`, and InvalidArgument for a stream id PostgreSQL's text cannot hold (a NUL character)."""
-    for frame in frames:
-        if "\x00" in frame.stream_id:
-            raise InvalidArgument(f"frames[].stream_id must not contain NUL characters, got {frame.stream_id!r}")
-    return frame_rows(device_id, frames, now)
+def pg_parse_batch(device_id: str, records: list[Record], now: float, policy: FramePolicy) -> ParsedBatch:
+    """`parse_batch`, and InvalidArgument for a frame's stream id PostgreSQL's text cannot hold (a NUL
+    character; the other records' text is checked by `parse_batch` on both stores)."""
+    for rec in records:
+        if type(rec) is FrameRecord and "\x00" in rec.stream_id:
+            raise InvalidArgument(f"frames[].stream_id must not contain NUL characters, got {rec.stream_id!r}")
+    return parse_batch(device_id, records, now, policy)
 
 
 def detection_filter(device_ids: Sequence[str], stream_id: str, since: float | None, until: float | None,
@@ -142,15 +142,18 @@ def sql_limit(limit: int) -> int | None:
 class PgDetectionTables(PgTables):
     """Methods `PgStore` gains."""
 
-    def store_frames(self, device_id: str, frames: list[FrameRecord]) -> StoreResult:
+    def store_frames(self, device_id: str, frames: Sequence[Record]) -> StoreResult:
         """Commit a batch; idempotent on (device id, sequence). Acks the highest committed sequence."""
-        (result,) = self.store_frames_many([(device_id, frames)])
+        (result,) = self.store_frames_many([(device_id, list(frames))])
         if isinstance(result, Exception):
             raise result
         return result
 
+    frames_policy: FramePolicy = ALL_FRAMES
+    """Which frames become rows of `detections` (`serve --store-frames`); the others are acked all the same."""
+
     def store_frames_many(
-        self, batches: list[tuple[str, list[FrameRecord]]]
+        self, batches: list[tuple[str, list[Record]]]
     ) -> list[StoreResult | InvalidArgument | NotFound]:
         """Commit many devices' batches in one transaction (`fleet.ingest`'s group commit).
 
@@ -164,9 +167,9 @@ class PgDetectionTables(PgTables):
         now = time.time()
         results: list = [None] * len(batches)
         group: list[Batch] = []
-        for i, (device_id, frames) in enumerate(batches):
+        for i, (device_id, records) in enumerate(batches):
             try:
-                group.append(Batch(i, device_id, pg_frame_rows(device_id, frames, now)))
+                group.append(Batch(i, device_id, pg_parse_batch(device_id, records, now, self.frames_policy)))
             except InvalidArgument as err:
                 results[i] = err
                 group.append(Batch(i, device_id, None))
@@ -217,21 +220,19 @@ class PgDetectionTables(PgTables):
                     elif batch.rows is not None:
                         valid.append(batch)
                 present = self._stored_keys(conn, {
-                    (batch.device_id, row[1]) for batch in valid for row in batch.rows or ()
+                    (batch.device_id, row[1]) for batch in valid for row in (batch.rows or EMPTY).frame_rows
                     if look_up_all or row[1] <= acked[batch.device_id]})
-                new_rows: list[tuple] = []
-                stored_by_device: dict[str, int] = {}
-                for i, device_id, rows in valid:
-                    result = take_new_rows(device_id, rows or [], acked, present, new_rows)
-                    if rows:
-                        stored_by_device[device_id] = stored_by_device.get(device_id, 0) + result.stored
-                    done.append((i, result))
+                writes = GroupWrites()
+                for i, device_id, parsed in valid:
+                    done.append((i, take_batch(device_id, parsed or EMPTY, acked, present, writes)))
+                new_rows = writes.frame_rows
                 inserted = self._insert_rows(conn, new_rows, skip_stored=look_up_all)
                 if inserted != len(new_rows):  # never acknowledge a row as stored by this batch that was not
                     import psycopg
 
                     raise psycopg.IntegrityError(f"stored {inserted} of {len(new_rows)} new detection rows")
-                self._update_devices(conn, stored_by_device, acked, now)
+                self._write_objects(conn, writes, now)
+                self._update_devices(conn, writes, acked, now)
         return done
 
     @staticmethod
@@ -275,11 +276,11 @@ class PgDetectionTables(PgTables):
         return conn.execute(_INSERT).rowcount if skip_stored else len(rows)
 
     @staticmethod
-    def _update_devices(conn: psycopg.Connection, stored_by_device: dict[str, int], acked: dict[str, int],
-                        now: float) -> None:
-        if not stored_by_device:
+    def _update_devices(conn: psycopg.Connection, writes: GroupWrites, acked: dict[str, int], now: float) -> None:
+        if not writes.touched:
             return
-        device_ids = list(stored_by_device)
+        device_ids = sorted(writes.touched)
+        stored_by_device = {d: writes.frames_stored.get(d, 0) for d in device_ids}
         conn.execute(
             "update devices set acked_sequence = greatest(devices.acked_sequence, v.acked),"
             " detections_stored = devices.detections_stored + v.stored, last_seen = %s"

@@ -71,6 +71,32 @@ MIGRATIONS: tuple[Step, ...] = (
         "create table relay ("
         " id bigint generated always as identity primary key, body text not null, created double precision not null)",
     )),
+    Step("objects, counts, snapshots", (
+        # zones, lines (names of the lines crossed), crossings, path and best_box: JSON text
+        "create table objects ("
+        " device_id text not null, object_id text not null, stream_id text not null, track_id bigint,"
+        " label text not null, class_id integer, first_seen double precision not null,"
+        " last_seen double precision not null, best_score double precision, best_box text, path text, zones text,"
+        " lines text, crossings text, frames bigint, ended integer not null default 0,"
+        " has_snapshot integer not null default 0, updated double precision, primary key (device_id, object_id))",
+        'create index on objects (last_seen, device_id collate "C", object_id collate "C")',
+        "create index on objects (device_id, last_seen)",
+        "create index on objects (label, last_seen)",
+        "create table object_counts ("
+        " device_id text not null, stream_id text not null, minute bigint not null, kind text not null,"
+        " name text not null, label text not null, direction text not null, count bigint not null,"
+        " primary key (device_id, stream_id, minute, kind, name, label, direction))",
+        "create index on object_counts (minute)",
+        "create table snapshots ("
+        " sha256 text primary key, jpeg bytea not null, size integer not null, created double precision not null)",
+        "create table object_snapshots ("
+        " device_id text not null, object_id text not null, kind text not null, sha256 text not null,"
+        " time double precision not null, label text, score double precision, stream_id text,"
+        " primary key (device_id, object_id, kind, sha256))",
+        "create index on object_snapshots (object_id, kind)",
+        "create index on object_snapshots (sha256)",
+        "create index on object_snapshots (time)",
+    )),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

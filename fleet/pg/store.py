@@ -12,6 +12,7 @@ from .base import migrate, open_pool, redact
 from .detections import PgDetectionTables
 from .devices import PgDeviceTables
 from .history import PgHistoryTables
+from .objects import PgObjectTables
 from .rollouts import PgRolloutTables
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_POOL_SIZE = 8
 
 
-class PgStore(PgDeviceTables, PgDetectionTables, PgHistoryTables, PgRolloutTables):
+class PgStore(PgDeviceTables, PgDetectionTables, PgObjectTables, PgHistoryTables, PgRolloutTables):
     """`url`: postgresql://user:password@host:port/dbname (libpq's other parameters too)."""
 
     threadsafe = True

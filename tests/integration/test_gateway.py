@@ -137,3 +137,52 @@ def test_watch_detections_rejects_a_bad_min_score(control):
         list(control.WatchDetections(fleet_pb2.WatchDetectionsRequest(min_score=2.0), timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "min_score" in err.value.details()
+
+
+def mixed_batch(first: int, *, device_id: str = "", last_seen_s: int = 1_764_979_260) -> agent_pb2.DetectionBatch:
+    """A frame, an object event, a count batch and a snapshot at sequences first..first+3."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    seen = Timestamp(seconds=last_seen_s)
+    pb = batch(first)
+    pb.objects.append(agent_pb2.ObjectEvent(sequence=first + 1, type="new", object=types_pb2.TrackedObject(
+        object_id="cam0-7", device_id=device_id, stream_id="cam0", track_id=7, label="person", first_seen=seen,
+        last_seen=seen, best_score=0.9, zones=["queue"])))
+    pb.counts.append(agent_pb2.CountBatch(sequence=first + 2, rows=[types_pb2.CountRow(
+        stream_id="cam0", minute=1_764_979_200, kind="line", name="door", label="person", direction="in", count=3)]))
+    pb.snapshots.append(agent_pb2.SnapshotRecord(sequence=first + 3, snapshot=types_pb2.Snapshot(
+        stream_id="cam0", object_id="cam0-7", kind="crop", label="person", time=seen, jpeg=b"\xff\xd8crop\xff\xd9")))
+    return pb
+
+
+def test_publish_stores_objects_counts_and_snapshots_exactly_once(controller, channel, control):
+    from edgefleet.fleet.object_queries import CountQuery, ObjectQuery
+
+    device = enroll(channel)
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    acks = list(stub.PublishDetections(iter([mixed_batch(1)]), metadata=auth(device.device_token), timeout=5))
+    assert [(a.acked_sequence, a.duplicates) for a in acks] == [(4, 0)]
+    # the acks were lost: the agent sends the same records again
+    acks = list(stub.PublishDetections(iter([mixed_batch(1)]), metadata=auth(device.device_token), timeout=5))
+    assert [(a.acked_sequence, a.duplicates) for a in acks] == [(4, 4)]
+    db = controller.controller.db
+    (obj,) = controller.run(db.list_objects(ObjectQuery()))
+    assert (obj.device_id, obj.object_id, obj.zones, obj.has_snapshot) == (device.device_id, "cam0-7", ["queue"], True)
+    (row,) = controller.run(db.count_objects(CountQuery()))
+    assert (row.name, row.direction, row.count) == ("door", "in", 3)
+    assert controller.run(db.get_snapshot("cam0-7")).jpeg == b"\xff\xd8crop\xff\xd9"
+    stored = control.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device.device_id, limit=100), timeout=5)
+    assert [f.sequence for f in stored.frames] == [1]
+
+
+def test_publish_refuses_an_object_of_another_device_and_a_bad_time(channel):
+    device = enroll(channel)
+    stub = agent_pb2_grpc.AgentGatewayStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.PublishDetections(iter([mixed_batch(1, device_id="d-other")]), metadata=auth(device.device_token),
+                                    timeout=5))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "d-other" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.PublishDetections(iter([mixed_batch(1, last_seen_s=2**40)]), metadata=auth(device.device_token),
+                                    timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "object.first_seen" in err.value.details()

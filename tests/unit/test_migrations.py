@@ -7,6 +7,7 @@ import pytest
 
 from edgefleet.fleet import schema
 from edgefleet.fleet.channel import open_channel
+from edgefleet.fleet.object_queries import ObjectQuery
 from edgefleet.fleet.store import SCHEMA_VERSION, FleetStore
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -72,7 +73,9 @@ def test_a_first_step_that_fails_leaves_an_empty_file_at_version_0(tmp_path, mon
     monkeypatch.undo()
     FleetStore(path).close()
     assert layout(path)[:2] == (SCHEMA_VERSION, V2_TABLES | {"health_samples", "artifacts", "rollouts",
-                                                            "rollout_devices", "events", "desired_configs", "audit"})
+                                                            "rollout_devices", "events", "desired_configs", "audit",
+                                                            "objects", "object_counts", "snapshots",
+                                                            "object_snapshots"})
 
 
 def test_a_database_newer_than_the_controller_is_refused_untouched(tmp_path):
@@ -84,3 +87,34 @@ def test_a_database_newer_than_the_controller_is_refused_untouched(tmp_path):
     with pytest.raises(RuntimeError, match="newer"):
         FleetStore(path)
     assert layout(path)[0] == SCHEMA_VERSION + 1
+
+
+def test_a_v4_file_with_frames_gains_the_object_tables_and_keeps_its_frames(tmp_path, monkeypatch):
+    """The objects step on a file that holds data: a failure half-way leaves it at v4 with its frames; the next
+    start adds the tables, and the frames are still there."""
+    from edgefleet.common.records import FrameRecord, ObjectEventRecord, TrackedObject
+
+    path = tmp_path / "fleet.db"
+    steps = schema.MIGRATIONS
+    monkeypatch.setattr(schema, "MIGRATIONS", steps[:4])
+    store = FleetStore(path)
+    key = store.create_enroll_key("t")
+    device, _ = store.enroll(key, "hw-1", "cam", "0.1.0", {}, {})
+    store.store_frames(device.device_id, [FrameRecord("cam0", 1, 0, 1000.0), FrameRecord("cam0", 2, 1, 1001.0)])
+    store.close()
+
+    monkeypatch.setattr(schema, "MIGRATIONS", (*steps[:4], failing_in_the_middle(steps[4])))
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        FleetStore(path)
+    version, tables, _ = layout(path)
+    assert version == 4 and not tables & {"objects", "object_counts", "snapshots", "object_snapshots"}
+
+    monkeypatch.undo()
+    store = FleetStore(path)
+    try:
+        assert store.list_detections(device.device_id)[1] == 2
+        obj = TrackedObject("o-1", "cam0", 1, "person", 0, 1000.0, 1001.0, 0.9, (1.0, 2.0, 3.0, 4.0))
+        assert store.store_frames(device.device_id, [ObjectEventRecord("new", obj, 3)]).acked_sequence == 3
+        assert [o.object_id for o in store.list_objects(ObjectQuery())] == ["o-1"]
+    finally:
+        store.close()
