@@ -32,6 +32,8 @@ import argparse
 import platform
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +41,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
+from analytics_explain import COUNT_CLASSES, MISS_CLASSES, explain_count, explain_miss, tally
 from report import write_report  # (scripts/bench/report.py)
 from scenes import Scene, SceneSpec, analytics_layout, int_list, make_scene, true_events  # (scripts/bench/scenes.py)
 
-from edgefleet.agent.analytics import LineCrossing, StreamEvaluator, ZoneEvent
+from edgefleet.agent.analytics import LOST_FRAMES, LineCrossing, StreamEvaluator, ZoneEvent
 from edgefleet.agent.bytetrack import ByteTrack
-from edgefleet.agent.zones import StreamAnalytics
+from edgefleet.agent.zones import DEFAULT_MARGIN, StreamAnalytics
 from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD
 
 MATCH_FRAMES = 90
@@ -81,36 +84,79 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area - inter, 1e-9)
 
 
-def true_object(scene: Scene, rows: list, frame: int, track_id: int) -> int | None:
-    """The ground-truth id a tracked row overlaps most on `frame` (IoU >= 0.3), or None."""
-    ids, xyxy = rows[frame]
-    box = xyxy[ids == track_id]
-    gt_ids, gt_xyxy = scene.gt_ids[frame], scene.gt_xyxy[frame]
-    if not len(box) or not len(gt_ids):
+ATTRIBUTION_FRAMES = 15
+"""A count's object: the one its track's box followed most over this many frames either side of it."""
+
+
+def identities(scene: Scene, rows: list) -> list[dict[int, int | None]]:
+    """Per frame: each published track's ground-truth object, the one its box overlaps most (IoU >= 0.3), or None."""
+    out = []
+    for (ids, xyxy), gt_ids, gt_xyxy in zip(rows, scene.gt_ids, scene.gt_xyxy):
+        frame: dict[int, int | None] = {}
+        for tid, box in zip(ids.tolist(), xyxy):
+            iou = _iou(box, gt_xyxy.astype(float)) if len(gt_ids) else np.zeros(1)
+            frame[tid] = int(gt_ids[int(np.argmax(iou))]) if iou.max() >= 0.3 else None
+        out.append(frame)
+    return out
+
+
+def track_object(ident: list[dict], frame: int, track_id: int, attribution: str = "track",
+                 frames: range | None = None) -> int | None:
+    """The object a count of `track_id` on `frame` belongs to. `frame` attribution: the box's object on
+    that frame alone (None when it overlaps none: the object hidden behind a pillar while its box is
+    predicted, or another object's box in front of it). `track` attribution: the object the track's box
+    followed on most of its frames within ATTRIBUTION_FRAMES of `frame` (ties: the nearest frame's)."""
+    if attribution == "frame":
+        return ident[frame].get(track_id)
+    if frames is None:
+        frames = range(max(0, frame - ATTRIBUTION_FRAMES), min(len(ident), frame + ATTRIBUTION_FRAMES + 1))
+    near = sorted((abs(g - frame), ident[g][track_id]) for g in frames
+                  if ident[g].get(track_id) is not None)
+    if not near:
         return None
-    iou = _iou(box[0], gt_xyxy.astype(float))
-    return int(gt_ids[int(np.argmax(iou))]) if iou.max() >= 0.3 else None
+    votes = Counter(obj for _, obj in near)
+    best = max(votes.values())
+    return next(obj for _, obj in near if votes[obj] == best)
 
 
-def score_lines(scene: Scene, truth: list, events: list, rows: list) -> dict:
+def score_lines(scene: Scene, truth: list, events: list, rows: list, attribution: str = "track",
+                explain: dict | None = None) -> dict:
+    """Counted crossings against true ones (see the module's docstring); with `explain` (segment
+    geometry and margin), the class of every miss and every count not right (analytics_explain)."""
     every = [e for e in truth if isinstance(e, LineCrossing)]
     true = [e for e in every if _seen(scene, e)]
+    ident = identities(scene, rows)
     open_ = {i: e for i, e in enumerate(every)}
     matched = matched_seen = doubles = spurious = 0
+    counted, wrong = [], []
     for e in (e for e in events if isinstance(e, LineCrossing)):
-        obj = true_object(scene, rows, e.frame_index, e.track_id)
+        obj = track_object(ident, e.frame_index, e.track_id, attribution)
         key = (obj, e.line, e.segment, e.direction)
         hit = next((i for i, t in open_.items() if (t.track_id, t.line, t.segment, t.direction) == key
                     and abs(t.frame_index - e.frame_index) <= MATCH_FRAMES), None)
         if hit is not None:
             matched += 1
             matched_seen += _seen(scene, open_.pop(hit))
-        elif any((t.track_id, t.line, t.segment, t.direction) == key for t in every):
+            counted.append(e)
+            continue
+        if any((t.track_id, t.line, t.segment, t.direction) == key for t in every):
             doubles += 1
         else:
             spurious += 1
-    return {"true_crossings": len(true), "matched": matched_seen, "double": doubles, "spurious": spurious,
-            "all_true_crossings": len(every), "all_matched": matched}
+        if explain is not None:
+            f = e.frame_index
+            sides = (track_object(ident, f, e.track_id, frames=range(max(0, f - ATTRIBUTION_FRAMES), f)),
+                     track_object(ident, f, e.track_id, frames=range(f, min(len(ident), f + ATTRIBUTION_FRAMES))))
+            wrong.append(explain_count(e, obj, every, counted, ident, sides))
+        counted.append(e)
+    result = {"true_crossings": len(true), "matched": matched_seen, "double": doubles, "spurious": spurious,
+              "all_true_crossings": len(every), "all_matched": matched}
+    if explain is not None:
+        missed = [explain_miss(t, ident, rows, events, explain["segments"][(t.line, t.segment)], explain["margin"],
+                               explain["lost_frames"], MATCH_FRAMES) for t in open_.values() if _seen(scene, t)]
+        result |= {f"miss_{k}": v for k, v in tally(missed, MISS_CLASSES).items()}
+        result |= {f"count_{k}": v for k, v in tally(wrong, COUNT_CLASSES).items()}
+    return result
 
 
 def _seen(scene: Scene, crossing: LineCrossing) -> bool:
@@ -134,9 +180,10 @@ def _visits(events: list, key) -> list[tuple]:
     return visits
 
 
-def score_zones(scene: Scene, truth: list, events: list, rows: list) -> dict:
+def score_zones(scene: Scene, truth: list, events: list, rows: list, attribution: str = "track") -> dict:
     true = _visits(truth, lambda e: e.track_id)
-    counted = _visits(events, lambda e: true_object(scene, rows, e.frame_index, e.track_id))
+    ident = identities(scene, rows)
+    counted = _visits(events, lambda e: track_object(ident, e.frame_index, e.track_id, attribution))
     errors = []
     for obj, zone, start, end, dwell in true:
         overlapping = [v[4] for v in counted if v[0] == obj and v[1] == zone and v[2] <= end and v[3] >= start]
@@ -160,20 +207,30 @@ def detector_ms(width: int, height: int, calls: int) -> float:
     return float(np.median(times) * 1000)
 
 
+@dataclass(frozen=True)
+class Options:
+    margin: float | None = None
+    """The zones' and lines' margin (None: agent.zones' default)."""
+    attribution: str = "track"
+    """How a count's object is found (`track_object`)."""
+    explain: bool = False
+    """Classify every miss and every count not right (analytics_explain)."""
+
+
 def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[int], intervals: list[int],
-          fps: float, detect_ms: float, margin: float | None = None) -> dict:
+          fps: float, detect_ms: float, options: Options = Options()) -> dict:
     rows = []
     for n in objects:
-        totals: dict[int, dict] = {k: {} for k in intervals}
+        totals: dict[int, Counter] = {k: Counter() for k in intervals}
         cost: dict[str, list[float]] = {"track_s": [], "analytics_s": []}
         for seed in (crowd_seeds if n >= 100 else seeds):
             scene = make_scene(SceneSpec(objects=n, frames=frames, seed=seed))
             truth = true_events(scene, fps)
             for k in intervals:
-                events, tracked, timing = replay(scene, k, fps, margin)
-                for part in (score_lines(scene, truth, events, tracked), score_zones(scene, truth, events, tracked)):
-                    for name, value in part.items():
-                        totals[k][name] = totals[k].get(name, 0) + value
+                events, tracked, timing = replay(scene, k, fps, options.margin)
+                totals[k].update(score_lines(scene, truth, events, tracked, options.attribution,
+                                             _explain_context(scene, options)))
+                totals[k].update(score_zones(scene, truth, events, tracked, options.attribution))
                 if k == 1:
                     for name in cost:
                         cost[name] += timing[name]
@@ -183,15 +240,30 @@ def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[i
     return {"rows": rows}
 
 
-def _accuracy_row(objects: int, interval: int, t: dict) -> dict:
+def _explain_context(scene: Scene, options: Options) -> dict | None:
+    """What analytics_explain needs: each segment's ends in pixels, the margin, the evaluator's memory."""
+    if not options.explain:
+        return None
+    layout = StreamAnalytics.model_validate(analytics_layout(margin=options.margin))
+    _, lines = layout.geometry(scene.spec.width, scene.spec.height)
+    segments = {(ln.name, i): (ln.points[i], ln.points[i + 1]) for ln in lines for i in range(ln.segments)}
+    return {"segments": segments, "margin": DEFAULT_MARGIN if options.margin is None else options.margin,
+            "lost_frames": LOST_FRAMES}
+
+
+def _accuracy_row(objects: int, interval: int, t: Counter) -> dict:
     crossings = max(t["true_crossings"], 1)
-    return {"objects": objects, "interval": interval, "true_crossings": t["true_crossings"],
-            "line_accuracy": round(t["matched"] / crossings, 4), "double_counts": round(t["double"] / crossings, 4),
-            "spurious": round(t["spurious"] / crossings, 4), "all_true_crossings": t["all_true_crossings"],
-            "all_accuracy": round(t["all_matched"] / max(t["all_true_crossings"], 1), 4),
-            "true_visits": t["true_visits"],
-            "dwell_matched": round(t["dwell_matched_n"] / max(t["true_visits"], 1), 4),
-            "dwell_abs_error_s": round(t["dwell_error_sum_s"] / max(t["dwell_matched_n"], 1), 3)}
+    row = {"objects": objects, "interval": interval, "true_crossings": t["true_crossings"],
+           "line_accuracy": round(t["matched"] / crossings, 4), "double_counts": round(t["double"] / crossings, 4),
+           "spurious": round(t["spurious"] / crossings, 4), "all_true_crossings": t["all_true_crossings"],
+           "all_accuracy": round(t["all_matched"] / max(t["all_true_crossings"], 1), 4),
+           "true_visits": t["true_visits"],
+           "dwell_matched": round(t["dwell_matched_n"] / max(t["true_visits"], 1), 4),
+           "dwell_abs_error_s": round(t["dwell_error_sum_s"] / max(t["dwell_matched_n"], 1), 3)}
+    if any(name.startswith("miss_") for name in t):
+        row["missed"] = {name: t[f"miss_{name}"] for name in MISS_CLASSES}
+        row["not_right"] = {name: t[f"count_{name}"] for name in COUNT_CLASSES}
+    return row
 
 
 def _cost(cost: dict[str, list[float]], detect_ms: float) -> dict:
@@ -219,7 +291,21 @@ def markdown(report: dict) -> str:
             c = r["cost"]
             lines.append(f"| {r['objects']} | {c['analytics_us']:.0f} | {c['track_us']:.0f} | {c['detect_ms']:.1f} | "
                          f"{c['share_i1']:.2%} | {c['share_i3']:.2%} |")
-    return "\n".join(lines)
+    return "\n".join(lines + _explained(report))
+
+
+def _explained(report: dict) -> list[str]:
+    """The classes of misses and of counts not right (--explain), one row per (objects, interval)."""
+    rows = [r for r in report["rows"] if "missed" in r]
+    if not rows:
+        return []
+    lines = ["", "| objects | interval | " + " | ".join(f"miss: {n}" for n in MISS_CLASSES) + " | "
+             + " | ".join(f"count: {n}" for n in COUNT_CLASSES) + " |",
+             "|---:|---:|" + "---:|" * (len(MISS_CLASSES) + len(COUNT_CLASSES))]
+    for r in rows:
+        values = list(r["missed"].values()) + list(r["not_right"].values())
+        lines.append(f"| {r['objects']} | {r['interval']} | " + " | ".join(str(v) for v in values) + " |")
+    return lines
 
 
 def main() -> None:
@@ -232,14 +318,17 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0, help="the scenes' frame rate (capture times, dwell)")
     parser.add_argument("--detector-calls", type=int, default=10)
     parser.add_argument("--margin", type=float, help="the zones' and lines' margin (default: agent.zones')")
+    parser.add_argument("--attribution", choices=("track", "frame"), default="track",
+                        help="a count's object: its track's over nearby frames (default), or its box's on that frame")
+    parser.add_argument("--explain", action="store_true", help="classify every miss and every count not right")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
     spec = SceneSpec(objects=1)
     detect_ms = detector_ms(spec.width, spec.height, args.detector_calls) if args.detector_calls else 0.0
     report = bench(int_list(args.objects), args.frames, int_list(args.seeds), int_list(args.crowd_seeds),
-                   int_list(args.intervals), args.fps, detect_ms, args.margin)
-    report.update(layout=analytics_layout(margin=args.margin), match_frames=MATCH_FRAMES,
+                   int_list(args.intervals), args.fps, detect_ms, Options(args.margin, args.attribution, args.explain))
+    report.update(layout=analytics_layout(margin=args.margin), match_frames=MATCH_FRAMES, attribution=args.attribution,
                   machine=platform.processor() or platform.machine(), wall_s=round(time.perf_counter() - started, 1))
     print(markdown(report), file=sys.stderr)
     write_report(report, args.out)
