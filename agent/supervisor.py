@@ -1,6 +1,6 @@
 """The agent: the frame loop (agent.loop) and, around it, everything that is not a frame.
 
-Between ticks, on the loop thread, the supervisor applies the controller's commands, lets the
+Between ticks, on the loop thread, the supervisor applies the controller's commands (agent.commands), lets the
 engine manager swap in a deployed engine (agent.engines), and with an `Adaptation` (`edge-agent
 run --auto-plan`) runs the runtime controller once a second (agent.adapt). It reports: the link
 (agent.link: enrollment, Session with hello, heartbeats and the plan, PublishDetections of the
@@ -26,33 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.adaptive.controller import ControllerEvent, HealthReading
-from edgefleet.adaptive.errors import LadderError
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.adaptive.probe import HardwareProfile
 from edgefleet.models.base import Detector
 
+from . import commands as agent_commands
 from .adapt import Adapter, RungHistory
 from .bytetrack import ByteTrack, ByteTrackConfig
-from .desired import ApplyConfig, ConfigStatus, DesiredConfig, apply_document
-from .engines import (
-    ActiveEngines,
-    CancelDeployment,
-    DeploymentStatus,
-    DeployRequest,
-    EngineManager,
-    Swap,
-    slot_turn,
-)
+from .desired import ConfigStatus, DesiredConfig
+from .engines import ActiveEngines, DeploymentStatus, EngineManager, Swap, slot_turn
 from .errors import ConfigError, ControllerUnreachable, RestartRequested
 from .health import HealthMonitor, HealthSample
-from .link import AGENT_VERSION, Link
+from .link import Link
 from .loop import DetectorSlot, Feed, FeedContext, FrameLoop, Schedules
-from .messages import Command, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
+from .messages import Command, Hello, PlanOverride
 from .options import Adaptation, RunOptions
 from .outbox import Outbox
 from .overrides import describe_override, override_interval
 from .recorder import Recorder
-from .restart import restart
 from .sources import Source
 from .watchdog import Watchdog
 
@@ -248,7 +239,7 @@ class Agent:
     def _set_detect_interval(self, interval: int) -> None:
         self.loop.set_detect_interval(interval)
 
-    def _replan(self, reason: str) -> None:
+    def replan(self, reason: str) -> None:
         """Record the plan the loop runs now, with why; the link reports it with the next heartbeat."""
         plan = replace(self.plan, detect_interval=self.schedules.detect_interval, reason=reason)
         if self.adapter is not None:
@@ -284,7 +275,7 @@ class Agent:
         self.history.close(now)
         self.history.enter(self._rung_label(), now)
         self._apply_rung(adapter)
-        self._replan(f"runtime controller, step {event.direction} ({event.cause}): {event.reason}")
+        self.replan(f"runtime controller, step {event.direction} ({event.cause}): {event.reason}")
         return event
 
     def _reading(self) -> HealthReading:
@@ -293,43 +284,11 @@ class Agent:
                              fps=sample.fps, frames_dropped=sample.frames_dropped,
                              temperature_c=sample.temperature_c or None)
 
-    # ---- commands from the fleet ----
+    # ---- commands from the fleet (agent.commands) ----
 
     def apply_commands(self, now: float) -> None:
         """Apply what the controller sent since the last tick (on the loop thread)."""
-        while not self.commands.empty():
-            command = self.commands.get_nowait()
-            if isinstance(command, DeployRequest):
-                self.engines.deploy(command)
-            elif isinstance(command, CancelDeployment):
-                self.link.send_result(command.command_id, True,
-                                      detail=self.engines.cancel(command.rollout_id, command.reason))
-            elif isinstance(command, Rollback):
-                self.engines.rollback(command.command_id, command.reason)
-            elif isinstance(command, ApplyConfig):
-                self.apply_config(command)
-            else:
-                self._answer(command, now)
-
-    def _answer(self, command: Ping | SetPlan | Restart | Unsupported, now: float) -> None:
-        """The commands answered here at once: ping, a plan override (or why it was refused), restart
-        (agent.restart), and those this agent does not know."""
-        if isinstance(command, Ping):
-            self.link.send_result(command.command_id, True, detail="pong")
-        elif isinstance(command, SetPlan):
-            try:
-                self.apply_plan_override(command.override, now)
-            except LadderError as err:
-                logger.error("plan override %s refused: %s", command.command_id, err)
-                self.link.send_result(command.command_id, False, error=str(err))
-                return
-            self.link.send_result(command.command_id, True, detail=self.plan.reason)
-        elif isinstance(command, Restart):
-            restart(self, command)
-        else:
-            logger.info("command %s (%s) is not supported by this agent", command.command_id, command.action)
-            self.link.send_result(command.command_id, False,
-                                  error=f"this agent ({AGENT_VERSION}) does not carry out {command.action!r}")
+        agent_commands.apply_commands(self, now)
 
     def check_restart(self) -> None:
         """After `run`: raise RestartRequested when a restart command asked the agent to exit for systemd."""
@@ -346,31 +305,17 @@ class Agent:
         if self.adapter is None:
             interval = override_interval(self.planned_interval, override)
             self._set_detect_interval(interval)
-            self._replan(f"operator override: {describe_override(override)}")
+            self.replan(f"operator override: {describe_override(override)}")
             logger.info("plan override: detecting every %d frame(s)", interval)
             return
         self.adapter.override(override)  # a LadderError leaves everything as it was
         self.history.close(now)
         self.history.enter(self._rung_label(), now)
         self._apply_rung(self.adapter)
-        self._replan(f"operator override: {describe_override(override)}")
+        self.replan(f"operator override: {describe_override(override)}")
         logger.info("plan override: %s; %d rung(s) left to the controller, now %s",
                     "cleared" if override.clear else "applied", len(self.adapter.controller.ladder),
                     self.adapter.rung.label())
-
-    # ---- desired configuration (agent.desired) ----
-
-    def apply_config(self, command: ApplyConfig) -> ConfigStatus:
-        """The controller's document, on the loop thread (agent.desired.apply_document): its status goes up
-        (what the controller stores), then the command's answer like every command's (what a caller waits for)."""
-        status = apply_document(self, command)
-        applied = status.applied_version == command.version
-        if applied:
-            self._replan(f"desired config v{command.version} ({status.how})")
-        self.link.send_config(status)
-        self.link.send_result(command.command_id, applied, error="; ".join(status.errors) if not applied else "",
-                              detail=status.how if applied else "")
-        return status
 
     def make_loop(self, options: RunOptions, feeds: Sequence[Feed]) -> FrameLoop:
         """A frame loop on `options` with this agent's detector, schedules, recorder and `feeds` (not started)."""
@@ -420,7 +365,7 @@ class Agent:
                             backend=type(swap.detector).__module__.rsplit(".", 1)[-1],
                             input_width=width, input_height=height)
         self.engines.swapped(swap, now)
-        self._replan(swap.plan_reason)
+        self.replan(swap.plan_reason)
         logger.info("now detecting with %s (%s): %s", name, swap.artifact_sha256[:12] or "--model", swap.plan_reason)
         if self.adapter is not None:
             self._apply_rung(self.adapter)  # the rung's own input size, when it differs from the file's default
