@@ -56,7 +56,10 @@ async def _serve(args) -> int:
         stale_after_s=args.stale_after, offline_after_s=args.offline_after, tls=tls,
         mqtt=_bridge_config(args), metrics_listen=args.metrics_listen,
         rollout_options=rollout_options(args),
-        retention=RetentionPolicy(detections_days=args.retention_days, health_days=args.health_retention_days),
+        retention=RetentionPolicy(detections_days=args.retention_days, health_days=args.health_retention_days,
+                                  objects_days=args.objects_retention_days,
+                                  snapshots_days=args.snapshot_retention_days),
+        store_frames=args.store_frames,
     )
     for key in args.enroll_key or ():
         controller.store.create_enroll_key("cli", key)
@@ -286,9 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _frames_policy_arg(text: str):
+    """`--store-frames`' argparse type: a FramePolicy, or an error naming the flag and the value."""
+    from .object_rows import FramePolicy
+
+    try:
+        return FramePolicy.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     from .cli_rollouts import add_serve_arguments
     from .mqtt_bridge import add_bridge_arguments
+    from .object_rows import FramePolicy
     from .retention import RetentionPolicy, days_arg
 
     p = sub.add_parser("serve", help="run the fleet controller")
@@ -309,9 +323,20 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     add_bridge_arguments(p)
     p.add_argument("--metrics-listen", type=host_port_arg("--metrics-listen", allow_port_zero=True, as_text=True),
                    metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
+    p.add_argument("--store-frames", type=_frames_policy_arg, default=FramePolicy(), metavar="all|none|sample:N",
+                   help="which frames to keep as detection rows: all (default), none (objects, counts and snapshots "
+                   "only; frames are still acked and watched), or sample:N (frames whose index is a multiple of N)")
     p.add_argument("--retention-days", type=days_arg("--retention-days"), default=RetentionPolicy.detections_days,
                    metavar="DAYS", help="delete detections and events received more than DAYS ago, checked hourly "
                    f"(default {RetentionPolicy.detections_days}; 0 keeps them forever)")
+    p.add_argument("--objects-retention-days", type=days_arg("--objects-retention-days"),
+                   default=RetentionPolicy.objects_days, metavar="DAYS",
+                   help="delete objects last seen, and counts of minutes, more than DAYS ago "
+                   f"(default {RetentionPolicy.objects_days}; 0 keeps them forever)")
+    p.add_argument("--snapshot-retention-days", type=days_arg("--snapshot-retention-days"),
+                   default=RetentionPolicy.snapshots_days, metavar="DAYS",
+                   help="delete object snapshots taken more than DAYS ago, never later than their objects "
+                   f"(default {RetentionPolicy.snapshots_days}; 0: as long as the objects)")
     p.add_argument("--health-retention-days", type=days_arg("--health-retention-days"),
                    default=RetentionPolicy.health_days, metavar="DAYS",
                    help="keep device health history this long: every heartbeat for a day, minute averages for a "

@@ -1,4 +1,5 @@
-"""Retention: old detections and events go, device health history thins out with age.
+"""Retention: old detections and events go, objects, counts and snapshots after their own times, device
+health history thins out with age.
 
 Health history lives in three tiers of `health_samples` (see `FleetStore.rollup_health`):
 
@@ -9,7 +10,10 @@ Health history lives in three tiers of `health_samples` (see `FleetStore.rollup_
 Rows are means of the float fields and the max of `frames_dropped` and `outbox_depth`. A
 `health_days` shorter than a finer tier shortens that tier too. Detections (by when the
 controller received them) and events older than their retention are deleted in chunks, each its
-own transaction, so the store's single thread goes back to ingest between chunks.
+own transaction, so the store's single thread goes back to ingest between chunks. Objects (by when
+last seen) and count rows (by their minute) are kept `objects_days` (365: a year of counts to compare),
+object pictures `snapshots_days` (30: the JPEGs are most of the bytes), never longer than their objects;
+a stored JPEG goes once no picture refers to it.
 
 `RetentionSweeper` runs the whole sweep shortly after the controller starts and then every
 `every_s` seconds, through the controller's `AsyncStore`.
@@ -60,6 +64,10 @@ class RetentionPolicy:
     minute_health_days: float = 7
     events_days: float | None = None
     """None: the same as `detections_days`."""
+    objects_days: float = 365
+    """Objects and count rows; a row per object and per minute per (stream, zone or line, label, direction)."""
+    snapshots_days: float = 30
+    """Object pictures (JPEGs, the bulk of their bytes); never kept longer than `objects_days`."""
     chunk_rows: int = 10_000
     """Rows deleted per transaction: smaller chunks hold the store's thread for less time each."""
 
@@ -68,6 +76,8 @@ class RetentionPolicy:
         _check_days(self.health_days, "health_days", zero_means_forever=True)
         if self.events_days is not None:
             _check_days(self.events_days, "events_days", zero_means_forever=True)
+        _check_days(self.objects_days, "objects_days", zero_means_forever=True)
+        _check_days(self.snapshots_days, "snapshots_days", zero_means_forever=True)
         _check_days(self.raw_health_hours, "raw_health_hours", zero_means_forever=False)
         _check_days(self.minute_health_days, "minute_health_days", zero_means_forever=False)
         if isinstance(self.chunk_rows, bool) or not isinstance(self.chunk_rows, int) or self.chunk_rows < 1:
@@ -80,6 +90,15 @@ class RetentionPolicy:
     def events_cutoff(self, now: float) -> float | None:
         days = self.detections_days if self.events_days is None else self.events_days
         return now - days * DAY_S if days else None
+
+    def objects_cutoff(self, now: float) -> float | None:
+        """Objects last seen, and count minutes started, before this go; None: kept forever."""
+        return now - self.objects_days * DAY_S if self.objects_days else None
+
+    def snapshots_cutoff(self, now: float) -> float | None:
+        """Object pictures taken before this go: the shorter of their own retention and their objects'."""
+        cutoffs = [now - days * DAY_S for days in (self.snapshots_days, self.objects_days) if days]
+        return max(cutoffs) if cutoffs else None
 
     def health_keep_s(self) -> tuple[float, float, float | None]:
         """(raw, minute, hour) tier ages in seconds, nested: no tier outlives a coarser one."""
@@ -110,6 +129,10 @@ class SweepReport:
 
     detections: int = 0
     events: int = 0
+    objects: int = 0
+    counts: int = 0
+    snapshots: int = 0
+    """Object pictures and the JPEGs no picture refers to any more."""
     health_rolled: int = 0
     health_written: int = 0
     health_expired: int = 0
@@ -176,6 +199,7 @@ class RetentionSweeper:
         cutoff = policy.events_cutoff(now)
         if cutoff is not None and not self._stop.is_set():
             report.events = await self._delete_in_chunks(self.db.delete_events_before, cutoff, report)
+        await self._sweep_objects(now, report)
         raw_keep_s, minute_keep_s, keep_s = policy.health_keep_s()
         for device_id in await self.db.last_seen_by_device():
             if self._stop.is_set():
@@ -190,16 +214,29 @@ class RetentionSweeper:
         report.seconds = time.monotonic() - started
         self.sweeps += 1
         self.last = report
-        removed = report.detections or report.events or report.health_rolled or report.health_expired
+        removed = (report.detections or report.events or report.objects or report.counts or report.snapshots
+                   or report.health_rolled or report.health_expired)
         logger.log(
             logging.INFO if removed else logging.DEBUG,
-            "retention sweep%s: removed %d detections and %d events; health: %d samples rolled into %d rows,"
-            " %d expired (%.2f s, %d chunks, longest %.0f ms)",
-            "" if report.complete else " (cut short by stop)", report.detections, report.events,
+            "retention sweep%s: removed %d detections, %d events, %d objects, %d count rows, %d snapshot rows;"
+            " health: %d samples rolled into %d rows, %d expired (%.2f s, %d chunks, longest %.0f ms)",
+            "" if report.complete else " (cut short by stop)", report.detections, report.events, report.objects,
+            report.counts, report.snapshots,
             report.health_rolled, report.health_written, report.health_expired, report.seconds,
             report.chunks, report.longest_chunk_s * 1000,
         )
         return report
+
+    async def _sweep_objects(self, now: float, report: SweepReport) -> None:
+        """Objects and counts past `objects_days`, pictures past `snapshots_days` (and the JPEGs they left)."""
+        cutoff = self.policy.objects_cutoff(now)
+        if cutoff is not None and not self._stop.is_set():
+            report.objects = await self._delete_in_chunks(self.db.delete_objects_before, cutoff, report)
+        if cutoff is not None and not self._stop.is_set():
+            report.counts = await self._delete_in_chunks(self.db.delete_counts_before, cutoff, report)
+        cutoff = self.policy.snapshots_cutoff(now)
+        if cutoff is not None and not self._stop.is_set():
+            report.snapshots = await self._delete_in_chunks(self.db.delete_snapshots_before, cutoff, report)
 
     async def _delete_in_chunks(self, delete: Callable[[float, int], Awaitable[int]], cutoff: float,
                                 report: SweepReport) -> int:

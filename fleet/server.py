@@ -26,6 +26,7 @@ from .gateway import AgentGatewayServicer
 from .hub import Hub
 from .interceptors import FleetInterceptor
 from .metrics import ControllerMetrics
+from .object_rows import ALL_FRAMES, FramePolicy
 from .pg.base import is_postgres_url
 from .pg.peers import PgPeers
 from .presence import Presence, PresenceMonitor
@@ -74,6 +75,7 @@ class Controller:
         metrics_listen: str | None = None,
         retention: RetentionPolicy | None = None,
         retention_every_s: float = 3600.0,
+        store_frames: FramePolicy = ALL_FRAMES,
     ):
         self.db_path = db_path
         self.listen = listen
@@ -81,6 +83,7 @@ class Controller:
         self.presence = Presence.for_heartbeat(heartbeat_interval_s, stale_after_s, offline_after_s)
         self.tls = tls
         self.store = open_store(str(db_path), autocheckpoint=False)
+        self.store.frames_policy = store_frames  # which frames become rows (objects and counts always do)
         self.checkpointer = WalCheckpointer(db_path) if isinstance(self.store, FleetStore) else None
         self.db = AsyncStore(self.store)
         self.metrics = ControllerMetrics(self._device_statuses)

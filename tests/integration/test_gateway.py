@@ -186,3 +186,45 @@ def test_publish_refuses_an_object_of_another_device_and_a_bad_time(channel):
         list(stub.PublishDetections(iter([mixed_batch(1, last_seen_s=2**40)]), metadata=auth(device.device_token),
                                     timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "object.first_seen" in err.value.details()
+
+
+def test_with_store_frames_none_frames_are_acked_and_watched_but_not_stored(tmp_path):
+    import threading
+
+    from edgefleet.fleet.object_queries import ObjectQuery
+    from edgefleet.fleet.object_rows import FramePolicy
+    from edgefleet.v1 import fleet_pb2_grpc
+
+    from ..conftest import ControllerThread, wait_for
+
+    ctl = ControllerThread(tmp_path / "fleet.db", store_frames=FramePolicy.parse("none"))
+    try:
+        with grpc.insecure_channel(ctl.address) as channel:
+            device = enroll(channel)
+            control = fleet_pb2_grpc.FleetControlStub(channel)
+            watch = control.WatchDetections(fleet_pb2.WatchDetectionsRequest(), metadata=auth(ctl.operator_token),
+                                            timeout=10)
+            received: list = []
+            reader = threading.Thread(target=lambda: received.extend(r for _, r in zip(range(1), watch)))
+            reader.start()
+            stub = agent_pb2_grpc.AgentGatewayStub(channel)
+            sequence = 0
+
+            def publish() -> bool:
+                nonlocal sequence
+                list(stub.PublishDetections(iter([mixed_batch(sequence + 1)]), metadata=auth(device.device_token),
+                                            timeout=5))
+                sequence += 4
+                return bool(received)
+
+            wait_for(publish, timeout=5, what="a watched frame")
+            reader.join(5)
+            watch.cancel()
+            assert received[0].frame.device_id == device.device_id
+            stored = control.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device.device_id),
+                                            metadata=auth(ctl.operator_token), timeout=5)
+            assert list(stored.frames) == [] and stored.total == 0
+        assert ctl.run(ctl.controller.db.get_device(device.device_id)).acked_sequence == sequence
+        assert [o.object_id for o in ctl.run(ctl.controller.db.list_objects(ObjectQuery()))] == ["cam0-7"]
+    finally:
+        ctl.stop()

@@ -68,6 +68,56 @@ def test_serve_refuses_a_bad_retention_naming_the_flag(tmp_path):
     assert "--health-retention-days must be a number of days >= 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_controller_sweeps_objects_counts_and_snapshots_each_after_its_own_days(tmp_path):
+    from edgefleet.common.records import CountRecord, CountRow, ObjectEventRecord, SnapshotRecord, TrackedObject
+    from edgefleet.fleet.object_queries import CountQuery, ObjectQuery
+
+    db = tmp_path / "fleet.db"
+    store = FleetStore(db)
+    device, _ = store.enroll(store.create_enroll_key("t"), "hw-1", "cam", "v", {}, {})
+    now = time.time()
+    minute = int(now // 60) * 60
+
+    def obj(object_id: str, days_ago: float) -> TrackedObject:
+        seen = now - days_ago * DAY
+        return TrackedObject(object_id, "cam0", 1, "person", 0, seen, seen, 0.9, (0.0, 0.0, 1.0, 1.0))
+
+    store.store_frames(device.device_id, [
+        FrameRecord("cam0", 1, 0, now - 50 * DAY),
+        ObjectEventRecord("end", obj("old", 400), 2), ObjectEventRecord("end", obj("month", 40), 3),
+        ObjectEventRecord("new", obj("new", 0), 4),
+        CountRecord([CountRow("cam0", minute - 400 * DAY, "line", "door", "person", "in", 5),
+                     CountRow("cam0", minute - 40 * DAY, "line", "door", "person", "in", 7)], 5),
+        SnapshotRecord("cam0", "month", "crop", "person", now - 40 * DAY, b"\xff\xd8month", 0.9, 6),
+        SnapshotRecord("cam0", "new", "crop", "person", now, b"\xff\xd8new", 0.9, 7),
+    ])
+    store.close()
+
+    policy = RetentionPolicy(detections_days=30, objects_days=365, snapshots_days=30, chunk_rows=1)
+    ctl = ControllerThread(db, retention=policy, retention_every_s=0.2)
+    try:
+        sweeper = ctl.controller.retention
+        wait_for(lambda: sweeper.sweeps >= 1, timeout=10, what="a retention sweep")
+        db_ = ctl.controller.db
+        assert [o.object_id for o in ctl.run(db_.list_objects(ObjectQuery()))] == ["new", "month"]
+        assert [r.count for r in ctl.run(db_.count_objects(CountQuery()))] == [7]
+        assert ctl.run(db_.get_snapshot("new")).jpeg == b"\xff\xd8new"
+        with pytest.raises(Exception, match="no 'crop' snapshot"):
+            ctl.run(db_.get_snapshot("month"))
+    finally:
+        ctl.stop()
+
+
+def test_serve_takes_the_frames_and_objects_flags_and_refuses_bad_ones(tmp_path):
+    for flag, value, says in [("--store-frames", "sample:0", "expected all, none or sample:N"),
+                              ("--store-frames", "most", "'most'"),
+                              ("--objects-retention-days", "x", "--objects-retention-days must be a number of days"),
+                              ("--snapshot-retention-days", "-1", "--snapshot-retention-days must be a number")]:
+        proc = run_cli("edgefleet.fleet.cli", "serve", "--db", str(tmp_path / "fleet.db"), flag, value)
+        assert proc.returncode == 2, (flag, value)
+        assert says in proc.stderr and flag in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_deleting_a_million_old_detections_never_holds_the_store_long(tmp_path):
     """Prints the numbers the retention issue asked for: total time, chunks, longest chunk, and the

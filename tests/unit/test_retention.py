@@ -27,6 +27,8 @@ MINUTE, HOUR, DAY = 60, 3600, 86_400
     ({"minute_health_days": -7}, "minute_health_days"),
     ({"chunk_rows": 0}, "chunk_rows must be an integer >= 1"),
     ({"chunk_rows": 10.5}, "chunk_rows"),
+    ({"objects_days": -1}, "objects_days must be a number >= 0"),
+    ({"snapshots_days": math.nan}, "snapshots_days"),
 ])
 def test_a_bad_policy_is_a_config_error_naming_the_setting(options, says):
     with pytest.raises(ConfigError, match=says):
@@ -53,6 +55,18 @@ def test_health_tiers_nest(options, keep):
 def test_cutoffs(options, detections, events):
     policy = RetentionPolicy(**options)
     assert (policy.detections_cutoff(T0), policy.events_cutoff(T0)) == (detections, events)
+
+
+@pytest.mark.parametrize(("options", "objects", "snapshots"), [
+    ({}, T0 - 365 * DAY, T0 - 30 * DAY),
+    ({"objects_days": 7}, T0 - 7 * DAY, T0 - 7 * DAY),  # no picture outlives its object
+    ({"snapshots_days": 0}, T0 - 365 * DAY, T0 - 365 * DAY),
+    ({"objects_days": 0, "snapshots_days": 0}, None, None),
+    ({"objects_days": 0}, None, T0 - 30 * DAY),
+])
+def test_objects_and_snapshots_cutoffs(options, objects, snapshots):
+    policy = RetentionPolicy(**options)
+    assert (policy.objects_cutoff(T0), policy.snapshots_cutoff(T0)) == (objects, snapshots)
 
 
 @pytest.mark.parametrize(("text", "days"), [("30", 30.0), ("0", 0.0), ("0.5", 0.5)])
