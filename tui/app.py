@@ -25,6 +25,7 @@ from .coalesce import Coalescer
 from .errors import ControllerError, Unimplemented
 from .feed import FleetFeed
 from .screens.base import LiveScreen
+from .screens.counts import CountsScreen
 from .screens.device import DeviceScreen
 from .screens.events import EventsScreen
 from .screens.fleet import FleetScreen
@@ -43,7 +44,7 @@ class FleetApp(App[None]):
     CSS_PATH = Path(__file__).with_name("fleet.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "edgefleet"
     MODES: ClassVar[dict[str, str | Callable[[], Screen]]] = {
-        "fleet": FleetScreen, "rollouts": RolloutsScreen, "events": EventsScreen,
+        "fleet": FleetScreen, "rollouts": RolloutsScreen, "events": EventsScreen, "counts": CountsScreen,
     }
     DEFAULT_MODE = "fleet"
     ENABLE_COMMAND_PALETTE = False
@@ -51,6 +52,7 @@ class FleetApp(App[None]):
         Binding("f", "show_fleet", "Fleet"),
         Binding("o", "switch_mode('rollouts')", "Rollouts"),
         Binding("e", "switch_mode('events')", "Events"),
+        Binding("t", "switch_mode('counts')", "Counts"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
     ]

@@ -64,7 +64,9 @@ def run_app(address: str, token: str, tls=None, log_file: Path | None = None, du
     `edgefleet demo` runs it too (as `python -m edgefleet.tui`), after it started the controller and the agents.
     """
     from .app import FleetApp
+    from .picture import detect_graphics
 
+    detect_graphics()  # asks the terminal, which it cannot once the app owns it
     app = FleetApp(address, token, tls, exit_after_s=duration_s or None)
     with log_off_the_terminal(log_file):
         app.run()

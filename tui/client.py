@@ -22,15 +22,29 @@ from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from .convert import (
     artifact_from_pb,
+    counts_from_pb,
     device_from_pb,
     fleet_event_from_pb,
     frame_from_pb,
+    picture_from_pb,
     plan_to_pb,
     rollout_from_pb,
     rollout_request_to_pb,
+    tracked_object_from_pb,
 )
 from .errors import ControllerError, Refused, Unavailable, Unimplemented
-from .views import ArtifactView, DeviceView, FleetItem, FrameView, Plan, RolloutRequest, RolloutView
+from .views import (
+    ArtifactView,
+    CountsView,
+    DeviceView,
+    FleetItem,
+    FrameView,
+    PictureView,
+    Plan,
+    RolloutRequest,
+    RolloutView,
+    TrackedObjectView,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +183,36 @@ class FleetClient:
     def watch_detections(self, device_id: str) -> Stream[FrameView]:
         call = self._stub.WatchDetections(fleet_pb2.WatchDetectionsRequest(device_id=device_id))
         return GrpcStream("WatchDetections", call, lambda reply: [frame_from_pb(reply.frame, reply.dropped)])
+
+    # ---- objects, counts, pictures ----
+
+    def get_frame(self, device_id: str, stream_id: str = "", max_width: int = 0, wait_s: float = 3.0) -> PictureView:
+        """The stream's latest annotated frame, asked of the device now (GetFrame)."""
+        request = fleet_pb2.GetFrameRequest(device_id=device_id, stream_id=stream_id, max_width=max_width,
+                                            timeout_ms=int(wait_s * 1000))
+        try:
+            reply = self._stub.GetFrame(request, timeout=wait_s + self.timeout)
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                    and (err.details() or "").startswith("device "):  # the device's side, not the controller's
+                raise ControllerError("GetFrame", err.code().name, err.details() or "") from err
+            raise controller_error("GetFrame", err, self.address, self.tls) from err
+        return picture_from_pb(reply)
+
+    def get_snapshot(self, object_id: str, device_id: str = "", kind: str = "crop") -> PictureView:
+        request = fleet_pb2.GetSnapshotRequest(object_id=object_id, device_id=device_id, kind=kind)
+        return picture_from_pb(self._unary("GetSnapshot", request))
+
+    def list_objects(self, device_id: str = "", limit: int = 20) -> list[TrackedObjectView]:
+        """The newest objects (of one device, or every device), newest first."""
+        reply = self._unary("ListObjects", fleet_pb2.ListObjectsRequest(device_id=device_id, limit=limit))
+        return [tracked_object_from_pb(o) for o in reply.objects]
+
+    def count_objects(self, since: float, device_id: str = "", group_by: tuple[str, ...] = ()) -> CountsView:
+        """Zone entries and line crossings since `since` (unix seconds), one bucket, grouped by `group_by`."""
+        request = fleet_pb2.CountObjectsRequest(device_id=device_id, group_by=list(group_by))
+        request.since.FromNanoseconds(int(since * 1e9))
+        return counts_from_pb(self._unary("CountObjects", request))
 
     # ---- artifacts and rollouts ----
 

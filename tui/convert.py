@@ -8,6 +8,8 @@ from edgefleet.v1 import fleet_pb2, types_pb2
 from .views import (
     SKIPPED,
     ArtifactView,
+    CountsView,
+    CountView,
     DeviceView,
     Dropped,
     EventEntry,
@@ -15,6 +17,7 @@ from .views import (
     FrameView,
     Health,
     ObjectView,
+    PictureView,
     Plan,
     PlanOverride,
     Removed,
@@ -22,6 +25,7 @@ from .views import (
     RolloutRequest,
     RolloutSpecView,
     RolloutView,
+    TrackedObjectView,
     WaveView,
 )
 
@@ -203,3 +207,22 @@ def frame_from_pb(pb: types_pb2.FrameDetections, dropped: int = 0) -> FrameView:
         objects=tuple(ObjectView(d.track_id, d.label, round(d.score, 3), d.predicted) for d in pb.detections),
         dropped=dropped,
     )
+
+
+# ---- objects, counts, pictures ----
+
+def picture_from_pb(pb: types_pb2.Snapshot) -> PictureView:
+    return PictureView(pb.device_id, pb.stream_id, pb.kind, pb.jpeg, seconds(pb.time), pb.object_id, pb.label,
+                       pb.score)
+
+
+def tracked_object_from_pb(pb: types_pb2.TrackedObject) -> TrackedObjectView:
+    return TrackedObjectView(
+        pb.object_id, pb.device_id, pb.stream_id, pb.track_id, pb.label, seconds(pb.first_seen),
+        seconds(pb.last_seen), pb.best_score, tuple(pb.zones), tuple((c.line, c.direction) for c in pb.crossings),
+        pb.ended, pb.has_snapshot)
+
+
+def counts_from_pb(pb: fleet_pb2.CountObjectsResponse) -> CountsView:
+    return CountsView(tuple(CountView(b.kind, b.name, b.label, b.direction, b.count, b.stream_id, b.group,
+                                      b.device_id) for b in pb.buckets), pb.total)

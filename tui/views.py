@@ -246,3 +246,57 @@ class Dropped:
 
 FleetItem = DeviceView | EventEntry | RolloutView | Removed | Dropped
 
+
+
+# ---- objects, counts, pictures ----
+
+@dataclass(frozen=True)
+class PictureView:
+    """A JPEG from the controller: a stream's latest frame ("live", GetFrame) or an object's "crop"/"frame"."""
+
+    device_id: str
+    stream_id: str
+    kind: str
+    jpeg: bytes
+    time: float | None = None
+    object_id: str = ""
+    label: str = ""
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrackedObjectView:
+    """One tracked object (ListObjects), as the device screen's objects list shows it."""
+
+    object_id: str
+    device_id: str
+    stream_id: str
+    track_id: int
+    label: str
+    first_seen: float | None
+    last_seen: float | None
+    best_score: float
+    zones: tuple[str, ...] = ()
+    crossings: tuple[tuple[str, str], ...] = ()  # (line, direction)
+    ended: bool = False
+    has_snapshot: bool = False
+
+
+@dataclass(frozen=True)
+class CountView:
+    """One CountObjects bucket; `stream_id`/`group` are set when the request grouped by them."""
+
+    kind: str
+    name: str
+    label: str
+    direction: str
+    count: int
+    stream_id: str = ""
+    group: str = ""
+    device_id: str = ""
+
+
+@dataclass(frozen=True)
+class CountsView:
+    buckets: tuple[CountView, ...]
+    total: int

@@ -9,7 +9,9 @@ from __future__ import annotations
 import queue
 import threading
 
+import cv2
 import grpc
+import numpy as np
 
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
@@ -17,6 +19,14 @@ PLAN = types_pb2.RuntimePlan(
     model="yolov3-tiny-coco", backend="onnxruntime", precision="fp32", input_width=416, input_height=416,
     detect_interval=2, latency_budget_ms=100, reason="cpu default",
 )
+
+
+def picture(stream: str) -> bytes:
+    """A stream's frame as the agent would draw it: a grey scene with a yellow counting line across."""
+    frame = np.full((120, 160, 3), 70, np.uint8)
+    cv2.line(frame, (0, 80), (159, 80), (0, 220, 255), 3)
+    cv2.putText(frame, stream, (5, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1)
+    return cv2.imencode(".jpg", frame)[1].tobytes()
 
 
 def auth(token: str):
@@ -41,6 +51,7 @@ class SimAgent:
         self.plan = plan
         self.streams = streams
         self.commands: queue.Queue = queue.Queue()
+        self.captures = 0
         self.sequence = 0
         self.beats = 0
         self._up: queue.Queue | None = None
@@ -58,7 +69,10 @@ class SimAgent:
             try:
                 for message in call:
                     if message.WhichOneof("body") == "command":
-                        self.commands.put(message.command)
+                        if message.command.WhichOneof("action") == "capture_frame":
+                            self.captures += 1  # the device screen asks every 2 s: not what tests wait for
+                        else:
+                            self.commands.put(message.command)
                         self._answer(message.command)
             except grpc.RpcError:
                 pass  # the controller went away or the test closed the session
@@ -68,10 +82,20 @@ class SimAgent:
         return self
 
     def _answer(self, command: agent_pb2.Command) -> None:
-        """Every command done at once, as a real agent answers (the controller waits for the answer)."""
-        if self._up is not None:
-            self._up.put(agent_pb2.AgentMessage(result=agent_pb2.CommandResult(
-                command_id=command.command_id, ok=True, detail="simulated")))
+        """Every command done at once, as a real agent answers (the controller waits for the answer);
+        CaptureFrame with a picture of the stream (`picture`), as the agent's latest annotated frame."""
+        if self._up is None:
+            return
+        result = agent_pb2.CommandResult(command_id=command.command_id, ok=True, detail="simulated")
+        if command.WhichOneof("action") == "capture_frame":
+            stream = command.capture_frame.stream_id or self.streams[0]
+            if stream not in self.streams:
+                error = f"no stream {stream!r}: this device has {', '.join(self.streams)}"
+                result = agent_pb2.CommandResult(command_id=command.command_id, ok=False, error=error)
+            else:
+                result.snapshot.CopyFrom(types_pb2.Snapshot(stream_id=stream, kind="live", jpeg=picture(stream)))
+                result.snapshot.time.GetCurrentTime()
+        self._up.put(agent_pb2.AgentMessage(result=result))
 
     def heartbeat(self, fps: float = 10.0, latency_ms: float = 50.0, temperature_c: float = 0.0,
                   detections_total: int = 0, outbox_depth: int = 0) -> None:

@@ -9,19 +9,26 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import cv2
+import numpy as np
+
 from edgefleet.tui.errors import Unimplemented
 from edgefleet.tui.views import (
     ArtifactView,
+    CountsView,
+    CountView,
     DeviceView,
     EventEntry,
     FrameView,
     Health,
     ObjectView,
+    PictureView,
     Plan,
     PlanOverride,
     RolloutDeviceView,
     RolloutSpecView,
     RolloutView,
+    TrackedObjectView,
     WaveView,
 )
 
@@ -91,6 +98,47 @@ FRAMES = [
         (ObjectView(17, "person", 0.93), ObjectView(22, "truck", 0.7)),
     ])
 ]
+
+
+
+def scene() -> np.ndarray:
+    """dock-cam1's latest frame, as its agent draws it: a floor, a zone, a counting line, a captioned box."""
+    frame = np.full((240, 320, 3), (60, 60, 60), np.uint8)  # BGR
+    frame[150:] = (90, 110, 90)
+    cv2.fillPoly(frame, [np.array([[20, 160], [140, 160], [140, 230], [20, 230]], np.int32)], (140, 90, 40))
+    cv2.line(frame, (0, 150), (319, 150), (0, 220, 255), 3)
+    cv2.rectangle(frame, (180, 70), (230, 200), (0, 200, 0), 2)
+    cv2.rectangle(frame, (180, 56), (262, 70), (0, 200, 0), -1)
+    return frame
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return data.tobytes()
+
+
+SCENE = scene()
+LIVE = PictureView("dock-cam1-3fa2c1", "cam0", "live", jpeg(SCENE), NOW - 1)
+CROP = PictureView("dock-cam1-3fa2c1", "cam0", "crop", jpeg(SCENE[70:200, 180:230]), NOW - 40, "1699999950000-a1b2c3",
+                   "person", 0.91)
+OBJECTS = [
+    TrackedObjectView("1699999990000-d4e5f6", "dock-cam1-3fa2c1", "cam0", 22, "truck", NOW - 10, NOW - 1, 0.7,
+                      ("dock",), (), False, False),
+    TrackedObjectView("1699999950000-a1b2c3", "dock-cam1-3fa2c1", "cam0", 17, "person", NOW - 50, NOW - 30, 0.93,
+                      ("dock",), (("door", "in"),), True, True),
+]
+DEVICE_COUNTS = CountsView((CountView("line", "door", "person", "in", 31, "cam0"),
+                            CountView("line", "door", "person", "out", 28, "cam0"),
+                            CountView("zone", "dock", "person", "enter", 40, "cam0"),
+                            CountView("zone", "dock", "truck", "enter", 6, "cam0")), 105)
+FLEET_COUNTS = CountsView((CountView("line", "door", "person", "in", 4, group=""),
+                           CountView("line", "door", "person", "in", 31, group="dock"),
+                           CountView("line", "door", "person", "out", 28, group="dock"),
+                           CountView("zone", "dock", "person", "enter", 40, group="dock"),
+                           CountView("line", "gate", "car", "in", 212, group="gate"),
+                           CountView("line", "gate", "car", "out", 198, group="gate")), 513)
+
 
 def _members(wave: int, states: list[tuple[str, str, str]]) -> tuple[RolloutDeviceView, ...]:
     return tuple(RolloutDeviceView(device_id, wave, state, reason) for device_id, state, reason in states)
@@ -168,6 +216,24 @@ class FixedClient:
         if self.rollouts is None:
             raise Unimplemented("ListArtifacts", "UNIMPLEMENTED", "Method not implemented!")
         return list(ARTIFACTS)
+
+    def get_frame(self, device_id: str, stream_id: str = "", max_width: int = 0, wait_s: float = 3.0) -> PictureView:
+        if device_id != LIVE.device_id:
+            from edgefleet.tui.errors import ControllerError
+
+            raise ControllerError("GetFrame", "UNAVAILABLE", f"device {device_id} is not connected")
+        return LIVE
+
+    def get_snapshot(self, object_id: str, device_id: str = "", kind: str = "crop") -> PictureView:
+        return CROP
+
+    def list_objects(self, device_id: str = "", limit: int = 20) -> list[TrackedObjectView]:
+        return [o for o in OBJECTS if o.device_id == device_id or not device_id][:limit]
+
+    def count_objects(self, since: float, device_id: str = "", group_by: tuple[str, ...] = ()) -> CountsView:
+        if device_id:
+            return DEVICE_COUNTS if device_id == LIVE.device_id else CountsView((), 0)
+        return FLEET_COUNTS
 
     def _unimplemented(self, *args, **kwargs):
         raise Unimplemented("SendCommand", "UNIMPLEMENTED", "Method not implemented!")

@@ -10,6 +10,8 @@ import time
 import pytest
 
 from edgefleet.tui.app import FleetApp
+from edgefleet.tui.picture import UPPER_HALF
+from edgefleet.tui.widgets.picture import Picture
 
 from .fixed import EVENTS, FRAMES, HISTORY, NOW, ROLLOUTS, FixedClient
 
@@ -67,23 +69,60 @@ def test_fleet_screen_filtered_and_sorted_by_fps(snap_compare):
     assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=run_before)
 
 
+async def open_dock_cam1(pilot) -> None:
+    """The first row (dock-cam1), its frames and a round of its live pictures, counts and objects drawn."""
+    await settle(pilot, lambda app: app.state.applied_items >= FED)
+    await pilot.press("enter")
+    await settle(pilot, lambda app: getattr(app.screen, "frames_seen", 0) == len(FRAMES))
+    screen = pilot.app.screen
+    await settle(pilot, lambda app: screen.live is not None and screen.live._results.rounds > 0)
+    screen.drain_detections()
+    screen.drain_live()
+    await pilot.pause()
+
+
 def test_device_screen(snap_compare):
     async def run_before(pilot):
+        await open_dock_cam1(pilot)
+
+    assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_device_screen_shows_the_streams_frame_and_the_selected_objects_crop(snap_compare):
+    """The frame in half blocks (the counting line's yellow across it), today's counts, the objects, and
+    the person's crop once it is selected."""
+    async def run_before(pilot):
+        await open_dock_cam1(pilot)
+        screen = pilot.app.screen
+        screen.query_one("#objects").focus()
+        await pilot.press("down")  # the person, whose crop the controller has
+        await settle(pilot, lambda app: screen.query_one("#crop", Picture).rgb is not None)
+        frame = screen.query_one("#frame-0", Picture)
+        rows = frame.text.splitlines()
+        assert rows and all(row and set(row) == {UPPER_HALF} for row in rows), frame.text[:200]
+        assert frame.border_title.startswith("cam0 22:13:19")
+        assert {"cam0 line door  in 31 · out 28", "cam0 zone dock  enter 46"} <= set(
+            _cells(screen.query_one("#device-counts")))
+
+    assert snap_compare(fixed_app(), terminal_size=(110, 40), run_before=run_before)
+
+
+def _cells(widget) -> list[str]:
+    return [line.strip() for line in str(widget.content).splitlines()]
+
+
+def test_counts_screen(snap_compare):
+    async def run_before(pilot):
         await settle(pilot, lambda app: app.state.applied_items >= FED)
-        await pilot.press("enter")  # the first row: dock-cam1
-        await settle(pilot, lambda app: getattr(app.screen, "frames_seen", 0) == len(FRAMES))
-        app = pilot.app
-        app.screen.drain_detections()
-        await pilot.pause()
+        await pilot.press("t")
+        await settle(pilot, lambda app: app.screen.counts is not None)
 
     assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=run_before)
 
 
 def test_pin_confirmation(snap_compare):
     async def run_before(pilot):
-        await settle(pilot, lambda app: app.state.applied_items >= FED)
-        await pilot.press("enter")
-        await settle(pilot, lambda app: getattr(app.screen, "frames_seen", 0) == len(FRAMES))
+        await open_dock_cam1(pilot)
         await pilot.press("p")
         await pilot.pause()
 

@@ -1,5 +1,6 @@
-"""One device: live health sparklines, its plan and engine history, recent tracks and labels, and
-operator actions (pin, clear, restart, roll back)."""
+"""One device: live health sparklines, its plan and engine history, each stream's latest annotated
+frame, today's zone and line counts, its objects (the selected one's crop), recent tracks and labels,
+and operator actions (pin, clear, restart, roll back)."""
 from __future__ import annotations
 
 import collections
@@ -24,9 +25,11 @@ from ..format import (
     plan_text,
     status_style,
 )
+from ..live import LivePoller
 from ..state import Changes
 from ..views import DeviceView, EngineChange, FrameView, ObjectView
 from ..widgets.bars import ConnectionBanner
+from ..widgets.live_panel import LivePanel
 from .base import LiveScreen
 from .modals import ConfirmScreen, if_confirmed
 
@@ -61,6 +64,7 @@ class DeviceScreen(LiveScreen):
         self.tracks: dict[tuple[str, int], tuple[ObjectView, FrameView]] = {}
         self.frames_seen = 0
         self.feed: DetectionFeed | None = None
+        self.live: LivePoller | None = None
 
     def compose(self) -> ComposeResult:
         yield ConnectionBanner()
@@ -72,7 +76,7 @@ class DeviceScreen(LiveScreen):
                 yield Static(label, id=f"{key}-value", classes="spark-label")
                 yield Sparkline([], id=f"{key}-spark")
         yield Static(id="device-labels")
-        yield DataTable(id="tracks", cursor_type="none", zebra_stripes=True)
+        yield LivePanel(self.device_id, id="device-live")
         with Horizontal(id="actions"):
             yield Button("Pin plan (p)", id="pin", compact=True)
             yield Button("Clear pin (c)", id="unpin", compact=True)
@@ -86,7 +90,10 @@ class DeviceScreen(LiveScreen):
             tracks.add_column(label, width=width, key=label.lower())
         self.feed = DetectionFeed(self.fleet.client, self.device_id)
         self.feed.start()
+        self.live = LivePoller(self.fleet.client, self.device_id, self._streams, clock=self.fleet.clock)
+        self.live.start()
         self.set_interval(1 / self.fleet.apply_hz, self.drain_detections)
+        self.set_interval(1 / self.fleet.apply_hz, self.drain_live)
         self.show_rollback()
         self.fleet.probe_rollouts()
         self.ready()
@@ -94,6 +101,20 @@ class DeviceScreen(LiveScreen):
     def on_unmount(self) -> None:
         if self.feed is not None:
             self.feed.stop(timeout=0.5)
+        if self.live is not None:
+            self.live.stop(timeout=0.5)
+
+    def _streams(self) -> tuple[str, ...]:
+        device = self.device
+        return device.streams if device is not None else ()
+
+    def drain_live(self) -> None:
+        """Draw the poller's newest round (frames, counts, objects), if one finished since the last."""
+        if self.live is None or not self.app.is_running:
+            return
+        results = self.live.take()
+        if results is not None:
+            self.query_one(LivePanel).apply(results)
 
     @property
     def device(self) -> DeviceView | None:
