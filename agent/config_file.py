@@ -3,9 +3,10 @@
 Every flag of the subcommand is a key, spelled without its leading dashes, with dashes or
 underscores (`detect-interval: 2`, `detect_interval: 2`); `sources:` lists the streams, each a
 plain string or `{uri: …, stream_id: …}`; `analytics:` (no flag) gives each stream's zones
-and lines (agent.zones). This module reads the file's structure (keys, lists,
-where each key is); the values' types and bounds are AgentConfig's (agent.config), checked with
-the command line's values, so that a mistake in either is said the same way.
+and lines (agent.zones), `snapshots:` (no flag) the objects' snapshot settings
+(agent.snapshots). This module reads the file's structure (keys, lists, where each key is); the
+values' types and bounds are AgentConfig's (agent.config), checked with the command line's values,
+so that a mistake in either is said the same way.
 
 A mistake names the file, the line and the key, and exits with 2 like a bad flag: a file that
 is not YAML, a key that is no flag (with the nearest flag offered), a value of the wrong shape,
@@ -192,7 +193,8 @@ class _Reader:
 
     def _structured(self, key: str, value: Any) -> dict:
         if not isinstance(value, dict):
-            raise self.fail(key, f"must be a mapping of stream ids to settings, got {kind_of(value)}")
+            what = "settings" if normal(key) == "snapshots" else "stream ids to settings"
+            raise self.fail(key, f"must be a mapping of {what}, got {kind_of(value)}")
         return value
 
     def _scalar(self, key: str, value: Any) -> Any:

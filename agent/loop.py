@@ -7,7 +7,8 @@ each stream's tracker its detections, or nothing so that it predicts. Each local
 rows then go to its zones and lines (agent.analytics) and its objects (agent.objects), whose events
 join the frames' records. The records go to the `Recorder` (agent.recorder), which hands them to
 the outbox writer's thread in groups; each group also gets one `CountRecord` with the minute counts
-since the previous group, so counts are as durable as frames. With
+since the previous group, so counts are as durable as frames. An ended object's snapshots are
+encoded on their own thread (agent.snapshots); the loop takes them into the outbox each tick. With
 file sources, the next tick's frames are letterboxed on a prepare thread while the current
 inference runs (`FrameLoop._look_ahead`).
 
@@ -43,6 +44,7 @@ from .objects import StreamObjects
 from .options import RunOptions
 from .outbox import OutboxRecord
 from .recorder import Recorder
+from .snapshots import Snapshots
 from .sources import Frame, Source
 
 GATHER_WAIT_S = 0.05
@@ -171,7 +173,12 @@ class FrameLoop:
         self._ahead: Ahead | None = None
         self.analytics = Analytics(options.analytics)
         """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
-        self.objects = {s.stream_id: StreamObjects(s.stream_id, options.objects) for s in self.streams}
+        evaluators = self.analytics.evaluators
+        self.snapshots = (Snapshots(options.snapshots, {sid: e.setting for sid, e in evaluators.items()})
+                          if options.snapshots.enabled else None)
+        """The ended objects' snapshots (agent.snapshots), encoded on their own thread."""
+        self.objects = {s.stream_id: StreamObjects(s.stream_id, options.objects, snapshots=self.snapshots)
+                        for s in self.streams}
         """Each local stream's tracked objects (agent.objects), after its zones and lines."""
         self.latest: dict[str, LatestFrame] = {}
         """Each local stream's latest frame and its tracked boxes (agent.latest), replaced every tick, for
@@ -181,6 +188,8 @@ class FrameLoop:
         """Start the sources (a SourceError before anything else starts) and, for files, the prepare thread."""
         for stream in self.streams:
             stream.start()
+        if self.snapshots is not None:
+            self.snapshots.start()
         if not any(stream.source.live for stream in self.streams):
             self._preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")  # see _look_ahead
 
@@ -189,6 +198,8 @@ class FrameLoop:
             stream.source.stop()
         if self._preparer is not None:
             self._preparer.shutdown()
+        if self.snapshots is not None:
+            self.snapshots.close()
 
     def running(self) -> bool:
         """Until stopped; with feeds, until then only; else until every stream ended."""
@@ -203,17 +214,22 @@ class FrameLoop:
             self.recorder.add(self._process(ready, ahead))
         for feed in self.feeds:
             self.recorder.add(feed.take_records())
+        if self.snapshots is not None:
+            self.recorder.add(self.snapshots.take())
         if self.recorder.due():
             self.recorder.add(self._counts())
             self.recorder.commit_if_due()
 
     def finish(self) -> None:
-        """After the last tick: the feeds' last records, every live object ended, the counts, and
-        everything committed."""
+        """After the last tick: the feeds' last records, every live object ended (and its snapshots
+        encoded), the counts, and everything committed."""
         for feed in self.feeds:
             self.recorder.add(feed.take_records())
         for objects in self.objects.values():
             self.recorder.add(objects.end_all())
+        if self.snapshots is not None:
+            self.snapshots.drain()
+            self.recorder.add(self.snapshots.take())
         self.recorder.add(self._counts())
         self.recorder.commit()
         self.recorder.flush()

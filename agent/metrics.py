@@ -4,7 +4,8 @@ Every value comes from the health sample the link already sends with each heartb
 (`Agent.health_sample()`, safe to call off the loop thread: the link and MQTT threads do)
 and from `Agent.plan`, which the loop replaces, never mutates. The families are built by a
 prometheus_client collector on each scrape; the endpoint is `edgefleet.common.metrics`'s.
-The zone and line families are read from agent.analytics' running totals (`TOTALS`).
+The zone and line families are read from agent.analytics' running totals (`TOTALS`), the object
+and snapshot families from agent.objects' (`OBJECT_TOTALS`).
 """
 from __future__ import annotations
 
@@ -16,15 +17,18 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from edgefleet.common.metrics import MetricsServer, ScrapeCollector, render
 
 from .analytics import TOTALS, Totals
+from .objects import OBJECT_TOTALS, ObjectTotals
 
 
 class AgentMetrics:
     """Gauges built from `health()` and `plan()` on each scrape, in a registry of their own."""
 
-    def __init__(self, health: Callable[[], dict], plan: Callable[[], dict], totals: Totals = TOTALS):
+    def __init__(self, health: Callable[[], dict], plan: Callable[[], dict], totals: Totals = TOTALS,
+                 objects: ObjectTotals = OBJECT_TOTALS):
         self._health = health
         self._plan = plan
         self._totals = totals
+        self._objects = objects
         self.registry = CollectorRegistry()
         self.registry.register(ScrapeCollector(self._families))
 
@@ -53,6 +57,7 @@ class AgentMetrics:
                               value=sample.get("outbox_depth", 0)),
             plan_info,
             *self._zone_families(),
+            *self._object_families(),
         ]
 
     def _zone_families(self) -> list[Metric]:
@@ -71,6 +76,25 @@ class AgentMetrics:
         for key, count in sorted(occupancy.items()):
             inside.add_metric(list(key), count)
         return [crossed, entered, inside]
+
+    def _object_families(self) -> list[Metric]:
+        """Object events and snapshots since start (agent.objects, agent.snapshots)."""
+        events, snapshots = self._objects.snapshot()
+        sent = CounterMetricFamily("edgefleet_agent_object_events", "Object events (new, update, end) since start.",
+                                   labels=["stream", "type"])
+        for key, count in sorted(events.items()):
+            sent.add_metric(list(key), count)
+        made = CounterMetricFamily("edgefleet_agent_snapshots", "Objects given snapshots (a crop and a frame).",
+                                   labels=["stream"])
+        dropped = CounterMetricFamily("edgefleet_agent_snapshots_dropped",
+                                      "Ended objects left without snapshots: the rate cap, a full queue, an error.",
+                                      labels=["stream", "reason"])
+        for (stream, outcome), count in sorted(snapshots.items()):
+            if outcome == "made":
+                made.add_metric([stream], count)
+            else:
+                dropped.add_metric([stream, outcome.removeprefix("dropped_")], count)
+        return [sent, made, dropped]
 
     def render(self) -> str:
         return render(self.registry)

@@ -13,6 +13,7 @@ from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD, Detector
 from .config import AgentConfig
 from .errors import ConfigError
 from .objects import ObjectSettings
+from .snapshots import SnapshotSettings
 from .zones import StreamAnalytics
 
 CONTROL_EVERY_S = 1.0
@@ -73,6 +74,8 @@ class RunOptions:
     """Per local stream id: its zones and lines (agent.yaml `analytics:`, agent.zones), evaluated by the loop."""
     objects: ObjectSettings = field(default_factory=ObjectSettings)
     """When a track is an object and when its events go out (agent.objects)."""
+    snapshots: SnapshotSettings = field(default_factory=SnapshotSettings)
+    """The ended objects' snapshots (agent.yaml `snapshots:`, agent.snapshots)."""
 
     def __post_init__(self) -> None:
         if not self.stream_ids:
@@ -97,7 +100,7 @@ class RunOptions:
             commit_interval_s=config.commit_interval_s, credentials=credentials,
             gate_sample_every=config.gate_sample_every, engine_confirm_s=config.engine_confirm_s,
             download_mbps=config.download_mbps, fallback_model=config.model, serving=config.serving,
-            restart_mode=config.restart_mode, analytics=dict(config.analytics),
+            restart_mode=config.restart_mode, analytics=dict(config.analytics), snapshots=config.snapshots,
         )
 
 
