@@ -52,6 +52,7 @@ class SimAgent:
         self.streams = streams
         self.commands: queue.Queue = queue.Queue()
         self.captures = 0
+        self.answer_captures = True  # False: a device too busy to answer CaptureFrame
         self.sequence = 0
         self.beats = 0
         self._up: queue.Queue | None = None
@@ -88,6 +89,8 @@ class SimAgent:
             return
         result = agent_pb2.CommandResult(command_id=command.command_id, ok=True, detail="simulated")
         if command.WhichOneof("action") == "capture_frame":
+            if not self.answer_captures:
+                return
             stream = command.capture_frame.stream_id or self.streams[0]
             if stream not in self.streams:
                 error = f"no stream {stream!r}: this device has {', '.join(self.streams)}"
@@ -126,6 +129,17 @@ class SimAgent:
                         for t, label, score in objects])
         list(self.stub.PublishDetections(iter([agent_pb2.DetectionBatch(frames=[frame])]),
                                          metadata=auth(self.token), timeout=10))
+        return self.sequence
+
+    def publish_records(self, records: list) -> int:
+        """Objects, counts and snapshots (`common.records`), each given the next sequence, in one batch as
+        the agent's outbox sends them; returns the last sequence."""
+        from edgefleet.common.convert import batch_to_pb
+
+        for record in records:
+            self.sequence += 1
+            record.sequence = self.sequence
+        list(self.stub.PublishDetections(iter([batch_to_pb(records)]), metadata=auth(self.token), timeout=10))
         return self.sequence
 
     def disconnect(self) -> None:
