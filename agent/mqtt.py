@@ -12,6 +12,8 @@ Topics, under `<prefix>/` (default `edgefleet/`):
   exit, `dwell_s`, `occupancy`, ...); `<device>/<stream>/zones/<zone>/occupancy`: objects in the zone
   now (retained); `<device>/<stream>/lines/<line>`: a crossing (LineCrossing as JSON: `direction` in or
   out, `segment`, ...). Published as the loop evaluates them (agent.analytics.HUB), not after commit.
+- `<device>/<stream>/<label>/snapshot`: the JPEG of the latest ended object's best crop of that label
+  (retained; Frigate's shape), published once the snapshot is encoded and committed (agent.snapshots).
 
 With `--mqtt-username` (the password from `--mqtt-password-file` or `$EDGEFLEET_MQTT_PASSWORD`) and
 `--mqtt-tls-ca [--mqtt-tls-cert --mqtt-tls-key]` it logs in and speaks TLS (`common.mqtt.MqttLogin`);
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import paho.mqtt.client as mqtt
 
 from edgefleet.common.mqtt import ConnectReport, MqttLogin
-from edgefleet.common.records import Record
+from edgefleet.common.records import Record, SnapshotRecord
 
 from .analytics import HUB, Event, LineCrossing
 from .outbox import OutboxObject, OutboxRecord
@@ -269,14 +271,20 @@ class MqttPublisher:
     # ---- from the loop thread ----
 
     def on_frames(self, records: Sequence[Record]) -> None:
-        """Feed committed frames; publishes their events and changed label counts. Never blocks.
-        Before the device id is known nothing is tracked, so every track's first event is `new`."""
+        """Feed committed records: frames' events and changed label counts, each object's crop JPEG
+        (retained). Never blocks. Before the device id is known nothing is tracked or published, so
+        every track's first event is `new`."""
         if self._client is None:
             self.counters.dropped += len(records)
             return
         for record in records:
+            if isinstance(record, SnapshotRecord):
+                if record.kind == "crop":
+                    self._publish(self._topic(record.stream_id, record.label.translate(TOPIC_UNSAFE), "snapshot"),
+                                  record.jpeg, qos=0, retain=True)
+                continue
             if not isinstance(record, OutboxRecord):
-                continue  # object events, counts and snapshots (snapshots: below)
+                continue  # object events and counts go to the controller only
             tracker = self._streams.get(record.stream_id)
             if tracker is None:
                 tracker = self._streams[record.stream_id] = TrackEvents(
@@ -308,7 +316,7 @@ class MqttPublisher:
             if changed and self._publish(topic, str(counts[label]), qos=0, retain=True):
                 self._counts[(stream_id, label)] = counts[label]
 
-    def _publish(self, topic: str, payload: str, qos: int, retain: bool = False) -> bool:
+    def _publish(self, topic: str, payload: str | bytes, qos: int, retain: bool = False) -> bool:
         client = self._client
         if client is None:
             self.counters.dropped += 1

@@ -11,6 +11,8 @@ import sys
 import threading
 from collections import defaultdict
 
+import cv2
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -53,10 +55,11 @@ def broker(tmp_path):
 
 
 class Recorder:
-    """A paho subscriber keeping every message per topic (decoded)."""
+    """A paho subscriber keeping every message per topic (decoded; `raw` keeps the bytes)."""
 
     def __init__(self, port: int, topic: str = "edgefleet/#"):
         self.messages: dict[str, list[str]] = defaultdict(list)
+        self.raw: dict[str, list[bytes]] = defaultdict(list)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-recorder")
@@ -69,11 +72,16 @@ class Recorder:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
-            self.messages[message.topic].append(message.payload.decode())
+            self.messages[message.topic].append(message.payload.decode(errors="replace"))
+            self.raw[message.topic].append(bytes(message.payload))
 
     def get(self, topic: str) -> list[str]:
         with self._lock:
             return list(self.messages[topic])
+
+    def get_bytes(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return list(self.raw[topic])
 
     def topics(self) -> list[str]:
         with self._lock:
@@ -82,6 +90,42 @@ class Recorder:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def test_each_object_s_crop_is_published_retained_on_its_label_s_snapshot_topic(broker):
+    """Committed records reach MQTT: a crop JPEG, byte for byte, retained on <device>/<stream>/<label>/snapshot
+    (the annotated frame, object events and counts are not published); a client arriving later gets the latest."""
+    from edgefleet.agent.mqtt import MqttPublisher
+    from edgefleet.common.records import CountRecord, CountRow, ObjectEventRecord, SnapshotRecord, TrackedObject
+
+    ok, jpeg = cv2.imencode(".jpg", np.full((40, 30, 3), 200, np.uint8))
+    crop = SnapshotRecord("cam0", "1000-abc123", "crop", "person", 1000.0, jpeg.tobytes(), 0.9, sequence=3)
+    frame = SnapshotRecord("cam0", "1000-abc123", "frame", "person", 1000.0, b"frame jpeg", 0.9, sequence=4)
+    newer = SnapshotRecord("cam0", "1001-def456", "crop", "person", 1001.0, b"\xff\xd8newer", 0.8, sequence=6)
+    car = SnapshotRecord("cam1", "1002-0a0b0c", "crop", "car/suv", 1002.0, b"\xff\xd8car", 0.7, sequence=7)
+    obj = TrackedObject("1000-abc123", "cam0", 1, "person", 0, 999.0, 1000.0, 0.9, (0.0, 0.0, 1.0, 1.0))
+    recorder = Recorder(broker)
+    publisher = MqttPublisher("127.0.0.1", broker)
+    publisher.start(lambda: "dev1")
+    try:
+        wait_for(publisher.connected.is_set, 10, "the publisher to connect")
+        publisher.on_frames([ObjectEventRecord("end", obj, 2), crop, frame,
+                             CountRecord([CountRow("cam0", 960, "line", "door", "person", "in", 1)], 5)])
+        topic = "edgefleet/dev1/cam0/person/snapshot"
+        assert wait_for(lambda: recorder.get_bytes(topic), 10, "the crop") == [jpeg.tobytes()]
+        publisher.on_frames([newer, car])
+        wait_for(lambda: len(recorder.get_bytes(topic)) == 2, 10, "the newer crop")
+        wait_for(lambda: recorder.get_bytes("edgefleet/dev1/cam1/car_suv/snapshot"), 10, "the car's crop")
+        assert sorted(recorder.topics()) == ["edgefleet/dev1/available", "edgefleet/dev1/cam0/person/snapshot",
+                                             "edgefleet/dev1/cam1/car_suv/snapshot"]
+    finally:
+        publisher.stop()
+        recorder.close()
+    late = Recorder(broker, "edgefleet/dev1/cam0/person/snapshot")
+    try:
+        assert wait_for(lambda: late.get_bytes(topic), 10, "the retained crop") == [b"\xff\xd8newer"]
+    finally:
+        late.close()
 
 
 @pytest.mark.slow
@@ -130,6 +174,10 @@ def test_agent_publishes_frigate_topics_and_its_last_will(broker, controller, vt
         assert sample["frames_total"] > 0 and sample["streams"][0]["stream_id"] == "cam0"
         person = recorder.get(f"edgefleet/{device}/cam0/person")
         assert person and all(v.isdigit() for v in person), "the per-label count is a number"
+        snapshots = wait_for(lambda: recorder.get_bytes(f"edgefleet/{device}/cam0/person/snapshot"), 120,
+                             "an ended person's snapshot")
+        crop = cv2.imdecode(np.frombuffer(snapshots[0], np.uint8), cv2.IMREAD_COLOR)
+        assert crop is not None and max(crop.shape[:2]) <= 320 and len(snapshots[0]) <= 100_000
 
         agent.send_signal(signal.SIGKILL)
         agent.wait(10)
