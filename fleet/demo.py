@@ -1,6 +1,9 @@
 """`edgefleet demo`: a controller and a few agents on the sample videos, on this machine.
 
-Everything is a real process talking real gRPC on loopback; state lives under --workdir.
+Everything is a real process talking real gRPC on loopback; state lives under --workdir. The agents
+on vtest.avi count the people who cross the walkway (a line across it, `walkway`) and who enter the
+square by the lamp post (a zone, `square`), set in each agent's agent.yaml `analytics:` section; the
+TUI shows the counts and each stream's latest annotated frame, the text mode prints the counts.
 """
 from __future__ import annotations
 
@@ -14,13 +17,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from .channel import open_channel
+from .cli_common import local_midnight
 from .store import FleetStore
 
 DEMO_KEY = "efk_demo"
 SAMPLE_ORDER = ("vtest.avi", "bikes.mp4")
+SITES = ("lab", "yard")
+"""The demo devices' `site` labels, in turn (the TUI's counts screen sums by site)."""
+
+ANALYTICS = {
+    "vtest.avi": {"cam0": {
+        "units": "fraction",
+        # People walk left and right along the walkway, which runs from the left edge (about a fifth of
+        # the way down) to the right edge (about half way down): a line across it, left of the lamp post,
+        # from the grass below to the car park above. Drawn upwards, `in` is walking to the right.
+        "lines": {"walkway": {"points": [[0.45, 0.85], [0.45, 0.15]], "labels": ["person"]}},
+        # The square right of the lamp post, where the walkway widens towards the building.
+        "zones": {"square": {"polygon": [[0.55, 0.3], [0.99, 0.3], [0.99, 0.95], [0.55, 0.8]], "labels": ["person"]}},
+    }},
+}
+"""agent.yaml `analytics:` by sample video (fractions of the frame, docs/zones.md)."""
 
 
 @dataclass
@@ -40,6 +61,7 @@ class DeviceView:
     inference_ms: float = 0.0
     det_per_s: float = 0.0
     last_labels: list[str] = field(default_factory=list)
+    counts: str = ""
 
 
 def _operator_token(db: Path) -> str:
@@ -66,24 +88,47 @@ def _start_controller(workdir: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split("listening on", 1)[1].split()[0]
 
 
+def _agent_config(name: str, source: Path, workdir: Path) -> list[str]:
+    """`--config FILE` with the sample's zones and lines, when it has any (none: no flag)."""
+    analytics = ANALYTICS.get(source.name)
+    if not analytics:
+        return []
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"analytics": analytics}, sort_keys=False))
+    return ["--config", str(path)]
+
+
 def _start_agent(i: int, source: Path, address: str, workdir: Path, threads: int) -> DemoAgent:
     name = f"demo-cam{i + 1}"
     log = workdir / f"{name}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", address, "--source", str(source), "--loop",
          "--pace", "realtime", "--state-dir", str(workdir / name), "--enroll-key", DEMO_KEY, "--name", name,
-         "--drain-timeout", "10", "--threads", str(threads)],
+         "--drain-timeout", "10", "--threads", str(threads), "--label", f"site={SITES[i % len(SITES)]}",
+         *_agent_config(name, source, workdir)],
         stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
     return DemoAgent(name, source, proc, log)
 
 
+def _counts_today(stub) -> dict[str, str]:
+    """Each device's zone entries and line crossings since local midnight, in words: `walkway in 3 · out 1`."""
+    request = fleet_pb2.CountObjectsRequest(group_by=["device"])
+    request.since.FromSeconds(int(local_midnight(time.time())))
+    sums: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for bucket in stub.CountObjects(request, timeout=5).buckets:
+        sums[bucket.device_id][f"{bucket.name} {bucket.direction}"] += bucket.count
+    return {device: " · ".join(f"{what} {n}" for what, n in sorted(counter.items()))
+            for device, counter in sums.items()}
+
+
 def _snapshot(stub, totals: dict[str, int], dt: float) -> list[DeviceView]:
     """One view per device; `totals` carries each device's object count between calls."""
     views = []
+    counts = _counts_today(stub)
     for device in stub.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices:
         view = DeviceView(device.device_id, device.hostname, device.detections_stored,
-                          device.health.fps, device.health.inference_ms_p50)
+                          device.health.fps, device.health.inference_ms_p50, counts=counts.get(device.device_id, ""))
         recent = stub.ListDetections(fleet_pb2.ListDetectionsRequest(device_id=device.device_id, limit=1), timeout=5)
         if recent.frames:
             view.last_labels = [d.label for d in recent.frames[-1].detections]
@@ -98,8 +143,9 @@ def _snapshot(stub, totals: dict[str, int], dt: float) -> list[DeviceView]:
 def _line(view: DeviceView) -> str:
     labels = collections.Counter(view.last_labels)
     shown = ", ".join(f"{n}x {label}" if n > 1 else label for label, n in labels.most_common(4)) or "-"
+    counted = f"  counted: {view.counts}" if view.counts else ""
     return (f"  {view.name:<11} {view.fps:5.1f} fps  infer {view.inference_ms:5.1f} ms  "
-            f"{view.det_per_s:5.1f} det/s  stored {view.stored:>6}  last: {shown}")
+            f"{view.det_per_s:5.1f} det/s  stored {view.stored:>6}  last: {shown}{counted}")
 
 
 def _label_counts(stub, device_id: str) -> collections.Counter:
@@ -187,6 +233,7 @@ def run_demo(args) -> int:
 
 def _summary(stub, agents: list[DemoAgent]) -> bool:
     devices = {d.hostname: d for d in stub.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5).devices}
+    counts = _counts_today(stub)
     print("\nsummary:")
     ok = True
     for agent in agents:
@@ -198,8 +245,11 @@ def _summary(stub, agents: list[DemoAgent]) -> bool:
             continue
         labels = _label_counts(stub, device.device_id)
         top = ", ".join(f"{label} {n}" for label, n in labels.most_common(5)) or "nothing"
+        objects = stub.ListObjects(fleet_pb2.ListObjectsRequest(device_id=device.device_id, limit=1000), timeout=10)
         print(f"  {agent.name:<11} registered as {device.device_id}: {device.detections_stored} frames stored, "
-              f"acked up to {device.acked_sequence}, agent exit {code}; objects: {top}")
+              f"acked up to {device.acked_sequence}, agent exit {code}; detections: {top}; "
+              f"{len(objects.objects)}{'+' if objects.next_page_token else ''} objects tracked; "
+              f"counted: {counts.get(device.device_id) or 'nothing'}")
         if code not in (0, None) or device.detections_stored == 0:
             ok = False
         if agent.source.name == "vtest.avi" and labels["person"] == 0:
