@@ -129,7 +129,7 @@ def test_bad_records_are_refused_naming_the_field(store):
 
 def test_objects_page_newest_first_without_gaps_or_repeats(store):
     devices = [enroll(store, "hw-a"), enroll(store, "hw-b")]
-    for k, device in enumerate(devices):
+    for device in devices:
         # ties on last_seen across devices and objects: the cursor must order them all the same
         store.store_frames(device, [event(i + 1, obj(f"o-{i}", T0 + (i // 3), label="car" if i % 2 else "person"))
                                     for i in range(12)])
@@ -175,10 +175,9 @@ def test_object_filters(store):
 
 def test_counts_are_bucketed_in_utc_and_grouped(store):
     a, b = enroll(store, "hw-a"), enroll(store, "hw-b")
-    store.store_frames(a, [counts(1, (0, "line", "door", "person", "in", 1), (59, "line", "door", "person", "in", 2),
-                                  (60, "line", "door", "person", "in", 4), (60 * 24, "line", "door", "person", "in", 8))])
-    store.store_frames(b, [counts(1, (1, "line", "door", "person", "in", 16), (2, "zone", "queue", "person", "enter",
-                                                                               32))])
+    door = ("line", "door", "person", "in")
+    store.store_frames(a, [counts(1, (0, *door, 1), (59, *door, 2), (60, *door, 4), (60 * 24, *door, 8))])
+    store.store_frames(b, [counts(1, (1, *door, 16), (2, "zone", "queue", "person", "enter", 32))])
     hour = 3600.0
     assert totals(store, kind="line", bucket="hour") == {
         (T0, "", "", "line", "door", "in"): 1 + 2 + 16, (T0 + hour, "", "", "line", "door", "in"): 4,
@@ -260,7 +259,8 @@ def test_retention_deletes_each_kind_and_pictures_nothing_refers_to(store):
     device = enroll(store)
     old, new = b"\xff\xd8old", b"\xff\xd8new"
     store.store_frames(device, [event(1, obj("o-1", T0 + 10)), event(2, obj("o-2", T0 + 5000)),
-                                counts(3, (0, "line", "door", "person", "in", 1), (100, "line", "door", "person", "in", 2)),
+                                counts(3, (0, "line", "door", "person", "in", 1), (100, "line", "door", "person", "in",
+                                                                                   2)),
                                 snap(4, "o-1", old, t=T0 + 10), snap(5, "o-2", new, t=T0 + 5000)])
     cutoff = T0 + 1000
     assert store.delete_objects_before(cutoff, 10) == 1
@@ -281,3 +281,38 @@ def test_retention_deletes_in_chunks(store):
     device = enroll(store)
     store.store_frames(device, [event(i, obj(f"o-{i}", T0 + i)) for i in range(1, 8)])
     assert [store.delete_objects_before(T0 + 100, 3) for _ in range(4)] == [3, 3, 1, 0]
+
+
+# ---- PostgreSQL: two replicas ----
+
+
+def test_two_replicas_storing_the_same_records_at_once_add_each_count_once(pg_replicas):
+    """Both replicas commit the same mixed groups (three devices, in opposite orders) at the same moment, round
+    after round: every count is added once, every object and picture stored once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = pg_replicas
+    devices = [enroll(a, f"hw-{i}") for i in range(3)]
+    start = threading.Barrier(2)
+
+    def commit(store, group):
+        start.wait(timeout=10)
+        return store.store_frames_many(group)
+
+    for first in range(1, 120, 4):
+        def records(first=first):
+            return [frame(first), event(first + 1, obj(f"o-{first}", T0 + first)),
+                    counts(first + 2, (first // 60, "line", "door", "person", "in", 1)),
+                    snap(first + 3, f"o-{first}", b"\xff\xd8" + bytes([first]))]
+
+        groups = [[(d, records()) for d in devices] for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            one, two = pool.map(commit, (a, b), (groups[0], groups[1][::-1]))
+        for result, other in zip(one, two[::-1]):
+            assert result.acked_sequence == other.acked_sequence == first + 3
+            assert sorted([result.stored, other.stored]) == [0, 4]
+    assert {r.device_id: r.count for r in a.count_objects(CountQuery(by_device=True))} == dict.fromkeys(devices, 30)
+    assert len(b.list_objects(ObjectQuery(limit=1000))) == 90
+    assert sql(a, "select count(*) from object_snapshots")[0][0] == 90
+    assert sql(a, "select count(*) from snapshots")[0][0] == 30
