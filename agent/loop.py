@@ -194,10 +194,14 @@ class FrameLoop:
             self._preparer = ThreadPoolExecutor(1, thread_name_prefix="prepare")  # see _look_ahead
 
     def close(self) -> None:
+        """Stop the sources and threads. Objects still live end here and, with the counts not yet taken,
+        go to the recorder: a loop replaced by a restarted one (new sources or settings) loses none
+        (after `finish` there are none left)."""
         for stream in self.streams:
             stream.source.stop()
         if self._preparer is not None:
             self._preparer.shutdown()
+        self._hand_over(drain_s=2.0)
         if self.snapshots is not None:
             self.snapshots.close()
 
@@ -225,14 +229,18 @@ class FrameLoop:
         encoded), the counts, and everything committed."""
         for feed in self.feeds:
             self.recorder.add(feed.take_records())
+        self._hand_over(drain_s=10.0)
+        self.recorder.commit()
+        self.recorder.flush()
+
+    def _hand_over(self, drain_s: float) -> None:
+        """Every live object ended, its snapshots encoded (waiting up to `drain_s`), and the counts, to the recorder."""
         for objects in self.objects.values():
             self.recorder.add(objects.end_all())
         if self.snapshots is not None:
-            self.snapshots.drain()
+            self.snapshots.drain(drain_s)
             self.recorder.add(self.snapshots.take())
         self.recorder.add(self._counts())
-        self.recorder.commit()
-        self.recorder.flush()
 
     def _counts(self) -> list[CountRecord]:
         """The minute counts since the last take, as one record (none when there are none)."""

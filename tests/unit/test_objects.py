@@ -190,7 +190,7 @@ class Walker(Detector):
         return out
 
 
-def run_loop(tmp_path, frames: int = 40) -> Agent:
+def run_loop(tmp_path, frames: int = 40, finish: bool = True) -> Agent:
     options = RunOptions(controller="127.0.0.1:1", sources=[f"synthetic://640x480?objects=1&frames={frames}"],
                          state_dir=tmp_path / "agent", commit_interval_s=0.0,
                          objects=ObjectSettings(update_every_s=0.0),
@@ -202,9 +202,11 @@ def run_loop(tmp_path, frames: int = 40) -> Agent:
     try:
         while agent.loop.running():
             agent.loop.tick()
-        agent.loop.finish()
+        if finish:
+            agent.loop.finish()
     finally:
         agent.loop.close()
+        agent.recorder.commit()
         agent.recorder.close()
     return agent
 
@@ -228,3 +230,13 @@ def test_the_loop_commits_object_events_and_counts_beside_the_frames(tmp_path):
     assert [r.sequence for r in records] == list(range(1, len(records) + 1))
     latest = agent.loop.latest["cam0"]
     assert (latest.frame_index, latest.image.shape, latest.track_ids.tolist()) == (39, (480, 640, 3), [1])
+
+
+def test_a_loop_closed_without_finishing_hands_its_live_objects_and_counts_over(tmp_path):
+    """A loop replaced by a new one (the supervisor's restart_loop closes the old one): its live objects end
+    and its counts go to the recorder all the same."""
+    agent = run_loop(tmp_path, finish=False)
+    records = agent.outbox.pending(limit=1000)
+    agent.outbox.close()
+    assert [r.type for r in records if isinstance(r, ObjectEventRecord)] == ["new", "update", "end"]
+    assert sum(row.count for r in records if isinstance(r, CountRecord) for row in r.rows) == 1
