@@ -72,6 +72,28 @@ def test_a_failing_shared_transaction_is_retried_batch_by_batch(store):
     assert stored_sequences(store, a) == [1, 2] and stored_sequences(store, b) == [2]
 
 
+def test_a_group_retried_batch_by_batch_adds_the_other_batches_counts_once(store):
+    """A count row the shared transaction cannot write (a trigger) fails its batch alone; the other batches'
+    counts, rolled back with the group and written again one batch at a time, are added once."""
+    from edgefleet.common.records import CountRecord, CountRow
+    from edgefleet.fleet.object_queries import CountQuery
+
+    a, b = enroll(store, "hw-a"), enroll(store, "hw-b")
+    store.db.execute("create trigger refuse before insert on object_counts when new.name = 'bad'"
+                     " begin select raise(abort, 'refused by trigger'); end")
+
+    def counts(seq: int, name: str, n: int) -> list:
+        return [CountRecord([CountRow("cam0", 60_000, "line", name, "person", "in", n)], seq)]
+
+    results, _ = run_writer(store, [(a, frames(1) + counts(2, "door", 3)), (b, counts(1, "bad", 5)),
+                                    (a, counts(3, "door", 4))])
+    assert results[0] == StoreResult(2, 2, 0) and results[2] == StoreResult(3, 1, 0)
+    assert "refused by trigger" in str(results[1])
+    assert [(r.device_id, r.name, r.count) for r in store.count_objects(CountQuery(by_device=True))] == [
+        (a, "door", 7)]
+    assert store.get_device(b).acked_sequence == 0
+
+
 def test_stop_commits_what_is_queued_and_refuses_later_batches(store):
     a = enroll(store, "hw-a")
 
