@@ -129,7 +129,8 @@ def parse_batch(device_id: str, records: list[Record], now: float, policy: Frame
             if policy.keeps(rec):
                 kept.append(rec)
                 continue
-            frame_rows(device_id, [rec], now)  # the same checks as a kept frame's
+            if not 0 <= rec.frame_index <= SQLITE_MAX_INT:  # the check a kept frame's row makes
+                raise InvalidArgument(f"frames[].frame_index must be in 0..{SQLITE_MAX_INT}, got {rec.frame_index}")
         else:
             _check_record(rec)
         if isinstance(rec, ObjectEventRecord):
