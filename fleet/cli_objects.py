@@ -111,8 +111,8 @@ def cmd_objects(args) -> int:
         head = ("OBJECT", *(("DEVICE",) if show_device else ()), "STREAM", "LABEL", "TRACK", "FIRST SEEN",
                 "LAST SEEN", "SCORE", "FRAMES", "ZONES", "CROSSED", "STATE")
         print_rows([head, *(object_row(o, show_device) for o in objects)])
-        more = " (more: --all, or narrow --since/--until)" if token else ""
-        print(f"({len(objects)} objects{more})")
+        more = "; more: --all, or narrow --since/--until" if token else ""
+        print(f"({len(objects)} object{'' if len(objects) == 1 else 's'}{more})")
     return 0
 
 

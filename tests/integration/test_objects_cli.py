@@ -104,7 +104,9 @@ def test_objects_as_json_csv_and_a_table_and_pages_followed(fleet):
 
     crossed = fleet.cli("objects", "--line", "walkway", "--limit", "1000")
     assert crossed.returncode == 0, crossed.stderr
-    assert "walkway " in crossed.stdout and crossed.stdout.rstrip().endswith("objects)")
+    lines = crossed.stdout.splitlines()
+    assert lines[0].split()[0] == "OBJECT" and all("walkway " in line for line in lines[1:-1])
+    assert lines[-1] == f"({len(lines) - 2} object{'' if len(lines) == 3 else 's'})"  # a header, a footer
 
 
 def test_counts_add_up_to_their_total_in_every_format(fleet):
