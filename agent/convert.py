@@ -12,14 +12,15 @@ from dataclasses import asdict
 
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.adaptive.probe import HardwareProfile
-from edgefleet.common.convert import timestamp
+from edgefleet.common.convert import snapshot_to_pb, timestamp
+from edgefleet.common.records import SnapshotRecord
 from edgefleet.v1 import agent_pb2, types_pb2
 
 from .artifacts import ArtifactInfo, SignedArtifact
 from .desired import ApplyConfig, ConfigStatus
 from .engines import CancelDeployment, DeploymentStatus, DeployRequest
 from .health import HealthSample
-from .messages import Command, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
+from .messages import CaptureFrame, Command, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
 from .shadow import GateParams
 
 
@@ -106,4 +107,15 @@ def command_from_pb(command: agent_pb2.Command) -> Command:
         return Restart(command.command_id, command.restart.reason)
     if action == "apply_config":
         return ApplyConfig(command.command_id, command.apply_config.version, command.apply_config.document)
+    if action == "capture_frame":
+        return CaptureFrame(command.command_id, command.capture_frame.stream_id, command.capture_frame.max_width)
     return Unsupported(command.command_id, action or "none")
+
+
+def result_to_pb(command_id: str, ok: bool, error: str = "", detail: str = "",
+                 snapshot: SnapshotRecord | None = None) -> agent_pb2.AgentMessage:
+    """A command's answer as the Session carries it; `snapshot` is CaptureFrame's picture."""
+    result = agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error, detail=detail)
+    if snapshot is not None:
+        result.snapshot.CopyFrom(snapshot_to_pb(snapshot))
+    return agent_pb2.AgentMessage(result=result)

@@ -65,11 +65,21 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class CaptureFrame:
+    """Answer with a stream's latest frame drawn (agent.commands): `stream_id` "" is the first local
+    stream, `max_width` 0 the agent's default."""
+    command_id: str
+    stream_id: str = ""
+    max_width: int = 0
+
+
+@dataclass(frozen=True)
 class Unsupported:
     """A command this agent does not carry out (yet): its action's name, for the log."""
     command_id: str
     action: str
 
 
-Command = DeployRequest | CancelDeployment | SetPlan | Rollback | Ping | Restart | ApplyConfig | Unsupported
+Command = (DeployRequest | CancelDeployment | SetPlan | Rollback | Ping | Restart | ApplyConfig | CaptureFrame
+           | Unsupported)
 """A command from the controller, as the link hands it to the supervisor's queue."""

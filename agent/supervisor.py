@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,8 @@ class Agent:
         self.engines = self._engine_manager(load_model, active)
         """Deployments and rollbacks (agent.engines): a worker thread loads and shadow-tests a
         candidate; the loop feeds it sampled frames and swaps it in between ticks."""
+        self.captures = agent_commands.FrameCaptures(partial(agent_commands.send_result, self.link))
+        """CaptureFrame's drawing and encoding, off the loop thread (agent.commands)."""
         self.recorder = Recorder(self.outbox, options.commit_interval_s, self._listeners())
         context = FeedContext(self.slot.detect_served, self.slot.names, self.health, self.schedules.new_scheduler,
                               options.publish_threshold, frozenset(options.stream_ids))
@@ -225,6 +228,7 @@ class Agent:
     def _close(self, clean: bool) -> None:
         """In reverse start order; the outbox last."""
         self.engines.close(clean=clean)
+        self.captures.close()
         if self.adapter is not None:
             self.adapter.stop()
         if self.mqtt is not None:

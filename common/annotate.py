@@ -25,7 +25,8 @@ boxes from the wire draw alike.
         Downscale, then encode at `quality`, lowering it QUALITY_STEP at a time down to MIN_QUALITY
         until the JPEG fits `max_bytes`; ValueError when even MIN_QUALITY does not fit (downscale more).
 
-Line width and font scale follow the picture's size, so a 4K frame and a thumbnail read alike.
+Line width and font scale follow the picture's size, so a 4K frame and a thumbnail read alike; zones and
+lines are drawn a pixel wider than boxes, so that their colour survives JPEG's coarser colour sampling.
 """
 from __future__ import annotations
 
@@ -83,13 +84,13 @@ def draw(image: np.ndarray, boxes: Iterable[Box | tuple] = (), zones: Iterable[Z
     font_scale = max(0.35, min(width, height) / 900)
     for zone in map(ZoneShape._make, zones):
         pts = _pixels(zone.polygon, scale)
-        cv2.polylines(out, [pts], True, ZONE_COLOUR, thickness)
+        cv2.polylines(out, [pts], True, ZONE_COLOUR, thickness + 1)
         text = zone.name if zone.occupancy is None else f"{zone.name}: {zone.occupancy}"
         top = pts[np.argmin(pts[:, 1])]
         _caption(out, text, int(top[0]), int(top[1]), ZONE_COLOUR, font_scale, thickness)
     for line in map(LineShape._make, lines):
         pts = _pixels(line.points, scale)
-        cv2.polylines(out, [pts], False, LINE_COLOUR, thickness)
+        cv2.polylines(out, [pts], False, LINE_COLOUR, thickness + 1)
         text = line.name if not line.counts else f"{line.name} {line.counts}"
         _caption(out, text, int(pts[0][0]), int(pts[0][1]), LINE_COLOUR, font_scale, thickness)
     for box in map(Box._make, boxes):

@@ -16,10 +16,13 @@ from edgefleet.agent.convert import (
     plan_from_pb,
     plan_to_pb,
     profile_to_pb,
+    result_to_pb,
 )
 from edgefleet.agent.engines import DeploymentStatus, DeployRequest
 from edgefleet.agent.health import HealthSample, StreamHealth
-from edgefleet.agent.messages import Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
+from edgefleet.agent.messages import CaptureFrame, Hello, Ping, PlanOverride, Restart, Rollback, SetPlan, Unsupported
+from edgefleet.common.convert import snapshot_from_pb
+from edgefleet.common.records import SnapshotRecord
 from edgefleet.v1 import agent_pb2, types_pb2
 
 PROFILE_IN_EXTRA = {"platform_class", "model", "soc", "cpu_governor", "gpu_memory_bytes", "nvidia_driver_version",
@@ -94,8 +97,21 @@ def test_commands_become_plain_data():
     assert command_from_pb(agent_pb2.Command(command_id="c5", restart=agent_pb2.Restart(reason="r"))) == \
         Restart("c5", "r")
     assert command_from_pb(agent_pb2.Command(command_id="c7")) == Unsupported("c7", "none")
+    capture = agent_pb2.CaptureFrame(stream_id="door", max_width=320)
+    assert command_from_pb(agent_pb2.Command(command_id="c8", capture_frame=capture)) == CaptureFrame("c8", "door", 320)
+    assert command_from_pb(agent_pb2.Command(command_id="c9", capture_frame=agent_pb2.CaptureFrame())) == \
+        CaptureFrame("c9", "", 0)
     deploy = command_from_pb(agent_pb2.Command(command_id="c6", deploy=agent_pb2.DeployArtifact(rollout_id="r9")))
     assert isinstance(deploy, DeployRequest) and (deploy.command_id, deploy.rollout_id) == ("c6", "r9")
+
+
+def test_a_result_carries_capture_frame_s_snapshot_whole():
+    snapshot = SnapshotRecord("door", "", "live", "", 1_700_000_000.5, b"\xff\xd8jpeg\xff\xd9")
+    message = result_to_pb("c1", True, detail="14 bytes", snapshot=snapshot)
+    assert (message.result.command_id, message.result.ok, message.result.detail) == ("c1", True, "14 bytes")
+    assert snapshot_from_pb(message.result.snapshot) == snapshot
+    refused = result_to_pb("c2", False, error="unknown stream 'x'")
+    assert not refused.result.HasField("snapshot") and refused.result.error == "unknown stream 'x'"
 
 
 def test_the_agent_s_own_sample_converts(tmp_path):
