@@ -3,6 +3,7 @@ one by restarting the loop (a new stream, sequences without a gap), one refused 
 running, the reasons reach the CLI), one set while the device was away and the controller restarted."""
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from edgefleet.fleet.channel import open_channel
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 
 from ..conftest import ROOT, free_port, run_cli, wait_for
+from ..delivery import assert_frames_once
 from ..processes import ControllerProcess
 
 pytestmark = pytest.mark.slow
@@ -31,13 +33,13 @@ class Agent:
                  "--loop", "--state-dir", str(state_dir), "--enroll-key", "efk_test", *extra],
                 stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
 
-    def stop(self) -> str:
-        """SIGTERM; its summary line."""
+    def stop(self) -> dict:
+        """SIGTERM; its summary (the JSON line it prints last)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=60)
         assert self.proc.returncode == 0, f"agent exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
-        return out
+        return json.loads(out.strip().splitlines()[-1])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -111,9 +113,9 @@ def test_a_detect_interval_change_applies_live(fleet, vtest, tmp_path):
         assert "in sync:  yes" in got.stdout and "detect-interval: 4" in got.stdout
         assert fleet.cli("device", "config", "diff", device_id).returncode == 0
     finally:
-        agent.stop()
+        summary = agent.stop()
     frames = fleet.frames(device_id)
-    assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
+    assert_frames_once([f.sequence for f in frames], summary["frames"], summary["acked_sequence"])
     assert any(d.predicted for f in frames[-20:] for d in f.detections), "interval 4: the tracker predicts between"
 
 
@@ -130,9 +132,9 @@ def test_a_new_stream_restarts_the_loop_without_a_gap_in_the_outbox(fleet, vtest
             wait_for(lambda stream=stream: len(fleet.frames(device_id, stream)) >= 10, 60, f"frames of {stream}")
         cam0_before = len(fleet.frames(device_id, "cam0"))
     finally:
-        agent.stop()
+        summary = agent.stop()
     frames = fleet.frames(device_id)
-    assert [f.sequence for f in frames] == list(range(1, len(frames) + 1)), "no record lost or skipped"
+    assert_frames_once([f.sequence for f in frames], summary["frames"], summary["acked_sequence"])
     streams = [f.stream_id for f in frames]
     last_cam0 = max(i for i, s in enumerate(streams) if s == "cam0")
     assert set(streams[last_cam0 + 1:]) == {"door", "yard"}, "after the restart only the new streams record"
@@ -243,6 +245,6 @@ def test_a_model_change_loads_the_detector_in_the_new_loop(fleet, vtest, tmp_pat
         before = len(fleet.frames(device_id))
         wait_for(lambda: len(fleet.frames(device_id)) > before + 10, 60, "frames from the new detector")
     finally:
-        agent.stop()
+        summary = agent.stop()
     frames = fleet.frames(device_id)
-    assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
+    assert_frames_once([f.sequence for f in frames], summary["frames"], summary["acked_sequence"])
