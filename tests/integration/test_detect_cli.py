@@ -109,6 +109,26 @@ def test_the_table_and_a_saved_picture_locally(media, tmp_path):
     assert np.count_nonzero(np.abs(drawn.astype(int) - original.astype(int)).sum(axis=2) > 60) > 500, "boxes drawn"
 
 
+def test_a_saved_picture_has_each_box_in_its_labels_colour(tmp_path):
+    """--save with a local model (a tiny one: no samples needed): every box is outlined where --json says."""
+    from edgefleet.common.annotate import colour_of
+
+    from ..unit.test_engines import tiny_onnx
+
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), np.full((480, 640, 3), 90, np.uint8))
+    saved = tmp_path / "boxes.png"
+    (frame,) = json_frames(detect(str(image), "--model", str(tiny_onnx(tmp_path / "tiny.onnx")), "--conf", "0.3",
+                                  "--json", "--save", str(saved)))
+    drawn = cv2.imread(str(saved))
+    assert drawn.shape == (480, 640, 3) and frame["detections"], "the tiny model finds something at 0.3"
+    edges = [(d["label"], round(d["box"]["x1"]), round((d["box"]["y1"] + d["box"]["y2"]) / 2))
+             for d in frame["detections"]]
+    outlined = [tuple(drawn[min(y, 479), min(x, 639)]) == colour_of(label) for label, x, y in edges]
+    assert sum(outlined) >= len(outlined) / 2, "boxes drawn later may cover some edges, not most"
+    assert (drawn == 90).all(axis=2).mean() > 0.3, "the picture itself is kept"
+
+
 def test_a_missing_file_and_an_unreadable_image_exit_2(tmp_path):
     proc = detect(str(tmp_path / "nothing.jpg"))
     assert proc.returncode == 2 and "nothing.jpg: no such file" in proc.stderr
