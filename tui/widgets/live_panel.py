@@ -75,7 +75,7 @@ class LivePanel(Horizontal):
 
     def on_mount(self) -> None:
         objects = self.query_one("#objects", DataTable)
-        for label, width in (("Seen", 8), ("Label", 8), ("Track", 5), ("Score", 5), ("Crossed", 12), ("", 1)):
+        for label, width in (("Seen", 8), ("Label", 7), ("Track", 5), ("Score", 5), ("Crossed", 14), ("", 1)):
             objects.add_column(label, width=width, key=label.lower() or "live")
         self.query_one("#frame-0", Picture).say("asking the device for its latest frame…")
         self.query_one("#crop", Picture).say("select an object")
