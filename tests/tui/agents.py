@@ -29,6 +29,12 @@ def picture(stream: str) -> bytes:
     return cv2.imencode(".jpg", frame)[1].tobytes()
 
 
+def noisy_picture(stream: str) -> bytes:
+    """A frame JPEG compresses badly: tens of kilobytes, as a real 640-pixel frame is."""
+    frame = np.random.default_rng(len(stream)).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
 def auth(token: str):
     return (("authorization", f"Bearer {token}"),)
 
@@ -53,6 +59,7 @@ class SimAgent:
         self.commands: queue.Queue = queue.Queue()
         self.captures = 0
         self.answer_captures = True  # False: a device too busy to answer CaptureFrame
+        self.scene = picture  # stream id -> the JPEG CaptureFrame answers
         self.sequence = 0
         self.beats = 0
         self._up: queue.Queue | None = None
@@ -96,7 +103,7 @@ class SimAgent:
                 error = f"no stream {stream!r}: this device has {', '.join(self.streams)}"
                 result = agent_pb2.CommandResult(command_id=command.command_id, ok=False, error=error)
             else:
-                result.snapshot.CopyFrom(types_pb2.Snapshot(stream_id=stream, kind="live", jpeg=picture(stream)))
+                result.snapshot.CopyFrom(types_pb2.Snapshot(stream_id=stream, kind="live", jpeg=self.scene(stream)))
                 result.snapshot.time.GetCurrentTime()
         self._up.put(agent_pb2.AgentMessage(result=result))
 
