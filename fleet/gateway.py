@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 import grpc
 
-from edgefleet.common.convert import InvalidFrame, batch_records
+from edgefleet.common.convert import InvalidFrame, batch_records, snapshot_from_pb
 from edgefleet.common.records import FrameRecord, ObjectEventRecord, Record
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
@@ -128,7 +128,8 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             result = up.result
             logger.info("%s: command %s %s", device_id, result.command_id,
                         "done" if result.ok else f"failed: {result.error}")
-            self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail)
+            snapshot = snapshot_from_pb(result.snapshot) if result.HasField("snapshot") else None
+            self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail, snapshot)
         elif kind == "config":
             device = await self.twin.on_status(device_id, config_status_from_pb(up.config))
             self.hub.device_changed(device, f"{device.hostname} ({device_id}) {describe_status(config_view(device))}")
