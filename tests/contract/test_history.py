@@ -244,7 +244,8 @@ def test_a_sweep_removes_what_the_policy_says_in_chunks(store_factory):
     finally:
         db._pool.shutdown(wait=True)
     assert (report.detections, report.events, report.complete) == (25, 4, True)
-    assert report.chunks == 3 + 1  # 10, 10, 5 detections; 4 events
+    assert report.chunks == 3 + 1 + 3  # 10, 10, 5 detections; 4 events; none of objects, counts, snapshots
+    assert (report.objects, report.counts, report.snapshots) == (0, 0, 0)
     assert (report.health_rolled, report.health_written) == (2 * 120, 2 * 10)
     assert (again.detections, again.events, again.health_rolled, again.health_written) == (0, 0, 0, 0)
     assert sweeper.sweeps == 2 and sweeper.last is again
