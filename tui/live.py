@@ -67,6 +67,12 @@ class LivePoller:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def rounds(self) -> int:
+        """Rounds finished so far."""
+        with self._lock:
+            return self._results.rounds
+
     def take(self) -> LiveResults | None:
         """The results when a round finished since the last take; None otherwise."""
         with self._lock:

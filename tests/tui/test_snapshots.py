@@ -75,7 +75,7 @@ async def open_dock_cam1(pilot) -> None:
     await pilot.press("enter")
     await settle(pilot, lambda app: getattr(app.screen, "frames_seen", 0) == len(FRAMES))
     screen = pilot.app.screen
-    await settle(pilot, lambda app: screen.live is not None and screen.live._results.rounds > 0)
+    await settle(pilot, lambda app: screen.live is not None and screen.live.rounds > 0)
     screen.drain_detections()
     screen.drain_live()
     await pilot.pause()
