@@ -119,7 +119,12 @@ def test_parameters_keep_the_request_without_secrets_or_bytes(fleet):
 
 def test_reads_and_unknown_tokens_are_not_recorded(fleet):
     before = stub(fleet, Access.ADMIN).ListAudit(fleet_pb2.ListAuditRequest(), timeout=5).entries
-    stub(fleet, Access.VIEWER).ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5)
+    viewer = stub(fleet, Access.VIEWER)
+    viewer.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=5)
+    viewer.ListObjects(fleet_pb2.ListObjectsRequest(), timeout=5)
+    viewer.CountObjects(fleet_pb2.CountObjectsRequest(group_by=["label:site"]), timeout=5)
+    with pytest.raises(grpc.RpcError):  # asks a device for a picture: changes nothing, so no row either
+        viewer.GetFrame(fleet_pb2.GetFrameRequest(device_id="no-such-device"), timeout=5)
     control = fleet_pb2_grpc.FleetControlStub(open_channel(fleet.address, token="efo_nobody"))
     with pytest.raises(grpc.RpcError):
         control.SendCommand(REQUESTS["SendCommand"][0](), timeout=5)
