@@ -278,8 +278,6 @@ def share_drawn(image: np.ndarray, points: list[tuple[int, int]], colour: tuple[
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=grpc.RpcError,
-                   reason="fleet/gateway.py does not yet hand CommandResult.snapshot to Hub.answered")
 def test_a_real_agent_answers_get_frame_with_its_stream_drawn(controller, control, tmp_path):
     config = tmp_path / "agent.yaml"
     config.write_text(CAPTURE_CONFIG)
