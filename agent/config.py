@@ -27,6 +27,7 @@ from edgefleet.common.addresses import parse_host_port
 from edgefleet.common.labels import label_problem
 
 from .controllers import controller_text
+from .objects import ObjectSettings
 from .snapshots import SnapshotSettings
 from .zones import StreamAnalytics
 
@@ -198,6 +199,10 @@ class AgentConfig(BaseModel):
     # ---- zones and lines (config file only) ----
     analytics: dict[Text, StreamAnalytics] = Field(
         default_factory=dict, description="per local stream id: its zones and lines (agent.zones, docs/zones.md)")
+    objects: ObjectSettings = Field(
+        default_factory=ObjectSettings,
+        description="tracked objects: enabled, confirm_frames, update_every_s, score_margin, lost_frames, "
+                    "path_points (agent.objects, docs/zones.md)")
     snapshots: SnapshotSettings = Field(
         default_factory=SnapshotSettings,
         description="the objects' snapshots: enabled, crop_size, frame_width, quality, max_bytes, per_minute "
@@ -251,22 +256,24 @@ class AgentConfig(BaseModel):
                 raise ValueError(f"stream {sid!r}: {where + ': ' if where else ''}{message}") from None
         return settings
 
-    @field_validator("snapshots", mode="before")
+    @field_validator("objects", "snapshots", mode="before")
     @classmethod
-    def _snapshots(cls, value: Any) -> Any:
-        """The snapshot settings, a mistake named with its key."""
-        if isinstance(value, SnapshotSettings):
+    def _settings(cls, value: Any, info) -> Any:
+        """The objects' and snapshots' settings (a mapping), a mistake named with its key."""
+        model: type[ObjectSettings] | type[SnapshotSettings] = (
+            ObjectSettings if info.field_name == "objects" else SnapshotSettings)
+        if isinstance(value, model):
             return value
+        keys = ", ".join(model.model_fields)
         if not isinstance(value, dict):
-            raise ValueError(f"must be a mapping of settings ({', '.join(SnapshotSettings.model_fields)}), "
-                             f"got {type(value).__name__} {value!r}")
+            raise ValueError(f"must be a mapping of settings ({keys}), got {type(value).__name__} {value!r}")
         try:
-            return SnapshotSettings.model_validate(value)
+            return model.model_validate(value)
         except ValidationError as err:
             first = err.errors()[0]
             key = ".".join(str(part) for part in first["loc"])
             if first["type"] == "extra_forbidden":
-                raise ValueError(f"unknown key {key!r} (keys: {', '.join(SnapshotSettings.model_fields)})") from None
+                raise ValueError(f"unknown key {key!r} (keys: {keys})") from None
             raise ValueError(f"{key}: {first['msg'][0].lower()}{first['msg'][1:]}, got {first['input']!r}") from None
 
     @field_validator("mqtt_prefix")

@@ -3,8 +3,8 @@
 Every flag of the subcommand is a key, spelled without its leading dashes, with dashes or
 underscores (`detect-interval: 2`, `detect_interval: 2`); `sources:` lists the streams, each a
 plain string or `{uri: …, stream_id: …}`; `analytics:` (no flag) gives each stream's zones
-and lines (agent.zones), `snapshots:` (no flag) the objects' snapshot settings
-(agent.snapshots). This module reads the file's structure (keys, lists, where each key is); the
+and lines (agent.zones), `objects:` and `snapshots:` (no flags) the tracked objects' settings
+(agent.objects, agent.snapshots). This module reads the file's structure (keys, lists, where each key is); the
 values' types and bounds are AgentConfig's (agent.config), checked with the command line's values,
 so that a mistake in either is said the same way.
 
@@ -193,7 +193,7 @@ class _Reader:
 
     def _structured(self, key: str, value: Any) -> dict:
         if not isinstance(value, dict):
-            what = "settings" if normal(key) == "snapshots" else "stream ids to settings"
+            what = "settings" if normal(key) in ("objects", "snapshots") else "stream ids to settings"
             raise self.fail(key, f"must be a mapping of {what}, got {kind_of(value)}")
         return value
 

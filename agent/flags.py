@@ -36,7 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "the controller": ("controller", "tls_ca", "tls_cert", "tls_key", "state_dir", "enroll_key", "name", "labels",
                        "backoff_max_s", "drain_timeout", "restart_mode"),
     "local streams": ("source", "stream_id", "max_frames", "loop", "pace", "folder_fps", "detect_interval",
-                      "motion_gate", "analytics", "snapshots"),
+                      "motion_gate", "analytics", "objects", "snapshots"),
     "the outbox": ("outbox_max_mb", "outbox_max_age_s", "commit_interval_s"),
     "the detector": ("threads", "rect", "models_dir", "model"),
     "planning": ("auto_plan", "target_fps", "calibrate"),
@@ -54,8 +54,8 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
               "deployments", "reporting"),
 }
 
-FILE_ONLY = ("analytics", "snapshots")
-"""Settings with no flag, only a config file key (their values are structured: agent.zones, agent.snapshots); in GROUPS
+FILE_ONLY = ("analytics", "objects", "snapshots")
+"""Settings with no flag, only a config file key (structured: agent.zones, agent.objects, agent.snapshots); in GROUPS
 for the commands that take them."""
 
 TOP_LEVEL = ("log_level",)

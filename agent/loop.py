@@ -174,11 +174,12 @@ class FrameLoop:
         self.analytics = Analytics(options.analytics)
         """The local streams' zones and lines (agent.analytics), evaluated on each tracked frame."""
         evaluators = self.analytics.evaluators
+        enabled = options.objects.enabled
         self.snapshots = (Snapshots(options.snapshots, {sid: e.setting for sid, e in evaluators.items()})
-                          if options.snapshots.enabled else None)
+                          if enabled and options.snapshots.enabled else None)
         """The ended objects' snapshots (agent.snapshots), encoded on their own thread."""
         self.objects = {s.stream_id: StreamObjects(s.stream_id, options.objects, snapshots=self.snapshots)
-                        for s in self.streams}
+                        for s in self.streams if enabled}
         """Each local stream's tracked objects (agent.objects), after its zones and lines."""
         self.latest: dict[str, LatestFrame] = {}
         """Each local stream's latest frame and its tracked boxes (agent.latest), replaced every tick, for
@@ -327,9 +328,12 @@ class FrameLoop:
                                              track_ids, labels, dets.confidence)
         self.analytics.update(stream_id, frame.index, frame.capture_time, frame.image.shape[1::-1], dets.xyxy,
                               dets.tracker_id, labels)
-        return list(self.objects[stream_id].update(frame.capture_time, dets.xyxy, dets.tracker_id, dets.class_id,
-                                                   labels, dets.confidence, predicted, self.analytics.take_events(),
-                                                   frame.image))
+        events = self.analytics.take_events()
+        objects = self.objects.get(stream_id)
+        if objects is None:  # objects: {enabled: false}
+            return []
+        return list(objects.update(frame.capture_time, dets.xyxy, dets.tracker_id, dets.class_id, labels,
+                                   dets.confidence, predicted, events, frame.image))
 
     def _detect(self, due: list[tuple[Stream, Frame]], ahead: Ahead | None) -> dict[int, Detections]:
         """The detector's call on the frames due: stream (by id) -> its detections."""

@@ -29,28 +29,32 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgefleet.common.records import ObjectEventRecord, TrackedObject
 
 from .analytics import LOST_FRAMES, Event, LineCrossing
 
 
-@dataclass(frozen=True)
-class ObjectSettings:
-    confirm_frames: int = 3
+class ObjectSettings(BaseModel):
+    """agent.yaml `objects:`."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    """False: no objects, no object events, no snapshots (frames and counts go on)."""
+    confirm_frames: int = Field(default=3, ge=1, le=1000)
     """Frames a track must be on before it is an object ("new"). Higher: fewer objects from flicker
     and false detections; costs objects that are seen only briefly."""
-    update_every_s: float = 5.0
+    update_every_s: float = Field(default=5.0, ge=0, le=86400)
     """At most one "update" per object per this many seconds (capture time)."""
-    score_margin: float = 0.05
+    score_margin: float = Field(default=0.05, ge=0, le=1)
     """A better best score is news ("update") only when it beats the last event's by this much."""
-    lost_frames: int = LOST_FRAMES
+    lost_frames: int = Field(default=LOST_FRAMES, ge=1, le=100_000)
     """Frames without the track before the object ends (agent.analytics forgets a track as late)."""
-    path_points: int = 32
+    path_points: int = Field(default=32, ge=2, le=1000)
     """Reference points kept per object, spread over its life."""
 
 

@@ -100,7 +100,8 @@ class RunOptions:
             commit_interval_s=config.commit_interval_s, credentials=credentials,
             gate_sample_every=config.gate_sample_every, engine_confirm_s=config.engine_confirm_s,
             download_mbps=config.download_mbps, fallback_model=config.model, serving=config.serving,
-            restart_mode=config.restart_mode, analytics=dict(config.analytics), snapshots=config.snapshots,
+            restart_mode=config.restart_mode, analytics=dict(config.analytics), objects=config.objects,
+            snapshots=config.snapshots,
         )
 
 

@@ -7,10 +7,12 @@ import time
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.adaptive.probe import HardwareProfile
 from edgefleet.agent.analytics import Analytics
+from edgefleet.agent.config import AgentConfig
 from edgefleet.agent.objects import ObjectSettings, ObjectTotals, StreamObjects
 from edgefleet.agent.options import RunOptions
 from edgefleet.agent.sources import open_source
@@ -190,10 +192,10 @@ class Walker(Detector):
         return out
 
 
-def run_loop(tmp_path, frames: int = 40, finish: bool = True) -> Agent:
+def run_loop(tmp_path, frames: int = 40, finish: bool = True, objects: ObjectSettings | None = None) -> Agent:
     options = RunOptions(controller="127.0.0.1:1", sources=[f"synthetic://640x480?objects=1&frames={frames}"],
                          state_dir=tmp_path / "agent", commit_interval_s=0.0,
-                         objects=ObjectSettings(update_every_s=0.0),
+                         objects=objects or ObjectSettings(update_every_s=0.0),
                          analytics={"cam0": StreamAnalytics.model_validate(
                              {"lines": {"middle": {"points": [[0.0, 0.5], [1.0, 0.5]]}}})})
     agent = Agent(options, Walker(), open_source, HardwareProfile(), DevicePlan())
@@ -240,3 +242,23 @@ def test_a_loop_closed_without_finishing_hands_its_live_objects_and_counts_over(
     agent.outbox.close()
     assert [r.type for r in records if isinstance(r, ObjectEventRecord)] == ["new", "update", "end"]
     assert sum(row.count for r in records if isinstance(r, CountRecord) for row in r.rows) == 1
+
+
+def test_objects_turned_off_leave_frames_and_counts_only(tmp_path):
+    agent = run_loop(tmp_path, objects=ObjectSettings(enabled=False))
+    records = agent.outbox.pending(limit=1000)
+    agent.outbox.close()
+    assert {type(r).__name__ for r in records} == {"FrameRecord", "CountRecord"}
+    assert agent.loop.snapshots is None and agent.loop.objects == {}
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"confirm_frames": 0}, "confirm_frames: input should be greater than or equal to 1, got 0"),
+    ({"enabled": "sometimes"}, "enabled: input should be a valid boolean"),
+    ({"update_every": 2}, "unknown key 'update_every' (keys: enabled, confirm_frames, update_every_s,"),
+    ([1], "must be a mapping of settings (enabled, confirm_frames"),
+])
+def test_bad_object_settings_are_refused_naming_the_key(settings, message):
+    with pytest.raises(ValidationError) as err:
+        AgentConfig.model_validate({"controller": "127.0.0.1:1", "source": ["x"], "objects": settings})
+    assert message in str(err.value)
