@@ -105,7 +105,7 @@ class _Live:
 
     def __init__(self, obj: TrackedObject, frame: int):
         self.obj = obj
-        self.votes: Counter[str] = Counter()
+        self.votes: dict[str, int] = {}
         self.classes: dict[str, int] = {}
         self.last_frame = frame
         self.announced = self.changed = False
@@ -135,15 +135,7 @@ class StreamObjects:
         self.frame += 1
         out: list[ObjectEventRecord] = []
         if track_ids is not None and len(track_ids):
-            boxes = np.asarray(xyxy, float).reshape(-1, 4)
-            points = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1).tolist()
-            detected = (~np.asarray(predicted, bool)).tolist()
-            for tid, cid, label, score, point, box, seen in zip(
-                    track_ids.tolist(), class_ids.tolist(), labels, scores.tolist(), points, boxes.tolist(), detected):
-                live = self.live.get(tid) or self._start(tid, capture_time)
-                self._step(live, capture_time, cid, label, score if seen else -1.0, point, box, image)
-                if live.obj.frames == self.settings.confirm_frames:
-                    out.append(self._event("new", live, capture_time))
+            out += self._rows(capture_time, xyxy, track_ids, class_ids, labels, scores, predicted, image)
         for event in events:
             self._note(event)
         out += self._updates(capture_time)
@@ -167,28 +159,51 @@ class StreamObjects:
         live = self.live[track_id] = _Live(obj, self.frame)
         return live
 
-    def _step(self, live: _Live, capture_time: float, class_id: int, label: str, score: float, point: list[float],
-              box: list[float], image: np.ndarray | None) -> None:
-        """One row of the track's: votes, path, best score (`score` -1: a predicted row, no evidence)."""
+    def _rows(self, capture_time: float, xyxy: np.ndarray, track_ids: np.ndarray, class_ids: np.ndarray,
+              labels: list[str], scores: np.ndarray, predicted: np.ndarray,
+              image: np.ndarray | None) -> list[ObjectEventRecord]:
+        """Each row on its track's object: frames, votes, path, best detected score; "new" on its
+        `confirm_frames`-th frame. The common case (same label, no sample due, no better score) is a few
+        comparisons; the rest is in helpers."""
+        boxes = np.asarray(xyxy, float).reshape(-1, 4)
+        bottom = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, boxes[:, 3]], axis=1).tolist()
+        detected = (~np.asarray(predicted, bool)).tolist()
+        confirm, frame, live_of, out = self.settings.confirm_frames, self.frame, self.live, []
+        for tid, cid, label, score, (x, y), seen, i in zip(track_ids.tolist(), class_ids.tolist(), labels,
+                                                           scores.tolist(), bottom, detected, range(len(bottom))):
+            live = live_of.get(tid) or self._start(tid, capture_time)
+            obj, votes = live.obj, live.votes
+            obj.frames += 1
+            obj.last_seen, live.last_frame = capture_time, frame
+            votes[label] = votes.get(label, 0) + 1
+            if label != obj.label:
+                self._vote(live, label, cid)
+            live.last_point = (x, y, capture_time)
+            live.skipped += 1
+            if live.skipped >= live.stride:
+                self._sample(live)
+            if seen and score > obj.best_score:
+                self._better(live, score, boxes[i].tolist(), image)
+            if obj.frames == confirm:
+                out.append(self._event("new", live, capture_time))
+        return out
+
+    def _vote(self, live: _Live, label: str, class_id: int) -> None:
+        """A row with another label than the majority's: it takes over once it has more frames."""
         obj = live.obj
-        obj.frames += 1
-        obj.last_seen = capture_time
-        live.last_frame = self.frame
-        live.votes[label] += 1
         live.classes[label] = class_id
-        if label != obj.label and live.votes[label] > live.votes[obj.label]:
+        if live.votes[label] > live.votes.get(obj.label, 0):
             obj.label, obj.class_id = label, class_id
             live.changed = live.changed or live.announced
-        live.last_point = (point[0], point[1], capture_time)
-        live.skipped += 1
-        if live.skipped >= live.stride:
-            self._sample(live)
-        if score > obj.best_score:
-            obj.best_score, obj.best_box = score, (box[0], box[1], box[2], box[3])
-            if live.announced and score >= live.sent_score + self.settings.score_margin:
-                live.changed = True
-            if self.snapshots is not None and image is not None:
-                self.snapshots.best(obj, image)
+
+    def _better(self, live: _Live, score: float, box: list[float], image: np.ndarray | None) -> None:
+        """A detection better than the object's best: its score and box; news past the margin; the snapshots hear."""
+        obj = live.obj
+        obj.best_score, obj.best_box = score, (box[0], box[1], box[2], box[3])
+        if live.announced and score >= live.sent_score + self.settings.score_margin:
+            live.changed = True
+        if self.snapshots is not None and image is not None:
+            self.snapshots.best(obj, image)
 
     def _sample(self, live: _Live) -> None:
         """The path takes the latest point; past `path_points` every other point goes and sampling halves."""
