@@ -13,6 +13,10 @@ rows, detected or predicted alike, and returns what happened on it:
   crosses the segment itself: passing beyond a segment's end is no crossing. Inside the band a
   point's side does not change, so jitter on the line counts nothing; crossing back counts the
   other direction. A polyline counts once per segment crossed. Direction: agent.zones.Line.
+  A track's sides are kept for LINE_MEMORY_FRAMES after it was last seen, so one that comes back
+  under its id past the line counts its crossing then; a new track that appears where a lost one
+  was heading takes over its sides (agent.handoff), so an object that the tracker lost at the line
+  and found again beyond it under a new id counts its crossing once, under the new id.
 
 The work is vectorised over the objects: each track has a slot (a row) in every shape's state
 arrays; only the rows whose side changed are looked at one by one.
@@ -33,11 +37,15 @@ import numpy as np
 from edgefleet.common.records import CountRow
 
 from .errors import ConfigError
+from .handoff import HANDOFF_FRAMES, Motion
 from .zones import Line, StreamAnalytics, Zone, reference_points, segments_cross
 
 LOST_FRAMES = 30
-"""Frames without a track before it is forgotten (ByteTrack keeps a lost track about as long)."""
-
+"""Frames without a track before it leaves its zones (ByteTrack keeps a lost track about as long)."""
+LINE_MEMORY_FRAMES = 300
+"""Frames a track's sides of the lines are kept after it was last seen: ByteTrack may give a track
+back its id after its published rows stopped for longer than LOST_FRAMES (its weak detections are
+tracked, not published), and a new track may take over its sides (agent.handoff). Ids are not reused."""
 
 @dataclass(frozen=True)
 class ZoneEvent:
@@ -156,15 +164,17 @@ class _Slots:
         self.last_frame = np.zeros(capacity, np.int64)
         self.last_time = np.zeros(capacity)
         self.label: list[str] = [""] * capacity
+        self.motion = Motion(capacity)
 
     @property
     def capacity(self) -> int:
         return len(self.track)
 
-    def rows(self, track_ids: np.ndarray) -> tuple[np.ndarray, bool]:
-        """The rows of `track_ids` (new ones get a free row); whether the arrays grew."""
+    def rows(self, track_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The rows of `track_ids` (new ones get a free row); which are new; whether the arrays grew."""
         grew = False
         rows = np.empty(len(track_ids), np.intp)
+        new = np.zeros(len(track_ids), bool)
         for i, tid in enumerate(track_ids.tolist()):
             row = self.row.get(tid)
             if row is None:
@@ -173,14 +183,16 @@ class _Slots:
                     grew = True
                 row = self.row[tid] = self.free.pop()
                 self.track[row] = tid
+                new[i] = True
             rows[i] = row
-        return rows, grew
+        return rows, new, grew
 
     def _grow(self) -> None:
         n = self.capacity
         self.track = np.concatenate([self.track, np.full(n, -1, np.int64)])
         self.last_frame = np.concatenate([self.last_frame, np.zeros(n, np.int64)])
         self.last_time = np.concatenate([self.last_time, np.zeros(n)])
+        self.motion.grow(2 * n)
         self.label += [""] * n
         self.free = list(range(2 * n - 1, n - 1, -1))
 
@@ -267,8 +279,10 @@ class StreamEvaluator:
     ValueError there names the zone or line outside the frame."""
 
     def __init__(self, stream: str, setting: StreamAnalytics, lost_frames: int = LOST_FRAMES,
-                 totals: Totals | None = TOTALS):
+                 totals: Totals | None = TOTALS, handoff: bool = True, line_memory: int = LINE_MEMORY_FRAMES):
         self.stream, self.setting, self.lost_frames, self.totals = stream, setting, lost_frames, totals
+        self.memory = max(lost_frames, line_memory)
+        self.handoff = handoff
         self._slots = _Slots()
         self._zones = _Zones([], 0)
         self._lines = _Lines([], 0)
@@ -287,48 +301,70 @@ class StreamEvaluator:
             zones, lines = self.setting.geometry(*size)
             self._zones, self._lines = _Zones(zones, self._slots.capacity), _Lines(lines, self._slots.capacity)
         slots = self._slots
-        rows, grew = slots.rows(np.asarray(track_ids, np.int64))
+        rows, new, grew = slots.rows(np.asarray(track_ids, np.int64))
         if grew:
             self._zones.grow(slots.capacity)
             self._lines.grow(slots.capacity)
+        xyxy = np.asarray(xyxy, float).reshape(-1, 4)
+        fresh = rows[new]
+        slots.motion.move(rows, fresh, new, xyxy, frame_index)
+        if self.handoff and len(fresh) and self._lines.lines:
+            self._hand_off(frame_index, fresh)
         slots.last_frame[rows] = frame_index
         slots.last_time[rows] = capture_time
         for row, label in zip(rows.tolist(), labels):
             slots.label[row] = label
         events: list[Event] = self._forget(frame_index)
         if len(rows):
-            codes = _codes(labels)
-            xyxy = np.asarray(xyxy, float).reshape(-1, 4)
             points = {"bottom-centre": reference_points(xyxy, "bottom-centre"),
                       "centre": reference_points(xyxy, "centre")}
             heights = xyxy[:, 3] - xyxy[:, 1]
             if self._zones.zones:
-                allowed = np.stack([_allowed(codes, z.labels) for z in self._zones.zones], axis=1)
+                allowed = _filters(labels, self._zones.zones)
                 events += self._zone_events(frame_index, capture_time, rows, points, heights, allowed)
             if self._lines.lines:
-                allowed = np.stack([_allowed(codes, ln.labels) for ln in self._lines.lines], axis=1)
-                events += self._crossings(frame_index, capture_time, rows, points, heights,
-                                          allowed[:, self._lines.line_of])
+                allowed = _filters(labels, self._lines.lines)
+                if isinstance(allowed, np.ndarray):
+                    allowed = allowed[:, self._lines.line_of]
+                events += self._crossings(frame_index, capture_time, rows, points, heights, allowed)
         if self.totals is not None:
             self.totals.add(events, {(self.stream, k): v for k, v in self.occupancy().items()})
         return events
 
     def _forget(self, frame_index: int) -> list[Event]:
-        """Tracks not seen for `lost_frames` frames leave their zones (at their last time) and lose their rows."""
-        slots = self._slots
-        gone = np.nonzero((slots.track >= 0) & (slots.last_frame < frame_index - self.lost_frames))[0]
+        """Tracks not seen for `lost_frames` frames leave their zones (at their last time); for `memory`
+        frames, their sides of the lines too, and their rows."""
+        slots, inside = self._slots, self._zones.inside
+        live = slots.track >= 0
+        lost = live & (slots.last_frame < frame_index - self.lost_frames)
         events: list[Event] = []
-        for row in gone.tolist():
-            for z in np.nonzero(self._zones.inside[row])[0].tolist():
-                self._zones.inside[row, z] = False
+        for row in (np.nonzero(lost & inside.any(axis=1))[0].tolist() if inside.shape[1] and lost.any() else []):
+            for z in np.nonzero(inside[row])[0].tolist():
+                inside[row, z] = False
                 events.append(self._zone_event(z, "exit", row, int(slots.last_frame[row]),
                                                float(slots.last_time[row])))
+        for row in np.nonzero(live & (slots.last_frame < frame_index - self.memory))[0].tolist():
             self._lines.side[row] = 0
             slots.release(row)
         return events
 
+    def _hand_off(self, frame_index: int, new: np.ndarray) -> None:
+        """New tracks take over the sides of lost tracks whose motion brings them to where the new one
+        is now (nearest first, one to one): the tracker gave an object a new id after losing it (behind
+        a pillar, in a crowd), and its crossing counts when it is seen beyond the line. The lost track
+        gives its sides up, so that it counts nothing twice should it come back."""
+        slots, lines = self._slots, self._lines
+        lost = np.nonzero((slots.track >= 0) & (slots.last_frame < frame_index)
+                          & (slots.last_frame >= frame_index - HANDOFF_FRAMES) & (lines.side != 0).any(axis=1))[0]
+        if not len(lost):
+            return
+        for row, old in slots.motion.pairs(new, lost, (frame_index - slots.last_frame[lost]).astype(float)):
+            lines.side[row], lines.anchor[row] = lines.side[old], lines.anchor[old]
+            lines.side[old] = 0
+            slots.motion.inherit(row, old)
+
     def _zone_events(self, frame_index: int, time: float, rows: np.ndarray, points: dict[str, np.ndarray],
-                     heights: np.ndarray, allowed: np.ndarray) -> list[Event]:
+                     heights: np.ndarray, allowed: np.ndarray | bool) -> list[Event]:
         zones = self._zones
         depth = zones.depth(points)
         margin = heights[:, None] * zones.margin[None]
@@ -350,11 +386,13 @@ class StreamEvaluator:
                          self._slots.label[row], frame_index, time, dwell, int(np.count_nonzero(zones.inside[:, zone])))
 
     def _crossings(self, frame_index: int, time: float, rows: np.ndarray, points: dict[str, np.ndarray],
-                   heights: np.ndarray, allowed: np.ndarray) -> list[Event]:
+                   heights: np.ndarray, allowed: np.ndarray | bool) -> list[Event]:
         lines = self._lines
         x = points["centre"][:, 0:1]
         y = _point_y(points, lines.centre)
-        side = np.where(allowed, lines.sides(x, y, heights), 0).astype(np.int8)
+        side = lines.sides(x, y, heights)
+        if allowed is not True:
+            side = np.where(allowed, side, 0).astype(np.int8)
         before = lines.side[rows]
         events: list[Event] = []
         for i, seg in zip(*np.nonzero((side != 0) & (before != 0) & (side != before))):
@@ -370,6 +408,14 @@ class StreamEvaluator:
         lines.anchor[rows[r], s, 0] = x[r, 0]
         lines.anchor[rows[r], s, 1] = y[r, s if y.shape[1] > 1 else 0]
         return events
+
+
+def _filters(labels: list[str], shapes: list[Zone] | list[Line]) -> np.ndarray | bool:
+    """(m, shapes): the rows each shape's class filter lets through; True when no shape has a filter."""
+    if not any(shape.labels for shape in shapes):
+        return True
+    codes = _codes(labels)
+    return np.stack([_allowed(codes, shape.labels) for shape in shapes], axis=1)
 
 
 def _codes(labels: list[str]) -> dict[str, np.ndarray]:

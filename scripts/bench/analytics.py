@@ -12,7 +12,7 @@ the evaluator as the loop runs it (default margin and lost-track frames).
 
 Accuracy per (objects, interval), over the seeds:
 - `line_accuracy`: counted crossings matched to a true crossing of the same object, line segment
-  and direction within `MATCH_FRAMES` frames (one to one) / true crossings. A counted crossing's
+  and direction within `MATCH_FRAMES` frames of the object in view (one to one) / true crossings. A counted crossing's
   object is the ground-truth box its tracked box overlaps most on that frame (IoU >= 0.3);
 - `double_counts`: counted crossings left over with the same object, segment and direction as a
   true one (counted twice) / true crossings; `spurious`: the other left-over counts (another
@@ -45,22 +45,24 @@ from analytics_explain import COUNT_CLASSES, MISS_CLASSES, explain_count, explai
 from report import write_report  # (scripts/bench/report.py)
 from scenes import Scene, SceneSpec, analytics_layout, int_list, make_scene, true_events  # (scripts/bench/scenes.py)
 
-from edgefleet.agent.analytics import LOST_FRAMES, LineCrossing, StreamEvaluator, ZoneEvent
+from edgefleet.agent.analytics import LINE_MEMORY_FRAMES, LineCrossing, StreamEvaluator, ZoneEvent
 from edgefleet.agent.bytetrack import ByteTrack
 from edgefleet.agent.zones import DEFAULT_MARGIN, StreamAnalytics
 from edgefleet.models.base import DEFAULT_CONFIDENCE_THRESHOLD
 
 MATCH_FRAMES = 90
-"""A counted crossing matches a true one of the same object, segment and direction at most this many frames apart."""
+"""A counted crossing matches a true one of the same object, segment and direction at most this many frames
+apart, counting only the frames on which the object is in view: an object that crosses and then walks
+behind a pillar can be counted only once it is seen again."""
 
 
-def replay(scene: Scene, interval: int, fps: float,
-           margin: float | None = None) -> tuple[list, list[tuple[np.ndarray, np.ndarray]], dict]:
+def replay(scene: Scene, interval: int, fps: float, margin: float | None = None, handoff: bool = True,
+           line_memory: int = LINE_MEMORY_FRAMES) -> tuple[list, list[tuple[np.ndarray, np.ndarray]], dict]:
     """The agent's events on `scene` at detect interval `interval`; its tracked rows per frame; the
     per-frame seconds of the tracker and of the evaluator."""
     tracker = ByteTrack()
     layout = StreamAnalytics.model_validate(analytics_layout(margin=margin))
-    evaluator = StreamEvaluator("scene", layout, totals=None)
+    evaluator = StreamEvaluator("scene", layout, totals=None, handoff=handoff, line_memory=line_memory)
     size = (scene.spec.width, scene.spec.height)
     events, rows, track_s, analytics_s = [], [], [], []
     clock = time.perf_counter
@@ -126,6 +128,7 @@ def score_lines(scene: Scene, truth: list, events: list, rows: list, attribution
     every = [e for e in truth if isinstance(e, LineCrossing)]
     true = [e for e in every if _seen(scene, e)]
     ident = identities(scene, rows)
+    apart = _apart(scene)
     open_ = {i: e for i, e in enumerate(every)}
     matched = matched_seen = doubles = spurious = 0
     counted, wrong = [], []
@@ -133,7 +136,7 @@ def score_lines(scene: Scene, truth: list, events: list, rows: list, attribution
         obj = track_object(ident, e.frame_index, e.track_id, attribution)
         key = (obj, e.line, e.segment, e.direction)
         hit = next((i for i, t in open_.items() if (t.track_id, t.line, t.segment, t.direction) == key
-                    and abs(t.frame_index - e.frame_index) <= MATCH_FRAMES), None)
+                    and apart(t.track_id, t.frame_index, e.frame_index) <= MATCH_FRAMES), None)
         if hit is not None:
             matched += 1
             matched_seen += _seen(scene, open_.pop(hit))
@@ -157,6 +160,20 @@ def score_lines(scene: Scene, truth: list, events: list, rows: list, attribution
         result |= {f"miss_{k}": v for k, v in tally(missed, MISS_CLASSES).items()}
         result |= {f"count_{k}": v for k, v in tally(wrong, COUNT_CLASSES).items()}
     return result
+
+
+def _apart(scene: Scene):
+    """`apart(object, f1, f2)`: the frames from f1 to f2 on which the object is in view."""
+    frames: dict[int, list[int]] = {}
+    for f, ids in enumerate(scene.gt_ids):
+        for obj in ids.tolist():
+            frames.setdefault(obj, []).append(f)
+    shown = {obj: np.asarray(f) for obj, f in frames.items()}
+
+    def apart(obj: int, f1: int, f2: int) -> int:
+        lo, hi = sorted((f1, f2))
+        return int(np.searchsorted(shown[obj], hi, "right") - np.searchsorted(shown[obj], lo, "right"))
+    return apart
 
 
 def _seen(scene: Scene, crossing: LineCrossing) -> bool:
@@ -215,6 +232,10 @@ class Options:
     """How a count's object is found (`track_object`)."""
     explain: bool = False
     """Classify every miss and every count not right (analytics_explain)."""
+    handoff: bool = True
+    """New tracks take over lost ones' sides (agent.handoff); off: as before it was added."""
+    line_memory: int = LINE_MEMORY_FRAMES
+    """Frames a lost track's sides are kept (agent.analytics.LINE_MEMORY_FRAMES; 30 before)."""
 
 
 def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[int], intervals: list[int],
@@ -227,7 +248,7 @@ def bench(objects: list[int], frames: int, seeds: list[int], crowd_seeds: list[i
             scene = make_scene(SceneSpec(objects=n, frames=frames, seed=seed))
             truth = true_events(scene, fps)
             for k in intervals:
-                events, tracked, timing = replay(scene, k, fps, options.margin)
+                events, tracked, timing = replay(scene, k, fps, options.margin, options.handoff, options.line_memory)
                 totals[k].update(score_lines(scene, truth, events, tracked, options.attribution,
                                              _explain_context(scene, options)))
                 totals[k].update(score_zones(scene, truth, events, tracked, options.attribution))
@@ -248,7 +269,7 @@ def _explain_context(scene: Scene, options: Options) -> dict | None:
     _, lines = layout.geometry(scene.spec.width, scene.spec.height)
     segments = {(ln.name, i): (ln.points[i], ln.points[i + 1]) for ln in lines for i in range(ln.segments)}
     return {"segments": segments, "margin": DEFAULT_MARGIN if options.margin is None else options.margin,
-            "lost_frames": LOST_FRAMES}
+            "lost_frames": options.line_memory}
 
 
 def _accuracy_row(objects: int, interval: int, t: Counter) -> dict:
@@ -321,14 +342,20 @@ def main() -> None:
     parser.add_argument("--attribution", choices=("track", "frame"), default="track",
                         help="a count's object: its track's over nearby frames (default), or its box's on that frame")
     parser.add_argument("--explain", action="store_true", help="classify every miss and every count not right")
+    parser.add_argument("--handoff", choices=("on", "off"), default="on",
+                        help="new tracks take over lost ones' sides (off: the evaluator before it had this)")
+    parser.add_argument("--line-memory", type=int, default=LINE_MEMORY_FRAMES,
+                        help="frames a lost track's sides are kept (30: the evaluator before)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     started = time.perf_counter()
     spec = SceneSpec(objects=1)
     detect_ms = detector_ms(spec.width, spec.height, args.detector_calls) if args.detector_calls else 0.0
+    options = Options(args.margin, args.attribution, args.explain, args.handoff == "on", args.line_memory)
     report = bench(int_list(args.objects), args.frames, int_list(args.seeds), int_list(args.crowd_seeds),
-                   int_list(args.intervals), args.fps, detect_ms, Options(args.margin, args.attribution, args.explain))
+                   int_list(args.intervals), args.fps, detect_ms, options)
     report.update(layout=analytics_layout(margin=args.margin), match_frames=MATCH_FRAMES, attribution=args.attribution,
+                  handoff=args.handoff, line_memory=args.line_memory, seeds=args.seeds, crowd_seeds=args.crowd_seeds,
                   machine=platform.processor() or platform.machine(), wall_s=round(time.perf_counter() - started, 1))
     print(markdown(report), file=sys.stderr)
     write_report(report, args.out)

@@ -9,10 +9,12 @@ in the `WINDOW` frames either side of f, through the tracks whose published box 
 - `not_tracked`: no track followed O on either side of f;
 - `track_starts_beyond`: no track followed O before f (picked up only past the line);
 - `track_ends_before`: no track followed O after f (lost for good before the line);
-- `id_switch`: one track before f, another after (the new id has no side to change from);
+- `id_switch`: one track before f, another once beyond the margin after it (the new id has no side
+  to change from);
 - `forgotten`: the same track on both sides, but unseen for longer than the evaluator remembers a
   track (its side was forgotten);
-- `margin_not_passed`: the same track, but its point was not beyond the margin on one side;
+- `margin_not_passed`: no track that followed the object was beyond the margin on the far side after
+  f, or the one that was had not been beyond it on the near side before;
 - `segment_end`: the same track passed beyond the margin on both sides, but the path between
   passes beyond the segment's end;
 - `other`.
@@ -33,7 +35,7 @@ import numpy as np
 
 from edgefleet.agent.analytics import LineCrossing
 
-WINDOW = 90
+WINDOW = 300
 """Frames either side of a crossing looked at."""
 
 MISS_CLASSES = ("counted_as_other", "counted_late", "wrong_direction", "not_tracked", "track_starts_beyond",
@@ -50,40 +52,45 @@ def explain_miss(t: LineCrossing, ident: list[dict[int, int | None]], rows: list
     cover = [(g, tid) for g in frames for tid, o in ident[g].items() if o == obj]
     tracks = {tid for _, tid in cover}
     mine = [e for e in events if isinstance(e, LineCrossing) and e.track_id in tracks
-            and (e.line, e.segment) == (t.line, t.segment) and abs(e.frame_index - f) <= 2 * WINDOW]
+            and (e.line, e.segment) == (t.line, t.segment) and abs(e.frame_index - f) <= WINDOW]
     if any(e.direction == t.direction and abs(e.frame_index - f) <= match_frames for e in mine):
         return "counted_as_other"
     if any(e.direction == t.direction for e in mine):
         return "counted_late"
     if mine:
         return "wrong_direction"
-    before, after = [c for c in cover if c[0] < f], [c for c in cover if c[0] >= f]
+    side = _sides(rows, segment, margin)
+    want = 1 if t.direction == "in" else -1
+    before = [c for c in cover if c[0] < f]
+    after = [c for c in cover if c[0] >= f]
+    beyond = [c for c in after if side(*c) == want]
     if not before or not after:
         return "not_tracked" if not cover else "track_starts_beyond" if not before else "track_ends_before"
-    if before[-1][1] != after[0][1]:
+    if not beyond:
+        return "margin_not_passed"
+    tid = before[-1][1]
+    if tid != beyond[0][1]:
         return "id_switch"
-    return _same_track(before[-1][1], t, rows, frames, segment, margin, lost_frames)
-
-
-def _same_track(tid: int, t: LineCrossing, rows: list, frames: range, segment: tuple[np.ndarray, np.ndarray],
-                margin: float, lost_frames: int) -> str:
-    """Why one track on both sides of the line did not count it."""
-    seen = [(g, rows[g][1][rows[g][0] == tid][0]) for g in frames if (rows[g][0] == tid).any()]
-    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:]) if a[0] < t.frame_index <= b[0]]
-    if gaps and gaps[0] > lost_frames:
+    seen = [g for g in frames if (rows[g][0] == tid).any()]
+    if any(b - a > lost_frames for a, b in zip(seen, seen[1:]) if a < beyond[0][0] and b > before[-1][0]):
         return "forgotten"
-    a, b = segment
-    unit = (b - a) / np.hypot(*(b - a))
-    want = 1 if t.direction == "in" else -1
-    sides = []
-    for g, box in seen:
-        x, y = (box[0] + box[2]) / 2, box[3]
-        distance = unit[0] * (y - a[1]) - unit[1] * (x - a[0])
-        sides.append((g, int(np.sign(distance)) if abs(distance) > margin * (box[3] - box[1]) else 0))
-    if not any(s == -want for g, s in sides if g < t.frame_index) or not any(
-            s == want for g, s in sides if g >= t.frame_index):
+    if not any(side(g, tid) == -want for g in seen if g < f):
         return "margin_not_passed"
     return "segment_end"
+
+
+def _sides(rows: list, segment: tuple[np.ndarray, np.ndarray], margin: float):
+    """`side(frame, track)`: the side of the segment's line the track's bottom centre is on that frame
+    beyond the margin (-1, +1), or 0."""
+    a, b = segment
+    unit = (b - a) / np.hypot(*(b - a))
+
+    def side(g: int, tid: int) -> int:
+        box = rows[g][1][rows[g][0] == tid][0]
+        x, y = (box[0] + box[2]) / 2, box[3]
+        distance = unit[0] * (y - a[1]) - unit[1] * (x - a[0])
+        return int(np.sign(distance)) if abs(distance) > margin * (box[3] - box[1]) else 0
+    return side
 
 
 def explain_count(e: LineCrossing, obj: int | None, every: list[LineCrossing], counted: list[LineCrossing],

@@ -219,7 +219,7 @@ def true_events(scene: Scene, fps: float = 30.0) -> list:
     from edgefleet.agent.zones import StreamAnalytics
 
     evaluator = StreamEvaluator("scene", StreamAnalytics.model_validate(analytics_layout(margin=0.0)),
-                                lost_frames=10 ** 9, totals=None)
+                                lost_frames=10 ** 9, totals=None, handoff=False)
     events = []
     for t, (ids, xyxy) in enumerate(zip(scene.gt_ids, scene.gt_xyxy)):
         events += evaluator.update(t, t / fps, xyxy, ids, ["person"] * len(ids), (scene.spec.width, scene.spec.height))

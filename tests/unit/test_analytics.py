@@ -99,6 +99,62 @@ def test_predicted_rows_count_like_detected_ones_and_a_returning_track_keeps_its
     assert [e.direction for e in events] == ["in"]
 
 
+def approach(track, y0=380, step=10, frames=12, x=500):
+    """A track walking down towards DOOR (y = 500) at `step` px a frame from y0: its frames."""
+    return [{track: (x, y0 + step * i)} for i in range(frames)]
+
+
+def test_a_track_unseen_longer_than_lost_frames_keeps_its_side_and_counts_on_its_return():
+    """ByteTrack may give an id back after its published rows stopped for more than LOST_FRAMES (it
+    tracks weak detections it does not publish): the side is kept for LINE_MEMORY_FRAMES."""
+    from edgefleet.agent.analytics import LINE_MEMORY_FRAMES, LOST_FRAMES
+    ev = evaluator(lines=DOOR)
+    gone = LOST_FRAMES + 10
+    events = walk(ev, [{1: (500, 400)}] + [{}] * gone + [{1: (500, 600)}])
+    assert [(e.direction, e.track_id, e.frame_index) for e in events] == [("in", 1, gone + 1)]
+    late = evaluator(lines=DOOR)
+    assert walk(late, [{1: (500, 400)}] + [{}] * (LINE_MEMORY_FRAMES + 1) + [{1: (500, 600)}]) == []
+
+
+def test_a_new_track_beyond_the_line_where_a_lost_one_was_heading_counts_its_crossing_once():
+    """An object lost at the line (behind a pillar) and found again past it under a new id: the new
+    track takes the lost one's side, so the crossing counts, once, under the new id; the lost id
+    coming back later counts nothing more."""
+    ev = evaluator(lines=DOOR)
+    before = approach(1)  # y 380 .. 490: last seen inside the 15 px band's near side at 470
+    hidden = [{}] * 20  # would walk 200 px: to about 690
+    after = [{2: (500, 690 + 10 * i)} for i in range(5)]
+    events = walk(ev, before + hidden + after)
+    assert [(e.direction, e.track_id, e.frame_index) for e in events] == [("in", 2, len(before) + len(hidden))]
+    back = walk(ev, [{1: (500, 760)}, {1: (500, 770)}], start=len(before + hidden + after))
+    assert back == []
+
+
+def test_no_hand_off_far_from_where_the_lost_track_was_heading_nor_after_handoff_frames():
+    from edgefleet.agent.handoff import HANDOFF_FRAMES
+    far = evaluator(lines=DOOR)
+    sideways = [{2: (850, 690 + 10 * i)} for i in range(5)]  # 350 px to the side of the lost track's path
+    assert walk(far, approach(1) + [{}] * 20 + sideways) == []
+    stale = evaluator(lines=DOOR)
+    slow = [{1: (500, 480 + i * 0.05)} for i in range(12)]  # stands still before the line
+    assert walk(stale, slow + [{}] * (HANDOFF_FRAMES + 1) + [{2: (500, 520)}, {2: (500, 530)}]) == []
+    near = evaluator(lines=DOOR)
+    assert [e.track_id for e in walk(near, slow + [{}] * 20 + [{2: (500, 520)}, {2: (500, 530)}])] == [2]
+
+
+def test_a_hand_off_past_the_end_of_a_segment_counts_nothing():
+    ev = evaluator(lines=DOOR)  # DOOR runs from x 100 to 900
+    walk_by = [{1: (960, 380 + 10 * i)} for i in range(12)]
+    assert walk(ev, walk_by + [{}] * 20 + [{2: (960, 690)}, {2: (960, 700)}]) == []
+
+
+def test_without_hand_off_a_new_id_has_no_side():
+    """The ground truth's evaluator (scripts/bench/scenes.true_events) runs without hand-off: its ids are exact."""
+    ev = StreamEvaluator("cam0", StreamAnalytics.model_validate({"units": "pixels", "lines": DOOR}),
+                         totals=None, handoff=False)
+    assert walk(ev, approach(1) + [{}] * 20 + [{2: (500, 690 + 10 * i)} for i in range(5)]) == []
+
+
 def test_totals_and_minute_counts():
     totals = Totals()
     ev = evaluator(totals, lines=DOOR, zones={"shop": {"polygon": [[0, 0], [1000, 0], [1000, 450], [0, 450]]}})
@@ -149,6 +205,7 @@ def _bench():
         sys.path.insert(0, str(bench_dir))
     spec = importlib.util.spec_from_file_location("bench_analytics", bench_dir / "analytics.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
