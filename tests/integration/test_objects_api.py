@@ -25,11 +25,13 @@ def obj(i: int, stream: str = "cam0", label: str = "person", ended: bool = True,
 
 
 @pytest.fixture
-def agent(controller):
+def agent(controller, control):
+    """`agent("cam-a", ...)`: a simulated agent whose Session the controller holds (commands reach it)."""
     made = []
 
     def make(hostname: str, **kwargs) -> SimAgent:
         made.append(SimAgent(controller.address, hostname, **kwargs).connect())
+        wait_for(lambda: connected_on(control, made[-1].device_id), 10, f"{hostname}'s Session")
         return made[-1]
 
     yield make
@@ -141,7 +143,6 @@ def test_get_frame_carries_the_devices_refusal_and_its_silence(agent, control):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "timed out after 0.3 s" in err.value.details()
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/gateway.py does not hand CommandResult.snapshot to Hub.answered yet")
 def test_get_frame_answers_the_devices_picture(agent, control):
     cam = agent("cam-a", streams=("cam0", "cam1"))
     got = control.GetFrame(fleet_pb2.GetFrameRequest(device_id=cam.device_id, stream_id="cam1"), timeout=10)
@@ -180,7 +181,6 @@ def test_a_refusal_to_capture_crosses_replicas(two_replicas):
     assert "no stream 'cam9': this device has cam0" in err.value.details()
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/gateway.py does not hand CommandResult.snapshot to Hub.answered yet")
 def test_a_frame_crosses_replicas(two_replicas):
     got = _frame_across_replicas(two_replicas, "cam0")
     assert got.jpeg == noisy_picture("cam0") and len(got.jpeg) > 20_000 and got.kind == "live"

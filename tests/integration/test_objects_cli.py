@@ -149,7 +149,6 @@ def test_snapshot_writes_a_jpeg_and_keeps_an_existing_file(fleet, tmp_path):
     assert not (tmp_path / "none.jpg").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/gateway.py does not hand CommandResult.snapshot to Hub.answered yet")
 def test_frame_writes_the_streams_latest_annotated_frame(fleet, tmp_path):
     out = tmp_path / "now.jpg"
     done = fleet.cli("frame", fleet.device_id, "cam0", "-o", str(out), "--max-width", "320")

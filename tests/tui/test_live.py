@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 from textual.widgets import DataTable, Static
 
 from edgefleet.common.records import CountRecord, CountRow, ObjectEventRecord, SnapshotRecord, TrackedObject
@@ -62,7 +61,6 @@ def test_the_device_screen_shows_counts_objects_and_the_selected_crop(controller
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(strict=True, reason="fleet/gateway.py does not hand CommandResult.snapshot to Hub.answered yet")
 def test_the_device_screen_draws_the_streams_frame(controller, agents):
     cam = agents("cam-a")
 
