@@ -16,7 +16,7 @@ from .tables import StoreTables
 if TYPE_CHECKING:
     from .store import DeviceRecord
 
-PURGED_TABLES = ("detections", "health_samples", "events")
+PURGED_TABLES = ("detections", "health_samples", "events", "objects", "object_counts", "object_snapshots")
 """A device's data that `remove_device(purge_data=True)` deletes, detections first (their count is returned)."""
 
 

@@ -19,6 +19,10 @@ serves afterwards.
 | GetDevice, SetPlanOverride  | INVALID_ARGUMENT, NOT_FOUND, AUTH                                   |
 | ListDetections              | INVALID_ARGUMENT (device id, limit), NOT_FOUND, AUTH                |
 | WatchDetections             | INVALID_ARGUMENT (min_score), AUTH                                  |
+| ListObjects, CountObjects   | INVALID_ARGUMENT (selector, page token, limit, bucket), NOT_FOUND, AUTH |
+| GetSnapshot                 | INVALID_ARGUMENT (kind, ambiguous id), NOT_FOUND, AUTH              |
+| GetFrame                    | INVALID_ARGUMENT, NOT_FOUND, UNAVAILABLE (not connected),           |
+|                             | FAILED_PRECONDITION (refused), DEADLINE_EXCEEDED, AUTH              |
 | UploadArtifact              | INVALID_ARGUMENT (manifest, size/sha256 mismatch), FAILED_PRECONDITION, AUTH |
 | FetchArtifact               | INVALID_ARGUMENT (sha256), NOT_FOUND, OUT_OF_RANGE (offset), AUTH   |
 | ListArtifacts, ListRollouts | AUTH                                                                |
@@ -81,6 +85,11 @@ ANSWERS = {
     "SetDeviceLabels": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
     "GetDeviceConfig": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
     "ListAudit": {CODE.OK, CODE.INVALID_ARGUMENT, *AUTH},
+    "ListObjects": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
+    "CountObjects": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
+    "GetSnapshot": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, *AUTH},
+    "GetFrame": {CODE.OK, CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, CODE.UNAVAILABLE, CODE.FAILED_PRECONDITION,
+                 CODE.DEADLINE_EXCEEDED, *AUTH},
 }
 assert set(ANSWERS) == set(METHODS), "every RPC needs its row in the table"
 WATCHES = frozenset({"WatchFleet", "WatchDetections"})
@@ -355,6 +364,7 @@ EXAMPLES = {  # per RPC; the sum with the raw-bytes and wrong-token tests is the
     "SetDesiredConfig": 300, "GetDeviceConfig": 300,
     "CreateRollout": 300, "GetRollout": 200, "PauseRollout": 150, "ResumeRollout": 150, "AbortRollout": 150,
     "RevokeDevice": 150, "RemoveDevice": 150, "ListAudit": 150,
+    "ListObjects": 300, "CountObjects": 300, "GetSnapshot": 200, "GetFrame": 150,
     "Enroll": 1200,  # last: every new hardware id is one more device for the listing RPCs to walk
 }
 RAW_EXAMPLES = 1200

@@ -35,6 +35,8 @@ def test_a_v1_database_is_migrated_and_keeps_its_devices(tmp_path):
         store.db.execute(f"drop table {table}")
     store.db.execute("drop index idx_detections_received")
     store.db.execute("alter table devices drop column plan_override")
+    for table in ("objects", "object_counts", "snapshots", "object_snapshots"):  # nothing of v5
+        store.db.execute(f"drop table {table}")
     for table in ("desired_configs", "audit"):  # and nothing of v4
         store.db.execute(f"drop table {table}")
     for column in ("operator_labels", "revoked", "config_status"):
