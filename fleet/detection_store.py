@@ -148,14 +148,15 @@ class DetectionTables(StoreTables):
                 raise sqlite3.IntegrityError(
                     f"stored {conn.total_changes - before} of {len(new_rows)} new detection rows")
             self._write_objects(writes, now)
-            devices = [(d, writes.frames_stored.get(d, 0)) for d in writes.touched]
-            for start in range(0, len(devices), 300):
-                chunk = devices[start:start + 300]
+            devices = [(d, acked[d], writes.frames_stored.get(d, 0), writes.records_stored.get(d, 0))
+                       for d in writes.touched]
+            for start in range(0, len(devices), 200):  # 4 parameters a device: 800, under SQLite's oldest limit
+                chunk = devices[start:start + 200]
                 conn.execute(
                     "update devices set acked_sequence = v.column2, detections_stored = detections_stored + v.column3,"
-                    " last_seen = ? from (values " + ", ".join(["(?, ?, ?)"] * len(chunk)) + ") as v"
-                    " where devices.device_id = v.column1",
-                    [now, *(v for device_id, stored in chunk for v in (device_id, acked[device_id], stored))],
+                    " records_stored = coalesce(records_stored, 0) + v.column4, last_seen = ? from (values "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + ") as v where devices.device_id = v.column1",
+                    [now, *(v for device in chunk for v in device)],
                 )
 
         self._transaction(work)

@@ -126,8 +126,10 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             await self.rollouts.on_status(device_id, status_report(up.deployment))
         elif kind == "result":
             result = up.result
-            logger.info("%s: command %s %s", device_id, result.command_id,
-                        "done" if result.ok else f"failed: {result.error}")
+            # a picture asked for (GetFrame, every 2 s while a TUI shows the device) is routine: debug
+            logger.log(logging.DEBUG if result.ok and result.HasField("snapshot") else logging.INFO,
+                       "%s: command %s %s", device_id, result.command_id,
+                       "done" if result.ok else f"failed: {result.error}")
             snapshot = snapshot_from_pb(result.snapshot) if result.HasField("snapshot") else None
             self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail, snapshot)
         elif kind == "config":

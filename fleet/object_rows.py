@@ -102,6 +102,8 @@ class GroupWrites:
     pictures: dict[tuple, tuple] = field(default_factory=dict)
     frames_stored: dict[str, int] = field(default_factory=dict)
     """Device -> its new rows of `detections` (its `detections_stored` grows by them)."""
+    records_stored: dict[str, int] = field(default_factory=dict)
+    """Device -> its new records of every kind, replays not counted (its `records_stored` grows by them)."""
     touched: set[str] = field(default_factory=set)
     """Devices with any record in the group (their acked sequence and last_seen are written)."""
 
@@ -221,6 +223,7 @@ def take_batch(device_id: str, batch: ParsedBatch, acked: dict[str, int], presen
         _take(device_id, rec, writes)
     if batch.frame_rows or batch.others:
         writes.touched.add(device_id)
+        writes.records_stored[device_id] = writes.records_stored.get(device_id, 0) + stored
     acked[device_id] = max(acked[device_id], high)
     return StoreResult(acked[device_id], stored, duplicates)
 

@@ -99,6 +99,8 @@ MIGRATIONS: tuple[Step, ...] = (
         'create index "idx_object_snapshots_object_id" on "object_snapshots" ("object_id", "kind")',
         'create index "idx_object_snapshots_sha256" on "object_snapshots" ("sha256")',
         'create index "idx_object_snapshots_time" on "object_snapshots" ("time")',
+        # records of every kind stored once (not replays): equals acked_sequence while the outbox dropped none
+        'alter table "devices" add column "records_stored" integer default 0',
     )),
 )
 

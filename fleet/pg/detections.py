@@ -280,13 +280,15 @@ class PgDetectionTables(PgTables):
         if not writes.touched:
             return
         device_ids = sorted(writes.touched)
-        stored_by_device = {d: writes.frames_stored.get(d, 0) for d in device_ids}
         conn.execute(
             "update devices set acked_sequence = greatest(devices.acked_sequence, v.acked),"
-            " detections_stored = devices.detections_stored + v.stored, last_seen = %s"
-            " from unnest(%s::text[], %s::bigint[], %s::bigint[]) as v (device_id, acked, stored)"
+            " detections_stored = devices.detections_stored + v.stored,"
+            " records_stored = devices.records_stored + v.records, last_seen = %s"
+            " from unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])"
+            " as v (device_id, acked, stored, records)"
             " where devices.device_id = v.device_id",
-            [now, device_ids, [acked[d] for d in device_ids], [stored_by_device[d] for d in device_ids]])
+            [now, device_ids, [acked[d] for d in device_ids], [writes.frames_stored.get(d, 0) for d in device_ids],
+             [writes.records_stored.get(d, 0) for d in device_ids]])
 
     # ---- listings ----
 

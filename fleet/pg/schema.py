@@ -96,6 +96,8 @@ MIGRATIONS: tuple[Step, ...] = (
         "create index on object_snapshots (object_id, kind)",
         "create index on object_snapshots (sha256)",
         "create index on object_snapshots (time)",
+        # records of every kind stored once (not replays): equals acked_sequence while the outbox dropped none
+        "alter table devices add column records_stored bigint not null default 0",
     )),
 )
 

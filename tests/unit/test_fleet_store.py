@@ -39,7 +39,7 @@ def test_a_v1_database_is_migrated_and_keeps_its_devices(tmp_path):
         store.db.execute(f"drop table {table}")
     for table in ("desired_configs", "audit"):  # and nothing of v4
         store.db.execute(f"drop table {table}")
-    for column in ("operator_labels", "revoked", "config_status"):
+    for column in ("operator_labels", "revoked", "config_status", "records_stored"):
         store.db.execute(f"alter table devices drop column {column}")
     store.db.execute("PRAGMA user_version=1")
     store.close()

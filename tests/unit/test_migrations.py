@@ -92,7 +92,7 @@ def test_a_database_newer_than_the_controller_is_refused_untouched(tmp_path):
 def test_a_v4_file_with_frames_gains_the_object_tables_and_keeps_its_frames(tmp_path, monkeypatch):
     """The objects step on a file that holds data: a failure half-way leaves it at v4 with its frames; the next
     start adds the tables, and the frames are still there."""
-    from edgefleet.common.records import FrameRecord, ObjectEventRecord, TrackedObject
+    from edgefleet.common.records import ObjectEventRecord, TrackedObject
 
     path = tmp_path / "fleet.db"
     steps = schema.MIGRATIONS
@@ -100,7 +100,10 @@ def test_a_v4_file_with_frames_gains_the_object_tables_and_keeps_its_frames(tmp_
     store = FleetStore(path)
     key = store.create_enroll_key("t")
     device, _ = store.enroll(key, "hw-1", "cam", "0.1.0", {}, {})
-    store.store_frames(device.device_id, [FrameRecord("cam0", 1, 0, 1000.0), FrameRecord("cam0", 2, 1, 1001.0)])
+    for sequence in (1, 2):  # as the v4 code stored them (today's also counts records_stored, a v5 column)
+        store.db.execute("insert into detections values (?, ?, 'cam0', ?, ?, ?, 0, '[]')",
+                         [device.device_id, sequence, sequence - 1, 999.0 + sequence, 1002.0])
+    store.db.execute("update devices set acked_sequence = 2, detections_stored = 2")
     store.close()
 
     monkeypatch.setattr(schema, "MIGRATIONS", (*steps[:4], failing_in_the_middle(steps[4])))
@@ -115,6 +118,7 @@ def test_a_v4_file_with_frames_gains_the_object_tables_and_keeps_its_frames(tmp_
         assert store.list_detections(device.device_id)[1] == 2
         obj = TrackedObject("o-1", "cam0", 1, "person", 0, 1000.0, 1001.0, 0.9, (1.0, 2.0, 3.0, 4.0))
         assert store.store_frames(device.device_id, [ObjectEventRecord("new", obj, 3)]).acked_sequence == 3
+        assert store.db.execute("select records_stored from devices").fetchone()[0] == 1
         assert [o.object_id for o in store.list_objects(ObjectQuery())] == ["o-1"]
     finally:
         store.close()
