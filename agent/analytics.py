@@ -36,8 +36,8 @@ import numpy as np
 
 from edgefleet.common.records import CountRow
 
+from . import handoff as _handoff  # its constants read at call time (the benchmark may change them)
 from .errors import ConfigError
-from .handoff import HANDOFF_FRAMES, Motion
 from .zones import Line, StreamAnalytics, Zone, reference_points, segments_cross
 
 LOST_FRAMES = 30
@@ -164,7 +164,7 @@ class _Slots:
         self.last_frame = np.zeros(capacity, np.int64)
         self.last_time = np.zeros(capacity)
         self.label: list[str] = [""] * capacity
-        self.motion = Motion(capacity)
+        self.motion = _handoff.Motion(capacity)
 
     @property
     def capacity(self) -> int:
@@ -354,8 +354,9 @@ class StreamEvaluator:
         a pillar, in a crowd), and its crossing counts when it is seen beyond the line. The lost track
         gives its sides up, so that it counts nothing twice should it come back."""
         slots, lines = self._slots, self._lines
-        lost = np.nonzero((slots.track >= 0) & (slots.last_frame < frame_index)
-                          & (slots.last_frame >= frame_index - HANDOFF_FRAMES) & (lines.side != 0).any(axis=1))[0]
+        last = slots.last_frame
+        lost = np.nonzero((slots.track >= 0) & (last <= frame_index - _handoff.HANDOFF_MIN_GAP)
+                          & (last >= frame_index - _handoff.HANDOFF_FRAMES) & (lines.side != 0).any(axis=1))[0]
         if not len(lost):
             return
         for row, old in slots.motion.pairs(new, lost, (frame_index - slots.last_frame[lost]).astype(float)):

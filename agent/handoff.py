@@ -17,6 +17,9 @@ import numpy as np
 
 HANDOFF_FRAMES = 150
 """A new track goes on with a track lost at most this many frames ago..."""
+HANDOFF_MIN_GAP = 3
+"""...and at least this many: ByteTrack shows a track once it has been matched on two detected frames in
+a row, so a track seen a frame or two before a new one appears was there beside it: another object."""
 HANDOFF_GATE = 0.6
 """...when its box centre is within this many of its box heights of where the lost one's motion puts it..."""
 HANDOFF_DRIFT = 0.3

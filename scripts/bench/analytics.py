@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from analytics_explain import COUNT_CLASSES, MISS_CLASSES, explain_count, explain_miss, tally
+from analytics_explain import COUNT_CLASSES, MISS_CLASSES, explain_count, explain_miss, near_segment_end, tally
 from report import write_report  # (scripts/bench/report.py)
 from scenes import Scene, SceneSpec, analytics_layout, int_list, make_scene, true_events  # (scripts/bench/scenes.py)
 
@@ -150,7 +150,9 @@ def score_lines(scene: Scene, truth: list, events: list, rows: list, attribution
             f = e.frame_index
             sides = (track_object(ident, f, e.track_id, frames=range(max(0, f - ATTRIBUTION_FRAMES), f)),
                      track_object(ident, f, e.track_id, frames=range(f, min(len(ident), f + ATTRIBUTION_FRAMES))))
-            wrong.append(explain_count(e, obj, every, counted, ident, sides))
+            near = obj is not None and near_segment_end(scene, obj, f, explain["segments"][(e.line, e.segment)],
+                                                        explain["margin"])
+            wrong.append(explain_count(e, obj, every, counted, ident, sides, near))
         counted.append(e)
     result = {"true_crossings": len(true), "matched": matched_seen, "double": doubles, "spurious": spurious,
               "all_true_crossings": len(every), "all_matched": matched}

@@ -25,6 +25,8 @@ Each count that is not right is put in one class:
 - `no_object`: the track followed no ground-truth object around the count (a false track);
 - `wrong_direction`: the object crossed that segment the other way only;
 - `id_transfer`: the track followed one object before the count and another after;
+- `past_segment_end`: the object made no crossing of that segment, but passed its end closer than the
+  margin: the exact box went by the end, the detected one (box noise) across the segment;
 - `no_such_crossing`: the object made no crossing of that segment.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ WINDOW = 300
 MISS_CLASSES = ("counted_as_other", "counted_late", "wrong_direction", "not_tracked", "track_starts_beyond",
                 "track_ends_before", "id_switch", "forgotten", "margin_not_passed", "segment_end", "other")
 COUNT_CLASSES = ("double_same_track", "double_other_track", "no_object", "wrong_direction", "id_transfer",
-                 "no_such_crossing")
+                 "past_segment_end", "no_such_crossing")
 
 
 def explain_miss(t: LineCrossing, ident: list[dict[int, int | None]], rows: list, events: list,
@@ -94,7 +96,8 @@ def _sides(rows: list, segment: tuple[np.ndarray, np.ndarray], margin: float):
 
 
 def explain_count(e: LineCrossing, obj: int | None, every: list[LineCrossing], counted: list[LineCrossing],
-                  ident: list[dict[int, int | None]], before_after: tuple[int | None, int | None]) -> str:
+                  ident: list[dict[int, int | None]], before_after: tuple[int | None, int | None],
+                  near_end: bool = False) -> str:
     """The class of a count that matched no true crossing; `counted`: the counts matched before it."""
     if obj is None:
         return "no_object"
@@ -106,7 +109,22 @@ def explain_count(e: LineCrossing, obj: int | None, every: list[LineCrossing], c
         return "wrong_direction"
     if None not in before_after and before_after[0] != before_after[1]:
         return "id_transfer"
-    return "no_such_crossing"
+    return "past_segment_end" if near_end else "no_such_crossing"
+
+
+def near_segment_end(scene, obj: int, frame: int, segment: tuple[np.ndarray, np.ndarray], margin: float) -> bool:
+    """Whether the object's exact bottom centre is within the margin of one of the segment's ends on
+    any frame within WINDOW of `frame` (its path went by the end, not across)."""
+    a, b = segment
+    for g in range(max(0, frame - WINDOW), min(len(scene.gt_ids), frame + WINDOW)):
+        ids = scene.gt_ids[g]
+        if obj in ids:
+            box = scene.gt_xyxy[g][ids.tolist().index(obj)]
+            point = np.array([(box[0] + box[2]) / 2, box[3]])
+            reach = margin * (box[3] - box[1])
+            if min(np.hypot(*(point - a)), np.hypot(*(point - b))) <= reach:
+                return True
+    return False
 
 
 def tally(classes: list[str], names: tuple[str, ...]) -> dict[str, int]:

@@ -142,6 +142,16 @@ def test_no_hand_off_far_from_where_the_lost_track_was_heading_nor_after_handoff
     assert [e.track_id for e in walk(near, slow + [{}] * 20 + [{2: (500, 520)}, {2: (500, 530)}])] == [2]
 
 
+def test_no_hand_off_from_a_track_seen_just_before_the_new_one_appears():
+    """A track published a frame ago was beside the new one while the tracker confirmed it (two detected
+    frames in a row): they are two objects, one standing before the line and one past it."""
+    from edgefleet.agent.handoff import HANDOFF_MIN_GAP
+    ev = evaluator(lines=DOOR)
+    standing = [{1: (500, 480)}] * 12
+    gap = [{}] * (HANDOFF_MIN_GAP - 2)
+    assert walk(ev, standing + gap + [{2: (500, 520)}, {2: (500, 525)}]) == []
+
+
 def test_a_hand_off_past_the_end_of_a_segment_counts_nothing():
     ev = evaluator(lines=DOOR)  # DOOR runs from x 100 to 900
     walk_by = [{1: (960, 380 + 10 * i)} for i in range(12)]
