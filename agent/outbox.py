@@ -146,12 +146,14 @@ class Outbox:
         are also set on the records, whose scores and boxes are rounded in place to what is stored
         (so a record sent from memory equals the copy a resend reads back).
 
-        Past a bound, the oldest records (these ones too, should they alone exceed `max_bytes`)
-        are dropped in the same transaction; `self.dropped` counts them."""
+        Past a bound, the oldest records are dropped in the same transaction; a record larger than
+        `max_bytes` on its own (a snapshot in a tiny outbox) is dropped alone, never at the cost of
+        everything before it; `self.dropped` counts them."""
         self._conn.execute("begin immediate")
         try:
             sequences = [self._insert(record) for record in records]
-            dropped = self._enforce_bounds()
+            dropped = self._drop_oversized(sequences[0]) if sequences and self.max_bytes else 0
+            dropped += self._enforce_bounds()
             self._conn.execute("commit")
         except BaseException:
             self._conn.execute("rollback")
@@ -159,6 +161,15 @@ class Outbox:
         if dropped:
             self._note_dropped(dropped)
         return sequences
+
+    def _drop_oversized(self, first: int) -> int:
+        """Delete the records of this commit (sequences from `first`) that alone exceed `max_bytes`; how many."""
+        size = _RECORD_BYTES.format(r="outbox")
+        dropped = self._conn.execute(f"delete from outbox where sequence >= ? and {size} > ?",
+                                     (first, self.max_bytes)).rowcount
+        if dropped:
+            self._conn.execute("update outbox_meta set value = value + ? where key = 'dropped'", (dropped,))
+        return dropped
 
     def _enforce_bounds(self) -> int:
         """Delete the oldest records past either bound (inside the caller's transaction); how many."""

@@ -88,6 +88,18 @@ def test_counts_are_added_exactly_once_across_replays(store):
                              (None, "", "", "zone", "queue", "enter"): 4}
 
 
+def test_every_kind_counts_once_in_records_stored_however_often_it_is_sent(store):
+    """records_stored equals the acked sequence when nothing was lost: the exactly-once check tests with
+    real agents make for objects, counts and snapshots as well as frames."""
+    device = enroll(store)
+    batch = [frame(1), event(2, obj("o-1", T0 + 1), "new"), counts(3, (0, "line", "door", "person", "in", 1)),
+             snap(4, "o-1", b"\xff\xd8one"), frame(5)]
+    store.store_frames(device, batch[:3])
+    store.store_frames(device, batch)  # the first three again, after a reconnect
+    store.store_frames_many([(device, batch[3:]), (device, batch)])  # and twice in one group commit
+    assert sql(store, "select records_stored, acked_sequence from devices where device_id = %s", [device]) == [(5, 5)]
+
+
 def test_an_object_keeps_its_newest_state_and_its_end(store):
     device = enroll(store)
     store.store_frames(device, [event(1, obj("o-1", T0 + 5, zones=["queue"])), event(2, obj("o-1", T0 + 9),

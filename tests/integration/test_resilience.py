@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import ROOT, first_frames, free_port, wait_for
+from ..delivery import assert_frames_once
 from ..processes import ControllerProcess, outbox_state, read_db
 from ..tcp_proxy import TcpProxy
 
@@ -68,19 +69,17 @@ def stored_rows(db: Path) -> list[tuple]:
     return read_db(db, "select device_id, sequence, stream_id, frame_index from detections order by sequence")
 
 
-def assert_exactly_once(db: Path, produced: int, device_id: str) -> None:
+def assert_exactly_once(db: Path, device_id: str, records: int, frames: int | None = None) -> None:
+    """Every record the agent produced (`records`: sequences 1..records, of every kind: frames, object
+    events, counts, snapshots) stored once; the frames among them each once, in order (`frames`: how many,
+    when the agent could say)."""
     rows = stored_rows(db)
     sequences = [r[1] for r in rows]
     assert {r[0] for r in rows} == {device_id}
-    assert len(sequences) == len(set(sequences)), "a sequence stored twice"
-    missing = sorted(set(range(1, produced + 1)) - set(sequences))
-    extra = sorted(set(sequences) - set(range(1, produced + 1)))
-    assert not missing, f"{len(missing)} of {produced} sequences never stored: {missing[:20]}"
-    assert not extra, f"stored sequences the agent never produced: {extra[:20]}"
-    assert sequences == list(range(1, produced + 1))
+    assert_frames_once(sequences, len(sequences) if frames is None else frames, records)
     # the controller's own counters agree: replays after reconnects were not counted as stored
-    assert read_db(db, "select detections_stored, acked_sequence from devices where device_id = ?",
-                 (device_id,)) == [(produced, produced)]
+    assert read_db(db, "select detections_stored, records_stored, acked_sequence from devices where device_id = ?",
+                   (device_id,)) == [(len(sequences), records, records)]
 
 
 @pytest.fixture
@@ -112,11 +111,11 @@ def test_controller_sigkilled_five_times_loses_and_duplicates_nothing(vtest, tmp
         wait_for(lambda: len(stored_sequences(ctl.db)) >= floor, 90, "detections after the last restart")
         code, summary, stderr = agent.finish(terminate=True)
         assert code == 0, stderr
-        produced = summary["frames"]
-        assert produced == summary["acked_sequence"] == outbox_state(state)[1]
+        produced = summary["acked_sequence"]
+        assert produced == outbox_state(state)[1]
         assert summary["outbox_left"] == 0 and outbox_state(state)[0] == []
-        assert_exactly_once(ctl.db, produced, summary["device_id"])
-        assert stored_before_kill == sorted(stored_before_kill) and stored_before_kill[-1] < produced
+        assert_exactly_once(ctl.db, summary["device_id"], produced, summary["frames"])
+        assert stored_before_kill == sorted(stored_before_kill) and stored_before_kill[-1] < summary["frames"]
         assert all(unacked_while_down), f"records waited in the outbox during each outage: {unacked_while_down}"
         assert "Traceback" not in stderr
     finally:
@@ -132,7 +131,8 @@ def test_agent_sigkilled_five_times_delivers_every_committed_record_and_never_re
     proxy = TcpProxy(("127.0.0.1", ctl.port)).start()  # stalled before each kill, so the outbox holds records
     state = tmp_path / "agent"
     agents: list[AgentProcess] = []
-    committed_at_kill: list[tuple[list[int], int]] = []  # (unacknowledged sequences, highest) read after each kill
+    # (unacknowledged sequences, highest, the unacknowledged frames' sequences) read after each kill
+    committed_at_kill: list[tuple[list[int], int, list[int]]] = []
 
     def start_agent(*extra: str) -> AgentProcess:
         agents.append(AgentProcess(proxy.address, vtest, state, "--loop", "--backoff-max-s", "1", *extra,
@@ -147,7 +147,8 @@ def test_agent_sigkilled_five_times_delivers_every_committed_record_and_never_re
             proxy.stall()  # acks stop coming: the outbox keeps what the controller has not acknowledged
             wait_for(lambda: len(outbox_state(state)[0]) >= 10, 60, "10 unacknowledged records")
             agent.kill()
-            committed_at_kill.append(outbox_state(state))
+            committed_at_kill.append((*outbox_state(state), [s for (s,) in read_db(
+                state / "outbox.db", "select sequence from outbox where kind = 'frame' order by sequence")]))
             proxy.drop()
             proxy.resume()
             agent = start_agent()
@@ -157,15 +158,15 @@ def test_agent_sigkilled_five_times_delivers_every_committed_record_and_never_re
         assert code == 0, stderr
         produced = summary["acked_sequence"]
         assert produced == outbox_state(state)[1] and outbox_state(state)[0] == []
-        assert_exactly_once(ctl.db, produced, summary["device_id"])
+        assert_exactly_once(ctl.db, summary["device_id"], produced)
         stored = {row[1]: row for row in stored_rows(ctl.db)}
-        highest = [last for _, last in committed_at_kill]
+        highest = [last for _, last, _ in committed_at_kill]
         assert highest == sorted(set(highest)), "each run numbers on from the last"
-        for pending, last in committed_at_kill:
+        for pending, last, pending_frames in committed_at_kill:
             assert pending and pending[-1] == last, "the killed agent had committed these and not had them acked"
-            assert set(pending) <= set(stored), "every record committed before the kill is stored"
-            # the next run's first frame (frame 0 of the video) took the next sequence: none reused, none skipped
-            assert (stored[last][3], stored[last + 1][3]) == (stored[last - 1][3] + 1, 0)
+            assert pending_frames and set(pending_frames) <= set(stored), "every frame committed before the kill"
+            # the next run's first record, frame 0 of the video, took the next sequence: none reused, none skipped
+            assert stored[last + 1][3] == 0
         assert "Traceback" not in stderr
     finally:
         for agent in agents:
@@ -205,9 +206,9 @@ def test_flaky_link_drops_and_stalls_lose_and_duplicate_nothing(vtest, tmp_path,
         wait_for(lambda: len(stored_sequences(ctl.db)) >= floor, 90, "detections after the last fault")
         code, summary, stderr = agent.finish(terminate=True)
         assert code == 0, stderr
-        produced = summary["frames"]
-        assert produced == summary["acked_sequence"] == outbox_state(state)[1]
-        assert_exactly_once(ctl.db, produced, summary["device_id"])
+        produced = summary["acked_sequence"]
+        assert produced == outbox_state(state)[1]
+        assert_exactly_once(ctl.db, summary["device_id"], produced, summary["frames"])
         assert proxy.stalls == 3
         assert proxy.dropped >= 4, "the drops closed live connections"
         assert proxy.accepted >= 1 + 4, "the agent dialled again after each drop"
@@ -226,17 +227,23 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
     port = free_port()  # nothing listens there during the first run
     state = tmp_path / "agent"
     limit = 5000  # bytes: a handful of records
+    config = tmp_path / "agent.yaml"  # no snapshots: none fits 5 kB (a record over the bound goes alone: test_outbox)
+    config.write_text("snapshots: {enabled: false}\n")
     first = AgentProcess(f"127.0.0.1:{port}", vtest, state, "--max-frames", "60", "--drain-timeout", "1",
-                         "--outbox-max-mb", str(limit / 1e6), *AGENT_LIGHT, log=logs / "agent-1.log")
+                         "--outbox-max-mb", str(limit / 1e6), "--config", str(config), *AGENT_LIGHT,
+                         log=logs / "agent-1.log")
     code, summary, stderr = first.finish()
     assert code == 4, stderr  # controller unreachable: what is kept stays for the next run
     kept, last = outbox_state(state)
+    kept_frames = [s for (s,) in read_db(state / "outbox.db", "select sequence from outbox where kind = 'frame'"
+                                          " order by sequence")]
     dropped = read_db(state / "outbox.db", "select value from outbox_meta where key = 'dropped'")[0][0]
     size = read_db(state / "outbox.db", "select value from outbox_meta where key = 'bytes'")[0][0]
-    assert last == 60, "the camera loop produced every frame while the outbox was full"
-    assert 0 < len(kept) < 60 and size <= limit
-    assert kept == list(range(61 - len(kept), 61)), "the newest records stay, the oldest went first"
-    assert dropped == 60 - len(kept)
+    assert summary["frames"] == 60, "the camera loop produced every frame while the outbox was full"
+    assert last >= 60, "sequences of frames and of their objects' records"
+    assert 0 < len(kept) < last and size <= limit
+    assert kept == list(range(last + 1 - len(kept), last + 1)), "the newest records stay, the oldest went first"
+    assert dropped == last - len(kept)
     assert f"dropped {dropped} record(s) in all" in stderr
     assert f"did not acknowledge {len(kept)} record(s)" in stderr
     assert "Traceback" not in stderr
@@ -246,8 +253,11 @@ def test_full_outbox_drops_the_oldest_records_counts_them_and_keeps_the_camera_l
         code, summary, stderr = AgentProcess(ctl.address, vtest, state, "--max-frames", "5", *AGENT_LIGHT,
                                              log=logs / "agent-2.log").finish()
         assert code == 0, stderr
-        assert (summary["outbox_left"], summary["outbox_dropped"], summary["acked_sequence"]) == (0, 0, 65)
-        assert stored_sequences(ctl.db) == kept + [61, 62, 63, 64, 65]
+        assert (summary["outbox_left"], summary["outbox_dropped"]) == (0, 0)
+        stored = stored_sequences(ctl.db)
+        assert stored[:len(kept_frames)] == kept_frames, "the frames kept were delivered first"
+        assert_frames_once(stored[len(kept_frames):], 5, summary["acked_sequence"])
+        assert stored[len(kept_frames)] > last, "then the second run's frames, numbered on"
         (health,) = read_db(ctl.db, "select health from devices")[0]
         assert int(json.loads(health)["outbox_dropped"]) == dropped  # the operator sees what was lost
     finally:
@@ -290,9 +300,8 @@ def test_live_stream_that_dies_and_returns_is_reconnected_under_the_same_stream_
                  "frames after the hung stream resumed")
         code, summary, stderr = agent.finish(terminate=True)
         assert code == 0, stderr
-        produced = summary["frames"]
-        assert summary["streams"] == {"door": produced}
-        assert_exactly_once(ctl.db, produced, summary["device_id"])
+        assert summary["streams"] == {"door": summary["frames"]}
+        assert_exactly_once(ctl.db, summary["device_id"], summary["acked_sequence"], summary["frames"])
         rows = read_db(ctl.db, "select stream_id, frame_index, capture_time from detections order by sequence")
         assert {stream for stream, _, _ in rows} == {"door"}, "one stream id before and after"
         before = [r for r in rows if r[2] < died]
@@ -349,7 +358,6 @@ def test_bad_video_files_end_cleanly_or_fail_with_a_clear_error(vtest, tmp_path,
             assert "Traceback" not in stderr
             assert 0 < summary["frames"] < 795 // 4 and summary["outbox_left"] == 0
             total += summary["frames"]
-            assert summary["acked_sequence"] == total
-        assert_exactly_once(tmp_path / "fleet.db", total, summary["device_id"])
+        assert_exactly_once(tmp_path / "fleet.db", summary["device_id"], summary["acked_sequence"], total)
     finally:
         ctl.stop()

@@ -314,6 +314,17 @@ def test_payload_bytes_count_in_the_bound_and_a_snapshot_pushes_the_oldest_out(t
     box.close()
 
 
+def test_a_record_larger_than_the_whole_bound_is_dropped_alone(tmp_path):
+    """A snapshot that could never fit does not push every frame before it out."""
+    box = Outbox(tmp_path / "o.db", max_bytes=5_000)
+    box.append_many([record(i) for i in range(10)])
+    snapshot = SnapshotRecord("cam0", "1000-abc123", "frame", "person", 1003.0, bytes(50_000))
+    box.append_many([snapshot, record(10)])
+    assert [r.frame_index for r in box.pending()] == list(range(11)), "the frames stay, the snapshot went"
+    assert (box.dropped, box.dropped_total()) == (1, 1)
+    box.close()
+
+
 def test_an_outbox_from_before_the_other_kinds_gets_them_in_place(tmp_path):
     path = tmp_path / "old.db"
     box = Outbox(path)
