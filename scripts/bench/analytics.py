@@ -2,18 +2,22 @@
 """Zone and line accuracy and cost on synthetic scenes with exact ground truth (agent.analytics).
 
     python scripts/bench/analytics.py [--objects 10,50,200] [--frames 600] [--seeds 0,1] [--crowd-seeds 0]
-                                      [--intervals 1,2,3,4] [--fps 30] [--detector-calls 10] [--out FILE]
+                                      [--intervals 1,2,3,4] [--fps 30] [--detector-calls 10] [--margin M]
+                                      [--attribution track|frame] [--handoff on|off] [--line-memory 300]
+                                      [--explain] [--out FILE]
 
 Each scene (scripts/bench/scenes.py) has the five lines and five zones of `scenes.analytics_layout`;
 its true crossings and visits come from the ground truth's exact boxes (`scenes.true_events`). The
 agent's path is replayed on the scene's detections: ByteTrack with detections on every k-th frame
 and predictions between, the rows the agent would publish (score >= the publish threshold), then
-the evaluator as the loop runs it (default margin and lost-track frames).
+the evaluator as the loop runs it (default margin, lost-track frames, line memory and hand-off;
+`--handoff off --line-memory 30` is the evaluator before agent.handoff).
 
 Accuracy per (objects, interval), over the seeds:
 - `line_accuracy`: counted crossings matched to a true crossing of the same object, line segment
-  and direction within `MATCH_FRAMES` frames of the object in view (one to one) / true crossings. A counted crossing's
-  object is the ground-truth box its tracked box overlaps most on that frame (IoU >= 0.3);
+  and direction within `MATCH_FRAMES` frames of the object in view (one to one) / true crossings. A
+  counted crossing's object is the one its track's box followed on most frames within
+  `ATTRIBUTION_FRAMES` of it (IoU >= 0.3; `--attribution frame`: the box's on that frame alone);
 - `double_counts`: counted crossings left over with the same object, segment and direction as a
   true one (counted twice) / true crossings; `spurious`: the other left-over counts (another
   direction, or no true crossing there) / true crossings;
@@ -24,6 +28,8 @@ Cost per frame (interval 1, 5 zones + 5 lines): the evaluator's update (`analyti
 step (`track_us`) and the bundled detector's call on a frame of the scene's size (`detect_ms`, the
 median of `--detector-calls`), measured in the same run; `share_i1` = analytics / (detect + track +
 analytics), the loop's frame time at interval 1; `share_i3` with the detector's time divided by 3.
+`--explain` classifies every missed crossing and every count not right (scripts/bench/analytics_explain.py),
+in the JSON rows (`missed`, `not_right`) and a table.
 Writes JSON to --out (or stdout) and markdown tables to stderr.
 """
 from __future__ import annotations
