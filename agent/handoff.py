@@ -8,8 +8,9 @@ that agent.analytics hands the lost track's sides of the lines over to the new o
 
 The gate grows with the time lost: a walker's heading drifts (HANDOFF_DRIFT of the distance it would
 have walked) and a box jitters (HANDOFF_GATE box heights); boxes of very different heights are not
-the same object. scripts/bench/analytics.py chose the values: on its scenes the hand-off turned
-10 to 19 missed crossings at 200 objects into 1 to 4, with no double counts added.
+the same object. scripts/bench/analytics.py chose the values: on its 200-object scene, where a pillar
+stands over a line, the id switches behind it cost 10 to 19 crossings of 226 a run before, 1 to 3
+after, for one double count more in some runs (docs/benchmarks.md, "Zones and lines").
 """
 from __future__ import annotations
 
