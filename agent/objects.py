@@ -12,8 +12,9 @@ the lines it crossed, its frame count. It returns the events to keep in the outb
 - "update" when something meaningful changed since the last event (a zone entered, a line crossed,
   the majority label changed, the best score up by `score_margin`), at most every `update_every_s`
   seconds of capture time;
-- "end" once the track has been gone `lost_frames` frames of its stream (agent.analytics forgets it
-  then too), and for every live object at `end_all` (the loop's finish), so a clean stop loses none.
+- "end" once the track has been gone `lost_frames` frames of its stream (it leaves its zones then;
+  agent.analytics keeps its sides of the lines 300 frames, for its return or a hand-off), and for
+  every live object at `end_all` (the loop's finish), so a clean stop loses none.
 
 Each event carries a copy of the object's state then: the outbox and the link may hold it while the
 object lives on. The work per frame is a dictionary look-up and a few comparisons per row; the
