@@ -34,11 +34,10 @@ from edgefleet.common.annotate import Box, LineShape, ZoneShape, encode_jpeg, re
 from edgefleet.common.records import SnapshotRecord
 
 from .analytics import TOTALS, Totals
-from .convert import result_to_pb
 from .desired import ApplyConfig, ConfigStatus, apply_document
 from .engines import CancelDeployment, DeployRequest
 from .latest import LatestFrame
-from .link import AGENT_VERSION, Link
+from .link import AGENT_VERSION
 from .messages import CaptureFrame, Ping, Restart, Rollback, SetPlan, Unsupported
 from .restart import restart
 from .zones import StreamAnalytics
@@ -112,16 +111,7 @@ def apply_config(agent: Agent, command: ApplyConfig) -> ConfigStatus:
 # ---- CaptureFrame ----
 
 Send = Callable[[str, bool, str, str, SnapshotRecord | None], None]
-"""(command_id, ok, error, detail, snapshot): how a capture's answer goes up (`send_result`)."""
-
-
-def send_result(link: Link, command_id: str, ok: bool, error: str = "", detail: str = "",
-                snapshot: SnapshotRecord | None = None) -> None:
-    """A command's answer, with CaptureFrame's picture; any thread."""
-    if snapshot is None:
-        link.send_result(command_id, ok, error=error, detail=detail)
-    else:  # Link.send_result has no snapshot parameter: the same queue, the message built by agent.convert
-        link._queue(result_to_pb(command_id, ok, error, detail, snapshot))
+"""(command_id, ok, error, detail, snapshot): how a capture's answer goes up (`Link.send_result`)."""
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import grpc
 
 from edgefleet.adaptive.plan import DevicePlan
 from edgefleet.common.convert import batch_to_pb
-from edgefleet.common.records import Record
+from edgefleet.common.records import Record, SnapshotRecord
 from edgefleet.v1 import agent_pb2, agent_pb2_grpc
 
 from .controllers import Endpoint, same_controller, saved_controller
@@ -39,6 +39,7 @@ from .convert import (
     hello_to_pb,
     plan_to_pb,
     profile_to_pb,
+    result_to_pb,
 )
 from .desired import ConfigStatus
 from .engines import DeploymentStatus
@@ -377,10 +378,11 @@ class Link:
         """Queue a ConfigStatus (after an ApplyConfig); any thread."""
         self._queue(agent_pb2.AgentMessage(config=config_status_to_pb(status)))
 
-    def send_result(self, command_id: str, ok: bool, error: str = "", detail: str = "") -> None:
-        """Queue a CommandResult (`error` why it was refused, `detail` what was done); any thread."""
-        self._queue(agent_pb2.AgentMessage(
-            result=agent_pb2.CommandResult(command_id=command_id, ok=ok, error=error, detail=detail)))
+    def send_result(self, command_id: str, ok: bool, error: str = "", detail: str = "",
+                    snapshot: SnapshotRecord | None = None) -> None:
+        """Queue a CommandResult (`error` why it was refused, `detail` what was done, `snapshot`
+        CaptureFrame's picture); any thread."""
+        self._queue(result_to_pb(command_id, ok, error, detail, snapshot))
 
     def _queue(self, message: agent_pb2.AgentMessage) -> None:
         self._outgoing.append(message)

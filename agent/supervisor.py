@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +107,7 @@ class Agent:
         self.engines = self._engine_manager(load_model, active)
         """Deployments and rollbacks (agent.engines): a worker thread loads and shadow-tests a
         candidate; the loop feeds it sampled frames and swaps it in between ticks."""
-        self.captures = agent_commands.FrameCaptures(partial(agent_commands.send_result, self.link))
+        self.captures = agent_commands.FrameCaptures(self.link.send_result)
         """CaptureFrame's drawing and encoding, off the loop thread (agent.commands)."""
         self.recorder = Recorder(self.outbox, options.commit_interval_s, self._listeners())
         context = FeedContext(self.slot.detect_served, self.slot.names, self.health, self.schedules.new_scheduler,
