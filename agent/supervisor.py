@@ -40,6 +40,7 @@ from .health import HealthMonitor, HealthSample
 from .link import Link
 from .loop import DetectorSlot, Feed, FeedContext, FrameLoop, Schedules
 from .messages import Command, Hello, PlanOverride
+from .objects import OBJECT_TOTALS
 from .options import Adaptation, RunOptions
 from .outbox import Outbox
 from .overrides import describe_override, override_interval
@@ -383,7 +384,8 @@ class Agent:
             "seconds": round(result.seconds, 2), "fps": round(result.fps, 2),
             "inference_ms_p50": round(result.inference_ms_p50, 2),
             "acked_sequence": self.link.acked_sequence, "outbox_left": result.outbox_left,
-            "outbox_dropped": self.outbox.dropped,
+            "outbox_dropped": self.outbox.dropped, "records": self.recorder.records,
+            "objects": _objects_summary(),
         }
         if self.mqtt is not None:
             summary["mqtt"] = {"published": self.mqtt.counters.published, "dropped": self.mqtt.counters.dropped}
@@ -421,3 +423,11 @@ def _default_load(path: Path) -> Detector:
     from edgefleet.models import load_detector
 
     return load_detector(path, confidence_threshold=ByteTrackConfig().low_confidence_threshold)
+
+
+def _objects_summary() -> dict[str, int]:
+    """Objects confirmed and snapshots made and dropped this run, all streams (agent.objects' totals)."""
+    events, snapshots = OBJECT_TOTALS.snapshot()
+    return {"objects": sum(n for (_, kind), n in events.items() if kind == "new"),
+            "snapshots": sum(n for (_, outcome), n in snapshots.items() if outcome == "made"),
+            "snapshots_dropped": sum(n for (_, outcome), n in snapshots.items() if outcome != "made")}

@@ -61,7 +61,8 @@ def test_agent_streams_vtest_detections_to_the_controller(controller, control, v
     assert [d.hostname for d in devices] == ["e2e-cam"]
     device = devices[0]
     assert device.device_id == summary["device_id"]
-    assert device.acked_sequence == summary["acked_sequence"] > 120, "frames, then its objects' records"
+    assert device.acked_sequence == summary["acked_sequence"] == summary["records"] > 120, "frames and objects"
+    assert summary["objects"]["objects"] >= 3 and summary["objects"]["snapshots"] >= 3, summary["objects"]
     assert device.health.frames_total == 120  # the last heartbeat, sent on stop, has the final counts
     assert device.health.fps > 0 and device.health.inference_ms_p50 > 0
 
