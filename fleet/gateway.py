@@ -130,8 +130,13 @@ class AgentGatewayServicer(agent_pb2_grpc.AgentGatewayServicer):
             logger.log(logging.DEBUG if result.ok and result.HasField("snapshot") else logging.INFO,
                        "%s: command %s %s", device_id, result.command_id,
                        "done" if result.ok else f"failed: {result.error}")
-            snapshot = snapshot_from_pb(result.snapshot) if result.HasField("snapshot") else None
-            self.hub.answered(device_id, result.command_id, result.ok, result.error, result.detail, snapshot)
+            ok, error, snapshot = result.ok, result.error, None
+            if result.HasField("snapshot"):
+                try:
+                    snapshot = snapshot_from_pb(result.snapshot)
+                except InvalidFrame as err:  # the device's bug fails its answer, not its Session
+                    ok, error = False, f"the device answered a picture the controller cannot read: {err}"
+            self.hub.answered(device_id, result.command_id, ok, error, result.detail, snapshot)
         elif kind == "config":
             device = await self.twin.on_status(device_id, config_status_from_pb(up.config))
             self.hub.device_changed(device, f"{device.hostname} ({device_id}) {describe_status(config_view(device))}")
