@@ -255,8 +255,10 @@ def test_serve_bridges_only_allowed_devices_over_tls_with_a_password(secure_brok
             return device in out.stdout and {d["device_id"]: d for d in json.loads(out.stdout)}
 
         shown = wait_for(listed, 30, "porch-cam in `edgefleet devices`")
+        # the availability may be listed before the stats message that came after it is stored
+        shown = wait_for(lambda: (s := listed()) and s["porch-cam"]["health"].get("fps") == 6.5 and s, 30,
+                         "porch-cam's stats in the store")
         assert "rogue-cam" not in shown, "a device no --mqtt-allow matches joined the fleet"
-        assert shown["porch-cam"]["health"]["fps"] == 6.5, "its stats reached the store"
         wait_for(lambda: "ignoring MQTT device 'rogue-cam'" in ctl.log(), 10, "the ignored device in the log")
 
         # revoked, an allowed MQTT-only device is no longer updated
