@@ -9,6 +9,7 @@ sequence the other left.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from edgefleet.common.records import SnapshotRecord, TrackedObject
@@ -105,8 +106,6 @@ class PgObjectTables(PgTables):
     def delete_snapshots_before(self, cutoff: float, limit: int = 10_000) -> int:
         """`ObjectTables.delete_snapshots_before`: a JPEG an ingest stores again meanwhile bumps its `created`,
         which the delete checks again on the row it waited for, so it stays."""
-        import time
-
         gone = self._delete_chunk("object_snapshots", "time", cutoff, limit)
         grace = time.time() - UNREFERENCED_GRACE_S
         return gone + self._execute(UNREFERENCED_SQL.format(m="%s"), [grace, grace, limit])
