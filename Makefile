@@ -15,7 +15,7 @@ EDITABLE := PYTHONWARNINGS='ignore:Editable installation:UserWarning' $(PIP) ins
 # One venv, installed in layers; each stamp is redone when pyproject.toml changes:
 #   base  the package and the default model's weights: all `make demo` runs (no torch, no Ultralytics)
 #   dev   + the dev extra (pytest, grpcio-tools, hypothesis, ...): tests and tools that need no Ultralytics
-#   test  + the train extra (Ultralytics, CPU torch): what `make test` runs
+#   test  + the train extra (Ultralytics, CPU torch) and the cpu extra (OpenVINO, NNCF, NCNN, pnnx): what `make test` runs
 BASE_STAMP := $(VENV)/.edgefleet-base
 DEV_STAMP  := $(VENV)/.edgefleet-dev
 TEST_STAMP := $(VENV)/.edgefleet-test
@@ -84,9 +84,10 @@ $(DEV_STAMP): $(BASE_STAMP)
 	touch $@
 
 # torch==2.13.0 is in the train extra, so in the same pip command as ultralytics: pip then takes
-# the CPU wheel already on disk rather than a CUDA build. The test install includes dev's.
+# the CPU wheel already on disk rather than a CUDA build (pnnx, in the cpu extra, uses it too). The test
+# install includes dev's.
 $(TEST_STAMP): $(BASE_STAMP)
-	$(EDITABLE) '.[dev,train]'
+	$(EDITABLE) '.[dev,train,cpu]'
 	@$(ONE_OPENCV)
 	touch $(DEV_STAMP) $@
 
