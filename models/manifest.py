@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 
-ArtifactFormat = Literal["onnx", "tensorrt-engine", "ultralytics-pt"]
+ArtifactFormat = Literal["onnx", "tensorrt-engine", "ultralytics-pt", "openvino-ir", "ncnn"]
 Layout = Literal["darknet-yolo", "ultralytics", "end2end"]
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -61,6 +62,13 @@ class ArtifactManifest:
     source_sha256: of what this was made from (Darknet weights for a converted ONNX, the ONNX
     file for an engine); None when unknown. decode_params: what the layout's decoder needs
     (anchors, masks and strides for "darknet-yolo").
+    labels: what rollouts match devices on, copied into the wire manifest's labels; an INT8 CPU
+    artifact says `runtime` (onnxruntime, openvino, ncnn) and `device` ("cpu").
+    calibration: for a quantized artifact, `frames_sha256` (sha256 over the sorted frame files'
+    sha256 digests), `frames` (how many) and `input_size` ([width, height]).
+    agreement: the artifact's detections against its FP32 ONNX source's on held frames
+    (models.agreement: f1, mean_iou, score_shift, ...). The last three fields are optional when
+    read, so manifests written before them still load.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
@@ -84,6 +92,9 @@ class ArtifactManifest:
     decode_params: dict[str, Any] = field(default_factory=dict)
     tool_versions: dict[str, str] = field(default_factory=dict)
     manifest_version: int = MANIFEST_VERSION
+    labels: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.manifest_version != MANIFEST_VERSION:
@@ -137,6 +148,11 @@ class ArtifactManifest:
 
 _ADAPTER = TypeAdapter(ArtifactManifest)
 _FIELDS = tuple(f.name for f in dataclasses.fields(ArtifactManifest))
+OPTIONAL_FIELDS = frozenset({"labels", "calibration", "agreement"})
+"""Fields added after manifest version 1 was first written: a manifest without them is still valid."""
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino-ir": "openvino", "ncnn": "ncnn"}
+"""The runtime a CPU artifact format needs (TensorRT engines are checked on their own terms)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -170,7 +186,7 @@ def parse_manifest(text: str | bytes, source: str = "manifest") -> ArtifactManif
     if unknown:
         raise ManifestError(f"{source}: unknown field {unknown[0]}={data[unknown[0]]!r} "
                             f"(known: {', '.join(_FIELDS)})")
-    missing = [name for name in _FIELDS if name not in data]
+    missing = [name for name in _FIELDS if name not in data and name not in OPTIONAL_FIELDS]
     if missing:
         raise ManifestError(f"{source}: missing field(s) {', '.join(missing)}")
     try:
@@ -258,6 +274,8 @@ def manifest_for_onnx(path: Path, file_sha256: str | None = None) -> ArtifactMan
     batch, _, height, width = _dims(inputs[0])
     elem_type = inputs[0].type.tensor_type.elem_type
     precision: Precision = "fp16" if elem_type == onnx.TensorProto.FLOAT16 else "fp32"
+    if any(node.op_type in QDQ_OPS for node in model.graph.node):  # quantized (QDQ): a float input, int8 inside
+        precision = "int8"
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     tools = {"onnx": onnx.__version__, "edgefleet": edgefleet_version()}
     if meta.get("format") == DARKNET_FORMAT:
@@ -313,11 +331,13 @@ def _ultralytics_fields(path: Path, meta: dict[str, str], info: dict[str, Any]) 
 
 @dataclass(frozen=True)
 class DeviceCaps:
-    """What a device can run: its TensorRT version and GPU (None when absent), onnxruntime providers."""
+    """What a device can run: its TensorRT version and GPU (None when absent), onnxruntime providers,
+    and the other CPU runtimes installed ("openvino", "ncnn")."""
 
     tensorrt_version: str | None = None
     gpu_compute_capability: str | None = None
     onnxruntime_providers: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = ()
 
 
 def probe_device(device_index: int = 0) -> DeviceCaps:
@@ -339,7 +359,8 @@ def probe_device(device_index: int = 0) -> DeviceCaps:
         capability = compute_capability(cuda.Device(device_index).compute_capability())
     except Exception as err:  # noqa: BLE001 - no pycuda, no driver or no GPU all mean "no GPU here"
         logger.debug("no CUDA GPU %d here: %r", device_index, err)
-    return DeviceCaps(trt_version, capability, providers)
+    runtimes = tuple(name for name in ("openvino", "ncnn") if importlib.util.find_spec(name) is not None)
+    return DeviceCaps(trt_version, capability, providers, runtimes)
 
 
 def compute_capability(major_minor: tuple[int, int]) -> str:
@@ -376,6 +397,9 @@ def check_compatible(manifest: ArtifactManifest, device: DeviceCaps, name: str =
                 f"GPU is {device.gpu_compute_capability or 'absent'}: rebuild the engine on this device")
     elif manifest.format == "onnx" and not device.onnxruntime_providers:
         raise IncompatibleArtifact(f"{name} is an ONNX model and needs onnxruntime; this device has none")
+    elif manifest.format in ("openvino-ir", "ncnn") and RUNTIME_OF_FORMAT[manifest.format] not in device.runtimes:
+        raise IncompatibleArtifact(f"{name} is a {manifest.format} model and needs "
+                                   f"{RUNTIME_OF_FORMAT[manifest.format]}; this device has none")
 
 
 def verify_artifact(path: Path, manifest: ArtifactManifest | None = None,

@@ -2,13 +2,14 @@
 
 Each `cmd_*` function takes plain values, returns data and raises `ModelError`s; it prints
 nothing. `add_subcommands(subparsers)` registers the argparse subcommands (`darknet`, `export`,
-`manifest`, `verify`, `engine`) whose `func(args)` prints a summary and returns the exit code:
+`manifest`, `verify`, `engine`, `quantize`) whose `func(args)` prints a summary and returns the exit code:
 0 ok, 1 the artifact does not match its manifest or this device, 2 any other error.
 
     edgefleet model darknet yolov3-tiny.cfg yolov3-tiny.weights coco.names --out yolov3-tiny.onnx
     edgefleet model export yolov8n.pt --out-dir models/            # needs the train extra
     edgefleet model verify yolov3-tiny.onnx
     edgefleet model engine yolov8n.onnx --precision int8 --calib-dir frames/ --out yolov8n-int8.engine
+    edgefleet model quantize yolov8n.onnx --calib-dir frames/ --format onnx-int8   # INT8 for CPUs
 """
 from __future__ import annotations
 
@@ -214,6 +215,42 @@ def _run_verify(args) -> int:
         return _fail("verify", err)
     print(f"ok: {args.path} matches its manifest ({m.file_size} bytes, sha256 {m.file_sha256})"
           + (" and runs on this device" if args.device_check else ""))
+    for line in agreement_lines(m):
+        print(line)
+    return 0
+
+
+def agreement_lines(m: ArtifactManifest) -> list[str]:
+    """What `verify` adds for a quantized artifact: its runtime, calibration and agreement with its source."""
+    lines = []
+    if m.labels:
+        lines.append("labels: " + ", ".join(f"{k}={v}" for k, v in sorted(m.labels.items())))
+    if m.calibration:
+        c = m.calibration
+        lines.append(f"calibration: {c.get('frames')} frames, sha256 {c.get('frames_sha256')}, "
+                     f"input {'x'.join(map(str, c.get('input_size', [])))}")
+    if m.agreement:
+        a = m.agreement
+        lines.append(f"agreement with FP32 source on {a.get('frames', 0):.0f} held frames: "
+                     f"F1 {a['f1']:.3f} (same-class IoU>=0.5), mean IoU {a['mean_iou']:.3f}, "
+                     f"score shift {a['score_shift']:+.3f} (mean |shift| {a.get('score_shift_abs', 0.0):.3f}), "
+                     f"{a.get('matches', 0):.0f} matches of {a.get('reference_boxes', 0):.0f} source / "
+                     f"{a.get('candidate_boxes', 0):.0f} candidate boxes")
+    return lines
+
+
+def _run_quantize(args) -> int:
+    from .quantize import TextProgress, quantize_artifact
+
+    try:
+        q = quantize_artifact(args.onnx, args.calib_dir, args.format, calib_count=args.calib_count,
+                              holdout_dir=args.holdout_dir, held_count=args.held_count, out=args.out,
+                              input_size=args.size[0] if args.size else None,
+                              progress=TextProgress("calibration frames"))
+    except ModelError as err:
+        return _fail("quantize", err)
+    print(_describe(Written(q.artifact, q.manifest_file, q.manifest)))
+    print("\n".join(agreement_lines(q.manifest)))
     return 0
 
 
@@ -279,7 +316,28 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--workspace-mb", type=int, default=1024, help="builder workspace limit (default 1024 MiB)")
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.set_defaults(func=_run_engine)
+    _add_quantize(subparsers)
+
+
+def _add_quantize(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="INT8 for CPUs: quantize an FP32 ONNX on real frames, score it "
+                                               "against the source, write its manifest")
+    p.add_argument("onnx", type=Path, help="the FP32 ONNX model (its manifest is used when present)")
+    p.add_argument("--calib-dir", type=Path, required=True,
+                   help="folder of frames from the deployment's cameras; the first --calib-count calibrate, "
+                        "the rest are held for agreement")
+    p.add_argument("--calib-count", type=int, default=None,
+                   help="frames that calibrate (default: three quarters of the folder, or all with --holdout-dir)")
+    p.add_argument("--holdout-dir", type=Path, default=None, help="held frames for agreement from another folder")
+    p.add_argument("--held-count", type=int, default=None, help="at most this many held frames (default: all)")
+    p.add_argument("--format", choices=["onnx-int8", "openvino-int8", "ncnn-int8"], default="onnx-int8",
+                   help="onnx-int8 (ONNX Runtime static QDQ, default), openvino-int8 (NNCF), ncnn-int8")
+    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
+                   help="input size to calibrate and score at (default: the model's own)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="artifact path (default: <onnx stem>-<format>.onnx, .xml or .param)")
+    p.set_defaults(func=_run_quantize)
 
 
 __all__ = ["Written", "add_subcommands", "cmd_darknet", "cmd_engine", "cmd_export", "cmd_manifest", "cmd_verify",
-           "engine_command", "parse_batch", "parse_sizes"]
+           "agreement_lines", "engine_command", "parse_batch", "parse_sizes"]
