@@ -15,6 +15,7 @@ from edgefleet.models.backends.openvino import OpenVinoConfig
 from edgefleet.models.darknet import convert
 from edgefleet.models.errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from edgefleet.models.manifest import manifest_for_onnx, write_manifest
+from edgefleet.models.openvino_quantize import quantize
 from edgefleet.models.yolo import box_iou, greedy_pairs, letterbox_batch
 
 from .test_models_backends import OBJECT_SCORE, constant_weights, frame
@@ -175,3 +176,37 @@ def test_a_closed_detector_refuses_work(constant_model):
     det.close()
     with pytest.raises(ModelError, match="closed"):
         det.detect(frame(32, 32))
+
+
+# ---- INT8 quantization (models/openvino_quantize.py) on the tiny model ----
+
+@pytest.mark.slow  # NNCF imports and calibrates: about 3.5 s
+def test_quantize_writes_an_int8_ir_the_backend_loads(random_model, tmp_path):
+    progress: list[tuple[int, int]] = []
+    frames = [frame(48 + 8 * i, 64) for i in range(6)]
+    xml = quantize(random_model, frames, tmp_path / "int8", input_size=(64, 64),
+                   progress=lambda done, total: progress.append((done, total)))
+    assert xml == tmp_path / "int8" / "random-int8.xml"
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["random-int8.bin", "random-int8.xml"]
+    assert progress == [(i, 6) for i in range(1, 7)]
+    assert "FakeQuantize" in xml.read_text()
+    det = create_detector({"type": "openvino", "model": xml, "input_size": (64, 64)})
+    assert det.names == ["cat", "dog"]  # the ONNX metadata travelled into the IR
+    assert len(det.detect_batch(frames[:2])) == 2
+
+
+@pytest.mark.parametrize("calibration, size, message", [
+    ([], (64, 64), "at least one calibration frame; got none"),
+    ([np.zeros((8, 8), np.uint8)], (64, 64), r"calibration frame 0 is uint8 \(8, 8\); expected BGR uint8"),
+    ([np.zeros((8, 8, 3), np.float32)], (64, 64), "calibration frame 0 is float32"),
+    ([np.zeros((8, 8, 3), np.uint8)], (64, 50), r"multiples of 32 \(width, height\), got \(64, 50\)"),
+])
+def test_quantize_refuses_bad_inputs_by_name(random_model, tmp_path, calibration, size, message):
+    with pytest.raises(InvalidConfig, match=message):
+        quantize(random_model, calibration, tmp_path, input_size=size)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_a_missing_model_fails(tmp_path):
+    with pytest.raises(ModelNotFound, match="nope.onnx does not exist"):
+        quantize(tmp_path / "nope.onnx", [frame(32, 32)], tmp_path, input_size=(32, 32))
