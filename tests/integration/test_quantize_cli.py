@@ -1,0 +1,85 @@
+"""`edgefleet model quantize` as a user runs it on the bundled model and vtest.avi frames:
+quantize -> manifest -> `edgefleet model verify` shows the agreement -> the onnxruntime backend runs it."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from edgefleet.models.backends import create_detector
+from edgefleet.models.manifest import manifest_path
+
+from ..conftest import read_frames, run_cli
+
+pytestmark = pytest.mark.slow
+
+CALIBRATION, HELD = 32, 8
+
+
+def model_cli(*args: str):
+    return run_cli("edgefleet.fleet.cli", "model", *args, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(vtest, tmp_path_factory):
+    """40 vtest.avi frames, 10 apart, as JPEGs: the first 32 calibrate, the last 8 are held."""
+    folder = tmp_path_factory.mktemp("frames")
+    for i, frame in read_frames(vtest, list(range(0, 10 * (CALIBRATION + HELD), 10))).items():
+        cv2.imwrite(str(folder / f"vtest-{i:04d}.jpg"), frame)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def quantized(bundled_model, frames_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "yolov3-tiny-int8.onnx"
+    proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(frames_dir),
+                     "--calib-count", str(CALIBRATION), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_quantize_writes_an_int8_artifact_and_its_manifest(quantized, frames_dir, bundled_model):
+    out, proc = quantized
+    assert f"calibration frames  {CALIBRATION}/{CALIBRATION}  100%" in proc.stderr  # the progress bar
+    manifest = json.loads(manifest_path(out).read_text())
+    source = json.loads(manifest_path(bundled_model).read_text())
+    assert (manifest["format"], manifest["precision"]) == ("onnx", "int8")
+    assert manifest["labels"] == {"runtime": "onnxruntime", "device": "cpu"}
+    assert manifest["source_sha256"] == source["file_sha256"]
+    assert manifest["calibration"]["frames"] == CALIBRATION and manifest["calibration"]["held_frames"] == HELD
+    assert manifest["agreement"]["frames"] == HELD
+    assert manifest["agreement"]["reference_boxes"] > HELD  # people on every held frame
+    assert manifest["agreement"]["f1"] >= 0.9, manifest["agreement"]
+    assert manifest["agreement"]["mean_iou"] >= 0.8, manifest["agreement"]
+    assert out.stat().st_size < 0.5 * bundled_model.stat().st_size  # int8 weights
+
+
+def test_verify_shows_the_agreement(quantized):
+    out, _ = quantized
+    proc = model_cli("verify", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads(manifest_path(out).read_text())
+    assert f"agreement with FP32 source on {HELD} held frames: F1 {manifest['agreement']['f1']:.3f}" in proc.stdout
+    assert "labels: device=cpu, runtime=onnxruntime" in proc.stdout
+    assert f"calibration: {CALIBRATION} frames, sha256 {manifest['calibration']['frames_sha256']}" in proc.stdout
+
+
+def test_the_onnxruntime_backend_runs_it_like_the_source(quantized, bundled_model, vtest):
+    out, _ = quantized
+    frame = read_frames(vtest, [395])[395]  # held back from calibration
+    int8 = create_detector({"type": "onnxruntime", "model": out})
+    fp32 = create_detector({"type": "onnxruntime", "model": bundled_model})
+    found, reference = int8.detect(frame), fp32.detect(frame)
+    people = int(int8.names.index("person"))
+    assert (found.class_id == people).sum() >= 3
+    assert abs(len(found) - len(reference)) <= max(2, len(reference) // 4)
+
+
+def test_errors_exit_2_naming_the_input(bundled_model, tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "has no images" in proc.stderr
+    (tmp_path / "bad.onnx").write_bytes(b"not a model")
+    proc = model_cli("quantize", str(tmp_path / "bad.onnx"), "--calib-dir", str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "bad.onnx is not a readable ONNX file" in proc.stderr
