@@ -11,7 +11,7 @@ import openvino as ov
 import pytest
 
 from edgefleet.models.backends import BACKENDS, create_detector, parse_config
-from edgefleet.models.backends.openvino import OpenVinoConfig
+from edgefleet.models.backends.openvino import OpenVinoConfig, compile_properties
 from edgefleet.models.darknet import convert
 from edgefleet.models.errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
 from edgefleet.models.manifest import manifest_for_onnx, write_manifest
@@ -75,6 +75,20 @@ def test_registered_with_its_defaults():
 def test_config_typos_name_the_field_and_value(data, message):
     with pytest.raises(InvalidConfig, match=message):
         parse_config(data)
+
+
+def test_compile_properties_follow_the_config():
+    config = OpenVinoConfig(model="m.xml", performance_hint="throughput", threads=2, inference_precision="bf16")
+    assert compile_properties(config) == {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_NUM_THREADS": 2,
+                                          "INFERENCE_PRECISION_HINT": "bf16"}
+    assert compile_properties(OpenVinoConfig(model="m.xml", device="NPU")) == {"PERFORMANCE_HINT": "LATENCY"}
+
+
+def test_bf16_is_asked_for_by_name(random_model):
+    det = create_detector({"type": "openvino", "model": random_model, "inference_precision": "bf16"})
+    assert str(det.compiled.get_property("INFERENCE_PRECISION_HINT")) in {"<Type: 'bfloat16'>", "<Type: 'float32'>"}
+    f32 = create_detector({"type": "openvino", "model": random_model})
+    assert str(f32.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
 
 
 def test_without_openvino_it_fails_at_start_saying_how_to_get_it(constant_model, monkeypatch):
