@@ -67,8 +67,9 @@ class ArtifactManifest:
     calibration: for a quantized artifact, `frames_sha256` (sha256 over the sorted frame files'
     sha256 digests), `frames` (how many) and `input_size` ([width, height]).
     agreement: the artifact's detections against its FP32 ONNX source's on held frames
-    (models.agreement: f1, mean_iou, score_shift, ...). The last three fields are optional when
-    read, so manifests written before them still load.
+    (models.agreement: f1, mean_iou, score_shift, ...). companions: the files the artifact needs
+    beside it (an OpenVINO IR's .bin, an NCNN model's .bin and .json), name -> sha256, checked
+    with it. The last four fields are optional when read, so manifests written before them still load.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
@@ -95,6 +96,7 @@ class ArtifactManifest:
     labels: dict[str, str] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)
+    companions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.manifest_version != MANIFEST_VERSION:
@@ -148,7 +150,7 @@ class ArtifactManifest:
 
 _ADAPTER = TypeAdapter(ArtifactManifest)
 _FIELDS = tuple(f.name for f in dataclasses.fields(ArtifactManifest))
-OPTIONAL_FIELDS = frozenset({"labels", "calibration", "agreement"})
+OPTIONAL_FIELDS = frozenset({"labels", "calibration", "agreement", "companions"})
 """Fields added after manifest version 1 was first written: a manifest without them is still valid."""
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino-ir": "openvino", "ncnn": "ncnn"}
@@ -420,6 +422,12 @@ def verify_artifact(path: Path, manifest: ArtifactManifest | None = None,
     digest = sha256_file(path)
     if digest != manifest.file_sha256:
         raise ArtifactMismatch(f"{path}: sha256 {digest} does not match its manifest's {manifest.file_sha256}")
+    for name, expected in manifest.companions.items():
+        companion = path.with_name(name)
+        if not companion.is_file():
+            raise ArtifactMismatch(f"{path} needs {companion} beside it (its manifest lists it); it is missing")
+        if sha256_file(companion) != expected:
+            raise ArtifactMismatch(f"{companion}: sha256 does not match {path}'s manifest (replaced or damaged)")
     if device is not None:
         check_compatible(manifest, device, name=str(path))
     return manifest

@@ -194,18 +194,21 @@ def quantize_onnx(onnx_path: Path, tensors: list[np.ndarray], out: Path) -> Path
     return out
 
 
-def quantize_with(fmt: QuantFormat, onnx_path: Path, tensors: list[np.ndarray], out: Path, input_size: Size,
+def quantize_with(fmt: QuantFormat, onnx_path: Path, frames: list[np.ndarray], out: Path, input_size: Size,
                   progress: Progress | None) -> Path:
-    """Build the artifact: here for onnx-int8, else with the format's own module (imported now)."""
+    """Build the artifact from BGR `frames`: here for onnx-int8, else with the format's own module
+    (imported now, so this file works without the cpu extra), which letterboxes them itself."""
     if fmt.module is None:
-        return quantize_onnx(onnx_path, tensors, out)
+        return quantize_onnx(onnx_path, calibration_tensors(frames, input_size), out)
     try:
         module = importlib.import_module(f"{__package__}.{fmt.module}")
     except ImportError as err:
         raise BackendUnavailable(f"{fmt.name} is not available in this edgefleet ({__package__}.{fmt.module}: "
                                  f"{err}); install the cpu extra: pip install 'edgefleet[cpu]'") from err
-    made = module.quantize(onnx_path, tensors, out.parent, input_size=input_size, progress=progress)
-    return Path(made)
+    out_dir = out.parent if out.suffix == fmt.suffix else out  # a folder, or the file name it would have
+    made = module.quantize(onnx_path, frames, out_dir, input_size=input_size, progress=progress)
+    artifact = Path(made[0] if isinstance(made, tuple) else made)  # ncnn: (param, bin)
+    return artifact
 
 
 # ---- agreement and manifest ----
@@ -233,7 +236,15 @@ def quantized_manifest(source: ArtifactManifest, source_sha256: str, artifact: P
         producer=f"edgefleet.models.quantize {QUANTIZER_VERSION} ({fmt.name})", source_sha256=source_sha256,
         tool_versions={**source.tool_versions, "edgefleet": edgefleet_version(), fmt.runtime: runtime_version(fmt)},
         labels={**source.labels, "runtime": fmt.runtime, "device": "cpu"},
-        calibration=calibration, agreement=agreement.as_dict())
+        calibration=calibration, agreement=agreement.as_dict(), companions=companions(artifact, fmt))
+
+
+def companions(artifact: Path, fmt: QuantFormat) -> dict[str, str]:
+    """The files beside a two-file format's artifact (weights .bin, NCNN's .json sidecar): name -> sha256."""
+    if fmt.module is None:
+        return {}
+    found = (artifact.with_suffix(s) for s in (".bin", ".json"))
+    return {p.name: sha256_file(p) for p in found if p.is_file()}
 
 
 def runtime_version(fmt: QuantFormat) -> str:
@@ -244,7 +255,9 @@ def runtime_version(fmt: QuantFormat) -> str:
 
 
 def default_out(onnx_path: Path, fmt: QuantFormat) -> Path:
-    return onnx_path.with_name(f"{onnx_path.stem}-{fmt.name}{fmt.suffix}")
+    """onnx-int8: `<stem>-onnx-int8.onnx` beside the source; other formats: the source's folder, where
+    their modules name the files (`<stem>-int8.xml`, `<stem>.ncnn-int8.param`)."""
+    return onnx_path.with_name(f"{onnx_path.stem}-{fmt.name}{fmt.suffix}") if fmt.module is None else onnx_path.parent
 
 
 @dataclass(frozen=True)
@@ -268,7 +281,8 @@ def quantize_artifact(onnx_path: Path, calib_dir: Path, fmt: str = "onnx-int8", 
     frames = read_frames(split.calibration, progress)
     out = Path(out) if out else default_out(onnx_path, kind)
     manifest_path(out).unlink(missing_ok=True)  # a stale manifest would refuse the new file at load
-    artifact = quantize_with(kind, onnx_path, calibration_tensors(frames, size), out, size, progress)
+    artifact = quantize_with(kind, onnx_path, frames, out, size, progress)
+    manifest_path(artifact).unlink(missing_ok=True)
     agreement = held_agreement(onnx_path, artifact, kind, read_frames(split.held), size)
     calibration = {"frames_sha256": frames_sha256(split.calibration), "frames": len(split.calibration),
                    "held_frames": len(split.held), "input_size": list(size)}

@@ -76,6 +76,32 @@ def test_the_onnxruntime_backend_runs_it_like_the_source(quantized, bundled_mode
     assert abs(len(found) - len(reference)) <= max(2, len(reference) // 4)
 
 
+@pytest.mark.parametrize("fmt, backend, suffix, runtime", [("openvino-int8", "openvino", ".xml", "openvino"),
+                                                           ("ncnn-int8", "ncnn", ".param", "ncnn")])
+def test_cpu_runtime_formats_quantize_verify_and_load(fmt, backend, suffix, runtime, bundled_model, frames_dir,
+                                                      tmp_path, vtest):
+    """The same steps for the formats the openvino and ncnn modules build: their files, manifest, agreement."""
+    pytest.importorskip(runtime)
+    proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(frames_dir), "--calib-count",
+                     str(CALIBRATION), "--format", fmt, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (artifact,) = tmp_path.glob(f"*{suffix}")
+    manifest = json.loads(manifest_path(artifact).read_text())
+    assert (manifest["precision"], manifest["labels"]["runtime"]) == ("int8", runtime)
+    assert manifest["companions"] and all((tmp_path / name).is_file() for name in manifest["companions"])
+    assert manifest["agreement"]["frames"] == HELD and manifest["agreement"]["f1"] >= 0.7, manifest["agreement"]
+    verify = model_cli("verify", str(artifact), "--device-check")
+    assert verify.returncode == 0, verify.stderr[-3000:]
+    assert f"F1 {manifest['agreement']['f1']:.3f}" in verify.stdout
+    detector = create_detector({"type": backend, "model": artifact})
+    people = detector.names.index("person")
+    assert (detector.detect(read_frames(vtest, [395])[395]).class_id == people).sum() >= 3
+    weights = next(tmp_path / n for n in manifest["companions"] if n.endswith(".bin"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")  # damaged weights fail verify
+    damaged = model_cli("verify", str(artifact))
+    assert damaged.returncode == 1 and "sha256 does not match" in damaged.stderr
+
+
 def test_errors_exit_2_naming_the_input(bundled_model, tmp_path):
     (tmp_path / "empty").mkdir()
     proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(tmp_path / "empty"))

@@ -193,10 +193,10 @@ def test_a_format_whose_module_is_absent_says_how_to_get_it(tiny_onnx, frames_di
 
 def test_manifests_without_the_new_fields_still_load(tiny_onnx):
     data = json.loads(manifest_path(tiny_onnx).read_text())
-    for name in ("labels", "calibration", "agreement"):
+    for name in ("labels", "calibration", "agreement", "companions"):
         data.pop(name)
     m = parse_manifest(json.dumps(data))
-    assert (m.labels, m.calibration, m.agreement) == ({}, {}, {})
+    assert (m.labels, m.calibration, m.agreement, m.companions) == ({}, {}, {}, {})
     assert parse_manifest(to_json(m)) == m
 
 
@@ -207,3 +207,22 @@ def test_cpu_runtime_formats_need_their_runtime(tiny_onnx):
     check_compatible(m, DeviceCaps(runtimes=("openvino",)))
     with pytest.raises(IncompatibleArtifact, match="needs openvino; this device has none"):
         check_compatible(m, DeviceCaps(onnxruntime_providers=("CPUExecutionProvider",)))
+
+
+def test_companion_files_are_verified_with_the_artifact(tiny_onnx, tmp_path):
+    import dataclasses
+
+    from edgefleet.models.errors import ArtifactMismatch
+    from edgefleet.models.manifest import sha256_file, verify_artifact, write_manifest
+
+    weights = tiny_onnx.with_name("tiny.bin")
+    weights.write_bytes(b"weights")
+    m = dataclasses.replace(read_manifest(tiny_onnx), companions={"tiny.bin": sha256_file(weights)})
+    write_manifest(m, tiny_onnx)
+    assert verify_artifact(tiny_onnx).companions == {"tiny.bin": sha256_file(weights)}
+    weights.write_bytes(b"weights, changed")
+    with pytest.raises(ArtifactMismatch, match="tiny.bin: sha256 does not match"):
+        verify_artifact(tiny_onnx)
+    weights.unlink()
+    with pytest.raises(ArtifactMismatch, match="tiny.bin beside it .* it is missing"):
+        verify_artifact(tiny_onnx)
