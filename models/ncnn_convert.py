@@ -13,18 +13,25 @@ nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .errors import BackendUnavailable, ModelError, ModelNotFound, UnsupportedModel
+import numpy as np
+
+from .errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from .yolo import letterbox_batch
 
 SIDECAR_VERSION = 1
 PNNX_TIMEOUT_S = 600
 Dim = int | str | None
+Progress = Callable[[int, int], None]
+"""progress(done, total), as models.quantize calls it."""
 
 
 @dataclass(frozen=True)
@@ -167,4 +174,65 @@ def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> t
         shutil.move(made_bin, weights)
         shutil.move(made_param, param)
     write_sidecar(Sidecar(input_blob, outputs, meta, input_shape, output_shapes, (input_size[0], input_size[1])), param)
+    return param, weights
+
+
+def calibration_inputs(calibration: list[np.ndarray], input_size: tuple[int, int]) -> list[np.ndarray]:
+    """(1, 3, H, W) float32 tensors as the backend prepares them: BGR uint8 frames are letterboxed
+    to `input_size`; tensors already letterboxed (models.quantize's) must be of that size."""
+    width, height = input_size
+    tensors = []
+    for index, item in enumerate(calibration):
+        if item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3:
+            item = letterbox_batch([item], input_size)[0]
+        item = item.reshape((1, *item.shape)) if item.ndim == 3 else item
+        if item.dtype != np.float32 or item.shape != (1, 3, height, width):
+            raise InvalidConfig(f"calibration item {index} is {item.dtype} {item.shape}: expected a BGR uint8 frame "
+                                f"or a (1, 3, {height}, {width}) float32 letterboxed tensor")
+        tensors.append(item)
+    if not tensors:
+        raise InvalidConfig("NCNN INT8 quantization needs at least one calibration frame; got none")
+    return tensors
+
+
+def quantize(onnx_path: Path, calibration: list[np.ndarray], out_dir: Path, *, input_size: tuple[int, int],
+             progress: Progress | None = None, method: str = "max") -> tuple[Path, Path]:
+    """INT8 NCNN model of `onnx_path` in `out_dir`: `<stem>.ncnn-int8.param/.bin/.json`; (param, bin).
+
+    Converts to FP32 NCNN (pnnx), calibrates every convolution's input on `calibration` (BGR
+    frames or letterboxed tensors, see `calibration_inputs`) and rewrites those convolutions to
+    int8, as ncnn2table + ncnn2int8 would (models.ncnn_int8; `method` "max" or "kl", see there).
+    `progress(done, total)` follows the calibration passes (one, two for "kl"). The sidecar
+    records precision "int8" and the calibration's method, frame count and sha256.
+    """
+    from .ncnn_int8 import calibrate, read_param, rewrite
+
+    tensors = calibration_inputs(calibration, input_size)
+    try:
+        import ncnn  # type: ignore[import-untyped]
+    except ImportError as err:
+        raise BackendUnavailable("NCNN INT8 quantization needs the ncnn package "
+                                 "(pip install 'edgefleet[cpu]')") from err
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(onnx_path).name.removesuffix(".onnx")
+    param, weights = out_dir / f"{stem}.ncnn-int8.param", out_dir / f"{stem}.ncnn-int8.bin"
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ncnn-int8-") as tmp:
+        fp32_param, fp32_bin = convert(onnx_path, Path(tmp), input_size=input_size)
+        sidecar = read_sidecar(fp32_param)
+        blobs = sorted({layer.bottoms[0] for layer in read_param(fp32_param)[1] if layer.type == "Convolution"})
+        net = ncnn.Net()
+        for name in ("use_fp16_packed", "use_fp16_storage", "use_fp16_arithmetic", "use_bf16_storage"):
+            setattr(net.opt, name, False)
+        net.opt.lightmode = False  # keep every blob of a pass: each is extracted
+        if net.load_param(str(fp32_param)) != 0 or net.load_model(str(fp32_bin)) != 0:
+            raise ModelError(f"ncnn cannot load the FP32 conversion of {onnx_path}")
+        scales = calibrate(net, ncnn, sidecar.input, blobs, tensors, progress, method)
+        rewrite(fp32_param, fp32_bin, scales, Path(tmp) / "int8.param", Path(tmp) / "int8.bin")
+        shutil.move(Path(tmp) / "int8.bin", weights)
+        shutil.move(Path(tmp) / "int8.param", param)
+    digest = hashlib.sha256(b"".join(t.tobytes() for t in tensors)).hexdigest()
+    calibration_info = {"frames": len(tensors), "tensors_sha256": digest, "method": method,
+                        "input_size": list(input_size)}
+    write_sidecar(replace(sidecar, precision="int8", calibration=calibration_info), param)
     return param, weights

@@ -14,7 +14,8 @@ from edgefleet.models.backends import BACKENDS, create_detector, parse_config
 from edgefleet.models.backends.ncnn import NcnnConfig
 from edgefleet.models.darknet import convert as darknet_convert
 from edgefleet.models.errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
-from edgefleet.models.ncnn_convert import convert, output_blobs, read_sidecar, sidecar_path
+from edgefleet.models.ncnn_convert import convert, output_blobs, quantize, read_sidecar, sidecar_path
+from edgefleet.models.ncnn_int8 import kl_threshold, read_param, rewrite
 from edgefleet.models.yolo import letterbox_batch
 
 from .test_models_backends import OBJECT_SCORE, constant_weights, frame
@@ -163,7 +164,7 @@ def test_known_boxes_in_source_pixels(constant_model):
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (96, 64)])
 def test_raw_outputs_and_boxes_equal_onnxruntimes(onnx_models, random_model, size):
-    options = {"input_size": size, "confidence_threshold": 0.05}
+    options = {"input_size": size, "confidence_threshold": 0.3}
     reference = create_detector({"type": "onnxruntime", "model": onnx_models / "random.onnx", **options})
     det = create_detector({"type": "ncnn", "model": random_model, **options})
     frames = [frame(64, 64), frame(48, 96), frame(120, 40)]
@@ -198,3 +199,69 @@ def test_a_closed_detector_refuses_work(constant_model):
 
 def test_sidecar_path_is_beside_the_param_file(tmp_path):
     assert sidecar_path(tmp_path / "a.ncnn.param") == tmp_path / "a.ncnn.json"
+
+
+# ---- INT8 ----
+
+@pytest.fixture(scope="module")
+def int8_model(onnx_models, tmp_path_factory):
+    calls = []
+    calibration = [frame(64, 64 + 8 * i) for i in range(6)]
+    param, weights = quantize(onnx_models / "random.onnx", calibration, tmp_path_factory.mktemp("int8"),
+                              input_size=(32, 32), progress=lambda done, total: calls.append((done, total)))
+    return param, weights, calls
+
+
+def test_quantize_writes_int8_convolutions_and_follows_progress(int8_model, random_model):
+    param, weights, calls = int8_model
+    assert calls == [(i, 6) for i in range(1, 7)]
+    assert sorted(p.name for p in param.parent.iterdir()) == [
+        "random.ncnn-int8.bin", "random.ncnn-int8.json", "random.ncnn-int8.param"]
+    convolutions = [layer for layer in read_param(param)[1] if layer.type == "Convolution"]
+    assert convolutions and all("8=2" in layer.tokens for layer in convolutions)
+    assert weights.stat().st_size < random_model.with_suffix(".bin").stat().st_size
+    sidecar = read_sidecar(param)
+    assert sidecar.precision == "int8" and sidecar.calibration["frames"] == 6
+    assert sidecar.calibration["method"] == "max" and len(sidecar.calibration["tensors_sha256"]) == 64
+
+
+def test_int8_outputs_stay_near_fp32s(int8_model, random_model):
+    fp32 = create_detector({"type": "ncnn", "model": random_model})
+    int8 = create_detector({"type": "ncnn", "model": int8_model[0]})
+    assert int8.precision == "int8"
+    tensor, _ = letterbox_batch([frame(64, 64), frame(40, 80)], (32, 32))
+    for ours, theirs in zip(int8.infer(tensor), fp32.infer(tensor), strict=True):
+        assert not np.array_equal(ours, theirs)  # int8 arithmetic really ran
+        spread = float(np.abs(theirs).max())
+        assert float(np.abs(ours - theirs).max()) < 0.1 * spread
+
+
+def test_quantize_accepts_letterboxed_tensors_and_refuses_other_shapes(onnx_models, tmp_path):
+    tensor, _ = letterbox_batch([frame(64, 64)], (32, 32))
+    param, _ = quantize(onnx_models / "random.onnx", [tensor], tmp_path, input_size=(32, 32))
+    assert read_sidecar(param).calibration["frames"] == 1
+    with pytest.raises(InvalidConfig, match=r"calibration item 0 is float32 \(1, 3, 64, 64\)"):
+        quantize(onnx_models / "random.onnx", [letterbox_batch([frame(64, 64)], (64, 64))[0]], tmp_path,
+                 input_size=(32, 32))
+    with pytest.raises(InvalidConfig, match="at least one calibration frame"):
+        quantize(onnx_models / "random.onnx", [], tmp_path, input_size=(32, 32))
+
+
+def test_kl_threshold_clips_a_long_tail():
+    rng = np.random.default_rng(0)
+    values = np.abs(np.concatenate([rng.normal(0, 1, 100_000), [40.0]]))  # one outlier far out
+    histogram = np.histogram(values, bins=2048, range=(0, values.max()))[0]
+    assert 128 <= kl_threshold(histogram) < 400  # near 4-5 sigma of 40: the outlier is clipped
+    flat = np.ones(2048)
+    assert kl_threshold(flat) > 1900  # nothing to gain by clipping a uniform histogram
+
+
+def test_rewrite_refuses_weights_that_do_not_fit_the_param(random_model, tmp_path):
+    bigger = tmp_path / "m.bin"
+    bigger.write_bytes(random_model.with_suffix(".bin").read_bytes() + b"\0" * 4)
+    with pytest.raises(UnsupportedModel, match="bytes after the last layer's weights"):
+        rewrite(random_model, bigger, {}, tmp_path / "o.param", tmp_path / "o.bin")
+    shorter = tmp_path / "s.bin"
+    shorter.write_bytes(random_model.with_suffix(".bin").read_bytes()[:-8])
+    with pytest.raises(UnsupportedModel, match="ends early"):
+        rewrite(random_model, shorter, {}, tmp_path / "o.param", tmp_path / "o.bin")
