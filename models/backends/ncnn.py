@@ -44,7 +44,9 @@ class NcnnConfig(BaseModel):
     confidence_threshold: float = Field(DEFAULT_CONFIDENCE_THRESHOLD, ge=0.0, le=1.0)
     iou_threshold: float = Field(DEFAULT_IOU_THRESHOLD, ge=0.0, le=1.0)
     threads: int | None = Field(None, ge=1)
-    """Threads for one inference; None: NCNN's default (the big cores' count)."""
+    """Threads for one inference; None: NCNN's default (the big cores' count). On a small CPU
+    that other work shares, 1 keeps latency steady: NCNN's OpenMP threads wait on each other, and
+    on a busy 2-core box some calls with 2 threads took ~500 ms (p95) where 1 thread took 20-30 ms."""
     vulkan: bool = False
     """Run on a Vulkan GPU when this ncnn has one; without one, the CPU (logged)."""
     fp16: bool = False
