@@ -69,7 +69,7 @@ def _check_manifest(param: Path) -> None:
     if not manifest_path(param).is_file():
         return
     manifest = verify_artifact(param)
-    if "ncnn" not in manifest.format:
+    if manifest.format != "ncnn":
         raise UnsupportedModel(f"{param}: its manifest says format {manifest.format!r}; the ncnn backend runs "
                                "NCNN artifacts")
 

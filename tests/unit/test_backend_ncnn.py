@@ -2,6 +2,7 @@
 config, failures at start, and the same outputs and boxes as the onnxruntime backend."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -14,6 +15,7 @@ from edgefleet.models.backends import BACKENDS, create_detector, parse_config
 from edgefleet.models.backends.ncnn import NcnnConfig
 from edgefleet.models.darknet import convert as darknet_convert
 from edgefleet.models.errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from edgefleet.models.manifest import manifest_for_onnx, sha256_file, write_manifest
 from edgefleet.models.ncnn_convert import convert, output_blobs, quantize, read_sidecar, sidecar_path
 from edgefleet.models.ncnn_int8 import kl_threshold, read_param, rewrite
 from edgefleet.models.yolo import letterbox_batch
@@ -265,3 +267,21 @@ def test_rewrite_refuses_weights_that_do_not_fit_the_param(random_model, tmp_pat
     shorter.write_bytes(random_model.with_suffix(".bin").read_bytes()[:-8])
     with pytest.raises(UnsupportedModel, match="ends early"):
         rewrite(random_model, shorter, {}, tmp_path / "o.param", tmp_path / "o.bin")
+
+
+def test_a_manifest_beside_the_param_file_is_checked(onnx_models, constant_model, tmp_path):
+    for suffix in (".param", ".bin", ".json"):
+        shutil.copy(constant_model.with_suffix(suffix), tmp_path / ("m.ncnn" + suffix))
+    param = tmp_path / "m.ncnn.param"
+    source = manifest_for_onnx(onnx_models / "constant.onnx")
+    manifest = dataclasses.replace(source, format="ncnn", file_sha256=sha256_file(param),
+                                   file_size=param.stat().st_size, labels={"runtime": "ncnn", "device": "cpu"})
+    write_manifest(manifest, param)
+    assert create_detector({"type": "ncnn", "model": param}).names == ["cat", "dog"]
+    write_manifest(dataclasses.replace(manifest, format="onnx"), param)
+    with pytest.raises(UnsupportedModel, match="its manifest says format 'onnx'"):
+        create_detector({"type": "ncnn", "model": param})
+    write_manifest(manifest, param)
+    param.write_text(param.read_text().replace("7767517", "7767517 "))
+    with pytest.raises(ModelError, match="manifest"):
+        create_detector({"type": "ncnn", "model": param})
