@@ -45,7 +45,7 @@ test: setup-test test-broker
 # Tests marked neither slow, data nor postgres (tests/conftest.py says how they are marked): synthetic
 # frames, real servers on loopback; needs only the dev venv, never fetches samples or converts the model.
 test-fast: $(DEV_STAMP)
-	$(BIN)/python -m pytest -m "not slow and not data and not postgres" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not data and not postgres and not cpu_extra" $(PYTEST_ARGS)
 
 # The gates: ruff on everything, mypy on the packages (through scripts/typecheck.sh, which lays
 # them out as edgefleet.* for it), module and function sizes (scripts/check_sizes.py). All run;

@@ -17,7 +17,7 @@ from .errors import ModelError
 __all__ = ["Detections", "Detector", "ModelError", "load_default_detector", "load_detector"]
 
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".trt": "tensorrt",
-                     ".pt": "ultralytics"}
+                     ".pt": "ultralytics", ".xml": "openvino", ".param": "ncnn"}
 
 
 def load_default_detector(cache_dir: Path | None = None, **options) -> Detector:
@@ -36,7 +36,8 @@ def load_detector(path: str | Path, **options) -> Detector:
     """A detector for a model file, on the backend its type calls for.
 
     .onnx: onnxruntime; .engine/.plan/.trt: tensorrt (its manifest must sit beside it);
-    .pt: ultralytics (the train extra). `options` are that backend's config fields. A file
+    .pt: ultralytics (the train extra); .xml: openvino (an IR, its .bin beside it); .param: ncnn (its
+    .bin and .ncnn.json beside it; the cpu extra for both). `options` are that backend's config fields. A file
     with a manifest is checked against it before it loads.
     """
     from .backends import create_detector

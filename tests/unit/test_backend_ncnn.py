@@ -23,6 +23,8 @@ from edgefleet.models.yolo import letterbox_batch
 from .test_models_backends import OBJECT_SCORE, constant_weights, frame
 from .test_models_darknet import TINY_CFG, tiny_weights
 
+pytestmark = pytest.mark.cpu_extra  # the cpu extra: make test installs it, make test-fast leaves it out
+
 
 @pytest.fixture(scope="module")
 def onnx_models(tmp_path_factory):
@@ -285,3 +287,10 @@ def test_a_manifest_beside_the_param_file_is_checked(onnx_models, constant_model
     param.write_text(param.read_text().replace("7767517", "7767517 "))
     with pytest.raises(ModelError, match="manifest"):
         create_detector({"type": "ncnn", "model": param})
+
+
+def test_load_detector_runs_a_param_file_on_ncnn(constant_model):
+    from edgefleet.models import load_detector
+
+    with load_detector(constant_model) as det:
+        assert type(det).__name__ == "NcnnDetector" and det.names == ["cat", "dog"]

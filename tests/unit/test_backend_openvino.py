@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import onnx
-import openvino as ov
 import pytest
 
 from edgefleet.models.backends import BACKENDS, create_detector, parse_config
@@ -20,6 +19,9 @@ from edgefleet.models.yolo import box_iou, greedy_pairs, letterbox_batch
 
 from .test_models_backends import OBJECT_SCORE, constant_weights, frame
 from .test_models_darknet import TINY_CFG, tiny_weights
+
+pytestmark = pytest.mark.cpu_extra
+ov = pytest.importorskip("openvino", reason="the cpu extra (make test installs it; make test-fast leaves it out)")
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +226,10 @@ def test_quantize_refuses_bad_inputs_by_name(random_model, tmp_path, calibration
 def test_quantize_a_missing_model_fails(tmp_path):
     with pytest.raises(ModelNotFound, match="nope.onnx does not exist"):
         quantize(tmp_path / "nope.onnx", [frame(32, 32)], tmp_path, input_size=(32, 32))
+
+
+def test_load_detector_runs_an_ir_on_openvino(constant_model, tmp_path):
+    from edgefleet.models import load_detector
+
+    with load_detector(to_ir(constant_model, tmp_path)) as det:
+        assert type(det).__name__ == "OpenVinoDetector" and det.names == ["cat", "dog"]
