@@ -77,6 +77,15 @@ class HardwareProfile:
     onnxruntime_providers: list[str] = field(default_factory=list)
     accelerators: list[str] = field(default_factory=list)
     """"/dev/hailo0" (Hailo-8/8L), "/dev/apex_0" (Coral PCIe/M.2), "coral-usb"."""
+    runtimes: list[str] = field(default_factory=list)
+    """CPU inference runtimes besides onnxruntime that import here: "openvino", "ncnn". A rollout of
+    an OpenVINO IR or NCNN artifact targets only devices that report its runtime."""
+    openvino_devices: list[str] = field(default_factory=list)
+    """What openvino.Core().available_devices names: "CPU", "GPU" (an Intel iGPU), "NPU"."""
+    ncnn_vulkan_gpus: int = 0
+    cpu_flags: list[str] = field(default_factory=list)
+    """Of the CPU's flags, those that decide INT8 speed: avx2, avx512f, avx512_vnni, avx_vnni, amx_int8,
+    amx_bf16 (x86); asimd, asimddp, i8mm (ARM). An INT8 model is fast only with VNNI/AMX or dot-product."""
     power_mode: str = ""
     """Jetson nvpmodel mode name ("15W", "MAXN_SUPER"), else the ACPI platform profile; "" when none."""
     power_mode_id: int | None = None
@@ -97,6 +106,8 @@ class HardwareProfile:
                  "cpu_governor": self.cpu_governor, "l4t_version": self.l4t_version,
                  "nvidia_driver_version": self.nvidia_driver_version, "power_mode": self.power_mode,
                  "gpu_memory_bytes": str(self.gpu_memory_bytes or ""), "cameras": ",".join(self.cameras),
+                 "runtimes": ",".join(self.runtimes), "openvino_devices": ",".join(self.openvino_devices),
+                 "ncnn_vulkan_gpus": str(self.ncnn_vulkan_gpus or ""), "cpu_flags": ",".join(self.cpu_flags),
                  "fingerprint": self.fingerprint()}
         hottest = self.max_temperature_c()
         if hottest is not None:
@@ -110,7 +121,10 @@ class HardwareProfile:
         keys = ("platform", "model", "soc", "cpu_model", "cpu_cores", "cpu_governor", "gpu_name",
                 "gpu_compute_capability", "nvidia_driver_version", "cuda_version", "tensorrt_version",
                 "l4t_version", "onnxruntime_providers", "accelerators", "power_mode", "power_mode_id")
+        # runtimes and CPU flags join the fingerprint only when present, so earlier calibrations still match
+        extras = ("runtimes", "openvino_devices", "ncnn_vulkan_gpus", "cpu_flags")
         data = {k: getattr(self, k) for k in keys}
+        data.update({k: getattr(self, k) for k in extras if getattr(self, k)})
         data["memory_gib"] = round(self.memory_bytes / 2**30)
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
@@ -134,11 +148,13 @@ class HardwareProfile:
 # ---- the probe ----
 
 def probe(root: Path | str = "/", *, run: Runner | None = None,
-          onnxruntime_providers: Sequence[str] | None = None) -> HardwareProfile:
+          onnxruntime_providers: Sequence[str] | None = None,
+          runtimes: CpuRuntimes | None = None) -> HardwareProfile:
     """Profile the machine whose files are under `root`.
 
     run: executes commands (nvidia-smi); default: this machine's when `root` is "/", none otherwise.
     onnxruntime_providers: default: this Python's onnxruntime when `root` is "/", none otherwise.
+    runtimes: the OpenVINO and NCNN found; default: this Python's when `root` is "/", none otherwise.
     """
     root = Path(root)
     live = root.resolve() == Path("/")
@@ -158,11 +174,64 @@ def probe(root: Path | str = "/", *, run: Runner | None = None,
             profile.onnxruntime_providers = ort_providers()
     except Exception as err:  # noqa: BLE001 - a broken onnxruntime install reads as "no providers"
         logger.warning("onnxruntime providers unreadable: %r", err)
+    found = runtimes if runtimes is not None else (cpu_runtimes() if live else CpuRuntimes())
+    profile.runtimes = list(found.names)
+    profile.openvino_devices = list(found.openvino_devices)
+    profile.ncnn_vulkan_gpus = found.ncnn_vulkan_gpus
     return profile
 
 
+@dataclass(frozen=True)
+class CpuRuntimes:
+    """The CPU runtimes besides onnxruntime, as this Python finds them."""
+    names: tuple[str, ...] = ()
+    openvino_devices: tuple[str, ...] = ()
+    ncnn_vulkan_gpus: int = 0
+
+
+def cpu_runtimes() -> CpuRuntimes:
+    """OpenVINO (with its devices) and NCNN (with its Vulkan GPU count), where they import.
+    A runtime that imports but breaks when asked counts as absent (logged)."""
+    names: list[str] = []
+    devices: tuple[str, ...] = ()
+    gpus = 0
+    try:
+        import openvino  # type: ignore[import-untyped]
+
+        devices = tuple(openvino.Core().available_devices)
+        names.append("openvino")
+    except Exception as err:  # noqa: BLE001 - absent or broken: the device has no usable OpenVINO
+        logger.info("openvino not usable: %r", err)
+    try:
+        import ncnn  # type: ignore[import-untyped]
+
+        names.append("ncnn")
+        counter = getattr(ncnn, "get_gpu_count", None)
+        gpus = int(counter()) if callable(counter) else 0
+    except Exception as err:  # noqa: BLE001 - absent or broken: the device has no usable NCNN
+        logger.info("ncnn not usable: %r", err)
+    return CpuRuntimes(tuple(names), devices, gpus)
+
+
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile",
+              "asimd", "asimddp", "i8mm")
+"""The CPU flags reported: those that decide how fast an INT8 (or any) CPU model runs."""
+
+
+def cpu_flags(cpuinfo: str) -> list[str]:
+    """Of INT8_FLAGS, those in the first `flags` (x86) or `Features` (ARM) line of /proc/cpuinfo."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("flags", "features"):
+            have = set(value.split())
+            return [f for f in INT8_FLAGS if f in have]
+    return []
+
+
 def _probe_cpu(profile: HardwareProfile, root: Path, live: bool, run: Runner | None) -> None:
-    info = parse_cpuinfo(read_text(root, "/proc/cpuinfo"))
+    cpuinfo = read_text(root, "/proc/cpuinfo")
+    info = parse_cpuinfo(cpuinfo)
+    profile.cpu_flags = cpu_flags(cpuinfo)
     profile.machine = _platform.machine() if live else info.arch
     profile.cpu_model = info.model
     profile.cpu_cores = info.cores or ((os.cpu_count() or 0) if live else 0)

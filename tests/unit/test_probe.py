@@ -250,3 +250,38 @@ def test_l4t_to_jetpack(l4t, jetpack):
 ])
 def test_rpi_generation(model, generation):
     assert rpi_generation(model) == generation
+
+
+@pytest.mark.parametrize("tree, flags", [
+    ("x86-cpu", ["avx2"]),                                   # a desktop Core: no VNNI, INT8 gains little
+    ("x86-cpu-amx", ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile"]),
+    ("rpi5", ["asimd", "asimddp"]),                          # Cortex-A76: dot product
+    ("rpi4", ["asimd"]),                                     # Cortex-A72: no dot product
+])
+def test_cpu_flags_from_cpuinfo(tree, flags):
+    profile = probe(DATA / tree)
+    assert profile.cpu_flags == flags
+    assert profile.to_wire()["extra"]["cpu_flags"] == ",".join(flags)
+
+
+def test_cpu_runtimes_reach_the_wire_profile():
+    from edgefleet.adaptive.probe import CpuRuntimes
+
+    found = CpuRuntimes(("openvino", "ncnn"), ("CPU", "GPU"), 1)
+    profile = probe(DATA / "x86-cpu", runtimes=found)
+    wire = json_format.ParseDict(profile.to_wire(), types_pb2.HardwareProfile())
+    assert (wire.extra["runtimes"], wire.extra["openvino_devices"], wire.extra["ncnn_vulkan_gpus"]) == \
+        ("openvino,ncnn", "CPU,GPU", "1")
+    assert probe(DATA / "x86-cpu").runtimes == []           # a fixture tree reads no live runtime
+    assert probe(DATA / "x86-cpu").fingerprint() != profile.fingerprint()
+
+
+def test_this_machine_reports_the_runtimes_that_import():
+    import importlib.util
+
+    profile = probe()
+    for name in ("openvino", "ncnn"):
+        if importlib.util.find_spec(name) is None:
+            assert name not in profile.runtimes
+    if "openvino" in profile.runtimes:
+        assert "CPU" in profile.openvino_devices
