@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgefleet.models.errors import ModelError
@@ -22,7 +22,8 @@ from .probe import HardwareProfile
 
 logger = logging.getLogger(__name__)
 
-BACKEND_BY_FORMAT = {"onnx": "onnxruntime", "tensorrt-engine": "tensorrt", "ultralytics-pt": "ultralytics"}
+BACKEND_BY_FORMAT = {"onnx": "onnxruntime", "tensorrt-engine": "tensorrt", "ultralytics-pt": "ultralytics",
+                     "openvino-ir": "openvino", "ncnn": "ncnn"}
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0}
 PRECISION_RANK = {"fp32": 2, "fp16": 2, "int8": 1}
 """Accuracy order of precisions: FP16 loses next to nothing against FP32; INT8 loses some."""
@@ -32,6 +33,9 @@ PRECISION_RANK = {"fp32": 2, "fp16": 2, "int8": 1}
 class Artifact:
     path: Path
     manifest: ArtifactManifest
+    source_capacity: int | None = None
+    """The capacity of the FP32 source this was made from, when that source is among the artifacts:
+    an INT8 copy or an OpenVINO IR of one network is the same network, whatever its files weigh."""
 
     @property
     def variant(self) -> str:
@@ -50,9 +54,23 @@ class Artifact:
     def capacity(self) -> int:
         """log2 of the parameter count, estimated from the file size and precision, rounded:
         yolov8n ~22, yolov3-tiny and yolov8s ~23, yolov8m ~25. Coarse on purpose (engines carry
-        tactics, ONNX files carry graph structure); used only to order models by size."""
-        params = self.manifest.file_size / BYTES_PER_WEIGHT.get(self.manifest.precision, 4.0)
+        tactics, ONNX files carry graph structure); used only to order models by size. Companion
+        files (an OpenVINO IR's or NCNN model's .bin) count; the source's capacity wins when known."""
+        if self.source_capacity is not None:
+            return self.source_capacity
+        size = self.manifest.file_size + sum(_size(self.path.with_name(n)) for n in self.manifest.companions)
+        params = size / BYTES_PER_WEIGHT.get(self.manifest.precision, 4.0)
         return round(math.log2(max(params, 1.0)))
+
+    @property
+    def agreement(self) -> float | None:
+        """F1 of its detections against its FP32 source's (the manifest's `agreement.f1`); an FP32
+        or FP16 artifact without one counts as 1.0 (it is the source, or converted without loss);
+        an INT8 one without one (a TensorRT INT8 engine) is None: unchecked, not refused."""
+        f1 = self.manifest.agreement.get("f1")
+        if f1 is not None:
+            return float(f1)
+        return None if self.manifest.precision == "int8" else 1.0
 
     @property
     def stride(self) -> int:
@@ -92,7 +110,26 @@ def device_caps(profile: HardwareProfile) -> DeviceCaps:
     """What models.manifest needs to know about this device, from the probe."""
     return DeviceCaps(tensorrt_version=profile.tensorrt_version or None,
                       gpu_compute_capability=profile.gpu_compute_capability or None,
-                      onnxruntime_providers=tuple(profile.onnxruntime_providers))
+                      onnxruntime_providers=tuple(profile.onnxruntime_providers),
+                      runtimes=tuple(profile.runtimes))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def with_source_capacity(artifacts: Sequence[Artifact]) -> list[Artifact]:
+    """Each artifact made from another one found (its manifest's source_sha256) takes that
+    source's capacity, so the plan compares an INT8 or IR copy with its source as one network."""
+    by_sha = {a.sha256: a for a in artifacts}
+    out = []
+    for art in artifacts:
+        source = by_sha.get(art.manifest.source_sha256 or "")
+        out.append(replace(art, source_capacity=source.capacity) if source is not None and source is not art else art)
+    return out
 
 
 def _candidate_files(paths: Iterable[Path]) -> list[Path]:
@@ -129,4 +166,4 @@ def discover_artifacts(paths: Iterable[Path | str], profile: HardwareProfile | N
             rejected.append(Rejected(str(path), str(err)))
             continue
         found.append(Artifact(path, manifest))
-    return found, rejected
+    return with_source_capacity(found), rejected

@@ -62,6 +62,9 @@ class PlanOptions:
     measured_fps: float | None = None
     """For the static table: the fps the loop reached last time, to apply its slow-steps."""
     min_ladder_side: int = 256
+    min_agreement: float = 0.95
+    """A candidate whose detections agree less than this (F1 against its FP32 source, from its
+    manifest) with the source's is not run: faster, but it finds other things."""
 
     def __post_init__(self) -> None:
         if not self.target_fps > 0:
@@ -72,6 +75,8 @@ class PlanOptions:
             raise PlanError(f"max_detect_interval must be >= 1, got {self.max_detect_interval}")
         if not 0 < self.headroom <= 1:
             raise PlanError(f"headroom must be in (0, 1], got {self.headroom}")
+        if not 0 <= self.min_agreement <= 1:
+            raise PlanError(f"min_agreement must be in [0, 1], got {self.min_agreement}")
         sides = self.input_sides
         if sides is not None and (not sides or any(s <= 0 or s % 32 for s in sides)):
             raise PlanError(f"input_sides must be positive multiples of 32, got {self.input_sides}")
@@ -138,8 +143,11 @@ class Candidate:
     input_height: int
     batch: int
     capacity: int
+    agreement: float | None = 1.0
+    """F1 against the FP32 source (adaptive.artifacts.Artifact.agreement); None: unchecked."""
     status: str = "pending"
-    """"measured", "cached", "skipped", "failed", or "static" (not measured)."""
+    """"measured", "cached", "skipped", "failed", "rejected" (agreement too low: not measured), or
+    "static" (not measured)."""
     p50_ms: float | None = None
     p95_ms: float | None = None
     fits_interval: int | None = None
@@ -177,12 +185,18 @@ class PlanReport:
 
 def _accuracy_key(c: Candidate) -> tuple:
     return (c.capacity, c.input_width * c.input_height, PRECISION_RANK.get(c.precision, 0),
+            c.agreement or 0.0,
             -(c.p95_ms or 0.0))
+
+
+def disagrees(art: Artifact, options: PlanOptions) -> bool:
+    """Whether the artifact's checked agreement with its FP32 source is under the threshold."""
+    return art.agreement is not None and art.agreement < options.min_agreement
 
 
 def _candidate(art: Artifact, size: tuple[int, int], batch: int) -> Candidate:
     return Candidate(art.variant, str(art.path), art.sha256, art.backend, art.manifest.precision, size[0],
-                     size[1], batch, art.capacity)
+                     size[1], batch, art.capacity, art.agreement)
 
 
 def plan(profile: HardwareProfile, artifacts: Sequence[Artifact], frames: Sequence[np.ndarray] = (),
@@ -198,6 +212,10 @@ def plan(profile: HardwareProfile, artifacts: Sequence[Artifact], frames: Sequen
         why = "; ".join(f"{r.path}: {r.reason}" for r in rejected) or "none found"
         raise PlanError(f"no model artifact this device can run ({why})")
     artifacts = sorted(artifacts, key=lambda a: (-a.capacity, a.variant))
+    usable = [a for a in artifacts if not disagrees(a, options)]
+    if not usable:
+        why = "; ".join(f"{a.path}: agreement {a.agreement:.3f}" for a in artifacts)
+        raise PlanError(f"every model artifact agrees with its FP32 source less than {options.min_agreement:g} ({why})")
     chosen = None
     candidates: list[Candidate] = []
     if options.calibrate and len(frames):
@@ -212,9 +230,10 @@ def plan(profile: HardwareProfile, artifacts: Sequence[Artifact], frames: Sequen
     else:
         why = "calibration disabled" if not options.calibrate else "no frames to calibrate on"
     if chosen is None:
-        chosen, static_candidates = _static_plan(profile, artifacts, options, why)
+        chosen, static_candidates = _static_plan(profile, usable, options, why)
         candidates = candidates or static_candidates
-    ladder = controller_ladder(chosen, artifacts, candidates, options)
+    _explain_losers(candidates, chosen)
+    ladder = controller_ladder(chosen, usable, candidates, options)
     return PlanReport(profile.platform, profile.summary(), profile.fingerprint(), options, chosen, candidates,
                       ladder, list(rejected), str(cache_path) if cache_path else None,
                       thermal_limits(profile.platform_class))
@@ -239,6 +258,9 @@ def _calibrate(profile: HardwareProfile, artifacts: Sequence[Artifact], frames: 
         for size in sizes:
             c = _candidate(art, size, options.streams)
             candidates.append(c)
+            if disagrees(art, options):
+                c.status, c.note = "rejected", f"agreement {art.agreement:.3f} below {options.min_agreement:g}"
+                continue
             if missed_at is not None:
                 c.status, c.note = "skipped", f"{missed_at}x{missed_at} already missed the loosest budget"
                 continue
@@ -293,6 +315,23 @@ def _choose_measured(candidates: Sequence[Candidate], options: PlanOptions) -> R
     return RuntimePlan(best.model, best.model_path, best.artifact_sha256, best.backend, best.precision,
                        best.input_width, best.input_height, best.batch, k, round(options.frame_ms * k, 3),
                        options.target_fps, "calibration", reason)
+
+
+def _explain_losers(candidates: Sequence[Candidate], chosen: RuntimePlan) -> None:
+    """Say why each timed candidate that was not chosen lost, where nothing says it yet."""
+    key = (chosen.model_path, chosen.input_width, chosen.input_height)
+    winner = next((c for c in candidates if (c.model_path, c.input_width, c.input_height) == key), None)
+    if winner is None or chosen.source != "calibration":
+        return
+    for c in candidates:
+        if c.note or c.p95_ms is None or c is winner:
+            continue
+        if c.fits_interval is not None and c.fits_interval > chosen.detect_interval:
+            c.note = f"fits only detecting every {c.fits_interval} frames"
+        elif _accuracy_key(c)[:-1] < _accuracy_key(winner)[:-1]:
+            c.note = "fits, less accurate than the plan"
+        else:
+            c.note = "fits, as accurate as the plan but slower"
 
 
 def _static_plan(profile: HardwareProfile, artifacts: Sequence[Artifact], options: PlanOptions,
@@ -400,8 +439,8 @@ def format_plan_report(report: PlanReport) -> str:
              f"headroom {o.headroom:.0%}, detect at least every {o.max_detect_interval} frames"),
              f"source     {p.source}" + (f" (cache {report.cache_path})" if report.cache_path else ""), ""]
     width = max([24] + [len(c.model) for c in report.candidates])
-    header = (f"  {'model':<{width}} {'backend':<12} {'prec':<5} {'input':>9} {'batch':>5} {'p50 ms':>8} "
-              f"{'p95 ms':>8} {'every':>5}  status")
+    header = (f"  {'model':<{width}} {'backend':<12} {'prec':<5} {'input':>9} {'batch':>5} {'agree':>6} "
+              f"{'p50 ms':>8} {'p95 ms':>8} {'every':>5}  status")
     lines.append(header)
     def ms(v: float | None) -> str:
         return f"{v:.1f}" if v is not None else "-"
@@ -412,8 +451,9 @@ def format_plan_report(report: PlanReport) -> str:
         fits = str(c.fits_interval) if c.fits_interval else "-"  # fits when detecting every Nth frame
         status = c.status + (f": {c.note}" if c.note else "")
         size = f"{c.input_width:>4}x{c.input_height:<4}"
+        agree = f"{c.agreement:.3f}" if c.agreement is not None else "-"
         lines.append(f"{mark} {c.model:<{width}} {c.backend:<12} {c.precision:<5} {size} "
-                     f"{c.batch:>5} {ms(c.p50_ms):>8} {ms(c.p95_ms):>8} {fits:>5}  {status}")
+                     f"{c.batch:>5} {agree:>6} {ms(c.p50_ms):>8} {ms(c.p95_ms):>8} {fits:>5}  {status}")
     for r in report.rejected:
         lines.append(f"  rejected {r.path}: {r.reason}")
     lines += ["", (f"plan       {p.model} ({p.backend} {p.precision}) {p.input_width}x{p.input_height}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.adaptive.artifacts import Artifact, discover_artifacts
+from edgefleet.adaptive.artifacts import Artifact, discover_artifacts, with_source_capacity
 from edgefleet.adaptive.calibrate import CalibrationCache, measure
 from edgefleet.adaptive.errors import PlanError
 from edgefleet.adaptive.plan import PlanOptions, format_plan_report, make_controller, plan
@@ -25,7 +25,7 @@ def profile_of(tree: str, providers=CPU):
 
 
 def manifest(name: str, *, fmt="onnx", precision="fp32", params_m=3.0, fixed=None, trt=None, cc=None,
-             data: bytes | None = None) -> ArtifactManifest:
+             data: bytes | None = None, source: str | None = None, f1: float | None = None) -> ArtifactManifest:
     """A manifest whose file size says `params_m` million weights at `precision` (Artifact.capacity)."""
     per_weight = {"fp32": 4, "fp16": 2, "int8": 1}[precision]
     size = len(data) if data is not None else int(params_m * 1e6 * per_weight)
@@ -35,11 +35,14 @@ def manifest(name: str, *, fmt="onnx", precision="fp32", params_m=3.0, fixed=Non
         format=fmt, layout="ultralytics", precision=precision, input_width=w, input_height=h,
         class_names=("person", "car"), file_sha256=sha, file_size=size, created_at="2024-05-01T00:00:00+00:00",
         producer="test", batch_range=(1, None), resolution_range=None if fixed else ((32, 32), None),
-        tensorrt_version=trt, gpu_compute_capability=cc)
+        tensorrt_version=trt, gpu_compute_capability=cc,
+        source_sha256=hashlib.sha256(source.encode()).hexdigest() if source else None,
+        agreement={"f1": f1} if f1 is not None else {})
 
 
 def artifact(name: str, **kw) -> Artifact:
-    suffix = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt"}[kw.get("fmt", "onnx")]
+    suffix = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt", "openvino-ir": ".xml",
+              "ncnn": ".param"}[kw.get("fmt", "onnx")]
     return Artifact(Path("/models") / f"{name}{suffix}", manifest(name, **kw))
 
 
@@ -313,3 +316,57 @@ def test_discover_verifies_files_and_checks_the_device(tmp_path):
     found, rejected = discover_artifacts([tmp_path, good], profile_of("x86-cpu", providers=[]))
     assert found == [] and any("onnxruntime" in r.reason for r in rejected)
     assert engine.exists()
+
+
+def cpu_formats(ir_512_ms: float) -> tuple[list[Artifact], FakeFactory]:
+    """An FP32 ONNX source and what `model quantize` makes of it: an INT8 ONNX that agrees 0.91 (too
+    little), an FP32 OpenVINO IR (0.999) and an INT8 NCNN model (0.97). The copies' files weigh
+    nothing like the source's; with_source_capacity makes them one network."""
+    arts = with_source_capacity([
+        artifact("yolo-fp32", params_m=3.0),
+        artifact("yolo-int8", precision="int8", params_m=0.2, source="yolo-fp32", f1=0.91),
+        artifact("yolo-ov", fmt="openvino-ir", params_m=0.01, source="yolo-fp32", f1=0.999),
+        artifact("yolo-ncnn-int8", fmt="ncnn", precision="int8", params_m=0.01, source="yolo-fp32", f1=0.97)])
+    latency = {("yolo-fp32", 320): 30, ("yolo-fp32", 416): 60, ("yolo-fp32", 512): 90,
+               ("yolo-ov", 320): 15, ("yolo-ov", 416): 35, ("yolo-ov", 512): ir_512_ms,
+               ("yolo-ncnn-int8", 320): 10, ("yolo-ncnn-int8", 416): 25, ("yolo-ncnn-int8", 512): 45,
+               ("yolo-int8", 320): 8, ("yolo-int8", 416): 18, ("yolo-int8", 512): 30}
+    return arts, FakeFactory(latency)
+
+
+def test_cpu_formats_largest_input_then_fp32_and_int8_below_agreement_is_refused():
+    arts, factory = cpu_formats(ir_512_ms=50)
+    assert {a.capacity for a in arts} == {arts[0].capacity}
+    options = PlanOptions(target_fps=15, input_sides=(320, 416, 512))
+    report = plan(profile_of("x86-cpu"), arts, FRAMES, options, detector_factory=factory, timer=factory.clock)
+    p = report.plan
+    # 512 fits in both the IR (fp32, 50 ms) and NCNN (int8, 45 ms): fp32 wins at the same size
+    assert (p.model, p.backend, p.precision, p.input_width, p.detect_interval) == ("yolo-ov", "openvino", "fp32",
+                                                                                   512, 1)
+    assert "yolo-int8" not in {variant for variant, _, _ in factory.loads}     # refused unmeasured
+    by = {(c.model, c.input_width): c for c in report.candidates}
+    assert {(c.status, c.note) for m, c in by.items() if m[0] == "yolo-int8"} == \
+        {("rejected", "agreement 0.910 below 0.95")}
+    assert by[("yolo-ncnn-int8", 512)].note == "fits, less accurate than the plan"
+    assert by[("yolo-fp32", 416)].note == "fits only detecting every 2 frames"
+    assert by[("yolo-ov", 320)].note == "fits, less accurate than the plan"
+    text = format_plan_report(report)
+    assert "agreement 0.910 below 0.95" in text and "0.999" in text
+    assert all(r.model_path != arts[1].path.as_posix() for r in report.ladder)   # never stepped down to
+
+
+def test_cpu_formats_int8_wins_when_only_it_fits_the_larger_input():
+    arts, factory = cpu_formats(ir_512_ms=70)
+    options = PlanOptions(target_fps=15, input_sides=(320, 416, 512))
+    p = plan(profile_of("x86-cpu"), arts, FRAMES, options, detector_factory=factory, timer=factory.clock).plan
+    assert (p.model, p.precision, p.input_width, p.detect_interval) == ("yolo-ncnn-int8", "int8", 512, 1)
+    looser = PlanOptions(target_fps=15, input_sides=(320, 416, 512), min_agreement=0.9)
+    factory.loads.clear()
+    report = plan(profile_of("x86-cpu"), arts, FRAMES, looser, detector_factory=factory, timer=factory.clock)
+    assert any(variant == "yolo-int8" for variant, _, _ in factory.loads)
+    assert report.plan.model == "yolo-ncnn-int8"     # the ONNX INT8 is as big, 512 fits, but agrees less
+
+
+def test_only_disagreeing_artifacts_is_a_plan_error():
+    with pytest.raises(PlanError, match="less than 0.95"):
+        plan(profile_of("x86-cpu"), [artifact("yolo-int8", precision="int8", f1=0.8)], FRAMES, OPTIONS)
