@@ -29,7 +29,9 @@ from detector import bench_bundled, read_frames  # (scripts/bench/detector.py)
 from report import write_report  # (scripts/bench/report.py)
 
 
-def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
+def bench_agent(video: Path, frames: int, threads: int | None, model: Path | None = None) -> dict:
+    """One real `edge-agent run` over `video` (fast pace) against a real controller; its summary line.
+    `model`: the agent's --model (default: the bundled model on ONNX Runtime)."""
     from tests.conftest import ControllerThread
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,6 +42,8 @@ def bench_agent(video: Path, frames: int, threads: int | None) -> dict:
                    "--enroll-key", "efk_test", "--max-frames", str(frames)]
             if threads:
                 cmd += ["--threads", str(threads)]
+            if model is not None:
+                cmd += ["--model", str(model)]
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             wall = time.perf_counter() - start

@@ -3,6 +3,11 @@
 
     python scripts/bench/detector.py [--sizes 320,416,640] [--batch-sizes 1,4] [--frames 100]
         [--threads N] [--rounds 12] [--block 5] [--skip-ultralytics] [--cache-dir DIR] [--out FILE]
+    python scripts/bench/detector.py --backends onnxruntime,openvino,ncnn --precisions fp32,int8[,bf16]
+        [--sizes 320,416] [--frames 100] [--calib-frames 32] [--held-frames 50] [--threads N] [--out FILE]
+
+With --backends: CPU backends x precisions x sizes at batch 1, speed and agreement with the FP32
+source, and nothing else; see scripts/bench/detector_backends.py. Without it:
 
 One run, one JSON (--out, or stdout), two sections, for every square input size and batch size:
 
@@ -339,6 +344,19 @@ def summary(bundled: list[dict], versus: list[dict] | None) -> list[dict]:
     return rows
 
 
+def bench_backends(args: argparse.Namespace) -> int:
+    """The --backends matrix (scripts/bench/detector_backends.py) as its own JSON."""
+    from detector_backends import run
+
+    matrix = run(args.video, [int(s) for s in args.sizes.split(",")], args.backends.split(","),
+                 args.precisions.split(","), frames=args.frames, calib_frames=args.calib_frames,
+                 held_frames=args.held_frames, threads=args.threads, rounds=args.rounds, block=args.block,
+                 cache_dir=args.cache_dir)
+    report = {"benchmark": "models detector backends", "video": args.video.name, "host": host_info()} | matrix
+    write_report(report, args.out)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=default_video())
@@ -355,7 +373,14 @@ def main() -> int:
                         help="the bundled model's converted-model cache (default: the one models.bundled uses); "
                              "yolov8n is built and exported into <cache-dir>/ultralytics (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
+    parser.add_argument("--backends", default=None,
+                        help="CPU backends to compare (onnxruntime,openvino,ncnn); see detector_backends.py")
+    parser.add_argument("--precisions", default="fp32,int8", help="with --backends: fp32, int8, bf16 (openvino)")
+    parser.add_argument("--calib-frames", type=int, default=32, help="with --backends: INT8 calibration frames")
+    parser.add_argument("--held-frames", type=int, default=50, help="with --backends: frames scoring agreement")
     args = parser.parse_args()
+    if args.backends:
+        return bench_backends(args)
     frames = read_frames(args.video, args.frames)
     sizes = [int(s) for s in args.sizes.split(",")]
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
