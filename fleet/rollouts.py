@@ -89,6 +89,22 @@ class Requirements:
     format: str
     tensorrt_version: str = ""
     gpu_compute_capability: str = ""
+    runtime: str = ""
+    """The manifest's `labels.runtime` (onnxruntime, openvino, ncnn); "" : the format's own
+    (RUNTIME_OF_FORMAT: an OpenVINO IR needs openvino, an NCNN model ncnn)."""
+
+
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "openvino-ir": "openvino", "ncnn": "ncnn"}
+
+
+def device_runtimes(profile: dict) -> set[str]:
+    """The CPU runtimes a device reports: onnxruntime when it has any provider, and the probe's
+    `runtimes` (in the wire profile's extra map, comma separated)."""
+    extra = profile.get("extra", {}) or {}
+    found = {r for r in str(extra.get("runtimes", "")).split(",") if r}
+    if profile.get("onnxruntime_providers"):
+        found.add("onnxruntime")
+    return found
 
 
 @dataclass(frozen=True)
@@ -107,8 +123,9 @@ def incompatibility(requirements: Requirements, device: DeviceRecord) -> str:
     if device.hardware_id.startswith(MQTT_HARDWARE_PREFIX):
         return "MQTT-only device: it has no Session to receive an engine"
     profile = device.profile
-    if requirements.format == "onnx":
-        return "" if profile.get("onnxruntime_providers") else "no onnxruntime on the device"
+    runtime = requirements.runtime or RUNTIME_OF_FORMAT.get(requirements.format, "")
+    if runtime:
+        return "" if runtime in device_runtimes(profile) else f"no {runtime} on the device"
     if requirements.format == "tensorrt-engine":
         have = profile.get("tensorrt_version", "")
         if not have:

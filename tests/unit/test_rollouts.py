@@ -28,6 +28,13 @@ def device(profile: dict, hardware_id: str = "hw") -> DeviceRecord:
     (Requirements("tensorrt-engine", "10.3.0", "8.7"), {"onnxruntime_providers": ["CPU"]}, "hw", "no TensorRT"),
     (Requirements("ultralytics-pt"), ORIN, "hw", "no ultralytics"),
     (Requirements("ultralytics-pt"), {"extra": {"ultralytics": "8.3"}}, "hw", ""),
+    (Requirements("openvino-ir"), ORIN, "hw", "no openvino on the device"),
+    (Requirements("openvino-ir"), {"extra": {"runtimes": "ncnn,openvino"}}, "hw", ""),
+    (Requirements("ncnn"), {"extra": {"runtimes": "openvino"}}, "hw", "no ncnn on the device"),
+    (Requirements("ncnn"), {"extra": {"runtimes": "ncnn"}}, "hw", ""),
+    (Requirements("onnx", runtime="openvino"), ORIN, "hw", "no openvino"),   # labels.runtime decides
+    (Requirements("onnx", runtime="onnxruntime"), ORIN, "hw", ""),
+    (Requirements("ncnn"), {"extra": {"runtimes": "ncnn"}}, "mqtt:cam", "MQTT-only"),
 ])
 def test_incompatibility_names_the_reason(requirements, profile, hardware_id, says):
     reason = incompatibility(requirements, device(profile, hardware_id))
