@@ -339,3 +339,36 @@ def test_a_silent_device_times_out_but_not_while_it_waits_for_a_download_slot(tm
             assert "no report from the device for 1 s" in failed[1]
     finally:
         ctl.stop()
+
+
+def test_an_artifact_for_openvino_goes_only_to_devices_that_report_openvino(controller, channel, control,
+                                                                              model_bytes):
+    """An INT8 ONNX model quantized for OpenVINO (its manifest's labels.runtime)."""
+    from tests.conftest import run_cli
+
+    sha = push(control, model_bytes, fmt="onnx", precision="int8",
+               labels={"runtime": "openvino", "device": "cpu"}).manifest.sha256
+    with_ov = types_pb2.HardwareProfile(platform="x86_64-cpu", onnxruntime_providers=["CPUExecutionProvider"],
+                                        extra={"runtimes": "openvino,ncnn", "openvino_devices": "CPU"})
+    ncnn_only = types_pb2.HardwareProfile(platform="aarch64-cpu", onnxruntime_providers=["CPUExecutionProvider"],
+                                          extra={"runtimes": "ncnn"})
+    ov = ScriptedDevice(channel, "ov-box", with_ov, {"site": "lab"})
+    plain = ScriptedDevice(channel, "plain-box", CPU, {"site": "lab"})
+    pi = ScriptedDevice(channel, "pi-box", ncnn_only, {"site": "lab"})
+    rollout = control.CreateRollout(fleet_pb2.CreateRolloutRequest(
+        artifact_sha256=sha, selector={"site": "lab"}, canary=1, waves_percent=[100]), timeout=5)
+    skipped = {d.device_id: d.reason for d in rollout.devices if d.reason.startswith("skipped")}
+    assert skipped == {plain.id: "skipped: no openvino on the device", pi.id: "skipped: no openvino on the device"}
+    deploy = wait_for(ov.deploys, 10, "deploy to the OpenVINO device")[0]
+    assert deploy.artifact.manifest.sha256 == sha and deploy.artifact.manifest.labels["runtime"] == "openvino"
+    ov.report(rollout.rollout_id, sha, State.ACTIVE)
+    wait_for(lambda: control.GetRollout(fleet_pb2.GetRolloutRequest(rollout_id=rollout.rollout_id)).state
+             == fleet_pb2.SUCCEEDED, 10, "the rollout to succeed")
+    assert not plain.deploys() and not pi.deploys()
+    shown = run_cli("edgefleet.fleet.cli", "rollout", "get", rollout.rollout_id, "--controller", controller.address,
+                    "--token", controller.operator_token, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line for line in shown.stdout.splitlines() if line.startswith("  ")}
+    for device_id in (plain.id, pi.id):
+        assert "skipped" in rows[device_id] and "no openvino on the device" in rows[device_id]
+    assert "active" in rows[ov.id].lower() or "succeeded" in rows[ov.id].lower(), shown.stdout
