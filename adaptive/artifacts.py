@@ -157,13 +157,18 @@ def discover_artifacts(paths: Iterable[Path | str], profile: HardwareProfile | N
     Hashes every file (sha256, streamed): a plan is made at start-up, not per frame.
     """
     caps = device_caps(profile) if profile is not None else None
-    found, rejected = [], []
+    found: list[Artifact] = []
+    rejected: list[Rejected] = []
     for path in _candidate_files(Path(p) for p in paths):
         try:
             manifest = verify_artifact(path, device=caps)
         except ModelError as err:
             logger.info("artifact %s not usable here: %s", path, err)
             rejected.append(Rejected(str(path), str(err)))
+            continue
+        twin = next((a for a in found if a.sha256 == manifest.file_sha256), None)
+        if twin is not None:  # the bundled model copied into the models folder: time it once
+            rejected.append(Rejected(str(path), f"the same file as {twin.path}"))
             continue
         found.append(Artifact(path, manifest))
     return with_source_capacity(found), rejected

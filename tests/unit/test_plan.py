@@ -370,3 +370,20 @@ def test_cpu_formats_int8_wins_when_only_it_fits_the_larger_input():
 def test_only_disagreeing_artifacts_is_a_plan_error():
     with pytest.raises(PlanError, match="less than 0.95"):
         plan(profile_of("x86-cpu"), [artifact("yolo-int8", precision="int8", f1=0.8)], FRAMES, OPTIONS)
+
+
+def test_discover_takes_a_file_once_and_an_openvino_ir_only_where_openvino_runs(tmp_path):
+    from edgefleet.adaptive.probe import CpuRuntimes
+
+    (tmp_path / "a").mkdir()
+    first = _write_artifact(tmp_path / "a", "m.onnx", b"same")
+    copy = _write_artifact(tmp_path, "bundled.onnx", b"same")
+    assert copy.exists()
+    ir = _write_artifact(tmp_path, "m-int8.xml", b"<net/>", fmt="openvino-ir", precision="int8")
+    with_ov = probe(DATA / "x86-cpu", onnxruntime_providers=CPU, runtimes=CpuRuntimes(("openvino",), ("CPU",)))
+    found, rejected = discover_artifacts([first, tmp_path], with_ov)
+    assert sorted(a.path.name for a in found) == ["m-int8.xml", "m.onnx"]
+    assert [(Path(r.path).name, r.reason) for r in rejected] == [("bundled.onnx", f"the same file as {first}")]
+    assert next(a for a in found if a.path == ir).backend == "openvino"
+    found, rejected = discover_artifacts([ir], profile_of("x86-cpu"))
+    assert found == [] and "openvino" in rejected[0].reason
