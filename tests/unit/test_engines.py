@@ -487,7 +487,8 @@ def test_a_slow_candidate_fails_and_the_current_engine_stays(tmp_path):
     v1 = tiny_onnx(tmp_path / "v1.onnx")
     h = Harness(tmp_path, v1)
     first = h.detector
-    h.manager.deploy(h.request(slow_onnx(v1, tmp_path / "slow.onnx"), gate=GateParams(0.5, 0.8)))
+    # 16 matmuls of 384: tens of times the tiny model's work, so a loaded machine's noise cannot lift it past 0.5
+    h.manager.deploy(h.request(slow_onnx(v1, tmp_path / "slow.onnx", matmuls=16), gate=GateParams(0.5, 0.8)))
     h.loop(lambda: h.final())
     failed = h.final()
     assert failed.state == "FAILED" and failed.reason.startswith("shadow test failed: throughput")
