@@ -121,7 +121,7 @@ class HardwareProfile:
         keys = ("platform", "model", "soc", "cpu_model", "cpu_cores", "cpu_governor", "gpu_name",
                 "gpu_compute_capability", "nvidia_driver_version", "cuda_version", "tensorrt_version",
                 "l4t_version", "onnxruntime_providers", "accelerators", "power_mode", "power_mode_id")
-        # runtimes and CPU flags join the fingerprint only when present, so earlier calibrations still match
+        # runtimes and CPU flags count only when present: a profile without them keeps its old fingerprint
         extras = ("runtimes", "openvino_devices", "ncnn_vulkan_gpus", "cpu_flags")
         data = {k: getattr(self, k) for k in keys}
         data.update({k: getattr(self, k) for k in extras if getattr(self, k)})
