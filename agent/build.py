@@ -165,6 +165,10 @@ def _service_only(config: AgentConfig) -> BuiltAgent:
 
 # ---- detectors and plans ----
 
+THREADS_OPTION = {"onnxruntime": "intra_op_threads", "openvino": "threads", "ncnn": "threads"}
+"""Each CPU backend's name for `--threads` (its config field)."""
+
+
 def load_detector(path: str | Path, config: AgentConfig, input_size: tuple[int, int] | None = None) -> Detector:
     """A detector with the config's backend options. It keeps boxes down to ByteTrack's low
     threshold, so the tracker's second association sees them (RunOptions.publish_threshold keeps
@@ -175,12 +179,13 @@ def load_detector(path: str | Path, config: AgentConfig, input_size: tuple[int, 
 
     from .bytetrack import ByteTrackConfig
 
+    backend = BACKEND_BY_SUFFIX.get(Path(path).suffix.lower())
     options: dict[str, Any] = {"confidence_threshold": ByteTrackConfig().low_confidence_threshold}
-    if config.threads is not None:
-        options["intra_op_threads"] = config.threads
+    if config.threads is not None and backend in THREADS_OPTION:  # GPU engines have no thread count
+        options[THREADS_OPTION[backend]] = config.threads
     if input_size is not None:
         options["input_size"] = input_size
-    if config.rect and BACKEND_BY_SUFFIX.get(Path(path).suffix.lower()) == "onnxruntime":
+    if config.rect and backend in ("onnxruntime", "openvino"):
         options["rect"] = True  # other backends run their engine's full input size
     try:
         return load(path, **options)

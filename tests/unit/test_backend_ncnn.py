@@ -294,3 +294,13 @@ def test_load_detector_runs_a_param_file_on_ncnn(constant_model):
 
     with load_detector(constant_model) as det:
         assert type(det).__name__ == "NcnnDetector" and det.names == ["cat", "dog"]
+
+
+def test_the_agent_gives_a_param_file_its_threads(constant_model):
+    """`edge-agent run --model x.param --threads 1`: the agent names the option as this backend does."""
+    from edgefleet.agent.build import load_detector as agent_detector
+    from edgefleet.agent.config import AgentConfig
+
+    config = AgentConfig.model_validate({"controller": "127.0.0.1:1", "source": ["0"], "threads": 1})
+    with agent_detector(constant_model, config) as det:
+        assert type(det).__name__ == "NcnnDetector"

@@ -233,3 +233,13 @@ def test_load_detector_runs_an_ir_on_openvino(constant_model, tmp_path):
 
     with load_detector(to_ir(constant_model, tmp_path)) as det:
         assert type(det).__name__ == "OpenVinoDetector" and det.names == ["cat", "dog"]
+
+
+def test_the_agent_gives_an_ir_its_threads(constant_model, tmp_path):
+    """`edge-agent run --model x.xml --threads 1`: the agent names the option as this backend does."""
+    from edgefleet.agent.build import load_detector as agent_detector
+    from edgefleet.agent.config import AgentConfig
+
+    config = AgentConfig.model_validate({"controller": "127.0.0.1:1", "source": ["0"], "threads": 1, "rect": True})
+    with agent_detector(to_ir(constant_model, tmp_path), config) as det:
+        assert type(det).__name__ == "OpenVinoDetector"
