@@ -26,7 +26,8 @@ from edgefleet.common.records import SnapshotRecord
 from edgefleet.v1 import agent_pb2, types_pb2
 
 PROFILE_IN_EXTRA = {"platform_class", "model", "soc", "cpu_governor", "gpu_memory_bytes", "nvidia_driver_version",
-                    "l4t_version", "power_mode", "power_mode_id", "thermal_zones", "cameras"}
+                    "l4t_version", "power_mode", "power_mode_id", "thermal_zones", "cameras",
+                    "runtimes", "openvino_devices", "ncnn_vulkan_gpus", "cpu_flags"}
 """HardwareProfile fields the message has no field for: they go as text in its `extra` map (the
 thermal zones as their hottest, `temperature_c`; power_mode_id only into the fingerprint)."""
 
