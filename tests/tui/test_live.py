@@ -51,7 +51,8 @@ def test_the_device_screen_shows_counts_objects_and_the_selected_crop(controller
             counts = str(screen.query_one("#device-counts", Static).content)
             assert "6 counted" in counts and "cam0 line door  in 3 · out 1" in counts and "dock  enter 2" in counts
             crop = screen.query_one("#crop", Picture)
-            assert "no snapshot of this object" in crop.text  # the newest, selected first, has none
+            # the newest, selected first, has none (said once the screen has asked the controller)
+            await until(pilot, lambda: "no snapshot of this object" in crop.text, "the newest object's missing crop")
             objects.focus()
             await pilot.press("down")
             await until(pilot, lambda: crop.rgb is not None, "the older object's crop")
