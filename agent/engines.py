@@ -134,7 +134,7 @@ class EngineManager:
                  fallback_model: Path | None = None, caps=None,
                  build: Callable[[Path, ArtifactInfo], Path] = build_engine_cached,
                  latency_budget_ms: Callable[[], float] = lambda: 0.0, sample_every: int = 5,
-                 publish_threshold: float = 0.25, gate_min_samples: int = 10, gate_max_samples: int = 300,
+                 publish_threshold: float = 0.25, gate_min_samples: int = 20, gate_max_samples: int = 300,
                  confirm_after_s: float | None = None, download_backoff_s: float = 0.5,
                  download_max_bytes_per_s: float = 0.0, progress_every_s: float = 1.0,
                  current_turn: CurrentTurn | None = None):

@@ -353,8 +353,8 @@ def add_rollout_commands(sub) -> None:
     c.add_argument("--canary", type=int, default=1, metavar="N", help="devices in the first wave (default 1)")
     c.add_argument("--waves", default="100", metavar="P,P,…",
                    help="cumulative percentages of the targets after the canary, ending at 100 (default 100)")
-    c.add_argument("--gate-fps-ratio", type=float, default=0.9, metavar="R",
-                   help="the candidate must run at >= R x the current engine's fps in its shadow test (default 0.9)")
+    c.add_argument("--gate-fps-ratio", type=float, default=0.8, metavar="R",
+                   help="the candidate must run at >= R x the current engine's fps in its shadow test (default 0.8)")
     c.add_argument("--max-failures", type=int, default=0, metavar="K",
                    help="devices that may fail after the canary before the rollout halts (default 0)")
     c.add_argument("--expect-different", action="store_true",

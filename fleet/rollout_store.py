@@ -66,7 +66,7 @@ class RolloutSpec:
     selector: dict[str, str]
     canary: int = 1
     waves_percent: tuple[int, ...] = (100,)
-    gate_fps_ratio: float = 0.9
+    gate_fps_ratio: float = 0.8
     gate_min_agreement: float = 0.8
     gate_window_s: int = 20
     max_failures: int = 0

@@ -4,7 +4,7 @@ Checked here with the controller's own rules (`fleet.rollouts.validate_spec`), s
 pointed at in the dialog instead of coming back as INVALID_ARGUMENT:
 
     parse_rollout_form("9f2c…", selector="site=lab", canary="1", waves="10,50,100",
-                       gate_fps_ratio="0.9", max_failures="0")
+                       gate_fps_ratio="0.8", max_failures="0")
 """
 from __future__ import annotations
 

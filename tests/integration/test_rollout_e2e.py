@@ -262,10 +262,10 @@ def test_05_a_controller_killed_mid_rollout_continues(fleet, models):
 
 
 def test_06_the_model_the_devices_run_passes_the_default_gate_on_cpu(fleet, models):
-    """The bundled model in new bytes, at the default --gate-fps-ratio 0.9: the shadow test takes
+    """The bundled model in new bytes, at the default --gate-fps-ratio (0.8): the shadow test takes
     turns with the running engine on these CPU-only devices, so the same network measures ~1.0x."""
     sha = fleet.push(models["same-6"])
-    rollout = fleet.finished(fleet.rollout(sha, gate_fps_ratio=0.9))
+    rollout = fleet.finished(fleet.rollout(sha, gate_fps_ratio=0))  # 0: the controller's default
     assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
     assert [d.state for d in rollout.devices if d.device_id in {x.device_id for x in fleet.devices().values()}
             and not d.reason.startswith("skipped")] == [types_pb2.DeploymentStatus.ACTIVE] * 2
