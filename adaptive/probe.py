@@ -196,14 +196,14 @@ def cpu_runtimes() -> CpuRuntimes:
     devices: tuple[str, ...] = ()
     gpus = 0
     try:
-        import openvino  # type: ignore[import-untyped]
+        import openvino
 
         devices = tuple(openvino.Core().available_devices)
         names.append("openvino")
     except Exception as err:  # noqa: BLE001 - absent or broken: the device has no usable OpenVINO
         logger.info("openvino not usable: %r", err)
     try:
-        import ncnn  # type: ignore[import-untyped]
+        import ncnn
 
         names.append("ncnn")
         counter = getattr(ncnn, "get_gpu_count", None)

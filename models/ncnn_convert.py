@@ -86,7 +86,7 @@ def read_sidecar(param: Path) -> Sidecar:
 def pnnx_binary() -> Path:
     """The pnnx executable the `pnnx` wheel ships."""
     try:
-        import pnnx  # type: ignore[import-untyped]
+        import pnnx
     except ImportError as err:
         raise BackendUnavailable("converting to NCNN needs the pnnx package (pip install 'edgefleet[cpu]')") from err
     path = Path(pnnx.EXEC_PATH)
@@ -209,7 +209,7 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray], out_dir: Path, *, i
 
     tensors = calibration_inputs(calibration, input_size)
     try:
-        import ncnn  # type: ignore[import-untyped]
+        import ncnn
     except ImportError as err:
         raise BackendUnavailable("NCNN INT8 quantization needs the ncnn package "
                                  "(pip install 'edgefleet[cpu]')") from err

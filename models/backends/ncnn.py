@@ -77,7 +77,7 @@ def _check_manifest(param: Path) -> None:
 class NcnnDetector(LetterboxDetector):
     def __init__(self, config: NcnnConfig):
         try:
-            import ncnn  # type: ignore[import-untyped]
+            import ncnn
         except ImportError as err:
             raise BackendUnavailable("backend 'ncnn' needs the ncnn package installed "
                                      "(pip install 'edgefleet[cpu]')") from err
