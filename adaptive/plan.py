@@ -11,7 +11,9 @@ With frames, a short calibration times every artifact at a few input sizes (smal
 an artifact's larger sizes are skipped once one misses even the loosest budget) and picks the
 most accurate candidate whose p95 fits the budget: `headroom` of the time `detect_interval`
 frames take at the target fps, trying detect interval 1 first. "Most accurate" is the bigger
-network first (Artifact.capacity), then the larger input, then the higher precision.
+network first (Artifact.capacity), then the larger input, then the higher precision, where a
+quantized or converted artifact whose agreement with its FP32 source is at least
+`min_agreement` counts as that source's precision; among equals, the fastest.
 Measurements are cached by artifact sha256 + profile fingerprint. Without frames, or with
 calibration off, the static table in adaptive.rules decides.
 """
@@ -184,9 +186,12 @@ class PlanReport:
 
 
 def _accuracy_key(c: Candidate) -> tuple:
-    return (c.capacity, c.input_width * c.input_height, PRECISION_RANK.get(c.precision, 0),
-            c.agreement or 0.0,
-            -(c.p95_ms or 0.0))
+    """Bigger network, then larger input, then precision, then speed. A candidate whose agreement
+    with its FP32 source was checked (and passed min_agreement, or it would not have been timed)
+    ranks as that source: the threshold is what "as accurate" means, so the faster of the two wins.
+    An unchecked INT8 artifact (a TensorRT INT8 engine) ranks below FP32 and FP16."""
+    rank = PRECISION_RANK["fp32"] if c.agreement is not None else PRECISION_RANK.get(c.precision, 0)
+    return (c.capacity, c.input_width * c.input_height, rank, -(c.p95_ms or 0.0))
 
 
 def disagrees(art: Artifact, options: PlanOptions) -> bool:
@@ -304,6 +309,10 @@ def _choose_measured(candidates: Sequence[Candidate], options: PlanOptions) -> R
             reason = (f"most accurate of {len(fits)} candidate(s) that fit: p95 {best.p95_ms:.1f} ms within "
                       f"{budget:.1f} ms ({options.headroom:.0%} of {k} frame(s) at "
                       f"{options.target_fps:g} fps)")
+            peers = sum(_accuracy_key(c)[:-1] == _accuracy_key(best)[:-1] for c in fits)
+            if peers > 1:
+                reason += (f"; the fastest of {peers} as accurate (agreement >= {options.min_agreement:g} "
+                           "counts as FP32)")
             if k > 1:
                 reason += f"; none fits when detecting every {'frame' if k == 2 else f'{k - 1} frames'}"
             break

@@ -214,14 +214,14 @@ def sample_frames(spec: str, count: int) -> list:
 
 
 def make_plan(profile: HardwareProfile, *, models: list[Path], source: str | None, calibrate: bool, frames: int,
-              target_fps: float, streams: int, state_dir: Path) -> PlanReport:
+              target_fps: float, streams: int, state_dir: Path, min_agreement: float = 0.95) -> PlanReport:
     """probe -> artifacts -> frames -> adaptive.plan.plan; a PlanError becomes a ConfigError."""
     from edgefleet.adaptive.artifacts import discover_artifacts
     from edgefleet.adaptive.errors import PlanError
     from edgefleet.adaptive.plan import PlanOptions, plan
 
     try:
-        options = PlanOptions(target_fps=target_fps, streams=streams, calibrate=calibrate)
+        options = PlanOptions(target_fps=target_fps, streams=streams, calibrate=calibrate, min_agreement=min_agreement)
         artifacts, rejected = discover_artifacts(models, profile)
         images = []
         if calibrate and frames > 0:
@@ -289,7 +289,8 @@ def _auto_plan(config: AgentConfig, profile: HardwareProfile,
     sources = config.source or []
     report = make_plan(profile, models=model_candidates(config.models_dir, model),
                        source=sources[0] if sources else None, calibrate=config.calibrate, frames=5,
-                       target_fps=config.target_fps, streams=max(1, len(sources)), state_dir=config.state_dir)
+                       target_fps=config.target_fps, streams=max(1, len(sources)), state_dir=config.state_dir,
+                       min_agreement=config.min_agreement)
     chosen = report.plan
     logger.info("plan: %s (%s %s) %dx%d, detect every %d: %s", chosen.model, chosen.backend, chosen.precision,
                 chosen.input_width, chosen.input_height, chosen.detect_interval, chosen.reason)

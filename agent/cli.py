@@ -34,7 +34,7 @@ def cmd_plan(args) -> int:
 
     report = make_plan(probe(), models=model_candidates(args.models_dir, None), source=args.source,
                        calibrate=args.calibrate, frames=args.frames, target_fps=args.target_fps,
-                       streams=args.streams, state_dir=args.state_dir)
+                       streams=args.streams, state_dir=args.state_dir, min_agreement=args.min_agreement)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_plan_report(report))
     return 0
 
@@ -138,10 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=5, metavar="N", help="frames to calibrate on (default 5)")
     add_flag(p, "calibrate", default=True, help="plan from the static table, without timing the models")
     add_flag(p, "target_fps", default=15.0, help="frames per second per stream to sustain (default 15)")
+    add_flag(p, "min_agreement", default=0.95,
+             help="a quantized or converted model runs only if its detections agree this much (F1) with its FP32 "
+                  "source's, and then counts as accurate as it (default 0.95; 1 keeps to FP32)")
     p.add_argument("--streams", type=int, default=1, metavar="N", help="streams batched per detector call (default 1)")
     p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
                    help="the calibration cache (calibration.json) lives here (default var/agent)")
-    p.set_defaults(func=cmd_plan, checked=("calibrate", "target_fps"))
+    p.set_defaults(func=cmd_plan, checked=("calibrate", "target_fps", "min_agreement"))
 
     p = sub.add_parser("probe", help="print what the agent knows about this machine")
     p.add_argument("--json", action="store_true")

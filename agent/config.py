@@ -153,6 +153,9 @@ class AgentConfig(BaseModel):
                                 metavar="F", gt=0)
     calibrate: bool = setting(True, "with --auto-plan: plan from the static table, without timing the models",
                               flag="--no-calibrate")
+    min_agreement: float = setting(0.95, "with --auto-plan: a quantized or converted model runs only if its "
+                                         "detections agree this much (F1) with its FP32 source's, and then counts as "
+                                         "accurate as it (default 0.95; 1 keeps to FP32)", metavar="F", ge=0, le=1)
 
     # ---- deployments ----
     gate_sample_every: int = setting(5, "while a deployment is shadow-tested, every Nth detected frame also runs on "
@@ -328,7 +331,8 @@ class AgentConfig(BaseModel):
         """Settings given that have no effect, with why (logged as warnings at start)."""
         given = self.model_fields_set
         notes = [f"--{name.replace('_', '-') if name != 'calibrate' else 'no-calibrate'} has no effect without "
-                 "--auto-plan" for name in ("target_fps", "calibrate") if name in given and not self.auto_plan]
+                 "--auto-plan" for name in ("target_fps", "calibrate", "min_agreement")
+                 if name in given and not self.auto_plan]
         mqtt_idle = [f"--{name.replace('_', '-')}" for name in MQTT_LOGIN if name in given and not self.mqtt]
         if mqtt_idle:
             notes.append(f"{', '.join(mqtt_idle)}: no effect without --mqtt")

@@ -39,7 +39,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
                       "motion_gate", "analytics", "objects", "snapshots"),
     "the outbox": ("outbox_max_mb", "outbox_max_age_s", "commit_interval_s"),
     "the detector": ("threads", "rect", "models_dir", "model"),
-    "planning": ("auto_plan", "target_fps", "calibrate"),
+    "planning": ("auto_plan", "target_fps", "calibrate", "min_agreement"),
     "deployments": ("gate_sample_every", "download_mbps", "engine_confirm_s"),
     "reporting": ("metrics_listen", "mqtt", "mqtt_prefix", "mqtt_username", "mqtt_password_file", "mqtt_tls_ca",
                   "mqtt_tls_cert", "mqtt_tls_key"),

@@ -122,7 +122,12 @@ def _run_pnnx(onnx_path: Path, work: Path, input_size: tuple[int, int]) -> tuple
     param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
     outputs = {"pnnxparam": "model.pnnx.param", "pnnxbin": "model.pnnx.bin", "pnnxpy": "model_pnnx.py",
                "pnnxonnx": "model.pnnx.onnx", "ncnnpy": "model_ncnn.py"}
-    command = [str(pnnx_binary()), str(onnx_path.resolve()), f"inputshape=[1,3,{height},{width}]f32",
+    source = work / "model.onnx"  # pnnx writes `<input stem>.pnnxsim.onnx` beside its input: keep it in `work`
+    try:
+        source.symlink_to(onnx_path.resolve())
+    except OSError:
+        shutil.copyfile(onnx_path, source)
+    command = [str(pnnx_binary()), str(source), f"inputshape=[1,3,{height},{width}]f32",
                f"ncnnparam={param}", f"ncnnbin={weights}", "fp16=0",
                *(f"{key}={work / name}" for key, name in outputs.items())]
     try:

@@ -2,6 +2,8 @@
 boxes one to one (same class, IoU >= 0.99) and scores within 1e-3, at the sizes CPUs run it at."""
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -23,6 +25,18 @@ THRESHOLD = 0.25
 @pytest.fixture(scope="module")
 def ncnn_model(bundled_model, tmp_path_factory):
     return convert(bundled_model, tmp_path_factory.mktemp("ncnn"), input_size=(416, 416))[0]
+
+
+def test_conversion_leaves_nothing_beside_the_source_model(bundled_model, tmp_path):
+    """pnnx writes an intermediate ONNX beside its input: in a models folder the plan would find it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    source = models / bundled_model.name
+    shutil.copyfile(bundled_model, source)
+    param, weights = convert(source, tmp_path / "out", input_size=(320, 320))
+    assert sorted(p.name for p in models.iterdir()) == [bundled_model.name]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([param.name, weights.name,
+                                                                          param.name.removesuffix(".param") + ".json"])
 
 
 @pytest.fixture(scope="module")
