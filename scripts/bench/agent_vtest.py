@@ -29,9 +29,12 @@ from detector import bench_bundled, read_frames  # (scripts/bench/detector.py)
 from report import write_report  # (scripts/bench/report.py)
 
 
-def bench_agent(video: Path, frames: int, threads: int | None, model: Path | None = None) -> dict:
-    """One real `edge-agent run` over `video` (fast pace) against a real controller; its summary line.
-    `model`: the agent's --model (default: the bundled model on ONNX Runtime)."""
+def bench_agent(video: Path, frames: int, threads: int | None, model: Path | None = None,
+                extra: tuple[str, ...] = ()) -> dict:
+    """One real `edge-agent run` over `video` (fast pace) against a real controller; its summary line,
+    and under "controller_plan" the plan the controller holds for the device once the run is over
+    (what the agent last reported: the plan's choice, or the runtime controller's change of it).
+    `model`: the agent's --model (default: the bundled model on ONNX Runtime); `extra`: more run flags."""
     from tests.conftest import ControllerThread
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +42,7 @@ def bench_agent(video: Path, frames: int, threads: int | None, model: Path | Non
         try:
             cmd = [sys.executable, "-m", "edgefleet.agent.cli", "--log-level", "warning", "run",
                    "--controller", ctl.address, "--source", str(video), "--state-dir", str(Path(tmp) / "agent"),
-                   "--enroll-key", "efk_test", "--max-frames", str(frames)]
+                   "--enroll-key", "efk_test", "--max-frames", str(frames), *extra]
             if threads:
                 cmd += ["--threads", str(threads)]
             if model is not None:
@@ -47,12 +50,14 @@ def bench_agent(video: Path, frames: int, threads: int | None, model: Path | Non
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             wall = time.perf_counter() - start
+            devices = ctl.controller.store.list_devices()
         finally:
             ctl.stop()
     if proc.returncode != 0:
         raise SystemExit(f"agent failed: {proc.stderr[-2000:]}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     summary["process_wall_s"] = round(wall, 2)
+    summary["controller_plan"] = devices[0].plan if len(devices) == 1 else None
     return summary
 
 
