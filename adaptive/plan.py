@@ -134,6 +134,22 @@ class RuntimePlan:
                           self.input_height, self.batch, self.detect_interval, self.latency_budget_ms, self.reason)
 
 
+def detector_fields(detector, model_path: str | Path = "") -> dict:
+    """What a DevicePlan says of the detector a loop runs: its backend (the backend module's name),
+    precision (from the model's manifest, where one sits beside the file; "" otherwise) and input size."""
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import read_manifest
+
+    path = model_path or getattr(detector, "model_path", "") or ""
+    try:
+        precision = read_manifest(Path(path)).precision if path else ""
+    except (ModelError, OSError):
+        precision = ""
+    width, height = detector.input_size
+    return {"backend": type(detector).__module__.rsplit(".", 1)[-1], "precision": precision,
+            "input_width": width, "input_height": height}
+
+
 @dataclass
 class Candidate:
     model: str

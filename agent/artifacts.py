@@ -3,6 +3,8 @@ the models manifest sidecar, the device-fit check and the on-device engine build
 
     staging/<sha256>.part        a download in progress; a later attempt (or process) resumes it
     <sha256>/<name>.<ext>        a verified artifact (+ its models manifest sidecar, a built engine)
+    <sha256>/<files of a bundle> an OpenVINO IR or NCNN model, unpacked from its tar (models.bundle),
+                                 which is deleted once every file checks out
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ from .errors import DownloadError, EngineError, FetchError, SignatureError
 
 logger = logging.getLogger(__name__)
 
-EXTENSIONS = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt"}
+EXTENSIONS = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt", "openvino-ir": ".tar",
+              "ncnn": ".tar"}
+"""The downloaded file's extension per format: a model of several files (models.bundle) comes as a tar."""
 MODELS_MANIFEST_LABEL = "models.manifest"
 """ArtifactManifest.labels key that carries a TensorRT engine's models manifest (JSON, models.manifest),
 which the tensorrt backend needs beside the engine (layout, decode parameters, profile)."""
@@ -177,7 +181,17 @@ class Downloader:
         return self.root / info.sha256 / info.file_name
 
     def download(self, info: ArtifactInfo, progress: Callable[[int, int], None] = lambda done, total: None) -> Path:
+        """The model file, downloaded (or found from before); a bundle's files unpacked beside it."""
         info.check()
+        if info.format not in BUNDLED:
+            return self._download(info, progress)
+        found = installed_bundle(self.final_path(info).parent, info)
+        if found is not None:
+            progress(info.size_bytes, info.size_bytes)
+            return found
+        return unpack_bundle(self._download(info, progress), info)
+
+    def _download(self, info: ArtifactInfo, progress: Callable[[int, int], None]) -> Path:
         final, total = self.final_path(info), info.size_bytes
         if _is_downloaded(final, info):
             progress(total, total)
@@ -293,7 +307,51 @@ class Downloader:
         return final
 
 
-# ---- models sidecar, device fit, engine build ----
+# ---- bundles (a model of several files), models sidecar, device fit, engine build ----
+
+BUNDLED = frozenset(f for f, ext in EXTENSIONS.items() if ext == ".tar")
+
+
+def bundled_manifest(info: ArtifactInfo):
+    """The models manifest a bundle's files are checked against: the signed label `models.manifest`."""
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import parse_manifest
+
+    text = info.labels.get(MODELS_MANIFEST_LABEL)
+    if not text:
+        raise EngineError(f"{info.short} is a {info.format} model without its models manifest (label "
+                          f"{MODELS_MANIFEST_LABEL!r}): push it with `edgefleet artifact push`")
+    try:
+        manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+    except ModelError as err:
+        raise EngineError(f"{info.short}: {err}") from err
+    if manifest.format != info.format:
+        raise EngineError(f"{info.short} is signed as {info.format}; its models manifest says {manifest.format}")
+    return manifest
+
+
+def installed_bundle(folder: Path, info: ArtifactInfo) -> Path | None:
+    """The model file of a bundle unpacked into `folder` before, every file whole; None otherwise."""
+    from edgefleet.models.bundle import installed
+
+    return installed(folder, info.format, bundled_manifest(info))
+
+
+def unpack_bundle(tar: Path, info: ArtifactInfo) -> Path:
+    """Unpack a downloaded bundle beside it, each file checked against the signed models manifest;
+    the tar goes either way (unpacked, or refused: the same signed bytes would be refused again)."""
+    from edgefleet.models.bundle import unpack
+    from edgefleet.models.errors import ModelError
+
+    try:
+        primary = unpack(tar, tar.parent, info.format, bundled_manifest(info))
+    except ModelError as err:
+        raise EngineError(f"{info.short}: a {info.format} bundle this agent cannot install: {err}") from err
+    finally:
+        tar.unlink(missing_ok=True)
+    _fsync_dir(tar.parent)
+    logger.info("unpacked %s: %s", info.short, primary)
+    return primary
 
 def check_device(info: ArtifactInfo, caps) -> None:
     """Raise EngineError unless this device (models.manifest.DeviceCaps) can run the artifact."""
@@ -316,7 +374,8 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
 
     ONNX: made from the file's own metadata (`manifest_for_onnx`), and its classes must be the signed
     ones. Engine: taken from the label `models.manifest` (the engine's manifest as `edgefleet model
-    engine` wrote it), whose sha256 must be the artifact's. Ultralytics .pt files need none.
+    engine` wrote it), whose sha256 must be the artifact's. Bundle (OpenVINO IR, NCNN): the label's
+    manifest, which its unpacked files were checked against. Ultralytics .pt files need none.
     """
     from edgefleet.models.errors import ModelError
     from edgefleet.models.manifest import manifest_for_onnx, parse_manifest, write_manifest
@@ -328,6 +387,8 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
                 raise EngineError(f"{info.short}: the signed manifest lists {len(info.class_names)} classes "
                                   f"({', '.join(info.class_names[:3])}, ...); the model has "
                                   f"{len(manifest.class_names)} ({', '.join(manifest.class_names[:3])}, ...)")
+        elif info.format in BUNDLED:
+            manifest = bundled_manifest(info)  # unpack_bundle checked every file against it
         elif info.format == "tensorrt-engine":
             text = info.labels.get(MODELS_MANIFEST_LABEL)
             if not text:

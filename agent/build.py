@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from edgefleet.adaptive.plan import DevicePlan, PlanReport
+from edgefleet.adaptive.plan import DevicePlan, PlanReport, detector_fields
 
 from .config import AgentConfig
 from .errors import ConfigError
@@ -315,12 +315,10 @@ def _fixed_plan(config: AgentConfig, engine: EngineRef | None, batch: int,
     except ModelError as err:
         raise ConfigError(f"model: {err}") from err
     detector = load_detector(model, config)
-    w, h = detector.input_size
     why = f"rollout {engine.rollout_id}" if engine else "--model" if config.model else "default model"
     return detector, DevicePlan(model=engine.name if engine else Path(model).stem,
-                                backend=type(detector).__module__.rsplit(".", 1)[-1], input_width=w,
-                                input_height=h, batch=batch, detect_interval=config.detect_interval,
-                                reason=f"{why}; {note}")
+                                **detector_fields(detector, model), batch=batch,
+                                detect_interval=config.detect_interval, reason=f"{why}; {note}")
 
 
 def channel_credentials(ca: Path | None, cert: Path | None, key: Path | None) -> grpc.ChannelCredentials:

@@ -308,10 +308,10 @@ def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: C
     if loop is not None:
         agent.use_loop(loop, options, detector)
     if detector is not None:  # the plan names the model the loop runs now
-        width, height = detector.input_size
-        agent.plan = replace(agent.plan, model=Path(getattr(detector, "model_path", "") or config.model or "").stem,
-                             backend=type(detector).__module__.rsplit(".", 1)[-1], input_width=width,
-                             input_height=height)
+        from edgefleet.adaptive.plan import detector_fields
+
+        path = getattr(detector, "model_path", "") or config.model or ""
+        agent.plan = replace(agent.plan, model=Path(path).stem, **detector_fields(detector, path))
     _apply_live(agent, config, change)
     logger.info("desired config v%d applied (%s)", command.version, status.how)
     return status

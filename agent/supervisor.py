@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.adaptive.controller import ControllerEvent, HealthReading
-from edgefleet.adaptive.plan import DevicePlan
+from edgefleet.adaptive.plan import DevicePlan, detector_fields
 from edgefleet.adaptive.probe import HardwareProfile
 from edgefleet.models.base import Detector
 
@@ -362,12 +362,10 @@ class Agent:
         self._use_detector(swap.detector)
         path = str(getattr(swap.detector, "model_path", "") or (swap.ref.path if swap.ref else ""))
         name = swap.name or Path(path).stem
-        width, height = swap.detector.input_size
         if self.adapter is not None:  # keep it simple: every rung keeps its size and interval, with the new file
-            self.adapter.retarget(name, path, (width, height))
+            self.adapter.retarget(name, path, swap.detector.input_size)
         self.plan = replace(self.plan, model=name, artifact_sha256=swap.artifact_sha256,
-                            backend=type(swap.detector).__module__.rsplit(".", 1)[-1],
-                            input_width=width, input_height=height)
+                            **detector_fields(swap.detector, path))
         self.engines.swapped(swap, now)
         self.replan(swap.plan_reason)
         logger.info("now detecting with %s (%s): %s", name, swap.artifact_sha256[:12] or "--model", swap.plan_reason)

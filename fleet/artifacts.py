@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import InvalidArgument, NotFound
@@ -42,8 +42,10 @@ class Upload:
         self._hash.update(data)
         self._file.write(data)
 
-    def finish(self, expected_sha256: str = "", expected_size: int = 0) -> tuple[str, int]:
-        """Verify against what the manifest claims (when it claims it), fsync, and move into place."""
+    def finish(self, expected_sha256: str = "", expected_size: int = 0,
+               check: Callable[[Path], None] | None = None) -> tuple[str, int]:
+        """Verify against what the manifest claims (when it claims it) and `check` (which raises
+        InvalidArgument for bytes it refuses), fsync, and move into place."""
         digest = self._hash.hexdigest()
         try:
             if not self.size:
@@ -55,6 +57,8 @@ class Upload:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+            if check is not None:
+                check(self.path)
             self.store.publish(self.path, digest)
         except BaseException:
             self.discard()
@@ -112,3 +116,37 @@ def chunk_size(requested: int) -> int:
     if not requested:
         return DEFAULT_CHUNK
     return max(MIN_CHUNK, min(MAX_CHUNK, requested))
+
+
+MODELS_MANIFEST_LABEL = "models.manifest"
+
+
+def bundle_check(fmt: str, labels: dict[str, str]) -> Callable[[Path], None] | None:
+    """For a format that travels as a bundle (models.bundle: an OpenVINO IR, an NCNN model), the
+    check an upload's bytes must pass before they are stored: a tar of exactly the files its
+    models manifest (label `models.manifest`, which devices install from) lists, each whole.
+    None for one-file formats. Raises InvalidArgument when the label is missing or unreadable."""
+    from edgefleet.models import bundle
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import parse_manifest
+
+    if not bundle.is_bundled(fmt):
+        return None
+    text = labels.get(MODELS_MANIFEST_LABEL)
+    if not text:
+        raise InvalidArgument(f"a {fmt} artifact carries its models manifest in the label {MODELS_MANIFEST_LABEL!r} "
+                              "(`edgefleet artifact push MODEL` adds it)")
+    try:
+        manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+    except ModelError as err:
+        raise InvalidArgument(str(err)) from err
+    if manifest.format != fmt:
+        raise InvalidArgument(f"manifest.format is {fmt!r}, its models manifest says {manifest.format!r}")
+
+    def check(path: Path) -> None:
+        try:
+            bundle.check(path, fmt, manifest)
+        except ModelError as err:
+            raise InvalidArgument(f"the {fmt} bundle is refused: {str(err).replace(str(path), 'the upload')}") from err
+
+    return check

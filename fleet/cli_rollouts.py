@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,12 +137,41 @@ def _upload_messages(path: Path, manifest: types_pb2.ArtifactManifest,
             yield fleet_pb2.UploadArtifactRequest(chunk=chunk)
 
 
+def bundle_for_push(path: Path, manifest: types_pb2.ArtifactManifest, work: Path) -> Path:
+    """The file to upload: the model file itself, or for a model of several files (an OpenVINO IR,
+    an NCNN model) their bundle (models.bundle), made in `work` once each file matches its manifest."""
+    from edgefleet.models import bundle
+    from edgefleet.models.errors import ModelError
+    from edgefleet.models.manifest import parse_manifest, verify_artifact
+
+    if not bundle.is_bundled(manifest.format):
+        return path
+    try:
+        models_manifest = parse_manifest(manifest.labels["models.manifest"], "its models manifest")
+        verify_artifact(path, models_manifest)  # the model file and every companion, whole
+        return bundle.pack(path, models_manifest, work / f"{path.stem}.tar")
+    except (OSError, ModelError) as err:
+        raise CliError(str(err)) from err
+
+
 def cmd_artifact_push(args) -> int:
     path: Path = args.file
     if not path.is_file():
         raise CliError(f"{path} does not exist")
     labels = dict(_key_values(args.label or (), "--label"))
     manifest = manifest_for_push(path, args.manifest, args.name, labels)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-push-") as work:
+        artifact = _push(args, bundle_for_push(path, manifest, Path(work)), manifest)
+    if args.json:
+        print_json(artifact)
+    else:
+        m = artifact.manifest
+        print(f"{m.sha256}  {m.name}  {m.format} {m.precision or ''} {m.input_width}x{m.input_height}  "
+              f"{m.size_bytes} bytes, signed")
+    return 0
+
+
+def _push(args, path: Path, manifest: types_pb2.ArtifactManifest) -> types_pb2.Artifact:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(UPLOAD_CHUNK):
@@ -151,16 +181,9 @@ def cmd_artifact_push(args) -> int:
     progress = Progress(f"pushing {path.name}", manifest.size_bytes)
     with control_stub(args, "UploadArtifact") as stub:
         try:
-            artifact = stub.UploadArtifact(_upload_messages(path, manifest, progress), timeout=args.timeout)
+            return stub.UploadArtifact(_upload_messages(path, manifest, progress), timeout=args.timeout)
         finally:
             progress.close()
-    if args.json:
-        print_json(artifact)
-    else:
-        m = artifact.manifest
-        print(f"{m.sha256}  {m.name}  {m.format} {m.precision or ''} {m.input_width}x{m.input_height}  "
-              f"{m.size_bytes} bytes, signed")
-    return 0
 
 
 def cmd_artifact_list(args) -> int:
@@ -336,7 +359,8 @@ def add_rollout_commands(sub) -> None:
     p = sub.add_parser("artifact", help="push and list model artifacts (signed by the controller)")
     commands = p.add_subparsers(dest="artifact_command", required=True)
     c = client(commands.add_parser("push", help="upload a model file; prints its sha256"), cmd_artifact_push, None)
-    c.add_argument("file", type=Path)
+    c.add_argument("file", type=Path, help="the model: .onnx, .engine, .pt, or an OpenVINO .xml / NCNN .param, "
+                                           "whose files beside it (.bin, .json) go with it in one bundle")
     c.add_argument("--manifest", type=Path, metavar="JSON",
                    help="its models manifest (default: FILE.manifest.json, or read from an ONNX file)")
     c.add_argument("--name", help="name shown in lists (default: the file's stem)")

@@ -11,7 +11,7 @@ import grpc
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
 from . import audit, detection_queries, objects_api
-from .artifacts import SHA256, ArtifactFiles
+from .artifacts import SHA256, ArtifactFiles, bundle_check
 from .commands import Commands
 from .convert import (
     artifact_to_pb,
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 10_000
 WATCH_QUEUE_SIZE = 256
-ARTIFACT_FORMATS = ("onnx", "tensorrt-engine", "ultralytics-pt")
+ARTIFACT_FORMATS = ("onnx", "tensorrt-engine", "ultralytics-pt", "openvino-ir", "ncnn")
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,7 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         manifest = types_pb2.ArtifactManifest()
         manifest.CopyFrom(first.manifest)
         _check_manifest(manifest)
+        check = bundle_check(manifest.format, dict(manifest.labels))
         upload = deployments.files.upload(deployments.max_artifact_bytes)
         try:
             async for message in request_iterator:
@@ -245,7 +246,7 @@ class FleetControlServicer(fleet_pb2_grpc.FleetControlServicer):
         except BaseException:
             upload.discard()
             raise
-        sha256, size = await asyncio.to_thread(upload.finish, manifest.sha256, manifest.size_bytes)
+        sha256, size = await asyncio.to_thread(upload.finish, manifest.sha256, manifest.size_bytes, check)
         manifest.sha256, manifest.size_bytes = sha256, size
         if not manifest.HasField("created"):
             manifest.created.CopyFrom(timestamp(time.time()))

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -361,8 +361,17 @@ def probe_device(device_index: int = 0) -> DeviceCaps:
         capability = compute_capability(cuda.Device(device_index).compute_capability())
     except Exception as err:  # noqa: BLE001 - no pycuda, no driver or no GPU all mean "no GPU here"
         logger.debug("no CUDA GPU %d here: %r", device_index, err)
-    runtimes = tuple(name for name in ("openvino", "ncnn") if importlib.util.find_spec(name) is not None)
-    return DeviceCaps(trt_version, capability, providers, runtimes)
+    return DeviceCaps(trt_version, capability, providers, tuple(n for n in ("openvino", "ncnn") if _imports(n)))
+
+
+def _imports(module: str) -> bool:
+    """Whether a runtime imports here (found on the path is not enough: a broken install is absent)."""
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - anything an import raises means the runtime is not usable
+        logger.debug("%s does not import here: %r", module, err)
+        return False
+    return True
 
 
 def compute_capability(major_minor: tuple[int, int]) -> str:

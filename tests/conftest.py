@@ -104,7 +104,18 @@ def require_program(what: str, found: bool, install_hint: str) -> None:
     message = f"{what} is not installed here; install it with: {install_hint}"
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI is set: a missing program fails the test instead of skipping it)", pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)  # also from a module that needs it at import
+
+
+CPU_EXTRA_HINT = "make test (it installs the cpu extra: pip install -e '.[cpu]')"
+
+
+def require_module(name: str, install_hint: str = CPU_EXTRA_HINT):
+    """The module, imported; without it, skip (fail under CI) as require_program does."""
+    import importlib.util
+
+    require_program(f"the Python package {name}", importlib.util.find_spec(name) is not None, install_hint)
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 from edgefleet.models.backends import create_detector
 from edgefleet.models.manifest import manifest_path
 
-from ..conftest import read_frames, run_cli
+from ..conftest import read_frames, require_module, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_the_onnxruntime_backend_runs_it_like_the_source(quantized, bundled_mode
 def test_cpu_runtime_formats_quantize_verify_and_load(fmt, backend, suffix, runtime, bundled_model, frames_dir,
                                                       tmp_path, vtest):
     """The same steps for the formats the openvino and ncnn modules build: their files, manifest, agreement."""
-    pytest.importorskip(runtime)
+    require_module(runtime)
     proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(frames_dir), "--calib-count",
                      str(CALIBRATION), "--format", fmt, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -53,14 +53,14 @@ class Fleet:
         self.agents: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
-    def start_agent(self, name: str, *extra: str, source: str = "") -> None:
+    def start_agent(self, name: str, *extra: str, source: str = "", env: dict | None = None) -> None:
         self.logs[name] = self.workdir / f"{name}.log"
         self.agents[name] = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.agent.cli", "run", "--controller", self.address,
              "--source", source or str(self.vtest), "--loop", "--state-dir", str(self.workdir / name),
              "--enroll-key", KEY,
              "--name", name, "--gate-sample-every", "1", "--engine-confirm-s", "5", *extra],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"))
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.logs[name].open("a"), env={**os.environ, **(env or {})})
 
     def kill_agent(self, name: str) -> None:
         self.agents[name].send_signal(signal.SIGKILL)

@@ -17,11 +17,12 @@ from edgefleet.models.manifest import manifest_for_onnx, write_manifest
 from edgefleet.models.openvino_quantize import quantize
 from edgefleet.models.yolo import box_iou, greedy_pairs, letterbox_batch
 
+from ..conftest import require_module
 from .test_models_backends import OBJECT_SCORE, constant_weights, frame
 from .test_models_darknet import TINY_CFG, tiny_weights
 
 pytestmark = pytest.mark.cpu_extra
-ov = pytest.importorskip("openvino", reason="the cpu extra (make test installs it; make test-fast leaves it out)")
+ov = require_module("openvino")
 
 
 @pytest.fixture(scope="module")
