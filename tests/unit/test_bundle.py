@@ -44,6 +44,30 @@ def tar_of(path: Path, entries: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     return path
 
 
+def ncnn_files(folder: Path) -> tuple[Path, ArtifactManifest]:
+    """An NCNN model's three files (as models.ncnn_convert names them) and a manifest listing them."""
+    xml, manifest = ir_files(folder)
+    param = folder / "m.ncnn-int8.param"
+    param.write_bytes(b"7767517\n" + xml.read_bytes())
+    files = {folder / "m.ncnn-int8.bin": xml.with_suffix(".bin").read_bytes(), folder / "m.ncnn-int8.json": b"{}"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    return param, dataclasses.replace(
+        manifest, format="ncnn", file_sha256=hashlib.sha256(param.read_bytes()).hexdigest(),
+        file_size=param.stat().st_size, companions={p.name: hashlib.sha256(d).hexdigest() for p, d in files.items()})
+
+
+def test_an_ncnn_model_bundles_its_three_files(tmp_path):
+    param, manifest = ncnn_files(tmp_path / "src")
+    tar = bundle.pack(param, manifest, tmp_path / "m.tar")
+    assert bundle.check(tar, "ncnn", manifest) == param.name
+    primary = bundle.unpack(tar, tmp_path / "out", "ncnn", manifest)
+    assert sorted(p.name for p in primary.parent.iterdir()) == ["m.ncnn-int8.bin", "m.ncnn-int8.json",
+                                                                 "m.ncnn-int8.param"]
+    with pytest.raises(bundle.BundleError, match="one .param file, this one 0"):
+        bundle.check(bundle.pack(*ir_files(tmp_path / "ir"), tmp_path / "ir.tar"), "ncnn", manifest)
+
+
 def test_the_same_files_make_the_same_bundle_and_it_unpacks_whole(tmp_path):
     xml, manifest = ir_files(tmp_path / "src")
     first = bundle.pack(xml, manifest, tmp_path / "a.tar")
