@@ -186,8 +186,11 @@ def artifact_to_pb(record: ArtifactRecord) -> types_pb2.Artifact:
 
 
 def requirements(record: ArtifactRecord) -> Requirements:
+    """What the artifact needs of a device, from its signed manifest; `labels.runtime` (which `edgefleet
+    model quantize` writes) names the runtime when the format alone does not (an INT8 ONNX for OpenVINO)."""
     manifest = types_pb2.ArtifactManifest.FromString(record.manifest)
-    return Requirements(manifest.format, manifest.tensorrt_version, manifest.gpu_compute_capability)
+    return Requirements(manifest.format, manifest.tensorrt_version, manifest.gpu_compute_capability,
+                        manifest.labels.get("runtime", ""))
 
 
 def rollout_spec(request: fleet_pb2.CreateRolloutRequest, gate_min_agreement: float,

@@ -35,10 +35,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-
-from edgefleet.v1 import types_pb2
 
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .hub import Command, Hub
@@ -141,19 +139,6 @@ def incompatibility(requirements: Requirements, device: DeviceRecord) -> str:
     if requirements.format == "ultralytics-pt":
         return "" if "ultralytics" in profile.get("extra", {}) else "no ultralytics on the device"
     return f"unknown artifact format {requirements.format!r}"
-
-
-def with_labelled_runtime(requirements: Requirements, record: ArtifactRecord) -> Requirements:
-    """The requirements with the runtime the artifact's manifest labels name (`labels.runtime`,
-    written by `edgefleet model quantize`), when the caller did not set one."""
-    if requirements.runtime:
-        return requirements
-    try:
-        labels = types_pb2.ArtifactManifest.FromString(record.manifest).labels
-    except Exception:  # noqa: BLE001 - a manifest that does not parse names no runtime; the format decides
-        return requirements
-    runtime = labels.get("runtime", "")
-    return replace(requirements, runtime=runtime) if runtime else requirements
 
 
 def _major_minor(version: str) -> tuple[str, ...]:
@@ -268,8 +253,7 @@ class Rollouts:
 
     async def create(self, artifact_sha256: str, spec: RolloutSpec, requirements: Requirements) -> RolloutRecord:
         validate_spec(spec)
-        record = await self.db.get_artifact(artifact_sha256)  # NotFound before anything is written
-        requirements = with_labelled_runtime(requirements, record)
+        await self.db.get_artifact(artifact_sha256)  # NotFound before anything is written
         selector = combined(spec.selector, spec.select)
         devices = await self.db.devices_matching(selector)
         if not devices:
