@@ -308,7 +308,7 @@ class StreamEvaluator:
         xyxy = np.asarray(xyxy, float).reshape(-1, 4)
         fresh = rows[new]
         slots.motion.move(rows, fresh, new, xyxy, frame_index)
-        if self.handoff and len(fresh) and self._lines.lines:
+        if self.handoff and len(fresh) and (self._lines.lines or self._zones.zones):
             self._hand_off(frame_index, fresh)
         slots.last_frame[rows] = frame_index
         slots.last_time[rows] = capture_time
@@ -349,19 +349,25 @@ class StreamEvaluator:
         return events
 
     def _hand_off(self, frame_index: int, new: np.ndarray) -> None:
-        """New tracks take over the sides of lost tracks whose motion brings them to where the new one
-        is now (nearest first, one to one): the tracker gave an object a new id after losing it (behind
-        a pillar, in a crowd), and its crossing counts when it is seen beyond the line. The lost track
-        gives its sides up, so that it counts nothing twice should it come back."""
-        slots, lines = self._slots, self._lines
+        """New tracks take over the sides and zones of lost tracks whose motion brings them to where the
+        new one is now (nearest first, one to one): the tracker gave an object a new id after losing it
+        (behind a pillar, in a crowd). Its crossing counts when it is seen beyond the line, and it is
+        still in the zones the lost track was in (no second entry; its visit's dwell goes on from the
+        first entry, and the exit comes under the new id). The lost track gives them up, so that it
+        counts nothing twice should it come back, and leaves its zones without an exit of its own.
+        Zones go over only while the lost track is still in them (`lost_frames`)."""
+        slots, lines, zones = self._slots, self._lines, self._zones
         last = slots.last_frame
+        holds = (lines.side != 0).any(axis=1) | zones.inside.any(axis=1)
         lost = np.nonzero((slots.track >= 0) & (last <= frame_index - _handoff.HANDOFF_MIN_GAP)
-                          & (last >= frame_index - _handoff.HANDOFF_FRAMES) & (lines.side != 0).any(axis=1))[0]
+                          & (last >= frame_index - _handoff.HANDOFF_FRAMES) & holds)[0]
         if not len(lost):
             return
         for row, old in slots.motion.pairs(new, lost, (frame_index - slots.last_frame[lost]).astype(float)):
             lines.side[row], lines.anchor[row] = lines.side[old], lines.anchor[old]
             lines.side[old] = 0
+            zones.inside[row], zones.since[row] = zones.inside[old], zones.since[old]
+            zones.inside[old] = False
             slots.motion.inherit(row, old)
 
     def _zone_events(self, frame_index: int, time: float, rows: np.ndarray, points: dict[str, np.ndarray],

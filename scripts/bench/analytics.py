@@ -23,7 +23,9 @@ Accuracy per (objects, interval), over the seeds:
   direction, or no true crossing there) / true crossings;
 - zone dwell: per true visit (enter to exit), the dwell of the counted visits of the same object
   and zone that overlap it, summed; `dwell_abs_error_s` the mean absolute difference over true
-  visits that have one, `dwell_matched` the share of true visits that have one.
+  visits that have one, `dwell_matched` the share of true visits that have one;
+  `zone_entries_ratio`: enter events counted / true enter events (1.0 right; above it, one visit
+  entered again under a new track id).
 Cost per frame (interval 1, 5 zones + 5 lines): the evaluator's update (`analytics_us`), the tracker
 step (`track_us`) and the bundled detector's call on a frame of the scene's size (`detect_ms`, the
 median of `--detector-calls`), measured in the same run; `share_i1` = analytics / (detect + track +
@@ -214,7 +216,9 @@ def score_zones(scene: Scene, truth: list, events: list, rows: list, attribution
         overlapping = [v[4] for v in counted if v[0] == obj and v[1] == zone and v[2] <= end and v[3] >= start]
         if overlapping:
             errors.append(abs(sum(overlapping) - dwell))
-    return {"true_visits": len(true), "dwell_matched_n": len(errors), "dwell_error_sum_s": float(sum(errors))}
+    return {"true_visits": len(true), "dwell_matched_n": len(errors), "dwell_error_sum_s": float(sum(errors)),
+            "true_entries": sum(e.kind == "enter" for e in truth if isinstance(e, ZoneEvent)),
+            "counted_entries": sum(e.kind == "enter" for e in events if isinstance(e, ZoneEvent))}
 
 
 def detector_ms(width: int, height: int, calls: int) -> float:
@@ -288,7 +292,8 @@ def _accuracy_row(objects: int, interval: int, t: Counter) -> dict:
            "all_accuracy": round(t["all_matched"] / max(t["all_true_crossings"], 1), 4),
            "true_visits": t["true_visits"],
            "dwell_matched": round(t["dwell_matched_n"] / max(t["true_visits"], 1), 4),
-           "dwell_abs_error_s": round(t["dwell_error_sum_s"] / max(t["dwell_matched_n"], 1), 3)}
+           "dwell_abs_error_s": round(t["dwell_error_sum_s"] / max(t["dwell_matched_n"], 1), 3),
+           "zone_entries_ratio": round(t["counted_entries"] / max(t["true_entries"], 1), 3)}
     if any(name.startswith("miss_") for name in t):
         row["missed"] = {name: t[f"miss_{name}"] for name in MISS_CLASSES}
         row["not_right"] = {name: t[f"count_{name}"] for name in COUNT_CLASSES}
@@ -306,13 +311,13 @@ def _cost(cost: dict[str, list[float]], detect_ms: float) -> dict:
 
 def markdown(report: dict) -> str:
     lines = ["| objects | interval | true crossings | counted right | double | spurious | all crossings | "
-             "all counted right | true visits | dwell matched | dwell error (s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "all counted right | true visits | dwell matched | dwell error (s) | zone entries / true |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:
         lines.append(f"| {r['objects']} | {r['interval']} | {r['true_crossings']} | {r['line_accuracy']:.1%} | "
                      f"{r['double_counts']:.1%} | {r['spurious']:.1%} | {r['all_true_crossings']} | "
                      f"{r['all_accuracy']:.1%} | {r['true_visits']} | "
-                     f"{r['dwell_matched']:.1%} | {r['dwell_abs_error_s']:.2f} |")
+                     f"{r['dwell_matched']:.1%} | {r['dwell_abs_error_s']:.2f} | {r['zone_entries_ratio']:.2f} |")
     lines += ["", "| objects | analytics µs/frame | tracker µs/frame | detector ms/call | share at interval 1 | "
               "share at interval 3 |", "|---:|---:|---:|---:|---:|---:|"]
     for r in report["rows"]:

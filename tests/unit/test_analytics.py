@@ -158,6 +158,38 @@ def test_a_hand_off_past_the_end_of_a_segment_counts_nothing():
     assert walk(ev, walk_by + [{}] * 20 + [{2: (960, 690)}, {2: (960, 700)}]) == []
 
 
+SHOP = {"shop": {"polygon": [[200, 200], [800, 200], [800, 800], [200, 800]]}}
+
+
+def test_a_new_track_where_a_lost_one_was_heading_in_a_zone_stays_in_the_visit():
+    """An object walking through a zone, lost for 10 frames (under the lost-track limit) and found again
+    under a new id where it was heading: one entry, one exit (under the new id) with the whole dwell."""
+    ev = evaluator(zones=SHOP)
+    before = [{1: (100 + 20 * i, 500)} for i in range(15)]  # enters at x 300 (frame 10)
+    after = [{2: (100 + 20 * i, 500)} for i in range(25, 40)]  # leaves at x 820 past 800's margin
+    events = walk(ev, before + [{}] * 10 + after)
+    assert [(e.kind, e.track_id) for e in events] == [("enter", 1), ("exit", 2)]
+    assert events[1].dwell_s == pytest.approx((events[1].frame_index - events[0].frame_index) / 10)
+    assert ev.occupancy() == {"shop": 0}
+    plain = StreamEvaluator("cam0", StreamAnalytics.model_validate({"units": "pixels", "zones": SHOP}),
+                            totals=None, handoff=False)
+    assert [(e.kind, e.track_id) for e in walk(plain, before + [{}] * 10 + after)] == \
+        [("enter", 1), ("enter", 2), ("exit", 2)]  # without: two entries for one visit...
+    assert plain.occupancy() == {"shop": 1}  # ...and the lost id still counted inside
+
+
+def test_no_zone_hand_off_to_a_track_elsewhere_nor_after_the_lost_one_left():
+    from edgefleet.agent.analytics import LOST_FRAMES
+    far = evaluator(zones=SHOP)
+    before = [{1: (100 + 20 * i, 500)} for i in range(15)]
+    elsewhere = [{2: (600, 300 + 5 * i)} for i in range(5)]  # 200 px off the lost one's path
+    assert [e.track_id for e in walk(far, before + [{}] * 10 + elsewhere) if e.kind == "enter"] == [1, 2]
+    late = evaluator(zones=SHOP)
+    standing = [{1: (500, 500)}] * 12
+    events = walk(late, standing + [{}] * (LOST_FRAMES + 2) + [{2: (500, 500)}, {2: (500, 500)}])
+    assert [(e.kind, e.track_id) for e in events] == [("enter", 1), ("exit", 1), ("enter", 2)]
+
+
 def test_without_hand_off_a_new_id_has_no_side():
     """The ground truth's evaluator (scripts/bench/scenes.true_events) runs without hand-off: its ids are exact."""
     ev = StreamEvaluator("cam0", StreamAnalytics.model_validate({"units": "pixels", "lines": DOOR}),
