@@ -196,15 +196,11 @@ def _seen(scene: Scene, crossing: LineCrossing) -> bool:
 
 
 def _visits(events: list, key) -> list[tuple]:
-    """(object, zone, enter frame, exit frame, dwell s) of each closed visit, `key(event)` naming the object."""
-    entered, visits = {}, []
-    for e in (e for e in events if isinstance(e, ZoneEvent)):
-        if e.kind == "enter":
-            entered[(e.track_id, e.zone)] = e
-        elif (e.track_id, e.zone) in entered:
-            start = entered.pop((e.track_id, e.zone))
-            visits.append((key(start), e.zone, start.frame_index, e.frame_index, e.dwell_s))
-    return visits
+    """(object, zone, enter time, exit time, dwell s) of each closed visit: its exit, which carries the
+    dwell since the entry (under another track id when a new track took the visit over), `key(exit)`
+    naming the object."""
+    return [(key(e), e.zone, e.time - e.dwell_s, e.time, e.dwell_s)
+            for e in events if isinstance(e, ZoneEvent) and e.kind == "exit"]
 
 
 def score_zones(scene: Scene, truth: list, events: list, rows: list, attribution: str = "track") -> dict:
