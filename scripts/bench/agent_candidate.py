@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -208,13 +209,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default: stdout)")
     args = parser.parse_args()
     sets = read_frame_sets(args.video, args.max_frames, args.calib_frames, args.held_frames)
+    load_before = os.getloadavg()  # other work on the machine slows both sides, not always alike
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-candidate-") as tmp:
         build = plan_candidate if args.candidate == "plan" else fixed_candidate
         candidate = build(args, sets, Path(tmp))
     runs = {"default": candidate.pop("default_runs"), "candidate": candidate["runs"]}
     walls = [d["process_wall_s"] / c["process_wall_s"] for d, c in zip(runs["default"], runs["candidate"])]
     report = {"benchmark": "agent end to end, default vs candidate", "video": args.video.name,
-              "host": host_info(), "max_frames": args.max_frames, "threads": args.threads,
+              "host": host_info(), "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
+              "max_frames": args.max_frames, "threads": args.threads,
               "default": {"model": "bundled yolov3-tiny ONNX on onnxruntime (no --model)",
                           "fps": [r["fps"] for r in runs["default"]], "runs": runs["default"]},
               "candidate": candidate, "fps_ratio": median_ratio(runs),
