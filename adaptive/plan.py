@@ -136,18 +136,21 @@ class RuntimePlan:
 
 def detector_fields(detector, model_path: str | Path = "") -> dict:
     """What a DevicePlan says of the detector a loop runs: its backend (the backend module's name),
-    precision (from the model's manifest, where one sits beside the file; "" otherwise) and input size."""
+    precision and sha256 (from the model's manifest, where one sits beside the file; "" otherwise)
+    and input size. A deployed artifact's sha256 is the rollout's (for a bundle, its tar's): the
+    caller puts that in instead."""
     from edgefleet.models.errors import ModelError
     from edgefleet.models.manifest import read_manifest
 
     path = model_path or getattr(detector, "model_path", "") or ""
     try:
-        precision = read_manifest(Path(path)).precision if path else ""
+        manifest = read_manifest(Path(path)) if path else None
     except (ModelError, OSError):
-        precision = ""
+        manifest = None
     width, height = detector.input_size
-    return {"backend": type(detector).__module__.rsplit(".", 1)[-1], "precision": precision,
-            "input_width": width, "input_height": height}
+    return {"backend": type(detector).__module__.rsplit(".", 1)[-1], "input_width": width, "input_height": height,
+            "precision": manifest.precision if manifest else "",
+            "artifact_sha256": manifest.file_sha256 if manifest else ""}
 
 
 @dataclass

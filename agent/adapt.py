@@ -99,7 +99,7 @@ class RungSpan:
 
 class RungHistory:
     """One span per rung the loop ran at, with the frames and seconds spent there (`counted()`:
-    the records produced so far)."""
+    the frames the loop has handled so far)."""
 
     def __init__(self, counted: Callable[[], int]):
         self._counted = counted

@@ -97,7 +97,8 @@ def _agent(config: AgentConfig, profile: HardwareProfile, source_factory: Callab
         batch = config.max_batch if config.serving else len(options.sources)
         note = "serving InferenceService" if config.serving else "adaptive planning not enabled"
         detector, plan = _fixed_plan(config, engine, batch, note)
-    plan = dataclasses.replace(plan, artifact_sha256=engine.sha256 if engine else "")
+    if engine is not None:  # the deployed artifact's sha256 (a bundle's is its tar's, not its model file's)
+        plan = dataclasses.replace(plan, artifact_sha256=engine.sha256)
     return Agent(options, detector, source_factory, profile, plan, adaptation=adaptation,
                  mqtt=_mqtt_publisher(config), load_model=lambda path: load_detector(path, config), active=active,
                  feeds=[lambda context: _served(config, context, cores)] if config.serving else (), desired=desired)

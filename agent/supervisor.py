@@ -114,7 +114,7 @@ class Agent:
         context = FeedContext(self.slot.detect_served, self.slot.names, self.health, self.schedules.new_scheduler,
                               options.publish_threshold, frozenset(options.stream_ids))
         self.loop = self.make_loop(options, [make(context) for make in feeds])
-        self.history = RungHistory(lambda: self.recorder.counted)
+        self.history = RungHistory(lambda: self.health.frames_total)
 
     def _link(self) -> Link:
         options = self.options
@@ -271,7 +271,13 @@ class Agent:
             return None
         detector = adapter.take_detector()
         if detector is not None:
+            before = str(getattr(self.slot.detector, "model_path", ""))
             self._use_detector(detector)
+            fields = detector_fields(detector, adapter.rung.model_path)
+            if before == str(adapter.rung.model_path):  # another size of the same file: a deployed one keeps
+                del fields["artifact_sha256"]           # the rollout's sha256 (a bundle's is its tar's)
+            self.plan = replace(self.plan, **fields)
+            self._plan_version += 1  # the rung's model, its backend and precision, with the next heartbeat
             logger.info("now detecting with %s at %dx%d", adapter.rung.model, *adapter.rung.input_size)
         event = adapter.step(now, self._reading)
         if event is None:
@@ -364,8 +370,9 @@ class Agent:
         name = swap.name or Path(path).stem
         if self.adapter is not None:  # keep it simple: every rung keeps its size and interval, with the new file
             self.adapter.retarget(name, path, swap.detector.input_size)
-        self.plan = replace(self.plan, model=name, artifact_sha256=swap.artifact_sha256,
-                            **detector_fields(swap.detector, path))
+        fields = detector_fields(swap.detector, path)
+        self.plan = replace(self.plan, model=name, **{**fields, "artifact_sha256": swap.artifact_sha256
+                                                      or fields["artifact_sha256"]})
         self.engines.swapped(swap, now)
         self.replan(swap.plan_reason)
         logger.info("now detecting with %s (%s): %s", name, swap.artifact_sha256[:12] or "--model", swap.plan_reason)

@@ -66,11 +66,14 @@ def test_auto_plan_steps_down_when_the_target_is_out_of_reach(controller, contro
     downs = [e for e in summary["controller_events"] if e["direction"] == "down"]
     assert downs and all(set(e["changes"]) & {"detect_interval", "input_size", "model"} for e in downs)
     assert summary["rungs"][0]["rung"] != summary["rung"], "the run ended on another rung than it started"
+    assert sum(r["frames"] for r in summary["rungs"]) == summary["frames"]  # frames, not outbox records
     assert "now detecting with" in proc.stderr or all(e["changes"] == ["detect_interval"] for e in downs)
 
     from edgefleet.v1 import fleet_pb2
 
     (device,) = control.ListDevices(fleet_pb2.ListDevicesRequest(), timeout=10).devices
     assert device.plan.detect_interval >= 1 and device.plan.input_width > 0
+    assert (device.plan.backend, device.plan.precision) == ("onnxruntime", "fp32")  # the bundled model's
+    assert len(device.plan.artifact_sha256) == 64, device.plan  # its file's, as the plan chose it
     # the hello said why the plan started where it did; the heartbeats reported every step since
     assert device.plan.reason.startswith("runtime controller, step down"), device.plan.reason
