@@ -335,7 +335,8 @@ def _add_quantize(subparsers) -> None:
     p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
                    help="input size to calibrate and score at (default: the model's own)")
     p.add_argument("--out", type=Path, default=None,
-                   help="artifact path (default: <onnx stem>-<format>.onnx, .xml or .param)")
+                   help="artifact path (default: <onnx stem>-<format>.onnx, .xml or .param beside the source; "
+                        "a folder: that name in it)")
     p.set_defaults(func=_run_quantize)
 
 

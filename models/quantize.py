@@ -47,6 +47,8 @@ from .yolo import letterbox_batch
 logger = logging.getLogger(__name__)
 
 QUANTIZER_VERSION = "1"
+COMPANION_SUFFIXES = (".bin", ".json")
+"""The files an OpenVINO IR (.bin) or NCNN model (.bin, .json) has beside its model file, same stem."""
 Size = tuple[int, int]  # (width, height)
 Progress = Callable[[int, int], None]
 """progress(done, total): called as calibration frames are read."""
@@ -205,10 +207,15 @@ def quantize_with(fmt: QuantFormat, onnx_path: Path, frames: list[np.ndarray], o
     except ImportError as err:
         raise BackendUnavailable(f"{fmt.name} is not available in this edgefleet ({__package__}.{fmt.module}: "
                                  f"{err}); install the cpu extra: pip install 'edgefleet[cpu]'") from err
-    out_dir = out.parent if out.suffix == fmt.suffix else out  # a folder, or the file name it would have
-    made = module.quantize(onnx_path, frames, out_dir, input_size=input_size, progress=progress)
-    artifact = Path(made[0] if isinstance(made, tuple) else made)  # ncnn: (param, bin)
-    return artifact
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-") as tmp:  # clobbers nothing
+        made = module.quantize(onnx_path, frames, Path(tmp), input_size=input_size, progress=progress)
+        made = Path(made[0] if isinstance(made, tuple) else made)  # ncnn: (param, bin)
+        for suffix in COMPANION_SUFFIXES:  # the weights (and NCNN's .json) first: the model file names a whole set
+            if made.with_suffix(suffix).is_file():
+                made.with_suffix(suffix).replace(out.with_suffix(suffix))
+        made.replace(out)
+    return out
 
 
 # ---- agreement and manifest ----
@@ -243,7 +250,7 @@ def companions(artifact: Path, fmt: QuantFormat) -> dict[str, str]:
     """The files beside a two-file format's artifact (weights .bin, NCNN's .json sidecar): name -> sha256."""
     if fmt.module is None:
         return {}
-    found = (artifact.with_suffix(s) for s in (".bin", ".json"))
+    found = (artifact.with_suffix(s) for s in COMPANION_SUFFIXES)
     return {p.name: sha256_file(p) for p in found if p.is_file()}
 
 
@@ -254,10 +261,12 @@ def runtime_version(fmt: QuantFormat) -> str:
         return "unknown"
 
 
-def default_out(onnx_path: Path, fmt: QuantFormat) -> Path:
-    """onnx-int8: `<stem>-onnx-int8.onnx` beside the source; other formats: the source's folder, where
-    their modules name the files (`<stem>-int8.xml`, `<stem>.ncnn-int8.param`)."""
-    return onnx_path.with_name(f"{onnx_path.stem}-{fmt.name}{fmt.suffix}") if fmt.module is None else onnx_path.parent
+def out_path(onnx_path: Path, fmt: QuantFormat, out: Path | None) -> Path:
+    """The artifact's path: `out` when it ends in the format's suffix, else `<stem>-<format><suffix>`
+    (`yolov3-tiny-openvino-int8.xml`) in the folder `out` names, or beside the source."""
+    if out is not None and out.suffix == fmt.suffix:
+        return out
+    return (out or onnx_path.parent) / f"{onnx_path.stem}-{fmt.name}{fmt.suffix}"
 
 
 @dataclass(frozen=True)
@@ -279,10 +288,9 @@ def quantize_artifact(onnx_path: Path, calib_dir: Path, fmt: str = "onnx-int8", 
     size = input_size or source.input_size
     split = split_frames(calib_dir, calib_count, holdout_dir, held_count)
     frames = read_frames(split.calibration, progress)
-    out = Path(out) if out else default_out(onnx_path, kind)
-    manifest_path(out).unlink(missing_ok=True)  # a stale manifest would refuse the new file at load
+    out = out_path(onnx_path, kind, Path(out) if out else None)
     artifact = quantize_with(kind, onnx_path, frames, out, size, progress)
-    manifest_path(artifact).unlink(missing_ok=True)
+    manifest_path(artifact).unlink(missing_ok=True)  # a stale one would refuse the new file at load
     agreement = held_agreement(onnx_path, artifact, kind, read_frames(split.held), size)
     calibration = {"frames_sha256": frames_sha256(split.calibration), "frames": len(split.calibration),
                    "held_frames": len(split.held), "input_size": list(size)}

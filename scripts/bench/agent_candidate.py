@@ -109,12 +109,9 @@ def write_frames(frames: list, folder: Path, first: int) -> Path:
 
 def quantize_cli(fmt: str, frames_dir: Path, calib_count: int, models_dir: Path) -> list[str]:
     """`edgefleet model quantize` of the bundled model into `models_dir`, as an operator runs it."""
-    source = default_model()
-    # --out as the CLI's default would name it, in the models folder: the file for onnx-int8; the folder for
-    # the IR and NCNN formats, which name their files themselves (`<stem>-int8.xml`, `<stem>.ncnn-int8.param`)
-    out = models_dir / f"{source.stem}-onnx-int8.onnx" if fmt == "onnx-int8" else models_dir
+    source = default_model()  # --out the folder: the files are named as the CLI names them (`<stem>-<format>.<ext>`)
     cmd = [sys.executable, "-m", "edgefleet.fleet.cli", "model", "quantize", str(source), "--calib-dir",
-           str(frames_dir), "--calib-count", str(calib_count), "--format", fmt, "--out", str(out)]
+           str(frames_dir), "--calib-count", str(calib_count), "--format", fmt, "--out", str(models_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-2000:]}")

@@ -76,17 +76,21 @@ def test_the_onnxruntime_backend_runs_it_like_the_source(quantized, bundled_mode
     assert abs(len(found) - len(reference)) <= max(2, len(reference) // 4)
 
 
-@pytest.mark.parametrize("fmt, backend, suffix, runtime", [("openvino-int8", "openvino", ".xml", "openvino"),
-                                                           ("ncnn-int8", "ncnn", ".param", "ncnn")])
-def test_cpu_runtime_formats_quantize_verify_and_load(fmt, backend, suffix, runtime, bundled_model, frames_dir,
+@pytest.mark.parametrize("fmt, backend, suffix, runtime, out", [
+    ("openvino-int8", "openvino", ".xml", "openvino", ""),              # a folder: the default name in it
+    ("ncnn-int8", "ncnn", ".param", "ncnn", "people-int8.param")])      # a file: that name, its companions too
+def test_cpu_runtime_formats_quantize_verify_and_load(fmt, backend, suffix, runtime, out, bundled_model, frames_dir,
                                                       tmp_path, vtest):
     """The same steps for the formats the openvino and ncnn modules build: their files, manifest, agreement."""
     require_module(runtime)
     proc = model_cli("quantize", str(bundled_model), "--calib-dir", str(frames_dir), "--calib-count",
-                     str(CALIBRATION), "--format", fmt, "--out", str(tmp_path))
+                     str(CALIBRATION), "--format", fmt, "--out", str(tmp_path / out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     (artifact,) = tmp_path.glob(f"*{suffix}")
+    assert artifact.name == (out or f"{bundled_model.stem}-{fmt}{suffix}")
     manifest = json.loads(manifest_path(artifact).read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(  # nothing else left behind
+        [artifact.name, artifact.name + ".manifest.json", *manifest["companions"]])
     assert (manifest["precision"], manifest["labels"]["runtime"]) == ("int8", runtime)
     assert manifest["companions"] and all((tmp_path / name).is_file() for name in manifest["companions"])
     assert manifest["agreement"]["frames"] == HELD and manifest["agreement"]["f1"] >= 0.7, manifest["agreement"]
