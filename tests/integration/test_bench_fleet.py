@@ -54,7 +54,10 @@ def test_fleet_bench_on_postgresql_with_two_replicas(pg_url, tmp_path):
     assert sum(frames) == report["integrity"]["rows"]
     database = report["database"]
     assert database["backend"] == "postgresql" and database["detections_bytes_end"] > 0
-    assert database["server_cpu_s_per_million_detections"] > 0  # the server runs here: its processes are found
+    # the server runs here, so its processes are found (None otherwise); two seconds of 24 frames/s can
+    # fall between the kernel's CPU ticks, so zero is a possible reading at this size
+    assert database["server_cpu_s_per_million_detections"] is not None
+    assert database["server_cpu_s_per_million_detections"] >= 0
 
     again, _ = run_bench(tmp_path, "--db", pg_url, agents=2)  # the exactness check needs an empty database
     assert again.returncode != 0 and "already holds" in again.stderr
