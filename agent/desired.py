@@ -295,7 +295,7 @@ def _apply(agent: Agent, desired: DesiredConfig, command: ApplyConfig, change: C
     try:
         if change.loop:
             # a rollout's engine stays in use: the config's model is then what a rollback returns to
-            if DETECTOR_SETTINGS & set(change.loop) and not agent.plan.artifact_sha256 and desired.load_detector:
+            if DETECTOR_SETTINGS & set(change.loop) and agent.engines.active.current is None and desired.load_detector:
                 detector = desired.load_detector(config)
             loop = agent.make_loop(options, agent.loop.feeds)
             loop.start()

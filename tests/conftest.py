@@ -230,10 +230,11 @@ def control(controller):
         yield fleet_pb2_grpc.FleetControlStub(ch)
 
 
-def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> ARGS` as a real process and capture its output."""
+def run_cli(module: str, *args: str, timeout: float = 120, env: dict | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> ARGS` as a real process (`stdin` its input) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", module, *args], input=stdin,
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
     )
 

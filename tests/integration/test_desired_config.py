@@ -83,12 +83,7 @@ class Fleet:
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         env = {"EDGEFLEET_CONTROLLER": self.address, "EDGEFLEET_TOKEN": self.token}
-        if stdin is None:
-            return run_cli("edgefleet.fleet.cli", *args, env=env)
-        import os
-
-        return subprocess.run([sys.executable, "-m", "edgefleet.fleet.cli", *args], input=stdin, capture_output=True,
-                              text=True, timeout=120, cwd=ROOT, env={**os.environ, **env})
+        return run_cli("edgefleet.fleet.cli", *args, env=env, stdin=stdin)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from edgefleet.models.bundled import default_model
 from edgefleet.v1 import fleet_pb2
 
-from ..conftest import run_cli, wait_for
+from ..conftest import wait_for
 from ..onnx_variants import variant_onnx
 from .test_rollout_e2e import Fleet
 
@@ -27,16 +27,14 @@ def fleet(tmp_path_factory, vtest):
     try:
         fleet.start_agent("cam-lab", "--label", "site=lab", "--label", "tier=a")
         fleet.start_agent("cam-yard", "--config", str(config))
-        wait_for(lambda: len(fleet.devices()) == 2 and all(d.connected and d.health.frames_total > 0
-                                                           for d in fleet.devices().values()),
-                 120, "both agents detecting")
+        fleet.wait_detecting()
         yield fleet
     finally:
         fleet.stop()
 
 
 def edgefleet(fleet: Fleet, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("edgefleet.fleet.cli", *args, "--controller", fleet.address, env={"EDGEFLEET_TOKEN": fleet.token})
+    return fleet.cli(*args)
 
 
 def listed(fleet: Fleet, *select: str) -> list[str]:

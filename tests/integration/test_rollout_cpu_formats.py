@@ -47,33 +47,27 @@ def fleet(tmp_path_factory, vtest):
         fleet.start_agent("ov-box")
         fleet.start_agent("plain-box", env={"PYTHONPATH": os.pathsep.join(filter(None, (
             str(hidden), os.environ.get("PYTHONPATH"))))})
-        wait_for(lambda: len(fleet.devices()) == 2 and all(d.connected and d.health.frames_total > 0
-                                                           for d in fleet.devices().values()),
-                 120, "both agents detecting")
+        fleet.wait_detecting()
         yield fleet
     finally:
         fleet.stop()
 
 
-def edgefleet(fleet: Fleet, *args: str):
-    return run_cli("edgefleet.fleet.cli", *args, "--controller", fleet.address, "--token", fleet.token, timeout=120)
-
-
-def test_an_int8_ir_goes_to_the_agent_with_openvino_and_skips_the_one_without(fleet, ir):
+def test_an_int8_ir_goes_to_the_agent_with_openvino_and_skips_the_one_without(fleet, ir, bundled_model):
     devices = fleet.devices()
     assert "openvino" in devices["ov-box"].profile.extra["runtimes"].split(",")
     assert "openvino" not in devices["plain-box"].profile.extra.get("runtimes", "").split(",")
-    pushed = edgefleet(fleet, "artifact", "push", str(ir), "--json")
+    pushed = fleet.cli("artifact", "push", str(ir), "--json")
     assert pushed.returncode == 0, pushed.stderr
     sha = json.loads(pushed.stdout)["manifest"]["sha256"]
-    created = edgefleet(fleet, "rollout", "create", "--artifact", sha[:12], "--canary", "1", "--waves", "100")
+    created = fleet.cli("rollout", "create", "--artifact", sha[:12], "--canary", "1", "--waves", "100")
     assert created.returncode == 0, created.stderr
     rollout = fleet.finished(created.stdout.split()[1], timeout=180)
     assert rollout.state == fleet_pb2.SUCCEEDED, rollout.reason
     by_id = {d.device_id: d for d in rollout.devices}
     assert by_id[devices["plain-box"].device_id].reason == "skipped: no openvino on the device"
     assert by_id[devices["ov-box"].device_id].state == types_pb2.DeploymentStatus.ACTIVE
-    shown = edgefleet(fleet, "rollout", "get", rollout.rollout_id)
+    shown = fleet.cli("rollout", "get", rollout.rollout_id)
     assert "no openvino on the device" in shown.stdout, shown.stdout
 
     wait_for(lambda: engines_of(fleet)["ov-box"] == sha, 30, "ov-box's plan naming the IR")
@@ -83,4 +77,14 @@ def test_an_int8_ir_goes_to_the_agent_with_openvino_and_skips_the_one_without(fl
     assert sorted(p.name for p in unpacked.iterdir()) == sorted(
         [ir.name, ir.with_suffix(".bin").name, ir.name + ".manifest.json"])  # the bundle's tar is gone
     assert engines_of(fleet)["plain-box"] != sha
+    still_detecting(fleet)
+
+    # the operator then sets a model in the device's config: the rolled-out IR stays in use (the
+    # configured model is what a rollback returns to), and the plan still names the IR
+    done = fleet.cli("device", "config", "set", devices["ov-box"].device_id, "-", "--wait", "60",
+                     stdin=f"model: {bundled_model}\n")
+    assert done.returncode == 0, done.stderr
+    plan = wait_for(lambda: (p := fleet.devices()["ov-box"].plan).reason.startswith("desired config v1") and p,
+                    30, "ov-box's plan after the document")
+    assert (plan.artifact_sha256, plan.backend, plan.precision) == (sha, "openvino", "int8"), plan
     still_detecting(fleet)

@@ -23,7 +23,7 @@ from edgefleet.fleet.channel import open_channel
 from edgefleet.models.bundled import default_model
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc, types_pb2
 
-from ..conftest import ROOT, free_port, wait_for
+from ..conftest import ROOT, free_port, run_cli, wait_for
 from ..onnx_variants import blind_onnx, slow_onnx, variant_onnx, warmup_failing_onnx
 from ..processes import ControllerProcess
 from .test_rollouts_controller import ScriptedDevice
@@ -117,6 +117,17 @@ class Fleet:
     def devices(self) -> dict[str, fleet_pb2.Device]:
         return {d.hostname: d for d in self.call("ListDevices", fleet_pb2.ListDevicesRequest()).devices}
 
+    def wait_detecting(self, count: int = 2) -> None:
+        """Until `count` devices are connected, each having reported frames."""
+        wait_for(lambda: len(self.devices()) == count and all(d.connected and d.health.frames_total > 0
+                                                              for d in self.devices().values()),
+                 120, f"{count} agents detecting")
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        """`edgefleet ARGS` as the operator, against this controller."""
+        return run_cli("edgefleet.fleet.cli", *args, "--controller", self.address, timeout=120,
+                       env={"EDGEFLEET_TOKEN": self.token}, stdin=stdin)
+
     def served_bytes(self) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         return float(re.search(r"^edgefleet_artifact_bytes_served_total (\S+)$", text, re.M).group(1))
@@ -129,9 +140,7 @@ def fleet(tmp_path_factory, vtest):
     try:
         for name in ("cam-a", "cam-b"):
             fleet.start_agent(name)
-        wait_for(lambda: len(fleet.devices()) == 2 and all(d.connected and d.health.frames_total > 0
-                                                           for d in fleet.devices().values()),
-                 120, "both agents detecting")
+        fleet.wait_detecting()
         yield fleet
     finally:
         fleet.stop()
