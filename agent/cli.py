@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .config import AgentConfig
 from .errors import AgentError, ConfigError
 from .flags import add_config_flags, add_flag, parse_args
 
@@ -136,11 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None,
                    help="source to calibrate on (default var/samples/vtest.avi if present, else synthetic frames)")
     p.add_argument("--frames", type=int, default=5, metavar="N", help="frames to calibrate on (default 5)")
-    add_flag(p, "calibrate", default=True, help="plan from the static table, without timing the models")
-    add_flag(p, "target_fps", default=15.0, help="frames per second per stream to sustain (default 15)")
-    add_flag(p, "min_agreement", default=0.95,
-             help="a quantized or converted model runs only if its detections agree this much (F1) with its FP32 "
-                  "source's, and then counts as accurate as it (default 0.95; 1 keeps to FP32)")
+    for name in ("calibrate", "target_fps", "min_agreement"):  # run's planning flags, planning being the job here
+        field = AgentConfig.model_fields[name]
+        add_flag(p, name, default=field.default, help=(field.description or "").removeprefix("with --auto-plan: "))
     p.add_argument("--streams", type=int, default=1, metavar="N", help="streams batched per detector call (default 1)")
     p.add_argument("--state-dir", type=Path, default=Path("var/agent"),
                    help="the calibration cache (calibration.json) lives here (default var/agent)")
