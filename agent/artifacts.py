@@ -26,9 +26,6 @@ logger = logging.getLogger(__name__)
 EXTENSIONS = {"onnx": ".onnx", "tensorrt-engine": ".engine", "ultralytics-pt": ".pt", "openvino-ir": ".tar",
               "ncnn": ".tar"}
 """The downloaded file's extension per format: a model of several files (models.bundle) comes as a tar."""
-MODELS_MANIFEST_LABEL = "models.manifest"
-"""ArtifactManifest.labels key that carries a TensorRT engine's models manifest (JSON, models.manifest),
-which the tensorrt backend needs beside the engine (layout, decode parameters, profile)."""
 NO_KEY_REASON = ("this device's identity has no controller public key (it was enrolled by an older agent): "
                  "re-enroll to learn the controller's key")
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -315,19 +312,12 @@ BUNDLED = frozenset(f for f, ext in EXTENSIONS.items() if ext == ".tar")
 def bundled_manifest(info: ArtifactInfo):
     """The models manifest a bundle's files are checked against: the signed label `models.manifest`."""
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import parse_manifest
+    from edgefleet.models.manifest import labelled_manifest
 
-    text = info.labels.get(MODELS_MANIFEST_LABEL)
-    if not text:
-        raise EngineError(f"{info.short} is a {info.format} model without its models manifest (label "
-                          f"{MODELS_MANIFEST_LABEL!r}): push it with `edgefleet artifact push`")
     try:
-        manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+        return labelled_manifest(info.labels, info.format)
     except ModelError as err:
         raise EngineError(f"{info.short}: {err}") from err
-    if manifest.format != info.format:
-        raise EngineError(f"{info.short} is signed as {info.format}; its models manifest says {manifest.format}")
-    return manifest
 
 
 def installed_bundle(folder: Path, info: ArtifactInfo) -> Path | None:
@@ -378,7 +368,7 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
     manifest, which its unpacked files were checked against. Ultralytics .pt files need none.
     """
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import manifest_for_onnx, parse_manifest, write_manifest
+    from edgefleet.models.manifest import MANIFEST_LABEL, manifest_for_onnx, parse_manifest, write_manifest
 
     try:
         if info.format == "onnx":
@@ -390,11 +380,11 @@ def install_sidecar(path: Path, info: ArtifactInfo) -> None:
         elif info.format in BUNDLED:
             manifest = bundled_manifest(info)  # unpack_bundle checked every file against it
         elif info.format == "tensorrt-engine":
-            text = info.labels.get(MODELS_MANIFEST_LABEL)
+            text = info.labels.get(MANIFEST_LABEL)
             if not text:
                 raise EngineError(f"engine {info.short} comes without its models manifest (label "
-                                  f"{MODELS_MANIFEST_LABEL!r}); roll out its ONNX and let the device build")
-            manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+                                  f"{MANIFEST_LABEL!r}); roll out its ONNX and let the device build")
+            manifest = parse_manifest(text, source=f"label {MANIFEST_LABEL}")
             if manifest.file_sha256 != info.sha256:
                 raise EngineError(f"{info.short}: its models manifest describes sha256 {manifest.file_sha256}")
         else:

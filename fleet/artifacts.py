@@ -118,30 +118,21 @@ def chunk_size(requested: int) -> int:
     return max(MIN_CHUNK, min(MAX_CHUNK, requested))
 
 
-MODELS_MANIFEST_LABEL = "models.manifest"
-
-
 def bundle_check(fmt: str, labels: dict[str, str]) -> Callable[[Path], None] | None:
     """For a format that travels as a bundle (models.bundle: an OpenVINO IR, an NCNN model), the
     check an upload's bytes must pass before they are stored: a tar of exactly the files its
-    models manifest (label `models.manifest`, which devices install from) lists, each whole.
-    None for one-file formats. Raises InvalidArgument when the label is missing or unreadable."""
+    models manifest (the label devices install from) lists, each whole. None for one-file formats.
+    Raises InvalidArgument when the label is missing, unreadable or of another format."""
     from edgefleet.models import bundle
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import parse_manifest
+    from edgefleet.models.manifest import labelled_manifest
 
     if not bundle.is_bundled(fmt):
         return None
-    text = labels.get(MODELS_MANIFEST_LABEL)
-    if not text:
-        raise InvalidArgument(f"a {fmt} artifact carries its models manifest in the label {MODELS_MANIFEST_LABEL!r} "
-                              "(`edgefleet artifact push MODEL` adds it)")
     try:
-        manifest = parse_manifest(text, source=f"label {MODELS_MANIFEST_LABEL}")
+        manifest = labelled_manifest(labels, fmt)
     except ModelError as err:
         raise InvalidArgument(str(err)) from err
-    if manifest.format != fmt:
-        raise InvalidArgument(f"manifest.format is {fmt!r}, its models manifest says {manifest.format!r}")
 
     def check(path: Path) -> None:
         try:

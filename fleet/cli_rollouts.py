@@ -78,7 +78,7 @@ def manifest_for_push(path: Path, manifest_path: Path | None, name: str | None,
     The models manifest travels whole in the label `models.manifest`, so it is signed with the
     rest and a device installs exactly what was pushed."""
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import manifest_for_onnx, parse_manifest, to_json
+    from edgefleet.models.manifest import MANIFEST_LABEL, manifest_for_onnx, parse_manifest, to_json
     from edgefleet.models.manifest import manifest_path as sidecar
 
     try:
@@ -97,7 +97,7 @@ def manifest_for_push(path: Path, manifest_path: Path | None, name: str | None,
         name=name or path.stem, format=manifest.format, precision=manifest.precision,
         input_width=manifest.input_width, input_height=manifest.input_height, class_names=manifest.class_names,
         tensorrt_version=manifest.tensorrt_version or "", gpu_compute_capability=manifest.gpu_compute_capability or "",
-        labels={**labels, "models.manifest": to_json(manifest)},
+        labels={**labels, MANIFEST_LABEL: to_json(manifest)},
     )
 
 
@@ -142,12 +142,12 @@ def bundle_for_push(path: Path, manifest: types_pb2.ArtifactManifest, work: Path
     an NCNN model) their bundle (models.bundle), made in `work` once each file matches its manifest."""
     from edgefleet.models import bundle
     from edgefleet.models.errors import ModelError
-    from edgefleet.models.manifest import parse_manifest, verify_artifact
+    from edgefleet.models.manifest import labelled_manifest, verify_artifact
 
     if not bundle.is_bundled(manifest.format):
         return path
     try:
-        models_manifest = parse_manifest(manifest.labels["models.manifest"], "its models manifest")
+        models_manifest = labelled_manifest(manifest.labels, manifest.format)
         verify_artifact(path, models_manifest)  # the model file and every companion, whole
         return bundle.pack(path, models_manifest, work / f"{path.stem}.tar")
     except (OSError, ModelError) as err:

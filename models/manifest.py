@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -199,6 +200,26 @@ def parse_manifest(text: str | bytes, source: str = "manifest") -> ArtifactManif
         raise ManifestError(f"{source}: {problems}") from err
     except ManifestError as err:
         raise ManifestError(f"{source}: {err}") from err
+
+
+MANIFEST_LABEL = "models.manifest"
+"""The signed artifact label that carries a model's manifest (JSON) from `edgefleet artifact push` to
+the controller and the devices: a TensorRT engine's layout, and the files a bundle must hold."""
+
+
+def labelled_manifest(labels: Mapping[str, str], fmt: str) -> ArtifactManifest:
+    """The models manifest in an artifact's `labels`, which must describe a `fmt` model (ManifestError:
+    missing, unreadable, or of another format)."""
+    text = labels.get(MANIFEST_LABEL)
+    if not text:
+        raise ManifestError(f"a {fmt} artifact carries its models manifest in the label {MANIFEST_LABEL!r} "
+                            "(`edgefleet artifact push MODEL` adds it)")
+    manifest = parse_manifest(text, source=f"label {MANIFEST_LABEL}")
+    if manifest.format != fmt:
+        raise ManifestError(f"the artifact is signed as {fmt!r}, its models manifest says {manifest.format!r}")
+    return manifest
+
+
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

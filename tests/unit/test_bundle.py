@@ -155,7 +155,7 @@ def test_a_bundle_without_its_models_manifest_or_of_other_files_is_refused(tmp_p
     store = Store()
     store.add(tar.read_bytes())
     bare = dataclasses.replace(signed_info(tar, manifest), labels={})
-    with pytest.raises(EngineError, match="without its models manifest"):
+    with pytest.raises(EngineError, match="carries its models manifest in the label .models.manifest."):
         Downloader(tmp_path / "a", store.fetch).download(bare)
     _, other = ir_files(tmp_path / "other", seed=1)  # signed with another model's manifest
     with pytest.raises(EngineError, match="bundle this agent cannot install: .*does not hash"):
