@@ -192,6 +192,16 @@ def plan_candidate(args: argparse.Namespace, sets, work: Path) -> dict:
     }
 
 
+def fixed_candidate(args: argparse.Namespace, sets, work: Path) -> dict:
+    """A format name or file run with --model: built, scored against the default, run in pairs."""
+    model, backend, precision = candidate_model(args.candidate, args.size, sets.calibration, work)
+    scored = agreement(model, backend, args.size, sets.held)
+    runs = run_pairs(args.video, args.max_frames, args.threads, model, args.repeats)
+    return {"spec": args.candidate, "model": model.name, "backend": backend, "precision": precision,
+            "input_size": args.size, "fps": [r["fps"] for r in runs["candidate"]], "runs": runs["candidate"],
+            "agreement_vs_default": scored, "default_runs": runs["default"]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=default_video())
@@ -222,15 +232,6 @@ def main() -> int:
     write_report(report, args.out)
     return 0
 
-
-def fixed_candidate(args: argparse.Namespace, sets, work: Path) -> dict:
-    """A format name or file run with --model: built, scored against the default, run in pairs."""
-    model, backend, precision = candidate_model(args.candidate, args.size, sets.calibration, work)
-    scored = agreement(model, backend, args.size, sets.held)
-    runs = run_pairs(args.video, args.max_frames, args.threads, model, args.repeats)
-    return {"spec": args.candidate, "model": model.name, "backend": backend, "precision": precision,
-            "input_size": args.size, "fps": [r["fps"] for r in runs["candidate"]], "runs": runs["candidate"],
-            "agreement_vs_default": scored, "default_runs": runs["default"]}
 
 if __name__ == "__main__":
     sys.exit(main())
