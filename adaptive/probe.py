@@ -14,13 +14,15 @@ file (and of nvidia-smi's answer) are in adaptive.readers; this module puts thei
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform as _platform
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -207,10 +209,32 @@ def cpu_runtimes() -> CpuRuntimes:
 
         names.append("ncnn")
         counter = getattr(ncnn, "get_gpu_count", None)
-        gpus = int(counter()) if callable(counter) else 0
+        with native_stderr_to_log("ncnn's Vulkan probe"):  # a GPU-less host's loader prints a line per driver
+            gpus = int(counter()) if callable(counter) else 0
     except Exception as err:  # noqa: BLE001 - absent or broken: the device has no usable NCNN
         logger.info("ncnn not usable: %r", err)
     return CpuRuntimes(tuple(names), devices, gpus)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(what: str) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 meanwhile to the debug log, not the terminal."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to take
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                logger.debug("%s wrote: %s", what, " | ".join(text.splitlines()))
 
 
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 from google.protobuf import json_format
 
 from edgefleet.adaptive.platforms import jetpack_for_l4t, jetson_module, rpi_generation
-from edgefleet.adaptive.probe import HardwareProfile, probe
+from edgefleet.adaptive.probe import HardwareProfile, native_stderr_to_log, probe
 from edgefleet.adaptive.readers import NVIDIA_SMI_QUERY, ThermalZone, hottest_c
 from edgefleet.v1 import types_pb2
 
@@ -285,3 +287,12 @@ def test_this_machine_reports_the_runtimes_that_import():
             assert name not in profile.runtimes
     if "openvino" in profile.runtimes:
         assert "CPU" in profile.openvino_devices
+
+
+def test_what_native_code_prints_while_probing_goes_to_the_debug_log(caplog, capfd):
+    with caplog.at_level(logging.DEBUG, logger="edgefleet.adaptive.probe"):
+        with native_stderr_to_log("a runtime's probe"):
+            os.write(2, b"dlopen failed libvulkan.so.1\nload vulkan driver failed\n")
+    os.write(2, b"after\n")  # descriptor 2 is the terminal's again
+    assert capfd.readouterr().err == "after\n"
+    assert "a runtime's probe wrote: dlopen failed libvulkan.so.1 | load vulkan driver failed" in caplog.text
