@@ -119,6 +119,7 @@ def onnx_description(onnx_path: Path) -> tuple[dict[str, str], list[Dim], list[l
 def _run_pnnx(onnx_path: Path, work: Path, input_size: tuple[int, int]) -> tuple[Path, Path]:
     """pnnx on `onnx_path`, every file it writes inside `work`; (param, bin) or `ModelError` with its log."""
     width, height = input_size
+    work = work.resolve()  # pnnx runs in `work`: a relative path would be read from there
     param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
     outputs = {"pnnxparam": "model.pnnx.param", "pnnxbin": "model.pnnx.bin", "pnnxpy": "model_pnnx.py",
                "pnnxonnx": "model.pnnx.onnx", "ncnnpy": "model_ncnn.py"}
@@ -166,7 +167,7 @@ def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> t
     if not onnx_path.is_file():
         raise ModelNotFound(f"{onnx_path} does not exist")
     if any(v <= 0 or v % 32 for v in input_size):
-        raise ValueError(f"input_size must be positive multiples of 32, got {input_size}")
+        raise InvalidConfig(f"input_size must be positive multiples of 32, got {input_size}")
     meta, input_shape, output_shapes = onnx_description(onnx_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = onnx_path.name.removesuffix(".onnx")

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -62,6 +63,14 @@ def test_convert_writes_param_bin_and_sidecar_only(onnx_models, tmp_path):
     assert weights.stat().st_size >= 4 * parameters
 
 
+def test_convert_takes_paths_relative_to_the_working_directory(onnx_models, tmp_path, monkeypatch):
+    """pnnx runs in a folder of its own: the paths the user typed must still name the files."""
+    shutil.copy(onnx_models / "random.onnx", tmp_path / "random.onnx")
+    monkeypatch.chdir(tmp_path)
+    param, weights = convert(Path("random.onnx"), Path("out"), input_size=(32, 32))
+    assert param == Path("out/random.ncnn.param") and param.is_file() and weights.is_file()
+
+
 @pytest.mark.parametrize("content, error, message", [
     (None, ModelNotFound, "does not exist"),
     (b"not onnx", UnsupportedModel, "is not an ONNX model"),
@@ -75,7 +84,7 @@ def test_convert_refuses_what_is_not_an_onnx_model(tmp_path, content, error, mes
 
 
 def test_convert_refuses_a_size_that_is_not_a_multiple_of_32(onnx_models, tmp_path):
-    with pytest.raises(ValueError, match=r"multiples of 32, got \(30, 32\)"):
+    with pytest.raises(InvalidConfig, match=r"multiples of 32, got \(30, 32\)"):
         convert(onnx_models / "random.onnx", tmp_path, input_size=(30, 32))
 
 
