@@ -1,6 +1,7 @@
-"""INT8 OpenVINO IR from an ONNX detector, by NNCF post-training quantization on real frames.
+"""OpenVINO IR from an ONNX detector: INT8 by NNCF post-training quantization on real frames, or FP32.
 
     xml = quantize(Path("model.onnx"), frames, Path("out"), input_size=(416, 416))
+    xml = convert(Path("model.onnx"), Path("out"), input_size=(416, 416))   # FP32 weights, no frames
     create_detector({"type": "openvino", "model": xml})
 
 Calibration frames are letterboxed exactly as the openvino backend letterboxes them
@@ -72,19 +73,43 @@ def quantize(onnx_path: Path, calibration: list[np.ndarray], out_dir: Path, *, i
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     _check_inputs(onnx_path, calibration, input_size)
     ov, nncf = _import("openvino"), _import("nncf")
-    try:
-        model = ov.Core().read_model(str(onnx_path))
-    except Exception as err:  # OpenVINO raises RuntimeError with its own text for bad files
-        raise UnsupportedModel(f"openvino cannot read {onnx_path}: {err}") from err
+    model = _read(ov, onnx_path)
     dataset = nncf.Dataset(list(calibration_tensors(calibration, input_size, progress)))
     quantized = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED,
                               subset_size=len(calibration))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    xml = out_dir / f"{onnx_path.stem}-int8.xml"
-    partial = out_dir / f".{xml.stem}.partial.xml"
-    ov.save_model(quantized, str(partial), compress_to_fp16=False)
-    partial.with_suffix(".bin").replace(xml.with_suffix(".bin"))  # weights first: the .xml names a complete pair
-    partial.replace(xml)
+    xml = _save(ov, quantized, out_dir / f"{onnx_path.stem}-int8.xml")
     logger.info("quantized %s to INT8 on %d frames at %dx%d: %s", onnx_path.name, len(calibration),
                 *input_size, xml)
+    return xml
+
+
+def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> Path:
+    """FP32 OpenVINO IR of `onnx_path` in `out_dir` (`<stem>.xml` + `.bin`, weights kept float32,
+    not OpenVINO's default FP16 compression): the .xml's path. `input_size` is only checked: the IR
+    keeps the ONNX file's dynamic height and width, as `quantize` does."""
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if not onnx_path.is_file():
+        raise ModelNotFound(f"model {onnx_path} does not exist")
+    if any(v <= 0 or v % 32 for v in input_size):
+        raise InvalidConfig(f"input_size must be positive multiples of 32 (width, height), got {input_size}")
+    ov = _import("openvino")
+    xml = _save(ov, _read(ov, onnx_path), out_dir / f"{onnx_path.stem}.xml")
+    logger.info("converted %s to an FP32 OpenVINO IR: %s", onnx_path.name, xml)
+    return xml
+
+
+def _read(ov: Any, onnx_path: Path) -> Any:
+    try:
+        return ov.Core().read_model(str(onnx_path))
+    except Exception as err:  # OpenVINO raises RuntimeError with its own text for bad files
+        raise UnsupportedModel(f"openvino cannot read {onnx_path}: {err}") from err
+
+
+def _save(ov: Any, model: Any, xml: Path) -> Path:
+    """Save `model` as `xml` + `.bin`, each atomically, the weights first: the .xml names a complete pair."""
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    partial = xml.with_name(f".{xml.stem}.partial.xml")
+    ov.save_model(model, str(partial), compress_to_fp16=False)
+    partial.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+    partial.replace(xml)
     return xml

@@ -243,14 +243,27 @@ def _run_quantize(args) -> int:
     from .quantize import TextProgress, quantize_artifact
 
     try:
-        q = quantize_artifact(args.onnx, args.calib_dir, args.format, calib_count=args.calib_count,
-                              holdout_dir=args.holdout_dir, held_count=args.held_count, out=args.out,
-                              input_size=args.size[0] if args.size else None,
-                              progress=TextProgress("calibration frames"))
+        built = quantize_artifact(args.onnx, args.calib_dir, args.format, calib_count=args.calib_count,
+                                  holdout_dir=args.holdout_dir, held_count=args.held_count, out=args.out,
+                                  input_size=args.size[0] if args.size else None,
+                                  progress=TextProgress("calibration frames"))
     except ModelError as err:
         return _fail("quantize", err)
-    print(_describe(Written(q.artifact, q.manifest_file, q.manifest)))
-    print("\n".join(agreement_lines(q.manifest)))
+    print(_describe(Written(built.artifact, built.manifest_file, built.manifest)))
+    print("\n".join(agreement_lines(built.manifest)))
+    return 0
+
+
+def _run_convert(args) -> int:
+    from .quantize import convert_artifact
+
+    try:
+        built = convert_artifact(args.onnx, args.held_dir, args.format, held_count=args.held_count, out=args.out,
+                                 input_size=args.size[0] if args.size else None)
+    except ModelError as err:
+        return _fail("convert", err)
+    print(_describe(Written(built.artifact, built.manifest_file, built.manifest)))
+    print("\n".join(agreement_lines(built.manifest)))
     return 0
 
 
@@ -266,7 +279,8 @@ def _run_engine(args) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    """Register `darknet`, `export`, `manifest`, `verify` and `engine` on an argparse subparsers object."""
+    """Register `darknet`, `export`, `manifest`, `verify`, `engine`, `quantize` and `convert` on an
+    argparse subparsers object."""
     p = subparsers.add_parser("darknet", help="convert a Darknet cfg + weights to ONNX, with its manifest")
     p.add_argument("cfg", type=Path, help="Darknet .cfg")
     p.add_argument("weights", type=Path, help="Darknet .weights")
@@ -317,6 +331,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     p.set_defaults(func=_run_engine)
     _add_quantize(subparsers)
+    _add_convert(subparsers)
 
 
 def _add_quantize(subparsers) -> None:
@@ -338,6 +353,23 @@ def _add_quantize(subparsers) -> None:
                    help="artifact path (default: <onnx stem>-<format>.onnx, .xml or .param beside the source; "
                         "a folder: that name in it)")
     p.set_defaults(func=_run_quantize)
+
+
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="FP32 for another CPU runtime: convert an FP32 ONNX to an OpenVINO "
+                                              "IR or NCNN model, score it against the source, write its manifest")
+    p.add_argument("onnx", type=Path, help="the FP32 ONNX model (its manifest is used when present)")
+    p.add_argument("--format", choices=["openvino", "ncnn"], required=True,
+                   help="openvino (IR .xml + .bin) or ncnn (.param + .bin + .json), weights kept FP32")
+    p.add_argument("--held-dir", type=Path, required=True,
+                   help="folder of frames (the deployment's cameras' at best) the conversion is scored on")
+    p.add_argument("--held-count", type=int, default=None, help="at most this many frames (default: all)")
+    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
+                   help="input size to convert and score at (default: the model's own)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="artifact path (default: <onnx stem>-<format>.xml or .param beside the source; "
+                        "a folder: that name in it)")
+    p.set_defaults(func=_run_convert)
 
 
 __all__ = ["Written", "add_subcommands", "cmd_darknet", "cmd_engine", "cmd_export", "cmd_manifest", "cmd_verify",

@@ -1,6 +1,8 @@
-"""INT8 for CPUs: quantize an FP32 ONNX detector on real frames, score it against its source, write its manifest.
+"""CPU artifacts from an FP32 ONNX detector: INT8 quantized on real frames, or FP32 converted to
+another runtime; each scored against its source on held frames, with its manifest.
 
     quantize_artifact(Path("yolov8n.onnx"), Path("frames/"), fmt="onnx-int8", calib_count=128)
+    convert_artifact(Path("yolov8n.onnx"), Path("held/"), fmt="ncnn")
 
 Frames: the image files of `--calib-dir`, sorted by name (models.tensorrt_build.list_images,
 the TensorRT calibrator's reading). The first `calib_count` calibrate; the held frames that
@@ -12,6 +14,8 @@ Formats:
   calibrated with MinMax; runs on the onnxruntime backend (format "onnx", precision "int8").
 - openvino-int8, ncnn-int8: `quantize(onnx_path, calibration, out_dir, *, input_size, progress)`
   of models.openvino_quantize / models.ncnn_convert, imported only when asked for.
+- openvino, ncnn (FP32, `convert_artifact`): `convert(onnx_path, out_dir, *, input_size)` of the
+  same modules; nothing calibrates, the held frames only score the conversion.
 """
 from __future__ import annotations
 
@@ -55,27 +59,39 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class QuantFormat:
-    """A quantized artifact kind: the manifest format it gets, the runtime and backend that run it."""
+class CpuFormat:
+    """An artifact kind made from an FP32 ONNX: the manifest format and precision it gets, the
+    runtime and backend that run it."""
 
     name: str
     manifest_format: str
     runtime: str
     backend: str
-    module: str | None  # models.<module>.quantize for formats built outside this file
+    module: str | None  # models.<module>.quantize / .convert for formats built outside this file
     suffix: str
+    precision: str = "int8"
 
 
 FORMATS = {
-    "onnx-int8": QuantFormat("onnx-int8", "onnx", "onnxruntime", "onnxruntime", None, ".onnx"),
-    "openvino-int8": QuantFormat("openvino-int8", "openvino-ir", "openvino", "openvino", "openvino_quantize", ".xml"),
-    "ncnn-int8": QuantFormat("ncnn-int8", "ncnn", "ncnn", "ncnn", "ncnn_convert", ".param"),
+    "onnx-int8": CpuFormat("onnx-int8", "onnx", "onnxruntime", "onnxruntime", None, ".onnx"),
+    "openvino-int8": CpuFormat("openvino-int8", "openvino-ir", "openvino", "openvino", "openvino_quantize", ".xml"),
+    "ncnn-int8": CpuFormat("ncnn-int8", "ncnn", "ncnn", "ncnn", "ncnn_convert", ".param"),
+    "openvino": CpuFormat("openvino", "openvino-ir", "openvino", "openvino", "openvino_quantize", ".xml", "fp32"),
+    "ncnn": CpuFormat("ncnn", "ncnn", "ncnn", "ncnn", "ncnn_convert", ".param", "fp32"),
 }
+QUANTIZE_FORMATS = tuple(name for name, f in FORMATS.items() if f.precision == "int8")
+CONVERT_FORMATS = tuple(name for name, f in FORMATS.items() if f.precision == "fp32")
 
 
-def quant_format(name: str) -> QuantFormat:
-    if name not in FORMATS:
-        raise InvalidConfig(f"unknown quantized format {name!r}; known: {', '.join(FORMATS)}")
+def quant_format(name: str) -> CpuFormat:
+    if name not in QUANTIZE_FORMATS:
+        raise InvalidConfig(f"unknown quantized format {name!r}; known: {', '.join(QUANTIZE_FORMATS)}")
+    return FORMATS[name]
+
+
+def convert_format(name: str) -> CpuFormat:
+    if name not in CONVERT_FORMATS:
+        raise InvalidConfig(f"unknown FP32 format {name!r}; known: {', '.join(CONVERT_FORMATS)}")
     return FORMATS[name]
 
 
@@ -196,31 +212,43 @@ def quantize_onnx(onnx_path: Path, tensors: list[np.ndarray], out: Path) -> Path
     return out
 
 
-def quantize_with(fmt: QuantFormat, onnx_path: Path, frames: list[np.ndarray], out: Path, input_size: Size,
-                  progress: Progress | None) -> Path:
-    """Build the artifact from BGR `frames`: here for onnx-int8, else with the format's own module
-    (imported now, so this file works without the cpu extra), which letterboxes them itself."""
-    if fmt.module is None:
-        return quantize_onnx(onnx_path, calibration_tensors(frames, input_size), out)
+def format_module(fmt: CpuFormat) -> Any:
+    """The module that builds `fmt`, imported now, so this file works without the cpu extra."""
     try:
-        module = importlib.import_module(f"{__package__}.{fmt.module}")
+        return importlib.import_module(f"{__package__}.{fmt.module}")
     except ImportError as err:
         raise BackendUnavailable(f"{fmt.name} is not available in this edgefleet ({__package__}.{fmt.module}: "
                                  f"{err}); install the cpu extra: pip install 'edgefleet[cpu]'") from err
+
+
+def build_aside(out: Path, make: Callable[[Path], Path | tuple[Path, ...]]) -> Path:
+    """`make(folder)` builds the artifact in a temporary folder beside `out`; its files then move
+    into place, the model file last (it names a whole set), so a failed build clobbers nothing."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-") as tmp:  # clobbers nothing
-        made = module.quantize(onnx_path, frames, Path(tmp), input_size=input_size, progress=progress)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.stem}-") as tmp:
+        made = make(Path(tmp))
         made = Path(made[0] if isinstance(made, tuple) else made)  # ncnn: (param, bin)
-        for suffix in COMPANION_SUFFIXES:  # the weights (and NCNN's .json) first: the model file names a whole set
+        for suffix in COMPANION_SUFFIXES:
             if made.with_suffix(suffix).is_file():
                 made.with_suffix(suffix).replace(out.with_suffix(suffix))
         made.replace(out)
     return out
 
 
+def quantize_with(fmt: CpuFormat, onnx_path: Path, frames: list[np.ndarray], out: Path, input_size: Size,
+                  progress: Progress | None) -> Path:
+    """Build the artifact from BGR `frames`: here for onnx-int8, else with the format's own module,
+    which letterboxes them itself."""
+    if fmt.module is None:
+        return quantize_onnx(onnx_path, calibration_tensors(frames, input_size), out)
+    module = format_module(fmt)
+    return build_aside(out, lambda folder: module.quantize(onnx_path, frames, folder, input_size=input_size,
+                                                           progress=progress))
+
+
 # ---- agreement and manifest ----
 
-def held_agreement(onnx_path: Path, artifact: Path, fmt: QuantFormat, held: list[np.ndarray],
+def held_agreement(onnx_path: Path, artifact: Path, fmt: CpuFormat, held: list[np.ndarray],
                    input_size: Size) -> Agreement:
     """The artifact's detections against its FP32 source's, both at `input_size`, on the held frames."""
     from .backends import create_detector
@@ -234,11 +262,11 @@ def held_agreement(onnx_path: Path, artifact: Path, fmt: QuantFormat, held: list
         candidate.close()
 
 
-def quantized_manifest(source: ArtifactManifest, source_sha256: str, artifact: Path, fmt: QuantFormat, *,
-                       calibration: dict[str, Any], agreement: Agreement) -> ArtifactManifest:
+def artifact_manifest(source: ArtifactManifest, source_sha256: str, artifact: Path, fmt: CpuFormat, *,
+                      calibration: dict[str, Any], agreement: Agreement) -> ArtifactManifest:
     """The artifact's manifest: its source's layout and classes, what it needs (labels), how it was made."""
     return dataclasses.replace(
-        source, format=fmt.manifest_format, precision="int8",  # type: ignore[arg-type]
+        source, format=fmt.manifest_format, precision=fmt.precision,  # type: ignore[arg-type]
         file_sha256=sha256_file(artifact), file_size=artifact.stat().st_size, created_at=now_iso(),
         producer=f"edgefleet.models.quantize {QUANTIZER_VERSION} ({fmt.name})", source_sha256=source_sha256,
         tool_versions={**source.tool_versions, "edgefleet": edgefleet_version(), fmt.runtime: runtime_version(fmt)},
@@ -246,7 +274,7 @@ def quantized_manifest(source: ArtifactManifest, source_sha256: str, artifact: P
         calibration=calibration, agreement=agreement.as_dict(), companions=companions(artifact, fmt))
 
 
-def companions(artifact: Path, fmt: QuantFormat) -> dict[str, str]:
+def companions(artifact: Path, fmt: CpuFormat) -> dict[str, str]:
     """The files beside a two-file format's artifact (weights .bin, NCNN's .json sidecar): name -> sha256."""
     if fmt.module is None:
         return {}
@@ -254,14 +282,14 @@ def companions(artifact: Path, fmt: QuantFormat) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in found if p.is_file()}
 
 
-def runtime_version(fmt: QuantFormat) -> str:
+def runtime_version(fmt: CpuFormat) -> str:
     try:
         return str(importlib.import_module(fmt.runtime).__version__)
     except (ImportError, AttributeError):
         return "unknown"
 
 
-def out_path(onnx_path: Path, fmt: QuantFormat, out: Path | None) -> Path:
+def out_path(onnx_path: Path, fmt: CpuFormat, out: Path | None) -> Path:
     """The artifact's path: `out` when it ends in the format's suffix, else `<stem>-<format><suffix>`
     (`yolov3-tiny-openvino-int8.xml`) in the folder `out` names, or beside the source."""
     if out is not None and out.suffix == fmt.suffix:
@@ -270,34 +298,65 @@ def out_path(onnx_path: Path, fmt: QuantFormat, out: Path | None) -> Path:
 
 
 @dataclass(frozen=True)
-class Quantized:
+class Built:
     artifact: Path
     manifest_file: Path
     manifest: ArtifactManifest
 
 
+def fp32_onnx_source(onnx_path: Path) -> ArtifactManifest:
+    source = source_manifest(onnx_path)  # raises on a missing, unreadable or mismatching source
+    if source.precision != "fp32" or source.format != "onnx":
+        raise UnsupportedModel(f"{onnx_path} is {source.format} {source.precision}; start from an FP32 ONNX model")
+    return source
+
+
+def scored(onnx_path: Path, source: ArtifactManifest, artifact: Path, kind: CpuFormat, held: list[Path],
+           size: Size, calibration: dict[str, Any]) -> Built:
+    """Score the built `artifact` against its source on the `held` frames and write its manifest."""
+    manifest_path(artifact).unlink(missing_ok=True)  # a stale one would refuse the new file at load
+    agreement = held_agreement(onnx_path, artifact, kind, read_frames(held), size)
+    manifest = artifact_manifest(source, sha256_file(onnx_path), artifact, kind, calibration=calibration,
+                                 agreement=agreement)
+    return Built(artifact, write_manifest(manifest, artifact), manifest)
+
+
 def quantize_artifact(onnx_path: Path, calib_dir: Path, fmt: str = "onnx-int8", *, calib_count: int | None = None,
                       holdout_dir: Path | None = None, held_count: int | None = None, out: Path | None = None,
-                      input_size: Size | None = None, progress: Progress | None = None) -> Quantized:
+                      input_size: Size | None = None, progress: Progress | None = None) -> Built:
     """Quantize `onnx_path` on `calib_dir`'s frames into `out`, score it on held frames, write its manifest."""
     kind = quant_format(fmt)
     onnx_path = Path(onnx_path)
-    source = source_manifest(onnx_path)  # raises on a missing, unreadable or mismatching source
-    if source.precision != "fp32" or source.format != "onnx":
-        raise UnsupportedModel(f"{onnx_path} is {source.format} {source.precision}; quantize an FP32 ONNX model")
+    source = fp32_onnx_source(onnx_path)
     size = input_size or source.input_size
     split = split_frames(calib_dir, calib_count, holdout_dir, held_count)
     frames = read_frames(split.calibration, progress)
-    out = out_path(onnx_path, kind, Path(out) if out else None)
-    artifact = quantize_with(kind, onnx_path, frames, out, size, progress)
-    manifest_path(artifact).unlink(missing_ok=True)  # a stale one would refuse the new file at load
-    agreement = held_agreement(onnx_path, artifact, kind, read_frames(split.held), size)
+    artifact = quantize_with(kind, onnx_path, frames, out_path(onnx_path, kind, Path(out) if out else None), size,
+                             progress)
     calibration = {"frames_sha256": frames_sha256(split.calibration), "frames": len(split.calibration),
                    "held_frames": len(split.held), "input_size": list(size)}
-    manifest = quantized_manifest(source, sha256_file(onnx_path), artifact, kind, calibration=calibration,
-                                  agreement=agreement)
-    return Quantized(artifact, write_manifest(manifest, artifact), manifest)
+    return scored(onnx_path, source, artifact, kind, split.held, size, calibration)
 
 
-__all__ = ["FORMATS", "FrameSplit", "ModelError", "QuantFormat", "Quantized", "TensorReader", "TextProgress",
-           "calibration_tensors", "frames_sha256", "quantize_artifact", "quantize_onnx", "split_frames"]
+def convert_artifact(onnx_path: Path, held_dir: Path, fmt: str, *, held_count: int | None = None,
+                     out: Path | None = None, input_size: Size | None = None) -> Built:
+    """Convert `onnx_path` to FP32 `fmt` ("openvino" IR, "ncnn") into `out`, score it on `held_dir`'s
+    frames (all of them, or the first `held_count`), write its manifest."""
+    kind = convert_format(fmt)
+    onnx_path = Path(onnx_path)
+    source = fp32_onnx_source(onnx_path)
+    size = input_size or source.input_size
+    if held_count is not None and held_count < 1:
+        raise InvalidConfig(f"--held-count must be >= 1, got {held_count}")
+    held = list_images(Path(held_dir))[:held_count]
+    if not held:
+        raise ModelNotFound(f"held-frames folder {held_dir} has no images (.jpg, .jpeg, .png, .bmp)")
+    module = format_module(kind)
+    artifact = build_aside(out_path(onnx_path, kind, Path(out) if out else None),
+                           lambda folder: module.convert(onnx_path, folder, input_size=size))
+    return scored(onnx_path, source, artifact, kind, held, size, {})
+
+
+__all__ = ["CONVERT_FORMATS", "FORMATS", "QUANTIZE_FORMATS", "Built", "CpuFormat", "FrameSplit", "ModelError",
+           "TensorReader", "TextProgress", "calibration_tensors", "convert_artifact", "frames_sha256",
+           "quantize_artifact", "quantize_onnx", "split_frames"]

@@ -113,3 +113,37 @@ def test_errors_exit_2_naming_the_input(bundled_model, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
     proc = model_cli("quantize", str(tmp_path / "bad.onnx"), "--calib-dir", str(tmp_path / "empty"))
     assert proc.returncode == 2 and "bad.onnx is not a readable ONNX file" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt, backend, suffix", [("openvino", "openvino", ".xml"), ("ncnn", "ncnn", ".param")])
+def test_fp32_conversions_convert_verify_and_load(fmt, backend, suffix, bundled_model, frames_dir, tmp_path, vtest):
+    """`model convert`: an FP32 IR or NCNN model with its manifest, scored on the held frames (as good
+    as its source: it is the same network in FP32), verified and run by its backend."""
+    require_module(backend)
+    proc = model_cli("convert", str(bundled_model), "--format", fmt, "--held-dir", str(frames_dir),
+                     "--held-count", str(HELD), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    artifact = tmp_path / f"{bundled_model.stem}-{fmt}{suffix}"
+    manifest = json.loads(manifest_path(artifact).read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [artifact.name, artifact.name + ".manifest.json", *manifest["companions"]])
+    assert (manifest["precision"], manifest["labels"]["runtime"], manifest["calibration"]) == ("fp32", backend, {})
+    assert manifest["agreement"]["frames"] == HELD and manifest["agreement"]["f1"] >= 0.99, manifest["agreement"]
+    assert abs(manifest["agreement"]["score_shift"]) < 1e-3
+    assert f"F1 {manifest['agreement']['f1']:.3f}" in proc.stdout
+    verify = model_cli("verify", str(artifact), "--device-check")
+    assert verify.returncode == 0, verify.stderr[-3000:]
+    detector = create_detector({"type": backend, "model": artifact})
+    assert (detector.detect(read_frames(vtest, [395])[395]).class_id == detector.names.index("person")).sum() >= 3
+
+
+def test_convert_errors_exit_2_naming_the_input(bundled_model, frames_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = model_cli("convert", str(bundled_model), "--format", "ncnn", "--held-dir", str(tmp_path / "empty"))
+    assert proc.returncode == 2 and "has no images" in proc.stderr
+    proc = model_cli("convert", str(bundled_model), "--format", "ncnn", "--held-dir", str(frames_dir),
+                     "--held-count", "0")
+    assert proc.returncode == 2 and "--held-count must be >= 1" in proc.stderr
+    proc = model_cli("convert", str(bundled_model), "--format", "tflite", "--held-dir", str(frames_dir))
+    assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
+    assert not list(bundled_model.parent.glob(f"{bundled_model.stem}-ncnn*"))  # nothing written beside the source

@@ -10,7 +10,13 @@ import pytest
 
 from edgefleet.models.agreement import AgreementCounter, compare, match_frame
 from edgefleet.models.detections import Detections
-from edgefleet.models.errors import BackendUnavailable, IncompatibleArtifact, InvalidConfig, ModelNotFound
+from edgefleet.models.errors import (
+    BackendUnavailable,
+    IncompatibleArtifact,
+    InvalidConfig,
+    ModelNotFound,
+    UnsupportedModel,
+)
 from edgefleet.models.manifest import (
     DeviceCaps,
     check_compatible,
@@ -23,6 +29,8 @@ from edgefleet.models.pipeline import agreement_lines, cmd_darknet
 from edgefleet.models.quantize import (
     TextProgress,
     calibration_tensors,
+    convert_artifact,
+    convert_format,
     frames_sha256,
     quant_format,
     quantize_artifact,
@@ -150,6 +158,10 @@ def test_progress_writes_quarters_when_piped(tmp_path):
 def test_unknown_format_is_refused():
     with pytest.raises(InvalidConfig, match="unknown quantized format 'tflite-int8'"):
         quant_format("tflite-int8")
+    with pytest.raises(InvalidConfig, match="unknown quantized format 'openvino'; known: onnx-int8, openvino-int8"):
+        quant_format("openvino")  # an FP32 format: `convert` makes it
+    with pytest.raises(InvalidConfig, match="unknown FP32 format 'ncnn-int8'; known: openvino, ncnn"):
+        convert_format("ncnn-int8")
 
 
 # ---- quantize a tiny real model ----
@@ -187,6 +199,14 @@ def test_a_format_whose_module_is_absent_says_how_to_get_it(tiny_onnx, frames_di
     monkeypatch.setitem(sys.modules, "edgefleet.models.ncnn_convert", None)  # as if not installed
     with pytest.raises(BackendUnavailable, match="ncnn-int8 is not available"):
         quantize_artifact(tiny_onnx, frames_dir, "ncnn-int8", calib_count=6)
+    with pytest.raises(BackendUnavailable, match="ncnn is not available"):
+        convert_artifact(tiny_onnx, frames_dir, "ncnn")
+
+
+def test_only_an_fp32_onnx_source_converts(tiny_onnx, frames_dir, tmp_path):
+    q = quantize_artifact(tiny_onnx, frames_dir, "onnx-int8", calib_count=6, out=tmp_path / "tiny-int8.onnx")
+    with pytest.raises(UnsupportedModel, match="tiny-int8.onnx is onnx int8; start from an FP32 ONNX model"):
+        convert_artifact(q.artifact, frames_dir, "openvino")
 
 
 # ---- manifest fields ----
