@@ -242,26 +242,26 @@ def agreement_lines(m: ArtifactManifest) -> list[str]:
 def _run_quantize(args) -> int:
     from .quantize import TextProgress, quantize_artifact
 
-    try:
-        built = quantize_artifact(args.onnx, args.calib_dir, args.format, calib_count=args.calib_count,
-                                  holdout_dir=args.holdout_dir, held_count=args.held_count, out=args.out,
-                                  input_size=args.size[0] if args.size else None,
-                                  progress=TextProgress("calibration frames"))
-    except ModelError as err:
-        return _fail("quantize", err)
-    print(_describe(Written(built.artifact, built.manifest_file, built.manifest)))
-    print("\n".join(agreement_lines(built.manifest)))
-    return 0
+    return _built("quantize", lambda: quantize_artifact(
+        args.onnx, args.calib_dir, args.format, calib_count=args.calib_count, holdout_dir=args.holdout_dir,
+        held_count=args.held_count, out=args.out, input_size=args.size[0] if args.size else None,
+        progress=TextProgress("calibration frames")))
 
 
 def _run_convert(args) -> int:
     from .quantize import convert_artifact
 
+    return _built("convert", lambda: convert_artifact(
+        args.onnx, args.held_dir, args.format, held_count=args.held_count, out=args.out,
+        input_size=args.size[0] if args.size else None))
+
+
+def _built(command: str, build) -> int:
+    """Run `build` (a models.quantize.Built), print what it wrote and its agreement, or fail naming the input."""
     try:
-        built = convert_artifact(args.onnx, args.held_dir, args.format, held_count=args.held_count, out=args.out,
-                                 input_size=args.size[0] if args.size else None)
+        built = build()
     except ModelError as err:
-        return _fail("convert", err)
+        return _fail(command, err)
     print(_describe(Written(built.artifact, built.manifest_file, built.manifest)))
     print("\n".join(agreement_lines(built.manifest)))
     return 0
@@ -334,41 +334,42 @@ def add_subcommands(subparsers) -> None:
     _add_convert(subparsers)
 
 
-def _add_quantize(subparsers) -> None:
-    p = subparsers.add_parser("quantize", help="INT8 for CPUs: quantize an FP32 ONNX on real frames, score it "
-                                               "against the source, write its manifest")
+def _cpu_artifact_parser(subparsers, name: str, help_: str, size_help: str, suffixes: str):
+    """`quantize` and `convert`: the FP32 ONNX source, --held-count, --size and --out, the same for both."""
+    p = subparsers.add_parser(name, help=help_)
     p.add_argument("onnx", type=Path, help="the FP32 ONNX model (its manifest is used when present)")
+    p.add_argument("--held-count", type=int, default=None, help="at most this many held frames (default: all)")
+    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
+                   help=f"input size to {size_help} at (default: the model's own)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"artifact path (default: <onnx stem>-<format>{suffixes} beside the source; "
+                        "a folder: that name in it)")
+    return p
+
+
+def _add_quantize(subparsers) -> None:
+    p = _cpu_artifact_parser(subparsers, "quantize", "INT8 for CPUs: quantize an FP32 ONNX on real frames, score "
+                             "it against the source, write its manifest", "calibrate and score",
+                             ".onnx, .xml or .param")
     p.add_argument("--calib-dir", type=Path, required=True,
                    help="folder of frames from the deployment's cameras; the first --calib-count calibrate, "
                         "the rest are held for agreement")
     p.add_argument("--calib-count", type=int, default=None,
                    help="frames that calibrate (default: three quarters of the folder, or all with --holdout-dir)")
     p.add_argument("--holdout-dir", type=Path, default=None, help="held frames for agreement from another folder")
-    p.add_argument("--held-count", type=int, default=None, help="at most this many held frames (default: all)")
     p.add_argument("--format", choices=["onnx-int8", "openvino-int8", "ncnn-int8"], default="onnx-int8",
                    help="onnx-int8 (ONNX Runtime static QDQ, default), openvino-int8 (NNCF), ncnn-int8")
-    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
-                   help="input size to calibrate and score at (default: the model's own)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="artifact path (default: <onnx stem>-<format>.onnx, .xml or .param beside the source; "
-                        "a folder: that name in it)")
     p.set_defaults(func=_run_quantize)
 
 
 def _add_convert(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="FP32 for another CPU runtime: convert an FP32 ONNX to an OpenVINO "
-                                              "IR or NCNN model, score it against the source, write its manifest")
-    p.add_argument("onnx", type=Path, help="the FP32 ONNX model (its manifest is used when present)")
+    p = _cpu_artifact_parser(subparsers, "convert", "FP32 for another CPU runtime: convert an FP32 ONNX to an "
+                             "OpenVINO IR or NCNN model, score it against the source, write its manifest",
+                             "convert and score", ".xml or .param")
     p.add_argument("--format", choices=["openvino", "ncnn"], required=True,
                    help="openvino (IR .xml + .bin) or ncnn (.param + .bin + .json), weights kept FP32")
     p.add_argument("--held-dir", type=Path, required=True,
                    help="folder of frames (the deployment's cameras' at best) the conversion is scored on")
-    p.add_argument("--held-count", type=int, default=None, help="at most this many frames (default: all)")
-    p.add_argument("--size", type=parse_sizes, default=None, metavar="WxH",
-                   help="input size to convert and score at (default: the model's own)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="artifact path (default: <onnx stem>-<format>.xml or .param beside the source; "
-                        "a folder: that name in it)")
     p.set_defaults(func=_run_convert)
 
 
