@@ -167,6 +167,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def require_file(path: Path, what: str = "") -> Path:
+    """`path` as a Path when it is a file; else ModelNotFound saying whether it is a folder or missing."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ModelNotFound(f"{what + ' ' if what else ''}{path} {state}")
+    return path
+
+
 def manifest_path(artifact: Path) -> Path:
     """`<artifact>.manifest.json`, beside the artifact."""
     artifact = Path(artifact)
@@ -282,9 +291,7 @@ def manifest_for_onnx(path: Path, file_sha256: str | None = None) -> ArtifactMan
 
     `file_sha256`: the file's digest when the caller has just verified it (a downloaded artifact),
     which spares reading the whole file again; by default it is computed here."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFound(f"{path} does not exist")
+    path = require_file(path)
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as err:
@@ -441,9 +448,7 @@ def verify_artifact(path: Path, manifest: ArtifactManifest | None = None,
     Size first (cheap), then sha256 (streamed). Raises `ArtifactMismatch`, `IncompatibleArtifact`,
     `ManifestError` or `ModelNotFound`; returns the manifest when everything matches.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotFound(f"{path} does not exist")
+    path = require_file(path)
     manifest = read_manifest(path) if manifest is None else manifest
     size = path.stat().st_size
     if size != manifest.file_size:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailable, InvalidConfig, ModelError, ModelNotFound, UnsupportedModel
+from .manifest import require_file
 from .yolo import letterbox_batch
 
 SIDECAR_VERSION = 1
@@ -164,8 +165,7 @@ def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> t
     float32 (pnnx's default would store them as fp16).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    if not onnx_path.is_file():
-        raise ModelNotFound(f"{onnx_path} does not exist")
+    require_file(onnx_path)
     if any(v <= 0 or v % 32 for v in input_size):
         raise InvalidConfig(f"input_size must be positive multiples of 32, got {input_size}")
     meta, input_shape, output_shapes = onnx_description(onnx_path)

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendUnavailable, InvalidConfig, ModelNotFound, UnsupportedModel
+from .errors import BackendUnavailable, InvalidConfig, UnsupportedModel
+from .manifest import require_file
 from .yolo import letterbox_batch
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ def calibration_tensors(frames: list[np.ndarray], input_size: tuple[int, int],
 
 
 def _check_inputs(onnx_path: Path, calibration: list[np.ndarray], input_size: tuple[int, int]) -> None:
-    if not onnx_path.is_file():
-        raise ModelNotFound(f"model {onnx_path} does not exist")
+    require_file(onnx_path, "model")
     if not calibration:
         raise InvalidConfig("quantization needs at least one calibration frame; got none")
     if any(v <= 0 or v % 32 for v in input_size):
@@ -88,8 +88,7 @@ def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> P
     not OpenVINO's default FP16 compression): the .xml's path. `input_size` is only checked: the IR
     keeps the ONNX file's dynamic height and width, as `quantize` does."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    if not onnx_path.is_file():
-        raise ModelNotFound(f"model {onnx_path} does not exist")
+    require_file(onnx_path, "model")
     if any(v <= 0 or v % 32 for v in input_size):
         raise InvalidConfig(f"input_size must be positive multiples of 32 (width, height), got {input_size}")
     ov = _import("openvino")

@@ -144,6 +144,8 @@ def test_convert_errors_exit_2_naming_the_input(bundled_model, frames_dir, tmp_p
     proc = model_cli("convert", str(bundled_model), "--format", "ncnn", "--held-dir", str(frames_dir),
                      "--held-count", "0")
     assert proc.returncode == 2 and "--held-count must be >= 1" in proc.stderr
+    proc = model_cli("convert", str(tmp_path), "--format", "ncnn", "--held-dir", str(frames_dir))
+    assert proc.returncode == 2 and f"{tmp_path} is a folder, not a file" in proc.stderr
     proc = model_cli("convert", str(bundled_model), "--format", "tflite", "--held-dir", str(frames_dir))
     assert proc.returncode == 2 and "invalid choice: 'tflite'" in proc.stderr
     assert not list(bundled_model.parent.glob(f"{bundled_model.stem}-ncnn*"))  # nothing written beside the source
