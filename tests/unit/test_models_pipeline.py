@@ -150,7 +150,8 @@ def test_every_subcommand_has_help():
     _, parser = cli("manifest", "x.onnx")
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
-    assert set(helps) == {"darknet", "export", "manifest", "verify", "engine", "quantize", "convert"} and all(helps.values())
+    assert set(helps) == {"darknet", "export", "manifest", "verify", "engine", "quantize", "convert"}
+    assert all(helps.values())
 
 
 @pytest.mark.parametrize("text, expected", [
