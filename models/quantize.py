@@ -114,19 +114,20 @@ def split_frames(calib_dir: Path, calib_count: int | None = None, holdout_dir: P
     images = list_images(Path(calib_dir))
     if not images:
         raise ModelNotFound(f"calibration folder {calib_dir} has no images (.jpg, .jpeg, .png, .bmp)")
-    if calib_count is not None and calib_count < 1:
-        raise InvalidConfig(f"--calib-count must be >= 1, got {calib_count}")
+    for flag, count in (("--calib-count", calib_count), ("--held-count", held_count)):
+        if count is not None and count < 1:
+            raise InvalidConfig(f"{flag} must be >= 1, got {count}")
     if holdout_dir is not None:
         held = list_images(Path(holdout_dir))
         if not held:
             raise ModelNotFound(f"holdout folder {holdout_dir} has no images (.jpg, .jpeg, .png, .bmp)")
-        return FrameSplit(images[:calib_count] if calib_count else images, held[:held_count] if held_count else held)
-    count = calib_count if calib_count else max(1, len(images) * 3 // 4)
+        return FrameSplit(images[:calib_count], held[:held_count])
+    count = calib_count or max(1, len(images) * 3 // 4)
     held = images[count:]
     if not held:
         raise InvalidConfig(f"{calib_dir} has {len(images)} image(s), all used to calibrate (--calib-count "
                             f"{count}); agreement needs held frames: lower --calib-count or give --holdout-dir")
-    return FrameSplit(images[:count], held[:held_count] if held_count else held)
+    return FrameSplit(images[:count], held[:held_count])
 
 
 def frames_sha256(paths: list[Path]) -> str:

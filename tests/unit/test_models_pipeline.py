@@ -154,6 +154,17 @@ def test_every_subcommand_has_help():
     assert all(helps.values())
 
 
+def test_the_cpu_format_choices_are_the_quantizers():
+    """The parser lists them without importing models.quantize (cv2, onnx): they must not drift apart."""
+    from edgefleet.models.quantize import CONVERT_FORMATS, QUANTIZE_FORMATS
+
+    _, parser = cli("manifest", "x.onnx")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {name: next(a.choices for a in sub.choices[name]._actions if a.dest == "format")
+               for name in ("quantize", "convert")}
+    assert (tuple(choices["quantize"]), tuple(choices["convert"])) == (QUANTIZE_FORMATS, CONVERT_FORMATS)
+
+
 @pytest.mark.parametrize("text, expected", [
     ("1", (1, 1, 1)), ("4", (1, 4, 4)), ("1,2,8", (1, 2, 8)), ("1,2", None), ("a", None),
 ])

@@ -126,6 +126,8 @@ def test_split_errors_name_the_problem(frames_dir, tmp_path):
         split_frames(tmp_path / "missing")
     with pytest.raises(InvalidConfig, match="--calib-count"):
         split_frames(frames_dir, calib_count=0)
+    with pytest.raises(InvalidConfig, match="--held-count must be >= 1, got 0"):
+        split_frames(frames_dir, held_count=0)  # not "all of them"
     held = split_frames(frames_dir, holdout_dir=frames_dir, calib_count=2)
     assert len(held.calibration) == 2 and len(held.held) == 8
 
