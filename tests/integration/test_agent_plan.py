@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import cv2
 import pytest
 
-from ..conftest import run_cli
+from edgefleet.models.manifest import manifest_path
+
+from ..conftest import read_frames, require_module, run_cli
 
 
 def plan_cli(*args: str, timeout: float = 120):
@@ -77,3 +81,48 @@ def test_auto_plan_steps_down_when_the_target_is_out_of_reach(controller, contro
     assert len(device.plan.artifact_sha256) == 64, device.plan  # its file's, as the plan chose it
     # the hello said why the plan started where it did; the heartbeats reported every step since
     assert device.plan.reason.startswith("runtime controller, step down"), device.plan.reason
+
+
+@pytest.mark.slow
+@pytest.mark.cpu_extra
+def test_plan_weighs_the_cpu_artifacts_the_model_clis_made(tmp_path, vtest, bundled_model):
+    """`edge-agent plan --models-dir` over what `edgefleet model quantize` and `convert` left there:
+    every one is timed with the agreement its manifest carries, one whose agreement is under
+    --min-agreement is refused unmeasured, and the pick is the fastest of the largest input that fits."""
+    require_module("openvino")
+    require_module("ncnn")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, frame in read_frames(vtest, list(range(0, 200, 10))).items():
+        cv2.imwrite(str(frames / f"f{i:04d}.jpg"), frame)
+    models = tmp_path / "models"
+    models.mkdir()
+    model = models / bundled_model.name
+    shutil.copy(bundled_model, model)
+    shutil.copy(manifest_path(bundled_model), manifest_path(model))
+    for command, *args in (("quantize", "--calib-dir", str(frames), "--format", "openvino-int8"),
+                           ("convert", "--held-dir", str(frames), "--format", "ncnn")):
+        made = run_cli("edgefleet.fleet.cli", "model", command, str(model), *args, timeout=300)
+        assert made.returncode == 0, made.stderr[-3000:]
+    ncnn_manifest = manifest_path(models / f"{model.stem}-ncnn.param")
+    data = json.loads(ncnn_manifest.read_text())
+    data["agreement"]["f1"] = 0.5  # as if the conversion had gone wrong
+    ncnn_manifest.write_text(json.dumps(data))  # the manifest's own file hashes still match
+
+    proc = plan_cli("--json", "--source", str(vtest), "--frames", "3", "--models-dir", str(models),
+                    "--state-dir", str(tmp_path / "state"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    by_backend = {}
+    for c in report["candidates"]:
+        by_backend.setdefault((c["backend"], c["precision"]), []).append(c)
+    assert set(by_backend) >= {("onnxruntime", "fp32"), ("openvino", "int8"), ("ncnn", "fp32")}, by_backend.keys()
+    assert all(c["status"] == "rejected" and "agreement 0.500 below 0.95" in c["note"]
+               for c in by_backend["ncnn", "fp32"])
+    openvino = json.loads(manifest_path(models / f"{model.stem}-openvino-int8.xml").read_text())
+    assert all(c["agreement"] == pytest.approx(openvino["agreement"]["f1"]) for c in by_backend["openvino", "int8"])
+    plan = report["plan"]
+    fits = [c for c in report["candidates"] if c["status"] in ("measured", "cached") and c["fits_interval"] == 1
+            and (c["input_width"], c["input_height"]) == (plan["input_width"], plan["input_height"])]
+    assert min(fits, key=lambda c: c["p95_ms"])["model_path"] == plan["model_path"]
+    assert max(c["input_width"] for c in report["candidates"] if c["fits_interval"] == 1) == plan["input_width"]
