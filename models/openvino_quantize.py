@@ -49,12 +49,16 @@ def calibration_tensors(frames: list[np.ndarray], input_size: tuple[int, int],
         yield tensor
 
 
-def _check_inputs(onnx_path: Path, calibration: list[np.ndarray], input_size: tuple[int, int]) -> None:
+def _check_model(onnx_path: Path, input_size: tuple[int, int]) -> None:
     require_file(onnx_path, "model")
-    if not calibration:
-        raise InvalidConfig("quantization needs at least one calibration frame; got none")
     if any(v <= 0 or v % 32 for v in input_size):
         raise InvalidConfig(f"input_size must be positive multiples of 32 (width, height), got {input_size}")
+
+
+def _check_inputs(onnx_path: Path, calibration: list[np.ndarray], input_size: tuple[int, int]) -> None:
+    _check_model(onnx_path, input_size)
+    if not calibration:
+        raise InvalidConfig("quantization needs at least one calibration frame; got none")
     for index, frame in enumerate(calibration):
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InvalidConfig(f"calibration frame {index} is {frame.dtype} {frame.shape}; "
@@ -88,9 +92,7 @@ def convert(onnx_path: Path, out_dir: Path, *, input_size: tuple[int, int]) -> P
     not OpenVINO's default FP16 compression): the .xml's path. `input_size` is only checked: the IR
     keeps the ONNX file's dynamic height and width, as `quantize` does."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    require_file(onnx_path, "model")
-    if any(v <= 0 or v % 32 for v in input_size):
-        raise InvalidConfig(f"input_size must be positive multiples of 32 (width, height), got {input_size}")
+    _check_model(onnx_path, input_size)
     ov = _import("openvino")
     xml = _save(ov, _read(ov, onnx_path), out_dir / f"{onnx_path.stem}.xml")
     logger.info("converted %s to an FP32 OpenVINO IR: %s", onnx_path.name, xml)

@@ -105,23 +105,30 @@ class FrameSplit:
     held: list[Path]
 
 
+def images_in(folder: Path, what: str) -> list[Path]:
+    """The images of `folder` (models.tensorrt_build.list_images); ModelNotFound naming `what` if none."""
+    images = list_images(Path(folder))
+    if not images:
+        raise ModelNotFound(f"{what} {folder} has no images (.jpg, .jpeg, .png, .bmp)")
+    return images
+
+
+def check_count(flag: str, count: int | None) -> None:
+    if count is not None and count < 1:
+        raise InvalidConfig(f"{flag} must be >= 1, got {count}")
+
+
 def split_frames(calib_dir: Path, calib_count: int | None = None, holdout_dir: Path | None = None,
                  held_count: int | None = None) -> FrameSplit:
     """The first `calib_count` images of `calib_dir` calibrate; the rest (or `holdout_dir`'s) are held.
 
     With neither `calib_count` nor `holdout_dir`, three quarters calibrate and the last quarter is held.
     """
-    images = list_images(Path(calib_dir))
-    if not images:
-        raise ModelNotFound(f"calibration folder {calib_dir} has no images (.jpg, .jpeg, .png, .bmp)")
-    for flag, count in (("--calib-count", calib_count), ("--held-count", held_count)):
-        if count is not None and count < 1:
-            raise InvalidConfig(f"{flag} must be >= 1, got {count}")
+    images = images_in(calib_dir, "calibration folder")
+    check_count("--calib-count", calib_count)
+    check_count("--held-count", held_count)
     if holdout_dir is not None:
-        held = list_images(Path(holdout_dir))
-        if not held:
-            raise ModelNotFound(f"holdout folder {holdout_dir} has no images (.jpg, .jpeg, .png, .bmp)")
-        return FrameSplit(images[:calib_count], held[:held_count])
+        return FrameSplit(images[:calib_count], images_in(holdout_dir, "holdout folder")[:held_count])
     count = calib_count or max(1, len(images) * 3 // 4)
     held = images[count:]
     if not held:
@@ -347,11 +354,8 @@ def convert_artifact(onnx_path: Path, held_dir: Path, fmt: str, *, held_count: i
     onnx_path = Path(onnx_path)
     source = fp32_onnx_source(onnx_path)
     size = input_size or source.input_size
-    if held_count is not None and held_count < 1:
-        raise InvalidConfig(f"--held-count must be >= 1, got {held_count}")
-    held = list_images(Path(held_dir))[:held_count]
-    if not held:
-        raise ModelNotFound(f"held-frames folder {held_dir} has no images (.jpg, .jpeg, .png, .bmp)")
+    check_count("--held-count", held_count)
+    held = images_in(held_dir, "held-frames folder")[:held_count]
     module = format_module(kind)
     artifact = build_aside(out_path(onnx_path, kind, Path(out) if out else None),
                            lambda folder: module.convert(onnx_path, folder, input_size=size))
